@@ -1,0 +1,3 @@
+//! dcron assignment strategies (being written).
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]

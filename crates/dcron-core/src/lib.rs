@@ -1,0 +1,3 @@
+//! dcron core (being written).
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
