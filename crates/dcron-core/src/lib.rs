@@ -1,3 +1,21 @@
-//! dcron core (being written).
+//! dcron core: types, errors, the `Registry` trait, the node lifecycle, tombstone rules,
+//! schedules, the scheduler driver, the `Dcron` API and the in-memory registry.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod error;
+pub mod registry;
+pub mod tombstone;
+pub mod types;
+pub mod watch;
+
+pub use clock::{Clock, SystemClock, TokioClock};
+pub use error::{BoxError, Error, Result};
+pub use registry::{check_value_size, Capabilities, Lease, PutMode, Registry, WatchStream};
+pub use types::{
+    validate_task_name, Claim, ClaimOutcome, CorruptEntry, FireKey, Listing, MisfirePolicy, Node,
+    NodeEvent, NodeStatus, ResyncEvent, TaskMeta, TaskMetaEvent, Tombstone, DEFAULT_MISFIRE_WINDOW,
+    MAX_TASK_NAME_BYTES,
+};
+pub use watch::{watch_channel, WatchSender};

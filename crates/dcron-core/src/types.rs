@@ -1,0 +1,532 @@
+//! The records dcron keeps in a registry and the events it reports.
+//!
+//! # Stored format
+//!
+//! [`TaskMeta`], [`Node`], [`Tombstone`] and [`Claim`] are stored as JSON objects with the field
+//! names shown in their docs. The format is stable: new versions only add optional fields (which
+//! older versions ignore), so what is in a registry today still decodes after an upgrade. Use
+//! [`TaskMeta::encode`]/[`TaskMeta::decode`] (and the same pair on the other records) rather than
+//! calling `serde_json` directly: `decode` turns bad bytes into [`Error::Corrupt`] with the key.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The longest task name accepted, in bytes.
+pub const MAX_TASK_NAME_BYTES: usize = 200;
+
+/// Checks a task name against the naming rules: non-empty, at most
+/// [`MAX_TASK_NAME_BYTES`] bytes, no control characters, no `/`.
+///
+/// # Errors
+/// [`Error::InvalidTaskName`] naming the rule that is broken.
+///
+/// ```
+/// assert!(dcron_core::validate_task_name("report:daily v2").is_ok());
+/// assert!(dcron_core::validate_task_name("a/b").is_err());
+/// ```
+pub fn validate_task_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "must not be empty"
+    } else if name.len() > MAX_TASK_NAME_BYTES {
+        "must be at most 200 bytes"
+    } else if name.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else if name.contains('/') {
+        "must not contain `/`"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidTaskName {
+        name: name.chars().take(64).collect(),
+        reason,
+    })
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail (no maps with non-string keys, no I/O).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// What to do with occurrences a node finds unclaimed when it gains a task (start, rebalance, a
+/// peer's death, the registry coming back) or when its own timer fires late.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub enum MisfirePolicy {
+    /// Run nothing that was missed.
+    Skip,
+    /// Run the latest missed occurrence in the window, once.
+    #[default]
+    FireOnce,
+    /// Run every missed occurrence in the window, oldest first, at most `max` of them.
+    FireAll {
+        /// The most occurrences run in one catch-up.
+        max: u32,
+    },
+}
+
+/// The default misfire window: how far back a node looks for unclaimed occurrences.
+pub const DEFAULT_MISFIRE_WINDOW: Duration = Duration::from_secs(60);
+
+/// A dynamic task as stored in the registry (JSON field names in brackets).
+///
+/// The first six fields are the seed's; the rest are optional additions. Unknown fields are
+/// ignored when decoding, so records written by newer versions still decode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TaskMeta {
+    /// Unique task name (`name`).
+    pub name: String,
+    /// Schedule expression (`cron_format`): cron with 5, 6 or 7 fields, a macro such as
+    /// `@hourly`, `@every 30s`, or `@at <RFC 3339 instant>`.
+    pub cron_format: String,
+    /// Runs once: after its first successful execution the task is marked deleted, or cleaned up
+    /// when [`TaskMeta::executed_and_cleanup`] is set (`one_shot`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub one_shot: bool,
+    /// For a one-shot task: mark it deleted after a successful run (`executed_and_mark_deleted`).
+    /// This is also what happens when neither post-action flag is set, so that no other node runs
+    /// it again.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub executed_and_mark_deleted: bool,
+    /// For a one-shot task: remove every trace of it after a successful run; takes precedence
+    /// over `executed_and_mark_deleted` (`executed_and_cleanup`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub executed_and_cleanup: bool,
+    /// Opaque data handed to the handler (`payload`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub payload: String,
+    /// IANA time zone the schedule is evaluated in; UTC when absent (`time_zone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Misfire policy; the node's default when absent (`misfire`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misfire: Option<MisfirePolicy>,
+    /// Misfire window in milliseconds; the node's default when absent (`misfire_window_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misfire_window_ms: Option<u64>,
+    /// When the task was added; catch-up never looks before it (`created_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+impl TaskMeta {
+    /// A task with a name and a schedule and every other field at its default.
+    pub fn new(name: impl Into<String>, cron_format: impl Into<String>) -> Self {
+        TaskMeta {
+            name: name.into(),
+            cron_format: cron_format.into(),
+            ..TaskMeta::default()
+        }
+    }
+
+    /// Sets the payload.
+    pub fn with_payload(mut self, payload: impl Into<String>) -> Self {
+        self.payload = payload.into();
+        self
+    }
+
+    /// Sets the IANA time zone.
+    pub fn with_time_zone(mut self, zone: impl Into<String>) -> Self {
+        self.time_zone = Some(zone.into());
+        self
+    }
+
+    /// Makes the task one-shot.
+    pub fn one_shot(mut self) -> Self {
+        self.one_shot = true;
+        self
+    }
+
+    /// The stored bytes (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_json(self)
+    }
+
+    /// Decodes stored bytes; `key` names the value in the error.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the bytes are not a task record.
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self> {
+        decode_json(key, bytes)
+    }
+}
+
+/// A node's status as stored in the registry. Only `Working` nodes are assigned tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Registered, not yet taking tasks.
+    #[default]
+    Starting,
+    /// Taking tasks.
+    Working,
+    /// Shutting down: peers take its tasks over.
+    Leaving,
+}
+
+impl std::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeStatus::Starting => "starting",
+            NodeStatus::Working => "working",
+            NodeStatus::Leaving => "leaving",
+        })
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A member of the cluster as stored in the registry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Unique id of this process's node (`id`), generated at build time.
+    pub id: String,
+    /// Optional stable name chosen by the user, kept alongside the id (`name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// IP address the node reports (`ip`).
+    #[serde(default)]
+    pub ip: String,
+    /// Host name (`hostname`).
+    #[serde(default)]
+    pub hostname: String,
+    /// Last time the node wrote its record (`last_alive`). Informational: liveness is decided
+    /// by the registry's lease, never by comparing clocks.
+    pub last_alive: DateTime<Utc>,
+    /// When the node registered (`create_time`).
+    pub create_time: DateTime<Utc>,
+    /// Status (`status`).
+    pub status: NodeStatus,
+    /// Weight for weighted strategies; 0 means "owns nothing" (`weight`, default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+impl Node {
+    /// A node record with the given id, status `Starting`, weight 1 and both times at `now`.
+    pub fn new(id: impl Into<String>, now: DateTime<Utc>) -> Self {
+        Node {
+            id: id.into(),
+            name: None,
+            ip: String::new(),
+            hostname: String::new(),
+            last_alive: now,
+            create_time: now,
+            status: NodeStatus::Starting,
+            weight: 1,
+        }
+    }
+
+    /// The stored bytes (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_json(self)
+    }
+
+    /// Decodes stored bytes; `key` names the value in the error.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the bytes are not a node record.
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self> {
+        decode_json(key, bytes)
+    }
+}
+
+/// A deletion marker for a task name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The task name (`name`).
+    pub name: String,
+    /// When it was marked deleted (`deleted_at`).
+    pub deleted_at: DateTime<Utc>,
+}
+
+impl Tombstone {
+    /// The stored bytes (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_json(self)
+    }
+
+    /// Decodes stored bytes; `key` names the value in the error.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the bytes are not a tombstone record.
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self> {
+        decode_json(key, bytes)
+    }
+}
+
+/// One scheduled fire: a task and the instant it was scheduled for, in UTC, truncated to the
+/// millisecond. The unit of exactly-once; never `now()`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FireKey {
+    /// The task name (`task`).
+    pub task: String,
+    /// The scheduled instant (`instant`).
+    pub instant: DateTime<Utc>,
+}
+
+impl FireKey {
+    /// A fire key, truncating the instant to the millisecond.
+    pub fn new(task: impl Into<String>, instant: DateTime<Utc>) -> Self {
+        let ms = instant.timestamp_millis();
+        FireKey {
+            task: task.into(),
+            instant: Utc
+                .timestamp_millis_opt(ms)
+                .single()
+                .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
+        }
+    }
+
+    /// The instant as milliseconds since the Unix epoch: the part of a claim key after the task.
+    pub fn instant_millis(&self) -> i64 {
+        self.instant.timestamp_millis()
+    }
+}
+
+impl std::fmt::Display for FireKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.task, self.instant.to_rfc3339())
+    }
+}
+
+/// A won claim as stored in the registry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The fire (`fire`).
+    pub fire: FireKey,
+    /// The node that won it (`node_id`).
+    pub node_id: String,
+    /// Fencing token (`token`): non-zero, distinct among the won claims of one task in a
+    /// namespace, and greater for a later claim where the backend can order them.
+    pub token: u64,
+}
+
+impl Claim {
+    /// The stored bytes (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_json(self)
+    }
+
+    /// Decodes stored bytes; `key` names the value in the error.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the bytes are not a claim record.
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self> {
+        decode_json(key, bytes)
+    }
+}
+
+/// The answer for one fire of a batch claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClaimOutcome {
+    /// This node won the fire and must run it.
+    Won {
+        /// The fencing token of the claim.
+        token: u64,
+    },
+    /// Another claim for the fire exists: do not run it.
+    Lost,
+    /// The task name is tombstoned: do not run it.
+    Tombstoned,
+}
+
+impl ClaimOutcome {
+    /// Whether the fire was won.
+    pub fn is_won(&self) -> bool {
+        matches!(self, ClaimOutcome::Won { .. })
+    }
+}
+
+/// A change to the node list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A node registered or its record changed.
+    Put(Node),
+    /// A node unregistered or its lease expired.
+    Delete {
+        /// The node id.
+        id: String,
+    },
+    /// Events may have been lost (a buffer overflowed, a watch restarted): list again.
+    Resync,
+}
+
+/// A change to the dynamic tasks or their tombstones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskMetaEvent {
+    /// A task was added or its record changed.
+    Put(TaskMeta),
+    /// A task record was removed (cleanup).
+    Removed {
+        /// The task name.
+        name: String,
+    },
+    /// A task name was marked deleted.
+    Tombstoned(Tombstone),
+    /// A tombstone was cleared (reuse, force-add, cleanup).
+    TombstoneCleared {
+        /// The task name.
+        name: String,
+    },
+    /// Events may have been lost (a buffer overflowed, a watch restarted): list again.
+    Resync,
+}
+
+/// An event type with a "list again" marker, used by [`crate::watch_channel`].
+pub trait ResyncEvent {
+    /// The marker value.
+    fn resync() -> Self;
+}
+
+impl ResyncEvent for NodeEvent {
+    fn resync() -> Self {
+        NodeEvent::Resync
+    }
+}
+
+impl ResyncEvent for TaskMetaEvent {
+    fn resync() -> Self {
+        TaskMetaEvent::Resync
+    }
+}
+
+/// A value read from a registry that did not decode, reported next to the good ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptEntry {
+    /// The key (or task name) of the value.
+    pub key: String,
+    /// Why decoding failed.
+    pub reason: String,
+}
+
+/// The answer of a list call: the records that decoded and the ones that did not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing<T> {
+    /// Records that decoded.
+    pub items: Vec<T>,
+    /// Values that did not decode; never a reason to fail the whole listing.
+    pub corrupt: Vec<CorruptEntry>,
+}
+
+impl<T> Default for Listing<T> {
+    fn default() -> Self {
+        Listing {
+            items: Vec::new(),
+            corrupt: Vec::new(),
+        }
+    }
+}
+
+impl<T> Listing<T> {
+    /// A listing with these items and nothing corrupt.
+    pub fn of(items: Vec<T>) -> Self {
+        Listing {
+            items,
+            corrupt: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_name_rules() {
+        assert!(validate_task_name("a").is_ok());
+        assert!(validate_task_name("ünïcode name with spaces:*?#@!").is_ok());
+        assert!(validate_task_name(&"x".repeat(200)).is_ok());
+        for bad in ["", "a/b", "tab\there", "nl\n"] {
+            assert!(
+                matches!(validate_task_name(bad), Err(Error::InvalidTaskName { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            validate_task_name(&"x".repeat(201)),
+            Err(Error::InvalidTaskName { .. })
+        ));
+    }
+
+    #[test]
+    fn task_meta_format_is_stable() {
+        // The seed's field names; absent optional fields are omitted.
+        let json = br#"{"name":"n","cron_format":"* * * * *","one_shot":true,"payload":"p"}"#;
+        let meta = TaskMeta::decode("k", json).expect("decodes");
+        assert_eq!(meta.name, "n");
+        assert!(meta.one_shot);
+        assert_eq!(meta.payload, "p");
+        assert_eq!(meta.misfire, None);
+        let back = String::from_utf8(meta.encode()).expect("utf8");
+        assert_eq!(
+            back,
+            r#"{"name":"n","cron_format":"* * * * *","one_shot":true,"payload":"p"}"#
+        );
+        // Fields from a newer version are ignored.
+        let newer = br#"{"name":"n","cron_format":"@hourly","future_field":{"x":1}}"#;
+        assert_eq!(TaskMeta::decode("k", newer).expect("decodes").name, "n");
+        let with_policy = TaskMeta {
+            misfire: Some(MisfirePolicy::FireAll { max: 3 }),
+            ..TaskMeta::new("n", "@hourly")
+        };
+        let s = String::from_utf8(with_policy.encode()).expect("utf8");
+        assert!(
+            s.contains(r#""misfire":{"policy":"fire_all","max":3}"#),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn corrupt_bytes_are_typed_errors() {
+        for bytes in [&b"\xff\x00"[..], b"{", b"[]", b"{\"name\":1}"] {
+            assert!(matches!(
+                TaskMeta::decode("ns/tasks/x", bytes),
+                Err(Error::Corrupt { .. })
+            ));
+            assert!(matches!(
+                Node::decode("k", bytes),
+                Err(Error::Corrupt { .. })
+            ));
+            assert!(matches!(
+                Claim::decode("k", bytes),
+                Err(Error::Corrupt { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn node_weight_defaults_to_one() {
+        let json = br#"{"id":"a","last_alive":"2026-01-01T00:00:00Z","create_time":"2026-01-01T00:00:00Z","status":"working"}"#;
+        let node = Node::decode("k", json).expect("decodes");
+        assert_eq!(node.weight, 1);
+        assert_eq!(node.status, NodeStatus::Working);
+    }
+
+    #[test]
+    fn fire_key_truncates_to_millis() {
+        let t = Utc
+            .timestamp_opt(1_700_000_000, 123_456_789)
+            .single()
+            .expect("valid");
+        let k = FireKey::new("t", t);
+        assert_eq!(k.instant_millis(), 1_700_000_000_123);
+        assert_eq!(k, FireKey::new("t", k.instant));
+    }
+}
