@@ -5,7 +5,9 @@
 
 pub mod clock;
 pub mod error;
+pub mod memory;
 pub mod registry;
+pub mod schedule;
 pub mod tombstone;
 pub mod types;
 pub mod watch;

@@ -1,0 +1,1 @@
+//! `MemoryRegistry`: the in-process registry (being written).

@@ -1,0 +1,1 @@
+//! Schedules: parsing and evaluation (being written).
