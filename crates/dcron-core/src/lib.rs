@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod error;
+pub mod lifecycle;
 pub mod memory;
 pub mod registry;
 pub mod schedule;
