@@ -1,0 +1,480 @@
+//! Claim cases: exactly one winner per fire, batches, retention, tombstones and fencing tokens.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dcron_core::{ClaimOutcome, FireKey, PutMode, Registry, TaskMeta};
+use futures::future::join_all;
+
+use crate::harness::{instant, now_millis, wait_until, CaseContext, CaseError, CaseResult};
+use crate::{ensure, ensure_eq};
+
+/// The retention used by cases that do not test retention itself: long enough to outlive them.
+const LONG: Duration = Duration::from_secs(600);
+
+fn fires(task: &str, n: i64) -> Vec<FireKey> {
+    (0..n)
+        .map(|i| FireKey::new(task, instant(i * 1000)))
+        .collect()
+}
+
+fn won_token(outcome: &ClaimOutcome) -> Option<u64> {
+    match outcome {
+        ClaimOutcome::Won { token } => Some(*token),
+        _ => None,
+    }
+}
+
+async fn claim_one(
+    reg: &dyn Registry,
+    fire: &FireKey,
+    node: &str,
+) -> Result<ClaimOutcome, CaseError> {
+    let out = reg.claim(std::slice::from_ref(fire), node, LONG).await?;
+    ensure_eq!(out.len(), 1, "one fire claimed, one outcome expected");
+    Ok(out[0])
+}
+
+/// 16 clients race to claim each of 100 fires: exactly one `Won` per fire, 100 wins in total.
+pub async fn sixteen_claimers_one_winner_per_fire(cx: &CaseContext) -> CaseResult {
+    const CLAIMERS: usize = 16;
+    const FIRES: i64 = 100;
+    let mut clients = Vec::new();
+    for _ in 0..CLAIMERS {
+        clients.push(cx.open().await?);
+    }
+    let all = fires("race", FIRES);
+    let mut workers = Vec::new();
+    for (i, reg) in clients.into_iter().enumerate() {
+        let all = all.clone();
+        workers.push(tokio::spawn(async move {
+            let node = format!("node-{i}");
+            let mut wins = Vec::new();
+            // Each claimer walks the fires from a different starting point, one claim per call,
+            // so that every fire is contended by calls in flight at the same time.
+            for k in 0..all.len() {
+                let fire = &all[(k + i * 7) % all.len()];
+                let out = reg.claim(std::slice::from_ref(fire), &node, LONG).await?;
+                if out.len() != 1 {
+                    return Err(CaseError::Failed(format!(
+                        "claim of one fire answered {} outcomes",
+                        out.len()
+                    )));
+                }
+                if let ClaimOutcome::Won { token } = out[0] {
+                    wins.push((fire.clone(), node.clone(), token));
+                } else if out[0] != ClaimOutcome::Lost {
+                    return Err(CaseError::Failed(format!(
+                        "{fire}: expected Won or Lost, got {:?}",
+                        out[0]
+                    )));
+                }
+            }
+            Ok::<_, CaseError>(wins)
+        }));
+    }
+    let mut winners: BTreeMap<FireKey, Vec<String>> = BTreeMap::new();
+    for w in join_all(workers).await {
+        let wins = w.map_err(|e| CaseError::Failed(format!("claimer task failed: {e}")))??;
+        for (fire, node, _) in wins {
+            winners.entry(fire).or_default().push(node);
+        }
+    }
+    let duplicated: Vec<_> = winners.iter().filter(|(_, w)| w.len() > 1).collect();
+    ensure!(
+        duplicated.is_empty(),
+        "fires won more than once: {duplicated:?}"
+    );
+    ensure_eq!(
+        winners.len(),
+        FIRES as usize,
+        "every fire must be won exactly once"
+    );
+    let reg = cx.open().await?;
+    for fire in all.iter().take(5) {
+        let claims = reg.list_claims(&fire.task).await?;
+        let stored: Vec<_> = claims.items.iter().filter(|c| &c.fire == fire).collect();
+        ensure_eq!(stored.len(), 1, "{fire}: one retained claim");
+        ensure_eq!(
+            Some(&stored[0].node_id),
+            winners.get(fire).and_then(|w| w.first()),
+            "{fire}: the retained claim names the winner"
+        );
+    }
+    Ok(())
+}
+
+/// 8 clients claim the same 50-fire batch (in different orders) at once: one winner per fire.
+pub async fn concurrent_overlapping_batches(cx: &CaseContext) -> CaseResult {
+    let all = fires("batch-race", 50);
+    let mut calls = Vec::new();
+    for i in 0..8usize {
+        let reg = cx.open().await?;
+        let mut batch = all.clone();
+        batch.rotate_left(i * 6);
+        if i % 2 == 1 {
+            batch.reverse();
+        }
+        calls.push(tokio::spawn(async move {
+            let out = reg.claim(&batch, &format!("node-{i}"), LONG).await;
+            (batch, out)
+        }));
+    }
+    let mut wins: BTreeMap<FireKey, usize> = BTreeMap::new();
+    for call in join_all(calls).await {
+        let (batch, out) = call.map_err(|e| CaseError::Failed(format!("task failed: {e}")))?;
+        let out = out?;
+        ensure_eq!(out.len(), batch.len(), "one outcome per fire");
+        for (fire, o) in batch.iter().zip(&out) {
+            ensure!(
+                matches!(o, ClaimOutcome::Won { .. } | ClaimOutcome::Lost),
+                "{fire}: unexpected {o:?}"
+            );
+            if o.is_won() {
+                *wins.entry(fire.clone()).or_default() += 1;
+            }
+        }
+    }
+    ensure!(
+        wins.values().all(|&n| n == 1) && wins.len() == all.len(),
+        "each fire must be won exactly once, got {wins:?}"
+    );
+    Ok(())
+}
+
+/// A batch answers one outcome per fire, in order: already-claimed fires `Lost`, new ones `Won`.
+pub async fn batch_mixed_outcomes_in_order(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let all = fires("mixed", 6);
+    // Pre-claim fires 1 and 4 from another node.
+    let pre = reg
+        .claim(&[all[1].clone(), all[4].clone()], "other", LONG)
+        .await?;
+    ensure!(
+        pre.iter().all(ClaimOutcome::is_won),
+        "fresh fires must be won: {pre:?}"
+    );
+    let out = reg.claim(&all, "me", LONG).await?;
+    ensure_eq!(out.len(), all.len(), "one outcome per fire");
+    for (i, o) in out.iter().enumerate() {
+        let expect_won = i != 1 && i != 4;
+        ensure_eq!(o.is_won(), expect_won, "outcome {i} ({o:?})");
+        if !expect_won {
+            ensure_eq!(*o, ClaimOutcome::Lost, "outcome {i}");
+        }
+    }
+    Ok(())
+}
+
+/// The same fire twice in one batch: the first is `Won`, the second `Lost`.
+pub async fn duplicate_fire_in_batch_first_wins(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let a = FireKey::new("dup", instant(0));
+    let b = FireKey::new("dup", instant(1000));
+    let out = reg
+        .claim(&[a.clone(), b.clone(), a.clone(), a.clone()], "me", LONG)
+        .await?;
+    ensure_eq!(out.len(), 4, "one outcome per entry");
+    ensure!(out[0].is_won(), "first occurrence must win: {out:?}");
+    ensure!(out[1].is_won(), "a distinct fire must win: {out:?}");
+    ensure_eq!(out[2], ClaimOutcome::Lost, "second occurrence");
+    ensure_eq!(out[3], ClaimOutcome::Lost, "third occurrence");
+    let claims = reg.list_claims("dup").await?;
+    ensure_eq!(claims.items.len(), 2, "two distinct fires retained");
+    Ok(())
+}
+
+/// An empty batch answers an empty list.
+pub async fn empty_batch_answers_nothing(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let out = reg.claim(&[], "me", LONG).await?;
+    ensure!(out.is_empty(), "expected no outcomes, got {out:?}");
+    Ok(())
+}
+
+/// A claim stays after its handler would have finished: listed, and re-claims (any client) `Lost`.
+pub async fn claims_outlive_the_handler(cx: &CaseContext) -> CaseResult {
+    let a = cx.open().await?;
+    let b = cx.open().await?;
+    let fire = FireKey::new("handler", instant(0));
+    let won = claim_one(a.as_ref(), &fire, "first").await?;
+    ensure!(won.is_won(), "fresh fire must be won: {won:?}");
+    // "The handler finished": nothing is released. The claim is still there for everyone.
+    let listed = b.list_claims("handler").await?;
+    ensure_eq!(listed.items.len(), 1, "one retained claim");
+    ensure_eq!(listed.items[0].fire, fire, "retained claim's fire");
+    for (reg, node) in [(&a, "first"), (&b, "second"), (&b, "first")] {
+        let again = claim_one(reg.as_ref(), &fire, node).await?;
+        ensure_eq!(again, ClaimOutcome::Lost, "re-claim by {node}");
+    }
+    Ok(())
+}
+
+/// Different instants of one task are independent fires.
+pub async fn instants_are_independent(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let t0 = FireKey::new("instants", instant(0));
+    let t1 = FireKey::new("instants", instant(1));
+    let t2 = FireKey::new("instants", instant(60_000));
+    ensure!(
+        claim_one(reg.as_ref(), &t0, "a").await?.is_won(),
+        "first instant"
+    );
+    ensure!(
+        claim_one(reg.as_ref(), &t1, "b").await?.is_won(),
+        "an instant one millisecond later is another fire"
+    );
+    ensure!(
+        claim_one(reg.as_ref(), &t2, "a").await?.is_won(),
+        "a later instant"
+    );
+    ensure_eq!(
+        claim_one(reg.as_ref(), &t1, "a").await?,
+        ClaimOutcome::Lost,
+        "re-claim of the second instant"
+    );
+    Ok(())
+}
+
+/// Claims of one task never affect another task's fires at the same instant.
+pub async fn tasks_are_independent(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let at = instant(0);
+    let names = ["alpha", "alpha2", "alph", "beta"];
+    let batch: Vec<FireKey> = names.iter().map(|n| FireKey::new(*n, at)).collect();
+    let out = reg.claim(&batch, "me", LONG).await?;
+    ensure!(
+        out.iter().all(ClaimOutcome::is_won),
+        "same instant, different tasks: all won, got {out:?}"
+    );
+    reg.cleanup_task("alpha").await?;
+    let alpha2 = reg.list_claims("alpha2").await?;
+    ensure_eq!(
+        alpha2.items.len(),
+        1,
+        "cleanup of alpha keeps alpha2's claim"
+    );
+    ensure_eq!(
+        reg.list_claims("alph").await?.items.len(),
+        1,
+        "cleanup of alpha keeps alph's claim"
+    );
+    ensure!(
+        reg.list_claims("alpha").await?.items.is_empty(),
+        "alpha's claims removed by cleanup"
+    );
+    Ok(())
+}
+
+/// A tombstoned task's fires answer `Tombstoned` (no claim written); others in the batch are unaffected.
+pub async fn tombstoned_task_answers_tombstoned(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let other = cx.open().await?;
+    reg.mark_deleted("gone", now_millis()).await?;
+    let batch = vec![
+        FireKey::new("live", instant(0)),
+        FireKey::new("gone", instant(0)),
+        FireKey::new("live", instant(1000)),
+    ];
+    let out = other.claim(&batch, "me", LONG).await?;
+    ensure_eq!(out.len(), 3, "one outcome per fire");
+    ensure!(out[0].is_won(), "live fire: {:?}", out[0]);
+    ensure_eq!(out[1], ClaimOutcome::Tombstoned, "tombstoned fire");
+    ensure!(out[2].is_won(), "live fire: {:?}", out[2]);
+    ensure!(
+        other.list_claims("gone").await?.items.is_empty(),
+        "no claim is written for a tombstoned fire"
+    );
+    // A fire claimed before the tombstone is still answered Tombstoned afterwards.
+    let fire = FireKey::new("later", instant(0));
+    ensure!(
+        claim_one(reg.as_ref(), &fire, "a").await?.is_won(),
+        "before"
+    );
+    reg.mark_deleted("later", now_millis()).await?;
+    ensure_eq!(
+        claim_one(other.as_ref(), &fire, "b").await?,
+        ClaimOutcome::Tombstoned,
+        "after mark_deleted"
+    );
+    Ok(())
+}
+
+/// After the tombstone is cleared (reuse), new fires of the name can be won again.
+pub async fn reuse_makes_fires_claimable(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    reg.mark_deleted("again", now_millis()).await?;
+    let fire = FireKey::new("again", instant(0));
+    ensure_eq!(
+        claim_one(reg.as_ref(), &fire, "a").await?,
+        ClaimOutcome::Tombstoned,
+        "while tombstoned"
+    );
+    reg.clear_tombstone("again").await?;
+    ensure!(
+        claim_one(reg.as_ref(), &fire, "a").await?.is_won(),
+        "after clear_tombstone the fire is claimable"
+    );
+    Ok(())
+}
+
+/// Fencing tokens are non-zero and distinct among one task's won claims, and match `list_claims`.
+pub async fn fencing_tokens_nonzero_and_distinct(cx: &CaseContext) -> CaseResult {
+    let a = cx.open().await?;
+    let b = cx.open().await?;
+    let all = fires("fenced", 40);
+    let (first, second) = all.split_at(20);
+    let (oa, ob) = tokio::join!(
+        a.claim(first, "node-a", LONG),
+        b.claim(second, "node-b", LONG)
+    );
+    let mut tokens = BTreeMap::new();
+    for (fire, o) in first.iter().zip(oa?).chain(second.iter().zip(ob?)) {
+        let token = won_token(&o).ok_or_else(|| CaseError::Failed(format!("{fire}: {o:?}")))?;
+        ensure!(token != 0, "{fire}: token must be non-zero");
+        tokens.insert(fire.clone(), token);
+    }
+    let distinct: BTreeSet<u64> = tokens.values().copied().collect();
+    ensure_eq!(distinct.len(), tokens.len(), "tokens must be distinct");
+    let listed = a.list_claims("fenced").await?;
+    ensure_eq!(listed.items.len(), all.len(), "every claim listed");
+    for claim in listed.items {
+        ensure_eq!(
+            tokens.get(&claim.fire).copied(),
+            Some(claim.token),
+            "{}: listed token matches the Won token",
+            claim.fire
+        );
+        let expected_node = if first.contains(&claim.fire) {
+            "node-a"
+        } else {
+            "node-b"
+        };
+        ensure_eq!(
+            claim.node_id.as_str(),
+            expected_node,
+            "{}: node id",
+            claim.fire
+        );
+    }
+    Ok(())
+}
+
+/// `list_claims` names the winning node of each fire and lists only that task's claims.
+pub async fn list_claims_names_the_winners(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    ensure!(
+        reg.list_claims("nobody").await?.items.is_empty(),
+        "no claims for an unknown task"
+    );
+    let f = fires("owned", 3);
+    reg.claim(&f[..1], "node-x", LONG).await?;
+    reg.claim(&f[1..], "node-y", LONG).await?;
+    reg.claim(&[FireKey::new("owned-other", instant(0))], "node-z", LONG)
+        .await?;
+    let mut listed: Vec<(i64, String)> = reg
+        .list_claims("owned")
+        .await?
+        .items
+        .into_iter()
+        .map(|c| (c.fire.instant_millis(), c.node_id))
+        .collect();
+    listed.sort();
+    let expected = vec![
+        (f[0].instant_millis(), "node-x".to_string()),
+        (f[1].instant_millis(), "node-y".to_string()),
+        (f[2].instant_millis(), "node-y".to_string()),
+    ];
+    ensure_eq!(listed, expected, "claims of `owned`");
+    Ok(())
+}
+
+/// A claim is removed by the registry after its retention: the fire can be won again.
+pub async fn retention_expiry_allows_a_new_claim(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let retention = cx.min_ttl();
+    let fire = FireKey::new("retained", instant(0));
+    let out = reg
+        .claim(std::slice::from_ref(&fire), "a", retention)
+        .await?;
+    ensure!(out[0].is_won(), "fresh fire: {:?}", out[0]);
+    let long_lived = FireKey::new("retained", instant(1000));
+    ensure!(
+        claim_one(reg.as_ref(), &long_lived, "a").await?.is_won(),
+        "long-retention fire"
+    );
+    let deadline = retention + cx.expiry_slack();
+    let reclaimed = wait_until(deadline, || {
+        let reg = reg.clone();
+        let fire = fire.clone();
+        async move {
+            let out = reg
+                .claim(std::slice::from_ref(&fire), "b", retention)
+                .await?;
+            Ok(out.first().is_some_and(ClaimOutcome::is_won))
+        }
+    })
+    .await?;
+    ensure!(
+        reclaimed,
+        "claim with retention {retention:?} still held after {deadline:?}"
+    );
+    ensure_eq!(
+        claim_one(reg.as_ref(), &long_lived, "b").await?,
+        ClaimOutcome::Lost,
+        "a claim with a long retention is still held"
+    );
+    Ok(())
+}
+
+/// `cleanup_task` removes the claims: the same fires can be won again.
+pub async fn cleanup_frees_claims(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let f = fires("recycled", 3);
+    let out = reg.claim(&f, "a", LONG).await?;
+    ensure!(out.iter().all(ClaimOutcome::is_won), "fresh: {out:?}");
+    reg.cleanup_task("recycled").await?;
+    ensure!(
+        reg.list_claims("recycled").await?.items.is_empty(),
+        "claims removed by cleanup"
+    );
+    let again = reg.claim(&f, "b", LONG).await?;
+    ensure!(
+        again.iter().all(ClaimOutcome::is_won),
+        "after cleanup: {again:?}"
+    );
+    Ok(())
+}
+
+/// A `Force` put clears the name's claims; an `Update` put keeps them.
+pub async fn force_put_clears_claims_update_keeps_them(cx: &CaseContext) -> CaseResult {
+    let reg: Arc<dyn Registry> = cx.open().await?;
+    let meta = TaskMeta::new("rewritten", "* * * * *");
+    reg.put_task(&meta, PutMode::CreateOnly).await?;
+    let fire = FireKey::new("rewritten", instant(0));
+    ensure!(claim_one(reg.as_ref(), &fire, "a").await?.is_won(), "fresh");
+    reg.put_task(&meta.clone().with_payload("v2"), PutMode::Update)
+        .await?;
+    ensure_eq!(
+        claim_one(reg.as_ref(), &fire, "b").await?,
+        ClaimOutcome::Lost,
+        "after Update the claim is kept"
+    );
+    ensure_eq!(
+        reg.list_claims("rewritten").await?.items.len(),
+        1,
+        "claims after Update"
+    );
+    reg.put_task(&meta.with_payload("v3"), PutMode::Force)
+        .await?;
+    ensure!(
+        reg.list_claims("rewritten").await?.items.is_empty(),
+        "Force removes the claims"
+    );
+    ensure!(
+        claim_one(reg.as_ref(), &fire, "b").await?.is_won(),
+        "after Force the fire can be won again"
+    );
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! The factory a backend implements, the context every case receives, and the helpers cases use.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use dcron_core::{Error, Lease, Node, Registry};
+use tokio::time::Instant;
+
+/// The environment variable that turns a skip for an unreachable server into a failure (CI sets
+/// it to `1`).
+pub const REQUIRE_ENV: &str = "DCRON_TEST_REQUIRE";
+
+/// Whether [`REQUIRE_ENV`] is set to `1`.
+pub fn servers_required() -> bool {
+    std::env::var(REQUIRE_ENV).is_ok_and(|v| v.trim() == "1")
+}
+
+/// Builds registry clients for the conformance suite, plus optional fault-injection hooks.
+///
+/// Implement [`RegistryFactory::name`] and [`RegistryFactory::open`]; override the rest where the
+/// backend can offer it. A hook left at its default answers [`Error::Unsupported`] and the cases
+/// that need it are skipped with the reason printed.
+#[async_trait]
+pub trait RegistryFactory: Send + Sync + 'static {
+    /// The backend's name, printed in reports.
+    fn name(&self) -> &'static str;
+
+    /// Opens a client on `namespace`. Called several times with the same namespace to get
+    /// independent clients that share the stored state.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the server cannot be reached: the case is skipped with the
+    /// reason printed, or fails when `DCRON_TEST_REQUIRE=1`.
+    async fn open(&self, namespace: &str) -> dcron_core::Result<Arc<dyn Registry>>;
+
+    /// The smallest node TTL (and claim retention) the backend honours (Consul: 10 s).
+    fn min_ttl(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    /// Extra time after a TTL or retention before the expiry must have happened.
+    fn expiry_slack(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+
+    /// Restarts the server, keeping its persisted data; returns once the restart was initiated
+    /// (the suite polls until the registry answers again).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] (the default) when the factory cannot do it.
+    async fn restart_server(&self) -> dcron_core::Result<()> {
+        Err(Error::Unsupported {
+            operation: "restart_server",
+        })
+    }
+
+    /// Makes the lease (session) expire now, as if the server had timed it out.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] (the default) when the factory cannot do it.
+    async fn expire_lease(&self, namespace: &str, lease: &Lease) -> dcron_core::Result<()> {
+        let _ = (namespace, lease);
+        Err(Error::Unsupported {
+            operation: "expire_lease",
+        })
+    }
+
+    /// Stores `bytes` as the task record of `name`, bypassing encoding (to plant corrupt values).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] (the default) when the factory cannot do it.
+    async fn write_raw_task(
+        &self,
+        namespace: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> dcron_core::Result<()> {
+        let _ = (namespace, name, bytes);
+        Err(Error::Unsupported {
+            operation: "write_raw_task",
+        })
+    }
+}
+
+/// Why a case did not pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaseError {
+    /// The registry broke the contract; the message says how.
+    Failed(String),
+    /// The case could not run here (a missing server or capability); the reason says why.
+    Skipped(String),
+}
+
+impl std::fmt::Display for CaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaseError::Failed(msg) => write!(f, "FAILED: {msg}"),
+            CaseError::Skipped(reason) => write!(f, "skipped: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for CaseError {}
+
+impl From<Error> for CaseError {
+    /// An unexpected registry error fails the case.
+    fn from(e: Error) -> Self {
+        CaseError::Failed(format!("unexpected registry error: {e} ({e:?})"))
+    }
+}
+
+/// What every case returns.
+pub type CaseResult = Result<(), CaseError>;
+
+/// Fails the case with a formatted message unless the condition holds.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err($crate::CaseError::Failed(format!($($fmt)+)));
+        }
+    };
+}
+
+/// Fails the case unless both sides are equal, printing both.
+#[macro_export]
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr, $($fmt:tt)+) => {
+        match (&$left, &$right) {
+            (l, r) => {
+                if l != r {
+                    return Err($crate::CaseError::Failed(format!(
+                        "{}: left {:?} != right {:?}",
+                        format!($($fmt)+),
+                        l,
+                        r
+                    )));
+                }
+            }
+        }
+    };
+}
+
+/// Fails the case unless the result is an error matching the pattern.
+#[macro_export]
+macro_rules! ensure_err {
+    ($result:expr, $pattern:pat, $($fmt:tt)+) => {
+        match $result {
+            Err($pattern) => {}
+            other => {
+                return Err($crate::CaseError::Failed(format!(
+                    "{}: expected Err({}), got {:?}",
+                    format!($($fmt)+),
+                    stringify!($pattern),
+                    other
+                )));
+            }
+        }
+    };
+}
+
+/// What one case gets: clients on its own fresh namespace, a second namespace for isolation
+/// checks, the factory's timing hints and its hooks.
+pub struct CaseContext {
+    factory: Arc<dyn RegistryFactory>,
+    case: String,
+    namespace: String,
+    other_namespace: String,
+    other_used: AtomicBool,
+}
+
+impl std::fmt::Debug for CaseContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaseContext")
+            .field("backend", &self.factory.name())
+            .field("case", &self.case)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl CaseContext {
+    /// A context for `case` with a fresh namespace `dcron-test-<case>-<8 hex>`.
+    pub fn new(factory: Arc<dyn RegistryFactory>, case: &str) -> Self {
+        let short: String = case
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(40)
+            .collect();
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        let namespace = format!("dcron-test-{short}-{}", &random[..8]);
+        // The other namespace extends this one, so a backend that matches keys by a bare prefix
+        // is caught by the isolation cases.
+        let other_namespace = format!("{namespace}-b");
+        CaseContext {
+            factory,
+            case: case.to_string(),
+            namespace,
+            other_namespace,
+            other_used: AtomicBool::new(false),
+        }
+    }
+
+    /// The case's name.
+    pub fn case(&self) -> &str {
+        &self.case
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> &'static str {
+        self.factory.name()
+    }
+
+    /// The case's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// A second namespace, distinct from [`CaseContext::namespace`] (and extending it).
+    pub fn other_namespace(&self) -> &str {
+        &self.other_namespace
+    }
+
+    /// Opens a new, independent client on the case's namespace.
+    ///
+    /// # Errors
+    /// [`CaseError::Skipped`] when the server is unavailable (a failure when
+    /// `DCRON_TEST_REQUIRE=1`), [`CaseError::Failed`] for any other error.
+    pub async fn open(&self) -> Result<Arc<dyn Registry>, CaseError> {
+        open_client(self.factory.as_ref(), &self.namespace).await
+    }
+
+    /// Opens a new client on [`CaseContext::other_namespace`] (cleaned up after the case too).
+    ///
+    /// # Errors
+    /// As [`CaseContext::open`].
+    pub async fn open_other(&self) -> Result<Arc<dyn Registry>, CaseError> {
+        self.other_used.store(true, Ordering::Release);
+        open_client(self.factory.as_ref(), &self.other_namespace).await
+    }
+
+    /// The smallest TTL the backend honours.
+    pub fn min_ttl(&self) -> Duration {
+        self.factory.min_ttl()
+    }
+
+    /// The extra time after a TTL before expiry must have happened.
+    pub fn expiry_slack(&self) -> Duration {
+        self.factory.expiry_slack()
+    }
+
+    /// The longest a TTL-based expiry may take: [`CaseContext::min_ttl`] plus
+    /// [`CaseContext::expiry_slack`].
+    pub fn expiry_bound(&self) -> Duration {
+        self.min_ttl() + self.expiry_slack()
+    }
+
+    /// Restarts the server through the factory.
+    ///
+    /// # Errors
+    /// [`CaseError::Skipped`] when the factory does not offer it.
+    pub async fn restart_server(&self) -> Result<(), CaseError> {
+        hook(self.factory.restart_server().await, "restart_server")
+    }
+
+    /// Expires a lease now through the factory.
+    ///
+    /// # Errors
+    /// [`CaseError::Skipped`] when the factory does not offer it.
+    pub async fn expire_lease(&self, lease: &Lease) -> Result<(), CaseError> {
+        hook(
+            self.factory.expire_lease(&self.namespace, lease).await,
+            "expire_lease",
+        )
+    }
+
+    /// Writes raw bytes as a task record through the factory.
+    ///
+    /// # Errors
+    /// [`CaseError::Skipped`] when the factory does not offer it.
+    pub async fn write_raw_task(&self, name: &str, bytes: &[u8]) -> Result<(), CaseError> {
+        hook(
+            self.factory
+                .write_raw_task(&self.namespace, name, bytes)
+                .await,
+            "write_raw_task",
+        )
+    }
+
+    /// A node record with an id unique to this case (`<prefix>-<8 hex>`), status `Starting`.
+    pub fn node(&self, prefix: &str) -> Node {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        Node::new(format!("{prefix}-{}", &random[..8]), now_millis())
+    }
+
+    /// Removes what the case left in its namespaces (best effort; errors are ignored).
+    pub async fn cleanup(&self) {
+        if let Ok(reg) = self.factory.open(&self.namespace).await {
+            let _ = reg.cleanup_all().await;
+        }
+        if self.other_used.load(Ordering::Acquire) {
+            if let Ok(reg) = self.factory.open(&self.other_namespace).await {
+                let _ = reg.cleanup_all().await;
+            }
+        }
+    }
+}
+
+async fn open_client(
+    factory: &dyn RegistryFactory,
+    namespace: &str,
+) -> Result<Arc<dyn Registry>, CaseError> {
+    match factory.open(namespace).await {
+        Ok(reg) => Ok(reg),
+        Err(e @ Error::Unavailable { .. }) => {
+            if servers_required() {
+                Err(CaseError::Failed(format!(
+                    "{} server unreachable and {REQUIRE_ENV}=1: {e}",
+                    factory.name()
+                )))
+            } else {
+                Err(CaseError::Skipped(format!(
+                    "{} server unreachable: {e}",
+                    factory.name()
+                )))
+            }
+        }
+        Err(e) => Err(CaseError::Failed(format!(
+            "opening a {} client failed: {e}",
+            factory.name()
+        ))),
+    }
+}
+
+fn hook(result: dcron_core::Result<()>, name: &str) -> Result<(), CaseError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(Error::Unsupported { .. }) => Err(CaseError::Skipped(format!(
+            "the factory does not offer the `{name}` hook"
+        ))),
+        Err(e) => Err(CaseError::Failed(format!("the `{name}` hook failed: {e}"))),
+    }
+}
+
+/// Now, truncated to the millisecond (what claim keys and most stores keep).
+pub fn now_millis() -> DateTime<Utc> {
+    let ms = Utc::now().timestamp_millis();
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+/// A fixed instant `offset_ms` milliseconds after 2030-01-01T00:00:00Z, for fire keys.
+pub fn instant(offset_ms: i64) -> DateTime<Utc> {
+    const BASE_MS: i64 = 1_893_456_000_000;
+    Utc.timestamp_millis_opt(BASE_MS + offset_ms)
+        .single()
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+/// Polls `condition` until it answers `true` or `within` has passed, then answers whether it
+/// held. Errors from the condition end the wait at once.
+///
+/// # Errors
+/// The first error the condition returns.
+pub async fn wait_until<F, Fut>(within: Duration, mut condition: F) -> Result<bool, CaseError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, CaseError>>,
+{
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if condition().await? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Whether a node id is in the registry's live node list.
+///
+/// # Errors
+/// A failed listing.
+pub async fn node_listed(reg: &dyn Registry, id: &str) -> Result<bool, CaseError> {
+    Ok(reg.list_nodes().await?.items.iter().any(|n| n.id == id))
+}
