@@ -3,9 +3,17 @@
 #![forbid(unsafe_code)]
 
 pub mod claims;
+pub mod corrupt;
+pub mod faults;
 pub mod harness;
 pub mod ledger;
+pub mod membership;
+pub mod memory;
+pub mod namespace;
 pub mod runner;
+pub mod tasks;
+pub mod tombstones;
+pub mod watch;
 
 pub use async_trait::async_trait;
 pub use harness::{
@@ -13,6 +21,7 @@ pub use harness::{
     CaseResult, RegistryFactory, REQUIRE_ENV,
 };
 pub use ledger::{check, expected_fires, Duplicate, Execution, Ledger, Report};
+pub use memory::MemoryFactory;
 #[doc(hidden)]
 pub use runner::__private;
 pub use runner::{cases, run_all, run_case, Case, CaseFn, Requirement, Summary, CASE_TIMEOUT};
@@ -116,6 +125,74 @@ macro_rules! __dcron_case_list {
     ([$($callback:tt)*] [$($args:tt)*]) => {
         $($callback)*! {
             [$($args)*]
+            membership {
+                register_then_list: None,
+                    "A registered node is listed at once, by any client, with exactly the record registered.";
+                node_record_round_trips: None,
+                    "Every node field (name, ip, hostname, weight 0, status, times) round-trips.";
+                two_nodes_listed: None,
+                    "Two nodes registered by two clients are both listed by a third; unregistering one leaves the other.";
+                zero_ttl_refused: None,
+                    "Registering with a zero TTL is `InvalidArgument` and lists nothing.";
+                expires_without_keep_alive: None,
+                    "A node that is not kept alive disappears by itself within TTL + slack.";
+                keep_alive_extends_life: None,
+                    "Keep-alives keep a node listed past twice its TTL; it expires once they stop.";
+                keep_alive_after_expiry_is_lease_lost: None,
+                    "`keep_alive` on an expired lease is `LeaseLost` and does not bring the node back.";
+                update_node_keeps_the_lease: None,
+                    "`update_node` changes the record but keeps the lease: the node still expires without keep-alives.";
+                update_node_after_expiry_is_lease_lost: None,
+                    "`update_node` after expiry is `LeaseLost` and does not recreate the record.";
+                unregister_removes_and_is_idempotent: None,
+                    "`unregister` removes the node at once and releases the lease; twice, or after expiry, is `Ok`.";
+                reregister_after_expiry: None,
+                    "Re-registering after expiry gets a new lease id and is listed; the old lease stays `LeaseLost`.";
+                reregister_replaces_the_old_lease: None,
+                    "Registering a live node id again replaces its record (listed once) and the old lease is `LeaseLost`.";
+            }
+            tasks {
+                get_absent_is_none: None,
+                    "`get_task` of an absent name is `None`; a fresh namespace lists no tasks.";
+                record_fields_round_trip: None,
+                    "Every record field (payload, time zone, misfire policy and window, one-shot flags, created_at) round-trips exactly.";
+                create_only_refuses_existing: None,
+                    "Create-only on an existing name is `AlreadyExists` and leaves the record unchanged.";
+                create_only_refuses_tombstoned: None,
+                    "Create-only on a tombstoned name is `Tombstoned` (without a record) or `AlreadyExists` (with one).";
+                concurrent_create_only_one_wins: None,
+                    "16 clients create the same name at once: exactly one succeeds, the others get `AlreadyExists`.";
+                update_requires_a_live_record: None,
+                    "`Update` is `NotFound` without a record, `Tombstoned` when tombstoned, and replaces a live record.";
+                force_overwrites_and_clears_tombstone: None,
+                    "`Force` creates or replaces the record and clears the tombstone.";
+                tombstoned_record_still_readable: None,
+                    "A tombstoned task's record is still returned by `get_task` and `list_tasks`.";
+                list_two_thousand_tasks: None,
+                    "2,000 tasks written concurrently are all listed, each exactly once.";
+                names_with_every_character_class: None,
+                    "Names with spaces, `:`, `*`, `?`, `#`, `@`, `%`, `.`, `..`, unicode and 200 bytes round-trip, stay distinct and are addressed exactly.";
+                one_mib_payload_round_trips_or_is_refused: None,
+                    "A 1 MiB payload round-trips, or is refused with `InvalidArgument` (per `max_value_bytes`) and nothing is written.";
+                max_value_bytes_is_exact: None,
+                    "A record of exactly `max_value_bytes` is stored; one byte more is `InvalidArgument` and changes nothing.";
+            }
+            tombstones {
+                mark_deleted_without_a_record: None,
+                    "`mark_deleted` works without a record: the tombstone is read and listed with its time; no record appears.";
+                mark_deleted_is_idempotent: None,
+                    "`mark_deleted` twice keeps the first time and the record.";
+                reuse_clears_the_tombstone: None,
+                    "`clear_tombstone` makes the record live again; without a tombstone it is `NotFound`.";
+                cleanup_removes_every_trace: None,
+                    "`cleanup_task` removes record, tombstone and claims of the name, nothing of its neighbours, and frees the name.";
+                cleanup_is_idempotent: None,
+                    "`cleanup_task` twice, or of a name that never existed, is `Ok`.";
+                list_tombstones_lists_all: None,
+                    "150 tombstones are all listed, each once, with their times.";
+                cleanup_all_empties_the_namespace: None,
+                    "`cleanup_all` removes every record, tombstone and claim of the namespace and keeps node registrations.";
+            }
             claims {
                 sixteen_claimers_one_winner_per_fire: None,
                     "16 clients race on each of 100 fires: exactly one `Won` per fire, 100 wins in total.";
@@ -147,6 +224,52 @@ macro_rules! __dcron_case_list {
                     "`cleanup_task` removes the claims: the same fires can be won again.";
                 force_put_clears_claims_update_keeps_them: None,
                     "A `Force` put removes the name's claims; an `Update` put keeps them.";
+            }
+            watch {
+                watch_capability_is_honest: Watch,
+                    "Watches work, or both `watch_*` calls are `Unsupported` as `capabilities.watch` declares.";
+                node_put_and_delete_delivered: Watch,
+                    "Node register, status update and unregister are delivered (or a `Resync`) within 5 s.";
+                node_expiry_delivered: Watch,
+                    "A node whose lease expires is delivered as `Delete` within TTL + slack + 5 s.";
+                task_put_delivered: Watch,
+                    "Task create and update are delivered as `Put` with the new record within 5 s.";
+                tombstone_events_delivered: Watch,
+                    "`mark_deleted` is delivered as `Tombstoned` and `clear_tombstone` as `TombstoneCleared` within 5 s.";
+                task_removed_delivered: Watch,
+                    "`cleanup_task` of a record is delivered as `Removed` within 5 s.";
+                late_reader_converges: Watch,
+                    "A watcher that reads only after 500 writes, and one reading all along, converge to the listings (re-list on `Resync`); writers are never blocked.";
+            }
+            namespace {
+                tasks_are_isolated: None,
+                    "Task records of one namespace are invisible in another, even under the same name.";
+                tombstones_are_isolated: None,
+                    "Tombstones of one namespace are invisible in another and block nothing there.";
+                claims_are_isolated: None,
+                    "The same fire is won once in each namespace; claims and cleanup stay in their namespace.";
+                nodes_are_isolated: None,
+                    "Nodes registered in one namespace are not listed in another.";
+                cleanup_all_stays_in_its_namespace: None,
+                    "`cleanup_all` in one namespace leaves another's records, tombstones, claims and nodes intact.";
+            }
+            corrupt {
+                list_reports_corrupt_and_keeps_good: RawWrites,
+                    "`list_tasks` reports undecodable values in `corrupt` (keyed by name) and still returns every good record.";
+                get_corrupt_is_corrupt_error: RawWrites,
+                    "`get_task` of an undecodable value is `Error::Corrupt`; other names are unaffected.";
+                corrupt_record_blocks_nothing_else: RawWrites,
+                    "A corrupt record blocks nothing: create-only never overwrites it; claims, tombstone and cleanup of its name work.";
+                force_put_repairs_corrupt: RawWrites,
+                    "A `Force` put over a corrupt value repairs it.";
+            }
+            faults {
+                restart_keeps_records: Restart,
+                    "After a server restart the registry answers again (retryable errors meanwhile) and records, tombstones and claims survive.";
+                restart_node_comes_back: Restart,
+                    "After a server restart a lease is alive or `LeaseLost`, and re-registering brings the node back.";
+                expired_lease_then_reregister: ExpireLease,
+                    "An expired session makes keep-alive and update `LeaseLost` and drops the node; re-registering brings it back.";
             }
         }
     };

@@ -1,0 +1,301 @@
+//! Membership cases: registration, leases, keep-alive, expiry, status updates, unregistering.
+
+use std::time::Duration;
+
+use chrono::TimeZone;
+use dcron_core::{Error, NodeStatus, Registry};
+use tokio::time::Instant;
+
+use crate::harness::{node_listed, wait_until, CaseContext, CaseResult};
+use crate::{ensure, ensure_eq, ensure_err};
+
+/// Waits until the node is gone from the list, within the expiry bound.
+async fn gone_within(
+    reg: &dyn Registry,
+    id: &str,
+    within: Duration,
+) -> Result<bool, crate::CaseError> {
+    wait_until(within, || async move { Ok(!node_listed(reg, id).await?) }).await
+}
+
+/// A registered node is listed at once (from another client too) with the record it registered.
+pub async fn register_then_list(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let observer = cx.open().await?;
+    let mut node = cx.node("listed");
+    node.name = Some("web-1".into());
+    node.ip = "10.0.0.7".into();
+    node.hostname = "host-a".into();
+    node.weight = 3;
+    let lease = reg.register(&node, cx.min_ttl() * 10).await?;
+    ensure_eq!(lease.node_id, node.id, "lease names the node");
+    ensure!(!lease.id.is_empty(), "lease id must not be empty");
+    let listed = observer.list_nodes().await?;
+    let found: Vec<_> = listed.items.iter().filter(|n| n.id == node.id).collect();
+    ensure_eq!(found.len(), 1, "the node is listed once");
+    ensure_eq!(
+        *found[0],
+        node,
+        "the listed record equals the registered one"
+    );
+    reg.unregister(&lease).await?;
+    Ok(())
+}
+
+/// Every field of a node record round-trips, including weight 0 and odd strings.
+pub async fn node_record_round_trips(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let mut node = cx.node("fields");
+    node.name = Some("ünïcode: name with spaces".into());
+    node.ip = "::1".into();
+    node.hostname = "h.example".into();
+    node.weight = 0;
+    node.status = NodeStatus::Leaving;
+    node.create_time = chrono::Utc
+        .timestamp_millis_opt(1_700_000_000_123)
+        .single()
+        .unwrap_or_default();
+    let lease = reg.register(&node, cx.min_ttl() * 10).await?;
+    let listed = reg.list_nodes().await?;
+    let found = listed.items.iter().find(|n| n.id == node.id);
+    ensure_eq!(found, Some(&node), "listed record");
+    reg.unregister(&lease).await?;
+    Ok(())
+}
+
+/// Two nodes registered by two clients are both listed by a third.
+pub async fn two_nodes_listed(cx: &CaseContext) -> CaseResult {
+    let (a, b, observer) = (cx.open().await?, cx.open().await?, cx.open().await?);
+    let (na, nb) = (cx.node("a"), cx.node("b"));
+    let ttl = cx.min_ttl() * 10;
+    let la = a.register(&na, ttl).await?;
+    let lb = b.register(&nb, ttl).await?;
+    let mut ids: Vec<String> = observer
+        .list_nodes()
+        .await?
+        .items
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    ids.sort();
+    let mut expected = vec![na.id.clone(), nb.id.clone()];
+    expected.sort();
+    ensure_eq!(ids, expected, "listed node ids");
+    a.unregister(&la).await?;
+    let ids: Vec<String> = observer
+        .list_nodes()
+        .await?
+        .items
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    ensure_eq!(ids, vec![nb.id.clone()], "after unregistering a");
+    b.unregister(&lb).await?;
+    Ok(())
+}
+
+/// A zero TTL is refused with `InvalidArgument` and nothing is registered.
+pub async fn zero_ttl_refused(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let node = cx.node("zero");
+    ensure_err!(
+        reg.register(&node, Duration::ZERO).await,
+        Error::InvalidArgument(_),
+        "register with a zero TTL"
+    );
+    ensure!(
+        !node_listed(reg.as_ref(), &node.id).await?,
+        "a refused registration must not be listed"
+    );
+    Ok(())
+}
+
+/// A node that stops keeping alive disappears by itself within TTL + slack.
+pub async fn expires_without_keep_alive(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let observer = cx.open().await?;
+    let node = cx.node("mortal");
+    let started = Instant::now();
+    reg.register(&node, cx.min_ttl()).await?;
+    ensure!(
+        node_listed(observer.as_ref(), &node.id).await?,
+        "listed right after register"
+    );
+    let gone = gone_within(observer.as_ref(), &node.id, cx.expiry_bound()).await?;
+    ensure!(
+        gone,
+        "node still listed {:?} after registering with TTL {:?}",
+        started.elapsed(),
+        cx.min_ttl()
+    );
+    Ok(())
+}
+
+/// Keep-alives keep a node listed well past its TTL; it expires once they stop.
+pub async fn keep_alive_extends_life(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let observer = cx.open().await?;
+    let node = cx.node("kept");
+    let ttl = cx.min_ttl();
+    let lease = reg.register(&node, ttl).await?;
+    let until = Instant::now() + ttl * 2 + cx.expiry_slack();
+    while Instant::now() < until {
+        reg.keep_alive(&lease).await?;
+        ensure!(
+            node_listed(observer.as_ref(), &node.id).await?,
+            "a kept-alive node must stay listed"
+        );
+        tokio::time::sleep(ttl / 4).await;
+    }
+    reg.keep_alive(&lease).await?;
+    let gone = gone_within(observer.as_ref(), &node.id, cx.expiry_bound()).await?;
+    ensure!(gone, "node still listed after keep-alives stopped");
+    Ok(())
+}
+
+/// `keep_alive` on an expired lease answers `LeaseLost`.
+pub async fn keep_alive_after_expiry_is_lease_lost(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let node = cx.node("late");
+    let lease = reg.register(&node, cx.min_ttl()).await?;
+    ensure!(
+        gone_within(reg.as_ref(), &node.id, cx.expiry_bound()).await?,
+        "node did not expire"
+    );
+    ensure_err!(
+        reg.keep_alive(&lease).await,
+        Error::LeaseLost { .. },
+        "keep_alive after expiry"
+    );
+    ensure!(
+        !node_listed(reg.as_ref(), &node.id).await?,
+        "a failed keep_alive must not bring the node back"
+    );
+    Ok(())
+}
+
+/// `update_node` changes the record but keeps the lease: the node still expires when not kept alive.
+pub async fn update_node_keeps_the_lease(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let observer = cx.open().await?;
+    let mut node = cx.node("updated");
+    let lease = reg.register(&node, cx.min_ttl()).await?;
+    node.status = NodeStatus::Working;
+    node.weight = 5;
+    reg.update_node(&lease, &node).await?;
+    let listed = observer.list_nodes().await?;
+    let found = listed.items.iter().find(|n| n.id == node.id);
+    ensure_eq!(found, Some(&node), "record after update_node");
+    // Update again right away (a heartbeat rewriting the record must not detach it either).
+    node.status = NodeStatus::Leaving;
+    reg.update_node(&lease, &node).await?;
+    let gone = gone_within(observer.as_ref(), &node.id, cx.expiry_bound()).await?;
+    ensure!(
+        gone,
+        "an updated node must still expire when keep-alives stop (record detached from its lease?)"
+    );
+    Ok(())
+}
+
+/// `update_node` after expiry answers `LeaseLost` and does not recreate the record.
+pub async fn update_node_after_expiry_is_lease_lost(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let mut node = cx.node("zombie");
+    let lease = reg.register(&node, cx.min_ttl()).await?;
+    ensure!(
+        gone_within(reg.as_ref(), &node.id, cx.expiry_bound()).await?,
+        "node did not expire"
+    );
+    node.status = NodeStatus::Working;
+    ensure_err!(
+        reg.update_node(&lease, &node).await,
+        Error::LeaseLost { .. },
+        "update_node after expiry"
+    );
+    ensure!(
+        !node_listed(reg.as_ref(), &node.id).await?,
+        "update_node after expiry must not recreate the node"
+    );
+    Ok(())
+}
+
+/// `unregister` removes the node at once and is idempotent (twice, and after expiry, is `Ok`).
+pub async fn unregister_removes_and_is_idempotent(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let observer = cx.open().await?;
+    let node = cx.node("leaving");
+    let lease = reg.register(&node, cx.min_ttl() * 10).await?;
+    reg.unregister(&lease).await?;
+    ensure!(
+        !node_listed(observer.as_ref(), &node.id).await?,
+        "unregistered node still listed"
+    );
+    reg.unregister(&lease).await?;
+    ensure_err!(
+        reg.keep_alive(&lease).await,
+        Error::LeaseLost { .. },
+        "keep_alive after unregister"
+    );
+    let short = cx.node("expired");
+    let lease = reg.register(&short, cx.min_ttl()).await?;
+    ensure!(
+        gone_within(reg.as_ref(), &short.id, cx.expiry_bound()).await?,
+        "node did not expire"
+    );
+    reg.unregister(&lease).await?;
+    Ok(())
+}
+
+/// Re-registering after expiry gets a new lease id and the node is listed again.
+pub async fn reregister_after_expiry(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let node = cx.node("phoenix");
+    let old = reg.register(&node, cx.min_ttl()).await?;
+    ensure!(
+        gone_within(reg.as_ref(), &node.id, cx.expiry_bound()).await?,
+        "node did not expire"
+    );
+    let new = reg.register(&node, cx.min_ttl() * 10).await?;
+    ensure!(
+        new.id != old.id,
+        "a new registration must get a new lease id"
+    );
+    ensure!(
+        node_listed(reg.as_ref(), &node.id).await?,
+        "re-registered node must be listed"
+    );
+    reg.keep_alive(&new).await?;
+    ensure_err!(
+        reg.keep_alive(&old).await,
+        Error::LeaseLost { .. },
+        "keep_alive on the old lease"
+    );
+    reg.unregister(&new).await?;
+    Ok(())
+}
+
+/// Registering a live node id again replaces the record: listed once, the old lease is lost.
+pub async fn reregister_replaces_the_old_lease(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let mut node = cx.node("twice");
+    let ttl = cx.min_ttl() * 10;
+    let old = reg.register(&node, ttl).await?;
+    node.weight = 9;
+    let new = reg.register(&node, ttl).await?;
+    ensure!(
+        new.id != old.id,
+        "a new registration must get a new lease id"
+    );
+    let listed = reg.list_nodes().await?;
+    let found: Vec<_> = listed.items.iter().filter(|n| n.id == node.id).collect();
+    ensure_eq!(found.len(), 1, "the node is listed once");
+    ensure_eq!(found[0].weight, 9, "the newer record wins");
+    reg.keep_alive(&new).await?;
+    ensure_err!(
+        reg.keep_alive(&old).await,
+        Error::LeaseLost { .. },
+        "keep_alive on the replaced lease"
+    );
+    reg.unregister(&new).await?;
+    Ok(())
+}
