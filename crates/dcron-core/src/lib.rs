@@ -4,11 +4,15 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+// mod dcron; (enabled with schedule)
+// pub mod event;
 pub mod error;
 pub mod lifecycle;
 pub mod memory;
 pub mod registry;
+// mod runtime;
 pub mod schedule;
+// pub mod task;
 pub mod tombstone;
 pub mod types;
 pub mod watch;
@@ -21,4 +25,6 @@ pub use types::{
     NodeEvent, NodeStatus, ResyncEvent, TaskMeta, TaskMetaEvent, Tombstone, DEFAULT_MISFIRE_WINDOW,
     MAX_TASK_NAME_BYTES,
 };
+pub use memory::MemoryRegistry;
 pub use watch::{watch_channel, WatchSender};
+pub use dcron_assign::{Assigner, Member, Placement, Strategy};

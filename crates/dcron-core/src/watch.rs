@@ -81,8 +81,11 @@ impl<T: ResyncEvent + Unpin> Stream for Receiver<T> {
                     Poll::Ready(None)
                 }
             }
+            // `Pending` can also mean tokio's cooperative budget ran out with events still
+            // buffered: only a drained buffer may turn into the resync marker, or the consumer
+            // would relist and then apply older buffered events on top.
             Poll::Pending => {
-                if this.overflow.swap(false, Ordering::AcqRel) {
+                if this.rx.is_empty() && this.overflow.swap(false, Ordering::AcqRel) {
                     Poll::Ready(Some(T::resync()))
                 } else {
                     Poll::Pending
