@@ -1,7 +1,13 @@
-//! Consul registry for dcron (not implemented yet).
-//!
-//! This crate will hold `ConsulRegistry`, an implementation of `dcron_core::Registry` over Consul's
-//! HTTP API with `reqwest`: TTL sessions with `behavior=delete`, check-and-set and `/v1/txn`
-//! writes, and blocking queries for watches.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+mod claims;
+mod client;
+mod config;
+mod keys;
+mod registry;
+mod watch;
+
+pub use config::{ConsulRegistryConfig, CONSUL_MAX_SESSION_TTL, CONSUL_MIN_SESSION_TTL};
+pub use registry::{ConsulRegistry, MAX_VALUE_BYTES};
