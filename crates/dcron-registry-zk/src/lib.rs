@@ -1,7 +1,13 @@
-//! ZooKeeper registry for dcron (not implemented yet).
-//!
-//! This crate will hold `ZkRegistry`, an implementation of `dcron_core::Registry` on
-//! `zookeeper-async`: ephemeral znodes for membership, `multi` transactions for create-only writes,
-//! create-if-absent znodes for claims, and watches re-armed after every trigger.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+mod config;
+mod conn;
+mod layout;
+mod registry;
+mod sweeper;
+mod watcher;
+
+pub use config::{ZkRegistryConfig, DEFAULT_CONNECT, DEFAULT_NAMESPACE, MIN_SESSION_TIMEOUT};
+pub use registry::{ZkRegistry, MAX_VALUE_BYTES};

@@ -1,0 +1,355 @@
+//! One ZooKeeper session: the `zookeeper-async` client plus what that client leaves to its user.
+//!
+//! `zookeeper-async` 5 reconnects by itself, but after a reconnect it neither re-sends the
+//! authentication nor re-registers watches, and after a session expiry it silently opens a new
+//! session. [`Conn`] fills those gaps: it re-authenticates after every (re)connect, counts
+//! connections in a [`tokio::sync::watch`] so watchers re-arm and report a resync, remembers
+//! that the session expired (which ends a node lease), bounds every request with a timeout, and
+//! maps the client's errors into [`dcron_core::Error`].
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dcron_core::{Error, Result};
+use tokio::sync::watch;
+use zookeeper_async::{Acl, CreateMode, Stat, WatchedEvent, ZkError, ZkState, ZooKeeper};
+
+pub(crate) const BACKEND: &str = "zookeeper";
+
+/// Maps a client error on `path` into the dcron error.
+pub(crate) fn map_err(e: ZkError, path: &str) -> Error {
+    match e {
+        ZkError::ConnectionLoss
+        | ZkError::OperationTimeout
+        | ZkError::SessionExpired
+        | ZkError::SessionMoved => Error::Unavailable {
+            message: format!("zookeeper: {e:?} at `{path}`"),
+            source: Some(Box::new(e)),
+        },
+        ZkError::NoAuth | ZkError::AuthFailed => {
+            Error::AccessDenied(format!("zookeeper: {e:?} at `{path}`"))
+        }
+        other => Error::Backend {
+            backend: BACKEND,
+            message: format!("{other:?} at `{path}`"),
+            source: Some(Box::new(other)),
+        },
+    }
+}
+
+/// What the connection listener saw, shared with the [`Conn`].
+#[derive(Debug, Default)]
+struct Flags {
+    expired: AtomicBool,
+    closed: AtomicBool,
+}
+
+/// One session on the ensemble.
+pub(crate) struct Conn {
+    zk: Arc<ZooKeeper>,
+    acl: Vec<Acl>,
+    auth: Option<Vec<u8>>,
+    op_timeout: Duration,
+    flags: Arc<Flags>,
+    /// Bumped after every (re)connect once authentication was re-sent.
+    ready: watch::Receiver<u64>,
+    /// Held so the re-auth task ends when the connection is dropped.
+    _alive: tokio::sync::oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("expired", &self.flags.expired.load(Ordering::Relaxed))
+            .field("closed", &self.flags.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn ignore_event(_: WatchedEvent) {}
+
+impl Conn {
+    /// Connects to `hosts` with a session of `session_timeout`, authenticates, and checks that
+    /// the server answers.
+    pub(crate) async fn open(
+        hosts: &str,
+        session_timeout: Duration,
+        connect_timeout: Duration,
+        op_timeout: Duration,
+        digest: Option<&(String, String)>,
+    ) -> Result<Arc<Conn>> {
+        let connecting = ZooKeeper::connect_with_retry_time(
+            hosts,
+            session_timeout,
+            ignore_event,
+            Duration::from_millis(250),
+        );
+        let zk = match tokio::time::timeout(connect_timeout, connecting).await {
+            Ok(Ok(zk)) => Arc::new(zk),
+            Ok(Err(e)) => {
+                return Err(match e {
+                    ZkError::BadArguments => Error::InvalidArgument(format!(
+                        "zookeeper connect string {hosts:?} does not parse"
+                    )),
+                    e => map_err(e, hosts),
+                })
+            }
+            Err(_) => {
+                return Err(Error::unavailable(format!(
+                    "zookeeper: no connection to {hosts} within {connect_timeout:?}"
+                )))
+            }
+        };
+        let auth = digest.map(|(u, p)| format!("{u}:{p}").into_bytes());
+        let acl = if auth.is_some() {
+            Acl::creator_all().clone()
+        } else {
+            Acl::open_unsafe().clone()
+        };
+        let flags = Arc::new(Flags::default());
+        let (state_tx, mut state_rx) = watch::channel(0u64);
+        {
+            let flags = flags.clone();
+            #[allow(deprecated)]
+            zk.add_listener(move |state| match state {
+                ZkState::Connected | ZkState::ConnectedReadOnly => {
+                    state_tx.send_modify(|g| *g += 1);
+                }
+                // zookeeper-async reports an expired session as `NotConnected`, then opens a new
+                // session on its own: whatever was tied to the old one is gone.
+                ZkState::NotConnected => flags.expired.store(true, Ordering::Release),
+                ZkState::Closed => flags.closed.store(true, Ordering::Release),
+                _ => {}
+            });
+        }
+        // Re-authenticate after every reconnect, then tell the watchers to re-arm.
+        let (ready_tx, ready_rx) = watch::channel(0u64);
+        let (alive_tx, mut alive_rx) = tokio::sync::oneshot::channel::<()>();
+        {
+            let weak = Arc::downgrade(&zk);
+            let auth = auth.clone();
+            let mut seen = *state_rx.borrow_and_update();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = &mut alive_rx => return,
+                        changed = state_rx.changed() => if changed.is_err() { return },
+                    }
+                    let generation = *state_rx.borrow_and_update();
+                    if generation == seen {
+                        continue;
+                    }
+                    seen = generation;
+                    let Some(zk) = weak.upgrade() else { return };
+                    if let Some(auth) = &auth {
+                        if let Err(e) = zk.add_auth("digest", auth.clone()).await {
+                            tracing::warn!(error = ?e, "zookeeper: re-authentication failed");
+                        }
+                    }
+                    drop(zk);
+                    ready_tx.send_modify(|g| *g = generation);
+                }
+            });
+        }
+        let conn = Arc::new(Conn {
+            zk,
+            acl,
+            auth,
+            op_timeout,
+            flags,
+            ready: ready_rx,
+            _alive: alive_tx,
+        });
+        // The first requests wait for the handshake: they prove the server is there. A server
+        // still starting accepts connections and drops them: retry until the connect deadline.
+        let deadline = tokio::time::Instant::now() + connect_timeout;
+        loop {
+            match conn.handshake().await {
+                Ok(()) => return Ok(conn),
+                Err(e @ Error::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "zookeeper: server not ready yet");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    conn.close().await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn handshake(&self) -> Result<()> {
+        if let Some(auth) = &self.auth {
+            self.call("/", |zk| {
+                let auth = auth.clone();
+                async move { zk.add_auth("digest", auth).await }
+            })
+            .await?;
+        }
+        self.exists("/").await.map(|_| ())
+    }
+
+    /// A receiver bumped after every reconnect (once authentication was re-sent).
+    pub(crate) fn reconnects(&self) -> watch::Receiver<u64> {
+        self.ready.clone()
+    }
+
+    /// Whether the session expired or was closed (everything tied to it is gone).
+    pub(crate) fn session_ended(&self) -> bool {
+        self.flags.expired.load(Ordering::Acquire) || self.flags.closed.load(Ordering::Acquire)
+    }
+
+    /// Runs one request with the operation timeout. Client errors listed in `expected` come
+    /// back as the inner `Err`; the others are mapped into [`Error`]. A `NoAuth` answer right
+    /// after a reconnect (before authentication was re-sent) is retried once after
+    /// authenticating again.
+    pub(crate) async fn call_or<T, F, Fut>(
+        &self,
+        path: &str,
+        expected: &[ZkError],
+        op: F,
+    ) -> Result<std::result::Result<T, ZkError>>
+    where
+        F: Fn(Arc<ZooKeeper>) -> Fut,
+        Fut: Future<Output = std::result::Result<T, ZkError>>,
+    {
+        let mut res = self.raw(path, &op).await?;
+        if let (Err(ZkError::NoAuth), Some(auth)) = (&res, &self.auth) {
+            let auth = auth.clone();
+            self.raw(path, &|zk: Arc<ZooKeeper>| {
+                let auth = auth.clone();
+                async move { zk.add_auth("digest", auth).await }
+            })
+            .await?
+            .map_err(|e| map_err(e, path))?;
+            res = self.raw(path, &op).await?;
+        }
+        match res {
+            Ok(v) => Ok(Ok(v)),
+            Err(e) if expected.contains(&e) => Ok(Err(e)),
+            Err(e) => Err(map_err(e, path)),
+        }
+    }
+
+    /// [`Conn::call_or`] with no expected client error.
+    pub(crate) async fn call<T, F, Fut>(&self, path: &str, op: F) -> Result<T>
+    where
+        F: Fn(Arc<ZooKeeper>) -> Fut,
+        Fut: Future<Output = std::result::Result<T, ZkError>>,
+    {
+        self.call_or(path, &[], op)
+            .await?
+            .map_err(|e| map_err(e, path))
+    }
+
+    /// Creates a znode with the connection's ACL; answers its `Stat`.
+    pub(crate) async fn create(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        mode: CreateMode,
+        ttl: Option<Duration>,
+        expected: &[ZkError],
+    ) -> Result<std::result::Result<Stat, ZkError>> {
+        let acl = self.acl.clone();
+        self.call_or(path, expected, |zk| {
+            let (path, data, acl) = (path.to_string(), data.clone(), acl.clone());
+            async move {
+                let created = match ttl {
+                    Some(ttl) => zk.create2_ttl(&path, data, acl, mode, ttl).await,
+                    None => zk.create2(&path, data, acl, mode).await,
+                };
+                created.map(|(_, stat)| stat)
+            }
+        })
+        .await
+    }
+
+    /// Deletes a znode (`version` `None` matches any).
+    pub(crate) async fn delete(
+        &self,
+        path: &str,
+        version: Option<i32>,
+        expected: &[ZkError],
+    ) -> Result<std::result::Result<(), ZkError>> {
+        self.call_or(path, expected, |zk| {
+            let path = path.to_string();
+            async move { zk.delete(&path, version).await }
+        })
+        .await
+    }
+
+    /// The `Stat` of a znode, `None` when absent.
+    pub(crate) async fn exists(&self, path: &str) -> Result<Option<Stat>> {
+        self.call(path, |zk| {
+            let path = path.to_string();
+            async move { zk.exists(&path, false).await }
+        })
+        .await
+    }
+
+    /// The data and `Stat` of a znode, `None` when absent.
+    pub(crate) async fn get_data(&self, path: &str) -> Result<Option<(Vec<u8>, Stat)>> {
+        Ok(self
+            .call_or(path, &[ZkError::NoNode], |zk| {
+                let path = path.to_string();
+                async move { zk.get_data(&path, false).await }
+            })
+            .await?
+            .ok())
+    }
+
+    /// Replaces a znode's data (`version` `None` matches any).
+    pub(crate) async fn set_data(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        version: Option<i32>,
+        expected: &[ZkError],
+    ) -> Result<std::result::Result<Stat, ZkError>> {
+        self.call_or(path, expected, |zk| {
+            let (path, data) = (path.to_string(), data.clone());
+            async move { zk.set_data(&path, data, version).await }
+        })
+        .await
+    }
+
+    /// The children of a znode; empty when it does not exist.
+    pub(crate) async fn children(&self, path: &str) -> Result<Vec<String>> {
+        Ok(self
+            .call_or(path, &[ZkError::NoNode], |zk| {
+                let path = path.to_string();
+                async move { zk.get_children(&path, false).await }
+            })
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Runs one request with the timeout; the outer error is the timeout, the inner the client's.
+    pub(crate) async fn raw<T, F, Fut>(
+        &self,
+        path: &str,
+        op: &F,
+    ) -> Result<std::result::Result<T, ZkError>>
+    where
+        F: Fn(Arc<ZooKeeper>) -> Fut,
+        Fut: Future<Output = std::result::Result<T, ZkError>>,
+    {
+        tokio::time::timeout(self.op_timeout, op(self.zk.clone()))
+            .await
+            .map_err(|_| {
+                Error::unavailable(format!(
+                    "zookeeper: no answer within {:?} at `{path}`",
+                    self.op_timeout
+                ))
+            })
+    }
+
+    /// Closes the session (its ephemeral znodes are deleted by the server). Best effort.
+    pub(crate) async fn close(&self) {
+        self.flags.closed.store(true, Ordering::Release);
+        let _ = tokio::time::timeout(self.op_timeout, self.zk.close()).await;
+    }
+}

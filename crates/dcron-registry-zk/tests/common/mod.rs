@@ -1,0 +1,320 @@
+//! Shared test support: factories for the conformance suite, and a ZooKeeper server owned by
+//! the test (own port and data directory, killed on drop) for the fault cases.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dcron_core::{Error, Lease, Registry, Result};
+use dcron_registry_zk::{ZkRegistry, ZkRegistryConfig};
+use dcron_testkit::{async_trait, RegistryFactory};
+use tokio::process::{Child, Command};
+use zookeeper_async::{Acl, CreateMode, ZkError, ZooKeeper};
+
+/// The shared server's connect string.
+pub fn shared_connect() -> String {
+    std::env::var("DCRON_TEST_ZK_CONNECT")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "127.0.0.1:2181".to_string())
+}
+
+/// Whether an unreachable server must fail the test instead of skipping it.
+pub fn required() -> bool {
+    dcron_testkit::servers_required()
+}
+
+/// The namespace root a test namespace maps to.
+pub fn root_of(namespace: &str) -> String {
+    let clean: String = namespace
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("/dcron-test/{clean}")
+}
+
+/// Connects to the shared server on `namespace`; `None` (after printing why) when it is
+/// unreachable and servers are not required.
+pub async fn shared_registry(namespace: &str) -> Option<ZkRegistry> {
+    shared_registry_with(ZkRegistryConfig::new(shared_connect()).namespace(root_of(namespace)))
+        .await
+}
+
+/// Like [`shared_registry`] with a full configuration.
+pub async fn shared_registry_with(config: ZkRegistryConfig) -> Option<ZkRegistry> {
+    match ZkRegistry::connect(config).await {
+        Ok(r) => Some(r),
+        Err(e @ Error::Unavailable { .. }) if !required() => {
+            println!("skipped: no ZooKeeper at {}: {e}", shared_connect());
+            None
+        }
+        Err(e) => panic!("cannot connect to ZooKeeper at {}: {e}", shared_connect()),
+    }
+}
+
+/// A unique namespace name for one test.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Polls `condition` every 50 ms until it holds or `within` passes; answers whether it held.
+pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes raw bytes at a znode path (creating it when absent) through a plain client.
+pub async fn write_raw(connect: &str, path: &str, bytes: &[u8]) -> Result<()> {
+    let zk = ZooKeeper::connect(connect, Duration::from_secs(5), |_| {})
+        .await
+        .map_err(|e| Error::unavailable(format!("{e:?}")))?;
+    let res = match zk.set_data(path, bytes.to_vec(), None).await {
+        Err(ZkError::NoNode) => zk
+            .create(
+                path,
+                bytes.to_vec(),
+                Acl::open_unsafe().clone(),
+                CreateMode::Persistent,
+            )
+            .await
+            .map(|_| ()),
+        other => other.map(|_| ()),
+    };
+    let _ = zk.close().await;
+    res.map_err(|e| Error::backend("zookeeper", path.to_string(), e))
+}
+
+/// A conformance factory on a ZooKeeper at `connect`, optionally owning that server.
+pub struct ZkFactory {
+    connect: String,
+    server: Option<Arc<tokio::sync::Mutex<OwnedServer>>>,
+    opened: Mutex<Vec<(String, ZkRegistry)>>,
+}
+
+impl ZkFactory {
+    /// On the shared server (`DCRON_TEST_ZK_CONNECT`).
+    pub fn shared() -> Self {
+        ZkFactory {
+            connect: shared_connect(),
+            server: None,
+            opened: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// On a server this factory starts and owns; `None` when no ZooKeeper can be started here.
+    pub async fn owned() -> Option<Self> {
+        let server = OwnedServer::start().await?;
+        Some(ZkFactory {
+            connect: server.connect(),
+            server: Some(Arc::new(tokio::sync::Mutex::new(server))),
+            opened: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn registries(&self, namespace: &str) -> Vec<ZkRegistry> {
+        self.opened
+            .lock()
+            .map(|o| {
+                o.iter()
+                    .filter(|(ns, _)| ns == namespace)
+                    .map(|(_, r)| r.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl RegistryFactory for ZkFactory {
+    fn name(&self) -> &'static str {
+        "zookeeper"
+    }
+
+    async fn open(&self, namespace: &str) -> Result<Arc<dyn Registry>> {
+        let config = ZkRegistryConfig::new(self.connect.clone())
+            .namespace(root_of(namespace))
+            .operation_timeout(Duration::from_secs(3))
+            .connect_timeout(Duration::from_secs(3));
+        let reg = ZkRegistry::connect(config).await?;
+        if let Ok(mut o) = self.opened.lock() {
+            o.push((namespace.to_string(), reg.clone()));
+        }
+        Ok(Arc::new(reg))
+    }
+
+    /// ZooKeeper sessions shorter than 2 s are not used (see `MIN_SESSION_TIMEOUT`).
+    fn min_ttl(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+
+    /// Session expiry runs on the server's tick (500 ms here) and TTL znodes are checked every
+    /// second (`znode.container.checkIntervalMs=1000`).
+    fn expiry_slack(&self) -> Duration {
+        Duration::from_secs(3)
+    }
+
+    async fn restart_server(&self) -> Result<()> {
+        match &self.server {
+            Some(server) => server.lock().await.restart().await,
+            None => Err(Error::Unsupported {
+                operation: "restart_server",
+            }),
+        }
+    }
+
+    /// Ends the lease's session on the server (the server deletes its ephemeral znode exactly
+    /// as on expiry) through the registry that holds it.
+    async fn expire_lease(&self, namespace: &str, lease: &Lease) -> Result<()> {
+        for reg in self.registries(namespace) {
+            if reg.expire_session(lease).await {
+                return Ok(());
+            }
+        }
+        Err(Error::NotFound {
+            what: "lease",
+            name: lease.id.clone(),
+        })
+    }
+
+    async fn write_raw_task(&self, namespace: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        let reg = match self.registries(namespace).into_iter().next() {
+            Some(r) => r,
+            None => {
+                let config =
+                    ZkRegistryConfig::new(self.connect.clone()).namespace(root_of(namespace));
+                ZkRegistry::connect(config).await?
+            }
+        };
+        write_raw(&self.connect, &reg.task_path(name), bytes).await
+    }
+}
+
+/// A standalone ZooKeeper started by the test on a free loopback port with its own data
+/// directory; killed when dropped.
+pub struct OwnedServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
+
+impl OwnedServer {
+    /// Starts a server; `None` (after printing why) when ZooKeeper is not installed and servers
+    /// are not required.
+    pub async fn start() -> Option<Self> {
+        if !std::path::Path::new(ZK_JAR).exists() {
+            if required() {
+                panic!("{ZK_JAR} missing: run scripts/services/zk.sh");
+            }
+            println!("skipped: {ZK_JAR} missing (run scripts/services/zk.sh)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let dir =
+            std::env::temp_dir().join(format!("dcron-zk-owned-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("data")).expect("data dir");
+        let cfg = format!(
+            "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+             minSessionTimeout=1000\nmaxSessionTimeout=60000\nmaxClientCnxns=0\n\
+             extendedTypesEnabled=true\nadmin.enableServer=false\n\
+             4lw.commands.whitelist=ruok,srvr\n",
+            dir.join("data").display()
+        );
+        std::fs::write(dir.join("zoo.cfg"), cfg).expect("zoo.cfg");
+        let mut server = OwnedServer {
+            port,
+            dir,
+            child: None,
+        };
+        server.spawn().await.expect("ZooKeeper starts");
+        Some(server)
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn connect(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join("zookeeper.log"))
+            .map_err(|e| Error::unavailable(format!("log file: {e}")))?;
+        let child = Command::new("java")
+            .arg("-Xmx192m")
+            .arg("-Dznode.container.checkIntervalMs=1000")
+            .arg("-Dzookeeper.jmx.log4j.disable=true")
+            .arg("-cp")
+            .arg(ZK_JAR)
+            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+            .arg(self.dir.join("zoo.cfg"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::unavailable(format!("cannot start java: {e}")))?;
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        let up = eventually(Duration::from_secs(60), || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+        })
+        .await;
+        if up {
+            Ok(())
+        } else {
+            Err(Error::unavailable(
+                "owned ZooKeeper did not start within 60 s",
+            ))
+        }
+    }
+
+    /// Stops the server (its data is kept) and starts it again on the same port.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await;
+        self.spawn().await
+    }
+
+    /// Stops the server; its data directory is kept.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+impl Drop for OwnedServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
