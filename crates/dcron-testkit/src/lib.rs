@@ -274,3 +274,82 @@ macro_rules! __dcron_case_list {
         }
     };
 }
+
+/// The README's case table, generated from [`cases`].
+#[doc(hidden)]
+pub fn case_table_markdown() -> String {
+    let mut out = String::from("| case | contract | needs |\n|---|---|---|\n");
+    for case in cases() {
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            case.path(),
+            case.contract.replace('|', "\\|"),
+            case.requires.label()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const BEGIN: &str = "<!-- cases:begin -->\n";
+    const END: &str = "<!-- cases:end -->";
+
+    #[test]
+    fn readme_table_lists_every_case() {
+        let readme = include_str!("../README.md");
+        let table = case_table_markdown();
+        let (Some(begin), Some(end)) = (readme.find(BEGIN), readme.find(END)) else {
+            panic!("README.md lacks the case table markers");
+        };
+        let current = &readme[begin + BEGIN.len()..end];
+        if current != table {
+            if std::env::var("DCRON_BLESS").is_ok_and(|v| v == "1") {
+                let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+                let updated = format!(
+                    "{}{}{}",
+                    &readme[..begin + BEGIN.len()],
+                    table,
+                    &readme[end..]
+                );
+                if let Err(e) = std::fs::write(path, updated) {
+                    panic!("cannot write {path}: {e}");
+                }
+            } else {
+                panic!("README.md case table is stale; run DCRON_BLESS=1 cargo test -p dcron-testkit readme. Expected:\n{table}");
+            }
+        }
+    }
+
+    #[test]
+    fn catalogue_is_well_formed() {
+        let all = cases();
+        assert!(all.len() >= 40, "only {} cases", all.len());
+        let paths: BTreeSet<String> = all.iter().map(Case::path).collect();
+        assert_eq!(paths.len(), all.len(), "case paths must be unique");
+        for case in &all {
+            assert!(
+                case.contract.ends_with('.') && !case.contract.contains('\n'),
+                "{}: the contract is one sentence ending with a period",
+                case.path()
+            );
+        }
+        let modules: BTreeSet<&str> = all.iter().map(|c| c.module).collect();
+        for m in [
+            "membership",
+            "tasks",
+            "tombstones",
+            "claims",
+            "watch",
+            "namespace",
+            "corrupt",
+            "faults",
+        ] {
+            assert!(modules.contains(m), "no case in {m}");
+        }
+    }
+}
