@@ -14,8 +14,10 @@
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-/// Everything but `A-Z a-z 0-9 - _ .` is percent-encoded (so `/`, `%`, spaces, unicode…).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+/// Everything but `A-Z a-z 0-9 - _` is percent-encoded (so `/`, `%`, spaces, unicode…). Dots
+/// are encoded too: a segment `.` or `..` in a URL path would be normalised away by HTTP clients
+/// and servers before Consul saw the key.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_');
 
 /// Escapes one key segment (a namespace, task name or node id).
 pub(crate) fn escape(segment: &str) -> String {

@@ -110,6 +110,12 @@ impl ConsulRegistry {
         }
     }
 
+    /// The KV key of a task record (`<namespace>/tasks/<escaped name>`), for operators and
+    /// tests that look at the store directly.
+    pub fn task_key(&self, name: &str) -> String {
+        self.inner.keys.task(name)
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &ConsulRegistryConfig {
         &self.inner.config

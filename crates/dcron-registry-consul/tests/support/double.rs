@@ -165,7 +165,13 @@ impl ConsulDouble {
         let (changed, _) = tokio::sync::watch::channel(0);
         let shared = Arc::new(Shared {
             config,
-            state: Mutex::new(State::default()),
+            // A bootstrapped cluster's raft log is never empty: writes start above the index an
+            // empty KV table reports.
+            state: Mutex::new(State {
+                index: 10,
+                kv_index: 10,
+                ..State::default()
+            }),
             changed,
             tasks: Mutex::new(Vec::new()),
         });
