@@ -4,27 +4,31 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
-// mod dcron; (enabled with schedule)
-// pub mod event;
+mod dcron;
 pub mod error;
+pub mod event;
 pub mod lifecycle;
 pub mod memory;
 pub mod registry;
-// mod runtime;
+mod runtime;
 pub mod schedule;
-// pub mod task;
+pub mod task;
 pub mod tombstone;
 pub mod types;
 pub mod watch;
 
 pub use clock::{Clock, SystemClock, TokioClock};
+pub use dcron::{Dcron, DcronBuilder, IntoRegistry};
+pub use dcron_assign::{Assigner, Member, Placement, Strategy};
 pub use error::{BoxError, Error, Result};
+pub use event::{DcronEvent, FireInfo};
+pub use memory::MemoryRegistry;
 pub use registry::{check_value_size, Capabilities, Lease, PutMode, Registry, WatchStream};
+pub use schedule::{Schedule, SecondsField};
+pub use task::{ErrorHandler, FireContext, Task, TaskResult};
 pub use types::{
     validate_task_name, Claim, ClaimOutcome, CorruptEntry, FireKey, Listing, MisfirePolicy, Node,
     NodeEvent, NodeStatus, ResyncEvent, TaskMeta, TaskMetaEvent, Tombstone, DEFAULT_MISFIRE_WINDOW,
     MAX_TASK_NAME_BYTES,
 };
-pub use memory::MemoryRegistry;
 pub use watch::{watch_channel, WatchSender};
-pub use dcron_assign::{Assigner, Member, Placement, Strategy};

@@ -1,0 +1,695 @@
+//! The public node API: [`Dcron`] and its builder.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dcron_assign::{Assigner, Strategy};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::event::DcronEvent;
+use crate::registry::{PutMode, Registry, WatchStream};
+use crate::runtime::{Command, Driver, StaticDef};
+use crate::schedule::{Schedule, SecondsField};
+use crate::task::{log_error, ErrorHandler, FnTask, Task, TaskResult};
+use crate::types::{
+    validate_task_name, MisfirePolicy, NodeEvent, TaskMeta, TaskMetaEvent, DEFAULT_MISFIRE_WINDOW,
+};
+use crate::FireContext;
+
+/// Anything that can be used as a node's registry: a registry value or an `Arc<dyn Registry>`.
+pub trait IntoRegistry {
+    /// Converts into the shared form the node keeps.
+    fn into_registry(self) -> Arc<dyn Registry>;
+}
+
+impl<R: Registry> IntoRegistry for R {
+    fn into_registry(self) -> Arc<dyn Registry> {
+        Arc::new(self)
+    }
+}
+
+impl IntoRegistry for Arc<dyn Registry> {
+    fn into_registry(self) -> Arc<dyn Registry> {
+        self
+    }
+}
+
+/// The node's settings, fixed at build time.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) assigner: Arc<dyn Assigner>,
+    pub(crate) seconds: SecondsField,
+    pub(crate) task_run_fn: Option<Arc<dyn Task>>,
+    pub(crate) error_handler: ErrorHandler,
+    pub(crate) misfire: MisfirePolicy,
+    pub(crate) misfire_window: Duration,
+    pub(crate) ttl: Duration,
+    pub(crate) renew_interval: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) grace_period: Duration,
+    pub(crate) max_clock_skew: Duration,
+    pub(crate) claim_margin: Duration,
+    pub(crate) retry_backoff: Duration,
+    pub(crate) name: Option<String>,
+    pub(crate) weight: u32,
+    pub(crate) ip: String,
+    pub(crate) hostname: String,
+}
+
+/// Builds a [`Dcron`] node. Every setting has a default; see each method.
+pub struct DcronBuilder {
+    registry: Arc<dyn Registry>,
+    clock: Arc<dyn Clock>,
+    cfg: Config,
+}
+
+impl std::fmt::Debug for DcronBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DcronBuilder")
+            .field("registry", &self.registry.backend())
+            .field("strategy", &self.cfg.assigner.name())
+            .field("ttl", &self.cfg.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DcronBuilder {
+    /// The assignment strategy (default: consistent hashing).
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.cfg.assigner = strategy.assigner();
+        self
+    }
+
+    /// A custom assigner; overrides [`DcronBuilder::strategy`].
+    pub fn assigner(mut self, assigner: Arc<dyn Assigner>) -> Self {
+        self.cfg.assigner = assigner;
+        self
+    }
+
+    /// How the cron seconds field is read (the seed's `WithCronOptions(cron.WithSeconds())`;
+    /// default: optional, so 5-field expressions run at second 0 and 6-field ones have seconds).
+    pub fn seconds(mut self, seconds: SecondsField) -> Self {
+        self.cfg.seconds = seconds;
+        self
+    }
+
+    /// The one handler for every dynamic task (the seed's `WithTaskRunFunc`). Without it,
+    /// `add_task_meta` is refused with [`Error::NotConfigured`].
+    pub fn task_run_fn<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(FireContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        self.cfg.task_run_fn = Some(Arc::new(FnTask(f)));
+        self
+    }
+
+    /// Called whenever a fire fails, panics or times out (the seed's `WithErrHandler`). Default:
+    /// log through `tracing` at error level.
+    pub fn error_handler<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&TaskMeta, &Error) + Send + Sync + 'static,
+    {
+        self.cfg.error_handler = Arc::new(f);
+        self
+    }
+
+    /// The default misfire policy for tasks that do not set one (default: `FireOnce`).
+    pub fn misfire_policy(mut self, policy: MisfirePolicy) -> Self {
+        self.cfg.misfire = policy;
+        self
+    }
+
+    /// The default misfire window (default 60 s).
+    pub fn misfire_window(mut self, window: Duration) -> Self {
+        self.cfg.misfire_window = window;
+        self
+    }
+
+    /// The registration lease TTL (default 10 s): a crashed node's tasks move after about this
+    /// long. Renewal runs every third of it unless set with [`DcronBuilder::renew_interval`].
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.cfg.ttl = ttl;
+        self.cfg.renew_interval = ttl / 3;
+        self
+    }
+
+    /// How often the lease is renewed (default TTL / 3).
+    pub fn renew_interval(mut self, interval: Duration) -> Self {
+        self.cfg.renew_interval = interval;
+        self
+    }
+
+    /// How often nodes and tasks are listed in full even when watches work (default 5 s).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.cfg.poll_interval = interval;
+        self
+    }
+
+    /// How long `stop()` lets in-flight handlers finish before cancelling them (default 30 s).
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.cfg.grace_period = grace;
+        self
+    }
+
+    /// The largest clock difference expected between nodes (default 5 s); widens catch-up
+    /// look-back and claim retention.
+    pub fn max_clock_skew(mut self, skew: Duration) -> Self {
+        self.cfg.max_clock_skew = skew;
+        self
+    }
+
+    /// The clock (default: the system clock). Tests pass a [`crate::TokioClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// A stable name kept alongside the generated node id.
+    pub fn node_name(mut self, name: impl Into<String>) -> Self {
+        self.cfg.name = Some(name.into());
+        self
+    }
+
+    /// The node's weight for weighted strategies (default 1; 0 = owns nothing).
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.cfg.weight = weight;
+        self
+    }
+
+    /// The IP address published in the node record.
+    pub fn ip(mut self, ip: impl Into<String>) -> Self {
+        self.cfg.ip = ip.into();
+        self
+    }
+
+    /// Builds the node (not started).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a zero TTL, a renewal interval not below the TTL, or a
+    /// zero poll interval.
+    pub fn build(self) -> Result<Dcron> {
+        let cfg = self.cfg;
+        if cfg.ttl.is_zero() || cfg.renew_interval.is_zero() || cfg.renew_interval >= cfg.ttl {
+            return Err(Error::InvalidArgument(
+                "ttl must be > 0 and renew_interval in (0, ttl)".into(),
+            ));
+        }
+        if cfg.poll_interval.is_zero() {
+            return Err(Error::InvalidArgument("poll_interval must be > 0".into()));
+        }
+        let node_id = format!(
+            "{}-{}",
+            cfg.name.as_deref().unwrap_or("node"),
+            uuid::Uuid::new_v4().simple()
+        );
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(4096);
+        let view = Arc::new(RwLock::new(View::default()));
+        let inner = Inner {
+            node_id: node_id.into(),
+            cfg: Arc::new(cfg),
+            registry: self.registry,
+            clock: self.clock,
+            cmd_tx,
+            pending: Mutex::new(Some(cmd_rx)),
+            statics: Mutex::new(HashSet::new()),
+            view,
+            events,
+        };
+        Ok(Dcron {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+/// What the driver publishes for the API to read without a round trip.
+#[derive(Debug, Default)]
+pub(crate) struct View {
+    pub(crate) owned: Vec<String>,
+    pub(crate) all: Vec<String>,
+    pub(crate) state: &'static str,
+}
+
+pub(crate) struct Inner {
+    pub(crate) node_id: Arc<str>,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) clock: Arc<dyn Clock>,
+    cmd_tx: mpsc::UnboundedSender<Command>,
+    pending: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+    statics: Mutex<HashSet<String>>,
+    pub(crate) view: Arc<RwLock<View>>,
+    pub(crate) events: broadcast::Sender<DcronEvent>,
+}
+
+/// A dcron node: register tasks, `start()`, and every fire of every task runs exactly once
+/// across all nodes sharing the registry.
+///
+/// Cloning gives another handle to the same node. Dropping every handle without calling
+/// [`Dcron::stop`] ends the node abruptly, like a crash: in-flight handlers are cancelled, the
+/// registration is left to expire, and peers take the tasks over after the TTL. Call `stop()`
+/// for a graceful leave.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> dcron_core::Result<()> {
+/// use dcron_core::{Dcron, MemoryRegistry};
+/// let registry = MemoryRegistry::new();
+/// let node = Dcron::builder(registry.clone()).build()?;
+/// node.add_func("report", "*/5 * * * * *", |ctx| async move {
+///     println!("{} at {}", ctx.name(), ctx.scheduled);
+///     Ok(())
+/// }).await?;
+/// node.start().await?;
+/// node.stop().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Dcron {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Dcron {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dcron")
+            .field("node_id", &self.inner.node_id)
+            .field("registry", &self.inner.registry.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dcron {
+    /// Starts building a node on `registry`.
+    pub fn builder(registry: impl IntoRegistry) -> DcronBuilder {
+        let hostname = hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        DcronBuilder {
+            registry: registry.into_registry(),
+            clock: Arc::new(SystemClock),
+            cfg: Config {
+                assigner: Strategy::default().assigner(),
+                seconds: SecondsField::default(),
+                task_run_fn: None,
+                error_handler: Arc::new(log_error),
+                misfire: MisfirePolicy::default(),
+                misfire_window: DEFAULT_MISFIRE_WINDOW,
+                ttl: Duration::from_secs(10),
+                renew_interval: Duration::from_millis(3333),
+                poll_interval: Duration::from_secs(5),
+                grace_period: Duration::from_secs(30),
+                max_clock_skew: Duration::from_secs(5),
+                claim_margin: Duration::from_secs(30),
+                retry_backoff: Duration::from_millis(500),
+                name: None,
+                weight: 1,
+                ip: String::new(),
+                hostname,
+            },
+        }
+    }
+
+    /// This node's unique id (the seed's `GetNodeID`).
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// The registry this node uses.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.inner.registry
+    }
+
+    /// Every task this node knows, static and dynamic, sorted (the seed's `GetAllTasks`).
+    pub fn all_tasks(&self) -> Vec<String> {
+        self.read_view(|v| v.all.clone())
+    }
+
+    /// The tasks this node owns and schedules now, sorted (the seed's `GetMyselfRunningTasks`).
+    pub fn my_running_tasks(&self) -> Vec<String> {
+        self.read_view(|v| v.owned.clone())
+    }
+
+    /// The lifecycle state's name: `idle`, `starting`, `working`, `lost`, `leaving`, `stopped`.
+    pub fn state(&self) -> &'static str {
+        self.read_view(|v| if v.state.is_empty() { "idle" } else { v.state })
+    }
+
+    fn read_view<T>(&self, f: impl FnOnce(&View) -> T) -> T {
+        match self.inner.view.read() {
+            Ok(v) => f(&v),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    /// Subscribes to this node's events (lifecycle, ownership, every fire).
+    pub fn events(&self) -> broadcast::Receiver<DcronEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Watches the cluster's nodes through the registry (the seed's `WatchNodes`).
+    ///
+    /// # Errors
+    /// As [`Registry::watch_nodes`].
+    pub async fn watch_nodes(&self) -> Result<WatchStream<NodeEvent>> {
+        self.inner.registry.watch_nodes().await
+    }
+
+    /// Watches dynamic task changes through the registry (the seed's `WatchTaskEvent`).
+    ///
+    /// # Errors
+    /// As [`Registry::watch_tasks`].
+    pub async fn watch_task_events(&self) -> Result<WatchStream<TaskMetaEvent>> {
+        self.inner.registry.watch_tasks().await
+    }
+
+    fn parse(&self, expr: &str, zone: Option<&str>) -> Result<Schedule> {
+        Schedule::parse(expr, zone, self.inner.cfg.seconds)
+    }
+
+    fn send(&self, cmd: Command) {
+        // The driver may be gone (stopped); commands after that have nothing left to change.
+        let _ = self.inner.cmd_tx.send(cmd);
+    }
+
+    async fn add_static(
+        &self,
+        name: &str,
+        cron: &str,
+        task: Arc<dyn Task>,
+        one_shot: bool,
+        force: bool,
+    ) -> Result<()> {
+        validate_task_name(name)?;
+        let schedule = self.parse(cron, None)?;
+        {
+            let statics = self.inner.statics.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && statics.contains(name) {
+                return Err(Error::AlreadyExists {
+                    name: name.to_string(),
+                });
+            }
+        }
+        if force {
+            // Clear the tombstone and old claims so the task runs again. A dynamic record of
+            // the same name is kept (only its tombstone goes).
+            if self.inner.registry.get_task(name).await?.is_some() {
+                match self.inner.registry.clear_tombstone(name).await {
+                    Ok(()) | Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            } else {
+                self.inner.registry.cleanup_task(name).await?;
+            }
+        } else {
+            match self.inner.registry.get_tombstone(name).await {
+                Ok(Some(_)) => {
+                    return Err(Error::Tombstoned {
+                        name: name.to_string(),
+                    })
+                }
+                Ok(None) => {}
+                // The registry is unreachable: add locally anyway; the claim refuses a
+                // tombstoned name at fire time, so this cannot run a deleted task.
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(task = name, error = %e, "registry unreachable while adding a static task; tombstone enforced at fire time");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        {
+            let mut statics = self.inner.statics.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && !statics.insert(name.to_string()) {
+                return Err(Error::AlreadyExists {
+                    name: name.to_string(),
+                });
+            }
+            statics.insert(name.to_string());
+        }
+        let mut meta = TaskMeta::new(name, cron);
+        meta.one_shot = one_shot;
+        meta.executed_and_mark_deleted = one_shot;
+        self.send(Command::UpsertStatic(StaticDef {
+            meta: Arc::new(meta),
+            schedule,
+            task,
+        }));
+        Ok(())
+    }
+
+    /// Adds a static task run by a [`Task`] value (the seed's `AddTask`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidTaskName`], [`Error::InvalidSchedule`], [`Error::AlreadyExists`] (a
+    /// static task of that name on this node), [`Error::Tombstoned`] (marked deleted in the
+    /// registry).
+    pub async fn add_task(&self, name: &str, cron: &str, task: impl Task) -> Result<()> {
+        self.add_static(name, cron, Arc::new(task), false, false)
+            .await
+    }
+
+    /// Adds a static task run by an async closure (the seed's `AddFunc`).
+    ///
+    /// # Errors
+    /// As [`Dcron::add_task`].
+    pub async fn add_func<F, Fut>(&self, name: &str, cron: &str, f: F) -> Result<()>
+    where
+        F: Fn(FireContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        self.add_static(name, cron, Arc::new(FnTask(f)), false, false)
+            .await
+    }
+
+    /// Adds a static task that runs once cluster-wide: after its first successful run it is
+    /// marked deleted in the registry (the seed's `AddOneShotTask`).
+    ///
+    /// # Errors
+    /// As [`Dcron::add_task`].
+    pub async fn add_one_shot_task(&self, name: &str, cron: &str, task: impl Task) -> Result<()> {
+        self.add_static(name, cron, Arc::new(task), true, false)
+            .await
+    }
+
+    /// Closure form of [`Dcron::add_one_shot_task`] (the seed's `AddOneShotFunc`).
+    ///
+    /// # Errors
+    /// As [`Dcron::add_task`].
+    pub async fn add_one_shot_func<F, Fut>(&self, name: &str, cron: &str, f: F) -> Result<()>
+    where
+        F: Fn(FireContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        self.add_static(name, cron, Arc::new(FnTask(f)), true, false)
+            .await
+    }
+
+    /// Adds or replaces a static task whatever exists, clearing its tombstone and claims in the
+    /// registry (the seed's `ForceAddTask`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidTaskName`], [`Error::InvalidSchedule`], registry errors.
+    pub async fn force_add_task(&self, name: &str, cron: &str, task: impl Task) -> Result<()> {
+        self.add_static(name, cron, Arc::new(task), false, true)
+            .await
+    }
+
+    /// Closure form of [`Dcron::force_add_task`] (the seed's `ForceAddFunc`).
+    ///
+    /// # Errors
+    /// As [`Dcron::force_add_task`].
+    pub async fn force_add_func<F, Fut>(&self, name: &str, cron: &str, f: F) -> Result<()>
+    where
+        F: Fn(FireContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        self.add_static(name, cron, Arc::new(FnTask(f)), false, true)
+            .await
+    }
+
+    /// One-shot form of [`Dcron::force_add_task`] (the seed's `ForceAddOneShotTask`).
+    ///
+    /// # Errors
+    /// As [`Dcron::force_add_task`].
+    pub async fn force_add_one_shot_task(
+        &self,
+        name: &str,
+        cron: &str,
+        task: impl Task,
+    ) -> Result<()> {
+        self.add_static(name, cron, Arc::new(task), true, true)
+            .await
+    }
+
+    /// Closure form of [`Dcron::force_add_one_shot_task`] (the seed's `ForceAddOneShotFunc`).
+    ///
+    /// # Errors
+    /// As [`Dcron::force_add_task`].
+    pub async fn force_add_one_shot_func<F, Fut>(&self, name: &str, cron: &str, f: F) -> Result<()>
+    where
+        F: Fn(FireContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        self.add_static(name, cron, Arc::new(FnTask(f)), true, true)
+            .await
+    }
+
+    fn check_meta(&self, meta: &TaskMeta) -> Result<TaskMeta> {
+        if self.inner.cfg.task_run_fn.is_none() {
+            return Err(Error::NotConfigured(
+                "dynamic tasks need a handler: set DcronBuilder::task_run_fn".into(),
+            ));
+        }
+        validate_task_name(&meta.name)?;
+        self.parse(&meta.cron_format, meta.time_zone.as_deref())?;
+        if let Some(MisfirePolicy::FireAll { max: 0 }) = meta.misfire {
+            return Err(Error::InvalidArgument(
+                "misfire FireAll needs max >= 1".into(),
+            ));
+        }
+        let mut meta = meta.clone();
+        if meta.created_at.is_none() {
+            meta.created_at = Some(self.inner.clock.now());
+        }
+        Ok(meta)
+    }
+
+    /// Adds a dynamic task to the registry; every node sees it and its owner runs it with the
+    /// `task_run_fn` handler (the seed's `AddTaskMeta`).
+    ///
+    /// # Errors
+    /// [`Error::NotConfigured`] without a `task_run_fn`; [`Error::InvalidTaskName`],
+    /// [`Error::InvalidSchedule`]; [`Error::AlreadyExists`], [`Error::Tombstoned`]; registry
+    /// errors.
+    pub async fn add_task_meta(&self, meta: TaskMeta) -> Result<()> {
+        let meta = self.check_meta(&meta)?;
+        self.inner
+            .registry
+            .put_task(&meta, PutMode::CreateOnly)
+            .await?;
+        self.send(Command::UpsertDynamic(Arc::new(meta)));
+        Ok(())
+    }
+
+    /// Adds or replaces a dynamic task whatever exists, clearing its tombstone and claims (the
+    /// seed's `ForceAddTaskMeta`).
+    ///
+    /// # Errors
+    /// As [`Dcron::add_task_meta`] minus the existence checks.
+    pub async fn force_add_task_meta(&self, mut meta: TaskMeta) -> Result<()> {
+        meta.created_at = None;
+        let meta = self.check_meta(&meta)?;
+        self.inner.registry.put_task(&meta, PutMode::Force).await?;
+        self.send(Command::UpsertDynamic(Arc::new(meta)));
+        Ok(())
+    }
+
+    /// Marks a task deleted cluster-wide: it never fires again on any node until it is reused,
+    /// force-added or cleaned up (the seed's `MarkTaskDeleted`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidTaskName`]; registry errors.
+    pub async fn mark_task_deleted(&self, name: &str) -> Result<()> {
+        validate_task_name(name)?;
+        let now: DateTime<Utc> = self.inner.clock.now();
+        self.inner.registry.mark_deleted(name, now).await?;
+        self.send(Command::Tombstoned(name.to_string()));
+        Ok(())
+    }
+
+    /// Clears a task's tombstone so it is scheduled again (the seed's `ReuseDeletedTask`).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the task is not marked deleted; registry errors.
+    pub async fn reuse_deleted_task(&self, name: &str) -> Result<()> {
+        validate_task_name(name)?;
+        self.inner.registry.clear_tombstone(name).await?;
+        self.send(Command::TombstoneCleared(name.to_string()));
+        Ok(())
+    }
+
+    /// Removes every trace of a task in the registry: record, tombstone and claims (the seed's
+    /// `CleanupTask`). A static task of that name keeps running from code.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTaskName`]; registry errors.
+    pub async fn cleanup_task(&self, name: &str) -> Result<()> {
+        validate_task_name(name)?;
+        self.inner.registry.cleanup_task(name).await?;
+        self.send(Command::Removed(name.to_string()));
+        Ok(())
+    }
+
+    /// Removes every dynamic task, tombstone and claim of the namespace (the seed's
+    /// `ForceCleanupAllTasks`). Dangerous: meant for tests and resets, from one node only.
+    ///
+    /// # Errors
+    /// Registry errors.
+    pub async fn force_cleanup_all_tasks(&self) -> Result<()> {
+        self.inner.registry.cleanup_all().await?;
+        self.send(Command::Resync);
+        Ok(())
+    }
+
+    /// Starts the node: registers it, then schedules the tasks it owns. Returns once the
+    /// driver runs; registration continues (and retries) in the background, so this never
+    /// blocks on an unreachable registry. Installs no signal handler.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] when the node was already started.
+    pub async fn start(&self) -> Result<()> {
+        let rx = self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| Error::InvalidState("node already started".into()))?;
+        let driver = Driver::new(
+            self.inner.node_id.clone(),
+            self.inner.cfg.clone(),
+            self.inner.registry.clone(),
+            self.inner.clock.clone(),
+            self.inner.view.clone(),
+            self.inner.events.clone(),
+            rx,
+        );
+        tokio::spawn(driver.run());
+        Ok(())
+    }
+
+    /// Stops the node gracefully: status `leaving` (peers take the tasks and catch up), no new
+    /// fires, in-flight handlers finish within the grace period (then are cancelled), the
+    /// registration is removed. Idempotent; returns when the node has stopped.
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for registries that fail to release resources.
+    pub async fn stop(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.cmd_tx.send(Command::Stop(tx)).is_err() {
+            return Ok(());
+        }
+        // Never started: nothing to wait for.
+        if self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some()
+        {
+            if let Ok(mut v) = self.inner.view.write() {
+                v.state = "stopped";
+            }
+            return Ok(());
+        }
+        let _ = rx.await;
+        Ok(())
+    }
+}
