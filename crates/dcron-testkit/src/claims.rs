@@ -321,6 +321,14 @@ pub async fn reuse_makes_fires_claimable(cx: &CaseContext) -> CaseResult {
         claim_one(reg.as_ref(), &fire, "a").await?.is_won(),
         "after clear_tombstone the fire is claimable"
     );
+    // Claims won before a tombstone survive mark-deleted + reuse: no second run of that fire.
+    reg.mark_deleted("again", now_millis()).await?;
+    reg.clear_tombstone("again").await?;
+    ensure_eq!(
+        claim_one(reg.as_ref(), &fire, "b").await?,
+        ClaimOutcome::Lost,
+        "a fire claimed before mark-deleted + reuse"
+    );
     Ok(())
 }
 
@@ -480,6 +488,30 @@ pub async fn force_put_clears_claims_update_keeps_them(cx: &CaseContext) -> Case
     ensure!(
         claim_one(reg.as_ref(), &fire, "b").await?.is_won(),
         "after Force the fire can be won again"
+    );
+    Ok(())
+}
+
+/// One batch of 500 fires (several tasks) is decided completely: all `Won`, then all `Lost`.
+pub async fn large_batch_of_500_fires(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let batch: Vec<FireKey> = (0..500i64)
+        .map(|i| FireKey::new(format!("wide-{}", i % 25), instant(i * 1000)))
+        .collect();
+    let out = reg.claim(&batch, "a", LONG).await?;
+    ensure_eq!(out.len(), batch.len(), "one outcome per fire");
+    let won = out.iter().filter(|o| o.is_won()).count();
+    ensure_eq!(won, batch.len(), "fresh fires won");
+    let again = cx.open().await?.claim(&batch, "b", LONG).await?;
+    ensure_eq!(again.len(), batch.len(), "one outcome per fire");
+    ensure!(
+        again.iter().all(|o| *o == ClaimOutcome::Lost),
+        "every fire of the repeated batch must be Lost"
+    );
+    ensure_eq!(
+        reg.list_claims("wide-7").await?.items.len(),
+        20,
+        "claims of one task of the batch"
     );
     Ok(())
 }

@@ -126,6 +126,8 @@ macro_rules! __dcron_case_list {
         $($callback)*! {
             [$($args)*]
             membership {
+                fresh_namespace_lists_no_nodes: None,
+                    "A fresh namespace lists no nodes.";
                 register_then_list: None,
                     "A registered node is listed at once, by any client, with exactly the record registered.";
                 node_record_round_trips: None,
@@ -213,7 +215,7 @@ macro_rules! __dcron_case_list {
                 tombstoned_task_answers_tombstoned: None,
                     "A tombstoned task's fires answer `Tombstoned` and write nothing; the rest of the batch is unaffected.";
                 reuse_makes_fires_claimable: None,
-                    "After `clear_tombstone`, the name's fires can be won again.";
+                    "After `clear_tombstone`, new fires of the name can be won, and fires claimed before the tombstone stay `Lost`.";
                 fencing_tokens_nonzero_and_distinct: None,
                     "Fencing tokens are non-zero, distinct within a task, and match what `list_claims` shows.";
                 list_claims_names_the_winners: None,
@@ -224,6 +226,8 @@ macro_rules! __dcron_case_list {
                     "`cleanup_task` removes the claims: the same fires can be won again.";
                 force_put_clears_claims_update_keeps_them: None,
                     "A `Force` put removes the name's claims; an `Update` put keeps them.";
+                large_batch_of_500_fires: None,
+                    "One batch of 500 fires over 25 tasks is decided completely: all `Won`, then all `Lost` from another client.";
             }
             watch {
                 watch_capability_is_honest: Watch,
@@ -238,6 +242,8 @@ macro_rules! __dcron_case_list {
                     "`mark_deleted` is delivered as `Tombstoned` and `clear_tombstone` as `TombstoneCleared` within 5 s.";
                 task_removed_delivered: Watch,
                     "`cleanup_task` of a record is delivered as `Removed` within 5 s.";
+                node_watch_converges: Watch,
+                    "A node watcher that reads only after 100 registrations, updates and unregistrations converges to `list_nodes`.";
                 late_reader_converges: Watch,
                     "A watcher that reads only after 500 writes, and one reading all along, converge to the listings (re-list on `Resync`); writers are never blocked.";
             }
@@ -252,6 +258,8 @@ macro_rules! __dcron_case_list {
                     "Nodes registered in one namespace are not listed in another.";
                 cleanup_all_stays_in_its_namespace: None,
                     "`cleanup_all` in one namespace leaves another's records, tombstones, claims and nodes intact.";
+                watches_are_isolated: Watch,
+                    "A watcher in one namespace sees no task or node event caused by writes in another.";
             }
             corrupt {
                 list_reports_corrupt_and_keeps_good: RawWrites,

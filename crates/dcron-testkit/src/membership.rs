@@ -18,6 +18,16 @@ async fn gone_within(
     wait_until(within, || async move { Ok(!node_listed(reg, id).await?) }).await
 }
 
+/// A fresh namespace lists no nodes.
+pub async fn fresh_namespace_lists_no_nodes(cx: &CaseContext) -> CaseResult {
+    let listing = cx.open().await?.list_nodes().await?;
+    ensure!(
+        listing.items.is_empty() && listing.corrupt.is_empty(),
+        "fresh namespace must list no nodes: {listing:?}"
+    );
+    Ok(())
+}
+
 /// A registered node is listed at once (from another client too) with the record it registered.
 pub async fn register_then_list(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;

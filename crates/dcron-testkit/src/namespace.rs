@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use dcron_core::{ClaimOutcome, FireKey, PutMode, TaskMeta};
+use dcron_core::{ClaimOutcome, FireKey, NodeEvent, PutMode, TaskMeta, TaskMetaEvent};
+use futures::StreamExt;
 
-use crate::harness::{instant, node_listed, now_millis, CaseContext, CaseResult};
+use crate::harness::{instant, node_listed, now_millis, CaseContext, CaseError, CaseResult};
 use crate::{ensure, ensure_eq};
 
 const LONG: Duration = Duration::from_secs(600);
@@ -113,5 +114,53 @@ pub async fn cleanup_all_stays_in_its_namespace(cx: &CaseContext) -> CaseResult 
     ensure_eq!(a.list_claims("t").await?.items.len(), 1, "A's claims");
     ensure!(node_listed(a.as_ref(), &node.id).await?, "A's node");
     a.unregister(&lease).await?;
+    Ok(())
+}
+
+/// A watcher in one namespace sees no event caused by writes in another.
+pub async fn watches_are_isolated(cx: &CaseContext) -> CaseResult {
+    let a = cx.open().await?;
+    let b = cx.open_other().await?;
+    if !b.capabilities().watch {
+        return Err(CaseError::Skipped("capabilities.watch is false".into()));
+    }
+    let mut tasks_b = b.watch_tasks().await?;
+    let mut nodes_b = b.watch_nodes().await?;
+    a.put_task(&TaskMeta::new("noisy", "@hourly"), PutMode::CreateOnly)
+        .await?;
+    a.mark_deleted("noisy", now_millis()).await?;
+    let node = cx.node("noisy");
+    let lease = a.register(&node, cx.min_ttl() * 10).await?;
+    // A marker write in B: every event before it would have come from A.
+    b.put_task(&TaskMeta::new("marker", "@hourly"), PutMode::CreateOnly)
+        .await?;
+    let marker_node = cx.node("marker");
+    let lease_b = b.register(&marker_node, cx.min_ttl() * 10).await?;
+    let bound = crate::watch::DELIVERY_BOUND;
+    // The first event B sees must be its own marker (or a resync).
+    match tokio::time::timeout(bound, tasks_b.next()).await {
+        Ok(Some(TaskMetaEvent::Put(m))) if m.name == "marker" => {}
+        Ok(Some(TaskMetaEvent::Resync)) => {}
+        Ok(Some(other)) => {
+            return Err(CaseError::Failed(format!(
+                "B's task watcher saw an event from A: {other:?}"
+            )))
+        }
+        Ok(None) => return Err(CaseError::Failed("B's task watch ended".into())),
+        Err(_) => return Err(CaseError::Failed("B's own write was not delivered".into())),
+    }
+    match tokio::time::timeout(bound, nodes_b.next()).await {
+        Ok(Some(NodeEvent::Put(n))) if n.id == marker_node.id => {}
+        Ok(Some(NodeEvent::Resync)) => {}
+        Ok(Some(other)) => {
+            return Err(CaseError::Failed(format!(
+                "B's node watcher saw an event from A: {other:?}"
+            )))
+        }
+        Ok(None) => return Err(CaseError::Failed("B's node watch ended".into())),
+        Err(_) => return Err(CaseError::Failed("B's own node was not delivered".into())),
+    }
+    a.unregister(&lease).await?;
+    b.unregister(&lease_b).await?;
     Ok(())
 }

@@ -462,3 +462,68 @@ pub async fn late_reader_converges(cx: &CaseContext) -> CaseResult {
     );
     Ok(())
 }
+
+async fn listed_nodes(reg: &dyn Registry) -> Result<BTreeMap<String, dcron_core::Node>, CaseError> {
+    Ok(reg
+        .list_nodes()
+        .await?
+        .items
+        .into_iter()
+        .map(|n| (n.id.clone(), n))
+        .collect())
+}
+
+/// A node watcher that reads only after 100 registrations and unregistrations converges to
+/// `list_nodes` (events applied, re-list on `Resync`).
+pub async fn node_watch_converges(cx: &CaseContext) -> CaseResult {
+    let watcher = cx.open().await?;
+    require_watch(watcher.as_ref()).await?;
+    let writer = cx.open().await?;
+    let mut stream = watcher.watch_nodes().await?;
+    let ttl = cx.min_ttl() * 30;
+    let mut leases = Vec::new();
+    for i in 0..100usize {
+        let mut node = cx.node(&format!("n{i}"));
+        let lease = writer.register(&node, ttl).await?;
+        if i % 3 == 0 {
+            node.status = NodeStatus::Working;
+            writer.update_node(&lease, &node).await?;
+        }
+        if i % 4 == 0 {
+            writer.unregister(&lease).await?;
+        } else {
+            leases.push(lease);
+        }
+    }
+    let mut model = BTreeMap::new();
+    let deadline = Instant::now() + DELIVERY_BOUND * 2;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
+            Ok(Some(NodeEvent::Put(n))) => {
+                model.insert(n.id.clone(), n);
+            }
+            Ok(Some(NodeEvent::Delete { id })) => {
+                model.remove(&id);
+            }
+            Ok(Some(NodeEvent::Resync)) => model = listed_nodes(watcher.as_ref()).await?,
+            Ok(None) => return Err(CaseError::Failed("the node watch stream ended".into())),
+            Err(_) => {
+                let truth = listed_nodes(watcher.as_ref()).await?;
+                if model == truth {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "node model did not converge: {} in the model, {} listed",
+                    model.len(),
+                    truth.len()
+                );
+            }
+        }
+    }
+    ensure_eq!(model.len(), 75, "live nodes in the converged model");
+    for lease in &leases {
+        writer.unregister(lease).await?;
+    }
+    Ok(())
+}

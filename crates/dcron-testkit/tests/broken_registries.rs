@@ -284,6 +284,7 @@ async fn every_fault_is_caught() {
             "namespace::claims_are_isolated",
             "namespace::nodes_are_isolated",
             "namespace::cleanup_all_stays_in_its_namespace",
+            "namespace::watches_are_isolated",
         ],
     )
     .await;
