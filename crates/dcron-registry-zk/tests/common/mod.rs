@@ -318,3 +318,80 @@ impl Drop for OwnedServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A TCP proxy in front of a ZooKeeper, to cut the registry off from the server on demand.
+pub struct Proxy {
+    port: u16,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts forwarding a free loopback port to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let upstream = upstream.to_string();
+        let accept = {
+            let (down, links) = (down.clone(), links.clone());
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if down.load(std::sync::atomic::Ordering::Acquire) {
+                        continue; // dropped: the client sees the server as unreachable
+                    }
+                    let upstream = upstream.clone();
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    if let Ok(mut l) = links.lock() {
+                        l.retain(|h| !h.is_finished());
+                        l.push(link);
+                    }
+                }
+            })
+        };
+        Proxy {
+            port,
+            down,
+            links,
+            accept,
+        }
+    }
+
+    /// The connect string through the proxy.
+    pub fn connect(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every open connection (a connection loss) without refusing new ones.
+    pub fn cut(&self) {
+        if let Ok(mut l) = self.links.lock() {
+            for h in l.drain(..) {
+                h.abort();
+            }
+        }
+    }
+
+    /// `true`: cut every connection and drop new ones (the server is unreachable);
+    /// `false`: forward again.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::Release);
+        if down {
+            self.cut();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
