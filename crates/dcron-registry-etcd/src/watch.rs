@@ -1,0 +1,246 @@
+//! Watches: an etcd watch started right after the revision of a snapshot, kept running by a
+//! background task that feeds a [`dcron_core::watch_channel`].
+//!
+//! ```text
+//!  watch_*() ── read revision R ──► spawn ──► etcd watch from R+1 ──► events ──► channel
+//!                                     ▲             │ stream error / cancel
+//!                                     │             ▼
+//!                                     └── back-off, Resync, resume after the last event seen
+//!                                         (compacted: Resync, restart from the current revision)
+//! ```
+//!
+//! The task ends when the consumer drops the stream (checked on every event and once a second).
+
+use std::time::Duration;
+
+use dcron_core::{
+    watch_channel, Node, NodeEvent, Result, ResyncEvent, TaskMeta, TaskMetaEvent, Tombstone,
+    WatchSender, WatchStream,
+};
+use etcd_client::{Event, EventType, WatchOptions, WatchStream as EtcdWatchStream};
+
+use crate::error::{self, map_err};
+use crate::keys::{prefix_end, Keys};
+use crate::EtcdRegistry;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often an idle watch checks whether its consumer is gone.
+const CLOSED_CHECK: Duration = Duration::from_secs(1);
+
+/// Watches the node records of the namespace.
+pub(crate) async fn watch_nodes(reg: EtcdRegistry) -> Result<WatchStream<NodeEvent>> {
+    let prefix = reg.keys().nodes_prefix();
+    let end = prefix_end(prefix.as_bytes());
+    let translate = move |event: &Event| -> Option<NodeEvent> {
+        let kv = event.kv()?;
+        let id = Keys::name_under(&prefix, kv.key())?;
+        match event.event_type() {
+            EventType::Put => match Node::decode(&id, kv.value()) {
+                Ok(node) => Some(NodeEvent::Put(node)),
+                Err(e) => {
+                    tracing::warn!(node = %id, error = %e, "corrupt node record in etcd watch");
+                    None
+                }
+            },
+            EventType::Delete => Some(NodeEvent::Delete { id }),
+        }
+    };
+    start(
+        reg.clone(),
+        reg.keys().nodes_prefix().into_bytes(),
+        end,
+        translate,
+    )
+    .await
+}
+
+/// Watches the task records and tombstones of the namespace.
+pub(crate) async fn watch_tasks(reg: EtcdRegistry) -> Result<WatchStream<TaskMetaEvent>> {
+    let tasks = reg.keys().tasks_prefix();
+    let tombstones = reg.keys().tombstones_prefix();
+    // One range from `tasks/` to the end of `tombstones/`: nothing else of the layout sorts in
+    // between (`claims/` and `nodes/` sort before `tasks/`), and keys are filtered anyway.
+    let start_key = tasks.clone().into_bytes();
+    let end = prefix_end(tombstones.as_bytes());
+    let translate = move |event: &Event| -> Option<TaskMetaEvent> {
+        let kv = event.kv()?;
+        if let Some(name) = Keys::name_under(&tasks, kv.key()) {
+            return match event.event_type() {
+                EventType::Put => match TaskMeta::decode(&name, kv.value()) {
+                    Ok(meta) if meta.name == name => Some(TaskMetaEvent::Put(meta)),
+                    Ok(meta) => {
+                        tracing::warn!(task = %name, stored = %meta.name, "task record stored under another name");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = %name, error = %e, "corrupt task record in etcd watch");
+                        None
+                    }
+                },
+                EventType::Delete => Some(TaskMetaEvent::Removed { name }),
+            };
+        }
+        let name = Keys::name_under(&tombstones, kv.key())?;
+        match event.event_type() {
+            EventType::Put => match Tombstone::decode(&name, kv.value()) {
+                Ok(tombstone) => Some(TaskMetaEvent::Tombstoned(tombstone)),
+                Err(e) => {
+                    tracing::warn!(task = %name, error = %e, "corrupt tombstone in etcd watch");
+                    None
+                }
+            },
+            EventType::Delete => Some(TaskMetaEvent::TombstoneCleared { name }),
+        }
+    };
+    start(reg, start_key, end, translate).await
+}
+
+async fn start<T, F>(
+    reg: EtcdRegistry,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    translate: F,
+) -> Result<WatchStream<T>>
+where
+    T: ResyncEvent + Send + Unpin + 'static,
+    F: Fn(&Event) -> Option<T> + Send + Sync + 'static,
+{
+    // Everything after this revision is delivered: a list made before this call returned plus
+    // the events misses nothing.
+    let revision = reg.current_revision().await?;
+    let (tx, rx) = watch_channel(reg.inner.config.watch_buffer);
+    tokio::spawn(run(reg, key, range_end, revision + 1, tx, translate));
+    Ok(rx)
+}
+
+/// How a watch stream ended.
+enum End {
+    /// The consumer dropped the stream: stop.
+    ConsumerGone,
+    /// The start revision was compacted away.
+    Compacted,
+    /// The stream broke (connection lost, server restart, cancelled by the server).
+    Broken(String),
+}
+
+async fn run<T, F>(
+    reg: EtcdRegistry,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    mut next_revision: i64,
+    tx: WatchSender<T>,
+    translate: F,
+) where
+    T: ResyncEvent + Send + Unpin + 'static,
+    F: Fn(&Event) -> Option<T> + Send + Sync + 'static,
+{
+    let context = format!("watch {}", String::from_utf8_lossy(&key));
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        let options = WatchOptions::new()
+            .with_range(range_end.clone())
+            .with_start_revision(next_revision)
+            .with_progress_notify();
+        let created = reg
+            .raw(|mut c| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { c.watch(key, Some(options)).await }
+            })
+            .await;
+        let end = match created {
+            Ok((watcher, mut stream)) => {
+                let end = pump(&mut stream, &tx, &translate, &mut next_revision).await;
+                drop(watcher);
+                end
+            }
+            Err(f) => End::Broken(f.into_error(&context).to_string()),
+        };
+        match end {
+            End::ConsumerGone => return,
+            End::Compacted => {
+                tracing::info!(%context, "etcd watch revision compacted; restarting from now");
+                if !tx.resync() {
+                    return;
+                }
+                match reg.current_revision().await {
+                    Ok(revision) => {
+                        next_revision = revision + 1;
+                        backoff = MIN_BACKOFF;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%context, error = %e, "etcd watch cannot read the revision");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+            End::Broken(reason) => {
+                tracing::warn!(%context, %reason, retry_in = ?backoff, "etcd watch broken; reconnecting");
+                // Resuming after the last event seen loses nothing, but the consumer is told to
+                // list again all the same (events may have coalesced while disconnected).
+                if !tx.resync() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+async fn pump<T, F>(
+    stream: &mut EtcdWatchStream,
+    tx: &WatchSender<T>,
+    translate: &F,
+    next_revision: &mut i64,
+) -> End
+where
+    T: ResyncEvent + Send + Unpin + 'static,
+    F: Fn(&Event) -> Option<T>,
+{
+    let mut check = tokio::time::interval(CLOSED_CHECK);
+    loop {
+        let message = tokio::select! {
+            message = stream.message() => message,
+            _ = check.tick() => {
+                if tx.is_closed() {
+                    return End::ConsumerGone;
+                }
+                continue;
+            }
+        };
+        let resp = match message {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return End::Broken("the server closed the watch stream".into()),
+            Err(e) if error::is_compacted(&e) => return End::Compacted,
+            Err(e) => return End::Broken(map_err(e, "watch stream").to_string()),
+        };
+        if resp.canceled() {
+            if resp.compact_revision() > 0 {
+                return End::Compacted;
+            }
+            return End::Broken(format!("cancelled by the server: {}", resp.cancel_reason()));
+        }
+        if resp.events().is_empty() {
+            // A progress notification: every later event has a higher revision.
+            if let Some(header) = resp.header() {
+                *next_revision = (*next_revision).max(header.revision() + 1);
+            }
+            continue;
+        }
+        for event in resp.events() {
+            if let Some(kv) = event.kv() {
+                *next_revision = (*next_revision).max(kv.mod_revision() + 1);
+            }
+            if let Some(item) = translate(event) {
+                if !tx.send(item) {
+                    return End::ConsumerGone;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Shared test support: the shared server from the environment, the skip-or-fail rule, and etcd
+//! servers owned by a test (own ports, own data directory, killed on drop).
+#![allow(dead_code)] // each test binary uses a part of it
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dcron_core::Error;
+use dcron_registry_etcd::{EtcdRegistry, EtcdRegistryConfig};
+use tokio::time::Instant;
+
+/// Whether `DCRON_TEST_REQUIRE=1`: a missing server fails instead of skipping.
+pub fn required() -> bool {
+    std::env::var("DCRON_TEST_REQUIRE").is_ok_and(|v| v.trim() == "1")
+}
+
+/// Skips (prints and answers `None`) or, under `DCRON_TEST_REQUIRE=1`, fails the test.
+pub fn skip<T>(test: &str, reason: impl std::fmt::Display) -> Option<T> {
+    if required() {
+        panic!("{test}: {reason} and DCRON_TEST_REQUIRE=1");
+    }
+    println!("{test}: skipped: {reason}");
+    eprintln!("{test}: skipped: {reason}");
+    None
+}
+
+/// A namespace nobody else uses.
+pub fn fresh_namespace(test: &str) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("dcron-etcd-test-{test}-{}", &random[..8])
+}
+
+/// A client of the shared server on a fresh namespace, or `None` (skip) when it is unreachable.
+pub async fn shared(test: &str) -> Option<EtcdRegistry> {
+    shared_in(test, &fresh_namespace(test)).await
+}
+
+/// A client of the shared server on `namespace`, or `None` (skip) when it is unreachable.
+pub async fn shared_in(test: &str, namespace: &str) -> Option<EtcdRegistry> {
+    match EtcdRegistryConfig::from_env()
+        .namespace(namespace)
+        .connect()
+        .await
+    {
+        Ok(reg) => Some(reg),
+        Err(e @ Error::Unavailable { .. }) => skip(test, format!("etcd unreachable: {e}")),
+        Err(e) => panic!("{test}: connecting to the shared etcd failed: {e}"),
+    }
+}
+
+/// Polls `check` until it holds or `within` passes; answers whether it held.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The etcd binary: `DCRON_TEST_ETCD_BIN`, else `etcd` on the `PATH`, else `/usr/bin/etcd`.
+pub fn etcd_binary() -> Option<PathBuf> {
+    if let Ok(bin) = std::env::var("DCRON_TEST_ETCD_BIN") {
+        let path = PathBuf::from(bin);
+        return path.is_file().then_some(path);
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("etcd");
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    let fallback = PathBuf::from("/usr/bin/etcd");
+    fallback.is_file().then_some(fallback)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// An etcd server owned by one test: its own ports and data directory, killed (and the
+/// directory removed) on drop.
+pub struct OwnedEtcd {
+    binary: PathBuf,
+    dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    child: std::sync::Mutex<Option<Child>>,
+}
+
+impl std::fmt::Debug for OwnedEtcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedEtcd")
+            .field("endpoint", &self.endpoint())
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl OwnedEtcd {
+    /// Starts a server and waits until it answers; `None` (skip) when there is no etcd binary.
+    pub async fn start(test: &str) -> Option<OwnedEtcd> {
+        let Some(binary) = etcd_binary() else {
+            return skip(
+                test,
+                "no etcd binary (set DCRON_TEST_ETCD_BIN or install etcd-server)",
+            );
+        };
+        let base = std::env::var("DCRON_STATE_DIR").unwrap_or_else(|_| "/tmp/dcron-test".into());
+        let dir = PathBuf::from(base).join(format!(
+            "etcd-owned-{test}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&dir).expect("create the data directory");
+        let server = OwnedEtcd {
+            binary,
+            dir,
+            client_port: free_port().expect("a free port"),
+            peer_port: free_port().expect("a free port"),
+            child: std::sync::Mutex::new(None),
+        };
+        server.spawn();
+        server.wait_ready().await;
+        Some(server)
+    }
+
+    /// `127.0.0.1:<client port>`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// A configuration for this server on `namespace`, with short timeouts.
+    pub fn config(&self, namespace: &str) -> EtcdRegistryConfig {
+        EtcdRegistryConfig::new([self.endpoint()])
+            .namespace(namespace)
+            .connect_timeout(Duration::from_secs(1))
+            .request_timeout(Duration::from_secs(2))
+    }
+
+    fn spawn(&self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .expect("open the log");
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(&self.binary)
+            .arg("--name")
+            .arg("owned")
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("owned={peer}"))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+    }
+
+    fn kill(&self) {
+        if let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let endpoint = self.endpoint();
+        let ready = eventually(Duration::from_secs(30), || {
+            let config = EtcdRegistryConfig::new([endpoint.clone()])
+                .connect_timeout(Duration::from_millis(500))
+                .request_timeout(Duration::from_secs(1));
+            async move {
+                match config.connect().await {
+                    Ok(_) => true,
+                    // An auth-enabled server refuses anonymous requests: it is up.
+                    Err(Error::AccessDenied(_)) => true,
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        assert!(
+            ready,
+            "the owned etcd at {endpoint} did not answer within 30 s; see {}",
+            self.dir.join("etcd.log").display()
+        );
+    }
+
+    /// Kills the server (like a crash) and starts it again on the same ports and data; returns
+    /// once the process runs (callers poll the registry until it answers).
+    pub fn restart(&self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Kills the server and starts it again, then waits until it answers.
+    pub async fn restart_and_wait(&self) {
+        self.restart();
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for OwnedEtcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
