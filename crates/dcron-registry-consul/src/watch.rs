@@ -68,7 +68,9 @@ pub(crate) async fn run<E, F>(
                 let reset = new_index < index;
                 if failed || reset {
                     failed = false;
-                    if !tx.resync() {
+                    // Queued as an event rather than `WatchSender::resync()`, which only flags
+                    // the channel and would not wake a reader parked on an empty buffer.
+                    if !tx.send(E::resync()) {
                         return;
                     }
                 }

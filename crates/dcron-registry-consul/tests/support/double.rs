@@ -116,6 +116,8 @@ struct Shared {
     state: Mutex<State>,
     changed: tokio::sync::watch::Sender<u64>,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Blocking queries waiting right now.
+    blocked: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -174,6 +176,7 @@ impl ConsulDouble {
             }),
             changed,
             tasks: Mutex::new(Vec::new()),
+            blocked: std::sync::atomic::AtomicUsize::new(0),
         });
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -196,6 +199,42 @@ impl ConsulDouble {
     /// The current raft-like index.
     pub fn index(&self) -> u64 {
         self.shared.lock().index
+    }
+
+    /// Replaces the whole store by an empty one whose index is lower than before, as a
+    /// snapshot restore or a rebuilt cluster would: blocking queries see the index go backwards.
+    pub fn rewind(&self) {
+        {
+            let mut st = self.shared.lock();
+            *st = State {
+                index: 10,
+                kv_index: 10,
+                ..State::default()
+            };
+        }
+        self.shared.notify(10);
+    }
+
+    /// The lock session of a key, if the key exists.
+    pub fn key_session(&self, key: &str) -> Option<Option<String>> {
+        self.shared.lock().kv.get(key).map(|e| e.session.clone())
+    }
+
+    /// Number of keys under a prefix.
+    pub fn count_keys(&self, prefix: &str) -> usize {
+        self.shared
+            .lock()
+            .kv
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .count()
+    }
+
+    /// Number of blocking queries waiting right now.
+    pub fn blocked_queries(&self) -> usize {
+        self.shared
+            .blocked
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Number of live sessions.
@@ -541,6 +580,7 @@ async fn kv_get(shared: &Shared, key: &str, q: &HashMap<String, String>) -> Resp
             .min(MAX_WAIT);
         let deadline = Instant::now() + wait;
         let mut rx = shared.changed.subscribe();
+        let _waiting = Waiting::new(&shared.blocked);
         loop {
             if read_index(&shared.lock(), key, prefix) > min_index {
                 break;
@@ -604,6 +644,22 @@ async fn kv_get(shared: &Shared, key: &str, q: &HashMap<String, String>) -> Resp
             &json!([entry_json(key, e, true)]),
             Some(index),
         ),
+    }
+}
+
+/// Counts a waiting blocking query for as long as it lives (also when its connection drops).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
