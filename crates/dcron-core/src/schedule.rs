@@ -64,7 +64,10 @@
 //! [`Schedule::next_after`] and [`Schedule::latest_at_or_before`] jump from match to match
 //! (croner's field-by-field search over local wall-clock time), then map local times to UTC with
 //! the rules above; neither walks second by second. Cron expressions are evaluated within the
-//! years 1 to 5000; an expression that never matches (`0 0 30 2 *`) has no instants.
+//! years 1 to 5000; an expression that never matches (`0 0 30 2 *`) has no instants, and
+//! learning that costs one search through the remaining years (tens of milliseconds), so a
+//! caller should drop such a schedule after the first `None`. Every other search takes
+//! microseconds.
 
 use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::{GapInfo, Tz};
@@ -965,6 +968,48 @@ mod tests {
             "2024-10-28T00:00:00Z",
         );
         assert_eq!(got, ["2024-10-26T17:30:00Z", "2024-10-27T17:30:00Z"]);
+    }
+
+    #[test]
+    fn a_whole_skipped_day_runs_its_fixed_times_once_after_the_gap() {
+        // Pacific/Apia skipped 2011-12-30: 2011-12-29 23:59:59 -10 -> 2011-12-31 00:00 +14
+        // at 2011-12-30T10:00Z.
+        let got = run(
+            "30 12 * * *",
+            "Pacific/Apia",
+            "2011-12-28T00:00:00Z",
+            "2012-01-01T00:00:00Z",
+        );
+        assert_eq!(
+            got,
+            [
+                "2011-12-28T22:30:00Z",
+                "2011-12-29T22:30:00Z",
+                "2011-12-30T10:00:00Z",
+                "2011-12-30T22:30:00Z",
+                "2011-12-31T22:30:00Z"
+            ]
+        );
+        let s = sched("30 12 * * *", "Pacific/Apia");
+        assert_eq!(
+            s.latest_at_or_before(t("2011-12-30T21:00:00Z")),
+            Some(t("2011-12-30T10:00:00Z"))
+        );
+        // Hourly: 23:00 -10 on the 29th, then 00:00 +14 on the 31st.
+        let got = run(
+            "0 * * * *",
+            "Pacific/Apia",
+            "2011-12-30T08:30:00Z",
+            "2011-12-30T11:30:00Z",
+        );
+        assert_eq!(
+            got,
+            [
+                "2011-12-30T09:00:00Z",
+                "2011-12-30T10:00:00Z",
+                "2011-12-30T11:00:00Z"
+            ]
+        );
     }
 
     #[test]
