@@ -8,8 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dcron_core::memory::MemoryRegistry;
 use dcron_core::{
-    Claim, ClaimOutcome, FireKey, Lease, Listing, Node, NodeEvent, PutMode, Registry, TaskMeta,
-    TaskMetaEvent, Tombstone, WatchStream,
+    Capabilities, Claim, ClaimOutcome, FireKey, Lease, Listing, Node, NodeEvent, PutMode, Registry,
+    TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
 };
 use dcron_testkit::{async_trait, cases, run_case, CaseError, MemoryFactory, RegistryFactory};
 use futures::StreamExt;
@@ -39,6 +39,10 @@ enum Fault {
     MarkDeletedOverwrites,
     /// `cleanup_task` leaves the claims.
     CleanupKeepsClaims,
+    /// Declares watches unsupported but serves them anyway.
+    WatchDeclaredUnsupportedButWorks,
+    /// Honestly without watches (not a fault: the watch cases must be skipped).
+    NoWatches,
 }
 
 #[derive(Debug)]
@@ -52,6 +56,16 @@ struct Broken {
 impl Registry for Broken {
     fn backend(&self) -> &'static str {
         "broken"
+    }
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = self.inner.capabilities();
+        if matches!(
+            self.fault,
+            Fault::WatchDeclaredUnsupportedButWorks | Fault::NoWatches
+        ) {
+            caps.watch = false;
+        }
+        caps
     }
     async fn register(&self, node: &Node, ttl: Duration) -> dcron_core::Result<Lease> {
         self.inner.register(node, ttl).await
@@ -79,6 +93,11 @@ impl Registry for Broken {
         self.inner.list_nodes().await
     }
     async fn watch_nodes(&self) -> dcron_core::Result<WatchStream<NodeEvent>> {
+        if self.fault == Fault::NoWatches {
+            return Err(dcron_core::Error::Unsupported {
+                operation: "watch_nodes",
+            });
+        }
         self.inner.watch_nodes().await
     }
     async fn put_task(&self, meta: &TaskMeta, mode: PutMode) -> dcron_core::Result<()> {
@@ -102,6 +121,11 @@ impl Registry for Broken {
         Ok(listing)
     }
     async fn watch_tasks(&self) -> dcron_core::Result<WatchStream<TaskMetaEvent>> {
+        if self.fault == Fault::NoWatches {
+            return Err(dcron_core::Error::Unsupported {
+                operation: "watch_tasks",
+            });
+        }
         let stream = self.inner.watch_tasks().await?;
         if self.fault != Fault::WatchDropsEvents {
             return Ok(stream);
@@ -225,6 +249,15 @@ impl RegistryFactory for BrokenFactory {
     }
 }
 
+fn broken(fault: Fault) -> BrokenFactory {
+    let store = MemoryRegistry::new();
+    BrokenFactory {
+        raw: MemoryFactory::on_store(&store),
+        store,
+        fault,
+    }
+}
+
 async fn must_fail(fault: Fault, case_paths: &[&str]) {
     let all = cases();
     for path in case_paths {
@@ -232,13 +265,7 @@ async fn must_fail(fault: Fault, case_paths: &[&str]) {
             .iter()
             .find(|c| c.path() == *path)
             .unwrap_or_else(|| panic!("no case {path}"));
-        let store = MemoryRegistry::new();
-        let factory = BrokenFactory {
-            raw: MemoryFactory::on_store(&store),
-            store,
-            fault,
-        };
-        match run_case(Arc::new(factory), case).await {
+        match run_case(Arc::new(broken(fault)), case).await {
             Err(CaseError::Failed(msg)) => println!("{fault:?} caught by {path}: {msg}"),
             other => panic!("{fault:?} was not caught by {path}: {other:?}"),
         }
@@ -305,6 +332,11 @@ async fn every_fault_is_caught() {
     )
     .await;
     must_fail(
+        Fault::WatchDeclaredUnsupportedButWorks,
+        &["watch::watch_capability_is_honest"],
+    )
+    .await;
+    must_fail(
         Fault::CleanupKeepsClaims,
         &[
             "tombstones::cleanup_removes_every_trace",
@@ -312,4 +344,19 @@ async fn every_fault_is_caught() {
         ],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_without_watches_skips_the_watch_cases() {
+    let watch_cases: Vec<_> = cases()
+        .into_iter()
+        .filter(|c| c.requires == dcron_testkit::Requirement::Watch)
+        .collect();
+    assert!(watch_cases.len() >= 8);
+    for case in &watch_cases {
+        match run_case(Arc::new(broken(Fault::NoWatches)), case).await {
+            Err(CaseError::Skipped(reason)) => assert!(reason.contains("watch"), "{reason}"),
+            other => panic!("{}: expected a skip, got {other:?}", case.path()),
+        }
+    }
 }
