@@ -105,8 +105,9 @@ impl ZkRegistryConfig {
         config
     }
 
-    /// Sets the namespace root path (absolute, e.g. `/dcron/orders`). Everything the registry
-    /// stores lives under it; two registries with different roots never see each other.
+    /// Sets the namespace root path (e.g. `/dcron/orders`; the leading `/` may be left out).
+    /// Everything the registry stores lives under it; two registries with different roots never
+    /// see each other. Empty, `.` and `..` components are refused when connecting.
     pub fn namespace(mut self, root: impl Into<String>) -> Self {
         self.namespace = root.into();
         self

@@ -446,3 +446,66 @@ async fn claims_across_a_server_restart_are_never_won_twice() {
         reg.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_without_ttl_znodes_falls_back_to_the_sweeper() {
+    let Some(server) = common::OwnedServer::start_with(false).await else {
+        return;
+    };
+    let reg = ZkRegistry::connect(
+        ZkRegistryConfig::new(server.connect())
+            .namespace("/fallback")
+            .sweep_interval(Duration::from_millis(200)),
+    )
+    .await
+    .expect("connect");
+    assert!(reg.ttl_claims(), "TTL claims are tried first");
+    let fire = FireKey::new("t", Utc.timestamp_millis_opt(7).unwrap());
+    let won = reg
+        .claim(std::slice::from_ref(&fire), "a", Duration::from_millis(300))
+        .await
+        .expect("claim");
+    assert!(won[0].is_won(), "the claim is still decided: {won:?}");
+    assert!(
+        !reg.ttl_claims(),
+        "the refusal switched claims to the sweeper"
+    );
+    assert_eq!(
+        reg.claim(std::slice::from_ref(&fire), "b", Duration::from_secs(60))
+            .await
+            .expect("claim"),
+        vec![ClaimOutcome::Lost]
+    );
+    let swept = eventually(Duration::from_secs(10), || async {
+        reg.list_claims("t")
+            .await
+            .map(|l| l.items.is_empty())
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(swept, "the sweeper removed the claim after its retention");
+    reg.close().await;
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable_quickly() {
+    // Port 1 on loopback: nothing listens there.
+    let started = tokio::time::Instant::now();
+    let result = ZkRegistry::connect(
+        ZkRegistryConfig::new("127.0.0.1:1").connect_timeout(Duration::from_millis(800)),
+    )
+    .await;
+    assert!(
+        matches!(result, Err(Error::Unavailable { .. })),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(
+        ZkRegistry::connect(ZkRegistryConfig::new("127.0.0.1:2181").namespace("/a/../b")).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        ZkRegistry::connect(ZkRegistryConfig::new("no-such-host-name.invalid:2181")).await,
+        Err(Error::InvalidArgument(_) | Error::Unavailable { .. })
+    ));
+}

@@ -227,6 +227,11 @@ impl OwnedServer {
     /// Starts a server; `None` (after printing why) when ZooKeeper is not installed and servers
     /// are not required.
     pub async fn start() -> Option<Self> {
+        Self::start_with(true).await
+    }
+
+    /// Like [`OwnedServer::start`]; `extended_types` says whether TTL znodes are enabled.
+    pub async fn start_with(extended_types: bool) -> Option<Self> {
         if !std::path::Path::new(ZK_JAR).exists() {
             if required() {
                 panic!("{ZK_JAR} missing: run scripts/services/zk.sh");
@@ -244,7 +249,7 @@ impl OwnedServer {
         let cfg = format!(
             "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
              minSessionTimeout=1000\nmaxSessionTimeout=60000\nmaxClientCnxns=0\n\
-             extendedTypesEnabled=true\nadmin.enableServer=false\n\
+             extendedTypesEnabled={extended_types}\nadmin.enableServer=false\n\
              4lw.commands.whitelist=ruok,srvr\n",
             dir.join("data").display()
         );
