@@ -45,6 +45,9 @@ use crate::types::{
 /// The most fires sent in one claim call (larger sets are split into several batches).
 const MAX_BATCH: usize = 2048;
 
+/// The longest the API's view (`all_tasks`, `my_running_tasks`) lags the driver.
+const VIEW_FLUSH: Duration = Duration::from_millis(50);
+
 /// A static task as registered in code.
 pub(crate) struct StaticDef {
     pub(crate) meta: Arc<TaskMeta>,
@@ -138,6 +141,8 @@ pub(crate) struct Driver {
     handler_cancel: CancellationToken,
     stopping: CancellationToken,
     stop_waiters: Vec<oneshot::Sender<()>>,
+    view_dirty: bool,
+    view_flushed: Instant,
 }
 
 impl Driver {
@@ -190,10 +195,18 @@ impl Driver {
             handler_cancel: CancellationToken::new(),
             stopping: CancellationToken::new(),
             stop_waiters: Vec::new(),
+            view_dirty: false,
+            view_flushed: Instant::now(),
         }
     }
 
     /// Runs until stopped (or until every API handle is dropped, which ends it like a crash).
+    /// Marks the API's view stale; the loop flushes it at most every [`VIEW_FLUSH`], so a burst
+    /// of task events costs one sort, not one per event.
+    fn publish_view(&mut self) {
+        self.view_dirty = true;
+    }
+
     pub(crate) async fn run(mut self) {
         self.lifecycle(Input::Start);
         let mut renew = tokio::time::interval(self.cfg.renew_interval);
@@ -207,6 +220,7 @@ impl Driver {
                 break;
             }
             let deadline = self.next_deadline();
+            let flush_at = self.view_dirty.then(|| self.view_flushed + VIEW_FLUSH);
             tokio::select! {
                 biased;
                 cmd = self.commands.recv() => match cmd {
@@ -231,9 +245,10 @@ impl Driver {
                 _ = renew.tick() => self.lifecycle(Input::RenewTick),
                 _ = poll.tick() => if self.is_active() { self.list_all() },
                 _ = sleep_until(deadline), if deadline.is_some() => self.fire_due(),
+                _ = sleep_until(flush_at), if flush_at.is_some() => self.flush_view(),
             }
         }
-        self.publish_view();
+        self.flush_view();
     }
 
     // ----- lifecycle -----
@@ -254,7 +269,7 @@ impl Driver {
                 state: name,
             });
             metrics::counter!("dcron_lifecycle_transitions_total", "state" => name).increment(1);
-            self.publish_view();
+            self.flush_view();
         }
         for action in actions {
             self.act(action);
@@ -1067,7 +1082,10 @@ impl Driver {
         });
     }
 
-    fn publish_view(&self) {
+    /// Publishes the API's view now (sorting every name: O(n log n)).
+    fn flush_view(&mut self) {
+        self.view_dirty = false;
+        self.view_flushed = Instant::now();
         let mut owned: Vec<String> = self
             .tasks
             .iter()
