@@ -1,7 +1,18 @@
-//! Redis registry for dcron (not implemented yet).
-//!
-//! This crate will hold `RedisRegistry`, an implementation of `dcron_core::Registry` on
-//! `deadpool-redis`: server-side key expiry for liveness, Lua scripts for every multi-key decision,
-//! one round trip per batch of claims, and publish-on-write change notifications.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod events;
+pub mod keys;
+mod registry;
+mod scripts;
+mod watch;
+
+pub use config::{RedisRegistryConfig, DEFAULT_NAMESPACE, DEFAULT_URL, TEST_URL_ENV};
+pub use keys::RedisKeys;
+pub use registry::{RedisRegistry, MAX_VALUE_BYTES};
+
+/// The backend name reported in errors, logs and metrics.
+pub const BACKEND: &str = "redis";

@@ -1,0 +1,246 @@
+//! The key layout: where each record lives in Redis.
+//!
+//! Every key of a namespace starts with `<ns>:` where `<ns>` is the namespace escaped with
+//! [`escape`]. Task names and node ids are escaped the same way, so a name containing `:`, `*`,
+//! spaces or unicode can neither collide with another key nor act as a `SCAN` glob.
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `<ns>:node:<id>` | hash, `PX` TTL = lease TTL | `lease` (lease id), `node` ([`dcron_core::Node`] JSON) |
+//! | `<ns>:nodes` | set | escaped ids of registered nodes (pruned when their key has expired) |
+//! | `<ns>:task:<name>` | string | [`dcron_core::TaskMeta`] JSON |
+//! | `<ns>:tomb:<name>` | string | [`dcron_core::Tombstone`] JSON |
+//! | `<ns>:claim:<name>:<millis>` | string, `PX` TTL = retention | [`dcron_core::Claim`] JSON |
+//! | `<ns>:claims:<name>` | sorted set | claim index: member `<millis>`, score = expiry (server ms) |
+//! | `<ns>:token` | string (integer) | the namespace's fencing-token counter (`INCR`) |
+//!
+//! Change notifications are published on `<ns>:events:db<db>:nodes` and
+//! `<ns>:events:db<db>:tasks` (Redis pub/sub ignores the database number, so it is part of the
+//! channel name).
+
+/// Percent-encodes everything but ASCII letters, digits, `-`, `_`, `.` and `~`.
+///
+/// The result never contains `:` (the key separator) nor a `SCAN` glob character, and the
+/// encoding is injective, so distinct names give distinct keys.
+///
+/// ```
+/// use dcron_registry_redis::keys::escape;
+/// assert_eq!(escape("report:daily v2"), "report%3Adaily%20v2");
+/// assert_eq!(escape("plain-name_1.0"), "plain-name_1.0");
+/// ```
+pub fn escape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for &b in raw.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Reverses [`escape`]; `None` when `escaped` is not a valid escaped UTF-8 string.
+///
+/// ```
+/// use dcron_registry_redis::keys::{escape, unescape};
+/// assert_eq!(unescape(&escape("ünï:*")).as_deref(), Some("ünï:*"));
+/// assert_eq!(unescape("%4"), None);
+/// ```
+pub fn unescape(escaped: &str) -> Option<String> {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hi = hex_value(*bytes.get(i + 1)?)?;
+            let lo = hex_value(*bytes.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// The keys and channels of one namespace in one Redis database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisKeys {
+    prefix: String,
+    node_channel: String,
+    task_channel: String,
+}
+
+impl RedisKeys {
+    /// The layout for `namespace` in database `db`.
+    pub fn new(namespace: &str, db: i64) -> Self {
+        let prefix = format!("{}:", escape(namespace));
+        RedisKeys {
+            node_channel: format!("{prefix}events:db{db}:nodes"),
+            task_channel: format!("{prefix}events:db{db}:tasks"),
+            prefix,
+        }
+    }
+
+    /// The prefix every key of the namespace starts with (`<ns>:`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The hash holding a node's record and lease id.
+    pub fn node(&self, node_id: &str) -> String {
+        format!("{}{}", self.node_prefix(), escape(node_id))
+    }
+
+    /// The prefix of node keys (`<ns>:node:`); the rest is the escaped node id.
+    pub fn node_prefix(&self) -> String {
+        format!("{}node:", self.prefix)
+    }
+
+    /// The set of registered node ids (escaped).
+    pub fn node_index(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
+    /// The task record of a name.
+    pub fn task(&self, name: &str) -> String {
+        format!("{}{}", self.task_prefix(), escape(name))
+    }
+
+    /// The prefix of task record keys (`<ns>:task:`).
+    pub fn task_prefix(&self) -> String {
+        format!("{}task:", self.prefix)
+    }
+
+    /// The tombstone of a name.
+    pub fn tombstone(&self, name: &str) -> String {
+        format!("{}{}", self.tombstone_prefix(), escape(name))
+    }
+
+    /// The prefix of tombstone keys (`<ns>:tomb:`).
+    pub fn tombstone_prefix(&self) -> String {
+        format!("{}tomb:", self.prefix)
+    }
+
+    /// The prefix of one task's claim keys (`<ns>:claim:<name>:`); the rest is the instant in
+    /// milliseconds since the Unix epoch.
+    pub fn claim_prefix(&self, name: &str) -> String {
+        format!("{}claim:{}:", self.prefix, escape(name))
+    }
+
+    /// The claim index (sorted set) of a name.
+    pub fn claim_index(&self, name: &str) -> String {
+        format!("{}claims:{}", self.prefix, escape(name))
+    }
+
+    /// The fencing-token counter of the namespace.
+    pub fn token(&self) -> String {
+        format!("{}token", self.prefix)
+    }
+
+    /// The pub/sub channel of node changes.
+    pub fn node_channel(&self) -> &str {
+        &self.node_channel
+    }
+
+    /// The pub/sub channel of task and tombstone changes.
+    pub fn task_channel(&self) -> &str {
+        &self.task_channel
+    }
+
+    /// Whether `key` (a key of this namespace) is removed by `cleanup_all`: task records,
+    /// tombstones, claims and claim indexes, but not node registrations or the token counter.
+    pub fn is_task_data(&self, key: &str) -> bool {
+        key.strip_prefix(&self.prefix).is_some_and(|rest| {
+            ["task:", "tomb:", "claim:", "claims:"]
+                .iter()
+                .any(|p| rest.starts_with(p))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_round_trips_and_never_emits_separators_or_globs() {
+        for raw in [
+            "a",
+            "report:daily v2",
+            "*?[]\\%",
+            "ünïcödé 名前",
+            "x:y:z",
+            &"é".repeat(100),
+        ] {
+            let e = escape(raw);
+            assert!(
+                !e.contains([':', '*', '?', '[', ']', '\\', ' ']),
+                "{raw:?} -> {e}"
+            );
+            assert_eq!(unescape(&e).as_deref(), Some(raw));
+        }
+        assert_ne!(escape("a:b"), escape("a%3Ab"));
+    }
+
+    #[test]
+    fn unescape_rejects_bad_input() {
+        for bad in ["%", "%4", "%zz", "%FF"] {
+            assert_eq!(unescape(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn namespaces_cannot_overlap() {
+        // `a` + `:task:x` must never equal a key of namespace `a:task:x`'s layout.
+        let a = RedisKeys::new("a", 0);
+        let b = RedisKeys::new("a:task", 0);
+        assert!(!b.task("x").starts_with(a.prefix()));
+        assert_eq!(a.task("x"), "a:task:x");
+        assert_eq!(b.task("x"), "a%3Atask:task:x");
+    }
+
+    #[test]
+    fn cleanup_keeps_nodes_and_the_token() {
+        let k = RedisKeys::new("ns", 0);
+        for key in [
+            k.task("t"),
+            k.tombstone("t"),
+            k.claim_index("t"),
+            format!("{}1", k.claim_prefix("t")),
+        ] {
+            assert!(k.is_task_data(&key), "{key}");
+        }
+        for key in [
+            k.node("n"),
+            k.node_index(),
+            k.token(),
+            "other:task:t".into(),
+        ] {
+            assert!(!k.is_task_data(&key), "{key}");
+        }
+    }
+
+    #[test]
+    fn channels_include_the_database() {
+        assert_ne!(
+            RedisKeys::new("ns", 0).node_channel(),
+            RedisKeys::new("ns", 1).node_channel()
+        );
+    }
+}

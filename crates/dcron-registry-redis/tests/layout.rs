@@ -1,0 +1,234 @@
+//! Redis-specific checks on the shared server (`DCRON_TEST_REDIS_URL`): the documented key
+//! layout, TTLs that stay attached, cleanup that keeps to its namespace, and damaged keys.
+//! Unreachable server → skipped with the reason printed (fails under `DCRON_TEST_REQUIRE=1`).
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use dcron_core::{Error, FireKey, Node, NodeStatus, PutMode, Registry, TaskMeta};
+use dcron_registry_redis::{RedisKeys, RedisRegistry};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+
+/// A registry on a fresh namespace plus a raw connection, or `None` (skipped).
+async fn setup(label: &str) -> Option<(RedisRegistry, MultiplexedConnection, String)> {
+    let url = RedisRegistry::env_url();
+    let namespace = format!("dcron-layout-{label}-{}", uuid::Uuid::new_v4().simple());
+    match (
+        common::open(&url, &namespace).await,
+        common::raw(&url).await,
+    ) {
+        (Ok(reg), Ok(raw)) => Some((reg, raw, namespace)),
+        (Err(e), _) | (_, Err(e)) => {
+            common::skip(&format!("redis at {url} unreachable: {e}"));
+            None
+        }
+    }
+}
+
+async fn pttl(raw: &mut MultiplexedConnection, key: &str) -> i64 {
+    raw.pttl(key).await.expect("pttl")
+}
+
+#[tokio::test]
+async fn node_ttl_is_server_side_and_survives_updates() {
+    let Some((reg, mut raw, ns)) = setup("ttl").await else {
+        return;
+    };
+    let keys = RedisKeys::new(&ns, 0);
+    let mut node = Node::new("node:1 ü", Utc::now());
+    let lease = reg
+        .register(&node, Duration::from_secs(30))
+        .await
+        .expect("register");
+    let key = keys.node(&node.id);
+    assert_eq!(key, format!("{ns}:node:node%3A1%20%C3%BC"));
+    let ttl = pttl(&mut raw, &key).await;
+    assert!(ttl > 25_000 && ttl <= 30_000, "ttl {ttl}");
+
+    // Shorten the TTL by hand, then update: the update must not reset or remove it.
+    let _: bool = raw.pexpire(&key, 5_000).await.expect("pexpire");
+    node.status = NodeStatus::Working;
+    reg.update_node(&lease, &node).await.expect("update");
+    let ttl = pttl(&mut raw, &key).await;
+    assert!(ttl > 0 && ttl <= 5_000, "update kept the TTL: {ttl}");
+    reg.keep_alive(&lease).await.expect("keep alive");
+    assert!(pttl(&mut raw, &key).await > 25_000);
+
+    // A registration under a newer lease is not touched by the old lease.
+    let newer = reg
+        .register(&node, Duration::from_secs(30))
+        .await
+        .expect("again");
+    assert!(matches!(
+        reg.keep_alive(&lease).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    reg.unregister(&lease)
+        .await
+        .expect("old unregister is a no-op");
+    assert_eq!(reg.list_nodes().await.expect("list").items.len(), 1);
+    reg.unregister(&newer).await.expect("unregister");
+    assert!(reg.list_nodes().await.expect("list").items.is_empty());
+    let members: Vec<String> = raw.smembers(keys.node_index()).await.expect("smembers");
+    assert!(members.is_empty(), "index pruned: {members:?}");
+}
+
+#[tokio::test]
+async fn claims_expire_with_the_retention_and_are_indexed() {
+    let Some((reg, mut raw, ns)) = setup("claims").await else {
+        return;
+    };
+    let keys = RedisKeys::new(&ns, 0);
+    let instant = Utc
+        .timestamp_millis_opt(1_893_456_000_123)
+        .single()
+        .expect("instant");
+    let fire = FireKey::new("job:a", instant);
+    let won = reg
+        .claim(std::slice::from_ref(&fire), "n1", Duration::from_secs(90))
+        .await
+        .expect("claim");
+    assert!(won[0].is_won());
+    let claim_key = format!("{}1893456000123", keys.claim_prefix("job:a"));
+    let ttl = pttl(&mut raw, &claim_key).await;
+    assert!(ttl > 85_000 && ttl <= 90_000, "claim ttl {ttl}");
+    let index: Vec<String> = raw
+        .zrange(keys.claim_index("job:a"), 0, -1)
+        .await
+        .expect("zrange");
+    assert_eq!(index, vec!["1893456000123".to_string()]);
+    assert!(pttl(&mut raw, &keys.claim_index("job:a")).await > 85_000);
+    reg.cleanup_task("job:a").await.expect("cleanup");
+    let left: bool = raw.exists(&claim_key).await.expect("exists");
+    assert!(!left, "cleanup removed the claim through the index");
+    assert!(reg
+        .claim(&[fire], "n2", Duration::from_secs(90))
+        .await
+        .expect("claim")[0]
+        .is_won());
+    reg.cleanup_all().await.expect("cleanup all");
+}
+
+#[tokio::test]
+async fn cleanup_all_keeps_nodes_and_other_namespaces() {
+    let Some((reg, mut raw, ns)) = setup("cleanup").await else {
+        return;
+    };
+    let other = common::open(&RedisRegistry::env_url(), &format!("{ns}:x"))
+        .await
+        .expect("open other");
+    let node = Node::new("keeper", Utc::now());
+    let lease = reg
+        .register(&node, Duration::from_secs(30))
+        .await
+        .expect("register");
+    for r in [&reg, &other] {
+        for i in 0..1500 {
+            r.put_task(
+                &TaskMeta::new(format!("t{i}"), "@hourly"),
+                PutMode::CreateOnly,
+            )
+            .await
+            .expect("put");
+        }
+        r.mark_deleted("t1", Utc::now()).await.expect("mark");
+    }
+    let unrelated = format!("{ns}-unrelated");
+    let _: () = raw.set(&unrelated, "x").await.expect("set");
+    reg.cleanup_all().await.expect("cleanup all");
+    assert!(reg.list_tasks().await.expect("list").items.is_empty());
+    assert!(reg.list_tombstones().await.expect("list").items.is_empty());
+    assert_eq!(reg.list_nodes().await.expect("nodes").items, vec![node]);
+    assert_eq!(other.list_tasks().await.expect("list").items.len(), 1500);
+    assert_eq!(other.list_tombstones().await.expect("list").items.len(), 1);
+    let kept: bool = raw.exists(&unrelated).await.expect("exists");
+    assert!(kept);
+    let _: () = raw.del(&unrelated).await.expect("del");
+    reg.unregister(&lease).await.expect("unregister");
+    other.cleanup_all().await.expect("cleanup other");
+}
+
+#[tokio::test]
+async fn keys_of_the_wrong_type_are_corrupt_not_fatal() {
+    let Some((reg, mut raw, ns)) = setup("types").await else {
+        return;
+    };
+    let keys = RedisKeys::new(&ns, 0);
+    reg.put_task(&TaskMeta::new("good", "@hourly"), PutMode::CreateOnly)
+        .await
+        .expect("put");
+    let _: () = raw.hset(keys.task("hashed"), "f", "v").await.expect("hset");
+    let _: () = raw
+        .set(
+            keys.task("renamed"),
+            TaskMeta::new("someone-else", "@hourly").encode(),
+        )
+        .await
+        .expect("set");
+    assert!(matches!(
+        reg.get_task("hashed").await,
+        Err(Error::Corrupt { .. })
+    ));
+    assert!(matches!(
+        reg.get_task("renamed").await,
+        Err(Error::Corrupt { .. })
+    ));
+    let listing = reg.list_tasks().await.expect("list");
+    assert_eq!(listing.items, vec![TaskMeta::new("good", "@hourly")]);
+    let mut bad: Vec<&str> = listing.corrupt.iter().map(|c| c.key.as_str()).collect();
+    bad.sort();
+    assert_eq!(bad, vec![keys.task("hashed"), keys.task("renamed")]);
+
+    // A node hash without a record, next to a good node.
+    let node = Node::new("ok", Utc::now());
+    let lease = reg
+        .register(&node, Duration::from_secs(30))
+        .await
+        .expect("register");
+    let _: () = raw
+        .hset(keys.node("broken"), "lease", "x")
+        .await
+        .expect("hset");
+    let _: () = raw.sadd(keys.node_index(), "broken").await.expect("sadd");
+    let nodes = reg.list_nodes().await.expect("nodes");
+    assert_eq!(nodes.items, vec![node]);
+    assert_eq!(nodes.corrupt.len(), 1, "{:?}", nodes.corrupt);
+    let _: () = raw.del(keys.node("broken")).await.expect("del");
+    reg.unregister(&lease).await.expect("unregister");
+    reg.cleanup_all().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn bad_arguments_are_typed_errors() {
+    let Some((reg, _raw, _ns)) = setup("args").await else {
+        return;
+    };
+    let node = Node::new("n", Utc::now());
+    assert!(matches!(
+        reg.register(&node, Duration::ZERO).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        reg.put_task(&TaskMeta::new("a/b", "@hourly"), PutMode::CreateOnly)
+            .await,
+        Err(Error::InvalidTaskName { .. })
+    ));
+    let fire = FireKey::new("t", Utc::now());
+    assert!(matches!(
+        reg.claim(&[fire], "n", Duration::ZERO).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    let lease = reg
+        .register(&node, Duration::from_secs(5))
+        .await
+        .expect("register");
+    let other = Node::new("m", Utc::now());
+    assert!(matches!(
+        reg.update_node(&lease, &other).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    reg.unregister(&lease).await.expect("unregister");
+}
