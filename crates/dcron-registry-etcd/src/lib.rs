@@ -249,7 +249,10 @@ impl EtcdRegistry {
         };
         let timeout = self.request_timeout();
         let mut client = self.inner.client.clone();
-        // The token lives behind a lock shared by every clone of the client.
+        // The token lives behind a lock shared by every clone of the client. The stale token
+        // goes first: the server refuses even the Authenticate request when it carries one it
+        // does not know.
+        client.remove_client_auth();
         match tokio::time::timeout(timeout, client.set_client_auth(user, password)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(map_err(e, "authenticate")),

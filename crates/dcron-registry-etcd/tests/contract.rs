@@ -486,3 +486,20 @@ async fn a_slow_watch_reader_gets_resync_not_a_stall() {
     assert!(resynced, "an overflowing watch must yield Resync");
     reg.cleanup_all().await.expect("cleanup");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_on_a_server_without_authentication_are_accepted() {
+    let Some(plain) = shared("creds_no_auth").await else {
+        return;
+    };
+    let reg = EtcdRegistryConfig::from_env()
+        .namespace(plain.namespace())
+        .credentials("someone", "secret")
+        .connect()
+        .await
+        .expect("connect");
+    reg.put_task(&TaskMeta::new("t", "@hourly"), PutMode::CreateOnly)
+        .await
+        .expect("put");
+    reg.cleanup_all().await.expect("cleanup");
+}
