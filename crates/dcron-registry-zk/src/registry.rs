@@ -456,13 +456,17 @@ fn claim_bytes(fire: &FireKey, node_id: &str, retention: Duration) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap_or_else(|_| claim.encode())
 }
 
-fn corrupt(key: &str, e: Error) -> CorruptEntry {
+/// A listing entry that did not decode, keyed by the name it stands for (the znode path when the
+/// znode name is not one this crate wrote), with the path in the reason.
+fn corrupt(path: &str, e: Error) -> CorruptEntry {
+    let name = path.rsplit('/').next().and_then(unescape);
+    let reason = match e {
+        Error::Corrupt { reason, .. } => reason,
+        other => other.to_string(),
+    };
     CorruptEntry {
-        key: key.to_string(),
-        reason: match e {
-            Error::Corrupt { reason, .. } => reason,
-            other => other.to_string(),
-        },
+        key: name.unwrap_or_else(|| path.to_string()),
+        reason: format!("{reason} (znode `{path}`)"),
     }
 }
 
@@ -986,34 +990,62 @@ impl Registry for ZkRegistry {
             }
         }
         let mut undo = Vec::new();
+        let mut candidates = Vec::new();
         for (&i, c) in jobs.iter().zip(created) {
             let fire = &fires[i];
+            let path = self.layout().claim(&fire.task, fire.instant_millis());
             match c {
                 Ok(stat) if tombstoned.contains(fire.task.as_str()) => {
-                    if stat.is_some() {
-                        undo.push(self.layout().claim(&fire.task, fire.instant_millis()));
+                    if let Some(stat) = stat {
+                        undo.push((path, stat.czxid));
                     }
                     outcomes[i] = Some(ClaimOutcome::Tombstoned);
                 }
-                Ok(Some(stat)) => {
-                    outcomes[i] = Some(ClaimOutcome::Won {
-                        token: token_of(&stat),
-                    })
-                }
+                Ok(Some(stat)) => candidates.push((i, path, stat)),
                 Ok(None) => outcomes[i] = Some(ClaimOutcome::Lost),
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
         }
-        // A claim created for a tombstoned name is removed, so the fire can still be won after
-        // the tombstone is cleared.
-        futures::future::join_all(undo.iter().map(|p| async move {
-            self.conn()
-                .delete(p, Some(0), &[ZkError::NoNode, ZkError::BadVersion])
-                .await
-        }))
-        .await;
+        // 3. a would-be win is read back after the tombstone read: the znode must still be the
+        //    one created (same czxid). A force or cleanup may have deleted it in between, and
+        //    then the fire can be won again by someone else: this claim is answered `Lost`.
+        //    Meanwhile a claim created for a tombstoned name is removed again (only if it is
+        //    still ours), so the fire can be won once the tombstone is cleared.
+        let confirm = futures::future::join_all(
+            candidates
+                .iter()
+                .map(|(_, path, _)| async move { self.conn().exists(path).await }),
+        );
+        let remove = futures::future::join_all(undo.iter().map(|(path, czxid)| async move {
+            if let Ok(Some(stat)) = self.conn().exists(path).await {
+                if stat.czxid == *czxid {
+                    let _ = self
+                        .conn()
+                        .delete(
+                            path,
+                            Some(stat.version),
+                            &[ZkError::NoNode, ZkError::BadVersion],
+                        )
+                        .await;
+                }
+            }
+        }));
+        let (confirmed, _) = futures::join!(confirm, remove);
+        for ((i, _, stat), check) in candidates.iter().zip(confirmed) {
+            match check {
+                Ok(Some(now)) if now.czxid == stat.czxid => {
+                    outcomes[*i] = Some(ClaimOutcome::Won {
+                        token: token_of(stat),
+                    })
+                }
+                Ok(_) => outcomes[*i] = Some(ClaimOutcome::Lost),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
         if let Some(e) = first_error {
             return Err(e);
         }
@@ -1031,7 +1063,10 @@ impl Registry for ZkRegistry {
                     c.token = token_of(&f.stat);
                     listing.items.push(c);
                 }
-                Err(e) => listing.corrupt.push(corrupt(&f.key, e)),
+                Err(e) => listing.corrupt.push(CorruptEntry {
+                    key: f.key.clone(),
+                    reason: e.to_string(),
+                }),
             }
         }
         Ok(listing)

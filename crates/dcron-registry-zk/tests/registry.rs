@@ -509,3 +509,75 @@ async fn unreachable_server_is_unavailable_quickly() {
         Err(Error::InvalidArgument(_) | Error::Unavailable { .. })
     ));
 }
+
+/// A force-add of a tombstoned task while 8 clients keep claiming the same fire: before the
+/// force every answer is `Tombstoned`, after it exactly one client wins — never two, although
+/// the force deletes claims and the tombstone in separate steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_during_claims_never_lets_a_fire_win_twice() {
+    let ns = unique("force-race");
+    let Some(admin) = shared_registry(&ns).await else {
+        return;
+    };
+    let mut claimers = Vec::new();
+    for _ in 0..8 {
+        match shared_registry(&ns).await {
+            Some(r) => claimers.push(r),
+            None => return,
+        }
+    }
+    for round in 0..5i64 {
+        let name = format!("raced-{round}");
+        let fire = FireKey::new(name.as_str(), Utc.timestamp_millis_opt(round).unwrap());
+        admin
+            .mark_deleted(&name, Utc::now())
+            .await
+            .expect("tombstone");
+        let forced = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for (c, reg) in claimers.iter().cloned().enumerate() {
+            let (fire, forced, attempts) = (fire.clone(), forced.clone(), attempts.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut wins = 0;
+                let mut after = 0;
+                // Keep claiming until 20 attempts were made after the force finished.
+                while after < 20 {
+                    if forced.load(std::sync::atomic::Ordering::Acquire) {
+                        after += 1;
+                    }
+                    attempts.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    let out = reg
+                        .claim(
+                            std::slice::from_ref(&fire),
+                            &format!("c{c}"),
+                            Duration::from_secs(600),
+                        )
+                        .await
+                        .expect("claim");
+                    if out[0].is_won() {
+                        wins += 1;
+                    }
+                }
+                wins
+            }));
+        }
+        // Force while the claimers are busy.
+        let busy = eventually(Duration::from_secs(10), || async {
+            attempts.load(std::sync::atomic::Ordering::Acquire) >= 40
+        })
+        .await;
+        assert!(busy, "claimers started");
+        admin
+            .put_task(&TaskMeta::new(name.as_str(), "@hourly"), PutMode::Force)
+            .await
+            .expect("force");
+        forced.store(true, std::sync::atomic::Ordering::Release);
+        let mut wins = 0;
+        for t in tasks {
+            wins += t.await.expect("claimer");
+        }
+        assert_eq!(wins, 1, "round {round}: the fire must be won exactly once");
+    }
+    admin.cleanup_all().await.expect("cleanup");
+}
