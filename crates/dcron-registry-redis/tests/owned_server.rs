@@ -392,3 +392,24 @@ async fn nothing_listening_is_unavailable_quickly() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn tls_url_against_a_plain_server_fails_cleanly() {
+    // A `rediss://` URL builds (the TLS crypto provider is installed, no panic) and a server that
+    // does not speak TLS gives an error, quickly, rather than a hang.
+    let Some(server) = owned(&[]) else { return };
+    let reg = RedisRegistryConfig::new(format!("rediss://127.0.0.1:{}", server.port()))
+        .connect_timeout(Duration::from_millis(500))
+        .command_timeout(Duration::from_millis(500))
+        .build()
+        .expect("a rediss:// URL is accepted");
+    let started = Instant::now();
+    let ping = reg.ping().await;
+    // The TLS handshake gets no answer: a timeout, which is `Unavailable`.
+    assert!(matches!(ping, Err(Error::Unavailable { .. })), "{ping:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
