@@ -25,7 +25,8 @@
 //! retention). An expired claim counts as absent: [`crate::ConsulRegistry::list_claims`] hides
 //! it, and a new claim of the same fire replaces it with `cas`. Expired claims are deleted
 //! lazily with `delete-cas` — by `list_claims` and by a background sweep of a task's claims that
-//! a registry runs at most once per retention period per task after claiming — and all of a
+//! a registry runs when it claims the task again one retention period (at least 1 s) after its
+//! first claim or previous sweep — and all of a
 //! task's claims go with `cleanup_task`, `cleanup_all` and `PutMode::Force`. Retention is judged
 //! by the claimers' clocks, which is why the core's retention includes the maximum clock skew.
 //!

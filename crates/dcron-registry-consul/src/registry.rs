@@ -42,7 +42,7 @@ struct Inner {
     keys: Keys,
     config: ConsulRegistryConfig,
     clock: Arc<dyn Clock>,
-    /// When each task's expired claims were last swept (never held across an `.await`).
+    /// When each task's expired claims are next due for a sweep (never held across an `.await`).
     swept: Mutex<HashMap<String, Instant>>,
 }
 
@@ -125,28 +125,33 @@ impl ConsulRegistry {
         self.inner.clock.now()
     }
 
-    /// Sweeps a task's expired claims in the background, at most once per `retention`.
+    /// Sweeps a task's expired claims in the background: the first claim of a task schedules
+    /// its next sweep one retention (at least 1 s) later, and each sweep schedules the next.
     fn maybe_sweep(&self, tasks: impl IntoIterator<Item = String>, retention: Duration) {
         let due: Vec<String> = {
-            let mut swept = match self.inner.swept.lock() {
+            let mut next = match self.inner.swept.lock() {
                 Ok(guard) => guard,
                 Err(poisoned) => poisoned.into_inner(),
             };
             let now = Instant::now();
             let period = retention.max(Duration::from_secs(1));
-            if swept.len() > 100_000 {
-                swept.retain(|_, at| now.duration_since(*at) < period);
+            if next.len() > 100_000 {
+                next.retain(|_, due| *due > now);
             }
-            tasks
-                .into_iter()
-                .filter(|task| match swept.get(task) {
-                    Some(at) if now.duration_since(*at) < period => false,
-                    _ => {
-                        swept.insert(task.clone(), now);
-                        true
+            let mut due = Vec::new();
+            for task in tasks {
+                match next.get(&task) {
+                    Some(at) if *at > now => {}
+                    Some(_) => {
+                        next.insert(task.clone(), now + period);
+                        due.push(task);
                     }
-                })
-                .collect()
+                    None => {
+                        next.insert(task, now + period);
+                    }
+                }
+            }
+            due
         };
         if due.is_empty() {
             return;

@@ -252,6 +252,54 @@ async fn expired_claims_are_replaced_hidden_and_swept() {
 }
 
 #[tokio::test]
+async fn batches_of_many_distinct_tasks_fit_the_operation_limit() {
+    let d = ConsulDouble::start().await;
+    let reg = registry(&d, "ns");
+    // Two operations per fire (tombstone check + cas): 150 fires need five transactions.
+    let fires: Vec<FireKey> = (0..150).map(|i| fire(&format!("t{i}"), i)).collect();
+    let out = reg
+        .claim(&fires, "n", Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert!(out.iter().all(ClaimOutcome::is_won));
+    assert_eq!(d.count_keys("ns/claims/"), 150);
+    let again = reg
+        .claim(&fires, "m", Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert!(again.iter().all(|o| *o == ClaimOutcome::Lost));
+}
+
+#[tokio::test]
+async fn claiming_sweeps_a_tasks_expired_claims_in_the_background() {
+    let d = ConsulDouble::start().await;
+    let reg = registry(&d, "ns");
+    let short: Vec<FireKey> = (0..5).map(|i| fire("bg", i)).collect();
+    reg.claim(&short, "n", Duration::from_millis(100))
+        .await
+        .expect("claim");
+    // Later claims of the task (long retention) trigger a sweep at most once per second;
+    // without list_claims, the five expired keys must go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    let mut long = 0;
+    loop {
+        long += 1;
+        reg.claim(&[fire("bg", 1000 + long)], "n", Duration::from_secs(60))
+            .await
+            .expect("claim");
+        if d.count_keys("ns/claims/bg/") == long as usize {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired claims not swept: {} keys for {long} live claims",
+            d.count_keys("ns/claims/bg/")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn concurrent_clients_each_fire_has_exactly_one_winner() {
     let d = ConsulDouble::start().await;
     let fires: Vec<FireKey> = (0..100)
