@@ -242,3 +242,53 @@ async fn a_revoked_retention_lease_is_replaced() {
     assert!(out.iter().all(ClaimOutcome::is_won), "{out:?}");
     assert_eq!(reg.list_claims("t").await.expect("list").items.len(), 2);
 }
+
+/// A frozen server (accepting nothing, answering nothing) makes every call fail with
+/// `Unavailable` within the request timeout instead of hanging; after it thaws, calls work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_gives_unavailable_not_a_hang() {
+    let Some(server) = OwnedEtcd::start("frozen").await else {
+        return;
+    };
+    let namespace = fresh_namespace("frozen");
+    let reg = server.config(&namespace).connect().await.expect("connect");
+    let lease = reg
+        .register(&Node::new("n", Utc::now()), Duration::from_secs(30))
+        .await
+        .expect("register");
+    server.signal("STOP");
+    // The request timeout of `OwnedEtcd::config` is 2 s.
+    let bound = Duration::from_secs(5);
+    let started = Instant::now();
+    let listed = reg.list_tasks().await;
+    assert!(
+        matches!(listed, Err(Error::Unavailable { .. })),
+        "{listed:?}"
+    );
+    let kept = reg.keep_alive(&lease).await;
+    assert!(matches!(kept, Err(Error::Unavailable { .. })), "{kept:?}");
+    let claimed = reg.claim(&[fire("t", 0), fire("t", 1)], "n", LONG).await;
+    assert!(
+        matches!(claimed, Err(Error::Unavailable { .. })),
+        "{claimed:?}"
+    );
+    assert!(
+        started.elapsed() < bound * 3,
+        "three calls took {:?}",
+        started.elapsed()
+    );
+    server.signal("CONT");
+    let back = eventually(RECOVERY, || async { reg.keep_alive(&lease).await.is_ok() }).await;
+    assert!(back, "keep_alive works again after the server thaws");
+    // The claim may have been applied while we waited: deciding it again never wins it twice.
+    let out = reg.claim(&[fire("t", 0)], "m", LONG).await.expect("claim");
+    let claims = reg.list_claims("t").await.expect("list");
+    let holders: Vec<_> = claims
+        .items
+        .iter()
+        .filter(|c| c.fire == fire("t", 0))
+        .map(|c| c.node_id.clone())
+        .collect();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert_eq!(out[0].is_won(), holders[0] == "m");
+}

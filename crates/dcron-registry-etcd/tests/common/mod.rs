@@ -184,6 +184,7 @@ impl OwnedEtcd {
 
     fn kill(&self) {
         if let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // SIGKILL also ends a stopped (frozen) process.
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -210,6 +211,23 @@ impl OwnedEtcd {
             "the owned etcd at {endpoint} did not answer within 30 s; see {}",
             self.dir.join("etcd.log").display()
         );
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server process with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(Child::id)
+            .expect("the server runs");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
     }
 
     /// Kills the server (like a crash) and starts it again on the same ports and data; returns
