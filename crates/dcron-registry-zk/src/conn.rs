@@ -353,3 +353,33 @@ impl Conn {
         let _ = tokio::time::timeout(self.op_timeout, self.zk.close()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_map_to_semantic_variants() {
+        for e in [
+            ZkError::ConnectionLoss,
+            ZkError::OperationTimeout,
+            ZkError::SessionExpired,
+            ZkError::SessionMoved,
+        ] {
+            let mapped = map_err(e, "/p");
+            assert!(mapped.is_retryable(), "{e:?} → {mapped:?}");
+        }
+        for e in [ZkError::NoAuth, ZkError::AuthFailed] {
+            assert!(matches!(map_err(e, "/p"), Error::AccessDenied(m) if m.contains("/p")));
+        }
+        match map_err(ZkError::NotEmpty, "/ns/claims/x") {
+            Error::Backend {
+                backend, message, ..
+            } => {
+                assert_eq!(backend, "zookeeper");
+                assert!(message.contains("/ns/claims/x"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
