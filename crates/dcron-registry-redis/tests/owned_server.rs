@@ -413,3 +413,46 @@ async fn tls_url_against_a_plain_server_fails_cleanly() {
         started.elapsed()
     );
 }
+
+/// `calls=` of one command in `INFO commandstats` (0 when absent).
+fn calls(info: &str, command: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_claims_is_one_script_call() {
+    let Some(server) = owned(&[]) else { return };
+    let reg = common::open(&server.url(), "batch").await.expect("open");
+    let mut raw = common::raw(&server.url()).await.expect("raw");
+    // The first call loads the script (NOSCRIPT, SCRIPT LOAD, EVALSHA); later ones do not.
+    reg.claim(&[fire("warm-up", 0)], "n", Duration::from_secs(60))
+        .await
+        .expect("claim");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut raw)
+        .await
+        .expect("resetstat");
+    let fires: Vec<FireKey> = (0..300)
+        .map(|i| fire(&format!("task {}", i % 7), i))
+        .collect();
+    let outcomes = reg
+        .claim(&fires, "n", Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert!(outcomes.iter().all(ClaimOutcome::is_won));
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw)
+        .await
+        .expect("info");
+    assert_eq!(calls(&info, "evalsha"), 1, "{info}");
+    assert_eq!(calls(&info, "eval"), 0, "{info}");
+    assert_eq!(calls(&info, "script|load"), 0, "{info}");
+    // Inside the script: one SET per fire, nothing sent one by one from the client.
+    assert_eq!(calls(&info, "set"), 300, "{info}");
+}
