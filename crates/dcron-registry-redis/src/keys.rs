@@ -165,12 +165,14 @@ impl RedisKeys {
 
     /// Whether `key` (a key of this namespace) is removed by `cleanup_all`: task records,
     /// tombstones, claims and claim indexes, but not node registrations or the token counter.
-    pub fn is_task_data(&self, key: &str) -> bool {
-        key.strip_prefix(&self.prefix).is_some_and(|rest| {
-            ["task:", "tomb:", "claim:", "claims:"]
-                .iter()
-                .any(|p| rest.starts_with(p))
-        })
+    pub fn is_task_data(&self, key: impl AsRef<[u8]>) -> bool {
+        key.as_ref()
+            .strip_prefix(self.prefix.as_bytes())
+            .is_some_and(|rest| {
+                [&b"task:"[..], b"tomb:", b"claim:", b"claims:"]
+                    .iter()
+                    .any(|p| rest.starts_with(p))
+            })
     }
 }
 
@@ -234,6 +236,7 @@ mod tests {
         ] {
             assert!(!k.is_task_data(&key), "{key}");
         }
+        assert!(k.is_task_data(b"ns:task:\xff"));
     }
 
     #[test]

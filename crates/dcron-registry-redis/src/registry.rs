@@ -216,7 +216,7 @@ impl Core {
 
     pub(crate) async fn list_nodes(&self) -> Result<Listing<Node>> {
         let node_prefix = self.keys.node_prefix();
-        let pairs: Vec<(String, Vec<u8>)> = self
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = self
             .eval(
                 &scripts::LIST_NODES,
                 &[&self.keys.node_index()],
@@ -226,7 +226,7 @@ impl Core {
             .await?;
         let mut listing = Listing::default();
         for (member, bytes) in pairs {
-            let key = format!("{node_prefix}{member}");
+            let key = format!("{node_prefix}{}", String::from_utf8_lossy(&member));
             match Node::decode(&key, &bytes) {
                 Ok(node) => listing.items.push(node),
                 Err(e) => listing.corrupt.push(corrupt_entry(key, e)),
@@ -236,12 +236,13 @@ impl Core {
     }
 
     /// Every key matching `pattern`, each once, with `SCAN` cursors followed until they wrap.
-    async fn scan(&self, conn: &mut Connection, pattern: &str) -> Result<Vec<String>> {
+    /// Keys are bytes: a key someone wrote that is not UTF-8 must not fail the whole scan.
+    async fn scan(&self, conn: &mut Connection, pattern: &str) -> Result<Vec<Vec<u8>>> {
         let mut seen = HashSet::new();
         let mut keys = Vec::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(pattern)
@@ -319,10 +320,19 @@ impl Core {
         decode: impl Fn(&str, &str, &[u8]) -> Result<T>,
     ) -> Result<Listing<T>> {
         let mut conn = self.conn("list").await?;
-        let keys = self.scan(&mut conn, &format!("{prefix}*")).await?;
+        let mut listing = Listing::default();
+        let mut keys = Vec::new();
+        for raw in self.scan(&mut conn, &format!("{prefix}*")).await? {
+            match String::from_utf8(raw) {
+                Ok(key) => keys.push(key),
+                Err(e) => listing.corrupt.push(CorruptEntry {
+                    key: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                    reason: "the key is not UTF-8".into(),
+                }),
+            }
+        }
         let values = self.mget(&mut conn, &keys).await?;
         let wrong_type = self.wrong_type(&mut conn, &keys, &values).await?;
-        let mut listing = Listing::default();
         for (key, value) in keys.into_iter().zip(values) {
             let Some(bytes) = value else {
                 if wrong_type.contains(&key) {
@@ -686,7 +696,7 @@ impl Registry for RedisRegistry {
         let mut cursor: u64 = 0;
         let mut removed = 0usize;
         loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
@@ -695,7 +705,7 @@ impl Registry for RedisRegistry {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| from_redis(e, "cleanup all: scan"))?;
-            let doomed: Vec<&String> = batch.iter().filter(|k| keys.is_task_data(k)).collect();
+            let doomed: Vec<&Vec<u8>> = batch.iter().filter(|k| keys.is_task_data(k)).collect();
             if !doomed.is_empty() {
                 let _: i64 = redis::cmd("UNLINK")
                     .arg(&doomed)
@@ -779,7 +789,7 @@ impl Registry for RedisRegistry {
         validate_task_name(task)?;
         let keys = &self.core.keys;
         let prefix = keys.claim_prefix(task);
-        let pairs: Vec<(String, Vec<u8>)> = self
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = self
             .core
             .eval(
                 &scripts::LIST_CLAIMS,
@@ -790,7 +800,7 @@ impl Registry for RedisRegistry {
             .await?;
         let mut listing = Listing::default();
         for (member, bytes) in pairs {
-            let key = format!("{prefix}{member}");
+            let key = format!("{prefix}{}", String::from_utf8_lossy(&member));
             match Claim::decode(&key, &bytes) {
                 Ok(claim) => listing.items.push(claim),
                 Err(e) => listing.corrupt.push(corrupt_entry(key, e)),

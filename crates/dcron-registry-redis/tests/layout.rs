@@ -232,3 +232,24 @@ async fn bad_arguments_are_typed_errors() {
     ));
     reg.unregister(&lease).await.expect("unregister");
 }
+
+#[tokio::test]
+async fn keys_that_are_not_utf8_are_corrupt_and_cleaned_up() {
+    let Some((reg, mut raw, ns)) = setup("binary").await else {
+        return;
+    };
+    reg.put_task(&TaskMeta::new("fine", "@hourly"), PutMode::CreateOnly)
+        .await
+        .expect("put");
+    let mut key = format!("{ns}:task:").into_bytes();
+    key.extend_from_slice(b"\xff\xfe");
+    let _: () = raw.set(&key, "{").await.expect("set");
+    let listing = reg.list_tasks().await.expect("list despite a binary key");
+    assert_eq!(listing.items, vec![TaskMeta::new("fine", "@hourly")]);
+    assert_eq!(listing.corrupt.len(), 1, "{:?}", listing.corrupt);
+    reg.cleanup_all()
+        .await
+        .expect("cleanup all despite a binary key");
+    let left: bool = raw.exists(&key).await.expect("exists");
+    assert!(!left, "cleanup_all removed the binary key");
+}
