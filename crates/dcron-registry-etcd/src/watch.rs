@@ -57,13 +57,25 @@ pub(crate) async fn watch_nodes(reg: EtcdRegistry) -> Result<WatchStream<NodeEve
 
 /// Watches the task records and tombstones of the namespace.
 pub(crate) async fn watch_tasks(reg: EtcdRegistry) -> Result<WatchStream<TaskMetaEvent>> {
+    let (start_key, end) = task_range(&reg);
+    let translate = task_events(&reg);
+    start(reg, start_key, end, translate).await
+}
+
+/// One range from `tasks/` to the end of `tombstones/`: nothing else of the layout sorts in
+/// between (`claims/` and `nodes/` sort before `tasks/`), and keys are filtered anyway.
+fn task_range(reg: &EtcdRegistry) -> (Vec<u8>, Vec<u8>) {
+    (
+        reg.keys().tasks_prefix().into_bytes(),
+        prefix_end(reg.keys().tombstones_prefix().as_bytes()),
+    )
+}
+
+/// Turns etcd events of the task range into task events.
+fn task_events(reg: &EtcdRegistry) -> impl Fn(&Event) -> Option<TaskMetaEvent> + Send + Sync {
     let tasks = reg.keys().tasks_prefix();
     let tombstones = reg.keys().tombstones_prefix();
-    // One range from `tasks/` to the end of `tombstones/`: nothing else of the layout sorts in
-    // between (`claims/` and `nodes/` sort before `tasks/`), and keys are filtered anyway.
-    let start_key = tasks.clone().into_bytes();
-    let end = prefix_end(tombstones.as_bytes());
-    let translate = move |event: &Event| -> Option<TaskMetaEvent> {
+    move |event: &Event| -> Option<TaskMetaEvent> {
         let kv = event.kv()?;
         if let Some(name) = Keys::name_under(&tasks, kv.key()) {
             return match event.event_type() {
@@ -92,8 +104,7 @@ pub(crate) async fn watch_tasks(reg: EtcdRegistry) -> Result<WatchStream<TaskMet
             },
             EventType::Delete => Some(TaskMetaEvent::TombstoneCleared { name }),
         }
-    };
-    start(reg, start_key, end, translate).await
+    }
 }
 
 async fn start<T, F>(
@@ -163,7 +174,7 @@ async fn run<T, F>(
             End::ConsumerGone => return,
             End::Compacted => {
                 tracing::info!(%context, "etcd watch revision compacted; restarting from now");
-                if !tx.resync() {
+                if !resync(&tx) {
                     return;
                 }
                 match reg.current_revision().await {
@@ -182,7 +193,7 @@ async fn run<T, F>(
                 tracing::warn!(%context, %reason, retry_in = ?backoff, "etcd watch broken; reconnecting");
                 // Resuming after the last event seen loses nothing, but the consumer is told to
                 // list again all the same (events may have coalesced while disconnected).
-                if !tx.resync() {
+                if !resync(&tx) {
                     return;
                 }
                 tokio::time::sleep(backoff).await;
@@ -190,6 +201,14 @@ async fn run<T, F>(
             }
         }
     }
+}
+
+/// Tells the consumer to list again. Queued as an event rather than with
+/// [`WatchSender::resync`], which only sets a flag and does not wake a consumer already
+/// waiting on an empty channel (it would see the marker only with the next event); a full
+/// buffer still turns it into the overflow marker.
+fn resync<T: ResyncEvent>(tx: &WatchSender<T>) -> bool {
+    tx.send(T::resync())
 }
 
 async fn pump<T, F>(
@@ -242,5 +261,99 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EtcdRegistryConfig;
+    use dcron_core::{Error, PutMode, Registry};
+    use futures::StreamExt;
+
+    async fn next_event(rx: &mut WatchStream<TaskMetaEvent>) -> Option<TaskMetaEvent> {
+        tokio::time::timeout(Duration::from_secs(10), rx.next())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// A watch asked to start at a compacted revision yields `Resync`, then follows on from the
+    /// current revision. (On the shared server; compaction never disturbs live watches.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compacted_start_revision_resyncs_and_continues() {
+        let namespace = format!(
+            "dcron-etcd-unit-compacted-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let reg = match EtcdRegistryConfig::from_env()
+            .namespace(namespace)
+            .connect()
+            .await
+        {
+            Ok(reg) => reg,
+            Err(e @ Error::Unavailable { .. }) => {
+                assert!(
+                    std::env::var("DCRON_TEST_REQUIRE").map_or(true, |v| v.trim() != "1"),
+                    "etcd unreachable and DCRON_TEST_REQUIRE=1: {e}"
+                );
+                println!("skipped: etcd unreachable: {e}");
+                return;
+            }
+            Err(e) => panic!("connect: {e}"),
+        };
+        let old = reg.current_revision().await.expect("revision");
+        // Two writes, so that compacting at the second removes the revision of the first.
+        for name in ["a", "a2"] {
+            reg.put_task(&TaskMeta::new(name, "@hourly"), PutMode::CreateOnly)
+                .await
+                .expect("put");
+        }
+        let now = reg.current_revision().await.expect("revision");
+        match reg.client().clone().compact(now, None).await {
+            Ok(_) => {}
+            // Someone compacted further meanwhile: just as good.
+            Err(e) if error::is_compacted(&e) => {}
+            Err(e) => panic!("compact: {e}"),
+        }
+        let (start_key, end) = task_range(&reg);
+        let (tx, mut rx) = watch_channel(16);
+        let translate = task_events(&reg);
+        tokio::spawn(run(reg.clone(), start_key, end, old + 1, tx, translate));
+        let asked = tokio::time::Instant::now();
+        assert_eq!(next_event(&mut rx).await, Some(TaskMetaEvent::Resync));
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "Resync took {:?} to arrive",
+            asked.elapsed()
+        );
+        // Wait until the restarted watch runs: a put is seen eventually (earlier ones may be
+        // missed while it restarts, which is what the Resync told the consumer).
+        let mut seen = false;
+        for i in 0..20 {
+            let name = format!("b{i}");
+            reg.put_task(&TaskMeta::new(name.clone(), "@hourly"), PutMode::CreateOnly)
+                .await
+                .expect("put");
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+            while tokio::time::Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_millis(100), rx.next()).await {
+                    Ok(Some(TaskMetaEvent::Put(m))) if m.name.starts_with('b') => seen = true,
+                    Ok(Some(TaskMetaEvent::Put(m))) if m.name.starts_with('a') => {
+                        panic!("a compacted event was delivered")
+                    }
+                    _ => {}
+                }
+                if seen {
+                    break;
+                }
+            }
+            if seen {
+                break;
+            }
+        }
+        assert!(seen, "the watch did not continue after the compaction");
+        drop(rx);
+        reg.cleanup_all().await.expect("cleanup");
     }
 }
