@@ -515,3 +515,85 @@ pub async fn large_batch_of_500_fires(cx: &CaseContext) -> CaseResult {
     );
     Ok(())
 }
+
+/// Claims racing with `mark_deleted`: every claim sent after `mark_deleted` returned is `Tombstoned`.
+pub async fn mark_deleted_races_claimers(cx: &CaseContext) -> CaseResult {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::time::Instant;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut claimers = Vec::new();
+    for c in 0..4i64 {
+        let reg = cx.open().await?;
+        let stop = stop.clone();
+        let calls = calls.clone();
+        claimers.push(tokio::spawn(async move {
+            // (sent at, outcome) of every call.
+            let mut log = Vec::new();
+            let mut i = 0i64;
+            while !stop.load(Ordering::Acquire) && i < 5_000 {
+                let fire = FireKey::new("racing", instant(i * 10 + c));
+                let sent = Instant::now();
+                let out = reg.claim(std::slice::from_ref(&fire), "n", LONG).await?;
+                log.push((sent, out.first().copied()));
+                calls.fetch_add(1, Ordering::AcqRel);
+                i += 1;
+            }
+            Ok::<_, dcron_core::Error>(log)
+        }));
+    }
+    let marker = cx.open().await?;
+    // Let the claimers get going before the tombstone lands.
+    let started = wait_until(Duration::from_secs(5), || {
+        let marker = marker.clone();
+        async move { Ok(!marker.list_claims("racing").await?.items.is_empty()) }
+    })
+    .await?;
+    ensure!(started, "no claim landed within 5 s");
+    marker.mark_deleted("racing", now_millis()).await?;
+    let returned = tokio::time::Instant::now();
+    // Keep claiming for a little while after the tombstone.
+    let after = wait_until(Duration::from_secs(5), || {
+        let marker = marker.clone();
+        async move {
+            let got = marker
+                .claim(&[FireKey::new("racing", instant(-1))], "probe", LONG)
+                .await?;
+            Ok(got.first() == Some(&ClaimOutcome::Tombstoned))
+        }
+    })
+    .await?;
+    ensure!(
+        after,
+        "claims after mark_deleted returned are not Tombstoned"
+    );
+    // Let the claimers send a few more calls after the tombstone, then stop them.
+    let seen = calls.load(Ordering::Acquire);
+    let more = wait_until(Duration::from_secs(5), || {
+        let calls = calls.clone();
+        async move { Ok(calls.load(Ordering::Acquire) >= seen + 20) }
+    })
+    .await?;
+    stop.store(true, Ordering::Release);
+    ensure!(more, "the claimers stalled after mark_deleted");
+    let mut late = 0usize;
+    let mut total_after = 0usize;
+    for c in join_all(claimers).await {
+        let log = c.map_err(|e| CaseError::Failed(format!("claimer failed: {e}")))??;
+        for (sent, out) in log {
+            if sent > returned {
+                total_after += 1;
+                if out != Some(ClaimOutcome::Tombstoned) {
+                    late += 1;
+                }
+            }
+        }
+    }
+    ensure_eq!(
+        late,
+        0,
+        "claims sent after mark_deleted returned but not Tombstoned (out of {total_after})"
+    );
+    Ok(())
+}

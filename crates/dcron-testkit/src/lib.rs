@@ -150,6 +150,8 @@ macro_rules! __dcron_case_list {
                     "`unregister` removes the node at once and releases the lease; twice, or after expiry, is `Ok`.";
                 reregister_after_expiry: None,
                     "Re-registering after expiry gets a new lease id and is listed; the old lease stays `LeaseLost`.";
+                keep_alive_and_update_race_keeps_the_lease: None,
+                    "Keep-alives and status updates racing for twice the TTL keep the node listed; it still expires once both stop.";
                 reregister_replaces_the_old_lease: None,
                     "Registering a live node id again replaces its record (listed once) and the old lease is `LeaseLost`.";
             }
@@ -190,6 +192,8 @@ macro_rules! __dcron_case_list {
                     "`cleanup_task` removes record, tombstone and claims of the name, nothing of its neighbours, and frees the name.";
                 cleanup_is_idempotent: None,
                     "`cleanup_task` twice, or of a name that never existed, is `Ok`.";
+                concurrent_mark_deleted_keeps_one_time: None,
+                    "Eight clients mark one name deleted at once with different times: one of them wins and stays.";
                 list_tombstones_lists_all: None,
                     "150 tombstones are all listed, each once, with their times.";
                 cleanup_all_empties_the_namespace: None,
@@ -226,6 +230,8 @@ macro_rules! __dcron_case_list {
                     "`cleanup_task` removes the claims: the same fires can be won again.";
                 force_put_clears_claims_update_keeps_them: None,
                     "A `Force` put removes the name's claims; an `Update` put keeps them.";
+                mark_deleted_races_claimers: None,
+                    "Claims racing with `mark_deleted`: every claim sent after `mark_deleted` returned is `Tombstoned`.";
                 large_batch_of_500_fires: None,
                     "One batch of 500 fires over 25 tasks is decided completely: all `Won`, then all `Lost` from another client.";
             }
@@ -244,6 +250,8 @@ macro_rules! __dcron_case_list {
                     "`cleanup_task` of a record is delivered as `Removed` within 5 s.";
                 node_watch_converges: Watch,
                     "A node watcher that reads only after 100 registrations, updates and unregistrations converges to `list_nodes`.";
+                dropped_watchers_do_not_block: Watch,
+                    "20 watch streams opened and dropped never block writers; a new watcher still receives events.";
                 late_reader_converges: Watch,
                     "A watcher that reads only after 500 writes, and one reading all along, converge to the listings (re-list on `Resync`); writers are never blocked.";
             }

@@ -309,3 +309,51 @@ pub async fn reregister_replaces_the_old_lease(cx: &CaseContext) -> CaseResult {
     reg.unregister(&new).await?;
     Ok(())
 }
+
+/// Keep-alives and status updates racing for twice the TTL keep the node listed, and it still
+/// expires once both stop (no update detaches the record from its lease).
+pub async fn keep_alive_and_update_race_keeps_the_lease(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let updater = cx.open().await?;
+    let observer = cx.open().await?;
+    let mut node = cx.node("busy");
+    let ttl = cx.min_ttl();
+    let lease = reg.register(&node, ttl).await?;
+    let until = Instant::now() + ttl * 2;
+    let keeper = {
+        let reg = reg.clone();
+        let lease = lease.clone();
+        tokio::spawn(async move {
+            while Instant::now() < until {
+                reg.keep_alive(&lease).await?;
+                tokio::time::sleep(ttl / 5).await;
+            }
+            Ok::<_, Error>(())
+        })
+    };
+    let mut flips = 0u32;
+    while Instant::now() < until {
+        node.status = if flips % 2 == 0 {
+            NodeStatus::Working
+        } else {
+            NodeStatus::Starting
+        };
+        node.last_alive = crate::harness::now_millis();
+        updater.update_node(&lease, &node).await?;
+        flips += 1;
+        ensure!(
+            node_listed(observer.as_ref(), &node.id).await?,
+            "node vanished while kept alive and updated"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    keeper
+        .await
+        .map_err(|e| crate::CaseError::Failed(format!("keeper failed: {e}")))??;
+    let gone = gone_within(observer.as_ref(), &node.id, cx.expiry_bound()).await?;
+    ensure!(
+        gone,
+        "after {flips} updates the node no longer expires (record detached from its lease)"
+    );
+    Ok(())
+}

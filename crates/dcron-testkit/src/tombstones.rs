@@ -214,3 +214,36 @@ pub async fn cleanup_all_empties_the_namespace(cx: &CaseContext) -> CaseResult {
     reg.unregister(&lease).await?;
     Ok(())
 }
+
+/// Eight clients mark one name deleted at once with different times: one time wins and stays.
+pub async fn concurrent_mark_deleted_keeps_one_time(cx: &CaseContext) -> CaseResult {
+    let base = now_millis();
+    let mut calls = Vec::new();
+    let mut times = BTreeSet::new();
+    for i in 0..8i64 {
+        let reg = cx.open().await?;
+        let at = base - ChronoDuration::seconds(i);
+        times.insert(at);
+        calls.push(tokio::spawn(async move {
+            reg.mark_deleted("contested", at).await
+        }));
+    }
+    for call in futures::future::join_all(calls).await {
+        call.map_err(|e| crate::CaseError::Failed(format!("task failed: {e}")))??;
+    }
+    let reg = cx.open().await?;
+    let first = reg.get_tombstone("contested").await?.map(|t| t.deleted_at);
+    ensure!(
+        first.is_some_and(|t| times.contains(&t)),
+        "tombstone time {first:?} is none of the written ones"
+    );
+    reg.mark_deleted("contested", base + ChronoDuration::seconds(60))
+        .await?;
+    ensure_eq!(
+        reg.get_tombstone("contested").await?.map(|t| t.deleted_at),
+        first,
+        "the time is stable afterwards"
+    );
+    ensure_eq!(reg.list_tombstones().await?.items.len(), 1, "one tombstone");
+    Ok(())
+}

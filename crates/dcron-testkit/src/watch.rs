@@ -527,3 +527,46 @@ pub async fn node_watch_converges(cx: &CaseContext) -> CaseResult {
     }
     Ok(())
 }
+
+/// Watch streams opened and dropped (20 of them) never block writers, and a new watcher still
+/// receives events.
+pub async fn dropped_watchers_do_not_block(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    require_watch(reg.as_ref()).await?;
+    for _ in 0..20 {
+        let tasks = reg.watch_tasks().await?;
+        let nodes = reg.watch_nodes().await?;
+        drop((tasks, nodes));
+    }
+    let writes = async {
+        for i in 0..200 {
+            reg.put_task(
+                &TaskMeta::new(format!("after-drop-{i}"), "@hourly"),
+                PutMode::CreateOnly,
+            )
+            .await?;
+        }
+        Ok::<_, CaseError>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(60), writes).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(CaseError::Failed(
+                "200 writes did not finish within 60 s after watchers were dropped".into(),
+            ))
+        }
+    }
+    let mut stream = reg.watch_tasks().await?;
+    let last = TaskMeta::new("after-drop-last", "@hourly");
+    reg.put_task(&last, PutMode::CreateOnly).await?;
+    let seen = await_task_event(
+        &mut stream,
+        "event after dropped watchers",
+        |e| matches!(e, TaskMetaEvent::Put(m) if *m == last),
+    )
+    .await?;
+    confirm(seen, "event after dropped watchers", || async {
+        Ok(reg.get_task("after-drop-last").await?.is_some())
+    })
+    .await
+}

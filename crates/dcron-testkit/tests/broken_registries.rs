@@ -287,12 +287,18 @@ async fn every_fault_is_caught() {
     .await;
     must_fail(
         Fault::ClaimIgnoresTombstones,
-        &["claims::tombstoned_task_answers_tombstoned"],
+        &[
+            "claims::tombstoned_task_answers_tombstoned",
+            "claims::mark_deleted_races_claimers",
+        ],
     )
     .await;
     must_fail(
         Fault::UpdateDetachesLease,
-        &["membership::update_node_keeps_the_lease"],
+        &[
+            "membership::update_node_keeps_the_lease",
+            "membership::keep_alive_and_update_race_keeps_the_lease",
+        ],
     )
     .await;
     must_fail(Fault::ListStopsAt100, &["tasks::list_two_thousand_tasks"]).await;
@@ -328,7 +334,10 @@ async fn every_fault_is_caught() {
     .await;
     must_fail(
         Fault::MarkDeletedOverwrites,
-        &["tombstones::mark_deleted_is_idempotent"],
+        &[
+            "tombstones::mark_deleted_is_idempotent",
+            "tombstones::concurrent_mark_deleted_keeps_one_time",
+        ],
     )
     .await;
     must_fail(
