@@ -566,3 +566,33 @@ async fn session_expiry_removes_the_node_and_a_new_registration_comes_back() {
     assert_ne!(again.id, lease.id);
     assert_eq!(reg.list_nodes().await.expect("list").items.len(), 1);
 }
+
+#[tokio::test]
+async fn claim_expiry_follows_the_injected_clock() {
+    let d = ConsulDouble::start().await;
+    let clock = dcron_core::TokioClock::starting_at(Utc::now());
+    let reg = registry(&d, "ns").with_clock(Arc::new(clock.clone()));
+    let f = fire("clocked", 0);
+    let first = reg
+        .claim(std::slice::from_ref(&f), "n1", Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert!(first[0].is_won());
+    assert_eq!(
+        reg.list_claims("clocked").await.expect("list").items.len(),
+        1
+    );
+    // The claimer's clock moves past the retention: the claim counts as expired.
+    clock.set_skew_ms(61_000);
+    assert!(reg
+        .list_claims("clocked")
+        .await
+        .expect("list")
+        .items
+        .is_empty());
+    let again = reg
+        .claim(std::slice::from_ref(&f), "n2", Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert!(again[0].is_won());
+}
