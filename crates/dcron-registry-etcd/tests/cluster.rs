@@ -11,7 +11,7 @@ use dcron_core::{Dcron, FireKey, MisfirePolicy, TaskMeta};
 use dcron_registry_etcd::EtcdRegistryConfig;
 use dcron_testkit::ledger::{check, Ledger};
 
-use common::{eventually, fresh_namespace, skip};
+use common::{eventually, fresh_namespace, skip, OwnedEtcd};
 
 const STATIC: [&str; 2] = ["static-a", "static-b"];
 const DYNAMIC: [&str; 2] = ["dynamic-a", "dynamic-b"];
@@ -32,12 +32,8 @@ fn every_second(task: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> BTreeSet<
     out
 }
 
-async fn start_node(name: &str, namespace: &str, ledger: &Ledger) -> Option<Dcron> {
-    let registry = match EtcdRegistryConfig::from_env()
-        .namespace(namespace)
-        .connect()
-        .await
-    {
+async fn start_node(name: &str, config: EtcdRegistryConfig, ledger: &Ledger) -> Option<Dcron> {
+    let registry = match config.connect().await {
         Ok(reg) => reg,
         Err(e @ dcron_core::Error::Unavailable { .. }) => {
             return skip("cluster", format!("etcd unreachable: {e}"))
@@ -83,7 +79,8 @@ async fn each_fire_runs_once_while_a_node_crashes() {
     let ledger = Ledger::new();
     let mut nodes = Vec::new();
     for name in ["node-1", "node-2", "node-3"] {
-        let Some(node) = start_node(name, &namespace, &ledger).await else {
+        let config = EtcdRegistryConfig::from_env().namespace(&namespace);
+        let Some(node) = start_node(name, config, &ledger).await else {
             return;
         };
         nodes.push(node);
@@ -150,5 +147,66 @@ async fn each_fire_runs_once_while_a_node_crashes() {
         "{} fires checked, {} executions, no duplicate, none missed",
         expected.len(),
         ledger.len()
+    );
+}
+
+/// The server crashes and restarts under two running nodes: they come back by themselves, and
+/// every fire (including those due during the outage, caught up) runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_come_back_after_a_server_restart_without_duplicates() {
+    let Some(server) = OwnedEtcd::start("cluster_restart").await else {
+        return;
+    };
+    let namespace = fresh_namespace("cluster_restart");
+    let ledger = Ledger::new();
+    let mut nodes = Vec::new();
+    for name in ["node-1", "node-2"] {
+        let Some(node) = start_node(name, server.config(&namespace), &ledger).await else {
+            return;
+        };
+        nodes.push(node);
+    }
+    let working = || async { nodes.iter().all(|n| n.state() == "working") };
+    assert!(
+        eventually(Duration::from_secs(15), working).await,
+        "nodes did not become working"
+    );
+    let start = Utc::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.restart();
+    // Both nodes work again, and fires run after the restart.
+    let restarted = Utc::now();
+    let back = eventually(Duration::from_secs(60), || async {
+        nodes.iter().all(|n| n.state() == "working")
+            && ledger
+                .executions()
+                .iter()
+                .any(|e| e.fire.instant > restarted + TimeDelta::seconds(1))
+    })
+    .await;
+    assert!(back, "the nodes did not come back after the restart");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let end = Utc::now() - TimeDelta::seconds(1);
+    for node in &nodes {
+        node.stop().await.expect("stop");
+    }
+    let mut expected = BTreeSet::new();
+    for task in STATIC {
+        expected.extend(every_second(task, start, end));
+    }
+    let report = check(&ledger, &expected);
+    assert!(
+        report.duplicates.is_empty(),
+        "fires run more than once: {:?}",
+        report.duplicates
+    );
+    assert!(
+        report.missed.is_empty(),
+        "fires missed: {:?}",
+        report.missed
+    );
+    println!(
+        "{} fires across the restart, no duplicate, none missed",
+        expected.len()
     );
 }
