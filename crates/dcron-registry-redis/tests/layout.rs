@@ -253,3 +253,53 @@ async fn keys_that_are_not_utf8_are_corrupt_and_cleaned_up() {
     let left: bool = raw.exists(&key).await.expect("exists");
     assert!(!left, "cleanup_all removed the binary key");
 }
+
+#[tokio::test]
+async fn databases_are_isolated_including_watches() {
+    let Some((db0, _raw, ns)) = setup("db").await else {
+        return;
+    };
+    let db1 = dcron_registry_redis::RedisRegistryConfig::new(RedisRegistry::env_url())
+        .namespace(&ns)
+        .database(1)
+        .build()
+        .expect("config");
+    if let Err(e) = db1.ping().await {
+        common::skip(&format!("database 1 not usable: {e}"));
+        return;
+    }
+    let mut db0_events = db0.watch_tasks().await.expect("watch db0");
+    let mut db1_events = db1.watch_tasks().await.expect("watch db1");
+    let in_db1 = TaskMeta::new("only-in-db1", "@hourly");
+    db1.put_task(&in_db1, PutMode::CreateOnly)
+        .await
+        .expect("put");
+    let marker = TaskMeta::new("marker-in-db0", "@hourly");
+    db0.put_task(&marker, PutMode::CreateOnly)
+        .await
+        .expect("put");
+
+    // db0's watcher sees its own write first and nothing of db1's.
+    assert_eq!(
+        next_event(&mut db0_events).await,
+        Some(dcron_core::TaskMetaEvent::Put(marker.clone()))
+    );
+    assert_eq!(
+        next_event(&mut db1_events).await,
+        Some(dcron_core::TaskMetaEvent::Put(in_db1.clone()))
+    );
+    assert_eq!(db0.get_task("only-in-db1").await.expect("get"), None);
+    assert_eq!(db1.get_task("marker-in-db0").await.expect("get"), None);
+    assert_eq!(db1.list_tasks().await.expect("list").items, vec![in_db1]);
+    db0.cleanup_all().await.expect("cleanup");
+    db1.cleanup_all().await.expect("cleanup");
+}
+
+async fn next_event(
+    stream: &mut dcron_core::WatchStream<dcron_core::TaskMetaEvent>,
+) -> Option<dcron_core::TaskMetaEvent> {
+    use futures::StreamExt;
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("an event within 5 s")
+}
