@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod claims;
+pub mod clock;
 pub mod corrupt;
 pub mod faults;
 pub mod harness;
@@ -16,6 +17,7 @@ pub mod tombstones;
 pub mod watch;
 
 pub use async_trait::async_trait;
+pub use clock::ManualClock;
 pub use harness::{
     instant, node_listed, now_millis, servers_required, wait_until, CaseContext, CaseError,
     CaseResult, RegistryFactory, REQUIRE_ENV,
