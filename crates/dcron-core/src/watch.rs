@@ -49,11 +49,9 @@ impl<T: ResyncEvent> WatchSender<T> {
 
     /// Asks the receiver to list again (e.g. after the backend's own watch restarted).
     pub fn resync(&self) -> bool {
-        if self.tx.is_closed() {
-            return false;
-        }
-        self.overflow.store(true, Ordering::Release);
-        true
+        // Sent as an event so a reader waiting on an empty buffer wakes up now; when the buffer
+        // is full, the overflow flag yields the marker once the reader drains it.
+        self.send(T::resync())
     }
 
     /// Whether the receiver has been dropped.
@@ -138,6 +136,19 @@ mod tests {
         );
         drop(tx);
         assert_eq!(rx.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn resync_wakes_a_waiting_reader() {
+        let (tx, mut rx) = watch_channel::<NodeEvent>(4);
+        let reader = tokio::spawn(async move { rx.next().await });
+        tokio::task::yield_now().await;
+        assert!(tx.resync());
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("woken")
+            .expect("joined");
+        assert_eq!(got, Some(NodeEvent::Resync));
     }
 
     #[tokio::test]
