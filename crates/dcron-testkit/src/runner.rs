@@ -188,10 +188,14 @@ pub mod __private {
     use super::*;
 
     /// Runs the case `module::name` on a fresh two-worker runtime; panics when it fails.
+    ///
+    /// The runtime runs on its own thread, watched from the test thread, so that a registry that
+    /// blocks its worker threads (and with them the case's own time limit) still fails the test
+    /// after [`CASE_TIMEOUT`] plus a margin instead of hanging it.
     pub fn run_test<F, M>(module: &str, name: &str, make_factory: M)
     where
         F: RegistryFactory,
-        M: FnOnce() -> F,
+        M: FnOnce() -> F + Send + 'static,
     {
         let Some(case) = cases()
             .into_iter()
@@ -207,10 +211,28 @@ pub mod __private {
             Ok(rt) => rt,
             Err(e) => panic!("cannot build a tokio runtime: {e}"),
         };
-        let outcome = runtime.block_on(async move {
-            let factory: Arc<dyn RegistryFactory> = Arc::new(make_factory());
-            run_case(factory, &case).await
-        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name(format!("{module}::{name}"))
+            .spawn(move || {
+                let outcome = runtime.block_on(async move {
+                    let factory: Arc<dyn RegistryFactory> = Arc::new(make_factory());
+                    run_case(factory, &case).await
+                });
+                let _ = tx.send(outcome);
+            });
+        if let Err(e) = spawned {
+            panic!("cannot start the case thread: {e}");
+        }
+        let outcome = match rx.recv_timeout(CASE_TIMEOUT + Duration::from_secs(30)) {
+            Ok(outcome) => outcome,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(CaseError::Failed(format!(
+                "hung for more than {CASE_TIMEOUT:?}: the registry blocks the runtime's worker threads"
+            ))),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(CaseError::Failed(
+                "the case thread panicked outside the case".to_string(),
+            )),
+        };
         match outcome {
             Ok(()) => {}
             Err(CaseError::Skipped(reason)) => {
