@@ -1,0 +1,1123 @@
+//! `SqliteRegistry`: a dcron registry on one SQLite database file, written only against the
+//! public [`Registry`] trait — the template for a third-party backend.
+//!
+//! It is a useful registry in its own right for several processes on **one host** sharing a
+//! database file (WAL mode, a busy timeout, every multi-key decision in one `BEGIN IMMEDIATE`
+//! transaction).
+//!
+//! # How it works
+//!
+//! - **No blocking on the async runtime.** Each handle owns one connection, living on a
+//!   dedicated thread; the async methods send a closure to that thread and await its answer.
+//!   Several handles (in one process or many) contend through SQLite's own locks.
+//! - **Tables** are keyed by namespace first: `nodes(ns, id, lease_id, ttl_ms, record,
+//!   expires_at_ms)`, `tasks(ns, name, bytes)`, `tombstones(ns, name, record)`,
+//!   `claims(ns, task, instant_ms, node, token, expires_at_ms)`, `tokens(ns, last)`. Namespaces
+//!   are compared for equality, never by prefix.
+//! - **Tasks and tombstones** are decided by [`dcron_core::tombstone::decide`] inside one
+//!   immediate transaction that reads the name's state and applies the effects.
+//! - **Time**: lease and retention deadlines are wall-clock milliseconds written into the rows
+//!   and compared with the clock of whoever reads them. Every process shares the host's clock,
+//!   which is what makes this "server-side" expiry; do not put the file on a network share used
+//!   by several hosts. A row past its deadline is treated as absent at once and deleted lazily.
+//! - **Watches**: SQLite has no notifications, so every write also appends to an `events` table
+//!   in the same transaction (an outbox). A watcher polls it every [`POLL_INTERVAL`] from the
+//!   sequence number current when it started, and also deletes expired nodes of its namespace
+//!   (logging their `Delete`), so expiries are delivered even when nobody writes. Events older
+//!   than [`EVENT_RETENTION`] are trimmed; a watcher that fell behind the trim gets a `Resync`.
+//! - **Corrupt values**: records are stored as raw bytes and decoded on read, so a bad value is
+//!   reported ([`Listing::corrupt`], [`Error::Corrupt`]) and never hides the others.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use dcron_core::tombstone::{decide, NameState, Request};
+use dcron_core::{
+    check_value_size, validate_task_name, watch_channel, Claim, ClaimOutcome, CorruptEntry, Error,
+    FireKey, Lease, Listing, Node, NodeEvent, PutMode, Registry, Result, ResyncEvent, TaskMeta,
+    TaskMetaEvent, Tombstone, WatchSender, WatchStream,
+};
+use rusqlite::{
+    params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
+};
+
+/// The backend name reported in errors and logs.
+const BACKEND: &str = "sqlite";
+
+/// How long a statement waits for another connection's lock before answering
+/// [`Error::Unavailable`].
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a watcher looks for new events.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How many polls in a row may fail (a locked database) before a watch stream ends.
+const MAX_POLL_FAILURES: u32 = 50;
+
+/// How long logged events are kept for watchers.
+pub const EVENT_RETENTION: Duration = Duration::from_secs(60);
+
+/// How many events each watch stream buffers before it overflows into one `Resync`.
+pub const WATCH_BUFFER: usize = 1024;
+
+/// Durations beyond this count as this (about a century), so deadlines never overflow.
+const FOREVER_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS nodes (
+    ns TEXT NOT NULL, id TEXT NOT NULL, lease_id TEXT NOT NULL, ttl_ms INTEGER NOT NULL,
+    record BLOB NOT NULL, expires_at_ms INTEGER NOT NULL, PRIMARY KEY (ns, id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS nodes_by_expiry ON nodes (ns, expires_at_ms);
+CREATE TABLE IF NOT EXISTS tasks (
+    ns TEXT NOT NULL, name TEXT NOT NULL, bytes BLOB NOT NULL, PRIMARY KEY (ns, name));
+CREATE TABLE IF NOT EXISTS tombstones (
+    ns TEXT NOT NULL, name TEXT NOT NULL, record BLOB NOT NULL, PRIMARY KEY (ns, name))
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS claims (
+    ns TEXT NOT NULL, task TEXT NOT NULL, instant_ms INTEGER NOT NULL, node TEXT NOT NULL,
+    token INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL, PRIMARY KEY (ns, task, instant_ms))
+    WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS claims_by_expiry ON claims (ns, expires_at_ms);
+CREATE TABLE IF NOT EXISTS tokens (ns TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL, topic INTEGER NOT NULL,
+    kind INTEGER NOT NULL, key TEXT NOT NULL, value BLOB, at_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_ns ON events (ns, topic, seq);
+CREATE INDEX IF NOT EXISTS events_by_age ON events (at_ms);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+";
+
+/// Which watch stream an event belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topic {
+    Nodes = 0,
+    Tasks = 1,
+}
+
+/// What an event says; stored as an integer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A node or task record was written (value: the record).
+    Put = 0,
+    /// A node or task record was removed.
+    Delete = 1,
+    /// A tombstone was written (value: the tombstone).
+    Tombstoned = 2,
+    /// A tombstone was removed.
+    TombstoneCleared = 3,
+    /// Too much changed to describe: list again.
+    Resync = 4,
+}
+
+/// A job for a handle's connection thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A registry on a SQLite database file, shared by every handle (and process) that opens it.
+///
+/// Clones share one connection; [`SqliteRegistry::open`] again for another one. Choices where
+/// the contract leaves room: records of at most 1 MiB; zero TTL or retention is
+/// [`Error::InvalidArgument`]; `put_task` and `mark_deleted` validate the name; `cleanup_all`
+/// logs one event per removed entry, or one `Resync` beyond [`WATCH_BUFFER`] of them.
+///
+/// ```no_run
+/// # async fn demo() -> dcron_core::Result<()> {
+/// let registry = SqliteRegistry::open("/var/lib/myapp/dcron.sqlite", "prod").await?;
+/// let node = dcron_core::Dcron::builder(registry).build()?;
+/// # let _ = node; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SqliteRegistry {
+    jobs: std_mpsc::Sender<Job>,
+    namespace: Arc<str>,
+    path: Arc<Path>,
+}
+
+impl std::fmt::Debug for SqliteRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteRegistry")
+            .field("path", &self.path)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl SqliteRegistry {
+    /// Opens (creating if needed) the database at `path` with a new connection, working in
+    /// `namespace`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the file cannot be opened or stays locked longer than
+    /// [`BUSY_TIMEOUT`]; [`Error::Backend`] for any other SQLite failure.
+    pub async fn open(path: impl AsRef<Path>, namespace: &str) -> Result<SqliteRegistry> {
+        let path: Arc<Path> = Arc::from(path.as_ref());
+        let (jobs, queue) = std_mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let thread_path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("dcron-sqlite".into())
+            .spawn(move || connection_thread(thread_path, queue, ready_tx))
+            .map_err(|e| Error::backend(BACKEND, "cannot start the connection thread", e))?;
+        ready_rx
+            .await
+            .map_err(|_| Error::unavailable("the SQLite connection thread ended"))??;
+        Ok(SqliteRegistry {
+            jobs,
+            namespace: Arc::from(namespace),
+            path,
+        })
+    }
+
+    /// The namespace this handle works in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// For tests and fault injection: stores `bytes` as the task record of `name`, as another
+    /// writer could. Task watchers get a `Put` when the bytes decode, a `Resync` otherwise.
+    ///
+    /// # Errors
+    /// As any write.
+    pub async fn write_raw_task(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let (ns, name, bytes) = (self.namespace.clone(), name.to_string(), bytes.to_vec());
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            upsert_task(&tx, &ns, &name, &bytes)?;
+            match TaskMeta::decode(&name, &bytes) {
+                Ok(_) => log(&tx, &ns, Topic::Tasks, Kind::Put, &name, Some(&bytes))?,
+                Err(_) => log(&tx, &ns, Topic::Tasks, Kind::Resync, &name, None)?,
+            }
+            commit(tx)
+        })
+        .await
+    }
+
+    /// For tests and fault injection: ends the lease of `node_id` now, as if its TTL had run
+    /// out. Answers whether the node was registered.
+    ///
+    /// # Errors
+    /// As any write.
+    pub async fn expire_lease_now(&self, node_id: &str) -> Result<bool> {
+        let (ns, id) = (self.namespace.clone(), node_id.to_string());
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            let removed = tx
+                .execute(
+                    "DELETE FROM nodes WHERE ns = ?1 AND id = ?2",
+                    params![ns, id],
+                )
+                .map_err(sql("expire a lease"))?;
+            if removed > 0 {
+                log(&tx, &ns, Topic::Nodes, Kind::Delete, &id, None)?;
+            }
+            commit(tx)?;
+            Ok(removed > 0)
+        })
+        .await
+    }
+
+    /// Runs `f` on this handle's connection thread and awaits its answer.
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        run_on(&self.jobs, f).await
+    }
+
+    /// Starts a watcher of `topic` from the current end of the event log.
+    async fn watch<T>(&self, topic: Topic) -> Result<WatchStream<T>>
+    where
+        T: ResyncEvent + From<Event> + Send + Unpin + 'static,
+    {
+        let start = self.run(|conn| last_seq(conn)).await?;
+        let (tx, rx) = watch_channel(WATCH_BUFFER);
+        tokio::spawn(poll_events(
+            self.jobs.clone(),
+            self.namespace.clone(),
+            topic,
+            start,
+            tx,
+        ));
+        Ok(rx)
+    }
+
+    /// Decides `request` for `name` with the tombstone rules and applies the effects, all in one
+    /// immediate transaction. `record` is the record a put writes, with its encoded bytes.
+    async fn decide_and_apply(
+        &self,
+        name: &str,
+        request: RequestKind,
+        record: Option<(TaskMeta, Vec<u8>)>,
+    ) -> Result<()> {
+        let (ns, name) = (self.namespace.clone(), name.to_string());
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            let stored: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT bytes FROM tasks WHERE ns = ?1 AND name = ?2",
+                    params![ns, name],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(sql("read a task"))?;
+            let tombstone = read_tombstone(&tx, &ns, &name)?;
+            let (meta, bytes) = record.unwrap_or_default();
+            // A record that does not decode still exists: only its presence matters to the rules.
+            let placeholder = TaskMeta::default();
+            let state = NameState {
+                meta: stored.as_ref().map(|_| &placeholder),
+                tombstone: tombstone.as_ref(),
+            };
+            let request = match request {
+                RequestKind::Put(PutMode::CreateOnly) => Request::AddDynamic(&meta),
+                RequestKind::Put(PutMode::Update) => Request::UpdateDynamic(&meta),
+                RequestKind::Put(PutMode::Force) => Request::ForceAddDynamic(&meta),
+                RequestKind::MarkDeleted(at) => Request::MarkDeleted(at),
+                RequestKind::Reuse => Request::Reuse,
+                RequestKind::Cleanup => Request::Cleanup,
+            };
+            let effects = decide(&name, state, request)?;
+            if effects.write_meta.is_some() {
+                upsert_task(&tx, &ns, &name, &bytes)?;
+                log(&tx, &ns, Topic::Tasks, Kind::Put, &name, Some(&bytes))?;
+            }
+            if effects.remove_meta {
+                tx.execute(
+                    "DELETE FROM tasks WHERE ns = ?1 AND name = ?2",
+                    params![ns, name],
+                )
+                .map_err(sql("remove a task"))?;
+                log(&tx, &ns, Topic::Tasks, Kind::Delete, &name, None)?;
+            }
+            if let Some(tombstone) = &effects.set_tombstone {
+                let record = tombstone.encode();
+                tx.execute(
+                    "INSERT INTO tombstones (ns, name, record) VALUES (?1, ?2, ?3)",
+                    params![ns, name, record],
+                )
+                .map_err(sql("write a tombstone"))?;
+                log(
+                    &tx,
+                    &ns,
+                    Topic::Tasks,
+                    Kind::Tombstoned,
+                    &name,
+                    Some(&record),
+                )?;
+            }
+            if effects.clear_tombstone {
+                tx.execute(
+                    "DELETE FROM tombstones WHERE ns = ?1 AND name = ?2",
+                    params![ns, name],
+                )
+                .map_err(sql("clear a tombstone"))?;
+                log(&tx, &ns, Topic::Tasks, Kind::TombstoneCleared, &name, None)?;
+            }
+            if effects.clear_claims {
+                tx.execute(
+                    "DELETE FROM claims WHERE ns = ?1 AND task = ?2",
+                    params![ns, name],
+                )
+                .map_err(sql("clear claims"))?;
+            }
+            commit(tx)
+        })
+        .await
+    }
+}
+
+/// An owned form of [`Request`], sent to the connection thread.
+enum RequestKind {
+    Put(PutMode),
+    MarkDeleted(DateTime<Utc>),
+    Reuse,
+    Cleanup,
+}
+
+/// Sends `f` to a connection thread and awaits its answer.
+async fn run_on<T, F>(jobs: &std_mpsc::Sender<Job>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    jobs.send(Box::new(move |conn| {
+        let _ = tx.send(f(conn));
+    }))
+    .map_err(|_| Error::unavailable("the SQLite connection thread ended"))?;
+    rx.await
+        .map_err(|_| Error::unavailable("the SQLite connection thread dropped a request"))?
+}
+
+/// Owns one connection and runs jobs on it until every sender is gone.
+fn connection_thread(
+    path: PathBuf,
+    queue: std_mpsc::Receiver<Job>,
+    ready: tokio::sync::oneshot::Sender<Result<()>>,
+) {
+    let mut conn = match connect(&path) {
+        Ok(conn) => {
+            let _ = ready.send(Ok(()));
+            conn
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    for job in queue {
+        // A panicking job loses its own answer (the caller sees `Unavailable`), not the thread.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+    }
+}
+
+/// Opens a connection, switches the file to WAL and creates the schema.
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(sql("open the database"))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(sql("set the busy timeout"))?;
+    // Switching to WAL needs a moment alone with the file; another process opening it at the
+    // same time answers BUSY without waiting, so try again for a while.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let setup = conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
+            .and_then(|()| conn.execute_batch(SCHEMA));
+        match setup {
+            Ok(()) => return Ok(conn),
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(sql("prepare the database")(e)),
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Maps a SQLite error: lock timeouts and unopenable files are retryable, the rest is `Backend`.
+fn sql(what: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| {
+        if is_busy(&e) || e.sqlite_error_code() == Some(ErrorCode::CannotOpen) {
+            Error::Unavailable {
+                message: format!("sqlite: cannot {what}: {e}"),
+                source: Some(Box::new(e)),
+            }
+        } else {
+            Error::backend(BACKEND, format!("cannot {what}"), e)
+        }
+    }
+}
+
+fn immediate(conn: &mut Connection) -> Result<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql("begin a transaction"))
+}
+
+fn commit(tx: Transaction<'_>) -> Result<()> {
+    tx.commit().map_err(sql("commit"))
+}
+
+/// Wall-clock milliseconds since the Unix epoch: the one clock every process on the host shares.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis())
+        .unwrap_or(FOREVER_MS)
+        .min(FOREVER_MS)
+}
+
+fn upsert_task(tx: &Transaction<'_>, ns: &str, name: &str, bytes: &[u8]) -> Result<()> {
+    tx.execute(
+        "INSERT INTO tasks (ns, name, bytes) VALUES (?1, ?2, ?3)
+         ON CONFLICT (ns, name) DO UPDATE SET bytes = excluded.bytes",
+        params![ns, name, bytes],
+    )
+    .map_err(sql("write a task"))?;
+    Ok(())
+}
+
+/// Reads a tombstone; one that does not decode still counts as a tombstone (at the epoch).
+fn read_tombstone(conn: &Connection, ns: &str, name: &str) -> Result<Option<Tombstone>> {
+    let record: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT record FROM tombstones WHERE ns = ?1 AND name = ?2",
+            params![ns, name],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(sql("read a tombstone"))?;
+    Ok(record.map(|bytes| {
+        Tombstone::decode(name, &bytes).unwrap_or_else(|_| Tombstone {
+            name: name.to_string(),
+            deleted_at: DateTime::<Utc>::UNIX_EPOCH,
+        })
+    }))
+}
+
+/// Appends an event to the log, in the caller's transaction, and trims old events.
+fn log(
+    tx: &Transaction<'_>,
+    ns: &str,
+    topic: Topic,
+    kind: Kind,
+    key: &str,
+    value: Option<&[u8]>,
+) -> Result<()> {
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO events (ns, topic, kind, key, value, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![ns, topic as i64, kind as i64, key, value, now],
+    )
+    .map_err(sql("log an event"))?;
+    let cutoff = now - duration_ms(EVENT_RETENTION);
+    let trim: Option<i64> = tx
+        .query_row(
+            "SELECT max(seq) FROM events WHERE at_ms < ?1",
+            params![cutoff],
+            |row| row.get(0),
+        )
+        .map_err(sql("trim events"))?;
+    if let Some(upto) = trim {
+        tx.execute("DELETE FROM events WHERE seq <= ?1", params![upto])
+            .map_err(sql("trim events"))?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('trimmed_through', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+            params![upto],
+        )
+        .map_err(sql("trim events"))?;
+    }
+    Ok(())
+}
+
+fn last_seq(conn: &Connection) -> Result<i64> {
+    conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |row| {
+        row.get(0)
+    })
+    .map_err(sql("read the event log"))
+}
+
+/// Deletes the expired nodes of `ns`, logging a `Delete` for each.
+fn purge_expired_nodes(conn: &mut Connection, ns: &str, now: i64) -> Result<()> {
+    let any: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM nodes WHERE ns = ?1 AND expires_at_ms <= ?2)",
+            params![ns, now],
+            |row| row.get(0),
+        )
+        .map_err(sql("look for expired nodes"))?;
+    if !any {
+        return Ok(());
+    }
+    let tx = immediate(conn)?;
+    let ids: Vec<String> = {
+        let mut stmt = tx
+            .prepare("DELETE FROM nodes WHERE ns = ?1 AND expires_at_ms <= ?2 RETURNING id")
+            .map_err(sql("expire nodes"))?;
+        let rows = stmt
+            .query_map(params![ns, now], |row| row.get(0))
+            .map_err(sql("expire nodes"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql("expire nodes"))?
+    };
+    for id in &ids {
+        log(&tx, ns, Topic::Nodes, Kind::Delete, id, None)?;
+    }
+    commit(tx)
+}
+
+/// One row of the event log.
+struct Event {
+    kind: i64,
+    key: String,
+    value: Option<Vec<u8>>,
+}
+
+impl From<Event> for NodeEvent {
+    fn from(e: Event) -> Self {
+        match (e.kind, e.value) {
+            (k, Some(bytes)) if k == Kind::Put as i64 => match Node::decode(&e.key, &bytes) {
+                Ok(node) => NodeEvent::Put(node),
+                // The listing reports what does not decode; make the watcher look.
+                Err(_) => NodeEvent::Resync,
+            },
+            (k, _) if k == Kind::Delete as i64 => NodeEvent::Delete { id: e.key },
+            _ => NodeEvent::Resync,
+        }
+    }
+}
+
+impl From<Event> for TaskMetaEvent {
+    fn from(e: Event) -> Self {
+        match (e.kind, e.value) {
+            (k, Some(bytes)) if k == Kind::Put as i64 => match TaskMeta::decode(&e.key, &bytes) {
+                Ok(meta) => TaskMetaEvent::Put(meta),
+                Err(_) => TaskMetaEvent::Resync,
+            },
+            (k, _) if k == Kind::Delete as i64 => TaskMetaEvent::Removed { name: e.key },
+            (k, Some(bytes)) if k == Kind::Tombstoned as i64 => {
+                match Tombstone::decode(&e.key, &bytes) {
+                    Ok(t) => TaskMetaEvent::Tombstoned(t),
+                    Err(_) => TaskMetaEvent::Resync,
+                }
+            }
+            (k, _) if k == Kind::TombstoneCleared as i64 => {
+                TaskMetaEvent::TombstoneCleared { name: e.key }
+            }
+            _ => TaskMetaEvent::Resync,
+        }
+    }
+}
+
+/// What one poll found: the events after the cursor (or a gap) and the new cursor.
+struct Polled {
+    events: Vec<Event>,
+    gap: bool,
+    cursor: i64,
+}
+
+/// Reads the events of `ns`/`topic` after `cursor` (expiring due nodes first for node watchers).
+fn poll_once(conn: &mut Connection, ns: &str, topic: Topic, cursor: i64) -> Result<Polled> {
+    if topic == Topic::Nodes {
+        purge_expired_nodes(conn, ns, now_ms())?;
+    }
+    let trimmed: i64 = conn
+        .query_row(
+            "SELECT coalesce((SELECT value FROM meta WHERE key = 'trimmed_through'), 0)",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(sql("read the event log"))?;
+    if cursor < trimmed {
+        return Ok(Polled {
+            events: Vec::new(),
+            gap: true,
+            cursor: last_seq(conn)?,
+        });
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, kind, key, value FROM events
+             WHERE ns = ?1 AND topic = ?2 AND seq > ?3 ORDER BY seq LIMIT 2048",
+        )
+        .map_err(sql("read the event log"))?;
+    let mut next = cursor;
+    let rows = stmt
+        .query_map(params![ns, topic as i64, cursor], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                Event {
+                    kind: row.get(1)?,
+                    key: row.get(2)?,
+                    value: row.get(3)?,
+                },
+            ))
+        })
+        .map_err(sql("read the event log"))?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (seq, event) = row.map_err(sql("read the event log"))?;
+        next = seq;
+        events.push(event);
+    }
+    Ok(Polled {
+        events,
+        gap: false,
+        cursor: next,
+    })
+}
+
+/// Feeds one watch stream from the event log until the stream is dropped or the connection
+/// thread ends.
+async fn poll_events<T>(
+    jobs: std_mpsc::Sender<Job>,
+    ns: Arc<str>,
+    topic: Topic,
+    mut cursor: i64,
+    tx: WatchSender<T>,
+) where
+    T: ResyncEvent + From<Event> + Send + Unpin + 'static,
+{
+    let mut ticker = tokio::time::interval(POLL_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
+    loop {
+        ticker.tick().await;
+        if tx.is_closed() {
+            return;
+        }
+        let ns = ns.clone();
+        match run_on(&jobs, move |conn| poll_once(conn, &ns, topic, cursor)).await {
+            Ok(polled) => {
+                failures = 0;
+                cursor = polled.cursor;
+                if polled.gap && !tx.resync() {
+                    return;
+                }
+                for event in polled.events {
+                    if !tx.send(T::from(event)) {
+                        return;
+                    }
+                }
+            }
+            // A busy database: the cursor is kept, so the next poll loses nothing.
+            Err(_) if failures < MAX_POLL_FAILURES => failures += 1,
+            // Ending the stream tells the consumer to watch again and list.
+            Err(_) => return,
+        }
+    }
+}
+
+fn decode_listing<T>(
+    rows: Vec<(String, Vec<u8>)>,
+    decode: impl Fn(&str, &[u8]) -> Result<T>,
+) -> Listing<T> {
+    let mut listing = Listing::default();
+    for (key, bytes) in rows {
+        match decode(&key, &bytes) {
+            Ok(item) => listing.items.push(item),
+            Err(e) => listing.corrupt.push(CorruptEntry {
+                reason: match e {
+                    Error::Corrupt { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+                key,
+            }),
+        }
+    }
+    listing
+}
+
+fn query_pairs(conn: &Connection, query: &str, ns: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut stmt = conn.prepare_cached(query).map_err(sql("list"))?;
+    let rows = stmt
+        .query_map(params![ns], |row| Ok((row.get(0)?, row.get(1)?)))
+        .map_err(sql("list"))?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql("list"))
+}
+
+#[async_trait]
+impl Registry for SqliteRegistry {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    // ----- membership -----
+
+    async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
+        if ttl.is_zero() {
+            return Err(Error::InvalidArgument(
+                "the lease TTL must not be zero".into(),
+            ));
+        }
+        let lease_id = uuid::Uuid::new_v4().simple().to_string();
+        let (ns, id, record, ttl_ms) = (
+            self.namespace.clone(),
+            node.id.clone(),
+            node.encode(),
+            duration_ms(ttl).max(1),
+        );
+        let lid = lease_id.clone();
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            tx.execute(
+                "INSERT INTO nodes (ns, id, lease_id, ttl_ms, record, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (ns, id) DO UPDATE SET lease_id = excluded.lease_id,
+                   ttl_ms = excluded.ttl_ms, record = excluded.record,
+                   expires_at_ms = excluded.expires_at_ms",
+                params![ns, id, lid, ttl_ms, record, now_ms() + ttl_ms],
+            )
+            .map_err(sql("register a node"))?;
+            log(&tx, &ns, Topic::Nodes, Kind::Put, &id, Some(&record))?;
+            commit(tx)
+        })
+        .await?;
+        Ok(Lease {
+            node_id: node.id.clone(),
+            id: lease_id,
+            ttl,
+        })
+    }
+
+    async fn keep_alive(&self, lease: &Lease) -> Result<()> {
+        let (ns, id, lid) = (
+            self.namespace.clone(),
+            lease.node_id.clone(),
+            lease.id.clone(),
+        );
+        let renewed = self
+            .run(move |conn| {
+                let now = now_ms();
+                conn.execute(
+                    "UPDATE nodes SET expires_at_ms = ?4 + ttl_ms
+                     WHERE ns = ?1 AND id = ?2 AND lease_id = ?3 AND expires_at_ms > ?4",
+                    params![ns, id, lid, now],
+                )
+                .map_err(sql("renew a lease"))
+            })
+            .await?;
+        if renewed == 0 {
+            return Err(Error::LeaseLost {
+                node: lease.node_id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn update_node(&self, lease: &Lease, node: &Node) -> Result<()> {
+        if node.id != lease.node_id {
+            return Err(Error::InvalidArgument(format!(
+                "node record `{}` does not belong to the lease of node `{}`",
+                node.id, lease.node_id
+            )));
+        }
+        let (ns, id, lid, record) = (
+            self.namespace.clone(),
+            lease.node_id.clone(),
+            lease.id.clone(),
+            node.encode(),
+        );
+        let updated = self
+            .run(move |conn| {
+                let tx = immediate(conn)?;
+                let n = tx
+                    .execute(
+                        "UPDATE nodes SET record = ?4
+                         WHERE ns = ?1 AND id = ?2 AND lease_id = ?3 AND expires_at_ms > ?5",
+                        params![ns, id, lid, record, now_ms()],
+                    )
+                    .map_err(sql("update a node"))?;
+                if n > 0 {
+                    log(&tx, &ns, Topic::Nodes, Kind::Put, &id, Some(&record))?;
+                }
+                commit(tx)?;
+                Ok(n)
+            })
+            .await?;
+        if updated == 0 {
+            return Err(Error::LeaseLost {
+                node: lease.node_id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn unregister(&self, lease: &Lease) -> Result<()> {
+        let (ns, id, lid) = (
+            self.namespace.clone(),
+            lease.node_id.clone(),
+            lease.id.clone(),
+        );
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            // Only this lease's record: a newer registration of the node is left alone.
+            let n = tx
+                .execute(
+                    "DELETE FROM nodes WHERE ns = ?1 AND id = ?2 AND lease_id = ?3",
+                    params![ns, id, lid],
+                )
+                .map_err(sql("unregister a node"))?;
+            if n > 0 {
+                log(&tx, &ns, Topic::Nodes, Kind::Delete, &id, None)?;
+            }
+            commit(tx)
+        })
+        .await
+    }
+
+    async fn list_nodes(&self) -> Result<Listing<Node>> {
+        let ns = self.namespace.clone();
+        let rows = self
+            .run(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT id, record FROM nodes WHERE ns = ?1 AND expires_at_ms > ?2",
+                    )
+                    .map_err(sql("list nodes"))?;
+                let rows = stmt
+                    .query_map(params![ns, now_ms()], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .map_err(sql("list nodes"))?;
+                rows.collect::<rusqlite::Result<Vec<(String, Vec<u8>)>>>()
+                    .map_err(sql("list nodes"))
+            })
+            .await?;
+        Ok(decode_listing(rows, Node::decode))
+    }
+
+    async fn watch_nodes(&self) -> Result<WatchStream<NodeEvent>> {
+        self.watch(Topic::Nodes).await
+    }
+
+    // ----- tasks -----
+
+    async fn put_task(&self, meta: &TaskMeta, mode: PutMode) -> Result<()> {
+        validate_task_name(&meta.name)?;
+        let bytes = meta.encode();
+        check_value_size(meta, bytes.len(), &self.capabilities())?;
+        self.decide_and_apply(
+            &meta.name,
+            RequestKind::Put(mode),
+            Some((meta.clone(), bytes)),
+        )
+        .await
+    }
+
+    async fn get_task(&self, name: &str) -> Result<Option<TaskMeta>> {
+        let (ns, key) = (self.namespace.clone(), name.to_string());
+        let bytes: Option<Vec<u8>> = self
+            .run(move |conn| {
+                conn.query_row(
+                    "SELECT bytes FROM tasks WHERE ns = ?1 AND name = ?2",
+                    params![ns, key],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(sql("read a task"))
+            })
+            .await?;
+        bytes.map(|b| TaskMeta::decode(name, &b)).transpose()
+    }
+
+    async fn list_tasks(&self) -> Result<Listing<TaskMeta>> {
+        let ns = self.namespace.clone();
+        let rows = self
+            .run(move |conn| query_pairs(conn, "SELECT name, bytes FROM tasks WHERE ns = ?1", &ns))
+            .await?;
+        Ok(decode_listing(rows, TaskMeta::decode))
+    }
+
+    async fn watch_tasks(&self) -> Result<WatchStream<TaskMetaEvent>> {
+        self.watch(Topic::Tasks).await
+    }
+
+    // ----- tombstones -----
+
+    async fn mark_deleted(&self, name: &str, at: DateTime<Utc>) -> Result<()> {
+        validate_task_name(name)?;
+        self.decide_and_apply(name, RequestKind::MarkDeleted(at), None)
+            .await
+    }
+
+    async fn get_tombstone(&self, name: &str) -> Result<Option<Tombstone>> {
+        let (ns, key) = (self.namespace.clone(), name.to_string());
+        self.run(move |conn| read_tombstone(conn, &ns, &key)).await
+    }
+
+    async fn list_tombstones(&self) -> Result<Listing<Tombstone>> {
+        let ns = self.namespace.clone();
+        let rows = self
+            .run(move |conn| {
+                query_pairs(
+                    conn,
+                    "SELECT name, record FROM tombstones WHERE ns = ?1",
+                    &ns,
+                )
+            })
+            .await?;
+        Ok(decode_listing(rows, Tombstone::decode))
+    }
+
+    async fn clear_tombstone(&self, name: &str) -> Result<()> {
+        self.decide_and_apply(name, RequestKind::Reuse, None).await
+    }
+
+    async fn cleanup_task(&self, name: &str) -> Result<()> {
+        self.decide_and_apply(name, RequestKind::Cleanup, None)
+            .await
+    }
+
+    async fn cleanup_all(&self) -> Result<()> {
+        let ns = self.namespace.clone();
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            let names = |query: &str| -> Result<Vec<String>> {
+                let mut stmt = tx.prepare(query).map_err(sql("cleanup"))?;
+                let rows = stmt
+                    .query_map(params![ns], |row| row.get(0))
+                    .map_err(sql("cleanup"))?;
+                rows.collect::<rusqlite::Result<_>>()
+                    .map_err(sql("cleanup"))
+            };
+            let tasks = names("SELECT name FROM tasks WHERE ns = ?1")?;
+            let tombstones = names("SELECT name FROM tombstones WHERE ns = ?1")?;
+            for table in ["tasks", "tombstones", "claims"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE ns = ?1"), params![ns])
+                    .map_err(sql("cleanup"))?;
+            }
+            if tasks.len() + tombstones.len() > WATCH_BUFFER {
+                // More than a watcher could buffer anyway: one full list instead.
+                log(&tx, &ns, Topic::Tasks, Kind::Resync, "", None)?;
+            } else {
+                for name in &tasks {
+                    log(&tx, &ns, Topic::Tasks, Kind::Delete, name, None)?;
+                }
+                for name in &tombstones {
+                    log(&tx, &ns, Topic::Tasks, Kind::TombstoneCleared, name, None)?;
+                }
+            }
+            commit(tx)
+        })
+        .await
+    }
+
+    // ----- claims -----
+
+    async fn claim(
+        &self,
+        fires: &[FireKey],
+        node_id: &str,
+        retention: Duration,
+    ) -> Result<Vec<ClaimOutcome>> {
+        if retention.is_zero() {
+            return Err(Error::InvalidArgument(
+                "the claim retention must not be zero".into(),
+            ));
+        }
+        if fires.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ns, node, fires) = (self.namespace.clone(), node_id.to_string(), fires.to_vec());
+        let retention_ms = duration_ms(retention).max(1);
+        self.run(move |conn| {
+            let now = now_ms();
+            let tx = immediate(conn)?;
+            tx.execute(
+                "DELETE FROM claims WHERE ns = ?1 AND expires_at_ms <= ?2",
+                params![ns, now],
+            )
+            .map_err(sql("purge claims"))?;
+            let mut last: i64 = tx
+                .query_row(
+                    "SELECT coalesce((SELECT last FROM tokens WHERE ns = ?1), 0)",
+                    params![ns],
+                    |row| row.get(0),
+                )
+                .map_err(sql("read the token counter"))?;
+            let mut outcomes = Vec::with_capacity(fires.len());
+            {
+                let mut tombstoned = tx
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM tombstones WHERE ns = ?1 AND name = ?2)",
+                    )
+                    .map_err(sql("claim"))?;
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO claims (ns, task, instant_ms, node, token, expires_at_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                    )
+                    .map_err(sql("claim"))?;
+                for fire in &fires {
+                    let is_tombstoned: bool = tombstoned
+                        .query_row(params![ns, fire.task], |row| row.get(0))
+                        .map_err(sql("claim"))?;
+                    if is_tombstoned {
+                        outcomes.push(ClaimOutcome::Tombstoned);
+                        continue;
+                    }
+                    let token = last + 1;
+                    let won = insert
+                        .execute(params![
+                            ns,
+                            fire.task,
+                            fire.instant_millis(),
+                            node,
+                            token,
+                            now + retention_ms
+                        ])
+                        .map_err(sql("claim"))?;
+                    if won == 1 {
+                        last = token;
+                        outcomes.push(ClaimOutcome::Won {
+                            token: u64::try_from(token).unwrap_or(u64::MAX),
+                        });
+                    } else {
+                        outcomes.push(ClaimOutcome::Lost);
+                    }
+                }
+            }
+            tx.execute(
+                "INSERT INTO tokens (ns, last) VALUES (?1, ?2)
+                 ON CONFLICT (ns) DO UPDATE SET last = excluded.last",
+                params![ns, last],
+            )
+            .map_err(sql("write the token counter"))?;
+            commit(tx)?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn list_claims(&self, task: &str) -> Result<Listing<Claim>> {
+        let (ns, task) = (self.namespace.clone(), task.to_string());
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT instant_ms, node, token FROM claims
+                     WHERE ns = ?1 AND task = ?2 AND expires_at_ms > ?3",
+                )
+                .map_err(sql("list claims"))?;
+            let rows = stmt
+                .query_map(params![ns, task, now_ms()], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(sql("list claims"))?;
+            let mut listing = Listing::default();
+            for row in rows {
+                let (instant_ms, node_id, token) = row.map_err(sql("list claims"))?;
+                match Utc.timestamp_millis_opt(instant_ms).single() {
+                    Some(instant) => listing.items.push(Claim {
+                        fire: FireKey::new(task.clone(), instant),
+                        node_id,
+                        token: u64::try_from(token).unwrap_or_default(),
+                    }),
+                    None => listing.corrupt.push(CorruptEntry {
+                        key: format!("{task}@{instant_ms}"),
+                        reason: "the instant is out of range".into(),
+                    }),
+                }
+            }
+            Ok(listing)
+        })
+        .await
+    }
+}
+
+/// A fresh database path in the temporary directory (`dcron-<uuid>.sqlite`), for tests and demos.
+pub fn scratch_path() -> PathBuf {
+    std::env::temp_dir().join(format!("dcron-{}.sqlite", uuid::Uuid::new_v4().simple()))
+}
+
+/// Removes a database file and its WAL companions, ignoring files that are not there.
+pub fn remove_database(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
