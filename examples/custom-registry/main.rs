@@ -17,15 +17,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dcron_core::{Dcron, FireKey, Schedule, SecondsField, TaskMeta};
 use dcron_testkit::ledger::{check, Ledger};
-use sqlite_registry::SqliteRegistry;
+use sqlite_registry::{ScratchDatabase, SqliteRegistry};
 use tokio::time::Instant;
 
 const NAMESPACE: &str = "custom-registry-demo";
-const STATIC_TASKS: [(&str, &str); 2] = [
+const STATIC_TASKS: [(&str, &str); 3] = [
     ("every-second", "* * * * * *"),
     ("every-2s", "*/2 * * * * *"),
+    ("every-3s", "*/3 * * * * *"),
 ];
-const DYNAMIC_TASK: &str = "dynamic-report";
+const DYNAMIC_TASKS: [&str; 3] = ["report-a", "report-b", "report-c"];
 const RUN_FOR: Duration = Duration::from_secs(5);
 
 /// Builds and starts one node on its own connection to the database.
@@ -89,10 +90,11 @@ async fn run(path: &Path) -> dcron_core::Result<bool> {
     while Instant::now() < deadline && !(a.state() == "working" && b.state() == "working") {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    a.add_task_meta(TaskMeta::new(DYNAMIC_TASK, "* * * * * *").with_payload("hello"))
-        .await?;
+    for name in DYNAMIC_TASKS {
+        a.add_task_meta(TaskMeta::new(name, "* * * * * *")).await?;
+    }
     let start = Utc::now();
-    println!("both nodes working; node-a added {DYNAMIC_TASK}");
+    println!("both nodes working; node-a added {DYNAMIC_TASKS:?}");
     tokio::time::sleep(RUN_FOR).await;
     let end = Utc::now() - chrono::Duration::milliseconds(300);
     println!(
@@ -107,10 +109,8 @@ async fn run(path: &Path) -> dcron_core::Result<bool> {
     // Every occurrence after a one-second warm-up must have run exactly once.
     let from = start + chrono::Duration::seconds(1);
     let mut expected = BTreeSet::new();
-    for (task, cron) in STATIC_TASKS
-        .into_iter()
-        .chain([(DYNAMIC_TASK, "* * * * * *")])
-    {
+    let dynamic = DYNAMIC_TASKS.map(|name| (name, "* * * * * *"));
+    for (task, cron) in STATIC_TASKS.into_iter().chain(dynamic) {
         expected.extend(
             occurrences(cron, from, end)
                 .into_iter()
@@ -136,12 +136,11 @@ async fn run(path: &Path) -> dcron_core::Result<bool> {
 
 #[tokio::main]
 async fn main() {
+    let scratch = ScratchDatabase::new();
     let given = std::env::args_os().nth(1).map(PathBuf::from);
-    let path = given.clone().unwrap_or_else(sqlite_registry::scratch_path);
-    let outcome = run(&path).await;
-    if given.is_none() {
-        sqlite_registry::remove_database(&path);
-    }
+    let outcome = run(given.as_deref().unwrap_or(scratch.path())).await;
+    // `process::exit` runs no destructors: remove the scratch file first.
+    drop(scratch);
     std::process::exit(match outcome {
         Ok(true) => 0,
         Ok(false) => 1,

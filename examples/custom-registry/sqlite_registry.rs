@@ -201,11 +201,11 @@ impl SqliteRegistry {
     }
 
     /// For tests and fault injection: ends the lease of `node_id` now, as if its TTL had run
-    /// out. Answers whether the node was registered.
+    /// out (node watchers get a `Delete`).
     ///
     /// # Errors
-    /// As any write.
-    pub async fn expire_lease_now(&self, node_id: &str) -> Result<bool> {
+    /// [`Error::NotFound`] (`what = "node"`) when the node is not registered; as any write.
+    pub async fn expire_lease_now(&self, node_id: &str) -> Result<()> {
         let (ns, id) = (self.namespace.clone(), node_id.to_string());
         self.run(move |conn| {
             let tx = immediate(conn)?;
@@ -219,7 +219,13 @@ impl SqliteRegistry {
                 log(&tx, &ns, Topic::Nodes, Kind::Delete, &id, None)?;
             }
             commit(tx)?;
-            Ok(removed > 0)
+            if removed == 0 {
+                return Err(Error::NotFound {
+                    what: "node",
+                    name: id,
+                });
+            }
+            Ok(())
         })
         .await
     }
@@ -511,10 +517,13 @@ fn log(
     Ok(())
 }
 
+/// The last sequence number ever given to an event (trimming never lowers it).
 fn last_seq(conn: &Connection) -> Result<i64> {
-    conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |row| {
-        row.get(0)
-    })
+    conn.query_row(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+        [],
+        |row| row.get(0),
+    )
     .map_err(sql("read the event log"))
 }
 
@@ -1108,16 +1117,37 @@ impl Registry for SqliteRegistry {
     }
 }
 
-/// A fresh database path in the temporary directory (`dcron-<uuid>.sqlite`), for tests and demos.
-pub fn scratch_path() -> PathBuf {
-    std::env::temp_dir().join(format!("dcron-{}.sqlite", uuid::Uuid::new_v4().simple()))
+/// A database file in the temporary directory (`dcron-<uuid>.sqlite`), removed with its WAL
+/// companions when dropped: one per test or demo run.
+#[derive(Debug)]
+pub struct ScratchDatabase(PathBuf);
+
+impl ScratchDatabase {
+    /// A fresh, not yet created, database path.
+    pub fn new() -> Self {
+        let name = format!("dcron-{}.sqlite", uuid::Uuid::new_v4().simple());
+        ScratchDatabase(std::env::temp_dir().join(name))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
 }
 
-/// Removes a database file and its WAL companions, ignoring files that are not there.
-pub fn remove_database(path: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.as_os_str().to_owned();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
+impl Default for ScratchDatabase {
+    fn default() -> Self {
+        ScratchDatabase::new()
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = self.0.as_os_str().to_owned();
+            file.push(suffix);
+            // Absent files are fine: the database may never have been opened.
+            let _ = std::fs::remove_file(file);
+        }
     }
 }

@@ -6,14 +6,14 @@
 #[path = "../custom-registry/sqlite_registry.rs"]
 mod sqlite_registry;
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use dcron_core::{Lease, Registry, Result};
 use dcron_testkit::{async_trait, RegistryFactory};
-use sqlite_registry::SqliteRegistry;
+use sqlite_registry::{ScratchDatabase, SqliteRegistry};
 
-/// One scratch database file per test, removed when the test ends.
-struct SqliteFactory(PathBuf);
+/// One database file per test; every `open` is a new connection to it.
+struct SqliteFactory(ScratchDatabase);
 
 #[async_trait]
 impl RegistryFactory for SqliteFactory {
@@ -21,27 +21,17 @@ impl RegistryFactory for SqliteFactory {
         "sqlite"
     }
     async fn open(&self, ns: &str) -> Result<Arc<dyn Registry>> {
-        Ok(Arc::new(SqliteRegistry::open(&self.0, ns).await?))
+        Ok(Arc::new(SqliteRegistry::open(self.0.path(), ns).await?))
     }
+    // The two optional hooks that let the `faults` and `corrupt` cases run.
     async fn expire_lease(&self, ns: &str, lease: &Lease) -> Result<()> {
-        SqliteRegistry::open(&self.0, ns)
-            .await?
-            .expire_lease_now(&lease.node_id)
-            .await
-            .map(drop)
+        let registry = SqliteRegistry::open(self.0.path(), ns).await?;
+        registry.expire_lease_now(&lease.node_id).await
     }
     async fn write_raw_task(&self, ns: &str, name: &str, bytes: &[u8]) -> Result<()> {
-        SqliteRegistry::open(&self.0, ns)
-            .await?
-            .write_raw_task(name, bytes)
-            .await
+        let registry = SqliteRegistry::open(self.0.path(), ns).await?;
+        registry.write_raw_task(name, bytes).await
     }
 }
 
-impl Drop for SqliteFactory {
-    fn drop(&mut self) {
-        sqlite_registry::remove_database(&self.0);
-    }
-}
-
-dcron_testkit::conformance_tests!(SqliteFactory(sqlite_registry::scratch_path()));
+dcron_testkit::conformance_tests!(SqliteFactory(ScratchDatabase::new()));
