@@ -607,3 +607,22 @@ pub async fn mark_deleted_races_claimers(cx: &CaseContext) -> CaseResult {
     );
     Ok(())
 }
+
+/// 1,000 claims of one task are all listed by `list_claims`, each once.
+pub async fn list_claims_lists_a_thousand(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let all = fires("many", 1000);
+    for chunk in all.chunks(250) {
+        let out = reg.claim(chunk, "n", LONG).await?;
+        ensure!(
+            out.iter().all(ClaimOutcome::is_won),
+            "fresh fires must be won"
+        );
+    }
+    let listed = cx.open().await?.list_claims("many").await?;
+    ensure!(listed.corrupt.is_empty(), "corrupt: {:?}", listed.corrupt);
+    let keys: BTreeSet<FireKey> = listed.items.iter().map(|c| c.fire.clone()).collect();
+    ensure_eq!(listed.items.len(), all.len(), "listed claims");
+    ensure_eq!(keys.len(), all.len(), "distinct listed claims");
+    Ok(())
+}

@@ -154,6 +154,8 @@ macro_rules! __dcron_case_list {
                     "Re-registering after expiry gets a new lease id and is listed; the old lease stays `LeaseLost`.";
                 keep_alive_and_update_race_keeps_the_lease: None,
                     "Keep-alives and status updates racing for twice the TTL keep the node listed; it still expires once both stop.";
+                list_many_nodes: None,
+                    "250 nodes registered concurrently by 5 clients are all listed, each once.";
                 reregister_replaces_the_old_lease: None,
                     "Registering a live node id again replaces its record (listed once) and the old lease is `LeaseLost`.";
             }
@@ -224,6 +226,8 @@ macro_rules! __dcron_case_list {
                     "After `clear_tombstone`, new fires of the name can be won, and fires claimed before the tombstone stay `Lost`.";
                 fencing_tokens_nonzero_and_distinct: None,
                     "Fencing tokens are non-zero, distinct within a task, and match what `list_claims` shows.";
+                list_claims_lists_a_thousand: None,
+                    "1,000 claims of one task are all listed by `list_claims`, each once.";
                 list_claims_names_the_winners: None,
                     "`list_claims` lists exactly the task's claims with the winning node ids.";
                 retention_expiry_allows_a_new_claim: None,
@@ -254,6 +258,8 @@ macro_rules! __dcron_case_list {
                     "A node watcher that reads only after 100 registrations, updates and unregistrations converges to `list_nodes`.";
                 dropped_watchers_do_not_block: Watch,
                     "20 watch streams opened and dropped never block writers; a new watcher still receives events.";
+                cleanup_all_delivered: Watch,
+                    "`cleanup_all` is delivered (per-name events or a `Resync`): the watcher's model ends empty.";
                 late_reader_converges: Watch,
                     "A watcher that reads only after 500 writes, and one reading all along, converge to the listings (re-list on `Resync`); writers are never blocked.";
             }

@@ -357,3 +357,48 @@ pub async fn keep_alive_and_update_race_keeps_the_lease(cx: &CaseContext) -> Cas
     );
     Ok(())
 }
+
+/// 250 nodes registered concurrently by 5 clients are all listed, each once.
+pub async fn list_many_nodes(cx: &CaseContext) -> CaseResult {
+    const N: usize = 250;
+    const CLIENTS: usize = 5;
+    let ttl = cx.min_ttl() * 30;
+    let mut workers = Vec::new();
+    for w in 0..CLIENTS {
+        let reg = cx.open().await?;
+        let nodes: Vec<_> = (w..N)
+            .step_by(CLIENTS)
+            .map(|i| cx.node(&format!("m{i}")))
+            .collect();
+        workers.push(tokio::spawn(async move {
+            let mut leases = Vec::new();
+            for node in &nodes {
+                leases.push(reg.register(node, ttl).await?);
+            }
+            Ok::<_, Error>((reg, nodes, leases))
+        }));
+    }
+    let mut expected = std::collections::BTreeSet::new();
+    let mut registered = Vec::new();
+    for w in futures::future::join_all(workers).await {
+        let (reg, nodes, leases) =
+            w.map_err(|e| crate::CaseError::Failed(format!("registering task failed: {e}")))??;
+        expected.extend(nodes.into_iter().map(|n| n.id));
+        registered.push((reg, leases));
+    }
+    let listing = cx.open().await?.list_nodes().await?;
+    ensure!(listing.corrupt.is_empty(), "corrupt: {:?}", listing.corrupt);
+    let ids: std::collections::BTreeSet<String> =
+        listing.items.iter().map(|n| n.id.clone()).collect();
+    ensure_eq!(listing.items.len(), N, "listed nodes");
+    ensure!(
+        ids == expected,
+        "listed node ids differ from the registered ones"
+    );
+    for (reg, leases) in registered {
+        for lease in leases {
+            reg.unregister(&lease).await?;
+        }
+    }
+    Ok(())
+}

@@ -570,3 +570,46 @@ pub async fn dropped_watchers_do_not_block(cx: &CaseContext) -> CaseResult {
     })
     .await
 }
+
+/// `cleanup_all` is delivered (per-name events or a `Resync`): the watcher's model ends empty.
+pub async fn cleanup_all_delivered(cx: &CaseContext) -> CaseResult {
+    let watcher = cx.open().await?;
+    require_watch(watcher.as_ref()).await?;
+    let writer = cx.open().await?;
+    let mut stream = watcher.watch_tasks().await?;
+    let mut model = Model::default();
+    for i in 0..20 {
+        let name = format!("wiped-{i}");
+        writer
+            .put_task(&TaskMeta::new(&name, "@hourly"), PutMode::CreateOnly)
+            .await?;
+        if i % 2 == 0 {
+            writer.mark_deleted(&name, now_millis()).await?;
+        }
+    }
+    writer.mark_deleted("wiped-static", now_millis()).await?;
+    converge(
+        &mut stream,
+        &mut model,
+        watcher.as_ref(),
+        DELIVERY_BOUND * 2,
+    )
+    .await?;
+    ensure_eq!(model.tasks.len(), 20, "tasks before cleanup_all");
+    ensure_eq!(model.tombstones.len(), 11, "tombstones before cleanup_all");
+    writer.cleanup_all().await?;
+    converge(
+        &mut stream,
+        &mut model,
+        watcher.as_ref(),
+        DELIVERY_BOUND * 2,
+    )
+    .await?;
+    ensure!(
+        model.tasks.is_empty() && model.tombstones.is_empty(),
+        "after cleanup_all the watcher still holds {} tasks and {} tombstones",
+        model.tasks.len(),
+        model.tombstones.len()
+    );
+    Ok(())
+}

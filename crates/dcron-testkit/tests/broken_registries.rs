@@ -23,7 +23,7 @@ enum Fault {
     ClaimIgnoresTombstones,
     /// Status updates rewrite the node without its lease (the seed's dead-node-stays-working bug).
     UpdateDetachesLease,
-    /// Listing stops after 100 tasks (the seed's pagination bug).
+    /// Listing stops after 100 tasks (the seed's pagination bug), nodes and claims after 200.
     ListStopsAt100,
     /// Create-only overwrites.
     CreateOnlyOverwrites,
@@ -90,7 +90,11 @@ impl Registry for Broken {
         self.inner.unregister(lease).await
     }
     async fn list_nodes(&self) -> dcron_core::Result<Listing<Node>> {
-        self.inner.list_nodes().await
+        let mut listing = self.inner.list_nodes().await?;
+        if self.fault == Fault::ListStopsAt100 {
+            listing.items.truncate(200);
+        }
+        Ok(listing)
     }
     async fn watch_nodes(&self) -> dcron_core::Result<WatchStream<NodeEvent>> {
         if self.fault == Fault::NoWatches {
@@ -212,7 +216,11 @@ impl Registry for Broken {
         }
     }
     async fn list_claims(&self, task: &str) -> dcron_core::Result<Listing<Claim>> {
-        self.inner.list_claims(task).await
+        let mut listing = self.inner.list_claims(task).await?;
+        if self.fault == Fault::ListStopsAt100 {
+            listing.items.truncate(200);
+        }
+        Ok(listing)
     }
 }
 
@@ -301,7 +309,15 @@ async fn every_fault_is_caught() {
         ],
     )
     .await;
-    must_fail(Fault::ListStopsAt100, &["tasks::list_two_thousand_tasks"]).await;
+    must_fail(
+        Fault::ListStopsAt100,
+        &[
+            "tasks::list_two_thousand_tasks",
+            "membership::list_many_nodes",
+            "claims::list_claims_lists_a_thousand",
+        ],
+    )
+    .await;
     must_fail(
         Fault::CreateOnlyOverwrites,
         &[
