@@ -248,9 +248,13 @@ impl SqliteRegistry {
     where
         T: ResyncEvent + From<Event> + Send + Unpin + 'static,
     {
+        // The poller is a tokio task: refuse (rather than panic) outside a tokio runtime.
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::InvalidState("SqliteRegistry watches need a tokio runtime".into())
+        })?;
         let start = self.run(|conn| last_seq(conn)).await?;
         let (tx, rx) = watch_channel(WATCH_BUFFER);
-        tokio::spawn(poll_events(
+        runtime.spawn(poll_events(
             self.jobs.clone(),
             self.namespace.clone(),
             topic,
