@@ -23,7 +23,9 @@
 //! - **Time**: lease and retention deadlines are wall-clock milliseconds written into the rows
 //!   and compared with the clock of whoever reads them. Every process shares the host's clock,
 //!   which is what makes this "server-side" expiry; do not put the file on a network share used
-//!   by several hosts. A row past its deadline is treated as absent at once and deleted lazily.
+//!   by several hosts, and do not test it under `tokio::time::pause()` (leases would not follow
+//!   the virtual clock). A row past its deadline is treated as absent at once and deleted
+//!   lazily.
 //! - **Watches**: SQLite has no notifications, so every write also appends to an `events` table
 //!   in the same transaction (an outbox). A watcher polls it every [`POLL_INTERVAL`] from the
 //!   sequence number current when it started, and also deletes expired nodes of its namespace
