@@ -29,6 +29,10 @@ use crate::types::{
 pub type WatchStream<T> = BoxStream<'static, T>;
 
 /// A node's registration lease, as returned by [`Registry::register`].
+///
+/// A lease is used (`keep_alive`, `update_node`, `unregister`) through the registry handle that
+/// registered it, from any number of tasks; another handle, e.g. in another process, may refuse
+/// it with [`Error::LeaseLost`] (a ZooKeeper lease is the registering handle's session).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Lease {
     /// The node the lease belongs to.

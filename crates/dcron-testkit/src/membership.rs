@@ -314,7 +314,9 @@ pub async fn reregister_replaces_the_old_lease(cx: &CaseContext) -> CaseResult {
 /// expires once both stop (no update detaches the record from its lease).
 pub async fn keep_alive_and_update_race_keeps_the_lease(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
-    let updater = cx.open().await?;
+    // Leases are used through the handle that registered them (a ZooKeeper lease is that
+    // handle's session); the race is between two tasks sharing it, as in the node driver.
+    let updater = reg.clone();
     let observer = cx.open().await?;
     let mut node = cx.node("busy");
     let ttl = cx.min_ttl();
