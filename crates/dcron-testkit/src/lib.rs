@@ -4,6 +4,7 @@
 
 pub mod claims;
 pub mod clock;
+pub mod cluster;
 pub mod corrupt;
 pub mod faults;
 pub mod harness;
@@ -294,6 +295,18 @@ macro_rules! __dcron_case_list {
                     "After a server restart a lease is alive or `LeaseLost`, and re-registering brings the node back.";
                 expired_lease_then_reregister: ExpireLease,
                     "An expired session makes keep-alive and update `LeaseLost` and drops the node; re-registering brings it back.";
+            }
+            cluster {
+                every_fire_once_through_join_and_leave: None,
+                    "Dcron nodes joining and leaving gracefully: every fire runs exactly once, none is lost, every task has one owner.";
+                crashed_node_is_taken_over_and_the_gap_caught_up: None,
+                    "A crashed node's tasks move within TTL + slack + 2 s and the fires of the gap are caught up: each once, none missed.";
+                dynamic_task_added_is_run_by_its_owner: None,
+                    "A dynamic task added on one node gets one owner and runs once per occurrence.";
+                marked_deleted_task_stops_everywhere: None,
+                    "After `mark_task_deleted` on any node the task fires on no node.";
+                one_shot_runs_once_cluster_wide: None,
+                    "A one-shot task runs exactly once in the cluster, then is tombstoned.";
             }
         }
     };
