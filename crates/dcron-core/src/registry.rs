@@ -40,7 +40,8 @@ pub struct Lease {
     /// The backend's lease identity (etcd lease id, Consul session id, ZooKeeper session, a
     /// random token, …). Opaque to the core; a new registration always gets a new one.
     pub id: String,
-    /// The time to live the lease was granted with.
+    /// The time to live the lease was granted with: the backend's granted value, which may be
+    /// larger than requested (etcd grants whole seconds, at least 2; Consul at least 10 s).
     pub ttl: Duration,
 }
 
@@ -134,14 +135,15 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     async fn update_node(&self, lease: &Lease, node: &Node) -> Result<()>;
 
     /// Removes the node's record and releases the lease. Idempotent: unregistering twice, or
-    /// after expiry, is `Ok`.
+    /// after expiry, is `Ok`. With a lease replaced by a newer registration of the node it is a
+    /// no-op (`Ok`) that leaves the newer registration alone.
     async fn unregister(&self, lease: &Lease) -> Result<()>;
 
     /// Lists the nodes whose lease is alive, in any order.
     async fn list_nodes(&self) -> Result<Listing<Node>>;
 
-    /// Watches node changes. Delivery is at-least-once and may coalesce; after any gap the stream
-    /// yields [`NodeEvent::Resync`]. A watcher that does not read for a while must not block the
+    /// Watches node changes. Every change made after this returns is delivered (at-least-once,
+    /// possibly coalesced); after any gap the stream yields [`NodeEvent::Resync`]. A watcher that does not read for a while must not block the
     /// registry or other watchers (overflow becomes `Resync`).
     ///
     /// # Errors
@@ -212,7 +214,9 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// at most one `Won` per fire while the claim is retained. A claim is not released when the
     /// handler ends. The whole batch should cost one round trip (pipeline, script, transaction)
     /// or requests sent concurrently, never one sequential round trip per fire. Duplicate fires
-    /// within one batch: the first may win, the others are `Lost`.
+    /// within one batch: the first is decided as above, every later copy is `Lost`.
+    /// The stored [`Claim::token`] may be 0 where the backend learns the token only from the
+    /// write (etcd, ZooKeeper); [`Registry::list_claims`] reports the real token.
     ///
     /// # Errors
     /// [`Error::Unavailable`] when the batch could not be decided; no outcome is then implied
