@@ -745,11 +745,7 @@ impl Registry for SqliteRegistry {
     // ----- membership -----
 
     async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
-        if ttl.is_zero() {
-            return Err(Error::InvalidArgument(
-                "the lease TTL must not be zero".into(),
-            ));
-        }
+        dcron_core::check_registration(node, ttl)?;
         let lease_id = uuid::Uuid::new_v4().simple().to_string();
         let (ns, id, record, ttl_ms) = (
             self.namespace.clone(),
@@ -1009,11 +1005,7 @@ impl Registry for SqliteRegistry {
         node_id: &str,
         retention: Duration,
     ) -> Result<Vec<ClaimOutcome>> {
-        if retention.is_zero() {
-            return Err(Error::InvalidArgument(
-                "the claim retention must not be zero".into(),
-            ));
-        }
+        dcron_core::check_retention(retention)?;
         if fires.is_empty() {
             return Ok(Vec::new());
         }

@@ -23,7 +23,10 @@ pub use dcron_assign::{Assigner, Member, Placement, Strategy};
 pub use error::{BoxError, Error, Result};
 pub use event::{DcronEvent, FireInfo};
 pub use memory::MemoryRegistry;
-pub use registry::{check_value_size, Capabilities, Lease, PutMode, Registry, WatchStream};
+pub use registry::{
+    check_registration, check_retention, check_value_size, Capabilities, Lease, PutMode, Registry,
+    WatchStream,
+};
 pub use schedule::{Schedule, SecondsField};
 pub use task::{ErrorHandler, FireContext, Task, TaskResult};
 pub use types::{

@@ -515,17 +515,7 @@ impl Registry for MemoryRegistry {
     // ----- membership -----
 
     async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
-        if ttl.is_zero() {
-            return Err(Error::InvalidArgument(format!(
-                "node `{}`: the lease ttl must not be zero",
-                node.id
-            )));
-        }
-        if node.id.is_empty() {
-            return Err(Error::InvalidArgument(
-                "the node id must not be empty".to_string(),
-            ));
-        }
+        crate::registry::check_registration(node, ttl)?;
         let now = Instant::now();
         let id = {
             let mut state = self.shared.lock();
@@ -748,11 +738,7 @@ impl Registry for MemoryRegistry {
         node_id: &str,
         retention: Duration,
     ) -> Result<Vec<ClaimOutcome>> {
-        if retention.is_zero() {
-            return Err(Error::InvalidArgument(
-                "the claim retention must not be zero".to_string(),
-            ));
-        }
+        crate::registry::check_retention(retention)?;
         Ok(self.with_namespace_state(|ns, now| {
             ns.purge_claims(now);
             let expires = deadline_after(now, retention);

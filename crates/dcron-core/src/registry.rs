@@ -232,6 +232,39 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>>;
 }
 
+/// Checks the arguments of [`Registry::register`]: a non-zero TTL and a non-empty node id.
+/// Backends call it first, so every registry refuses the same requests the same way.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the rule.
+pub fn check_registration(node: &Node, ttl: Duration) -> Result<()> {
+    if node.id.is_empty() {
+        return Err(Error::InvalidArgument(
+            "the node id must not be empty".into(),
+        ));
+    }
+    if ttl.is_zero() {
+        return Err(Error::InvalidArgument(format!(
+            "node `{}`: the lease TTL must not be zero",
+            node.id
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the retention of [`Registry::claim`]: it must not be zero.
+///
+/// # Errors
+/// [`Error::InvalidArgument`].
+pub fn check_retention(retention: Duration) -> Result<()> {
+    if retention.is_zero() {
+        return Err(Error::InvalidArgument(
+            "the claim retention must not be zero".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a record against [`Capabilities::max_value_bytes`]; backends call it before writing.
 ///
 /// # Errors

@@ -218,12 +218,7 @@ impl Registry for ConsulRegistry {
     }
 
     async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
-        if ttl.is_zero() {
-            return Err(Error::InvalidArgument(format!(
-                "lease ttl of node `{}` must be greater than zero",
-                node.id
-            )));
-        }
+        dcron_core::check_registration(node, ttl)?;
         let client = &self.inner.client;
         let session_ttl = self.inner.config.session_ttl(ttl);
         let name = format!("dcron {} node {}", self.inner.config.namespace, node.id);

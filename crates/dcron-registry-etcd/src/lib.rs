@@ -471,15 +471,7 @@ impl Registry for EtcdRegistry {
     // ----- membership -----
 
     async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
-        if ttl.is_zero() {
-            return Err(Error::InvalidArgument(format!(
-                "node `{}`: the lease TTL must be non-zero",
-                node.id
-            )));
-        }
-        if node.id.is_empty() {
-            return Err(Error::InvalidArgument("node id must not be empty".into()));
-        }
+        dcron_core::check_registration(node, ttl)?;
         let key = self.keys().node(&node.id);
         let grant = self
             .call("register: grant lease for", &key, |mut c| async move {

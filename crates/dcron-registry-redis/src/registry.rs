@@ -429,12 +429,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
-        if ttl.is_zero() {
-            return Err(Error::InvalidArgument(format!(
-                "node `{}`: the lease TTL must be non-zero",
-                node.id
-            )));
-        }
+        dcron_core::check_registration(node, ttl)?;
         let keys = &self.core.keys;
         let lease = Lease {
             node_id: node.id.clone(),

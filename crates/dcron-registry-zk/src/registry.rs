@@ -487,12 +487,7 @@ impl Registry for ZkRegistry {
     // ----- membership -----
 
     async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
-        if ttl.is_zero() {
-            return Err(Error::InvalidArgument(format!(
-                "node `{}` registered with a zero TTL",
-                node.id
-            )));
-        }
+        dcron_core::check_registration(node, ttl)?;
         let cfg = &self.inner.config;
         let conn = Conn::open(
             &self.inner.hosts,
