@@ -1,0 +1,6 @@
+//! `dcronctl`: the dcron operator tool (work in progress).
+
+fn main() {
+    eprintln!("dcronctl: no commands implemented yet");
+    std::process::exit(2);
+}
