@@ -3,12 +3,14 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod clock;
 mod dcron;
 pub mod error;
 pub mod event;
 pub mod lifecycle;
 pub mod memory;
+pub mod policy;
 pub mod registry;
 mod runtime;
 pub mod schedule;
@@ -23,9 +25,13 @@ pub use dcron_assign::{Assigner, Member, Placement, Strategy};
 pub use error::{BoxError, Error, Result};
 pub use event::{DcronEvent, FireInfo};
 pub use memory::MemoryRegistry;
+pub use policy::{
+    Backoff, LastResult, OverlapPolicy, PauseRecord, RetryPolicy, RunningFire, SkipReason,
+    TaskStatus, TriggerRecord,
+};
 pub use registry::{
-    check_registration, check_retention, check_value_size, Capabilities, Lease, PutMode, Registry,
-    WatchStream,
+    check_record_key, check_records, check_registration, check_retention, check_value_size,
+    Capabilities, Lease, PutMode, RecordKind, Registry, WatchStream, MAX_RECORD_KEY_BYTES,
 };
 pub use schedule::{Schedule, SecondsField};
 pub use task::{ErrorHandler, FireContext, Task, TaskResult};

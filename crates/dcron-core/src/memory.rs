@@ -36,7 +36,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::registry::{check_value_size, Capabilities, Lease, PutMode, Registry, WatchStream};
+use crate::registry::{
+    check_record_key, check_records, check_value_size, Capabilities, Lease, PutMode, RecordKind,
+    Registry, WatchStream,
+};
 use crate::tombstone::{decide, Effects, NameState, Request};
 use crate::types::{
     validate_task_name, Claim, ClaimOutcome, CorruptEntry, FireKey, Listing, Node, NodeEvent,
@@ -395,6 +398,8 @@ struct Namespace {
     claim_expiry: BinaryHeap<Reverse<(Instant, u64, String, i64)>>,
     /// The last fencing token handed out.
     last_token: u64,
+    /// Records by kind and key.
+    records: HashMap<(RecordKind, String), Vec<u8>>,
     node_watchers: Vec<WatchSender<NodeEvent>>,
     task_watchers: Vec<WatchSender<TaskMetaEvent>>,
 }
@@ -509,7 +514,7 @@ impl Registry for MemoryRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES)
+        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES).with_records()
     }
 
     // ----- membership -----
@@ -712,6 +717,7 @@ impl Registry for MemoryRegistry {
             let tombstones = std::mem::take(&mut ns.tombstones);
             ns.claims.clear();
             ns.claim_expiry.clear();
+            ns.records.clear();
             if changes > WATCH_BUFFER {
                 // More than a watcher could buffer anyway: ask for one full list instead.
                 ns.task_watchers.retain(WatchSender::resync);
@@ -785,6 +791,42 @@ impl Registry for MemoryRegistry {
                 .unwrap_or_default();
             Listing::of(items)
         }))
+    }
+
+    // ----- records -----
+
+    async fn put_records(&self, kind: RecordKind, records: &[(String, Vec<u8>)]) -> Result<()> {
+        check_records(kind, records, &self.capabilities())?;
+        self.with_namespace_state(|ns, _| {
+            for (key, value) in records {
+                ns.records.insert((kind, key.clone()), value.clone());
+            }
+        });
+        Ok(())
+    }
+
+    async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
+        check_record_key(kind, key)?;
+        Ok(self.with_namespace_state(|ns, _| ns.records.get(&(kind, key.to_string())).cloned()))
+    }
+
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self.with_namespace_state(|ns, _| {
+            ns.records
+                .iter()
+                .filter(|((k, _), _)| *k == kind)
+                .map(|((_, key), value)| (key.clone(), value.clone()))
+                .collect()
+        }))
+    }
+
+    async fn delete_record(&self, kind: RecordKind, key: &str) -> Result<bool> {
+        check_record_key(kind, key)?;
+        Ok(
+            self.with_namespace_state(|ns, _| {
+                ns.records.remove(&(kind, key.to_string())).is_some()
+            }),
+        )
     }
 }
 

@@ -69,6 +69,12 @@ pub struct Capabilities {
     /// Whether [`Registry::watch_nodes`] and [`Registry::watch_tasks`] are implemented (if not,
     /// they return [`Error::Unsupported`] and the core relies on polling alone).
     pub watch: bool,
+    /// Whether the record operations ([`Registry::put_records`], [`Registry::get_record`],
+    /// [`Registry::list_records`], [`Registry::delete_record`]) are implemented. Without them
+    /// pause, trigger-now and stored task status are unavailable (the calls answer
+    /// [`Error::Unsupported`]); scheduling and claims work as before. Off by default: a
+    /// registry that implements the record methods says so.
+    pub records: bool,
 }
 
 impl Default for Capabilities {
@@ -76,6 +82,7 @@ impl Default for Capabilities {
         Capabilities {
             max_value_bytes: 1024 * 1024,
             watch: true,
+            records: false,
         }
     }
 }
@@ -87,6 +94,12 @@ impl Capabilities {
             max_value_bytes,
             ..Capabilities::default()
         }
+    }
+
+    /// These capabilities with record support declared.
+    pub fn with_records(mut self) -> Self {
+        self.records = true;
+        self
     }
 }
 
@@ -230,6 +243,143 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
 
     /// Lists the retained claims of one task (any order).
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>>;
+
+    // ----- records -----
+    //
+    // Small per-task documents beside the task itself: pause markers, trigger-now requests and
+    // task status. The core encodes and decodes them; a backend stores opaque bytes under
+    // `(kind, key)` in the namespace. Keys pass [`check_record_key`]. `cleanup_all` removes every
+    // record of the namespace; `cleanup_task` may leave them (the core removes a task's records
+    // itself). The default implementations answer [`Error::Unsupported`] so that a third-party
+    // registry written before records existed still compiles; such a registry must report
+    // `Capabilities::records = false`.
+
+    /// Writes each `(key, value)` of `records` under `kind`, replacing what is there. The batch
+    /// should cost one round trip; it need not be atomic as a whole, but each record is written
+    /// whole or not at all.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a key failing [`check_record_key`] or a value larger than
+    /// [`Capabilities::max_value_bytes`] (nothing of the batch is written then);
+    /// [`Error::Unavailable`] when unreachable.
+    async fn put_records(&self, kind: RecordKind, records: &[(String, Vec<u8>)]) -> Result<()> {
+        let _ = (kind, records);
+        Err(records_unsupported(self.backend()))
+    }
+
+    /// Reads one record.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad key; [`Error::Unavailable`] when unreachable.
+    async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
+        let _ = (kind, key);
+        Err(records_unsupported(self.backend()))
+    }
+
+    /// Lists every record of `kind` as `(key, value)`, in any order.
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>> {
+        let _ = kind;
+        Err(records_unsupported(self.backend()))
+    }
+
+    /// Deletes one record, answering whether **this call** removed it: among concurrent
+    /// deleters of one record at most one gets `true` (trigger-now requests are consumed this
+    /// way, so each runs once). Deleting a missing record answers `false`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad key; [`Error::Unavailable`] when unreachable (the
+    /// record may or may not have been removed).
+    async fn delete_record(&self, kind: RecordKind, key: &str) -> Result<bool> {
+        let _ = (kind, key);
+        Err(records_unsupported(self.backend()))
+    }
+}
+
+/// The kinds of records a registry keeps beside tasks (see [`Registry::put_records`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum RecordKind {
+    /// Pause state of a task, keyed by task name (a [`crate::PauseRecord`]).
+    Pause,
+    /// A trigger-now request, keyed `<task name>@<request id>` (a [`crate::TriggerRecord`]).
+    Trigger,
+    /// The status of a task, keyed by task name (a [`crate::TaskStatus`]), written by its owner.
+    Status,
+}
+
+impl RecordKind {
+    /// Every kind, for backends that iterate over them (e.g. in `cleanup_all`).
+    pub const ALL: [RecordKind; 3] = [RecordKind::Pause, RecordKind::Trigger, RecordKind::Status];
+
+    /// The kind's name as used in keys: `pause`, `trigger`, `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Pause => "pause",
+            RecordKind::Trigger => "trigger",
+            RecordKind::Status => "status",
+        }
+    }
+}
+
+impl std::fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The longest record key accepted, in bytes (a task name plus a request id).
+pub const MAX_RECORD_KEY_BYTES: usize = 256;
+
+/// Checks a record key: non-empty, at most [`MAX_RECORD_KEY_BYTES`], no control characters, no
+/// `/` — the task-name rules with room for a `@<id>` suffix. Backends call it first.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the rule.
+pub fn check_record_key(kind: RecordKind, key: &str) -> Result<()> {
+    let reason = if key.is_empty() {
+        "must not be empty"
+    } else if key.len() > MAX_RECORD_KEY_BYTES {
+        "must be at most 256 bytes"
+    } else if key.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else if key.contains('/') {
+        "must not contain `/`"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidArgument(format!(
+        "{kind} record key `{}` {reason}",
+        key.chars().take(64).collect::<String>()
+    )))
+}
+
+/// Checks a batch for [`Registry::put_records`]: every key and every value size.
+///
+/// # Errors
+/// As [`check_record_key`], and [`Error::InvalidArgument`] for a value over `caps`.
+pub fn check_records(
+    kind: RecordKind,
+    records: &[(String, Vec<u8>)],
+    caps: &Capabilities,
+) -> Result<()> {
+    for (key, value) in records {
+        check_record_key(kind, key)?;
+        if value.len() > caps.max_value_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "{kind} record `{key}` is {} bytes; this registry stores at most {} bytes",
+                value.len(),
+                caps.max_value_bytes
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn records_unsupported(backend: &'static str) -> Error {
+    tracing::debug!(backend, "registry without record support");
+    Error::Unsupported {
+        operation: "records (pause, trigger-now, task status)",
+    }
 }
 
 /// Checks the arguments of [`Registry::register`]: a non-zero TTL and a non-empty node id.

@@ -14,6 +14,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::policy::{OverlapPolicy, RetryPolicy, RunningFire};
 
 /// The longest task name accepted, in bytes.
 pub const MAX_TASK_NAME_BYTES: usize = 200;
@@ -121,6 +122,17 @@ pub struct TaskMeta {
     /// When the task was added; catch-up never looks before it (`created_at`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
+    /// Retries of a failed fire; the node's default when absent (`retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Longest run of one attempt in milliseconds; the node's default when absent
+    /// (`timeout_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// What to do when the previous fire still runs; the node's default when absent
+    /// (`overlap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<OverlapPolicy>,
 }
 
 impl TaskMeta {
@@ -148,6 +160,30 @@ impl TaskMeta {
     /// Makes the task one-shot.
     pub fn one_shot(mut self) -> Self {
         self.one_shot = true;
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Sets the timeout of one attempt.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Sets the overlap policy.
+    pub fn with_overlap(mut self, overlap: OverlapPolicy) -> Self {
+        self.overlap = Some(overlap);
+        self
+    }
+
+    /// Sets the misfire policy.
+    pub fn with_misfire(mut self, misfire: MisfirePolicy) -> Self {
+        self.misfire = Some(misfire);
         self
     }
 
@@ -216,6 +252,10 @@ pub struct Node {
     /// Weight for weighted strategies; 0 means "owns nothing" (`weight`, default 1).
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Fires the node is running of tasks whose overlap policy is not `Allow` (`running`); the
+    /// cluster-wide overlap check reads them. They live and die with the node's lease.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<RunningFire>,
 }
 
 impl Node {
@@ -230,6 +270,7 @@ impl Node {
             create_time: now,
             status: NodeStatus::Starting,
             weight: 1,
+            running: Vec::new(),
         }
     }
 

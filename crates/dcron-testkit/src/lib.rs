@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod membership;
 pub mod memory;
 pub mod namespace;
+pub mod records;
 pub mod runner;
 pub mod tasks;
 pub mod tombstones;
@@ -241,6 +242,22 @@ macro_rules! __dcron_case_list {
                     "Claims racing with `mark_deleted`: every claim sent after `mark_deleted` returned is `Tombstoned`.";
                 large_batch_of_500_fires: None,
                     "One batch of 500 fires over 25 tasks is decided completely: all `Won`, then all `Lost` from another client.";
+            }
+            records {
+                records_round_trip: None,
+                    "`put_records` writes a batch whole; each record reads back exactly from another client; a second put replaces one.";
+                kinds_are_separate: None,
+                    "Pause, trigger and status are separate key spaces: one key in two kinds is two records.";
+                record_keys_every_character_class: None,
+                    "Record keys with spaces, `:`, `@`, `%`, `.`, unicode and 256 bytes round-trip and stay distinct; bad keys are `InvalidArgument` and their batch writes nothing.";
+                concurrent_delete_one_winner: None,
+                    "16 clients delete the same record at once: exactly one answers `true` (trigger-now runs once); a missing record answers `false`.";
+                record_value_size_is_exact: None,
+                    "A record of exactly `max_value_bytes` is stored; one byte more is `InvalidArgument` and writes nothing.";
+                list_five_hundred_records: None,
+                    "500 records written in one batch are all listed, each once.";
+                cleanup_all_removes_records: None,
+                    "`cleanup_all` removes every record of the namespace and none of another namespace.";
             }
             watch {
                 watch_capability_is_honest: Watch,

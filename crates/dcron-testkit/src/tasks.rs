@@ -26,6 +26,12 @@ pub fn full_record(name: &str) -> TaskMeta {
         misfire: Some(MisfirePolicy::FireAll { max: 7 }),
         misfire_window_ms: Some(90_000),
         created_at: Some(now_millis()),
+        retry: Some(
+            dcron_core::RetryPolicy::exponential(4, std::time::Duration::from_millis(250))
+                .with_jitter(),
+        ),
+        timeout_ms: Some(30_000),
+        overlap: Some(dcron_core::OverlapPolicy::Skip),
     }
 }
 
