@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::event::DcronEvent;
+use crate::policy::{OverlapPolicy, RetryPolicy};
 use crate::registry::{PutMode, Registry, WatchStream};
 use crate::runtime::{Command, Driver, StaticDef};
 use crate::schedule::{Schedule, SecondsField};
@@ -55,6 +56,12 @@ pub(crate) struct Config {
     pub(crate) max_clock_skew: Duration,
     pub(crate) claim_margin: Duration,
     pub(crate) retry_backoff: Duration,
+    pub(crate) default_retry: RetryPolicy,
+    pub(crate) default_timeout: Option<Duration>,
+    pub(crate) default_overlap: OverlapPolicy,
+    pub(crate) status_interval: Duration,
+    pub(crate) overdue_threshold: Duration,
+    pub(crate) claim_retention: Duration,
     pub(crate) name: Option<String>,
     pub(crate) weight: u32,
     pub(crate) ip: String,
@@ -161,6 +168,46 @@ impl DcronBuilder {
     /// look-back and claim retention.
     pub fn max_clock_skew(mut self, skew: Duration) -> Self {
         self.cfg.max_clock_skew = skew;
+        self
+    }
+
+    /// The retry policy of tasks that set none (default: no retry).
+    pub fn default_retry(mut self, retry: RetryPolicy) -> Self {
+        self.cfg.default_retry = retry;
+        self
+    }
+
+    /// The timeout of one attempt for tasks that set none (default: none).
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.default_timeout = Some(timeout);
+        self
+    }
+
+    /// The overlap policy of tasks that set none (default: [`OverlapPolicy::Allow`]).
+    pub fn default_overlap(mut self, overlap: OverlapPolicy) -> Self {
+        self.cfg.default_overlap = overlap;
+        self
+    }
+
+    /// How often the task status records ([`crate::TaskStatus`]) of completed fires are
+    /// written, in one batch (default 2 s; zero turns stored status off).
+    pub fn status_interval(mut self, interval: Duration) -> Self {
+        self.cfg.status_interval = interval;
+        self
+    }
+
+    /// A scheduled fire starting later than this after its instant is reported as
+    /// [`DcronEvent::Overdue`] (default 1 s).
+    pub fn overdue_threshold(mut self, threshold: Duration) -> Self {
+        self.cfg.overdue_threshold = threshold;
+        self
+    }
+
+    /// The least time a claim is kept (default: the misfire window + max clock skew + 30 s).
+    /// [`Dcron::backfill`] can tell "never ran" from "ran" only within the retention: set it to
+    /// the horizon you intend to backfill over.
+    pub fn claim_retention(mut self, retention: Duration) -> Self {
+        self.cfg.claim_retention = retention;
         self
     }
 
@@ -308,6 +355,12 @@ impl Dcron {
                 max_clock_skew: Duration::from_secs(5),
                 claim_margin: Duration::from_secs(30),
                 retry_backoff: Duration::from_millis(500),
+                default_retry: RetryPolicy::NONE,
+                default_timeout: None,
+                default_overlap: OverlapPolicy::Allow,
+                status_interval: Duration::from_secs(2),
+                overdue_threshold: Duration::from_secs(1),
+                claim_retention: Duration::ZERO,
                 name: None,
                 weight: 1,
                 ip: String::new(),
@@ -386,8 +439,26 @@ impl Dcron {
         one_shot: bool,
         force: bool,
     ) -> Result<()> {
+        self.add_static_with(name, cron, task, one_shot, force, &TaskOptions::default())
+            .await
+    }
+
+    async fn add_static_with(
+        &self,
+        name: &str,
+        cron: &str,
+        task: Arc<dyn Task>,
+        one_shot: bool,
+        force: bool,
+        options: &TaskOptions,
+    ) -> Result<()> {
         validate_task_name(name)?;
-        let schedule = self.parse(cron, None)?;
+        let schedule = self.parse(cron, options.time_zone.as_deref())?;
+        let mut meta = TaskMeta::new(name, cron);
+        options.apply(&mut meta);
+        meta.one_shot = one_shot;
+        meta.executed_and_mark_deleted = one_shot;
+        check_policies(&meta)?;
         {
             let statics = self.inner.statics.lock().unwrap_or_else(|p| p.into_inner());
             if !force && statics.contains(name) {
@@ -432,9 +503,6 @@ impl Dcron {
             }
             statics.insert(name.to_string());
         }
-        let mut meta = TaskMeta::new(name, cron);
-        meta.one_shot = one_shot;
-        meta.executed_and_mark_deleted = one_shot;
         self.send(Command::UpsertStatic(StaticDef {
             meta: Arc::new(meta),
             schedule,
@@ -548,11 +616,7 @@ impl Dcron {
         }
         validate_task_name(&meta.name)?;
         self.parse(&meta.cron_format, meta.time_zone.as_deref())?;
-        if let Some(MisfirePolicy::FireAll { max: 0 }) = meta.misfire {
-            return Err(Error::InvalidArgument(
-                "misfire FireAll needs max >= 1".into(),
-            ));
-        }
+        check_policies(meta)?;
         let mut meta = meta.clone();
         if meta.created_at.is_none() {
             meta.created_at = Some(self.inner.clock.now());
@@ -622,6 +686,7 @@ impl Dcron {
     pub async fn cleanup_task(&self, name: &str) -> Result<()> {
         validate_task_name(name)?;
         self.inner.registry.cleanup_task(name).await?;
+        crate::admin::forget_task_records(&*self.inner.registry, name).await?;
         self.send(Command::Removed(name.to_string()));
         Ok(())
     }
@@ -635,6 +700,194 @@ impl Dcron {
         self.inner.registry.cleanup_all().await?;
         self.send(Command::Resync);
         Ok(())
+    }
+
+    /// Adds a static task with per-task options: time zone, retries, timeout, overlap and
+    /// misfire policies (builder defaults apply to what the options leave unset).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dcron_core::Result<()> {
+    /// use std::time::Duration;
+    /// use dcron_core::{Dcron, MemoryRegistry, OverlapPolicy, RetryPolicy, TaskOptions};
+    /// let node = Dcron::builder(MemoryRegistry::new()).build()?;
+    /// let options = TaskOptions::new()
+    ///     .time_zone("Europe/Berlin")
+    ///     .retry(RetryPolicy::exponential(3, Duration::from_secs(1)).with_jitter())
+    ///     .timeout(Duration::from_secs(30))
+    ///     .overlap(OverlapPolicy::Skip);
+    /// node.add_func_with("nightly", "0 30 2 * * *", options, |_ctx| async { Ok(()) }).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Dcron::add_task`], plus [`Error::InvalidSchedule`] for an unknown time zone and
+    /// [`Error::InvalidArgument`] for an invalid policy.
+    pub async fn add_task_with(
+        &self,
+        name: &str,
+        cron: &str,
+        options: TaskOptions,
+        task: impl Task,
+    ) -> Result<()> {
+        self.add_static_with(name, cron, Arc::new(task), false, false, &options)
+            .await
+    }
+
+    /// [`Dcron::add_task_with`] for an async closure.
+    ///
+    /// # Errors
+    /// As [`Dcron::add_task_with`].
+    pub async fn add_func_with<F, Fut>(
+        &self,
+        name: &str,
+        cron: &str,
+        options: TaskOptions,
+        f: F,
+    ) -> Result<()>
+    where
+        F: Fn(FireContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        self.add_static_with(name, cron, Arc::new(FnTask(f)), false, false, &options)
+            .await
+    }
+
+    /// Schedules one run of the `task_run_fn` handler after `delay`, with `payload`: a
+    /// dynamic one-shot task `@at <now + delay>` that is cleaned up after it succeeds. Runs once
+    /// cluster-wide, on whichever node owns the name then.
+    ///
+    /// # Errors
+    /// As [`Dcron::add_task_meta`].
+    pub async fn schedule_once(
+        &self,
+        name: &str,
+        delay: Duration,
+        payload: impl Into<String>,
+    ) -> Result<()> {
+        let delay = chrono::Duration::from_std(delay)
+            .map_err(|_| Error::InvalidArgument("schedule_once: delay too long".into()))?;
+        let at = self.inner.clock.now() + delay;
+        let mut meta = TaskMeta::new(
+            name,
+            format!(
+                "@at {}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+        )
+        .with_payload(payload)
+        .one_shot();
+        meta.executed_and_cleanup = true;
+        self.add_task_meta(meta).await
+    }
+
+    /// Pauses a task cluster-wide: its fires are skipped (reported as
+    /// [`DcronEvent::Skipped`]) on every node until [`Dcron::resume_task`]. Takes effect on this
+    /// node at once and on the others within their poll interval.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTaskName`]; [`Error::Unsupported`] on a registry without records;
+    /// registry errors.
+    pub async fn pause_task(&self, name: &str) -> Result<()> {
+        let now = self.inner.clock.now();
+        crate::admin::pause_task(&*self.inner.registry, name, now).await?;
+        self.send(Command::PauseChanged(crate::PauseRecord {
+            task: name.to_string(),
+            paused: true,
+            changed_at: now,
+        }));
+        Ok(())
+    }
+
+    /// Resumes a paused task; occurrences that fell inside the pause are not caught up.
+    ///
+    /// # Errors
+    /// As [`Dcron::pause_task`].
+    pub async fn resume_task(&self, name: &str) -> Result<()> {
+        let now = self.inner.clock.now();
+        crate::admin::resume_task(&*self.inner.registry, name, now).await?;
+        self.send(Command::PauseChanged(crate::PauseRecord {
+            task: name.to_string(),
+            paused: false,
+            changed_at: now,
+        }));
+        Ok(())
+    }
+
+    /// Runs a task once now, in addition to its schedule, exactly once cluster-wide, on its
+    /// owner (within the owner's poll interval). Answers the request.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTaskName`]; [`Error::Tombstoned`]; [`Error::Unsupported`] on a registry
+    /// without records; registry errors.
+    pub async fn trigger_task(&self, name: &str) -> Result<crate::TriggerRecord> {
+        let record =
+            crate::admin::trigger_task(&*self.inner.registry, name, self.inner.clock.now()).await?;
+        self.send(Command::Resync);
+        Ok(record)
+    }
+
+    /// The status of a task: run and failure counts, the last fire and its result (as stored
+    /// by the owners, up to one status interval old), with the owner and next fire as this node
+    /// computes them when it owns the task.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTaskName`]; registry errors.
+    pub async fn task_status(&self, name: &str) -> Result<Option<crate::TaskStatus>> {
+        validate_task_name(name)?;
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Status {
+            name: name.to_string(),
+            reply: tx,
+        });
+        let local = rx.await.ok().flatten();
+        let stored = match crate::admin::task_status(&*self.inner.registry, name).await {
+            Ok(s) => s,
+            Err(Error::Unsupported { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(match (local, stored) {
+            (Some(mut l), Some(s)) => {
+                if s.run_count >= l.run_count {
+                    l.run_count = s.run_count;
+                    l.failure_count = s.failure_count;
+                    l.last_fire = s.last_fire;
+                    l.last_node = s.last_node;
+                    l.last_result = s.last_result;
+                }
+                if l.owner.is_none() {
+                    l.owner = s.owner;
+                }
+                Some(l)
+            }
+            (l, s) => l.or(s),
+        })
+    }
+
+    /// Claims and runs, on this node, the occurrences of a task in `[from, to)` (`to` capped at
+    /// now) that were never claimed: exactly once cluster-wide, like every fire. Claims are only
+    /// known for the claim retention (see [`DcronBuilder::claim_retention`]). Answers once the
+    /// claims are decided; the fires run in the background.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for a task this node does not know; [`Error::Tombstoned`];
+    /// [`Error::InvalidArgument`] for an empty range or more than 10,000 occurrences;
+    /// [`Error::InvalidState`] when the node is not running.
+    pub async fn backfill(
+        &self,
+        name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<BackfillReport> {
+        validate_task_name(name)?;
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Backfill {
+            name: name.to_string(),
+            from,
+            to,
+            reply: tx,
+        });
+        rx.await
+            .map_err(|_| Error::InvalidState("the node is not running".into()))?
     }
 
     /// Starts the node: registers it, then schedules the tasks it owns. Returns once the
@@ -692,4 +945,100 @@ impl Dcron {
         let _ = rx.await;
         Ok(())
     }
+}
+
+/// Checks the policies of a task record.
+fn check_policies(meta: &TaskMeta) -> Result<()> {
+    if let Some(MisfirePolicy::FireAll { max: 0 }) = meta.misfire {
+        return Err(Error::InvalidArgument(
+            "misfire FireAll needs max >= 1".into(),
+        ));
+    }
+    if let Some(retry) = &meta.retry {
+        retry.validate()?;
+    }
+    Ok(())
+}
+
+/// Per-task options for static tasks ([`Dcron::add_task_with`]); what is left unset takes the
+/// builder's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskOptions {
+    time_zone: Option<String>,
+    retry: Option<RetryPolicy>,
+    timeout: Option<Duration>,
+    overlap: Option<OverlapPolicy>,
+    misfire: Option<MisfirePolicy>,
+    misfire_window: Option<Duration>,
+}
+
+impl TaskOptions {
+    /// No options: every policy from the builder, UTC.
+    pub fn new() -> Self {
+        TaskOptions::default()
+    }
+
+    /// The IANA time zone the schedule is evaluated in.
+    pub fn time_zone(mut self, zone: impl Into<String>) -> Self {
+        self.time_zone = Some(zone.into());
+        self
+    }
+
+    /// The retry policy.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// The timeout of one attempt.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The overlap policy.
+    pub fn overlap(mut self, overlap: OverlapPolicy) -> Self {
+        self.overlap = Some(overlap);
+        self
+    }
+
+    /// The misfire policy.
+    pub fn misfire(mut self, misfire: MisfirePolicy) -> Self {
+        self.misfire = Some(misfire);
+        self
+    }
+
+    /// The misfire window.
+    pub fn misfire_window(mut self, window: Duration) -> Self {
+        self.misfire_window = Some(window);
+        self
+    }
+
+    fn apply(&self, meta: &mut TaskMeta) {
+        meta.time_zone.clone_from(&self.time_zone);
+        meta.retry = self.retry;
+        meta.timeout_ms = self
+            .timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        meta.overlap = self.overlap;
+        meta.misfire = self.misfire;
+        meta.misfire_window_ms = self
+            .misfire_window
+            .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
+    }
+}
+
+/// What [`Dcron::backfill`] found and started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackfillReport {
+    /// Occurrences in the range.
+    pub occurrences: usize,
+    /// Fires this node won and runs.
+    pub claimed: usize,
+    /// Fires already claimed (they ran, or run, elsewhere).
+    pub already_claimed: usize,
+    /// Fires refused because the task is tombstoned.
+    pub tombstoned: usize,
+    /// Batches whose claim failed (registry unreachable until the misfire window closed).
+    pub unclaimed: usize,
 }

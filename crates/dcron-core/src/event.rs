@@ -1,6 +1,10 @@
 //! The event stream a node reports: lifecycle, ownership and every step of the fire path.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
+
+use crate::policy::SkipReason;
 
 /// Something that happened on a node; read them with `Dcron::events()`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +49,71 @@ pub enum DcronEvent {
     },
     /// A fire could not be claimed before its misfire window closed (registry unreachable).
     Missed(FireInfo),
+    /// The timer took a fire of an owned task and sent it to be claimed.
+    Scheduled(FireInfo),
+    /// A fire was not run: overlap, pause (tombstones have [`DcronEvent::SkippedTombstoned`]).
+    Skipped {
+        /// The fire.
+        fire: FireInfo,
+        /// Why.
+        reason: SkipReason,
+    },
+    /// An attempt failed and the fire will be retried after `delay`.
+    Retried {
+        /// The fire.
+        fire: FireInfo,
+        /// The attempt that failed (1 for the first run).
+        attempt: u32,
+        /// Its error, as text.
+        error: String,
+        /// The wait before the next attempt.
+        delay: Duration,
+    },
+    /// A fire had retries left but stopped retrying (ownership lost, node stopping).
+    RetryAbandoned {
+        /// The fire.
+        fire: FireInfo,
+        /// The last attempt made.
+        attempt: u32,
+        /// Why.
+        reason: &'static str,
+    },
+    /// An attempt ran past the task's timeout; its cancellation token was cancelled.
+    TimedOut(FireInfo),
+    /// A fire started later than the node's overdue threshold after its instant.
+    Overdue {
+        /// The fire.
+        fire: FireInfo,
+        /// How late it started, in milliseconds.
+        late_ms: i64,
+    },
+    /// Missed occurrences were sent to be claimed when the node gained a task.
+    CaughtUp {
+        /// The task.
+        task: String,
+        /// How many occurrences.
+        fires: usize,
+    },
+    /// A backfill was claimed: `claimed` fires will run here, `already_claimed` ran before.
+    Backfilled {
+        /// The task.
+        task: String,
+        /// Fires won (run by this node).
+        claimed: usize,
+        /// Fires that were already claimed.
+        already_claimed: usize,
+    },
+    /// A trigger-now request was consumed by this node and its fire is starting.
+    Triggered(FireInfo),
+    /// The node lost its lease while running a fire of a task whose overlap policy is not
+    /// `Allow`: another node may start the next fire while this one still runs. The fire's
+    /// cancellation token was cancelled.
+    LeaseLostWhileRunning {
+        /// The task.
+        task: String,
+        /// The running fire's instant.
+        scheduled: DateTime<Utc>,
+    },
     /// A registry record did not decode and was skipped.
     CorruptRecord {
         /// The key or name of the record.

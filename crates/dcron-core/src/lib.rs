@@ -8,6 +8,7 @@ pub mod clock;
 mod dcron;
 pub mod error;
 pub mod event;
+mod fire;
 pub mod lifecycle;
 pub mod memory;
 pub mod policy;
@@ -20,7 +21,7 @@ pub mod types;
 pub mod watch;
 
 pub use clock::{Clock, SystemClock, TokioClock};
-pub use dcron::{Dcron, DcronBuilder, IntoRegistry};
+pub use dcron::{BackfillReport, Dcron, DcronBuilder, IntoRegistry, TaskOptions};
 pub use dcron_assign::{Assigner, Member, Placement, Strategy};
 pub use error::{BoxError, Error, Result};
 pub use event::{DcronEvent, FireInfo};

@@ -16,27 +16,27 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dcron_assign::{Member, Placement};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::clock::{until, Clock};
 use crate::dcron::{Config, View};
 use crate::error::{Error, Result};
-use crate::event::{DcronEvent, FireInfo};
+use crate::event::DcronEvent;
+use crate::fire::{FireEnv, FireKind, Launch, RunningSet};
 use crate::lifecycle::{self, Action, Input, State, Timing};
-use crate::registry::{Lease, Registry, WatchStream};
+use crate::policy::{LastResult, PauseRecord, SkipReason, TaskStatus, TriggerRecord};
+use crate::registry::{Lease, RecordKind, Registry, WatchStream};
 use crate::schedule::Schedule;
-use crate::task::{FireContext, Task};
+use crate::task::Task;
 use crate::types::{
     ClaimOutcome, FireKey, Listing, MisfirePolicy, Node, NodeEvent, NodeStatus, TaskMeta,
     TaskMetaEvent, Tombstone,
@@ -44,6 +44,9 @@ use crate::types::{
 
 /// The most fires sent in one claim call (larger sets are split into several batches).
 const MAX_BATCH: usize = 2048;
+
+/// The most occurrences one backfill call runs.
+const MAX_BACKFILL: usize = 10_000;
 
 /// The longest the API's view (`all_tasks`, `my_running_tasks`) lags the driver.
 const VIEW_FLUSH: Duration = Duration::from_millis(50);
@@ -64,10 +67,24 @@ pub(crate) enum Command {
     Removed(String),
     Resync,
     Stop(oneshot::Sender<()>),
+    /// A pause record changed through this node's API: apply it at once.
+    PauseChanged(PauseRecord),
+    /// Claim and run the occurrences of a task in `[from, to)` that nobody claimed.
+    Backfill {
+        name: String,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        reply: oneshot::Sender<Result<crate::dcron::BackfillReport>>,
+    },
+    /// What this node knows of a task's status (`None` when it knows nothing).
+    Status {
+        name: String,
+        reply: oneshot::Sender<Option<TaskStatus>>,
+    },
 }
 
 /// Replies and timers fed back into the loop.
-enum Internal {
+pub(crate) enum Internal {
     Registered(u64, Result<Lease>),
     Renewed(u64, Result<()>),
     StatusWritten(u64, Result<()>),
@@ -83,6 +100,22 @@ enum Internal {
         done: bool,
     },
     Drained,
+    /// The set of running fires with overlap markers changed: publish it.
+    RunningChanged,
+    /// A fire ended (after all its attempts), with its last error.
+    FireEnded {
+        name: String,
+        scheduled: DateTime<Utc>,
+        error: Option<String>,
+    },
+    /// Pause and trigger records, read at a poll.
+    Records(Result<(Listing<PauseRecord>, Listing<TriggerRecord>)>),
+    /// A status flush ended; the stored counts it loaded for tasks seen the first time.
+    StatusFlushed(Result<HashMap<String, (u64, u64)>>),
+    /// A trigger request was handled (consumed or found gone).
+    TriggerDone(String),
+    /// A node-record write that published running markers ended.
+    MarkersWritten(u64, Result<()>),
 }
 
 struct Entry {
@@ -96,6 +129,8 @@ struct Entry {
     generation: u64,
     /// A one-shot fire is in flight or done: schedule nothing more.
     spent: bool,
+    /// Cancelled when the node stops owning the task (retries in flight stop).
+    owner: CancellationToken,
 }
 
 /// One fire on its way to the registry.
@@ -104,8 +139,19 @@ struct PendingFire {
     key: FireKey,
     meta: Arc<TaskMeta>,
     task: Arc<dyn Task>,
-    catch_up: bool,
+    kind: FireKind,
     window: Duration,
+    owner: CancellationToken,
+}
+
+/// What this node knows of one task's runs; counts are deltas until `base_loaded`.
+#[derive(Default)]
+struct StatusLocal {
+    base_loaded: bool,
+    run_count: u64,
+    failure_count: u64,
+    last_fire: Option<DateTime<Utc>>,
+    last_result: Option<LastResult>,
 }
 
 pub(crate) struct Driver {
@@ -143,6 +189,16 @@ pub(crate) struct Driver {
     stop_waiters: Vec<oneshot::Sender<()>>,
     view_dirty: bool,
     view_flushed: Instant,
+
+    env: FireEnv,
+    running: Arc<RunningSet>,
+    markers_inflight: bool,
+    markers_dirty: bool,
+    paused: HashMap<String, PauseRecord>,
+    triggers_inflight: HashSet<String>,
+    statuses: HashMap<String, StatusLocal>,
+    status_dirty: HashSet<String>,
+    status_inflight: bool,
 }
 
 impl Driver {
@@ -165,6 +221,22 @@ impl Driver {
         let timing = Timing {
             ttl: cfg.ttl,
             retry: cfg.retry_backoff,
+        };
+        let handlers = TaskTracker::new();
+        let handler_cancel = CancellationToken::new();
+        let stopping = CancellationToken::new();
+        let running = Arc::new(RunningSet::default());
+        let env = FireEnv {
+            node_id: node_id.clone(),
+            cfg: cfg.clone(),
+            registry: registry.clone(),
+            clock: clock.clone(),
+            events: events.clone(),
+            handlers: handlers.clone(),
+            cancel: handler_cancel.clone(),
+            stopping: stopping.clone(),
+            internal: internal_tx.clone(),
+            running: running.clone(),
         };
         Driver {
             node_id,
@@ -191,12 +263,21 @@ impl Driver {
             node_watch: None,
             task_watch: None,
             watch_retry_pending: false,
-            handlers: TaskTracker::new(),
-            handler_cancel: CancellationToken::new(),
-            stopping: CancellationToken::new(),
+            handlers,
+            handler_cancel,
+            stopping,
             stop_waiters: Vec::new(),
             view_dirty: false,
             view_flushed: Instant::now(),
+            env,
+            running,
+            markers_inflight: false,
+            markers_dirty: false,
+            paused: HashMap::new(),
+            triggers_inflight: HashSet::new(),
+            statuses: HashMap::new(),
+            status_dirty: HashSet::new(),
+            status_inflight: false,
         }
     }
 
@@ -213,8 +294,16 @@ impl Driver {
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(self.cfg.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let status_every = if self.cfg.status_interval.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            self.cfg.status_interval
+        };
+        let mut status_tick = tokio::time::interval(status_every);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         renew.tick().await;
         poll.tick().await;
+        status_tick.tick().await;
         loop {
             if self.state == State::Stopped {
                 break;
@@ -244,10 +333,12 @@ impl Driver {
                 },
                 _ = renew.tick() => self.lifecycle(Input::RenewTick),
                 _ = poll.tick() => if self.is_active() { self.list_all() },
+                _ = status_tick.tick() => self.flush_status(),
                 _ = sleep_until(deadline), if deadline.is_some() => self.fire_due(),
                 _ = sleep_until(flush_at), if flush_at.is_some() => self.flush_view(),
             }
         }
+        self.flush_status();
         self.flush_view();
     }
 
@@ -324,6 +415,15 @@ impl Driver {
             Action::Deactivate => {
                 self.active_since = None;
                 self.drop_ownership();
+                if matches!(self.state, State::Lost { .. }) {
+                    for fire in self.running.lease_lost() {
+                        tracing::warn!(task = %fire.task, scheduled = %fire.instant, "lease lost while a non-overlapping fire runs; its cancellation token is cancelled");
+                        let _ = self.events.send(DcronEvent::LeaseLostWhileRunning {
+                            task: fire.task,
+                            scheduled: fire.instant,
+                        });
+                    }
+                }
             }
             Action::Drain => {
                 self.stopping.cancel();
@@ -403,6 +503,16 @@ impl Driver {
                     self.list_all();
                 }
             }
+            Command::PauseChanged(record) => self.apply_pause(record),
+            Command::Backfill {
+                name,
+                from,
+                to,
+                reply,
+            } => self.backfill(name, from, to, reply),
+            Command::Status { name, reply } => {
+                let _ = reply.send(self.local_status(&name));
+            }
             Command::Stop(reply) => {
                 self.stop_waiters.push(reply);
                 if self.state == State::Stopped {
@@ -459,6 +569,7 @@ impl Driver {
                     .into_iter()
                     .map(|n| (n.id.clone(), n))
                     .collect();
+                self.refresh_remote_running();
                 self.rebalance();
             }
             Internal::Tasks(Ok((tasks, tombstones))) => self.reconcile_tasks(tasks, tombstones),
@@ -494,6 +605,67 @@ impl Driver {
                 }
             }
             Internal::Drained => self.lifecycle(Input::Drained),
+            Internal::RunningChanged => self.publish_markers(),
+            Internal::MarkersWritten(epoch, r) => {
+                self.markers_inflight = false;
+                if let Err(e) = r {
+                    let lease_lost = matches!(e, Error::LeaseLost { .. } | Error::NotFound { .. });
+                    if lease_lost {
+                        self.lifecycle(Input::RenewFailed {
+                            epoch,
+                            lease_lost,
+                            now,
+                        });
+                    } else {
+                        tracing::debug!(error = %e, "publishing running markers failed; retried at the next change or renewal");
+                    }
+                }
+                if self.markers_dirty {
+                    self.publish_markers();
+                }
+            }
+            Internal::FireEnded {
+                name,
+                scheduled,
+                error,
+            } => self.fire_ended(name, scheduled, error),
+            Internal::Records(Ok((pauses, triggers))) => {
+                self.report_corrupt(&pauses.corrupt);
+                self.report_corrupt(&triggers.corrupt);
+                for record in pauses.items {
+                    self.apply_pause(record);
+                }
+                self.handle_triggers(triggers.items);
+            }
+            Internal::Records(Err(e)) => {
+                if !matches!(e, Error::Unsupported { .. }) {
+                    tracing::warn!(error = %e, "reading pause/trigger records failed; next poll retries");
+                }
+            }
+            Internal::StatusFlushed(r) => {
+                self.status_inflight = false;
+                match r {
+                    Ok(bases) => {
+                        for (name, (runs, failures)) in bases {
+                            if let Some(st) = self.statuses.get_mut(&name) {
+                                if !st.base_loaded {
+                                    st.base_loaded = true;
+                                    st.run_count += runs;
+                                    st.failure_count += failures;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if !matches!(e, Error::Unsupported { .. }) {
+                            tracing::warn!(error = %e, "writing task status failed; retried at the next interval");
+                        }
+                    }
+                }
+            }
+            Internal::TriggerDone(key) => {
+                self.triggers_inflight.remove(&key);
+            }
         }
     }
 
@@ -510,6 +682,15 @@ impl Driver {
                 Err(e) => Err(e),
             };
             let _ = tx.send(Internal::Tasks(tasks));
+            if registry.capabilities().records {
+                let records = match crate::admin::pause_records(&*registry).await {
+                    Ok(p) => crate::admin::pending_triggers(&*registry)
+                        .await
+                        .map(|t| (p, t)),
+                    Err(e) => Err(e),
+                };
+                let _ = tx.send(Internal::Records(records));
+            }
         });
     }
 
@@ -556,6 +737,7 @@ impl Driver {
                 return;
             }
         }
+        self.refresh_remote_running();
         self.rebalance();
     }
 
@@ -650,9 +832,9 @@ impl Driver {
         is_static: bool,
     ) {
         let generation = self.bump();
-        let was_owned = match self.tasks.get(&name) {
-            Some(e) => e.owned,
-            None => false,
+        let (was_owned, owner) = match self.tasks.get(&name) {
+            Some(e) => (e.owned, e.owner.clone()),
+            None => (false, CancellationToken::new()),
         };
         let new_name = !self.tasks.contains_key(&name);
         self.tasks.insert(
@@ -665,6 +847,7 @@ impl Driver {
                 owned: false,
                 generation,
                 spent: false,
+                owner,
             },
         );
         if new_name && self.cfg.assigner.depends_on_task_list() {
@@ -672,13 +855,23 @@ impl Driver {
         } else {
             self.place(&name, was_owned);
         }
+        if was_owned {
+            if let Some(e) = self.tasks.get_mut(&name) {
+                if !e.owned {
+                    e.owner.cancel();
+                    e.owner = CancellationToken::new();
+                }
+            }
+        }
         self.publish_view();
     }
 
     fn remove_dynamic(&mut self, name: &str) {
         let is_dynamic = self.tasks.get(name).is_some_and(|e| !e.is_static);
         if is_dynamic {
-            self.tasks.remove(name);
+            if let Some(e) = self.tasks.remove(name) {
+                e.owner.cancel();
+            }
             if self.cfg.assigner.depends_on_task_list() {
                 self.rebalance_all();
             }
@@ -688,6 +881,10 @@ impl Driver {
 
     fn set_tombstone(&mut self, name: String) {
         if let Some(e) = self.tasks.get_mut(&name) {
+            if e.owned {
+                e.owner.cancel();
+                e.owner = CancellationToken::new();
+            }
             e.owned = false;
             e.generation = self.next_generation;
             self.next_generation += 1;
@@ -752,6 +949,8 @@ impl Driver {
                 gained.push(name);
             } else if !should && entry.owned {
                 entry.owned = false;
+                entry.owner.cancel();
+                entry.owner = CancellationToken::new();
                 self.next_generation += 1;
                 entry.generation = self.next_generation;
                 lost += 1;
@@ -821,6 +1020,10 @@ impl Driver {
 
     fn drop_ownership(&mut self) {
         for e in self.tasks.values_mut() {
+            if e.owned {
+                e.owner.cancel();
+                e.owner = CancellationToken::new();
+            }
             e.owned = false;
         }
         self.next_generation += 1;
@@ -855,6 +1058,16 @@ impl Driver {
             if let Some(created) = entry.meta.created_at {
                 lower = lower.max(created);
             }
+            // Nothing that fell inside a pause is caught up; a paused task catches up nothing.
+            let paused = match self.paused.get(&name) {
+                Some(p) if p.paused => true,
+                Some(p) => {
+                    lower = lower.max(p.changed_at);
+                    false
+                }
+                None => false,
+            };
+            let policy = if paused { MisfirePolicy::Skip } else { policy };
             let limit = match policy {
                 MisfirePolicy::Skip => 0,
                 MisfirePolicy::FireOnce => 1,
@@ -877,13 +1090,22 @@ impl Driver {
                 };
                 let task = entry.task.clone().or_else(|| self.cfg.task_run_fn.clone());
                 if let Some(task) = task {
+                    if !missed.is_empty() {
+                        let _ = self.events.send(DcronEvent::CaughtUp {
+                            task: name.clone(),
+                            fires: missed.len(),
+                        });
+                        metrics::counter!("dcron_catch_up_fires_total")
+                            .increment(missed.len() as u64);
+                    }
                     for instant in missed {
                         catch_up.push(PendingFire {
                             key: FireKey::new(name.clone(), instant),
                             meta: entry.meta.clone(),
                             task: task.clone(),
-                            catch_up: true,
+                            kind: FireKind::CatchUp,
                             window,
+                            owner: entry.owner.clone(),
                         });
                     }
                 }
@@ -964,14 +1186,35 @@ impl Driver {
             }
             let meta = entry.meta.clone();
             let one_shot = meta.one_shot;
+            let owner = entry.owner.clone();
+            let paused = self.paused.get(&name).is_some_and(|p| p.paused);
+            if paused {
+                let key = FireKey::new(name.clone(), instant);
+                let info = self.env.info(&key, FireKind::Scheduled);
+                metrics::counter!("dcron_fires_skipped_total", "reason" => SkipReason::Paused.as_str()).increment(1);
+                let _ = self.events.send(DcronEvent::Skipped {
+                    fire: info,
+                    reason: SkipReason::Paused,
+                });
+                if let Some(entry) = self.tasks.get_mut(&name) {
+                    entry.spent = false;
+                }
+                self.schedule_next(&name, instant);
+                continue;
+            }
             if late <= window {
                 if let Some(task) = task {
+                    let key = FireKey::new(name.clone(), instant);
+                    let _ = self.events.send(DcronEvent::Scheduled(
+                        self.env.info(&key, FireKind::Scheduled),
+                    ));
                     batch.push(PendingFire {
-                        key: FireKey::new(name.clone(), instant),
+                        key,
                         meta,
                         task,
-                        catch_up: false,
+                        kind: FireKind::Scheduled,
                         window,
+                        owner,
                     });
                 }
             } else {
@@ -988,21 +1231,27 @@ impl Driver {
         }
     }
 
+    /// The retention of claims for fires with misfire window `window`.
+    fn retention_for(&self, window: Duration) -> Duration {
+        (window + self.cfg.max_clock_skew + self.cfg.claim_margin).max(self.cfg.claim_retention)
+    }
+
     /// Claims a batch in one registry call (retried while the window is open), then runs the
     /// fires won. Runs in its own task so the loop keeps its timers.
     fn claim_batch(&self, batch: Vec<PendingFire>) {
-        let registry = self.registry.clone();
-        let clock = self.clock.clone();
-        let node_id = self.node_id.clone();
-        let events = self.events.clone();
-        let handlers = self.handlers.clone();
-        let cancel = self.handler_cancel.clone();
-        let stopping = self.stopping.clone();
-        let error_handler = self.cfg.error_handler.clone();
-        let internal = self.internal_tx.clone();
+        let retention =
+            self.retention_for(batch.iter().map(|f| f.window).max().unwrap_or_default());
+        self.claim_batch_with(batch, retention, None);
+    }
+
+    fn claim_batch_with(
+        &self,
+        batch: Vec<PendingFire>,
+        retention: Duration,
+        report: Option<oneshot::Sender<(usize, usize, usize)>>,
+    ) {
+        let env = self.env.clone();
         let backoff = self.cfg.retry_backoff.max(Duration::from_millis(50));
-        let extra = self.cfg.max_clock_skew + self.cfg.claim_margin;
-        let retention = batch.iter().map(|f| f.window).max().unwrap_or_default() + extra;
         // Tracked with the handlers: a stop waits for claims in flight, and a fire that was
         // won still runs (nobody else can run it once it is claimed).
         let tracker = self.handlers.clone();
@@ -1010,17 +1259,20 @@ impl Driver {
             let keys: Vec<FireKey> = batch.iter().map(|f| f.key.clone()).collect();
             let mut delay = backoff;
             let outcomes = loop {
-                if stopping.is_cancelled() {
+                if env.stopping.is_cancelled() {
                     return;
                 }
-                match registry.claim(&keys, &node_id, retention).await {
+                let t0 = Instant::now();
+                let r = env.registry.claim(&keys, &env.node_id, retention).await;
+                metrics::histogram!("dcron_claim_batch_seconds").record(t0.elapsed().as_secs_f64());
+                match r {
                     Ok(o) if o.len() == keys.len() => break o,
                     Ok(o) => {
                         tracing::error!(expected = keys.len(), got = o.len(), "registry answered a claim batch with the wrong number of outcomes");
                         return;
                     }
                     Err(e) => {
-                        let now = clock.now();
+                        let now = env.clock.now();
                         let open = batch.iter().any(|f| {
                             let w = chrono::Duration::from_std(f.window).unwrap_or_default();
                             f.key.instant + w > now
@@ -1028,7 +1280,7 @@ impl Driver {
                         if !e.is_retryable() || !open {
                             tracing::error!(error = %e, fires = keys.len(), "claim failed; fires missed");
                             for f in &batch {
-                                let _ = events.send(DcronEvent::Missed(info(f, &node_id)));
+                                let _ = env.events.send(DcronEvent::Missed(env.info(&f.key, f.kind)));
                             }
                             metrics::counter!("dcron_fires_missed_total").increment(keys.len() as u64);
                             return;
@@ -1038,48 +1290,358 @@ impl Driver {
                     }
                 }
             };
+            let (mut won, mut lost, mut tombstoned) = (0, 0, 0);
             for (fire, outcome) in batch.into_iter().zip(outcomes) {
-                let fi = info(&fire, &node_id);
+                let fi = env.info(&fire.key, fire.kind);
                 match outcome {
                     ClaimOutcome::Won { token } => {
+                        won += 1;
                         metrics::counter!("dcron_fires_claimed_total").increment(1);
-                        let _ = events.send(DcronEvent::Claimed(fi.clone()));
-                        let ctx = FireContext {
-                            meta: fire.meta.clone(),
-                            scheduled: fire.key.instant,
-                            token,
-                            node_id: node_id.clone(),
-                            catch_up: fire.catch_up,
-                            cancel: cancel.child_token(),
-                        };
-                        let run = run_fire(RunFire {
-                            ctx,
+                        let _ = env.events.send(DcronEvent::Claimed(fi));
+                        env.launch(Launch {
+                            key: fire.key,
+                            meta: fire.meta,
                             task: fire.task,
-                            registry: registry.clone(),
-                            clock: clock.clone(),
-                            events: events.clone(),
-                            error_handler: error_handler.clone(),
-                            internal: internal.clone(),
-                            info: fi,
+                            token,
+                            kind: fire.kind,
+                            window: fire.window,
+                            owner: fire.owner,
                         });
-                        handlers.spawn(run);
                     }
                     ClaimOutcome::Lost => {
+                        lost += 1;
                         metrics::counter!("dcron_fires_lost_total").increment(1);
-                        let _ = events.send(DcronEvent::LostClaim(fi));
+                        let _ = env.events.send(DcronEvent::LostClaim(fi));
                     }
                     ClaimOutcome::Tombstoned => {
+                        tombstoned += 1;
                         metrics::counter!("dcron_fires_skipped_total", "reason" => "tombstoned")
                             .increment(1);
-                        let _ = events.send(DcronEvent::SkippedTombstoned(fi));
-                        let _ = internal.send(Internal::OneShotEnded {
+                        let _ = env.events.send(DcronEvent::SkippedTombstoned(fi));
+                        let _ = env.internal.send(Internal::OneShotEnded {
                             name: fire.key.task.clone(),
                             done: true,
                         });
                     }
                 }
             }
+            if let Some(report) = report {
+                let _ = report.send((won, lost, tombstoned));
+            }
         });
+    }
+
+    // ----- pause, trigger, backfill -----
+
+    fn apply_pause(&mut self, record: PauseRecord) {
+        let newer = self
+            .paused
+            .get(&record.task)
+            .is_none_or(|old| old.changed_at <= record.changed_at);
+        if newer {
+            self.paused.insert(record.task.clone(), record);
+        }
+    }
+
+    /// Consumes the trigger requests of owned tasks (one atomic delete each: only the node
+    /// whose delete succeeds runs the fire) and drops requests nobody knows after they expire.
+    fn handle_triggers(&mut self, triggers: Vec<TriggerRecord>) {
+        let now = self.clock.now();
+        let expiry = chrono::Duration::from_std(crate::admin::TRIGGER_EXPIRY).unwrap_or_default();
+        for t in triggers {
+            let key = t.key();
+            if self.triggers_inflight.contains(&key) {
+                continue;
+            }
+            let launch = match self.tasks.get(&t.task) {
+                Some(e) if e.owned && !self.tombstones.contains(&t.task) => e
+                    .task
+                    .clone()
+                    .or_else(|| self.cfg.task_run_fn.clone())
+                    .map(|task| Launch {
+                        key: FireKey::new(t.task.clone(), t.requested_at),
+                        meta: e.meta.clone(),
+                        task,
+                        token: t.id,
+                        kind: FireKind::Trigger,
+                        window: window_of(&e.meta, self.cfg.misfire_window),
+                        owner: e.owner.clone(),
+                    }),
+                _ => None,
+            };
+            let expired = t.requested_at + expiry < now;
+            if launch.is_none() && !expired {
+                continue;
+            }
+            self.triggers_inflight.insert(key.clone());
+            let env = self.env.clone();
+            tokio::spawn(async move {
+                match env.registry.delete_record(RecordKind::Trigger, &key).await {
+                    Ok(true) => match launch {
+                        Some(launch) => {
+                            let info = env.info(&launch.key, FireKind::Trigger);
+                            tracing::info!(task = %info.task, id = launch.token, "trigger-now request consumed");
+                            metrics::counter!("dcron_fires_triggered_total").increment(1);
+                            let _ = env.events.send(DcronEvent::Triggered(info));
+                            env.launch(launch);
+                        }
+                        None => {
+                            tracing::warn!(trigger = %key, "trigger-now request for a task no node ran expired; dropped");
+                        }
+                    },
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(trigger = %key, error = %e, "consuming a trigger-now request failed; next poll retries")
+                    }
+                }
+                let _ = env.internal.send(Internal::TriggerDone(key));
+            });
+        }
+    }
+
+    fn backfill(
+        &mut self,
+        name: String,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        reply: oneshot::Sender<Result<crate::dcron::BackfillReport>>,
+    ) {
+        let now = self.clock.now();
+        let to = to.min(now);
+        let prepared = (|| {
+            if from >= to {
+                return Err(Error::InvalidArgument(format!(
+                    "backfill of `{name}`: the range [{from}, {to}) is empty or in the future"
+                )));
+            }
+            if self.tombstones.contains(&name) {
+                return Err(Error::Tombstoned { name: name.clone() });
+            }
+            let entry = self.tasks.get(&name).ok_or_else(|| Error::NotFound {
+                what: "task",
+                name: name.clone(),
+            })?;
+            let task = entry
+                .task
+                .clone()
+                .or_else(|| self.cfg.task_run_fn.clone())
+                .ok_or_else(|| {
+                    Error::NotConfigured("task_run_fn (needed to run dynamic tasks)".into())
+                })?;
+            let mut instants = entry.schedule.occurrences_in(
+                from - chrono::Duration::milliseconds(1),
+                to,
+                MAX_BACKFILL + 1,
+            );
+            instants.retain(|t| *t >= from && *t < to);
+            if instants.len() > MAX_BACKFILL {
+                return Err(Error::InvalidArgument(format!(
+                    "backfill of `{name}`: more than {MAX_BACKFILL} occurrences in the range; split it"
+                )));
+            }
+            let window = window_of(&entry.meta, self.cfg.misfire_window);
+            let fires: Vec<PendingFire> = instants
+                .into_iter()
+                .map(|instant| PendingFire {
+                    key: FireKey::new(name.clone(), instant),
+                    meta: entry.meta.clone(),
+                    task: task.clone(),
+                    kind: FireKind::Backfill,
+                    window,
+                    owner: entry.owner.clone(),
+                })
+                .collect();
+            Ok(fires)
+        })();
+        let fires = match prepared {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let occurrences = fires.len();
+        let age = (now - from).to_std().unwrap_or_default();
+        let retention = self.retention_for(age);
+        let mut waits = Vec::new();
+        for chunk in fires.chunks(MAX_BATCH) {
+            let (tx, rx) = oneshot::channel();
+            self.claim_batch_with(chunk.to_vec(), retention, Some(tx));
+            waits.push(rx);
+        }
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let mut report = crate::dcron::BackfillReport {
+                occurrences,
+                ..Default::default()
+            };
+            for rx in waits {
+                match rx.await {
+                    Ok((won, lost, tombstoned)) => {
+                        report.claimed += won;
+                        report.already_claimed += lost;
+                        report.tombstoned += tombstoned;
+                    }
+                    Err(_) => report.unclaimed += 1,
+                }
+            }
+            let _ = events.send(DcronEvent::Backfilled {
+                task: name,
+                claimed: report.claimed,
+                already_claimed: report.already_claimed,
+            });
+            let _ = reply.send(Ok(report));
+        });
+    }
+
+    // ----- overlap markers -----
+
+    /// Rebuilds the set of tasks other nodes publish as running.
+    fn refresh_remote_running(&mut self) {
+        let remote: HashSet<String> = self
+            .nodes
+            .values()
+            .filter(|n| *n.id != *self.node_id)
+            .flat_map(|n| n.running.iter().map(|r| r.task.clone()))
+            .collect();
+        self.running.set_remote(remote);
+    }
+
+    /// Writes this node's record with its current running markers (one write in flight at a
+    /// time; changes meanwhile are coalesced into the next write).
+    fn publish_markers(&mut self) {
+        let markers = self.running.markers();
+        if markers == self.record.running && !self.markers_dirty {
+            return;
+        }
+        let Some((epoch, lease)) = self.lease.clone() else {
+            return;
+        };
+        if self.markers_inflight {
+            self.markers_dirty = true;
+            return;
+        }
+        self.markers_dirty = false;
+        self.markers_inflight = true;
+        self.record.running = markers;
+        self.record.last_alive = self.clock.now();
+        let record = self.record.clone();
+        let registry = self.registry.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let r = registry.update_node(&lease, &record).await;
+            let _ = tx.send(Internal::MarkersWritten(epoch, r));
+        });
+    }
+
+    // ----- status -----
+
+    fn fire_ended(&mut self, name: String, scheduled: DateTime<Utc>, error: Option<String>) {
+        if self.cfg.status_interval.is_zero() {
+            return;
+        }
+        let st = self.statuses.entry(name.clone()).or_default();
+        st.run_count += 1;
+        if st.last_fire.is_none_or(|t| t <= scheduled) {
+            st.last_fire = Some(scheduled);
+            st.last_result = Some(match &error {
+                None => LastResult::Ok,
+                Some(e) => LastResult::Failed { error: e.clone() },
+            });
+        }
+        if error.is_some() {
+            st.failure_count += 1;
+        }
+        self.status_dirty.insert(name);
+    }
+
+    fn status_record(&self, name: &str, st: &StatusLocal) -> TaskStatus {
+        let now = self.clock.now();
+        let mut out = TaskStatus::new(name, now);
+        out.owner = self
+            .tasks
+            .get(name)
+            .filter(|e| e.owned)
+            .map(|_| self.node_id.to_string());
+        out.last_fire = st.last_fire;
+        out.last_node = st.last_fire.map(|_| self.node_id.to_string());
+        out.last_result = st.last_result.clone();
+        out.run_count = st.run_count;
+        out.failure_count = st.failure_count;
+        out
+    }
+
+    /// Writes the status of tasks whose fires ended since the last flush, in one batch; the
+    /// first time a task is written here, its stored counts are read and added.
+    fn flush_status(&mut self) {
+        if self.status_inflight
+            || self.status_dirty.is_empty()
+            || !self.registry.capabilities().records
+        {
+            return;
+        }
+        let names: Vec<String> = self.status_dirty.drain().collect();
+        let mut records = Vec::with_capacity(names.len());
+        let mut unloaded = HashSet::new();
+        for name in names {
+            let Some(st) = self.statuses.get(&name) else {
+                continue;
+            };
+            if !st.base_loaded {
+                unloaded.insert(name.clone());
+            }
+            records.push(self.status_record(&name, st));
+        }
+        self.status_inflight = true;
+        let registry = self.registry.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let r = async {
+                let mut bases = HashMap::new();
+                if !unloaded.is_empty() {
+                    let stored = crate::admin::list_status(&*registry).await?;
+                    for s in stored.items {
+                        if unloaded.contains(&s.task) {
+                            bases.insert(s.task.clone(), (s.run_count, s.failure_count));
+                        }
+                    }
+                    for name in &unloaded {
+                        bases.entry(name.clone()).or_insert((0, 0));
+                    }
+                }
+                let batch: Vec<(String, Vec<u8>)> = records
+                    .into_iter()
+                    .map(|mut rec| {
+                        if let Some((runs, failures)) = bases.get(&rec.task) {
+                            rec.run_count += runs;
+                            rec.failure_count += failures;
+                        }
+                        (rec.task.clone(), rec.encode())
+                    })
+                    .collect();
+                for chunk in batch.chunks(500) {
+                    registry.put_records(RecordKind::Status, chunk).await?;
+                }
+                Ok(bases)
+            }
+            .await;
+            let _ = tx.send(Internal::StatusFlushed(r));
+        });
+    }
+
+    /// What this node knows of a task: its local counts (when loaded), its owner and next fire.
+    fn local_status(&self, name: &str) -> Option<TaskStatus> {
+        let entry = self.tasks.get(name)?;
+        let now = self.clock.now();
+        let mut out = match self.statuses.get(name) {
+            Some(st) if st.base_loaded => self.status_record(name, st),
+            _ => TaskStatus::new(name, now),
+        };
+        if entry.owned {
+            out.owner = Some(self.node_id.to_string());
+            out.next_fire = entry.schedule.next_after(now);
+        }
+        Some(out)
     }
 
     /// Publishes the API's view now (sorting every name: O(n log n)).
@@ -1125,15 +1687,6 @@ fn state_name(state: &State) -> &'static str {
     }
 }
 
-fn info(fire: &PendingFire, node: &str) -> FireInfo {
-    FireInfo {
-        task: fire.key.task.clone(),
-        scheduled: fire.key.instant,
-        node: node.to_string(),
-        catch_up: fire.catch_up,
-    }
-}
-
 async fn next_event<T>(stream: &mut Option<WatchStream<T>>) -> Option<T> {
     match stream {
         Some(s) => s.next().await,
@@ -1145,93 +1698,5 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-struct RunFire {
-    ctx: FireContext,
-    task: Arc<dyn Task>,
-    registry: Arc<dyn Registry>,
-    clock: Arc<dyn Clock>,
-    events: broadcast::Sender<DcronEvent>,
-    error_handler: crate::task::ErrorHandler,
-    internal: mpsc::UnboundedSender<Internal>,
-    info: FireInfo,
-}
-
-/// Runs one won fire: the handler (panics caught), the error handler, one-shot bookkeeping.
-async fn run_fire(f: RunFire) {
-    let meta = f.ctx.meta.clone();
-    let started = f.clock.now();
-    let lateness = (started - f.ctx.scheduled).num_milliseconds();
-    let span = tracing::info_span!("dcron.fire", task = %meta.name, scheduled = %f.ctx.scheduled, node = %f.ctx.node_id, token = f.ctx.token, lateness_ms = lateness, catch_up = f.ctx.catch_up);
-    async move {
-        let _ = f.events.send(DcronEvent::Started(f.info.clone()));
-        metrics::histogram!("dcron_fire_lateness_seconds").record(lateness as f64 / 1000.0);
-        let t0 = Instant::now();
-        let result = AssertUnwindSafe(f.task.run(f.ctx.clone()))
-            .catch_unwind()
-            .await;
-        metrics::histogram!("dcron_fire_duration_seconds").record(t0.elapsed().as_secs_f64());
-        let error = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(source)) => Some(Error::Task {
-                task: meta.name.clone(),
-                source,
-            }),
-            Err(panic) => Some(Error::Panicked {
-                task: meta.name.clone(),
-                message: panic_message(&panic),
-            }),
-        };
-        match error {
-            None => {
-                tracing::debug!("fire succeeded");
-                metrics::counter!("dcron_fires_executed_total", "result" => "ok").increment(1);
-                let _ = f.events.send(DcronEvent::Succeeded(f.info.clone()));
-                if meta.one_shot {
-                    let r = if meta.executed_and_cleanup {
-                        f.registry.cleanup_task(&meta.name).await
-                    } else {
-                        f.registry.mark_deleted(&meta.name, f.clock.now()).await
-                    };
-                    if let Err(e) = &r {
-                        tracing::error!(task = %meta.name, error = %e, "one-shot bookkeeping failed");
-                        (f.error_handler)(&meta, e);
-                    }
-                    let _ = f.internal.send(Internal::OneShotEnded {
-                        name: meta.name.clone(),
-                        done: r.is_ok(),
-                    });
-                }
-            }
-            Some(err) => {
-                tracing::warn!(error = %err, "fire failed");
-                metrics::counter!("dcron_fires_executed_total", "result" => "error").increment(1);
-                let _ = f.events.send(DcronEvent::Failed {
-                    fire: f.info.clone(),
-                    error: err.to_string(),
-                });
-                (f.error_handler)(&meta, &err);
-                if meta.one_shot {
-                    let _ = f.internal.send(Internal::OneShotEnded {
-                        name: meta.name.clone(),
-                        done: false,
-                    });
-                }
-            }
-        }
-    }
-    .instrument(span)
-    .await;
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
     }
 }

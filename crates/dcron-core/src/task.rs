@@ -24,9 +24,14 @@ pub struct FireContext {
     pub token: u64,
     /// The id of the node running the fire.
     pub node_id: Arc<str>,
-    /// Whether the fire is a catch-up of an occurrence missed earlier.
+    /// Whether the fire is a catch-up (or backfill) of an occurrence missed earlier.
     pub catch_up: bool,
-    /// Cancelled when the node stops and the grace period is over: long handlers should watch it.
+    /// The attempt: 1 for the first run, 2 for the first retry, … (see
+    /// [`crate::RetryPolicy`]).
+    pub attempt: u32,
+    /// Cancelled when the node stops and the grace period is over, when this attempt runs past
+    /// the task's timeout, or when the node loses its lease while running a task whose overlap
+    /// policy is not `Allow`: long handlers should watch it.
     pub cancel: CancellationToken,
 }
 
