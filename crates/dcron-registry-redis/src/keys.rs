@@ -13,10 +13,13 @@
 //! | `<ns>:claim:<name>:<millis>` | string, `PX` TTL = retention | [`dcron_core::Claim`] JSON |
 //! | `<ns>:claims:<name>` | sorted set | claim index: member `<millis>`, score = expiry (server ms) |
 //! | `<ns>:token` | string (integer) | the namespace's fencing-token counter (`INCR`) |
+//! | `<ns>:records:<kind>` | hash | records of one [`dcron_core::RecordKind`] (`pause`, `trigger`, `status`): field = record key (unescaped: hash fields are binary-safe and no glob), value = the opaque record bytes |
 //!
 //! Change notifications are published on `<ns>:events:db<db>:nodes` and
 //! `<ns>:events:db<db>:tasks` (Redis pub/sub ignores the database number, so it is part of the
 //! channel name).
+
+use dcron_core::RecordKind;
 
 /// Percent-encodes everything but ASCII letters, digits, `-`, `_`, `.` and `~`.
 ///
@@ -148,6 +151,12 @@ impl RedisKeys {
         format!("{}claims:{}", self.prefix, escape(name))
     }
 
+    /// The hash holding every record of `kind` (`<ns>:records:<kind>`); its fields are the
+    /// record keys as given (hash fields are binary-safe and never matched as globs).
+    pub fn records(&self, kind: RecordKind) -> String {
+        format!("{}records:{}", self.prefix, kind.as_str())
+    }
+
     /// The fencing-token counter of the namespace.
     pub fn token(&self) -> String {
         format!("{}token", self.prefix)
@@ -164,12 +173,13 @@ impl RedisKeys {
     }
 
     /// Whether `key` (a key of this namespace) is removed by `cleanup_all`: task records,
-    /// tombstones, claims and claim indexes, but not node registrations or the token counter.
+    /// tombstones, claims, claim indexes and the record hashes, but not node registrations or
+    /// the token counter.
     pub fn is_task_data(&self, key: impl AsRef<[u8]>) -> bool {
         key.as_ref()
             .strip_prefix(self.prefix.as_bytes())
             .is_some_and(|rest| {
-                [&b"task:"[..], b"tomb:", b"claim:", b"claims:"]
+                [&b"task:"[..], b"tomb:", b"claim:", b"claims:", b"records:"]
                     .iter()
                     .any(|p| rest.starts_with(p))
             })
@@ -225,6 +235,9 @@ mod tests {
             k.tombstone("t"),
             k.claim_index("t"),
             format!("{}1", k.claim_prefix("t")),
+            k.records(RecordKind::Pause),
+            k.records(RecordKind::Trigger),
+            k.records(RecordKind::Status),
         ] {
             assert!(k.is_task_data(&key), "{key}");
         }

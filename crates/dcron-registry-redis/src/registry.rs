@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
-    check_value_size, validate_task_name, Capabilities, Claim, ClaimOutcome, CorruptEntry, Error,
-    FireKey, Lease, Listing, Node, NodeEvent, PutMode, Registry, Result, TaskMeta, TaskMetaEvent,
-    Tombstone, WatchStream,
+    check_record_key, check_records, check_value_size, validate_task_name, Capabilities, Claim,
+    ClaimOutcome, CorruptEntry, Error, FireKey, Lease, Listing, Node, NodeEvent, PutMode,
+    RecordKind, Registry, Result, TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
 };
 use deadpool_redis::{Connection, Pool, Runtime};
 use redis::{AsyncConnectionConfig, Client, FromRedisValue, IntoConnectionInfo, Script};
@@ -372,6 +372,19 @@ fn read_error(err: redis::RedisError, key: &str, context: &str) -> Error {
     }
 }
 
+/// Maps the error of a command on a record hash: a key of another type than hash is damage
+/// ([`Error::Corrupt`]), not an outage.
+fn record_error(err: redis::RedisError, key: &str, context: &str) -> Error {
+    if err.code() == Some("WRONGTYPE") {
+        Error::Corrupt {
+            key: key.to_string(),
+            reason: "not a hash of records".into(),
+        }
+    } else {
+        from_redis(err, context)
+    }
+}
+
 fn corrupt_entry(key: String, err: Error) -> CorruptEntry {
     let reason = match err {
         Error::Corrupt { reason, .. } => reason,
@@ -425,7 +438,7 @@ impl Registry for RedisRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES)
+        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES).with_records()
     }
 
     async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
@@ -802,6 +815,91 @@ impl Registry for RedisRegistry {
             }
         }
         Ok(listing)
+    }
+
+    async fn put_records(&self, kind: RecordKind, records: &[(String, Vec<u8>)]) -> Result<()> {
+        check_records(kind, records, &self.capabilities())?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let key = self.core.keys.records(kind);
+        let context = format!("put {} {kind} record(s)", records.len());
+        // One `HSET` with every field: one round trip, applied atomically by the server.
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(&key);
+        for (field, value) in records {
+            cmd.arg(field.as_bytes()).arg(value.as_slice());
+        }
+        let mut conn = self.core.conn(&context).await?;
+        let _: i64 = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| record_error(e, &key, &context))?;
+        Ok(())
+    }
+
+    async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
+        check_record_key(kind, key)?;
+        let hash = self.core.keys.records(kind);
+        let context = format!("get {kind} record `{key}`");
+        let mut conn = self.core.conn(&context).await?;
+        redis::cmd("HGET")
+            .arg(&hash)
+            .arg(key.as_bytes())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| record_error(e, &hash, &context))
+    }
+
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>> {
+        let hash = self.core.keys.records(kind);
+        let context = format!("list {kind} records");
+        let mut conn = self.core.conn(&context).await?;
+        // `HSCAN` rather than `HGETALL`, so a large hash never blocks the server in one reply;
+        // a field may come more than once, the map keeps one.
+        let mut out: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, pairs): (u64, Vec<(Vec<u8>, Vec<u8>)>) = redis::cmd("HSCAN")
+                .arg(&hash)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| record_error(e, &hash, &context))?;
+            for (field, value) in pairs {
+                match String::from_utf8(field) {
+                    Ok(field) => {
+                        out.insert(field, value);
+                    }
+                    Err(e) => tracing::warn!(
+                        key = %hash,
+                        field = %String::from_utf8_lossy(e.as_bytes()),
+                        "skipping a record whose key is not UTF-8"
+                    ),
+                }
+            }
+            if next == 0 {
+                return Ok(out.into_iter().collect());
+            }
+            cursor = next;
+        }
+    }
+
+    async fn delete_record(&self, kind: RecordKind, key: &str) -> Result<bool> {
+        check_record_key(kind, key)?;
+        let hash = self.core.keys.records(kind);
+        let context = format!("delete {kind} record `{key}`");
+        let mut conn = self.core.conn(&context).await?;
+        // `HDEL` answers how many fields it removed: exactly one concurrent caller sees 1.
+        let removed: i64 = redis::cmd("HDEL")
+            .arg(&hash)
+            .arg(key.as_bytes())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| record_error(e, &hash, &context))?;
+        Ok(removed == 1)
     }
 }
 
