@@ -1,0 +1,332 @@
+//! [`CountingRegistry`]: a [`Registry`] that forwards every call and counts it, so a run can
+//! report registry round trips per fire.
+//!
+//! Every trait method is forwarded explicitly (including the ones with default bodies), so the
+//! wrapped backend behaves exactly as without the wrapper.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use dcron_core::{
+    Capabilities, Claim, ClaimOutcome, FireKey, Lease, Listing, Node, NodeEvent, PutMode, Registry,
+    Result, TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
+};
+
+/// The registry operations that are counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `register`
+    Register,
+    /// `keep_alive`
+    KeepAlive,
+    /// `update_node`
+    UpdateNode,
+    /// `unregister`
+    Unregister,
+    /// `list_nodes`
+    ListNodes,
+    /// `watch_nodes`
+    WatchNodes,
+    /// `put_task`
+    PutTask,
+    /// `get_task`
+    GetTask,
+    /// `list_tasks`
+    ListTasks,
+    /// `watch_tasks`
+    WatchTasks,
+    /// `mark_deleted`
+    MarkDeleted,
+    /// `get_tombstone`
+    GetTombstone,
+    /// `list_tombstones`
+    ListTombstones,
+    /// `clear_tombstone`
+    ClearTombstone,
+    /// `cleanup_task`
+    CleanupTask,
+    /// `cleanup_all`
+    CleanupAll,
+    /// `claim` (one call per batch)
+    Claim,
+    /// `list_claims`
+    ListClaims,
+}
+
+impl Op {
+    /// Every operation, in a fixed order.
+    pub const ALL: [Op; 18] = [
+        Op::Register,
+        Op::KeepAlive,
+        Op::UpdateNode,
+        Op::Unregister,
+        Op::ListNodes,
+        Op::WatchNodes,
+        Op::PutTask,
+        Op::GetTask,
+        Op::ListTasks,
+        Op::WatchTasks,
+        Op::MarkDeleted,
+        Op::GetTombstone,
+        Op::ListTombstones,
+        Op::ClearTombstone,
+        Op::CleanupTask,
+        Op::CleanupAll,
+        Op::Claim,
+        Op::ListClaims,
+    ];
+
+    /// The trait method's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Register => "register",
+            Op::KeepAlive => "keep_alive",
+            Op::UpdateNode => "update_node",
+            Op::Unregister => "unregister",
+            Op::ListNodes => "list_nodes",
+            Op::WatchNodes => "watch_nodes",
+            Op::PutTask => "put_task",
+            Op::GetTask => "get_task",
+            Op::ListTasks => "list_tasks",
+            Op::WatchTasks => "watch_tasks",
+            Op::MarkDeleted => "mark_deleted",
+            Op::GetTombstone => "get_tombstone",
+            Op::ListTombstones => "list_tombstones",
+            Op::ClearTombstone => "clear_tombstone",
+            Op::CleanupTask => "cleanup_task",
+            Op::CleanupAll => "cleanup_all",
+            Op::Claim => "claim",
+            Op::ListClaims => "list_claims",
+        }
+    }
+
+    fn index(self) -> usize {
+        Op::ALL.iter().position(|&o| o == self).unwrap_or(0)
+    }
+}
+
+/// Call counters, shared by any number of [`CountingRegistry`] handles.
+#[derive(Debug, Default)]
+pub struct Counters {
+    calls: [AtomicU64; Op::ALL.len()],
+    claimed_fires: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Calls per operation, in the order of [`Op::ALL`].
+    pub calls: [u64; Op::ALL.len()],
+    /// Fires sent in `claim` batches.
+    pub claimed_fires: u64,
+}
+
+impl Snapshot {
+    /// Calls of one operation.
+    pub fn of(&self, op: Op) -> u64 {
+        self.calls[op.index()]
+    }
+
+    /// Calls of every operation.
+    pub fn total(&self) -> u64 {
+        self.calls.iter().sum()
+    }
+
+    /// The counts since `earlier`.
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        let mut calls = [0; Op::ALL.len()];
+        for (i, c) in calls.iter_mut().enumerate() {
+            *c = self.calls[i].saturating_sub(earlier.calls[i]);
+        }
+        Snapshot {
+            calls,
+            claimed_fires: self.claimed_fires.saturating_sub(earlier.claimed_fires),
+        }
+    }
+}
+
+impl Counters {
+    /// Fresh counters.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Counters::default())
+    }
+
+    fn bump(&self, op: Op) {
+        self.calls[op.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current counts.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut calls = [0; Op::ALL.len()];
+        for (i, c) in calls.iter_mut().enumerate() {
+            *c = self.calls[i].load(Ordering::Relaxed);
+        }
+        Snapshot {
+            calls,
+            claimed_fires: self.claimed_fires.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A registry that counts every call and forwards it to `inner`.
+#[derive(Debug, Clone)]
+pub struct CountingRegistry {
+    inner: Arc<dyn Registry>,
+    counters: Arc<Counters>,
+}
+
+impl CountingRegistry {
+    /// Wraps `inner`, counting into `counters`.
+    pub fn new(inner: Arc<dyn Registry>, counters: Arc<Counters>) -> Self {
+        CountingRegistry { inner, counters }
+    }
+
+    /// The counters this wrapper counts into.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+}
+
+#[async_trait]
+impl Registry for CountingRegistry {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
+        self.counters.bump(Op::Register);
+        self.inner.register(node, ttl).await
+    }
+
+    async fn keep_alive(&self, lease: &Lease) -> Result<()> {
+        self.counters.bump(Op::KeepAlive);
+        self.inner.keep_alive(lease).await
+    }
+
+    async fn update_node(&self, lease: &Lease, node: &Node) -> Result<()> {
+        self.counters.bump(Op::UpdateNode);
+        self.inner.update_node(lease, node).await
+    }
+
+    async fn unregister(&self, lease: &Lease) -> Result<()> {
+        self.counters.bump(Op::Unregister);
+        self.inner.unregister(lease).await
+    }
+
+    async fn list_nodes(&self) -> Result<Listing<Node>> {
+        self.counters.bump(Op::ListNodes);
+        self.inner.list_nodes().await
+    }
+
+    async fn watch_nodes(&self) -> Result<WatchStream<NodeEvent>> {
+        self.counters.bump(Op::WatchNodes);
+        self.inner.watch_nodes().await
+    }
+
+    async fn put_task(&self, meta: &TaskMeta, mode: PutMode) -> Result<()> {
+        self.counters.bump(Op::PutTask);
+        self.inner.put_task(meta, mode).await
+    }
+
+    async fn get_task(&self, name: &str) -> Result<Option<TaskMeta>> {
+        self.counters.bump(Op::GetTask);
+        self.inner.get_task(name).await
+    }
+
+    async fn list_tasks(&self) -> Result<Listing<TaskMeta>> {
+        self.counters.bump(Op::ListTasks);
+        self.inner.list_tasks().await
+    }
+
+    async fn watch_tasks(&self) -> Result<WatchStream<TaskMetaEvent>> {
+        self.counters.bump(Op::WatchTasks);
+        self.inner.watch_tasks().await
+    }
+
+    async fn mark_deleted(&self, name: &str, at: DateTime<Utc>) -> Result<()> {
+        self.counters.bump(Op::MarkDeleted);
+        self.inner.mark_deleted(name, at).await
+    }
+
+    async fn get_tombstone(&self, name: &str) -> Result<Option<Tombstone>> {
+        self.counters.bump(Op::GetTombstone);
+        self.inner.get_tombstone(name).await
+    }
+
+    async fn list_tombstones(&self) -> Result<Listing<Tombstone>> {
+        self.counters.bump(Op::ListTombstones);
+        self.inner.list_tombstones().await
+    }
+
+    async fn clear_tombstone(&self, name: &str) -> Result<()> {
+        self.counters.bump(Op::ClearTombstone);
+        self.inner.clear_tombstone(name).await
+    }
+
+    async fn cleanup_task(&self, name: &str) -> Result<()> {
+        self.counters.bump(Op::CleanupTask);
+        self.inner.cleanup_task(name).await
+    }
+
+    async fn cleanup_all(&self) -> Result<()> {
+        self.counters.bump(Op::CleanupAll);
+        self.inner.cleanup_all().await
+    }
+
+    async fn claim(
+        &self,
+        fires: &[FireKey],
+        node_id: &str,
+        retention: Duration,
+    ) -> Result<Vec<ClaimOutcome>> {
+        self.counters.bump(Op::Claim);
+        self.counters
+            .claimed_fires
+            .fetch_add(fires.len() as u64, Ordering::Relaxed);
+        self.inner.claim(fires, node_id, retention).await
+    }
+
+    async fn list_claims(&self, task: &str) -> Result<Listing<Claim>> {
+        self.counters.bump(Op::ListClaims);
+        self.inner.list_claims(task).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dcron_core::MemoryRegistry;
+
+    #[tokio::test]
+    async fn counts_and_forwards() {
+        let counters = Counters::new();
+        let reg = CountingRegistry::new(Arc::new(MemoryRegistry::new()), counters.clone());
+        let before = counters.snapshot();
+        let now = Utc::now();
+        let fires = [FireKey::new("a", now), FireKey::new("b", now)];
+        let won = reg
+            .claim(&fires, "n1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(won.iter().all(|o| o.is_won()));
+        let lost = reg
+            .claim(&fires[..1], "n2", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(lost, vec![ClaimOutcome::Lost]);
+        assert!(reg.list_nodes().await.unwrap().items.is_empty());
+        let d = counters.snapshot().since(&before);
+        assert_eq!(d.of(Op::Claim), 2);
+        assert_eq!(d.claimed_fires, 3);
+        assert_eq!(d.of(Op::ListNodes), 1);
+        assert_eq!(d.total(), 3);
+        assert_eq!(reg.backend(), "memory");
+    }
+}

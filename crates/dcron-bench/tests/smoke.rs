@@ -1,0 +1,102 @@
+//! Smoke test of the `latency` command through the built binary: a tiny workload on both
+//! systems must print both summaries and the ratio line, with fires recorded. No timing is
+//! asserted: the machine may be slow or busy.
+
+use std::process::Command;
+
+use dcron_bench::summary::Summary;
+
+fn bench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dcron-bench"))
+}
+
+#[test]
+fn latency_prints_both_systems_and_the_ratios() {
+    let dir = std::env::temp_dir().join(format!("dcron-bench-smoke-{}", std::process::id()));
+    let plot = dir.join("latency.svg");
+    let output = bench()
+        .args(["latency", "--tasks", "20", "--seconds", "2", "--plot"])
+        .arg(&plot)
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let summaries: Vec<Summary> = stdout.lines().filter_map(Summary::parse).collect();
+    assert_eq!(summaries.len(), 3, "{stdout}");
+    for (summary, system) in summaries.iter().zip(["dcron", "tokio-cron-scheduler"]) {
+        assert_eq!(summary.get("run"), Some("latency"), "{stdout}");
+        assert_eq!(summary.get("system"), Some(system), "{stdout}");
+        for key in [
+            "fires",
+            "expected",
+            "missed",
+            "p50_ms",
+            "p99_ms",
+            "max_ms",
+            "cpu_us_per_fire",
+            "rss_bytes_per_task",
+        ] {
+            assert!(summary.number(key).is_some(), "no numeric {key}: {stdout}");
+        }
+        assert!(summary.number("fires").unwrap_or(0.0) > 0.0, "{stdout}");
+    }
+    assert_eq!(
+        summaries[0].number("duplicates"),
+        Some(0.0),
+        "dcron ran a fire twice: {stdout}"
+    );
+    let ratio = &summaries[2];
+    assert_eq!(ratio.get("run"), Some("latency-ratio"), "{stdout}");
+    for key in ["p50_ratio", "p99_ratio", "max_ratio", "cpu_per_fire_ratio"] {
+        assert!(ratio.get(key).is_some(), "no {key}: {stdout}");
+    }
+    let svg = std::fs::read_to_string(&plot).expect("the plot was written");
+    assert!(svg.contains("<svg") && svg.contains("tokio-cron-scheduler"));
+    std::fs::remove_dir_all(&dir).expect("temporary directory removed");
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_message() {
+    for args in [
+        vec!["latency", "--tasks", "ten", "--seconds", "1"],
+        vec!["latency", "--tasks", "10"],
+        vec!["failover", "--backend", "nope"],
+        vec!["frobnicate"],
+        vec![],
+    ] {
+        let output = bench().args(&args).output().expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("dcron-bench: "), "{args:?}: {stderr}");
+        assert!(stderr.contains("usage:"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn unreachable_redis_is_a_clear_error() {
+    // Port 1 on loopback: nothing listens there.
+    let output = bench()
+        .args([
+            "redis",
+            "--nodes",
+            "1",
+            "--tasks",
+            "1",
+            "--seconds",
+            "1",
+            "--url",
+            "redis://127.0.0.1:1",
+        ])
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach Redis"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
