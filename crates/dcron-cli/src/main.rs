@@ -1,6 +1,53 @@
-//! `dcronctl`: the dcron operator tool (work in progress).
+//! `dcronctl`: the dcron operator tool. See the crate README for commands, URLs and exit codes.
+
+use clap::error::ErrorKind as ClapErrorKind;
+use clap::Parser;
+use dcron_cli::error::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use dcron_cli::{app, Cli};
 
 fn main() {
-    eprintln!("dcronctl: no commands implemented yet");
-    std::process::exit(2);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                ClapErrorKind::DisplayHelp | ClapErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    EXIT_OK
+                }
+                ClapErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    EXIT_USAGE
+                }
+                _ => {
+                    // One line: clap's first line without its `error: ` prefix.
+                    let text = e.render().to_string();
+                    let first = text.lines().next().unwrap_or("invalid command line");
+                    let first = first.strip_prefix("error: ").unwrap_or(first);
+                    eprintln!("dcronctl: {first} (see dcronctl --help)");
+                    EXIT_USAGE
+                }
+            };
+            std::process::exit(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dcronctl: cannot start the async runtime: {e}");
+            std::process::exit(EXIT_FAILED);
+        }
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let code = runtime.block_on(async {
+        let mut stdout = std::io::stdout();
+        let mut stderr = std::io::stderr();
+        app::run(cli, &env, &mut stdout, &mut stderr, app::stop_signal).await
+    });
+    // Registry clients may keep background tasks; do not wait for them.
+    runtime.shutdown_background();
+    std::process::exit(code);
 }

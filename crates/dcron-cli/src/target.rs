@@ -1,0 +1,772 @@
+//! Which registry to talk to: parsing `--registry <url>` and the credential flags and
+//! environment variables into a [`RegistryTarget`], and connecting to it.
+//!
+//! | URL | backend |
+//! |---|---|
+//! | `redis://[user:password@]host[:port][/db]`, `rediss://…` (TLS) | Redis |
+//! | `etcd://[user:password@]host[:port][,host[:port]…]` | etcd |
+//! | `zk://[user:password@]host[:port][,host[:port]…][/chroot]` (also `zookeeper://`) | ZooKeeper |
+//! | `consul://host[:port]`, `consul+https://host[:port]` | Consul |
+//!
+//! Credentials come from, in order: the flags (`--user`, `--password`, `--token`), the
+//! environment, the URL. Nothing that holds a credential is ever printed: the target's
+//! `Display` and `Debug` show the URL without its user information.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dcron_core::Registry;
+
+use crate::error::{CliError, CliResult};
+use crate::secret::{Secret, Secrets};
+
+/// Environment variable read when `--registry` is not given.
+pub const ENV_REGISTRY_URL: &str = "DCRON_REGISTRY_URL";
+/// Environment variable read when `--namespace` is not given.
+pub const ENV_NAMESPACE: &str = "DCRON_NAMESPACE";
+/// Environment variable read when `--user` is not given (Redis, etcd, ZooKeeper).
+pub const ENV_USER: &str = "DCRON_REGISTRY_USER";
+/// Environment variable read when `--password` is not given (Redis, etcd, ZooKeeper).
+pub const ENV_PASSWORD: &str = "DCRON_REGISTRY_PASSWORD";
+/// etcd user, read after [`ENV_USER`].
+pub const ENV_ETCD_USER: &str = "DCRON_ETCD_USER";
+/// etcd password, read after [`ENV_PASSWORD`].
+pub const ENV_ETCD_PASSWORD: &str = "DCRON_ETCD_PASSWORD";
+/// ZooKeeper digest credentials as `user:password`, read after [`ENV_USER`]/[`ENV_PASSWORD`].
+pub const ENV_ZK_DIGEST: &str = "DCRON_ZK_DIGEST";
+/// Consul ACL token, read when `--token` is not given (Consul's own variable).
+pub const ENV_CONSUL_TOKEN: &str = "CONSUL_HTTP_TOKEN";
+
+/// The registry-related command-line values, before the environment is consulted.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectArgs {
+    /// `--registry`.
+    pub registry: Option<Secret>,
+    /// `--namespace`.
+    pub namespace: Option<String>,
+    /// `--user`.
+    pub user: Option<String>,
+    /// `--password`.
+    pub password: Option<Secret>,
+    /// `--token`.
+    pub token: Option<Secret>,
+}
+
+/// The kind of registry a URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Redis (`redis://`, `rediss://`).
+    Redis,
+    /// etcd (`etcd://`).
+    Etcd,
+    /// ZooKeeper (`zk://`, `zookeeper://`).
+    ZooKeeper,
+    /// Consul (`consul://`, `consul+https://`).
+    Consul,
+}
+
+impl Backend {
+    /// The backend's short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Redis => "redis",
+            Backend::Etcd => "etcd",
+            Backend::ZooKeeper => "zookeeper",
+            Backend::Consul => "consul",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Location {
+    Redis { url: Secret },
+    Etcd { endpoints: Vec<String> },
+    ZooKeeper { connect: String },
+    Consul { address: String },
+}
+
+/// A parsed, credential-resolved registry address. `Display` shows the URL without
+/// credentials; `Debug` never shows a credential either.
+#[derive(Clone, Debug)]
+pub struct RegistryTarget {
+    backend: Backend,
+    display: String,
+    location: Location,
+    user: Option<String>,
+    password: Option<Secret>,
+    token: Option<Secret>,
+    namespace: Option<String>,
+    secrets: Secrets,
+}
+
+impl fmt::Display for RegistryTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+/// The pieces of a registry URL.
+struct Parts<'a> {
+    scheme: String,
+    user: Option<String>,
+    password: Option<String>,
+    hosts: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+}
+
+/// `url` with any user information replaced by `***`, for error messages.
+pub fn redact_url(url: &str) -> String {
+    let (prefix, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{prefix}***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn split_url(url: &str) -> CliResult<Parts<'_>> {
+    let bad = |why: &str| CliError::usage(format!("bad registry URL `{}`: {why}", redact_url(url)));
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(bad(
+            "expected <scheme>://…, e.g. redis://127.0.0.1:6379 (schemes: redis, rediss, etcd, zk, consul)",
+        ));
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+        None => (None, authority),
+    };
+    let (user, password) = match userinfo {
+        None => (None, None),
+        Some(info) => {
+            let (u, p) = match info.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (info, None),
+            };
+            let decode =
+                |v: &str| percent_decode(v).ok_or_else(|| bad("bad %-escape in the credentials"));
+            let user = Some(decode(u)?).filter(|u| !u.is_empty());
+            let password = p.map(decode).transpose()?.filter(|p| !p.is_empty());
+            (user, password)
+        }
+    };
+    Ok(Parts {
+        scheme: scheme.to_ascii_lowercase(),
+        user,
+        password,
+        hosts,
+        path,
+        query,
+    })
+}
+
+/// Checks `host[:port]` items separated by commas and adds the default port where missing.
+fn check_hosts(url: &str, hosts: &str, default_port: u16, many: bool) -> CliResult<Vec<String>> {
+    let bad =
+        |why: String| CliError::usage(format!("bad registry URL `{}`: {why}", redact_url(url)));
+    if hosts.trim().is_empty() {
+        return Err(bad("no host given".into()));
+    }
+    let mut out = Vec::new();
+    for item in hosts.split(',') {
+        let item = item.trim();
+        if item.is_empty() {
+            return Err(bad("empty host in the host list".into()));
+        }
+        let (host, port) = if let Some(v6) = item.strip_prefix('[') {
+            let Some((h, after)) = v6.split_once(']') else {
+                return Err(bad(format!("unclosed `[` in `{item}`")));
+            };
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| bad(format!("unexpected `{p}` after `]`")))?,
+                ),
+            };
+            (format!("[{h}]"), port)
+        } else {
+            match item.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (item.to_string(), None),
+            }
+        };
+        let valid_host = host.len() > 2 && host.starts_with('[')
+            || !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !valid_host {
+            return Err(bad(format!("`{host}` is not a host name or address")));
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(bad(format!("port `{p}` is not a number from 1 to 65535"))),
+            },
+        };
+        out.push(format!("{host}:{port}"));
+    }
+    if out.len() > 1 && !many {
+        return Err(bad("this registry takes one host".into()));
+    }
+    Ok(out)
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.is_empty())
+}
+
+impl RegistryTarget {
+    /// Resolves the target from the command-line values and the environment (`env` looks a
+    /// variable up; empty values count as unset).
+    ///
+    /// # Errors
+    /// A usage error (exit code 2) for a missing or malformed URL, an unsupported scheme
+    /// (`memory://` included), credentials that do not apply to the backend, or incomplete
+    /// credentials.
+    pub fn resolve(args: &ConnectArgs, env: &dyn Fn(&str) -> Option<String>) -> CliResult<Self> {
+        let env = |k: &str| non_empty(env(k));
+        let url = match &args.registry {
+            Some(u) if !u.is_empty() => u.expose().to_string(),
+            _ => env(ENV_REGISTRY_URL).ok_or_else(|| {
+                CliError::usage(format!(
+                    "no registry given: pass --registry <url> or set {ENV_REGISTRY_URL}"
+                ))
+            })?,
+        };
+        let url = url.trim().to_string();
+        let parts = split_url(&url)?;
+        let mut secrets = Secrets::new();
+        for s in [
+            &parts.password,
+            &args.password.as_ref().map(|p| p.expose().to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            secrets.add(s);
+        }
+        if let Some(t) = &args.token {
+            secrets.add(t.expose());
+        }
+        let bad =
+            |why: &str| CliError::usage(format!("bad registry URL `{}`: {why}", redact_url(&url)));
+        let namespace = match args.namespace.clone().or_else(|| env(ENV_NAMESPACE)) {
+            Some(ns) if ns.trim().is_empty() || ns.chars().any(char::is_control) => {
+                return Err(CliError::usage(
+                    "the namespace must be non-empty and free of control characters",
+                ))
+            }
+            other => other,
+        };
+        let flag_user = non_empty(args.user.clone());
+        let flag_password = args.password.clone().filter(|p| !p.is_empty());
+        let flag_token = args.token.clone().filter(|t| !t.is_empty());
+        let no_query = |q: Option<&str>| match q {
+            Some(_) => Err(bad("query parameters are not supported for this registry")),
+            None => Ok(()),
+        };
+        let no_path = |p: &str| match p {
+            "" | "/" => Ok(()),
+            _ => Err(bad("this registry takes no path (use --namespace)")),
+        };
+        let (backend, location, display, user, password, token) = match parts.scheme.as_str() {
+            "redis" | "rediss" => {
+                if flag_token.is_some() {
+                    return Err(CliError::usage("--token applies to consul:// registries only"));
+                }
+                let hosts = check_hosts(&url, parts.hosts, 6379, false)?;
+                let db = parts.path.trim_start_matches('/');
+                if !db.is_empty() && db.parse::<u32>().is_err() {
+                    return Err(bad("the path must be a database number, e.g. /0"));
+                }
+                let user = flag_user.or_else(|| env(ENV_USER));
+                let password = flag_password.or_else(|| env(ENV_PASSWORD).map(Secret::new));
+                let display = format!("{}://{}{}", parts.scheme, hosts[0], parts.path);
+                (
+                    Backend::Redis,
+                    Location::Redis {
+                        url: Secret::new(url.clone()),
+                    },
+                    display,
+                    user,
+                    password,
+                    None,
+                )
+            }
+            "etcd" => {
+                if flag_token.is_some() {
+                    return Err(CliError::usage("--token applies to consul:// registries only"));
+                }
+                no_query(parts.query)?;
+                no_path(parts.path)?;
+                let endpoints = check_hosts(&url, parts.hosts, 2379, true)?;
+                let user = flag_user
+                    .or_else(|| env(ENV_USER))
+                    .or_else(|| env(ENV_ETCD_USER))
+                    .or(parts.user.clone());
+                let password = flag_password
+                    .or_else(|| env(ENV_PASSWORD).map(Secret::new))
+                    .or_else(|| env(ENV_ETCD_PASSWORD).map(Secret::new))
+                    .or(parts.password.clone().map(Secret::new));
+                if user.is_some() != password.is_some() {
+                    return Err(CliError::usage(format!(
+                        "etcd authentication needs both a user and a password (--user/--password, {ENV_ETCD_USER}/{ENV_ETCD_PASSWORD} or user:password@ in the URL)"
+                    )));
+                }
+                let display = format!("etcd://{}", endpoints.join(","));
+                (
+                    Backend::Etcd,
+                    Location::Etcd { endpoints },
+                    display,
+                    user,
+                    password,
+                    None,
+                )
+            }
+            "zk" | "zookeeper" => {
+                if flag_token.is_some() {
+                    return Err(CliError::usage("--token applies to consul:// registries only"));
+                }
+                no_query(parts.query)?;
+                let hosts = check_hosts(&url, parts.hosts, 2181, true)?;
+                let chroot = parts.path.trim_end_matches('/');
+                if chroot.split('/').skip(1).any(|c| c.is_empty() || c == "." || c == "..") {
+                    return Err(bad("the chroot path has an empty, `.` or `..` component"));
+                }
+                let digest = env(ENV_ZK_DIGEST).and_then(|d| {
+                    d.split_once(':')
+                        .map(|(u, p)| (u.to_string(), p.to_string()))
+                });
+                if let Some((_, p)) = &digest {
+                    secrets.add(p);
+                }
+                let user = flag_user
+                    .or_else(|| env(ENV_USER))
+                    .or_else(|| digest.as_ref().map(|d| d.0.clone()))
+                    .or(parts.user.clone());
+                let password = flag_password
+                    .or_else(|| env(ENV_PASSWORD).map(Secret::new))
+                    .or_else(|| digest.as_ref().map(|d| Secret::new(d.1.clone())))
+                    .or(parts.password.clone().map(Secret::new));
+                if user.is_some() != password.is_some() {
+                    return Err(CliError::usage(format!(
+                        "zookeeper digest authentication needs both a user and a password (--user/--password, {ENV_ZK_DIGEST}=user:password or user:password@ in the URL)"
+                    )));
+                }
+                let connect = format!("{}{chroot}", hosts.join(","));
+                let display = format!("zk://{connect}");
+                (
+                    Backend::ZooKeeper,
+                    Location::ZooKeeper { connect },
+                    display,
+                    user,
+                    password,
+                    None,
+                )
+            }
+            "consul" | "consul+http" | "consul+https" => {
+                no_query(parts.query)?;
+                no_path(parts.path)?;
+                if parts.user.is_some() || parts.password.is_some() {
+                    return Err(bad(&format!(
+                        "consul URLs take no user:password; pass the ACL token with --token or {ENV_CONSUL_TOKEN}"
+                    )));
+                }
+                if flag_user.is_some() || flag_password.is_some() {
+                    return Err(CliError::usage(format!(
+                        "--user/--password do not apply to consul; pass the ACL token with --token or {ENV_CONSUL_TOKEN}"
+                    )));
+                }
+                let hosts = check_hosts(&url, parts.hosts, 8500, false)?;
+                let http = if parts.scheme == "consul+https" { "https" } else { "http" };
+                let address = format!("{http}://{}", hosts[0]);
+                let token = flag_token.or_else(|| env(ENV_CONSUL_TOKEN).map(Secret::new));
+                let display = format!("{}://{}", parts.scheme, hosts[0]);
+                (
+                    Backend::Consul,
+                    Location::Consul { address },
+                    display,
+                    None,
+                    None,
+                    token,
+                )
+            }
+            "memory" => {
+                return Err(CliError::usage(
+                    "memory:// registries live inside one process and cannot be reached by dcronctl; use redis://, etcd://, zk:// or consul://",
+                ))
+            }
+            other => {
+                return Err(CliError::usage(format!(
+                    "unsupported registry scheme `{other}`; use redis://, rediss://, etcd://, zk:// or consul://"
+                )))
+            }
+        };
+        if let Some(p) = &password {
+            secrets.add(p.expose());
+        }
+        if let Some(t) = &token {
+            secrets.add(t.expose());
+        }
+        Ok(RegistryTarget {
+            backend,
+            display,
+            location,
+            user,
+            password,
+            token,
+            namespace,
+            secrets,
+        })
+    }
+
+    /// The backend the URL names.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The namespace given with `--namespace` or the environment (`None`: the backend's
+    /// default).
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// The user name that will authenticate, if any (not a secret).
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// Whether a password or token will be sent.
+    pub fn has_secret(&self) -> bool {
+        self.password.is_some() || self.token.is_some()
+    }
+
+    /// Every credential of this target, to scrub messages with.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// Builds the registry client and checks that the registry answers within `timeout`.
+    ///
+    /// # Errors
+    /// Exit code 3 when the registry cannot be reached in time; 2 for a configuration the
+    /// client refuses; 1 for anything else (e.g. refused credentials). Messages never contain
+    /// credentials.
+    pub async fn connect(&self, timeout: Duration) -> CliResult<Arc<dyn Registry>> {
+        let attempt = tokio::time::timeout(timeout, self.connect_inner(timeout)).await;
+        let result = match attempt {
+            Err(_) => Err(CliError::unreachable(format!(
+                "registry {} unreachable: no answer within {}",
+                self.display,
+                crate::duration::format_duration(timeout)
+            ))),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(dcron_core::Error::Unavailable { message, .. })) => Err(CliError::unreachable(
+                format!("registry {} unreachable: {message}", self.display),
+            )),
+            Ok(Err(e)) => Err(CliError::from(e)),
+        };
+        result.map_err(|e| e.scrubbed(&self.secrets))
+    }
+
+    async fn connect_inner(&self, timeout: Duration) -> dcron_core::Result<Arc<dyn Registry>> {
+        match &self.location {
+            Location::Redis { url } => {
+                let mut cfg = dcron_registry_redis::RedisRegistryConfig::new(url.expose())
+                    .connect_timeout(timeout)
+                    .command_timeout(timeout)
+                    .pool_size(4);
+                if let Some(ns) = &self.namespace {
+                    cfg = cfg.namespace(ns);
+                }
+                if let Some(u) = &self.user {
+                    cfg = cfg.username(u);
+                }
+                if let Some(p) = &self.password {
+                    cfg = cfg.password(p.expose());
+                }
+                let registry = cfg.build()?;
+                registry.ping().await?;
+                Ok(Arc::new(registry))
+            }
+            Location::Etcd { endpoints } => {
+                let mut cfg = dcron_registry_etcd::EtcdRegistryConfig::new(endpoints.clone())
+                    .connect_timeout(timeout)
+                    .request_timeout(timeout);
+                if let Some(ns) = &self.namespace {
+                    cfg = cfg.namespace(ns);
+                }
+                if let (Some(u), Some(p)) = (&self.user, &self.password) {
+                    cfg = cfg.credentials(u, p.expose());
+                }
+                let registry = cfg.connect().await?;
+                // etcd connects lazily: one listing proves the cluster answers.
+                registry.list_tombstones().await?;
+                Ok(Arc::new(registry))
+            }
+            Location::ZooKeeper { connect } => {
+                let mut cfg = dcron_registry_zk::ZkRegistryConfig::new(connect)
+                    .connect_timeout(timeout)
+                    .operation_timeout(timeout);
+                if let Some(ns) = &self.namespace {
+                    cfg = cfg.namespace(ns);
+                }
+                if let (Some(u), Some(p)) = (&self.user, &self.password) {
+                    cfg = cfg.digest_auth(u, p.expose());
+                }
+                let registry = dcron_registry_zk::ZkRegistry::connect(cfg).await?;
+                Ok(Arc::new(registry))
+            }
+            Location::Consul { address } => {
+                let mut cfg = dcron_registry_consul::ConsulRegistryConfig::new(address)
+                    .with_request_timeout(timeout);
+                cfg.connect_timeout = timeout;
+                if let Some(ns) = &self.namespace {
+                    cfg = cfg.with_namespace(ns);
+                }
+                if let Some(t) = &self.token {
+                    cfg = cfg.with_token(t.expose());
+                }
+                let registry = dcron_registry_consul::ConsulRegistry::connect(cfg).await?;
+                Ok(Arc::new(registry))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn resolve_with(
+        url: &str,
+        args: ConnectArgs,
+        vars: &[(&str, &str)],
+    ) -> CliResult<RegistryTarget> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let args = ConnectArgs {
+            registry: Some(Secret::new(url)),
+            ..args
+        };
+        RegistryTarget::resolve(&args, &|k| vars.get(k).cloned())
+    }
+
+    fn resolve(url: &str) -> CliResult<RegistryTarget> {
+        resolve_with(url, ConnectArgs::default(), &[])
+    }
+
+    fn usage_message(r: CliResult<RegistryTarget>) -> String {
+        match r {
+            Err(e) => {
+                assert_eq!(e.exit_code(), crate::error::EXIT_USAGE, "{e}");
+                e.message().to_string()
+            }
+            Ok(t) => panic!("expected a usage error, got {t:?}"),
+        }
+    }
+
+    #[test]
+    fn redis_urls() {
+        let t = resolve("redis://127.0.0.1:6379/2").expect("valid");
+        assert_eq!(t.backend(), Backend::Redis);
+        assert_eq!(t.to_string(), "redis://127.0.0.1:6379/2");
+        let t = resolve("rediss://cache.internal").expect("valid");
+        assert_eq!(t.to_string(), "rediss://cache.internal:6379");
+        assert!(!t.has_secret());
+        for bad in [
+            "redis://",
+            "redis://h:port",
+            "redis://h:0",
+            "redis://h:70000",
+            "redis://a:1,b:2",
+            "redis://h/db",
+            "redis://bad host",
+        ] {
+            let msg = usage_message(resolve(bad));
+            assert!(msg.starts_with("bad registry URL"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_never_displayed() {
+        let t = resolve("redis://admin:s3cr%40t-pw@10.0.0.1:6380/1").expect("valid");
+        let shown = format!("{t} {t:?}");
+        for leak in ["s3cr", "s3cr@t-pw", "s3cr%40t-pw"] {
+            assert!(!shown.contains(leak), "{shown}");
+        }
+        assert_eq!(t.to_string(), "redis://10.0.0.1:6380/1");
+        assert!(t.secrets().scrub("auth s3cr@t-pw failed").contains("***"));
+
+        // Flags and environment variables as well.
+        let args = ConnectArgs {
+            user: Some("ops".into()),
+            password: Some(Secret::new("flag-password")),
+            ..ConnectArgs::default()
+        };
+        let t = resolve_with("etcd://e1:2379,e2", args.clone(), &[]).expect("valid");
+        assert_eq!(t.to_string(), "etcd://e1:2379,e2:2379");
+        assert_eq!(t.user(), Some("ops"));
+        assert!(!format!("{t:?} {args:?}").contains("flag-password"));
+        let t = resolve_with(
+            "consul://c:8500",
+            ConnectArgs::default(),
+            &[(ENV_CONSUL_TOKEN, "tok-en-123")],
+        )
+        .expect("valid");
+        assert!(t.has_secret());
+        assert!(!format!("{t:?} {t}").contains("tok-en-123"));
+    }
+
+    #[test]
+    fn bad_urls_do_not_echo_credentials() {
+        for url in [
+            "redis://user:topsecret@host:notaport",
+            "ftp://user:topsecret@host",
+            "user:topsecret@host:6379",
+            "consul://user:topsecret@host",
+            "etcd://user:topsecret@h/path",
+        ] {
+            let msg = usage_message(resolve(url));
+            assert!(!msg.contains("topsecret"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn memory_and_unknown_schemes_are_refused() {
+        assert!(usage_message(resolve("memory://")).contains("inside one process"));
+        assert!(usage_message(resolve("http://h:1")).contains("unsupported registry scheme"));
+        assert!(usage_message(resolve("localhost:6379")).contains("expected <scheme>://"));
+    }
+
+    #[test]
+    fn url_from_the_environment() {
+        let vars: HashMap<&str, &str> = [(ENV_REGISTRY_URL, "zk://z1,z2:2182/apps")].into();
+        let t = RegistryTarget::resolve(&ConnectArgs::default(), &|k| {
+            vars.get(k).map(|v| v.to_string())
+        })
+        .expect("valid");
+        assert_eq!(t.backend(), Backend::ZooKeeper);
+        assert_eq!(t.to_string(), "zk://z1:2181,z2:2182/apps");
+        let none = RegistryTarget::resolve(&ConnectArgs::default(), &|_| None);
+        assert!(usage_message(none).contains(ENV_REGISTRY_URL));
+    }
+
+    #[test]
+    fn credential_precedence_and_completeness() {
+        // Flag beats environment beats URL.
+        let t = resolve_with(
+            "etcd://u:urlpw@h",
+            ConnectArgs::default(),
+            &[(ENV_ETCD_USER, "envuser"), (ENV_ETCD_PASSWORD, "envpw")],
+        )
+        .expect("valid");
+        assert_eq!(t.user(), Some("envuser"));
+        let t = resolve_with(
+            "etcd://h",
+            ConnectArgs {
+                user: Some("flaguser".into()),
+                ..ConnectArgs::default()
+            },
+            &[(ENV_PASSWORD, "pw123")],
+        )
+        .expect("valid");
+        assert_eq!(t.user(), Some("flaguser"));
+        // A user without a password is refused for etcd and ZooKeeper.
+        assert!(usage_message(resolve("etcd://onlyuser@h")).contains("both a user"));
+        assert!(usage_message(resolve_with(
+            "zk://h",
+            ConnectArgs {
+                user: Some("u".into()),
+                ..ConnectArgs::default()
+            },
+            &[]
+        ))
+        .contains("both a user"));
+        let t = resolve_with(
+            "zk://h",
+            ConnectArgs::default(),
+            &[(ENV_ZK_DIGEST, "zu:zpw")],
+        )
+        .expect("valid");
+        assert_eq!(t.user(), Some("zu"));
+        // Credentials that do not apply to the backend.
+        let token = ConnectArgs {
+            token: Some(Secret::new("t0ken")),
+            ..ConnectArgs::default()
+        };
+        assert!(usage_message(resolve_with("redis://h", token, &[])).contains("--token"));
+        let pw = ConnectArgs {
+            password: Some(Secret::new("pw")),
+            ..ConnectArgs::default()
+        };
+        assert!(usage_message(resolve_with("consul://h", pw, &[])).contains("--token"));
+    }
+
+    #[test]
+    fn consul_and_namespace() {
+        let t = resolve_with(
+            "consul+https://consul.example:8501",
+            ConnectArgs {
+                namespace: Some("billing".into()),
+                ..ConnectArgs::default()
+            },
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(t.backend(), Backend::Consul);
+        assert_eq!(t.namespace(), Some("billing"));
+        let t = resolve_with(
+            "consul://c",
+            ConnectArgs::default(),
+            &[(ENV_NAMESPACE, "ns2")],
+        )
+        .expect("valid");
+        assert_eq!(t.namespace(), Some("ns2"));
+        assert!(usage_message(resolve("consul://c/path")).contains("no path"));
+        assert!(usage_message(resolve_with(
+            "redis://h",
+            ConnectArgs {
+                namespace: Some(" ".into()),
+                ..ConnectArgs::default()
+            },
+            &[]
+        ))
+        .contains("namespace"));
+    }
+}
