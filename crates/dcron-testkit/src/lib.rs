@@ -14,6 +14,8 @@ pub mod memory;
 pub mod namespace;
 pub mod records;
 pub mod runner;
+/// The deterministic cluster simulator (virtual time, injected faults, invariant checks).
+pub mod sim;
 pub mod tasks;
 pub mod tombstones;
 pub mod watch;

@@ -1,0 +1,207 @@
+//! The invariant checker on hand-made run records: each invariant can fail.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use dcron_core::FireKey;
+use dcron_testkit::ledger::Execution;
+use dcron_testkit::sim::{
+    check_run, ClaimLog, FinalNode, GrantedClaim, LifeEvent, RunRecord, SimParams, TaskChange,
+    TaskEvent, BASE, DYNAMIC_TASKS, STATIC_TASKS,
+};
+
+const END_MS: u64 = 60_000;
+
+fn base() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(BASE)
+        .expect("BASE parses")
+        .with_timezone(&Utc)
+}
+
+fn at(ms: u64) -> DateTime<Utc> {
+    base() + chrono::Duration::milliseconds(ms as i64)
+}
+
+/// A run where one node works throughout and runs every second of `s-every-1s` up to the end.
+fn clean() -> RunRecord {
+    let executions = (0..=60)
+        .map(|s| Execution {
+            fire: FireKey::new(STATIC_TASKS[0].0, at(s * 1000)),
+            node: "n0".into(),
+            token: s + 1,
+            started_at: at(s * 1000),
+        })
+        .collect();
+    RunRecord {
+        params: SimParams::default(),
+        base: base(),
+        end_ms: END_MS,
+        executions,
+        lifecycle: vec![LifeEvent {
+            label: "n0".into(),
+            state: "working".into(),
+            at_ms: 0,
+        }],
+        task_events: Vec::new(),
+        crashed: BTreeSet::new(),
+        claims: ClaimLog::new(),
+        final_nodes: vec![FinalNode {
+            label: "n0".into(),
+            state: "working".into(),
+            owned: STATIC_TASKS.iter().map(|(n, _)| n.to_string()).collect(),
+        }],
+        registered: vec![("n0".into(), "working".into())],
+    }
+}
+
+/// The missed fires of one task (the other static tasks never ran in `clean()`).
+fn missed_of(record: &RunRecord, task: &str) -> Vec<FireKey> {
+    check_run(record)
+        .missed
+        .into_iter()
+        .filter(|f| f.task == task)
+        .collect()
+}
+
+#[test]
+fn every_second_ran_once_and_nothing_of_it_is_missed() {
+    let v = check_run(&clean());
+    assert!(v.duplicates.is_empty());
+    assert!(missed_of(&clean(), "s-every-1s").is_empty());
+    // Fires up to 15 s before the end are expected: 0..=45 s.
+    assert!(v.expected >= 46);
+    // The other static tasks never ran: the checker reports them.
+    assert!(!v.missed.is_empty());
+    assert!(!v.is_clean());
+}
+
+#[test]
+fn a_second_execution_is_a_duplicate() {
+    let mut r = clean();
+    r.executions.push(Execution {
+        fire: FireKey::new("s-every-1s", at(7000)),
+        node: "n1".into(),
+        token: 99,
+        started_at: at(7100),
+    });
+    let v = check_run(&r);
+    assert_eq!(v.duplicates.len(), 1);
+    assert!(v.violations.iter().any(|l| l.starts_with("invariant 1")));
+}
+
+#[test]
+fn a_missing_execution_is_a_miss_unless_its_winner_could_not_run_it() {
+    let mut r = clean();
+    r.executions.retain(|e| e.fire.instant != at(9000));
+    let fire = FireKey::new("s-every-1s", at(9000));
+    assert_eq!(missed_of(&r, "s-every-1s"), vec![fire.clone()]);
+    // Granted to a live node that heard of it: still a miss.
+    let heard = r.clone();
+    heard.claims.grant(
+        fire.clone(),
+        GrantedClaim {
+            node: "n0".into(),
+            token: 5,
+            delivered: true,
+        },
+    );
+    assert_eq!(missed_of(&heard, "s-every-1s"), vec![fire.clone()]);
+    // Granted, but the reply was lost: lost in flight, not missed.
+    let mut lost = r.clone();
+    lost.claims = ClaimLog::new();
+    lost.claims.grant(
+        fire.clone(),
+        GrantedClaim {
+            node: "n0".into(),
+            token: 5,
+            delivered: false,
+        },
+    );
+    assert!(missed_of(&lost, "s-every-1s").is_empty());
+    assert_eq!(check_run(&lost).lost_in_flight, vec![fire.clone()]);
+    // Granted to a node that crashed: lost in flight too.
+    let mut crashed = r.clone();
+    crashed.claims = ClaimLog::new();
+    crashed.claims.grant(
+        fire.clone(),
+        GrantedClaim {
+            node: "n1".into(),
+            token: 6,
+            delivered: true,
+        },
+    );
+    crashed.crashed.insert("n1".into());
+    assert!(missed_of(&crashed, "s-every-1s").is_empty());
+    // No node working around the instant: excused.
+    let mut idle = r.clone();
+    idle.lifecycle.push(LifeEvent {
+        label: "n0".into(),
+        state: "lost".into(),
+        at_ms: 8_000,
+    });
+    idle.lifecycle.push(LifeEvent {
+        label: "n0".into(),
+        state: "working".into(),
+        at_ms: 20_000,
+    });
+    assert!(missed_of(&idle, "s-every-1s").is_empty());
+}
+
+#[test]
+fn a_fire_run_while_deleted_is_a_violation() {
+    let mut r = clean();
+    let (name, _) = DYNAMIC_TASKS[0];
+    r.task_events = vec![
+        TaskEvent {
+            task: 0,
+            change: TaskChange::Added,
+            at_ms: 1_000,
+        },
+        TaskEvent {
+            task: 0,
+            change: TaskChange::Deleted,
+            at_ms: 20_000,
+        },
+    ];
+    r.executions.push(Execution {
+        fire: FireKey::new(name, at(40_000)),
+        node: "n0".into(),
+        token: 500,
+        started_at: at(40_000),
+    });
+    let v = check_run(&r);
+    assert!(
+        v.violations.iter().any(|l| l.starts_with("invariant 4")),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn two_owners_or_a_node_not_working_at_the_end_is_a_violation() {
+    let mut r = clean();
+    r.final_nodes.push(FinalNode {
+        label: "n1".into(),
+        state: "lost".into(),
+        owned: vec!["s-every-2s".into()],
+    });
+    let v = check_run(&r);
+    let three: Vec<&String> = v
+        .violations
+        .iter()
+        .filter(|l| l.starts_with("invariant 3"))
+        .collect();
+    assert_eq!(three.len(), 2, "{three:?}");
+}
+
+#[test]
+fn an_execution_off_the_schedule_is_a_violation() {
+    let mut r = clean();
+    r.executions.push(Execution {
+        fire: FireKey::new("s-every-2s", at(3_000)),
+        node: "n0".into(),
+        token: 77,
+        started_at: at(3_000),
+    });
+    let v = check_run(&r);
+    assert!(v.violations.iter().any(|l| l.contains("not an occurrence")));
+}
