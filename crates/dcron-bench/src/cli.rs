@@ -437,7 +437,10 @@ mod tests {
         assert!(
             message(&["latency", "--tasks", "5"]).contains("missing required option `--seconds`")
         );
-        assert!(message(&["latency", "--tasks", "-5", "--seconds", "1"]).contains("needs a value"));
+        assert!(
+            message(&["latency", "--tasks", "-5", "--seconds", "1"]).contains("not a whole number")
+        );
+        assert!(message(&["latency", "--tasks", "--seconds", "1"]).contains("needs a value"));
         assert!(
             message(&["latency", "--tasks", "x", "--seconds", "1"]).contains("not a whole number")
         );

@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
-    Capabilities, Claim, ClaimOutcome, FireKey, Lease, Listing, Node, NodeEvent, PutMode, Registry,
-    Result, TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
+    Capabilities, Claim, ClaimOutcome, FireKey, Lease, Listing, Node, NodeEvent, PutMode,
+    RecordKind, Registry, Result, TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
 };
 
 /// The registry operations that are counted.
@@ -54,11 +54,19 @@ pub enum Op {
     Claim,
     /// `list_claims`
     ListClaims,
+    /// `put_records` (one call per batch)
+    PutRecords,
+    /// `get_record`
+    GetRecord,
+    /// `list_records`
+    ListRecords,
+    /// `delete_record`
+    DeleteRecord,
 }
 
 impl Op {
     /// Every operation, in a fixed order.
-    pub const ALL: [Op; 18] = [
+    pub const ALL: [Op; 22] = [
         Op::Register,
         Op::KeepAlive,
         Op::UpdateNode,
@@ -77,6 +85,10 @@ impl Op {
         Op::CleanupAll,
         Op::Claim,
         Op::ListClaims,
+        Op::PutRecords,
+        Op::GetRecord,
+        Op::ListRecords,
+        Op::DeleteRecord,
     ];
 
     /// The trait method's name.
@@ -100,6 +112,10 @@ impl Op {
             Op::CleanupAll => "cleanup_all",
             Op::Claim => "claim",
             Op::ListClaims => "list_claims",
+            Op::PutRecords => "put_records",
+            Op::GetRecord => "get_record",
+            Op::ListRecords => "list_records",
+            Op::DeleteRecord => "delete_record",
         }
     }
 
@@ -296,6 +312,26 @@ impl Registry for CountingRegistry {
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>> {
         self.counters.bump(Op::ListClaims);
         self.inner.list_claims(task).await
+    }
+
+    async fn put_records(&self, kind: RecordKind, records: &[(String, Vec<u8>)]) -> Result<()> {
+        self.counters.bump(Op::PutRecords);
+        self.inner.put_records(kind, records).await
+    }
+
+    async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
+        self.counters.bump(Op::GetRecord);
+        self.inner.get_record(kind, key).await
+    }
+
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>> {
+        self.counters.bump(Op::ListRecords);
+        self.inner.list_records(kind).await
+    }
+
+    async fn delete_record(&self, kind: RecordKind, key: &str) -> Result<bool> {
+        self.counters.bump(Op::DeleteRecord);
+        self.inner.delete_record(kind, key).await
     }
 }
 
