@@ -604,7 +604,11 @@ impl Driver {
                     }
                 }
             }
-            Internal::Drained => self.lifecycle(Input::Drained),
+            Internal::Drained => {
+                // Handlers are done: store their status before the registration goes.
+                self.flush_status();
+                self.lifecycle(Input::Drained);
+            }
             Internal::RunningChanged => self.publish_markers(),
             Internal::MarkersWritten(epoch, r) => {
                 self.markers_inflight = false;
@@ -1047,6 +1051,12 @@ impl Driver {
         let skew = chrono::Duration::from_std(self.cfg.max_clock_skew).unwrap_or_default();
         let mut catch_up = Vec::new();
         for name in names {
+            // Counts stored meanwhile by other owners are read again before the next write.
+            if !self.status_dirty.contains(&name) {
+                if let Some(st) = self.statuses.get_mut(&name) {
+                    *st = StatusLocal::default();
+                }
+            }
             let Some(entry) = self.tasks.get_mut(&name) else {
                 continue;
             };

@@ -13,9 +13,9 @@ use dcron_core::{Dcron, FireContext, FireKey, MisfirePolicy, Schedule, SecondsFi
 use crate::harness::{now_millis, wait_until, CaseContext, CaseError, CaseResult};
 use crate::ledger::{check, Ledger};
 
-const EVERY_SECOND: &str = "* * * * * *";
+pub(crate) const EVERY_SECOND: &str = "* * * * * *";
 
-fn record(ledger: &Ledger, ctx: &FireContext) {
+pub(crate) fn record(ledger: &Ledger, ctx: &FireContext) {
     ledger.record(
         FireKey::new(ctx.name(), ctx.scheduled),
         ctx.node_id.to_string(),
@@ -25,7 +25,7 @@ fn record(ledger: &Ledger, ctx: &FireContext) {
 }
 
 /// The node TTL for a case: the backend's minimum, at least one second.
-fn ttl(cx: &CaseContext) -> Duration {
+pub(crate) fn ttl(cx: &CaseContext) -> Duration {
     cx.min_ttl().max(Duration::from_secs(1))
 }
 
@@ -41,24 +41,7 @@ async fn start_node(
     ledger: &Ledger,
     statics: &[&str],
 ) -> Result<Dcron, CaseError> {
-    let registry = cx.open().await?;
-    let dynamic_ledger = ledger.clone();
-    let node = Dcron::builder(registry)
-        .node_name(name)
-        .ttl(ttl(cx))
-        .poll_interval(Duration::from_millis(300))
-        .misfire_policy(MisfirePolicy::FireAll { max: 1000 })
-        .misfire_window(Duration::from_secs(60))
-        .max_clock_skew(Duration::from_millis(200))
-        .grace_period(Duration::from_secs(5))
-        .task_run_fn(move |ctx| {
-            let ledger = dynamic_ledger.clone();
-            async move {
-                record(&ledger, &ctx);
-                Ok(())
-            }
-        })
-        .build()?;
+    let node = node_builder(cx, name, ledger).await?.build()?;
     for task in statics {
         let ledger = ledger.clone();
         node.add_func(task, EVERY_SECOND, move |ctx| {
@@ -74,7 +57,33 @@ async fn start_node(
     Ok(node)
 }
 
-async fn all_working(nodes: &[&Dcron]) -> Result<(), CaseError> {
+/// The builder every cluster case starts from: a fresh client, short TTL and poll, `FireAll`
+/// catch-up, and a `task_run_fn` that records into `ledger`.
+pub(crate) async fn node_builder(
+    cx: &CaseContext,
+    name: &str,
+    ledger: &Ledger,
+) -> Result<dcron_core::DcronBuilder, CaseError> {
+    let registry = cx.open().await?;
+    let dynamic_ledger = ledger.clone();
+    Ok(Dcron::builder(registry)
+        .node_name(name)
+        .ttl(ttl(cx))
+        .poll_interval(Duration::from_millis(300))
+        .misfire_policy(MisfirePolicy::FireAll { max: 1000 })
+        .misfire_window(Duration::from_secs(60))
+        .max_clock_skew(Duration::from_millis(200))
+        .grace_period(Duration::from_secs(5))
+        .task_run_fn(move |ctx| {
+            let ledger = dynamic_ledger.clone();
+            async move {
+                record(&ledger, &ctx);
+                Ok(())
+            }
+        }))
+}
+
+pub(crate) async fn all_working(nodes: &[&Dcron]) -> Result<(), CaseError> {
     let ok = wait_until(Duration::from_secs(20), || async {
         Ok(nodes.iter().all(|n| n.state() == "working"))
     })
@@ -83,7 +92,11 @@ async fn all_working(nodes: &[&Dcron]) -> Result<(), CaseError> {
     Ok(())
 }
 
-async fn owned_once(nodes: &[&Dcron], tasks: usize, within: Duration) -> Result<bool, CaseError> {
+pub(crate) async fn owned_once(
+    nodes: &[&Dcron],
+    tasks: usize,
+    within: Duration,
+) -> Result<bool, CaseError> {
     wait_until(within, || async {
         let mut owned: Vec<String> = nodes.iter().flat_map(|n| n.my_running_tasks()).collect();
         let total = owned.len();
@@ -117,14 +130,14 @@ fn verdict(ledger: &Ledger, expected: &BTreeSet<FireKey>) -> CaseResult {
     Ok(())
 }
 
-async fn stop_all(nodes: &[&Dcron]) -> CaseResult {
+pub(crate) async fn stop_all(nodes: &[&Dcron]) -> CaseResult {
     for n in nodes {
         n.stop().await?;
     }
     Ok(())
 }
 
-fn pause(d: Duration) -> tokio::time::Sleep {
+pub(crate) fn pause(d: Duration) -> tokio::time::Sleep {
     // Letting the cluster run for a while is the subject of these cases, not a wait for a
     // condition: conditions are awaited with `wait_until`.
     tokio::time::sleep(d)

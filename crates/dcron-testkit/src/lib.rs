@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod membership;
 pub mod memory;
 pub mod namespace;
+pub mod policies;
 pub mod records;
 pub mod runner;
 /// The deterministic cluster simulator (virtual time, injected faults, invariant checks).
@@ -326,6 +327,16 @@ macro_rules! __dcron_case_list {
                     "After `mark_task_deleted` on any node the task fires on no node.";
                 one_shot_runs_once_cluster_wide: None,
                     "A one-shot task runs exactly once in the cluster, then is tombstoned.";
+            }
+            policies {
+                pause_trigger_resume_cluster_wide: Records,
+                    "Pause from an operator client stops a task on 3 nodes within a poll; trigger-now runs one extra fire exactly once; resume brings the schedule back.";
+                status_is_stored_and_survives_a_handover: Records,
+                    "The owner stores the task status; after the owner leaves, the stored run count continues and equals the executions.";
+                retries_stay_with_the_claim: Records,
+                    "A failed attempt is retried on the claiming node with the same token; retries claim nothing.";
+                overlap_skip_holds_across_nodes: Records,
+                    "With `OverlapPolicy::Skip`, a new owner starts no fire while the leaving owner's long run is in flight.";
             }
         }
     };

@@ -26,6 +26,8 @@ pub enum Requirement {
     ExpireLease,
     /// The factory's [`RegistryFactory::restart_server`] hook.
     Restart,
+    /// Record support ([`dcron_core::Capabilities::records`]); without it the case is skipped.
+    Records,
 }
 
 impl Requirement {
@@ -37,6 +39,7 @@ impl Requirement {
             Requirement::RawWrites => "write_raw_task",
             Requirement::ExpireLease => "expire_lease",
             Requirement::Restart => "restart_server",
+            Requirement::Records => "records",
         }
     }
 }
