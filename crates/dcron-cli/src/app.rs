@@ -84,11 +84,10 @@ fn precheck(command: &Command) -> CliResult<()> {
             ops::build_meta(&read_add_request(a)?, now)?;
         }
         Command::Delete(d) => dcron_core::validate_task_name(&d.name)?,
-        Command::Reuse(n)
-        | Command::Cleanup(n)
-        | Command::Pause(n)
-        | Command::Resume(n)
-        | Command::Trigger(n) => dcron_core::validate_task_name(&n.name)?,
+        Command::Reuse(n) | Command::Cleanup(n) => dcron_core::validate_task_name(&n.name)?,
+        Command::Pause(n) | Command::Resume(n) | Command::Trigger(n) => {
+            dcron_core::validate_task_name(&n.name)?
+        }
         Command::Claims(c) => dcron_core::validate_task_name(&c.name)?,
         Command::Watch(w) => {
             for t in &w.tasks {
@@ -229,27 +228,42 @@ pub async fn execute(
             })
         }
         Command::Pause(n) => {
-            crate::admin::pause(registry, &n.name).await?;
+            let already = crate::admin::pause(registry, &n.name, n.allow_static, now).await?;
             Printed::out(if json {
-                to_json(&json!({"action": "paused", "task": n.name}))
+                to_json(&json!({"action": "paused", "task": n.name, "already": already}))
+            } else if already {
+                format!("task `{}` was already paused\n", n.name)
             } else {
-                format!("task `{}` paused\n", n.name)
+                format!(
+                    "paused task `{}`: its fires are skipped on every node until it is resumed\n",
+                    n.name
+                )
             })
         }
         Command::Resume(n) => {
-            crate::admin::resume(registry, &n.name).await?;
+            let was = crate::admin::resume(registry, &n.name, n.allow_static, now).await?;
             Printed::out(if json {
-                to_json(&json!({"action": "resumed", "task": n.name}))
+                to_json(&json!({"action": "resumed", "task": n.name, "was_paused": was}))
+            } else if was {
+                format!("resumed task `{}`\n", n.name)
             } else {
-                format!("task `{}` resumed\n", n.name)
+                format!("task `{}` was not paused\n", n.name)
             })
         }
         Command::Trigger(n) => {
-            crate::admin::trigger(registry, &n.name).await?;
+            let t = crate::admin::trigger(registry, &n.name, n.allow_static, now).await?;
             Printed::out(if json {
-                to_json(&json!({"action": "triggered", "task": n.name}))
+                to_json(&json!({
+                    "action": "triggered",
+                    "task": t.task,
+                    "id": t.id,
+                    "requested_at": t.requested_at,
+                }))
             } else {
-                format!("task `{}` triggered: its owner runs it once now\n", n.name)
+                format!(
+                    "triggered task `{}` (request {}): its owner runs it once within a poll interval\n",
+                    t.task, t.id
+                )
             })
         }
         Command::Claims(c) => {

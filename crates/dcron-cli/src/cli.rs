@@ -80,12 +80,12 @@ pub enum Command {
     Reuse(NameArg),
     /// Remove every trace of a task: record, deletion mark and claims
     Cleanup(NameArg),
-    /// Pause a task everywhere until resumed
-    Pause(NameArg),
-    /// Resume a paused task
-    Resume(NameArg),
-    /// Run a task once now, in addition to its schedule
-    Trigger(NameArg),
+    /// Pause a task everywhere until resumed (its fires are skipped)
+    Pause(AdminArgs),
+    /// Resume a paused task (fires skipped while paused are not caught up)
+    Resume(AdminArgs),
+    /// Run a task once now on its owner, in addition to its schedule
+    Trigger(AdminArgs),
     /// Recent fires of a task and the nodes that ran them, newest first
     Claims(ClaimsArgs),
     /// What each node would own under a strategy
@@ -109,6 +109,17 @@ pub struct NameArg {
     /// The task name
     #[arg(value_name = "TASK")]
     pub name: String,
+}
+
+/// `pause`, `resume` and `trigger`.
+#[derive(Args, Clone, Debug)]
+pub struct AdminArgs {
+    /// The task name
+    #[arg(value_name = "TASK")]
+    pub name: String,
+    /// Accept a name the registry does not know yet (a static task defined in code)
+    #[arg(long = "static")]
+    pub allow_static: bool,
 }
 
 /// `add` and `force-add`.

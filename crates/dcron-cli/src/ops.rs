@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use dcron_core::{
     validate_task_name, Claim, Listing, Member, Node, NodeStatus, PutMode, Registry, Schedule,
-    SecondsField, Strategy, TaskMeta, Tombstone,
+    SecondsField, Strategy, TaskMeta, TaskStatus, Tombstone,
 };
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -288,8 +288,13 @@ pub struct TaskRow {
     pub owner: Option<String>,
     /// The most recent retained claim.
     pub last_fire: Option<FireRow>,
-    /// The outcome of the last run, when the registry records it.
+    /// How the last completed run ended (`ok` or `failed: <error>`), from the owner's status
+    /// record.
     pub last_result: Option<String>,
+    /// Completed runs, from the status record.
+    pub run_count: Option<u64>,
+    /// Failed runs, from the status record.
+    pub failure_count: Option<u64>,
     /// When it was added.
     pub created_at: Option<DateTime<Utc>>,
     /// Why the stored schedule is unusable, if it is.
@@ -311,13 +316,16 @@ pub struct TasksReport {
     pub warning: Option<String>,
 }
 
-/// Per-task operator state that lives outside [`TaskMeta`] (pause flag, last result).
+/// Per-task state that lives outside [`TaskMeta`]: pause flags and the status records the
+/// owners write.
 #[derive(Clone, Debug, Default)]
 pub struct TaskExtras {
     /// Paused task names.
     pub paused: BTreeSet<String>,
-    /// Task name → last result, as text.
-    pub last_result: HashMap<String, String>,
+    /// Task name → its status record.
+    pub status: HashMap<String, TaskStatus>,
+    /// Records that did not decode.
+    pub corrupt: Vec<CorruptRecord>,
 }
 
 /// The newest retained claim of each name.
@@ -341,6 +349,14 @@ pub async fn last_fires(
         .into_iter()
         .filter_map(|(n, c)| c.map(|c| (n, c)))
         .collect())
+}
+
+fn last_result(extras: &TaskExtras, name: &str) -> Option<String> {
+    extras
+        .status
+        .get(name)
+        .and_then(|s| s.last_result.as_ref())
+        .map(crate::admin::result_text)
 }
 
 /// Builds the `tasks` rows from a snapshot (pure; `now` is the reference for next fires).
@@ -393,7 +409,9 @@ pub fn task_rows(
                 next_fire,
                 owner,
                 last_fire: last.get(&meta.name).map(FireRow::from),
-                last_result: extras.last_result.get(&meta.name).cloned(),
+                last_result: last_result(extras, &meta.name),
+                run_count: extras.status.get(&meta.name).map(|s| s.run_count),
+                failure_count: extras.status.get(&meta.name).map(|s| s.failure_count),
                 created_at: meta.created_at,
                 error,
             },
@@ -411,7 +429,9 @@ pub fn task_rows(
             next_fire: None,
             owner: None,
             last_fire: last.get(&t.name).map(FireRow::from),
-            last_result: extras.last_result.get(&t.name).cloned(),
+            last_result: last_result(extras, &t.name),
+            run_count: extras.status.get(&t.name).map(|s| s.run_count),
+            failure_count: extras.status.get(&t.name).map(|s| s.failure_count),
             created_at: None,
             error: None,
         });
@@ -440,10 +460,12 @@ pub async fn tasks(
     names.dedup();
     let last = last_fires(registry, &names).await?;
     let extras = crate::admin::extras(registry).await?;
+    let mut corrupt = snap.corrupt.clone();
+    corrupt.extend(extras.corrupt.iter().cloned());
     Ok(TasksReport {
         strategy: strategy.name().to_string(),
         tasks: task_rows(&snap, &own, &last, &extras, now),
-        corrupt: snap.corrupt,
+        corrupt,
         warning: own.warning,
     })
 }
@@ -576,23 +598,18 @@ pub async fn reuse(registry: &dyn Registry, name: &str) -> CliResult<()> {
     }
 }
 
-/// Whether the registry holds anything for the name: a record, a tombstone or claims.
-async fn known(registry: &dyn Registry, name: &str) -> CliResult<bool> {
-    Ok(registry.get_task(name).await?.is_some()
-        || registry.get_tombstone(name).await?.is_some()
-        || !registry.list_claims(name).await?.items.is_empty())
-}
-
-/// `dcronctl cleanup`: removes the record, the tombstone and the claims of the name.
+/// `dcronctl cleanup`: removes the record, the tombstone, the claims and the pause, status and
+/// trigger records of the name (as `Dcron::cleanup_task` does).
 ///
 /// # Errors
 /// Not found (exit code 4) when the registry holds nothing for the name; the registry's errors.
 pub async fn cleanup(registry: &dyn Registry, name: &str) -> CliResult<()> {
     check_name(name)?;
-    if !known(registry, name).await? {
+    if !crate::admin::known(registry, name).await? {
         return Err(CliError::not_found(format!("unknown task `{name}`")));
     }
     registry.cleanup_task(name).await?;
+    crate::admin::forget(registry, name).await?;
     Ok(())
 }
 
@@ -615,10 +632,7 @@ pub struct ClaimsReport {
 pub async fn claims(registry: &dyn Registry, name: &str, limit: usize) -> CliResult<ClaimsReport> {
     check_name(name)?;
     let listing = registry.list_claims(name).await?;
-    if listing.items.is_empty()
-        && registry.get_task(name).await?.is_none()
-        && registry.get_tombstone(name).await?.is_none()
-    {
+    if listing.items.is_empty() && !crate::admin::known(registry, name).await? {
         return Err(CliError::not_found(format!("unknown task `{name}`")));
     }
     let mut rows: Vec<FireRow> = listing.items.iter().map(FireRow::from).collect();
@@ -809,6 +823,10 @@ mod tests {
         let own = compute_ownership(&snap.nodes, &snap.live_task_names(), Strategy::Consistent);
         let mut extras = TaskExtras::default();
         extras.paused.insert("held".into());
+        let mut status = TaskStatus::new("every-5s", t0());
+        status.last_result = Some(dcron_core::LastResult::Ok);
+        status.run_count = 12;
+        extras.status.insert("every-5s".into(), status);
         let claim = Claim {
             fire: FireKey::new("every-5s", t0()),
             node_id: "n1".into(),
@@ -834,6 +852,8 @@ mod tests {
         assert_eq!(e.next_fire, Some(t0() + chrono::Duration::seconds(5)));
         assert_eq!(e.owner.as_deref(), Some("n1"));
         assert_eq!(e.last_fire.as_ref().map(|f| f.token), Some(7));
+        assert_eq!(e.last_result.as_deref(), Some("ok"));
+        assert_eq!((e.run_count, by["berlin"].run_count), (Some(12), None));
         // 02:30 in Berlin (CET, UTC+1 on 2 March) is 01:30 UTC.
         assert_eq!(
             by["berlin"].next_fire,

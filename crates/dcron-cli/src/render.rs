@@ -272,6 +272,8 @@ mod tests {
                 token: 1,
             }),
             last_result: None,
+            run_count: None,
+            failure_count: None,
             created_at: None,
             error: None,
         };
