@@ -261,7 +261,7 @@ impl DcronBuilder {
         let inner = Inner {
             node_id: node_id.into(),
             cfg: Arc::new(cfg),
-            registry: self.registry,
+            registry: Arc::new(crate::instrument::InstrumentedRegistry::new(self.registry)),
             clock: self.clock,
             cmd_tx,
             pending: Mutex::new(Some(cmd_rx)),
@@ -374,7 +374,8 @@ impl Dcron {
         &self.inner.node_id
     }
 
-    /// The registry this node uses.
+    /// The registry this node uses, wrapped in an [`crate::InstrumentedRegistry`] (metrics and a
+    /// tracing span per call).
     pub fn registry(&self) -> &Arc<dyn Registry> {
         &self.inner.registry
     }

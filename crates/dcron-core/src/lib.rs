@@ -9,6 +9,7 @@ mod dcron;
 pub mod error;
 pub mod event;
 mod fire;
+pub mod instrument;
 pub mod lifecycle;
 pub mod memory;
 pub mod policy;
@@ -25,6 +26,7 @@ pub use dcron::{BackfillReport, Dcron, DcronBuilder, IntoRegistry, TaskOptions};
 pub use dcron_assign::{Assigner, Member, Placement, Strategy};
 pub use error::{BoxError, Error, Result};
 pub use event::{DcronEvent, FireInfo};
+pub use instrument::InstrumentedRegistry;
 pub use memory::MemoryRegistry;
 pub use policy::{
     Backoff, LastResult, OverlapPolicy, PauseRecord, RetryPolicy, RunningFire, SkipReason,
