@@ -5,11 +5,14 @@
 //! /{ns}/tasks/{task name}               task record (TaskMeta JSON)
 //! /{ns}/tombstones/{task name}          tombstone (Tombstone JSON)
 //! /{ns}/claims/{task name}/{instant ms} claim (Claim JSON), attached to a retention lease
+//! /{ns}/records/{kind}/{record key}     record of a kind (pause, trigger, status): opaque bytes
 //! ```
 //!
 //! Every variable segment is escaped with [`escape`], so it never contains `/`: the namespace is
 //! one segment (namespaces `a` and `a-b` or `a/b` can never see each other's keys), and the claims
 //! of task `x` (prefix `/{ns}/claims/x/`) never include those of task `x y`.
+
+use dcron_core::RecordKind;
 
 /// Escapes a name into one key segment: ASCII letters, digits and `-_.~:@+=,` are kept, every
 /// other byte (including `/`, `%`, spaces and the bytes of non-ASCII characters) becomes `%XX`.
@@ -127,6 +130,21 @@ impl Keys {
         format!("{}{instant_ms}", self.task_claims_prefix(name))
     }
 
+    /// `/{ns}/records/`: every record of every kind (removed by `cleanup_all`).
+    pub(crate) fn records_root(&self) -> String {
+        format!("{}records/", self.root)
+    }
+
+    /// `/{ns}/records/{kind}/`: the records of one kind.
+    pub(crate) fn records_prefix(&self, kind: RecordKind) -> String {
+        format!("{}records/{}/", self.root, kind.as_str())
+    }
+
+    /// The key of one record (its key escaped into one segment).
+    pub(crate) fn record(&self, kind: RecordKind, key: &str) -> String {
+        format!("{}{}", self.records_prefix(kind), escape(key))
+    }
+
     /// The unescaped last segment of `key` when it lies directly under `prefix`.
     pub(crate) fn name_under(prefix: &str, key: &[u8]) -> Option<String> {
         let rest = key.strip_prefix(prefix.as_bytes())?;
@@ -190,5 +208,32 @@ mod tests {
         );
         assert_eq!(Keys::name_under(&a.tasks_prefix(), b"/a/tasks/x/y"), None);
         assert_eq!(Keys::name_under(&a.tasks_prefix(), b"/b/tasks/x"), None);
+    }
+
+    #[test]
+    fn record_keys_are_one_segment_per_kind() {
+        let a = Keys::new("a");
+        assert_eq!(
+            a.record(RecordKind::Trigger, "x/y@1"),
+            "/a/records/trigger/x%2Fy@1"
+        );
+        assert!(a
+            .record(RecordKind::Pause, "..")
+            .starts_with(&a.records_prefix(RecordKind::Pause)));
+        assert!(!a
+            .record(RecordKind::Status, "s")
+            .starts_with(&a.records_prefix(RecordKind::Pause)));
+        assert!(a
+            .records_prefix(RecordKind::Status)
+            .starts_with(&a.records_root()));
+        assert_eq!(
+            Keys::name_under(
+                &a.records_prefix(RecordKind::Trigger),
+                a.record(RecordKind::Trigger, "zürich 日本 *?#[]")
+                    .as_bytes()
+            )
+            .as_deref(),
+            Some("zürich 日本 *?#[]")
+        );
     }
 }

@@ -15,14 +15,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
-    check_value_size, validate_task_name, Capabilities, Claim, ClaimOutcome, CorruptEntry, Error,
-    FireKey, Lease, Listing, Node, NodeEvent, PutMode, Registry, Result, TaskMeta, TaskMetaEvent,
-    Tombstone, WatchStream,
+    check_record_key, check_records, check_value_size, validate_task_name, Capabilities, Claim,
+    ClaimOutcome, CorruptEntry, Error, FireKey, Lease, Listing, Node, NodeEvent, PutMode,
+    RecordKind, Registry, Result, TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, Error as EtcdError, GetOptions,
     KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
+use futures::StreamExt;
 
 pub use config::{
     EtcdRegistryConfig, EtcdTls, DEFAULT_ENDPOINT, DEFAULT_NAMESPACE, TEST_ENDPOINTS_ENV,
@@ -36,6 +37,35 @@ use crate::keys::{prefix_end, Keys};
 /// its `--max-request-bytes` (1.5 MiB by default); 1 MiB leaves room for the key and the
 /// transaction around the value.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// The most operations one transaction carries (etcd's `--max-txn-ops` defaults to 128).
+const MAX_TXN_OPS: usize = 128;
+
+/// The most key and value bytes one record transaction carries, so that a transaction stays
+/// under etcd's default `--max-request-bytes` (1.5 MiB) while a single record of
+/// [`MAX_VALUE_BYTES`] still fits alone.
+const MAX_TXN_BYTES: usize = MAX_VALUE_BYTES + 64 * 1024;
+
+/// Splits a batch of `(key, value)` puts into groups that each fit one transaction
+/// ([`MAX_TXN_OPS`] operations, [`MAX_TXN_BYTES`] bytes; a group holds at least one record).
+fn txn_groups<'a, 'b>(puts: &'a [(String, &'b [u8])]) -> Vec<&'a [(String, &'b [u8])]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, (key, value)) in puts.iter().enumerate() {
+        let size = key.len() + value.len();
+        if i > start && (i - start == MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES) {
+            groups.push(&puts[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < puts.len() {
+        groups.push(&puts[start..]);
+    }
+    groups
+}
 
 /// The largest response a listing page may be (pages hold at most
 /// [`EtcdRegistryConfig::list_page_size`] keys of at most 1.5 MiB each).
@@ -465,7 +495,7 @@ impl Registry for EtcdRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES)
+        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES).with_records()
     }
 
     // ----- membership -----
@@ -761,6 +791,7 @@ impl Registry for EtcdRegistry {
             keys.tasks_prefix(),
             keys.tombstones_prefix(),
             keys.claims_prefix(),
+            keys.records_root(),
         ];
         let txn = Txn::new().and_then(
             prefixes
@@ -796,5 +827,104 @@ impl Registry for EtcdRegistry {
             claim.token = u64::try_from(kv.create_revision()).unwrap_or(0);
             Ok(claim)
         }))
+    }
+
+    // ----- records -----
+
+    async fn put_records(&self, kind: RecordKind, records: &[(String, Vec<u8>)]) -> Result<()> {
+        check_records(kind, records, &self.capabilities())?;
+        let puts: Vec<(String, &[u8])> = records
+            .iter()
+            .map(|(key, value)| (self.keys().record(kind, key), value.as_slice()))
+            .collect();
+        let prefix = self.keys().records_prefix(kind);
+        // One transaction per group (etcd limits operations and bytes per request), the groups
+        // sent concurrently: each record is written whole, the batch costs one round trip.
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for group in txn_groups(&puts) {
+            let ops: Vec<TxnOp> = group
+                .iter()
+                .map(|(key, value)| TxnOp::put(key.as_str(), *value, None))
+                .collect();
+            let what = format!("put_records ({} of {})", group.len(), puts.len());
+            let txn = Txn::new().and_then(ops);
+            let prefix = prefix.as_str();
+            pending.push(async move { self.txn(&what, prefix, txn).await });
+        }
+        while let Some(done) = pending.next().await {
+            done?;
+        }
+        Ok(())
+    }
+
+    async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
+        check_record_key(kind, key)?;
+        let etcd_key = self.keys().record(kind, key);
+        Ok(self
+            .get_kv("get_record", &etcd_key)
+            .await?
+            .map(|kv| kv.value().to_vec()))
+    }
+
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>> {
+        let prefix = self.keys().records_prefix(kind);
+        let kvs = self.list_prefix("list_records", &prefix).await?;
+        let mut out = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            match Keys::name_under(&prefix, kv.key()) {
+                Some(key) => {
+                    let (_, value) = kv.into_key_value();
+                    out.push((key, value));
+                }
+                None => tracing::warn!(
+                    key = %String::from_utf8_lossy(kv.key()),
+                    "skipping a record whose key is not escaped by dcron"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_record(&self, kind: RecordKind, key: &str) -> Result<bool> {
+        check_record_key(kind, key)?;
+        let etcd_key = self.keys().record(kind, key);
+        // etcd answers how many keys this delete removed: among concurrent deleters of one key
+        // exactly one sees 1.
+        let resp = self
+            .call("delete_record", &etcd_key, |mut c| {
+                let key = etcd_key.clone();
+                async move { c.delete(key, None).await }
+            })
+            .await?;
+        Ok(resp.deleted() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_batches_split_by_operations_and_bytes() {
+        let small = vec![0u8; 10];
+        let puts: Vec<(String, &[u8])> = (0..300)
+            .map(|i| (format!("k{i}"), small.as_slice()))
+            .collect();
+        let sizes: Vec<usize> = txn_groups(&puts).iter().map(|g| g.len()).collect();
+        assert_eq!(sizes, vec![MAX_TXN_OPS, MAX_TXN_OPS, 300 - 2 * MAX_TXN_OPS]);
+
+        let big = vec![0u8; MAX_VALUE_BYTES];
+        let puts: Vec<(String, &[u8])> = vec![
+            ("a".into(), big.as_slice()),
+            ("b".into(), small.as_slice()),
+            ("c".into(), big.as_slice()),
+        ];
+        let sizes: Vec<usize> = txn_groups(&puts).iter().map(|g| g.len()).collect();
+        assert_eq!(
+            sizes,
+            vec![2, 1],
+            "a full-size record shares a txn only with small ones"
+        );
+        assert!(txn_groups(&[]).is_empty());
     }
 }
