@@ -1,0 +1,468 @@
+//! `dcronctl` end to end: the built binary against a real Redis (`DCRON_TEST_REDIS_URL`, started
+//! by `scripts/test`), next to an in-process dcron node on the same namespace. Without the
+//! variable the Redis tests skip with a message, unless `DCRON_TEST_REQUIRE=1`, which makes them
+//! fail. The tests that need no server (bad URL, unreachable registry) always run.
+
+use std::ffi::OsStr;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dcron_core::{Dcron, DcronEvent, SkipReason};
+use dcron_registry_redis::RedisRegistry;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::time::Instant;
+
+const TASK: &str = "e2e-every-second";
+
+/// Every variable `dcronctl` reads, removed so the developer's environment cannot leak in.
+const CLI_ENV: [&str; 9] = [
+    "DCRON_REGISTRY_URL",
+    "DCRON_NAMESPACE",
+    "DCRON_REGISTRY_USER",
+    "DCRON_REGISTRY_PASSWORD",
+    "DCRON_ETCD_USER",
+    "DCRON_ETCD_PASSWORD",
+    "DCRON_ZK_DIGEST",
+    "CONSUL_HTTP_TOKEN",
+    "RUST_LOG",
+];
+
+fn redis_url() -> Option<String> {
+    match std::env::var("DCRON_TEST_REDIS_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("DCRON_TEST_REQUIRE").as_deref() != Ok("1"),
+                "DCRON_TEST_REQUIRE=1 but DCRON_TEST_REDIS_URL is not set (scripts/services/redis.sh sets it)"
+            );
+            eprintln!("skipping: DCRON_TEST_REDIS_URL is not set (run scripts/test or scripts/services/redis.sh)");
+            None
+        }
+    }
+}
+
+fn command<S: AsRef<OsStr>>(args: &[S]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dcronctl"));
+    for var in CLI_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.args(args).kill_on_drop(true);
+    cmd
+}
+
+async fn run<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> Output {
+    tokio::time::timeout(Duration::from_secs(60), command(args).output())
+        .await
+        .unwrap_or_else(|_| panic!("dcronctl {args:?} did not finish in 60 s"))
+        .unwrap_or_else(|e| panic!("dcronctl {args:?} did not start: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts the exit code and, on failure, the one-line `dcronctl: …` error.
+fn expect_code(out: &Output, code: i32, what: &str) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}: stdout {stdout:?} stderr {stderr:?}"
+    );
+    if code != 0 {
+        assert_eq!(stderr.lines().count(), 1, "{what}: one line: {stderr:?}");
+        assert!(stderr.starts_with("dcronctl: "), "{what}: {stderr:?}");
+        assert!(stdout.is_empty(), "{what}: nothing on stdout: {stdout:?}");
+    }
+}
+
+fn json(out: &Output, what: &str) -> Value {
+    expect_code(out, 0, what);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", text(&out.stdout)))
+}
+
+/// Runs `args` until `check` accepts the JSON answer, or fails after `within`.
+async fn poll_json(
+    args: &[String],
+    within: Duration,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = json(&run(args).await, what);
+        if check(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached in {within:?}; last answer {value:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn task_row<'a>(tasks: &'a Value, name: &str) -> Option<&'a Value> {
+    tasks["tasks"]
+        .as_array()?
+        .iter()
+        .find(|t| t["name"] == name)
+}
+
+/// Waits until `events` yields an event accepted by `matches`.
+async fn wait_event(
+    events: &mut tokio::sync::broadcast::Receiver<DcronEvent>,
+    within: Duration,
+    what: &str,
+    matches: impl Fn(&DcronEvent) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => panic!("{what}: no such event in {within:?}"),
+            Ok(Ok(ev)) if matches(&ev) => return,
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(e)) => panic!("{what}: event stream ended: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operate_a_task_through_the_binary() {
+    let Some(url) = redis_url() else { return };
+    let ns = format!("dcronctl-e2e-{}", uuid::Uuid::new_v4().simple());
+    let base = ["--registry", url.as_str(), "--namespace", ns.as_str()];
+    let with =
+        |args: &[&str]| -> Vec<String> { base.iter().chain(args).map(|s| s.to_string()).collect() };
+    macro_rules! ctl {
+        ($($a:expr),* $(,)?) => {
+            run(&with(&[$($a),*])).await
+        };
+    }
+    macro_rules! args {
+        ($($a:expr),* $(,)?) => { with(&[$($a),*]) };
+    }
+
+    // An empty namespace.
+    let tasks = json(&ctl!("tasks", "--json"), "tasks on an empty namespace");
+    assert_eq!(tasks["tasks"], Value::Array(vec![]));
+    let empty = ctl!("nodes");
+    expect_code(&empty, 0, "nodes");
+    assert_eq!(text(&empty.stdout), "no live nodes in this namespace\n");
+
+    // Add a task with a seconds schedule; a second add conflicts; bad input is a usage error.
+    let added = ctl!("add", TASK, "--cron", "*/1 * * * * *", "--payload", "hello");
+    expect_code(&added, 0, "add");
+    assert!(
+        text(&added.stdout).starts_with(&format!("added task `{TASK}`")),
+        "{}",
+        text(&added.stdout)
+    );
+    expect_code(
+        &ctl!("add", TASK, "--cron", "@hourly"),
+        5,
+        "add an existing task",
+    );
+    expect_code(&ctl!("add", "other", "--cron", "61 * * * *"), 2, "bad cron");
+    expect_code(
+        &ctl!("add", "other", "--cron", "@hourly", "--zone", "Mars/Base"),
+        2,
+        "bad zone",
+    );
+    expect_code(&ctl!("add", "a/b", "--cron", "@hourly"), 2, "bad task name");
+
+    let tasks = json(&ctl!("tasks", "--json"), "tasks");
+    let row = task_row(&tasks, TASK).expect("the task is listed");
+    assert_eq!(row["schedule"], "*/1 * * * * *");
+    assert_eq!(row["zone"], "UTC");
+    assert_eq!(row["state"], "active");
+    assert_eq!(row["payload"], "hello");
+    assert!(row["next_fire"].is_string(), "{row:#}");
+    assert!(row["owner"].is_null(), "no node yet: {row:#}");
+
+    // A node on the same Redis and namespace runs it.
+    let runs: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let registry = RedisRegistry::builder(url.as_str())
+        .namespace(ns.as_str())
+        .build()
+        .expect("registry");
+    let seen = runs.clone();
+    let node = Dcron::builder(registry)
+        .node_name("e2e")
+        .ttl(Duration::from_secs(3))
+        .poll_interval(Duration::from_millis(300))
+        .status_interval(Duration::from_millis(300))
+        .task_run_fn(move |ctx| {
+            let seen = seen.clone();
+            async move {
+                if let Ok(mut runs) = seen.lock() {
+                    runs.push((ctx.payload().to_string(), ctx.token));
+                }
+                Ok(())
+            }
+        })
+        .build()
+        .expect("node");
+    let mut events = node.events();
+    node.start().await.expect("started");
+    let id = node.node_id().to_string();
+
+    let nodes = poll_json(
+        &args!("nodes", "--json"),
+        Duration::from_secs(30),
+        "the node works and owns the task",
+        |v| {
+            v["nodes"].as_array().is_some_and(|n| {
+                n.iter().any(|n| {
+                    n["id"] == id.as_str() && n["status"] == "working" && n["owned_tasks"] == 1
+                })
+            })
+        },
+    )
+    .await;
+    assert_eq!(nodes["strategy"], "consistent");
+
+    // Its fires show up in `claims`, run by the node.
+    let claims = poll_json(
+        &args!("claims", TASK, "--json"),
+        Duration::from_secs(30),
+        "a claim for the task",
+        |v| v["claims"].as_array().is_some_and(|c| !c.is_empty()),
+    )
+    .await;
+    assert_eq!(claims["task"], TASK);
+    assert_eq!(claims["claims"][0]["node"], id.as_str());
+    let human = ctl!("claims", TASK, "--limit", "1");
+    expect_code(&human, 0, "claims as a table");
+    let table = text(&human.stdout);
+    assert!(table.starts_with("FIRE") && table.contains(&id), "{table}");
+
+    // `tasks` now shows the owner, the last fire and (once the owner wrote it) the last result.
+    let tasks = poll_json(
+        &args!("tasks", "--json"),
+        Duration::from_secs(30),
+        "the last result",
+        |v| task_row(v, TASK).is_some_and(|r| r["last_result"] == "ok"),
+    )
+    .await;
+    let row = task_row(&tasks, TASK).expect("listed");
+    assert_eq!(row["owner"], id.as_str());
+    assert_eq!(row["last_fire"]["node"], id.as_str());
+    assert!(runs.lock().expect("runs").iter().all(|(p, _)| p == "hello"));
+    let human = ctl!("tasks");
+    expect_code(&human, 0, "tasks as a table");
+    let table = text(&human.stdout);
+    assert!(
+        table.starts_with("NAME") && table.contains(TASK) && table.contains("active"),
+        "{table}"
+    );
+
+    // `watch` reports the fires as JSON lines.
+    let mut watch = command(&args!(
+        "watch",
+        "--json",
+        "--interval",
+        "200ms",
+        "--for",
+        "60s"
+    ));
+    watch.stdout(std::process::Stdio::piped());
+    let mut child = watch.spawn().expect("watch starts");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("a fire event in time")
+            .expect("readable")
+            .expect("watch still running");
+        let ev: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if ev["event"] == "fire" && ev["task"] == TASK {
+            assert_eq!(ev["node"], id.as_str());
+            break;
+        }
+    }
+    child.kill().await.expect("watch stopped");
+    let short = ctl!("watch", "--for", "300ms");
+    expect_code(&short, 0, "watch --for ends by itself");
+
+    // Trigger runs it once now, with the request id as the fencing token.
+    let triggered = json(&ctl!("trigger", TASK, "--json"), "trigger");
+    let trigger_id = triggered["id"].as_u64().expect("id");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !runs
+        .lock()
+        .expect("runs")
+        .iter()
+        .any(|(_, t)| *t == trigger_id)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the triggered run did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Pause: the node skips the fires; resume.
+    let paused = ctl!("pause", TASK);
+    expect_code(&paused, 0, "pause");
+    assert!(text(&paused.stdout).starts_with(&format!("paused task `{TASK}`")));
+    wait_event(&mut events, Duration::from_secs(30), "a fire skipped while paused", |e| {
+        matches!(e, DcronEvent::Skipped { fire, reason: SkipReason::Paused } if fire.task == TASK)
+    })
+    .await;
+    let tasks = json(&ctl!("tasks", "--json"), "tasks while paused");
+    assert_eq!(task_row(&tasks, TASK).expect("listed")["state"], "paused");
+    let resumed = json(&ctl!("resume", TASK, "--json"), "resume");
+    assert_eq!(resumed["was_paused"], true);
+    let tasks = json(&ctl!("tasks", "--json"), "tasks after resume");
+    assert_eq!(task_row(&tasks, TASK).expect("listed")["state"], "active");
+
+    // Delete: tombstoned everywhere, shown as deleted; deleting again is fine.
+    let deleted = ctl!("delete", TASK);
+    expect_code(&deleted, 0, "delete");
+    assert!(text(&deleted.stdout).starts_with(&format!("marked task `{TASK}` deleted")));
+    let tasks = json(&ctl!("tasks", "--json"), "tasks after delete");
+    let row = task_row(&tasks, TASK).expect("still listed");
+    assert_eq!(row["state"], "deleted");
+    assert!(row["deleted_at"].is_string() && row["owner"].is_null() && row["next_fire"].is_null());
+    assert_eq!(
+        json(&ctl!("delete", TASK, "--json"), "delete again")["already"],
+        true
+    );
+    expect_code(
+        &ctl!("add", TASK, "--cron", "@hourly"),
+        5,
+        "add a deleted task",
+    );
+    expect_code(&ctl!("trigger", TASK), 5, "trigger a deleted task");
+
+    // Reuse, force-add, cleanup.
+    expect_code(&ctl!("reuse", TASK), 0, "reuse");
+    expect_code(&ctl!("reuse", TASK), 4, "reuse a live task");
+    expect_code(
+        &ctl!(
+            "force-add",
+            TASK,
+            "--cron",
+            "@hourly",
+            "--zone",
+            "Europe/Berlin"
+        ),
+        0,
+        "force-add",
+    );
+    let tasks = json(&ctl!("tasks", "--json"), "tasks after force-add");
+    assert_eq!(
+        task_row(&tasks, TASK).expect("listed")["zone"],
+        "Europe/Berlin"
+    );
+    let assignment = json(
+        &ctl!("assignment", "--strategy", "round-robin", "--json"),
+        "assignment",
+    );
+    assert_eq!(assignment["strategy"], "round-robin");
+    assert!(assignment["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .any(|n| n["id"] == id.as_str()));
+    expect_code(&ctl!("cleanup", TASK), 0, "cleanup");
+    let tasks = json(&ctl!("tasks", "--json"), "tasks after cleanup");
+    assert!(task_row(&tasks, TASK).is_none(), "{tasks:#}");
+
+    // Unknown tasks.
+    for args in [
+        vec!["claims", "no-such-task"],
+        vec!["delete", "no-such-task"],
+        vec!["pause", "no-such-task"],
+        vec!["cleanup", "no-such-task"],
+    ] {
+        let out = run(&with(&args)).await;
+        expect_code(&out, 4, &format!("{args:?}"));
+        assert!(
+            text(&out.stderr).contains("unknown task `no-such-task`"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+
+    node.stop().await.expect("stopped");
+    // The namespace is left empty.
+    let admin = RedisRegistry::builder(url.as_str())
+        .namespace(ns.as_str())
+        .build()
+        .expect("registry");
+    dcron_core::Registry::cleanup_all(&admin)
+        .await
+        .expect("cleaned");
+}
+
+#[tokio::test]
+async fn bad_urls_are_usage_errors() {
+    for url in [
+        "redis//127.0.0.1",
+        "redis://127.0.0.1:notaport",
+        "memory://",
+        "ftp://h",
+        "consul://u:pw@h",
+    ] {
+        let out = run(&["--registry", url, "nodes"]).await;
+        expect_code(&out, 2, url);
+    }
+    let out = run(&["nodes"]).await;
+    expect_code(&out, 2, "no registry");
+    assert!(text(&out.stderr).contains("DCRON_REGISTRY_URL"));
+    let out = run(&[
+        "--registry",
+        "redis://127.0.0.1:1",
+        "assignment",
+        "--strategy",
+        "nope",
+    ])
+    .await;
+    expect_code(&out, 2, "unknown strategy");
+    // Bad input is refused before the registry is contacted.
+    let out = run(&[
+        "--registry",
+        "redis://127.0.0.1:1",
+        "add",
+        "t",
+        "--cron",
+        "not cron",
+    ])
+    .await;
+    expect_code(&out, 2, "bad cron with an unreachable registry");
+}
+
+#[tokio::test]
+async fn unreachable_registry_is_exit_3_without_credentials() {
+    let secret = "sup3r-s3cret-pw";
+    let url = format!("redis://admin:{secret}@127.0.0.1:1/0");
+    let out = run(&["--registry", &url, "--timeout", "2s", "tasks"]).await;
+    expect_code(&out, 3, "unreachable");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("redis://127.0.0.1:1/0") && stderr.contains("unreachable"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(secret), "{stderr}");
+
+    // Credentials from flags and the environment are not echoed either.
+    let mut cmd = command(&[
+        "--registry",
+        "redis://127.0.0.1:1",
+        "--password",
+        secret,
+        "nodes",
+    ]);
+    cmd.env("DCRON_REGISTRY_USER", "ops");
+    let out = cmd.output().await.expect("ran");
+    expect_code(&out, 3, "unreachable with --password");
+    assert!(!text(&out.stderr).contains(secret));
+}
