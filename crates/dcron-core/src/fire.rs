@@ -177,6 +177,14 @@ impl FireEnv {
         self.handlers.spawn(run(env, launch));
     }
 
+    /// Sends the event built by `make` when anyone listens (building events costs allocations
+    /// on the hot path).
+    pub(crate) fn emit(&self, make: impl FnOnce() -> DcronEvent) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(make());
+        }
+    }
+
     pub(crate) fn info(&self, key: &FireKey, kind: FireKind) -> FireInfo {
         FireInfo {
             task: key.task.clone(),
@@ -321,7 +329,7 @@ async fn attempts(
         result = tracing::field::Empty,
     );
     async {
-        let _ = env.events.send(DcronEvent::Started(info.clone()));
+        env.emit(|| DcronEvent::Started(info.clone()));
         metrics::histogram!("dcron_fire_lateness_seconds").record(lateness.max(0) as f64 / 1000.0);
         let threshold = i64::try_from(env.cfg.overdue_threshold.as_millis()).unwrap_or(i64::MAX);
         if l.kind == FireKind::Scheduled && lateness > threshold {
@@ -436,7 +444,7 @@ async fn attempts(
                 span.record("result", "ok");
                 tracing::debug!("fire succeeded");
                 metrics::counter!("dcron_fires_executed_total", "result" => "ok").increment(1);
-                let _ = env.events.send(DcronEvent::Succeeded(info.clone()));
+                env.emit(|| DcronEvent::Succeeded(info.clone()));
             }
             Some(err) => {
                 span.record("result", "error");

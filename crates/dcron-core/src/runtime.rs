@@ -1215,9 +1215,8 @@ impl Driver {
             if late <= window {
                 if let Some(task) = task {
                     let key = FireKey::new(name.clone(), instant);
-                    let _ = self.events.send(DcronEvent::Scheduled(
-                        self.env.info(&key, FireKind::Scheduled),
-                    ));
+                    self.env
+                        .emit(|| DcronEvent::Scheduled(self.env.info(&key, FireKind::Scheduled)));
                     batch.push(PendingFire {
                         key,
                         meta,
@@ -1302,12 +1301,11 @@ impl Driver {
             };
             let (mut won, mut lost, mut tombstoned) = (0, 0, 0);
             for (fire, outcome) in batch.into_iter().zip(outcomes) {
-                let fi = env.info(&fire.key, fire.kind);
                 match outcome {
                     ClaimOutcome::Won { token } => {
                         won += 1;
                         metrics::counter!("dcron_fires_claimed_total").increment(1);
-                        let _ = env.events.send(DcronEvent::Claimed(fi));
+                        env.emit(|| DcronEvent::Claimed(env.info(&fire.key, fire.kind)));
                         env.launch(Launch {
                             key: fire.key,
                             meta: fire.meta,
@@ -1321,13 +1319,13 @@ impl Driver {
                     ClaimOutcome::Lost => {
                         lost += 1;
                         metrics::counter!("dcron_fires_lost_total").increment(1);
-                        let _ = env.events.send(DcronEvent::LostClaim(fi));
+                        env.emit(|| DcronEvent::LostClaim(env.info(&fire.key, fire.kind)));
                     }
                     ClaimOutcome::Tombstoned => {
                         tombstoned += 1;
                         metrics::counter!("dcron_fires_skipped_total", "reason" => "tombstoned")
                             .increment(1);
-                        let _ = env.events.send(DcronEvent::SkippedTombstoned(fi));
+                        env.emit(|| DcronEvent::SkippedTombstoned(env.info(&fire.key, fire.kind)));
                         let _ = env.internal.send(Internal::OneShotEnded {
                             name: fire.key.task.clone(),
                             done: true,
