@@ -7,13 +7,16 @@
 //! {root}/claims/{escaped task name}         persistent directory of one task's claims
 //! {root}/claims/{escaped task name}/{ms}    TTL znode (or persistent + sweeper), data = Claim JSON
 //! {root}/sweeper                            ephemeral lock of the claim sweeper (fallback only)
+//! {root}/records                            persistent directory of records, created on demand
+//! {root}/records/{kind}                     persistent directory of one kind (pause, trigger, status)
+//! {root}/records/{kind}/{escaped key}       persistent, data = the record's opaque bytes
 //! ```
 //!
 //! Escaping: every byte outside `[A-Za-z0-9_-]` becomes `%XX` (upper-case hex) — including `.`
 //! (so `.` and `..` cannot occur), `%` itself, and every byte of non-ASCII characters, which
 //! ZooKeeper restricts in path components. The mapping is one-to-one and reversible.
 
-use dcron_core::{Error, Result};
+use dcron_core::{Error, RecordKind, Result};
 
 /// Escapes a task name or node id into one znode name.
 pub(crate) fn escape(name: &str) -> String {
@@ -126,6 +129,15 @@ impl Layout {
     pub(crate) fn claims_dir(&self) -> String {
         format!("{}/claims", self.root)
     }
+    pub(crate) fn records_dir(&self) -> String {
+        format!("{}/records", self.root)
+    }
+    pub(crate) fn records_kind_dir(&self, kind: RecordKind) -> String {
+        format!("{}/records/{}", self.root, kind.as_str())
+    }
+    pub(crate) fn record(&self, kind: RecordKind, key: &str) -> String {
+        format!("{}/records/{}/{}", self.root, kind.as_str(), escape(key))
+    }
     pub(crate) fn sweeper_lock(&self) -> String {
         format!("{}/sweeper", self.root)
     }
@@ -207,5 +219,18 @@ mod tests {
             ]
         );
         assert_eq!(l.claim("a b", -5), "/x/y/claims/a%20b/-5");
+        assert_eq!(
+            l.record(RecordKind::Trigger, "a b@1"),
+            "/x/y/records/trigger/a%20b%401"
+        );
+        assert_eq!(
+            l.record(RecordKind::Pause, ".."),
+            "/x/y/records/pause/%2E%2E"
+        );
+        assert_eq!(
+            l.records_kind_dir(RecordKind::Status),
+            "/x/y/records/status"
+        );
+        assert_eq!(l.records_dir(), "/x/y/records");
     }
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
-    check_value_size, validate_task_name, watch_channel, Capabilities, Claim, ClaimOutcome,
-    CorruptEntry, Error, FireKey, Lease, Listing, Node, NodeEvent, PutMode, Registry, Result,
-    TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
+    check_record_key, check_records, check_value_size, validate_task_name, watch_channel,
+    Capabilities, Claim, ClaimOutcome, CorruptEntry, Error, FireKey, Lease, Listing, Node,
+    NodeEvent, PutMode, RecordKind, Registry, Result, TaskMeta, TaskMetaEvent, Tombstone,
+    WatchStream,
 };
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Notify;
@@ -402,6 +403,87 @@ impl ZkRegistry {
         })
     }
 
+    /// Writes one record: replaces the data of an existing znode, or creates it (and the
+    /// directories above it, on first use).
+    async fn put_record(&self, kind: RecordKind, key: &str, data: &[u8]) -> Result<()> {
+        let path = self.layout().record(kind, key);
+        let conn = self.conn();
+        for _ in 0..5 {
+            if conn
+                .set_data(&path, data.to_vec(), None, &[ZkError::NoNode])
+                .await?
+                .is_ok()
+            {
+                return Ok(());
+            }
+            match conn
+                .create(
+                    &path,
+                    data.to_vec(),
+                    CreateMode::Persistent,
+                    None,
+                    &[ZkError::NodeExists, ZkError::NoNode],
+                )
+                .await?
+            {
+                Ok(_) => return Ok(()),
+                // Created by someone else meanwhile: replace its data on the next turn.
+                Err(ZkError::NodeExists) => {}
+                // The directories are missing (first record, or cleaned up): create them.
+                Err(_) => {
+                    for dir in [
+                        self.layout().records_dir(),
+                        self.layout().records_kind_dir(kind),
+                    ] {
+                        conn.create(
+                            &dir,
+                            Vec::new(),
+                            CreateMode::Persistent,
+                            None,
+                            &[ZkError::NodeExists],
+                        )
+                        .await?
+                        .ok();
+                    }
+                }
+            }
+        }
+        Err(Error::Backend {
+            backend: BACKEND,
+            message: format!(
+                "record `{path}` could not be written (its directory keeps vanishing)"
+            ),
+            source: None,
+        })
+    }
+
+    /// Deletes every record of every kind; the directories go too when nothing arrived since.
+    async fn delete_all_records(&self) -> Result<()> {
+        let records = self.layout().records_dir();
+        let conn = self.conn();
+        for kind_dir in conn.children(&records).await? {
+            let dir = format!("{records}/{kind_dir}");
+            let children = conn.children(&dir).await?;
+            futures::stream::iter(children)
+                .map(|c| {
+                    let path = format!("{dir}/{c}");
+                    async move {
+                        conn.delete(&path, None, &[ZkError::NoNode])
+                            .await
+                            .map(|_| ())
+                    }
+                })
+                .buffer_unordered(LIST_CONCURRENCY)
+                .try_collect::<Vec<()>>()
+                .await?;
+            // A record written meanwhile keeps its directory (NotEmpty): it came after.
+            conn.delete(&dir, None, &[ZkError::NoNode, ZkError::NotEmpty])
+                .await?
+                .ok();
+        }
+        Ok(())
+    }
+
     fn start_sweeper(&self) {
         let Ok(mut slot) = self.inner.sweeper.lock() else {
             return;
@@ -481,7 +563,7 @@ impl Registry for ZkRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES)
+        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES).with_records()
     }
 
     // ----- membership -----
@@ -927,7 +1009,7 @@ impl Registry for ZkRegistry {
             .buffer_unordered(16)
             .try_collect::<Vec<()>>()
             .await?;
-        Ok(())
+        self.delete_all_records().await
     }
 
     // ----- claims -----
@@ -1065,6 +1147,52 @@ impl Registry for ZkRegistry {
             }
         }
         Ok(listing)
+    }
+
+    // ----- records -----
+
+    async fn put_records(&self, kind: RecordKind, records: &[(String, Vec<u8>)]) -> Result<()> {
+        check_records(kind, records, &self.capabilities())?;
+        // No `multi` in zookeeper-async: the records are written concurrently, each whole.
+        futures::stream::iter(0..records.len())
+            .map(|i| self.put_record(kind, &records[i].0, &records[i].1))
+            .buffer_unordered(LIST_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
+        check_record_key(kind, key)?;
+        let path = self.layout().record(kind, key);
+        Ok(self.conn().get_data(&path).await?.map(|(data, _)| data))
+    }
+
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>> {
+        let dir = self.layout().records_kind_dir(kind);
+        let mut out = Vec::new();
+        for f in self.fetch_dir(&dir).await? {
+            let name = f.key.rsplit('/').next().and_then(unescape);
+            match name {
+                Some(key) => out.push((key, f.data)),
+                None => tracing::warn!(
+                    znode = %f.key,
+                    "zookeeper: skipping a record whose znode name dcron did not write"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_record(&self, kind: RecordKind, key: &str) -> Result<bool> {
+        check_record_key(kind, key)?;
+        let path = self.layout().record(kind, key);
+        // Any version: among concurrent deleters the server answers NoNode to all but one.
+        Ok(self
+            .conn()
+            .delete(&path, None, &[ZkError::NoNode])
+            .await?
+            .is_ok())
     }
 }
 
