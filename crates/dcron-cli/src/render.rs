@@ -63,6 +63,19 @@ fn or_dash(v: Option<String>) -> String {
     v.filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into())
 }
 
+/// Longest last result shown in the `tasks` table (`--json` has the whole text).
+const RESULT_WIDTH: usize = 40;
+
+fn clip(s: String, max: usize) -> String {
+    if s.chars().count() <= max {
+        s
+    } else {
+        let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}
+
 fn when(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     format!("{} ({})", format_instant(t), relative(t, now))
 }
@@ -146,7 +159,7 @@ pub fn tasks(report: &TasksReport, now: DateTime<Utc>) -> String {
             next,
             or_dash(r.owner.clone()),
             or_dash(last),
-            or_dash(r.last_result.clone()),
+            or_dash(r.last_result.clone().map(|s| clip(s, RESULT_WIDTH))),
         ]);
     }
     t.render()
@@ -222,6 +235,12 @@ mod tests {
         t.row(vec!["wide cell".into(), "x".into()]);
         t.row(vec!["ü".into()]);
         assert_eq!(t.render(), "A          LONGER\nwide cell  x\nü\n");
+    }
+
+    #[test]
+    fn long_texts_are_clipped() {
+        assert_eq!(clip("short".into(), 10), "short");
+        assert_eq!(clip("0123456789abc".into(), 10), "012345678…");
     }
 
     #[test]

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dcron_core::{Claim, Node, NodeEvent, Registry, TaskMeta, TaskMetaEvent, WatchStream};
+use dcron_core::{
+    Claim, Node, NodeEvent, Registry, TaskMeta, TaskMetaEvent, TaskStatus, WatchStream,
+};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
@@ -89,6 +91,21 @@ pub enum WatchEvent {
         /// Task name.
         task: String,
     },
+    /// A task's owner recorded a completed run (scheduled or triggered) in its status record.
+    Result {
+        /// Task name.
+        task: String,
+        /// The scheduled instant of the run.
+        instant: Option<DateTime<Utc>>,
+        /// The node that ran it.
+        node: Option<String>,
+        /// `ok` or `failed: <error>`.
+        result: String,
+        /// Completed runs so far.
+        runs: u64,
+        /// Failed runs so far.
+        failures: u64,
+    },
     /// A fire was claimed (and so run) by a node.
     Fire {
         /// Task name.
@@ -154,6 +171,21 @@ impl Stamped {
             WatchEvent::TaskRemoved { task } => ("task removed", task.clone()),
             WatchEvent::TaskDeleted { task } => ("task deleted", task.clone()),
             WatchEvent::TaskRestored { task } => ("task restored", task.clone()),
+            WatchEvent::Result {
+                task,
+                instant,
+                node,
+                result,
+                runs,
+                failures,
+            } => (
+                "result",
+                format!(
+                    "{task} @ {} on {}: {result} (runs {runs}, failures {failures})",
+                    instant.map_or_else(|| "-".into(), format_instant),
+                    node.as_deref().unwrap_or("-")
+                ),
+            ),
             WatchEvent::Fire {
                 task,
                 instant,
@@ -194,6 +226,7 @@ pub struct Tracker {
     tasks: HashMap<String, TaskMeta>,
     tombstones: HashSet<String>,
     seen: HashMap<String, HashSet<(i64, String, u64)>>,
+    runs: HashMap<String, (u64, Option<DateTime<Utc>>)>,
     extra: BTreeSet<String>,
 }
 
@@ -213,6 +246,7 @@ impl Tracker {
                 .collect(),
             tombstones: snap.tombstones.iter().map(|t| t.name.clone()).collect(),
             seen: HashMap::new(),
+            runs: HashMap::new(),
             extra: extra.iter().cloned().collect(),
         }
     }
@@ -398,6 +432,52 @@ impl Tracker {
     }
 }
 
+impl Tracker {
+    /// Records the task status records; returns a result event for each task that completed a
+    /// run since the last call. With `quiet`, records them without reporting.
+    pub fn statuses(&mut self, statuses: &[TaskStatus], quiet: bool) -> Vec<WatchEvent> {
+        let mut out = Vec::new();
+        let mut sorted: Vec<&TaskStatus> = statuses.iter().collect();
+        sorted.sort_by(|a, b| a.task.cmp(&b.task));
+        for st in sorted {
+            let now = (st.run_count, st.last_fire);
+            let before = self.runs.insert(st.task.clone(), now);
+            let new_run = match before {
+                None => st.run_count > 0,
+                Some((count, last)) => {
+                    st.run_count > count || (st.last_fire != last && st.last_fire.is_some())
+                }
+            };
+            if quiet || !new_run {
+                continue;
+            }
+            out.push(WatchEvent::Result {
+                task: st.task.clone(),
+                instant: st.last_fire,
+                node: st.last_node.clone(),
+                result: st
+                    .last_result
+                    .as_ref()
+                    .map_or_else(|| "-".into(), crate::admin::result_text),
+                runs: st.run_count,
+                failures: st.failure_count,
+            });
+        }
+        out
+    }
+}
+
+async fn poll_statuses(registry: &dyn Registry) -> dcron_core::Result<Vec<TaskStatus>> {
+    if !registry.capabilities().records {
+        return Ok(Vec::new());
+    }
+    match dcron_core::admin::list_status(registry).await {
+        Ok(listing) => Ok(listing.items),
+        Err(dcron_core::Error::Unsupported { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Settings of a watch.
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
@@ -516,6 +596,8 @@ async fn tick(
         _ => None,
     });
     out.extend(fires);
+    let statuses = poll_statuses(registry).await?;
+    out.extend(tracker.statuses(&statuses, false));
     Ok(out)
 }
 
@@ -544,6 +626,7 @@ pub async fn run(
     for (name, claims) in poll_claims(registry.as_ref(), tracker.claim_names()).await? {
         tracker.claims(&name, &claims, true);
     }
+    tracker.statuses(&poll_statuses(registry.as_ref()).await?, true);
 
     let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(10)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -680,6 +763,45 @@ mod tests {
             .collect();
         assert_eq!(tokens, [2, 3], "new fires, oldest first");
         assert!(tr.claims("static", &[claim(2, 3)], false).is_empty());
+    }
+
+    #[test]
+    fn results_are_reported_when_the_run_count_grows() {
+        let mut tr = Tracker::new(&Snapshot::default(), &[]);
+        let mut st = TaskStatus::new("t", t0());
+        st.run_count = 2;
+        st.last_fire = Some(t0());
+        assert!(tr.statuses(&[st.clone()], true).is_empty());
+        assert!(tr.statuses(&[st.clone()], false).is_empty(), "unchanged");
+        st.run_count = 3;
+        st.failure_count = 1;
+        st.last_node = Some("n1".into());
+        st.last_result = Some(dcron_core::LastResult::Failed {
+            error: "boom".into(),
+        });
+        let got = tr.statuses(&[st], false);
+        assert_eq!(
+            got,
+            vec![WatchEvent::Result {
+                task: "t".into(),
+                instant: Some(t0()),
+                node: Some("n1".into()),
+                result: "failed: boom".into(),
+                runs: 3,
+                failures: 1,
+            }]
+        );
+        let line = Stamped {
+            at: t0(),
+            event: got[0].clone(),
+        }
+        .line();
+        assert!(
+            line.ends_with(
+                "result         t @ 2026-03-01T12:00:00Z on n1: failed: boom (runs 3, failures 1)"
+            ),
+            "{line}"
+        );
     }
 
     #[test]

@@ -275,16 +275,26 @@ async fn operate_a_task_through_the_binary() {
     let stdout = child.stdout.take().expect("piped");
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let (mut fire, mut result) = (false, false);
+    while !(fire && result) {
         let line = tokio::time::timeout_at(deadline, lines.next_line())
             .await
-            .expect("a fire event in time")
+            .expect("fire and result events in time")
             .expect("readable")
             .expect("watch still running");
         let ev: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        if ev["event"] == "fire" && ev["task"] == TASK {
+        if ev["task"] != TASK {
+            continue;
+        }
+        if ev["event"] == "fire" {
             assert_eq!(ev["node"], id.as_str());
-            break;
+            fire = true;
+        } else if ev["event"] == "result" {
+            assert_eq!(
+                (&ev["node"], &ev["result"]),
+                (&Value::from(id.as_str()), &Value::from("ok"))
+            );
+            result = true;
         }
     }
     child.kill().await.expect("watch stopped");
