@@ -312,3 +312,105 @@ pub async fn overlap_skip_holds_across_nodes(cx: &CaseContext) -> CaseResult {
     }
     Ok(())
 }
+
+/// `backfill` claims the occurrences of a range and runs only those never claimed; a second
+/// backfill of the same range runs nothing.
+pub async fn backfill_runs_only_unclaimed_fires(cx: &CaseContext) -> CaseResult {
+    let ledger = Ledger::new();
+    let task = "backfilled";
+    let n1 = node_builder(cx, "n1", &ledger)
+        .await?
+        .misfire_policy(dcron_core::MisfirePolicy::Skip)
+        .claim_retention(Duration::from_secs(600))
+        .build()?;
+    let l = ledger.clone();
+    n1.add_func(task, EVERY_SECOND, move |ctx| {
+        let ledger = l.clone();
+        async move {
+            record(&ledger, &ctx);
+            Ok(())
+        }
+    })
+    .await?;
+    let started = now_millis();
+    n1.start().await?;
+    all_working(&[&n1]).await?;
+    let ran = wait_until(Duration::from_secs(10), || async {
+        Ok(ledger.for_task(task).len() >= 2)
+    })
+    .await?;
+    ensure!(ran, "live fires ran");
+    let from = started - chrono::Duration::seconds(5);
+    let to = now_millis();
+    let report = n1.backfill(task, from, to).await?;
+    let again = n1.backfill(task, from, to).await?;
+    pause(Duration::from_secs(1)).await;
+    n1.stop().await?;
+    ensure!(
+        report.claimed >= 5,
+        "the five seconds before the start were never claimed: {report:?}"
+    );
+    ensure_eq!(
+        report.claimed + report.already_claimed,
+        report.occurrences,
+        "every occurrence decided"
+    );
+    ensure_eq!(again.claimed, 0, "a second backfill runs nothing");
+    let dups = ledger
+        .executions()
+        .into_iter()
+        .filter(|e| ledger.count(&e.fire) > 1)
+        .count();
+    ensure_eq!(dups, 0, "duplicated executions");
+    let backfilled = ledger
+        .for_task(task)
+        .into_iter()
+        .filter(|e| e.fire.instant < started)
+        .count();
+    ensure_eq!(backfilled, report.claimed, "backfilled fires ran");
+    Ok(())
+}
+
+/// `schedule_once` runs the `task_run_fn` handler once, after the delay, on one node, and
+/// leaves no record, tombstone or claim behind.
+pub async fn schedule_once_runs_once_and_leaves_no_trace(cx: &CaseContext) -> CaseResult {
+    let ledger = Ledger::new();
+    let n1 = node_builder(cx, "n1", &ledger).await?.build()?;
+    let n2 = node_builder(cx, "n2", &ledger).await?.build()?;
+    n1.start().await?;
+    n2.start().await?;
+    all_working(&[&n1, &n2]).await?;
+    let asked = now_millis();
+    n2.schedule_once("once-later", Duration::from_secs(2), "payload")
+        .await?;
+    let ran = wait_until(Duration::from_secs(15), || async {
+        Ok(!ledger.for_task("once-later").is_empty())
+    })
+    .await?;
+    ensure!(ran, "the scheduled run happened");
+    let observer = cx.open().await?;
+    let gone = wait_until(Duration::from_secs(10), || async {
+        Ok(observer.get_task("once-later").await?.is_none())
+    })
+    .await?;
+    pause(Duration::from_secs(2)).await;
+    stop_all(&[&n1, &n2]).await?;
+    ensure!(gone, "the record is cleaned up after the run");
+    let runs = ledger.for_task("once-later");
+    ensure_eq!(runs.len(), 1, "runs");
+    ensure!(
+        runs[0].fire.instant >= asked + chrono::Duration::milliseconds(1900),
+        "not before the delay: {} vs {asked}",
+        runs[0].fire.instant
+    );
+    ensure_eq!(
+        observer.get_tombstone("once-later").await?,
+        None,
+        "no tombstone"
+    );
+    ensure!(
+        observer.list_claims("once-later").await?.items.is_empty(),
+        "no claims left"
+    );
+    Ok(())
+}
