@@ -155,6 +155,21 @@ impl TxnKvOp {
 /// The most operations sent in one transaction (Consul's limit before 1.x raised it to 128).
 pub(crate) const MAX_TXN_OPS: usize = 64;
 
+/// The most bytes of `/v1/txn` body one transaction of records may take: Consul refuses bodies
+/// over 512 KiB (`txn_max_req_len`); 8 KiB stay for the JSON around the operations.
+pub(crate) const MAX_TXN_BODY: usize = 512 * 1024 - 8 * 1024;
+
+impl TxnKvOp {
+    /// An estimate (from above) of the JSON size of this operation in a transaction body.
+    pub(crate) fn body_size(&self) -> usize {
+        // `{"KV":{"Verb":"…","Key":"…","Value":"…","Index":…,"Session":"…"}},`
+        80 + self.verb.len()
+            + 2 * self.key.len()
+            + self.value.as_ref().map_or(0, String::len)
+            + self.session.as_ref().map_or(0, String::len)
+    }
+}
+
 /// A failed operation of a rolled-back transaction.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]

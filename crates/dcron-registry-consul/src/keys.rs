@@ -5,6 +5,7 @@
 //! <ns>/tasks/<task name>               TaskMeta
 //! <ns>/tombstones/<task name>          Tombstone
 //! <ns>/claims/<task name>/<instant>    claim of one fire (instant: 20 digits, see below)
+//! <ns>/records/<kind>/<record key>     record of a kind (pause, trigger, status): opaque bytes
 //! ```
 //!
 //! Every variable segment is escaped (see [`escape`]) so it never contains `/`: the namespace is
@@ -12,6 +13,7 @@
 //! one task's claims (`delete-tree` on it is exact). Claim instants have a fixed width, so no
 //! claim key is a prefix of another: a `get-tree` on one claim key reads that key alone.
 
+use dcron_core::RecordKind;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Everything but `A-Z a-z 0-9 - _` is percent-encoded (so `/`, `%`, spaces, unicode…). Dots
@@ -94,6 +96,21 @@ impl Keys {
         )
     }
 
+    /// `<ns>/records/`: every record of every kind (removed by `cleanup_all`).
+    pub(crate) fn records_root(&self) -> String {
+        format!("{}/records/", self.root)
+    }
+
+    /// `<ns>/records/<kind>/`: the records of one kind.
+    pub(crate) fn records_prefix(&self, kind: RecordKind) -> String {
+        format!("{}/records/{}/", self.root, kind.as_str())
+    }
+
+    /// The key of one record (its key escaped into one segment).
+    pub(crate) fn record(&self, kind: RecordKind, key: &str) -> String {
+        format!("{}{}", self.records_prefix(kind), escape(key))
+    }
+
     /// The unescaped last segment of a key under `prefix` (a task name or node id).
     pub(crate) fn name_under(prefix: &str, key: &str) -> Option<String> {
         let rest = key.strip_prefix(prefix)?;
@@ -145,6 +162,27 @@ mod tests {
         assert_eq!(
             Keys::name_under(&k.tasks_prefix(), &k.task("a b")).as_deref(),
             Some("a b")
+        );
+    }
+
+    #[test]
+    fn record_keys_are_one_segment_under_their_kind() {
+        let k = Keys::new("ns");
+        assert_eq!(k.record(RecordKind::Pause, ".."), "ns/records/pause/%2E%2E");
+        assert_eq!(
+            k.record(RecordKind::Trigger, "a/b@1"),
+            "ns/records/trigger/a%2Fb%401"
+        );
+        assert!(k
+            .records_prefix(RecordKind::Status)
+            .starts_with(&k.records_root()));
+        assert_eq!(
+            Keys::name_under(
+                &k.records_prefix(RecordKind::Trigger),
+                &k.record(RecordKind::Trigger, "zürich 日本 *?#[]")
+            )
+            .as_deref(),
+            Some("zürich 日本 *?#[]")
         );
     }
 }

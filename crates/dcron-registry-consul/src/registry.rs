@@ -7,14 +7,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
-    check_value_size, validate_task_name, Capabilities, Claim, ClaimOutcome, Clock, CorruptEntry,
-    Error, FireKey, Lease, Listing, Node, NodeEvent, PutMode, Registry, Result, SystemClock,
-    TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
+    check_record_key, check_records, check_value_size, validate_task_name, Capabilities, Claim,
+    ClaimOutcome, Clock, CorruptEntry, Error, FireKey, Lease, Listing, Node, NodeEvent, PutMode,
+    RecordKind, Registry, Result, SystemClock, TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
 };
+use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::claims;
-use crate::client::{Client, KvEntry, TxnKvOp, TxnOutcome, BACKEND};
+use crate::client::{Client, KvEntry, TxnKvOp, TxnOutcome, BACKEND, MAX_TXN_BODY, MAX_TXN_OPS};
 use crate::config::ConsulRegistryConfig;
 use crate::keys::Keys;
 use crate::watch::{self, Change};
@@ -23,6 +24,31 @@ use crate::watch::{self, Change};
 /// bodies, which Consul limits to 512 KiB (`txn_max_req_len`), so 3/4 of that minus 8 KiB for
 /// the other operations and JSON (Consul's own value limit, `kv_max_value_size`, is 512 KiB).
 pub const MAX_VALUE_BYTES: usize = 512 * 1024 / 4 * 3 - 8 * 1024;
+
+/// The most record transactions of one `put_records` batch in flight at once.
+const MAX_RECORD_TXNS_IN_FLIGHT: usize = 16;
+
+/// Splits `set` operations into groups that each fit one transaction ([`MAX_TXN_OPS`]
+/// operations, [`MAX_TXN_BODY`] bytes of body; a group holds at least one operation), as
+/// index ranges into `ops`.
+fn txn_groups(ops: &[TxnKvOp]) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, op) in ops.iter().enumerate() {
+        let size = op.body_size();
+        if i > start && (i - start == MAX_TXN_OPS || bytes + size > MAX_TXN_BODY) {
+            groups.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < ops.len() {
+        groups.push(start..ops.len());
+    }
+    groups
+}
 
 /// Buffered events per watch before it coalesces into a `Resync`.
 const WATCH_BUFFER: usize = 1024;
@@ -214,7 +240,7 @@ impl Registry for ConsulRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES)
+        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES).with_records()
     }
 
     async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
@@ -536,6 +562,7 @@ impl Registry for ConsulRegistry {
             TxnKvOp::delete_tree(keys.tasks_prefix()),
             TxnKvOp::delete_tree(keys.tombstones_prefix()),
             TxnKvOp::delete_tree(keys.claims_root()),
+            TxnKvOp::delete_tree(keys.records_root()),
         ];
         match self.inner.client.txn(&ops, &keys.tasks_prefix()).await? {
             TxnOutcome::Committed(_) => Ok(()),
@@ -576,5 +603,100 @@ impl Registry for ConsulRegistry {
             }
         }
         Ok(listing)
+    }
+
+    // ----- records -----
+
+    async fn put_records(&self, kind: RecordKind, records: &[(String, Vec<u8>)]) -> Result<()> {
+        check_records(kind, records, &self.capabilities())?;
+        let ops: Vec<TxnKvOp> = records
+            .iter()
+            .map(|(key, value)| TxnKvOp::set(self.inner.keys.record(kind, key), value))
+            .collect();
+        let context = self.inner.keys.records_prefix(kind);
+        // One transaction per group (Consul limits operations and body size), the groups sent
+        // concurrently: each record is written whole, the batch costs one round trip.
+        let ops = ops.as_slice();
+        let context = context.as_str();
+        let txns = txn_groups(ops).into_iter().map(|group| async move {
+            match self.inner.client.txn(&ops[group], context).await? {
+                TxnOutcome::Committed(_) => Ok(()),
+                TxnOutcome::RolledBack(errors) => Err(Self::rolled_back(context, &errors)),
+            }
+        });
+        futures::stream::iter(txns)
+            .buffer_unordered(MAX_RECORD_TXNS_IN_FLIGHT)
+            .collect::<Vec<Result<()>>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
+        check_record_key(kind, key)?;
+        let consul_key = self.inner.keys.record(kind, key);
+        match self.inner.client.kv_get(&consul_key).await? {
+            Some(entry) => entry.bytes().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>> {
+        let prefix = self.inner.keys.records_prefix(kind);
+        let (entries, _) = self.inner.client.kv_list(&prefix, None).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Some(key) = Keys::name_under(&prefix, &entry.key) else {
+                tracing::warn!(key = %entry.key, "skipping a record whose key dcron did not write");
+                continue;
+            };
+            match entry.bytes() {
+                Ok(value) => out.push((key, value)),
+                Err(error) => tracing::warn!(key = %entry.key, %error, "skipping a record"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_record(&self, kind: RecordKind, key: &str) -> Result<bool> {
+        check_record_key(kind, key)?;
+        let consul_key = self.inner.keys.record(kind, key);
+        // `get` fails the transaction when the key is absent, so among concurrent deleters
+        // exactly one commits. (A `DELETE ?cas=<index>` would not do: Consul answers `true`
+        // to a CAS delete of a key that is already gone.)
+        let ops = [
+            TxnKvOp::get(consul_key.clone()),
+            TxnKvOp::delete(consul_key.clone()),
+        ];
+        match self.inner.client.txn(&ops, &consul_key).await? {
+            TxnOutcome::Committed(_) => Ok(true),
+            TxnOutcome::RolledBack(errors) if errors.iter().all(|e| e.op_index == 0) => Ok(false),
+            TxnOutcome::RolledBack(errors) => Err(Self::rolled_back(&consul_key, &errors)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_batches_split_by_operations_and_body_size() {
+        let small: Vec<TxnKvOp> = (0..150)
+            .map(|i| TxnKvOp::set(format!("ns/records/status/t{i}"), b"{}"))
+            .collect();
+        assert_eq!(txn_groups(&small), vec![0..64, 64..128, 128..150]);
+        let big = vec![b'x'; MAX_VALUE_BYTES];
+        let ops = vec![
+            TxnKvOp::set("ns/records/status/a".into(), &big),
+            TxnKvOp::set("ns/records/status/b".into(), b"1"),
+            TxnKvOp::set("ns/records/status/c".into(), &big),
+        ];
+        assert!(
+            ops[0].body_size() <= MAX_TXN_BODY,
+            "a full-size record fits alone"
+        );
+        assert_eq!(txn_groups(&ops), vec![0..2, 2..3]);
+        assert!(txn_groups(&[]).is_empty());
     }
 }

@@ -193,6 +193,12 @@ async fn kv_cas_creates_only_once_and_refuses_stale_indexes() {
         delete(&d, &format!("/v1/kv/k?cas={idx}")).await.json(),
         json!(true)
     );
+    // Consul answers `true` to a CAS delete of a key that is gone, whatever the index: it
+    // cannot tell concurrent deleters apart (a txn `get` + `delete` can).
+    assert_eq!(
+        delete(&d, &format!("/v1/kv/k?cas={idx}")).await.json(),
+        json!(true)
+    );
 }
 
 #[tokio::test]
@@ -629,4 +635,27 @@ fn go_durations_parse() {
     assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
     assert_eq!(parse_go_duration("ten"), None);
     assert_eq!(parse_go_duration(""), None);
+}
+
+#[tokio::test]
+async fn txn_get_then_delete_commits_once_and_delete_cas_of_a_missing_key_succeeds() {
+    let d = ConsulDouble::start().await;
+    put(&d, "/v1/kv/r/k", "v").await;
+    let consume = json!([
+        {"KV": {"Verb": "get", "Key": "r/k"}},
+        {"KV": {"Verb": "delete", "Key": "r/k"}},
+    ]);
+    let first = txn(&d, consume.clone()).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(value_of(&first.json()["Results"][0]["KV"]), "v");
+    let second = txn(&d, consume).await;
+    assert_eq!(second.status, 409, "the key is gone: `get` fails");
+    assert_eq!(second.json()["Errors"][0]["OpIndex"], json!(0));
+    // Consul's `delete-cas` of a missing key is not an error, whatever the index.
+    let cas = txn(
+        &d,
+        json!([{"KV": {"Verb": "delete-cas", "Key": "r/k", "Index": 42}}]),
+    )
+    .await;
+    assert_eq!(cas.status, 200);
 }

@@ -9,14 +9,16 @@
 //! - `GET /v1/kv/<key>` (`recurse`, `keys` with `separator`, `raw`), blocking with `index` and
 //!   `wait` (answers once the key's or prefix's index exceeds `index`, or when `wait` passes);
 //!   `PUT` with `flags`, `cas`, `acquire`, `release` (plain writes keep an existing lock);
-//!   `DELETE` with `recurse` and `cas`; values over 512 KiB → 413;
+//!   `DELETE` with `recurse` and `cas` (a CAS delete of a missing key answers `true`, as
+//!   Consul's does); values over 512 KiB → 413;
 //! - sessions: `create` (`TTL` between the configured minimum — 1 s by default, Consul's is 10 s
 //!   — and 24 h, `Behavior` `release`/`delete`, `LockDelay`, default 15 s), `renew` (404 when
 //!   gone), `destroy`, `info`; a session not renewed within its TTL is invalidated (Consul may
 //!   take up to 2×TTL, the double does it at TTL): its locks are released, or its keys deleted
 //!   for `behavior=delete`, and its lock-delay applies to those keys;
 //! - `PUT /v1/txn` with the KV verbs `set`, `cas`, `lock`, `unlock`, `get`, `get-tree`,
-//!   `check-index`, `check-session`, `check-not-exists`, `delete`, `delete-tree`, `delete-cas`:
+//!   `check-index`, `check-session`, `check-not-exists`, `delete`, `delete-tree`, `delete-cas`
+//!   (which, as in Consul, succeeds on a missing key), `get` failing on a missing key:
 //!   all-or-nothing, at most 64 operations and 512 KiB (413 otherwise), 409 with `Errors`
 //!   (every failed operation, by `OpIndex`) on rollback, `Results` for the verbs that return an
 //!   entry (values only for `get`/`get-tree`);
@@ -831,7 +833,9 @@ fn kv_delete(shared: &Shared, key: &str, q: &HashMap<String, String>) -> Resp {
         };
         match st.kv.get(key) {
             Some(e) if e.modify_index == cas => delete_key(&mut st, key, idx),
-            None => return json_reply(StatusCode::OK, &json!(cas == 0), None),
+            // Consul's CAS delete of a missing key succeeds, whatever the index: `true` does
+            // not mean this call removed anything.
+            None => return json_reply(StatusCode::OK, &json!(true), None),
             _ => false,
         }
     } else {
@@ -1145,7 +1149,9 @@ fn apply(
                 *wrote = true;
                 Ok(Vec::new())
             }
-            _ => Err(format!("failed to delete key {key:?}, index is stale")),
+            // As in Consul, a CAS delete of a missing key succeeds whatever the index.
+            None => Ok(Vec::new()),
+            Some(_) => Err(format!("failed to delete key {key:?}, index is stale")),
         },
         other => Err(format!("unknown KV verb {other:?}")),
     }
