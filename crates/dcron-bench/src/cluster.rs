@@ -120,8 +120,10 @@ async fn cluster(args: &RedisArgs) -> Result<Summary> {
     let admin = connect_redis(&url, &namespace).await?;
     let counters = Counters::new();
     let recorder = Arc::new(Recorder::with_capacity(
-        args.tasks.saturating_mul(args.seconds as usize + 8),
+        args.tasks.saturating_mul(args.seconds as usize + 4),
     ));
+    // Nothing is kept until the window is known (the setup may take a while).
+    recorder.keep_from(i64::MAX);
     let per_node: Arc<Vec<AtomicU64>> =
         Arc::new((0..args.nodes).map(|_| AtomicU64::new(0)).collect());
     let mut nodes = Vec::new();
@@ -163,6 +165,7 @@ async fn cluster(args: &RedisArgs) -> Result<Summary> {
     let seconds = args.seconds as i64;
     let w0 = (now_us() / 1000 / 1000 + 3) * 1000;
     let w1 = w0 + seconds * 1000;
+    recorder.keep_from(w0);
     sleep_until_wall_ms(w0 - 500).await;
     let calls_a = counters.snapshot();
     let cpu_a = cpu_time()?;
@@ -229,7 +232,8 @@ async fn cluster(args: &RedisArgs) -> Result<Summary> {
                 cpu_b.saturating_sub(cpu_a).as_micros() as f64 / executed
             ),
         )
-        .field("setup_s", format!("{:.3}", setup.as_secs_f64())))
+        .field("setup_s", format!("{:.3}", setup.as_secs_f64()))
+        .field("overflow", recorder.overflow()))
 }
 
 /// Stops every node (bounded) and removes the run's keys.

@@ -128,7 +128,9 @@ fn failover(args: &FailoverArgs) -> Result<Summary> {
     // Stop the survivors and clean up, whatever the outcome.
     for m in &mut members {
         if let (Some(rt), Some(node)) = (m.rt.as_ref(), m.node.take()) {
-            let stopped = rt.block_on(tokio::time::timeout(Duration::from_secs(30), node.stop()));
+            let stopped = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), node.stop()).await
+            });
             if stopped.is_err() {
                 eprintln!("dcron-bench: a node did not stop within 30 s");
             }

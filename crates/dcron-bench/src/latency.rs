@@ -188,8 +188,10 @@ async fn child(args: &ChildArgs) -> Result<Summary> {
     let n = args.tasks;
     let seconds = args.seconds as i64;
     let recorder = Arc::new(Recorder::with_capacity(
-        n.saturating_mul(args.seconds as usize + 8),
+        n.saturating_mul(args.seconds as usize + 4),
     ));
+    // Nothing is kept until the window is known (the setup may take a while).
+    recorder.keep_from(i64::MAX);
     let rss0 = rss_bytes()?;
     let t0 = Instant::now();
     let running = match args.system {
@@ -200,6 +202,7 @@ async fn child(args: &ChildArgs) -> Result<Summary> {
 
     let w0 = ((now_us() / 1000 + WARMUP_MS).div_euclid(1000) + 1) * 1000;
     let w1 = w0 + seconds * 1000;
+    recorder.keep_from(w0);
     sleep_until_wall_ms(w0 - 500).await;
     let rss_a = rss_bytes()?;
     let cpu_a = cpu_time()?;

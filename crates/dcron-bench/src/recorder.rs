@@ -15,6 +15,10 @@ const EMPTY: i64 = i64::MIN;
 pub struct Recorder {
     slots: Vec<[AtomicI64; 3]>,
     next: AtomicUsize,
+    /// Fires scheduled before this instant (ms) are not kept (warm-up).
+    from_ms: AtomicI64,
+    /// Fires not kept because they were scheduled before `from_ms`.
+    early: AtomicUsize,
 }
 
 /// One recorded fire.
@@ -43,12 +47,29 @@ impl Recorder {
         Recorder {
             slots,
             next: AtomicUsize::new(0),
+            from_ms: AtomicI64::new(i64::MIN),
+            early: AtomicUsize::new(0),
         }
+    }
+
+    /// From now on, fires scheduled before `ms` (ms since the epoch) are only counted, not
+    /// kept, so that a long setup does not use up the capacity meant for the measured window.
+    pub fn keep_from(&self, ms: i64) {
+        self.from_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Fires seen before the instant given to [`Recorder::keep_from`].
+    pub fn early(&self) -> usize {
+        self.early.load(Ordering::Relaxed)
     }
 
     /// Records a fire scheduled at `scheduled_us` (µs since the epoch) whose handler started at
     /// `now_us`.
     pub fn record(&self, scheduled_us: i64, now_us: i64, tag: i64) {
+        if scheduled_us.div_euclid(1000) < self.from_ms.load(Ordering::Relaxed) {
+            self.early.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         if let Some(slot) = self.slots.get(i) {
             slot[2].store(tag, Ordering::Relaxed);
@@ -127,5 +148,11 @@ mod tests {
             ]
         );
         assert_eq!(in_window(&fires, 6_000, 7_000).len(), 1);
+        let r = Recorder::with_capacity(4);
+        r.keep_from(6_000);
+        r.record(5_999_999, 6_000_000, 1);
+        r.record(6_000_000, 6_000_001, 1);
+        assert_eq!(r.early(), 1);
+        assert_eq!(r.fires().len(), 1);
     }
 }
