@@ -16,8 +16,13 @@
 //!   a power loss and the fire is not run again after a reboot.
 //! - **Tables** are keyed by namespace first: `nodes(ns, id, lease_id, ttl_ms, record,
 //!   expires_at_ms)`, `tasks(ns, name, bytes)`, `tombstones(ns, name, record)`,
-//!   `claims(ns, task, instant_ms, node, token, expires_at_ms)`, `tokens(ns, last)`. Namespaces
-//!   are compared for equality, never by prefix.
+//!   `claims(ns, task, instant_ms, node, token, expires_at_ms)`, `tokens(ns, last)`,
+//!   `records(ns, kind, key, value)`. Namespaces are compared for equality, never by prefix.
+//! - **Records** (pause markers, trigger-now requests, task status) are opaque bytes in
+//!   `records`, keyed by namespace, kind and key as given (a column needs no escaping). A batch
+//!   is one immediate transaction of upserts; `delete_record` answers whether its `DELETE`
+//!   changed a row, and SQLite serializes writers, so of several concurrent deleters exactly one
+//!   is answered `true`.
 //! - **Tasks and tombstones** are decided by [`dcron_core::tombstone::decide`] inside one
 //!   immediate transaction that reads the name's state and applies the effects.
 //! - **Time**: lease and retention deadlines are wall-clock milliseconds written into the rows
@@ -43,9 +48,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use dcron_core::tombstone::{decide, NameState, Request};
 use dcron_core::{
-    check_value_size, validate_task_name, watch_channel, Claim, ClaimOutcome, CorruptEntry, Error,
-    FireKey, Lease, Listing, Node, NodeEvent, PutMode, Registry, Result, ResyncEvent, TaskMeta,
-    TaskMetaEvent, Tombstone, WatchSender, WatchStream,
+    check_record_key, check_records, check_value_size, validate_task_name, watch_channel,
+    Capabilities, Claim, ClaimOutcome, CorruptEntry, Error, FireKey, Lease, Listing, Node,
+    NodeEvent, PutMode, RecordKind, Registry, Result, ResyncEvent, TaskMeta, TaskMetaEvent,
+    Tombstone, WatchSender, WatchStream,
 };
 use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
@@ -95,6 +101,9 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_ns ON events (ns, topic, seq);
 CREATE INDEX IF NOT EXISTS events_by_age ON events (at_ms);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    ns TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (ns, kind, key)) WITHOUT ROWID;
 ";
 
 /// Which watch stream an event belongs to.
@@ -742,6 +751,10 @@ impl Registry for SqliteRegistry {
         BACKEND
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default().with_records()
+    }
+
     // ----- membership -----
 
     async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
@@ -977,7 +990,7 @@ impl Registry for SqliteRegistry {
             };
             let tasks = names("SELECT name FROM tasks WHERE ns = ?1")?;
             let tombstones = names("SELECT name FROM tombstones WHERE ns = ?1")?;
-            for table in ["tasks", "tombstones", "claims"] {
+            for table in ["tasks", "tombstones", "claims", "records"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE ns = ?1"), params![ns])
                     .map_err(sql("cleanup"))?;
             }
@@ -1114,6 +1127,82 @@ impl Registry for SqliteRegistry {
                 }
             }
             Ok(listing)
+        })
+        .await
+    }
+
+    // ----- records -----
+
+    async fn put_records(&self, kind: RecordKind, records: &[(String, Vec<u8>)]) -> Result<()> {
+        check_records(kind, records, &self.capabilities())?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (ns, records) = (self.namespace.clone(), records.to_vec());
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO records (ns, kind, key, value) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (ns, kind, key) DO UPDATE SET value = excluded.value",
+                    )
+                    .map_err(sql("write records"))?;
+                for (key, value) in &records {
+                    stmt.execute(params![ns, kind.as_str(), key, value])
+                        .map_err(sql("write records"))?;
+                }
+            }
+            commit(tx)
+        })
+        .await
+    }
+
+    async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
+        check_record_key(kind, key)?;
+        let (ns, key) = (self.namespace.clone(), key.to_string());
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT value FROM records WHERE ns = ?1 AND kind = ?2 AND key = ?3",
+                params![ns, kind.as_str(), key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sql("read a record"))
+        })
+        .await
+    }
+
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>> {
+        let ns = self.namespace.clone();
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT key, value FROM records WHERE ns = ?1 AND kind = ?2")
+                .map_err(sql("list records"))?;
+            let rows = stmt
+                .query_map(params![ns, kind.as_str()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .map_err(sql("list records"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(sql("list records"))
+        })
+        .await
+    }
+
+    async fn delete_record(&self, kind: RecordKind, key: &str) -> Result<bool> {
+        check_record_key(kind, key)?;
+        let (ns, key) = (self.namespace.clone(), key.to_string());
+        self.run(move |conn| {
+            // `execute` answers `changes()`: SQLite serializes writers, so of concurrent
+            // deleters exactly one removes the row and sees 1.
+            let removed = conn
+                .execute(
+                    "DELETE FROM records WHERE ns = ?1 AND kind = ?2 AND key = ?3",
+                    params![ns, kind.as_str(), key],
+                )
+                .map_err(sql("delete a record"))?;
+            Ok(removed == 1)
         })
         .await
     }
