@@ -1,6 +1,504 @@
-//! `chaos`: multi-process fault runs against real registries (work in progress).
+//! `chaos`: a multi-process chaos run of dcron against a real Redis, etcd or ZooKeeper.
+//!
+//! It starts `--nodes` `chaos-node` processes, each reaching the registry through its own
+//! loopback TCP proxy. For `--seconds` it then, at random (seeded) moments, SIGKILLs a node and
+//! restarts it a moment later, cuts one node's proxy for a few seconds (a partition), and, with
+//! `--own-server` (Redis only), kills the registry server with SIGKILL and starts it again on
+//! the same port and data (append-only file, fsync always, so claims survive). Then every fault
+//! is healed, the cluster settles, the nodes are stopped, and the ledgers are merged:
+//!
+//! ```text
+//! summary backend=<b> seconds=<d> nodes=<k> kills=<n> partitions=<n> registry_restarts=<n> fires=<n> duplicates=<n> missed=<n> max_failover_ms=<n>
+//! ```
+//!
+//! Every fire of every task (each runs every second) from the end of the warm-up to a few
+//! seconds before the stop is expected exactly once. A fire that never ran but whose claim the
+//! registry still holds for a killed process was lost in flight (the process died between its
+//! claim and its handler): reported as `lost_in_flight`, not as missed. The exit status is 1 on
+//! any duplicate or miss, 2 on bad arguments or a failure to run. All traffic stays on loopback;
+//! every wait is bounded.
+//!
+//! ```text
+//! chaos --backend redis|etcd|zk [--seconds 30] [--nodes 3] [--tasks 20] [--address <registry>]
+//!       [--own-server] [--seed <n>] [--work-dir <dir>] [--keep]
+//! ```
 
-fn main() {
-    eprintln!("chaos: not implemented yet");
-    std::process::exit(2);
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use chrono::Utc;
+use dcron_chaos::backend::Backend;
+use dcron_chaos::ledger::{analyze, read_ledgers, Kill};
+use dcron_chaos::proxy::Proxy;
+use dcron_chaos::task_names;
+use dcron_core::{Error, Result};
+use dcron_testkit::sim::SimRng;
+use tokio::process::{Child, Command};
+use tokio::time::{sleep, Instant};
+
+/// Seconds of warm-up before fires are expected.
+const WARMUP: Duration = Duration::from_secs(8);
+/// Seconds without faults at the end, before the nodes stop.
+const SETTLE: Duration = Duration::from_secs(20);
+/// Fires closer than this to the stop are not expected.
+const TAIL_MS: i64 = 8_000;
+
+struct Args {
+    backend: Backend,
+    seconds: u64,
+    nodes: usize,
+    tasks: usize,
+    address: Option<String>,
+    own_server: bool,
+    seed: u64,
+    work_dir: Option<PathBuf>,
+    keep: bool,
+}
+
+fn parse() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let mut args = Args {
+        backend: Backend::Redis,
+        seconds: 30,
+        nodes: 3,
+        tasks: 20,
+        address: None,
+        own_server: false,
+        seed: Utc::now().timestamp_millis().unsigned_abs(),
+        work_dir: None,
+        keep: false,
+    };
+    let mut backend = None;
+    let need = |flag: &str, v: Option<String>| {
+        v.ok_or_else(|| Error::InvalidArgument(format!("{flag} needs a value")))
+    };
+    let num = |flag: &str, v: Option<String>| -> Result<u64> {
+        let v = need(flag, v)?;
+        v.parse()
+            .map_err(|_| Error::InvalidArgument(format!("{flag}: `{v}` is not a number")))
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--backend" => backend = Some(need(&a, it.next())?.parse::<Backend>()?),
+            "--seconds" => args.seconds = num(&a, it.next())?.clamp(5, 7 * 86_400),
+            "--nodes" => args.nodes = num(&a, it.next())?.clamp(2, 16) as usize,
+            "--tasks" => args.tasks = num(&a, it.next())?.clamp(1, 200) as usize,
+            "--address" => args.address = Some(need(&a, it.next())?),
+            "--own-server" => args.own_server = true,
+            "--seed" => args.seed = num(&a, it.next())?,
+            "--work-dir" => args.work_dir = Some(PathBuf::from(need(&a, it.next())?)),
+            "--keep" => args.keep = true,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown argument `{other}`"
+                )))
+            }
+        }
+    }
+    args.backend = backend.ok_or_else(|| Error::InvalidArgument("--backend is required".into()))?;
+    if args.own_server && args.backend != Backend::Redis {
+        return Err(Error::InvalidArgument(
+            "--own-server is supported for redis only".into(),
+        ));
+    }
+    Ok(args)
+}
+
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::InvalidState(format!("{what}: {e}"))
+}
+
+/// A private redis-server on a free loopback port, persisted with fsync on every write.
+struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    async fn start(dir: &Path) -> Result<OwnRedis> {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("free port"))?;
+            l.local_addr().map_err(io("free port"))?.port()
+        };
+        let dir = dir.join("redis");
+        std::fs::create_dir_all(&dir).map_err(io("redis dir"))?;
+        let mut r = OwnRedis {
+            port,
+            dir,
+            child: None,
+        };
+        r.spawn().await?;
+        Ok(r)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("redis.log"))
+            .map_err(io("redis log"))?;
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::from(log.try_clone().map_err(io("redis log"))?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io("cannot start redis-server"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::unavailable(
+            "own redis-server did not listen within 15 s",
+        ))
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+        }
+    }
+}
+
+struct NodeProc {
+    slot: usize,
+    label: String,
+    child: Child,
+}
+
+struct Run {
+    args: Args,
+    exe: PathBuf,
+    dir: PathBuf,
+    namespace: String,
+    proxies: Vec<Proxy>,
+    incarnations: Vec<u32>,
+    kills: Vec<Kill>,
+}
+
+impl Run {
+    fn ledger(&self, slot: usize) -> PathBuf {
+        self.dir.join(format!("n{slot}.ledger"))
+    }
+
+    fn spawn_node(&mut self, slot: usize) -> Result<NodeProc> {
+        let inc = self.incarnations[slot];
+        self.incarnations[slot] += 1;
+        let label = if inc == 0 {
+            format!("n{slot}")
+        } else {
+            format!("n{slot}.{inc}")
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("n{slot}.log")))
+            .map_err(io("node log"))?;
+        let address = self
+            .args
+            .backend
+            .address(&self.proxies[slot].addr().to_string());
+        let child = Command::new(&self.exe)
+            .args(["--backend", &self.args.backend.to_string()])
+            .args(["--address", &address, "--namespace", &self.namespace])
+            .arg("--ledger")
+            .arg(self.ledger(slot))
+            .args(["--name", &label, "--tasks", &self.args.tasks.to_string()])
+            .args(["--max-seconds", &(self.args.seconds + 300).to_string()])
+            .stdout(Stdio::from(log.try_clone().map_err(io("node log"))?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io("cannot start chaos-node"))?;
+        Ok(NodeProc { slot, label, child })
+    }
+}
+
+async fn terminate(mut p: NodeProc) {
+    if let Some(pid) = p.child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    if tokio::time::timeout(Duration::from_secs(20), p.child.wait())
+        .await
+        .is_err()
+    {
+        let _ = p.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await;
+    }
+}
+
+async fn chaos(args: Args) -> Result<bool> {
+    let dir = match &args.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!(
+            "dcron-chaos-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )),
+    };
+    std::fs::create_dir_all(&dir).map_err(io("work dir"))?;
+    let exe = std::env::current_exe()
+        .map_err(io("own path"))?
+        .with_file_name("chaos-node");
+    if !exe.exists() {
+        return Err(Error::InvalidState(format!(
+            "{} not found: build it with `cargo build -p dcron-chaos`",
+            exe.display()
+        )));
+    }
+    let mut own = if args.own_server {
+        Some(OwnRedis::start(&dir).await?)
+    } else {
+        None
+    };
+    let upstream = match &own {
+        Some(o) => format!("127.0.0.1:{}", o.port),
+        None => {
+            let address = match &args.address {
+                Some(a) => a.clone(),
+                None => std::env::var(args.backend.env()).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "give --address or set {} (eval \"$(bash scripts/services/{}.sh)\")",
+                        args.backend.env(),
+                        args.backend
+                    ))
+                })?,
+            };
+            args.backend.host_port(&address)?
+        }
+    };
+    let mut proxies = Vec::new();
+    for _ in 0..args.nodes {
+        proxies.push(Proxy::start(upstream.clone()).await.map_err(io("proxy"))?);
+    }
+    let namespace = format!("chaos-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    println!(
+        "chaos: backend={} upstream={upstream} namespace={namespace} seed={} work_dir={}",
+        args.backend,
+        args.seed,
+        dir.display()
+    );
+    let mut rng = SimRng::new(args.seed);
+    let mut run = Run {
+        incarnations: vec![0; args.nodes],
+        args,
+        exe,
+        dir: dir.clone(),
+        namespace,
+        proxies,
+        kills: Vec::new(),
+    };
+    let mut alive: Vec<Option<NodeProc>> = Vec::new();
+    for slot in 0..run.args.nodes {
+        alive.push(Some(run.spawn_node(slot)?));
+    }
+    sleep(WARMUP).await;
+    let from_ms = Utc::now().timestamp_millis();
+    let chaos_end = Instant::now() + Duration::from_secs(run.args.seconds);
+    let (mut partitions, mut restarts) = (0u64, 0u64);
+    let max_events = run.args.seconds; // at most one event per second of chaos
+    let mut events = 0u64;
+    let mut pending_restarts: Vec<(Instant, usize)> = Vec::new();
+    let mut partition_until: Option<(Instant, usize)> = None;
+    let mut last_registry_restart = Instant::now();
+    while Instant::now() < chaos_end && events < max_events {
+        let wait = Duration::from_millis(rng.range(1_500, 4_000));
+        sleep(wait.min(chaos_end.saturating_duration_since(Instant::now()))).await;
+        events += 1;
+        let now = Instant::now();
+        // Due restarts and partition ends.
+        let due: Vec<usize> = pending_restarts
+            .iter()
+            .filter(|(t, _)| *t <= now)
+            .map(|(_, s)| *s)
+            .collect();
+        pending_restarts.retain(|(t, _)| *t > now);
+        for slot in due {
+            alive[slot] = Some(run.spawn_node(slot)?);
+        }
+        if let Some((until, slot)) = partition_until {
+            if until <= now {
+                run.proxies[slot].restore();
+                partition_until = None;
+            }
+        }
+        if now >= chaos_end {
+            break;
+        }
+        let up: Vec<usize> = (0..alive.len()).filter(|i| alive[*i].is_some()).collect();
+        match rng.range(0, 9) {
+            0..=4 if up.len() >= 2 => {
+                let slot = up[rng.index(up.len())];
+                if let Some(mut p) = alive[slot].take() {
+                    let _ = p.child.start_kill();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await;
+                    run.kills.push(Kill {
+                        node: p.label.clone(),
+                        at_ms: Utc::now().timestamp_millis(),
+                    });
+                    println!(
+                        "chaos: t={:>5.1}s kill -9 {} (slot {})",
+                        secs(from_ms),
+                        p.label,
+                        p.slot
+                    );
+                    let back = now + Duration::from_millis(rng.range(500, 3_000));
+                    pending_restarts.push((back, slot));
+                }
+            }
+            5..=7 if partition_until.is_none() && !up.is_empty() => {
+                let slot = up[rng.index(up.len())];
+                let ms = rng.range(2_000, 8_000);
+                run.proxies[slot].cut();
+                partitions += 1;
+                println!(
+                    "chaos: t={:>5.1}s partition n{slot} for {ms} ms",
+                    secs(from_ms)
+                );
+                partition_until = Some((now + Duration::from_millis(ms), slot));
+            }
+            8 | 9 => {
+                if let Some(o) = own.as_mut() {
+                    if now.duration_since(last_registry_restart) >= Duration::from_secs(10) {
+                        o.kill().await;
+                        sleep(Duration::from_millis(rng.range(200, 1_500))).await;
+                        o.spawn().await?;
+                        restarts += 1;
+                        last_registry_restart = Instant::now();
+                        println!(
+                            "chaos: t={:>5.1}s registry server killed and restarted",
+                            secs(from_ms)
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Heal: restore the network, bring every node back, let the cluster settle.
+    for p in &run.proxies {
+        p.restore();
+    }
+    for (_, slot) in std::mem::take(&mut pending_restarts) {
+        if alive[slot].is_none() {
+            alive[slot] = Some(run.spawn_node(slot)?);
+        }
+    }
+    sleep(SETTLE).await;
+    let to_ms = Utc::now().timestamp_millis() - TAIL_MS;
+    for p in alive.into_iter().flatten() {
+        terminate(p).await;
+    }
+    let ledgers: Vec<PathBuf> = (0..run.args.nodes).map(|s| run.ledger(s)).collect();
+    let (entries, bad_lines) = read_ledgers(&ledgers)?;
+    let tasks = task_names(run.args.tasks);
+    let mut a = analyze(&entries, &tasks, from_ms, to_ms, &run.kills);
+    // A missed fire whose claim a killed process holds was lost in flight.
+    let killed: BTreeSet<&str> = run.kills.iter().map(|k| k.node.as_str()).collect();
+    let direct = run.args.backend.address(&upstream);
+    let registry = run.args.backend.connect(&direct, &run.namespace).await?;
+    let mut lost = Vec::new();
+    let mut still_missed = Vec::new();
+    for (task, instant) in std::mem::take(&mut a.missed) {
+        let claims = registry
+            .list_claims(&task)
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let holder = claims
+            .iter()
+            .find(|c| c.fire.instant_millis() == instant)
+            .map(|c| dcron_testkit::sim::node_name(&c.node_id).to_string());
+        match holder {
+            Some(h) if killed.contains(h.as_str()) => lost.push((task, instant, h)),
+            _ => still_missed.push((task, instant, holder)),
+        }
+    }
+    let _ = registry.cleanup_all().await;
+    drop(registry);
+    if let Some(o) = own.as_mut() {
+        o.kill().await;
+    }
+    for (t, i) in a.duplicates.iter().take(20) {
+        println!("DUPLICATE {t} @ {i}");
+    }
+    for (t, i, h) in still_missed.iter().take(20) {
+        println!("MISSED {t} @ {i} (claim holder: {h:?})");
+    }
+    for (t, i, h) in lost.iter().take(20) {
+        println!("lost in flight: {t} @ {i} (claimed by killed {h})");
+    }
+    println!(
+        "figures expected={} lost_in_flight={} unreadable_lines={bad_lines} window_ms={}",
+        a.expected,
+        lost.len(),
+        to_ms - from_ms
+    );
+    println!(
+        "summary backend={} seconds={} nodes={} kills={} partitions={partitions} registry_restarts={restarts} fires={} duplicates={} missed={} max_failover_ms={}",
+        run.args.backend,
+        run.args.seconds,
+        run.args.nodes,
+        run.kills.len(),
+        a.fires,
+        a.duplicates.len(),
+        still_missed.len(),
+        a.max_failover_ms
+    );
+    let clean = a.duplicates.is_empty() && still_missed.is_empty();
+    if !run.args.keep && clean && run.args.work_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(clean)
+}
+
+fn secs(from_ms: i64) -> f64 {
+    (Utc::now().timestamp_millis() - from_ms) as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("chaos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A hard deadline over the whole run: chaos, settle, stops, analysis.
+    let deadline = Duration::from_secs(args.seconds) + WARMUP + SETTLE + Duration::from_secs(180);
+    match tokio::time::timeout(deadline, chaos(args)).await {
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        Ok(Ok(false)) => ExitCode::FAILURE,
+        Ok(Err(e)) => {
+            eprintln!("chaos: {e}");
+            ExitCode::from(2)
+        }
+        Err(_) => {
+            eprintln!("chaos: the run overran its deadline of {deadline:?}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -1,0 +1,149 @@
+//! The registries a chaos run can use, and how a node connects to one.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dcron_core::{Error, Registry, Result};
+use dcron_registry_etcd::{EtcdRegistry, EtcdRegistryConfig};
+use dcron_registry_redis::RedisRegistryConfig;
+use dcron_registry_zk::{ZkRegistry, ZkRegistryConfig};
+
+/// A real registry backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Redis (`redis://host:port`).
+    Redis,
+    /// etcd (`host:port` or `http://host:port`).
+    Etcd,
+    /// ZooKeeper (`host:port`).
+    Zk,
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "redis" => Ok(Backend::Redis),
+            "etcd" => Ok(Backend::Etcd),
+            "zk" | "zookeeper" => Ok(Backend::Zk),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown backend `{other}` (redis, etcd, zk)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Redis => "redis",
+            Backend::Etcd => "etcd",
+            Backend::Zk => "zk",
+        })
+    }
+}
+
+impl Backend {
+    /// The environment variable `scripts/services/*.sh` export the server address in.
+    pub fn env(self) -> &'static str {
+        match self {
+            Backend::Redis => "DCRON_TEST_REDIS_URL",
+            Backend::Etcd => "DCRON_TEST_ETCD_ENDPOINTS",
+            Backend::Zk => "DCRON_TEST_ZK_CONNECT",
+        }
+    }
+
+    /// The node lease TTL used in chaos runs (ZooKeeper leases are sessions, longer).
+    pub fn ttl(self) -> Duration {
+        match self {
+            Backend::Redis | Backend::Etcd => Duration::from_secs(3),
+            Backend::Zk => Duration::from_secs(8),
+        }
+    }
+
+    /// `host:port` of a registry address (`redis://h:p`, `http://h:p`, `h:p`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when there is no `host:port` in it.
+    pub fn host_port(self, address: &str) -> Result<String> {
+        let first = address.split(',').next().unwrap_or_default().trim();
+        let rest = first
+            .split_once("://")
+            .map_or(first, |(_, rest)| rest)
+            .trim_end_matches('/');
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        let host_port = rest.split('/').next().unwrap_or_default();
+        if host_port.contains(':') {
+            Ok(host_port.to_string())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "no host:port in registry address `{address}`"
+            )))
+        }
+    }
+
+    /// The address a node uses to reach a server at `host_port`.
+    pub fn address(self, host_port: &str) -> String {
+        match self {
+            Backend::Redis => format!("redis://{host_port}"),
+            Backend::Etcd => format!("http://{host_port}"),
+            Backend::Zk => host_port.to_string(),
+        }
+    }
+
+    /// Connects to the registry at `address` under `namespace`.
+    ///
+    /// # Errors
+    /// The backend's connection errors.
+    pub async fn connect(self, address: &str, namespace: &str) -> Result<Arc<dyn Registry>> {
+        Ok(match self {
+            Backend::Redis => Arc::new(
+                RedisRegistryConfig::new(address)
+                    .namespace(namespace)
+                    .build()?,
+            ),
+            Backend::Etcd => Arc::new(
+                EtcdRegistry::connect(EtcdRegistryConfig::new([address]).namespace(namespace))
+                    .await?,
+            ),
+            Backend::Zk => Arc::new(
+                ZkRegistry::connect(
+                    ZkRegistryConfig::new(address).namespace(format!("/{namespace}")),
+                )
+                .await?,
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip() {
+        assert_eq!(
+            Backend::Redis.host_port("redis://127.0.0.1:6379").ok(),
+            Some("127.0.0.1:6379".to_string())
+        );
+        assert_eq!(
+            Backend::Etcd
+                .host_port("127.0.0.1:2379,127.0.0.1:2380")
+                .ok(),
+            Some("127.0.0.1:2379".to_string())
+        );
+        assert_eq!(
+            Backend::Redis
+                .host_port("redis://:pw@127.0.0.1:7000/2")
+                .ok(),
+            Some("127.0.0.1:7000".to_string())
+        );
+        assert!(Backend::Zk.host_port("nowhere").is_err());
+        assert_eq!(Backend::Etcd.address("127.0.0.1:1"), "http://127.0.0.1:1");
+        assert!("mongo".parse::<Backend>().is_err());
+        assert_eq!("zookeeper".parse::<Backend>().ok(), Some(Backend::Zk));
+    }
+}
