@@ -99,10 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     b.stop().await?;
     server.abort();
 
-    let series: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("dcron_"))
-        .collect();
+    let series: Vec<&str> = text.lines().filter(|l| l.starts_with("dcron_")).collect();
     for line in &series {
         println!("{line}");
     }
@@ -112,9 +109,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     families.sort();
     families.dedup();
-    println!("summary series={} families={}", series.len(), families.len());
-    if !families.iter().any(|f| f.starts_with("dcron_fires_executed_total"))
-        || !families.iter().any(|f| f.starts_with("dcron_registry_call_seconds"))
+    println!(
+        "summary series={} families={}",
+        series.len(),
+        families.len()
+    );
+    if !families
+        .iter()
+        .any(|f| f.starts_with("dcron_fires_executed_total"))
+        || !families
+            .iter()
+            .any(|f| f.starts_with("dcron_registry_call_seconds"))
     {
         return Err("expected fire and registry metrics in the scrape".into());
     }
