@@ -383,20 +383,7 @@ async fn attempts(
             if attempt >= retry.max_attempts {
                 break Some(error);
             }
-            let reason = if env.stopping.is_cancelled() {
-                Some("the node is stopping")
-            } else if l.owner.is_cancelled() && l.kind != FireKind::Backfill {
-                Some("the node no longer owns the task")
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                tracing::warn!(attempt, reason, "retry abandoned");
-                let _ = env.events.send(DcronEvent::RetryAbandoned {
-                    fire: info.clone(),
-                    attempt,
-                    reason,
-                });
+            if abandon(env, l, info, attempt) {
                 break Some(error);
             }
             let seed = crate::policy::splitmix(
@@ -416,19 +403,7 @@ async fn attempts(
                 _ = l.owner.cancelled(), if l.kind != FireKind::Backfill => {}
                 _ = env.stopping.cancelled() => {}
             }
-            if (l.owner.is_cancelled() && l.kind != FireKind::Backfill) || env.stopping.is_cancelled()
-            {
-                let reason = if env.stopping.is_cancelled() {
-                    "the node is stopping"
-                } else {
-                    "the node no longer owns the task"
-                };
-                tracing::warn!(attempt, reason, "retry abandoned");
-                let _ = env.events.send(DcronEvent::RetryAbandoned {
-                    fire: info.clone(),
-                    attempt,
-                    reason,
-                });
+            if abandon(env, l, info, attempt) {
                 break Some(error);
             }
             attempt += 1;
@@ -460,6 +435,24 @@ async fn attempts(
     }
     .instrument(span)
     .await
+}
+
+/// Whether a retry must not happen (node stopping, task no longer owned); reports it.
+fn abandon(env: &FireEnv, l: &Launch, info: &FireInfo, attempt: u32) -> bool {
+    let reason = if env.stopping.is_cancelled() {
+        "the node is stopping"
+    } else if l.owner.is_cancelled() && l.kind != FireKind::Backfill {
+        "the node no longer owns the task"
+    } else {
+        return false;
+    };
+    tracing::warn!(attempt, reason, "retry abandoned");
+    let _ = env.events.send(DcronEvent::RetryAbandoned {
+        fire: info.clone(),
+        attempt,
+        reason,
+    });
+    true
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
