@@ -3,6 +3,7 @@
 use clap::error::ErrorKind as ClapErrorKind;
 use clap::Parser;
 use dcron_cli::error::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use dcron_cli::secret::Secrets;
 use dcron_cli::{app, Cli};
 
 fn main() {
@@ -19,10 +20,15 @@ fn main() {
                     EXIT_USAGE
                 }
                 _ => {
-                    // One line: clap's first line without its `error: ` prefix.
+                    // One line: clap's first line without its `error: ` prefix, without any
+                    // credential that was on the command line.
+                    let args: Vec<String> = std::env::args_os()
+                        .map(|a| a.to_string_lossy().into_owned())
+                        .collect();
                     let text = e.render().to_string();
                     let first = text.lines().next().unwrap_or("invalid command line");
                     let first = first.strip_prefix("error: ").unwrap_or(first);
+                    let first = Secrets::from_args(&args).scrub(first);
                     eprintln!("dcronctl: {first} (see dcronctl --help)");
                     EXIT_USAGE
                 }

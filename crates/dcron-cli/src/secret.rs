@@ -78,6 +78,37 @@ impl Secrets {
     }
 }
 
+impl Secrets {
+    /// The credentials present in raw command-line arguments (`--password`, `--token`, and the
+    /// password of a `--registry` URL, as `--flag value` or `--flag=value`), to scrub messages
+    /// written before the arguments are parsed (clap's errors).
+    pub fn from_args<S: AsRef<str>>(args: &[S]) -> Self {
+        let mut secrets = Secrets::new();
+        let mut add = |flag: &str, value: &str| {
+            if flag == "--registry" {
+                if let Some(p) = crate::target::url_password(value) {
+                    secrets.add(&p);
+                }
+            } else {
+                secrets.add(value);
+            }
+        };
+        for (i, arg) in args.iter().enumerate() {
+            let arg = arg.as_ref();
+            for flag in ["--password", "--token", "--registry"] {
+                if arg == flag {
+                    if let Some(next) = args.get(i + 1) {
+                        add(flag, next.as_ref());
+                    }
+                } else if let Some(v) = arg.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+                    add(flag, v);
+                }
+            }
+        }
+        secrets
+    }
+}
+
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secrets({} redacted)", self.0.len())
@@ -106,6 +137,24 @@ mod tests {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?} {s} {s:#?}"), "*** *** ***");
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn secrets_from_raw_arguments() {
+        let args = [
+            "dcronctl",
+            "--registry",
+            "redis://u:url-secret@h",
+            "--password=flag-secret",
+            "--token",
+            "tok-secret",
+            "nodes",
+        ];
+        let secrets = Secrets::from_args(&args);
+        assert_eq!(
+            secrets.scrub("url-secret flag-secret tok-secret nodes"),
+            "*** *** *** nodes"
+        );
     }
 
     #[test]

@@ -129,6 +129,11 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The password in a URL's user information, if any (decoded), to scrub it from messages.
+pub fn url_password(url: &str) -> Option<String> {
+    split_url(url).ok().and_then(|p| p.password)
+}
+
 fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

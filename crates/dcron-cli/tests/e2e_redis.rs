@@ -437,6 +437,20 @@ async fn bad_urls_are_usage_errors() {
     ])
     .await;
     expect_code(&out, 2, "unknown strategy");
+    let out = run(&[
+        "--registry",
+        "redis://u:sekr3t-pw@h",
+        "--password=sekr3t-two",
+        "nodes",
+        "--bogus",
+    ])
+    .await;
+    expect_code(&out, 2, "unknown flag");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--bogus") && !stderr.contains("sekr3t"),
+        "{stderr}"
+    );
     // Bad input is refused before the registry is contacted.
     let out = run(&[
         "--registry",
