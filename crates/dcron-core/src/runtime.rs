@@ -199,6 +199,8 @@ pub(crate) struct Driver {
     statuses: HashMap<String, StatusLocal>,
     status_dirty: HashSet<String>,
     status_inflight: bool,
+    /// Handlers drained; leaving waits for the last status write.
+    drained_pending: bool,
 }
 
 impl Driver {
@@ -278,6 +280,7 @@ impl Driver {
             statuses: HashMap::new(),
             status_dirty: HashSet::new(),
             status_inflight: false,
+            drained_pending: false,
         }
     }
 
@@ -605,9 +608,10 @@ impl Driver {
                 }
             }
             Internal::Drained => {
-                // Handlers are done: store their status before the registration goes.
-                self.flush_status();
-                self.lifecycle(Input::Drained);
+                // Handlers are done: store their status before the registration goes (a new
+                // owner reads the stored counts), then leave.
+                self.drained_pending = true;
+                self.finish_drain();
             }
             Internal::RunningChanged => self.publish_markers(),
             Internal::MarkersWritten(epoch, r) => {
@@ -648,6 +652,7 @@ impl Driver {
             }
             Internal::StatusFlushed(r) => {
                 self.status_inflight = false;
+                let failed = r.is_err();
                 match r {
                     Ok(bases) => {
                         for (name, (runs, failures)) in bases {
@@ -662,9 +667,16 @@ impl Driver {
                     }
                     Err(e) => {
                         if !matches!(e, Error::Unsupported { .. }) {
-                            tracing::warn!(error = %e, "writing task status failed; retried at the next interval");
+                            tracing::warn!(error = %e, "writing task status failed; written again after the task's next fire");
                         }
                     }
+                }
+                if self.drained_pending {
+                    if failed {
+                        // Unreachable registry: leave without the last status.
+                        self.status_dirty.clear();
+                    }
+                    self.finish_drain();
                 }
             }
             Internal::TriggerDone(key) => {
@@ -1635,6 +1647,17 @@ impl Driver {
             .await;
             let _ = tx.send(Internal::StatusFlushed(r));
         });
+    }
+
+    /// Leaves once no status write is in flight and none is due.
+    fn finish_drain(&mut self) {
+        if !self.status_inflight {
+            self.flush_status();
+        }
+        if !self.status_inflight && self.drained_pending {
+            self.drained_pending = false;
+            self.lifecycle(Input::Drained);
+        }
     }
 
     /// What this node knows of a task: its local counts (when loaded), its owner and next fire.
