@@ -540,8 +540,9 @@ pub struct DeleteOutcome {
     pub already: bool,
 }
 
-/// `dcronctl delete`: marks the task deleted cluster-wide. Unknown names are refused unless
-/// `allow_static` (a static task has no record in the registry).
+/// `dcronctl delete`: marks the task deleted cluster-wide. Names the registry knows nothing
+/// about (no record, claims or status) are refused unless `allow_static` (a static task that has
+/// not run yet has nothing in the registry).
 ///
 /// # Errors
 /// Usage error for a bad name; not found (exit code 4) for an unknown name; the registry's
@@ -560,9 +561,9 @@ pub async fn delete(
             already: true,
         });
     }
-    if !allow_static && registry.get_task(name).await?.is_none() {
+    if !allow_static && !crate::admin::known(registry, name).await? {
         return Err(CliError::not_found(format!(
-            "unknown task `{name}` (no dynamic task of that name; pass --static to mark a task defined in code deleted)"
+            "unknown task `{name}` (pass --static to mark a task defined in code that has not run yet deleted)"
         )));
     }
     registry.mark_deleted(name, now).await?;

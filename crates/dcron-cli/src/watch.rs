@@ -91,6 +91,16 @@ pub enum WatchEvent {
         /// Task name.
         task: String,
     },
+    /// A task was paused.
+    TaskPaused {
+        /// Task name.
+        task: String,
+    },
+    /// A task was resumed.
+    TaskResumed {
+        /// Task name.
+        task: String,
+    },
     /// A task's owner recorded a completed run (scheduled or triggered) in its status record.
     Result {
         /// Task name.
@@ -171,6 +181,8 @@ impl Stamped {
             WatchEvent::TaskRemoved { task } => ("task removed", task.clone()),
             WatchEvent::TaskDeleted { task } => ("task deleted", task.clone()),
             WatchEvent::TaskRestored { task } => ("task restored", task.clone()),
+            WatchEvent::TaskPaused { task } => ("task paused", task.clone()),
+            WatchEvent::TaskResumed { task } => ("task resumed", task.clone()),
             WatchEvent::Result {
                 task,
                 instant,
@@ -227,6 +239,7 @@ pub struct Tracker {
     tombstones: HashSet<String>,
     seen: HashMap<String, HashSet<(i64, String, u64)>>,
     runs: HashMap<String, (u64, Option<DateTime<Utc>>)>,
+    paused: BTreeSet<String>,
     extra: BTreeSet<String>,
 }
 
@@ -247,6 +260,7 @@ impl Tracker {
             tombstones: snap.tombstones.iter().map(|t| t.name.clone()).collect(),
             seen: HashMap::new(),
             runs: HashMap::new(),
+            paused: BTreeSet::new(),
             extra: extra.iter().cloned().collect(),
         }
     }
@@ -467,13 +481,50 @@ impl Tracker {
     }
 }
 
-async fn poll_statuses(registry: &dyn Registry) -> dcron_core::Result<Vec<TaskStatus>> {
-    if !registry.capabilities().records {
-        return Ok(Vec::new());
+impl Tracker {
+    /// Records the set of paused names; returns pause and resume events since the last call.
+    /// With `quiet`, records it without reporting.
+    pub fn pauses(&mut self, paused: BTreeSet<String>, quiet: bool) -> Vec<WatchEvent> {
+        let mut out = Vec::new();
+        if !quiet {
+            out.extend(
+                paused
+                    .difference(&self.paused)
+                    .map(|t| WatchEvent::TaskPaused { task: t.clone() }),
+            );
+            out.extend(
+                self.paused
+                    .difference(&paused)
+                    .map(|t| WatchEvent::TaskResumed { task: t.clone() }),
+            );
+        }
+        self.paused = paused;
+        out
     }
-    match dcron_core::admin::list_status(registry).await {
-        Ok(listing) => Ok(listing.items),
-        Err(dcron_core::Error::Unsupported { .. }) => Ok(Vec::new()),
+}
+
+/// The task statuses and paused names, empty for a registry without records.
+async fn poll_records(
+    registry: &dyn Registry,
+) -> dcron_core::Result<(Vec<TaskStatus>, BTreeSet<String>)> {
+    if !registry.capabilities().records {
+        return Ok((Vec::new(), BTreeSet::new()));
+    }
+    let polled = tokio::try_join!(
+        dcron_core::admin::list_status(registry),
+        dcron_core::admin::pause_records(registry)
+    );
+    match polled {
+        Ok((status, pauses)) => Ok((
+            status.items,
+            pauses
+                .items
+                .into_iter()
+                .filter(|p| p.paused)
+                .map(|p| p.task)
+                .collect(),
+        )),
+        Err(dcron_core::Error::Unsupported { .. }) => Ok((Vec::new(), BTreeSet::new())),
         Err(e) => Err(e),
     }
 }
@@ -596,7 +647,8 @@ async fn tick(
         _ => None,
     });
     out.extend(fires);
-    let statuses = poll_statuses(registry).await?;
+    let (statuses, paused) = poll_records(registry).await?;
+    out.extend(tracker.pauses(paused, false));
     out.extend(tracker.statuses(&statuses, false));
     Ok(out)
 }
@@ -626,7 +678,9 @@ pub async fn run(
     for (name, claims) in poll_claims(registry.as_ref(), tracker.claim_names()).await? {
         tracker.claims(&name, &claims, true);
     }
-    tracker.statuses(&poll_statuses(registry.as_ref()).await?, true);
+    let (statuses, paused) = poll_records(registry.as_ref()).await?;
+    tracker.statuses(&statuses, true);
+    tracker.pauses(paused, true);
 
     let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(10)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -801,6 +855,21 @@ mod tests {
                 "result         t @ 2026-03-01T12:00:00Z on n1: failed: boom (runs 3, failures 1)"
             ),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn pauses_and_resumes_are_reported() {
+        let mut tr = Tracker::new(&Snapshot::default(), &[]);
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        assert!(tr.pauses(set(&["a"]), true).is_empty());
+        assert!(tr.pauses(set(&["a"]), false).is_empty());
+        assert_eq!(
+            tr.pauses(set(&["b"]), false),
+            vec![
+                WatchEvent::TaskPaused { task: "b".into() },
+                WatchEvent::TaskResumed { task: "a".into() }
+            ]
         );
     }
 
