@@ -378,10 +378,8 @@ where
                 .and_then(|()| stdout.flush())
                 .is_ok()
         };
-        let mut warn_lines = Vec::new();
         let mut warn = |w: &str| {
             let _ = writeln!(stderr, "dcronctl: {}", secrets.scrub(w));
-            warn_lines.push(w.to_string());
         };
         let result = watch::run(registry, &opts, stop(w.duration), &mut emit, &mut warn).await;
         return match result {
