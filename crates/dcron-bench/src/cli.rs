@@ -17,8 +17,10 @@ commands (each prints `summary key=value ...` lines):
            k nodes on one Redis server (default $DCRON_TEST_REDIS_URL or redis://127.0.0.1:6379)
   scale    [--tasks <n>] [--seconds <s>] [--timeout <s>]
            one node with n tasks (default 100000): start time, memory per task, steady CPU
-  failover --backend <memory|redis> [--tasks <n>] [--ttl-ms <ms>] [--url <redis-url>]
+  failover --backend <memory|redis|etcd|zk> [--tasks <n>] [--ttl-ms <ms>] [--url <address>]
            3 nodes; the owner of task 0 dies; time to the next fire elsewhere, missed fires
+           (etcd and zk need a build with `--features etcd` / `--features zk`; their address
+           defaults to $DCRON_TEST_ETCD_ENDPOINTS / $DCRON_TEST_ZK_CONNECT or the local port)
   help     this text";
 
 /// What to run.
@@ -112,6 +114,10 @@ pub enum Backend {
     Memory,
     /// A Redis server.
     Redis,
+    /// An etcd cluster (feature `etcd`).
+    Etcd,
+    /// A ZooKeeper ensemble (feature `zk`).
+    Zk,
 }
 
 impl Backend {
@@ -120,6 +126,8 @@ impl Backend {
         match self {
             Backend::Memory => "memory",
             Backend::Redis => "redis",
+            Backend::Etcd => "etcd",
+            Backend::Zk => "zk",
         }
     }
 }
@@ -133,7 +141,7 @@ pub struct FailoverArgs {
     pub tasks: usize,
     /// The nodes' lease TTL.
     pub ttl: Duration,
-    /// The Redis URL for `--backend redis`.
+    /// The server address (Redis URL, etcd endpoint, ZooKeeper connect string).
     pub url: Option<String>,
 }
 
@@ -354,9 +362,11 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
             let backend = match o.required("backend")? {
                 "memory" => Backend::Memory,
                 "redis" => Backend::Redis,
+                "etcd" => Backend::Etcd,
+                "zk" | "zookeeper" => Backend::Zk,
                 other => {
                     return Err(UsageError(format!(
-                        "failover: unknown backend `{other}`; this build supports memory and redis"
+                        "failover: unknown backend `{other}`; use memory, redis, etcd or zk"
                     )))
                 }
             };

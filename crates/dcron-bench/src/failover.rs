@@ -1,4 +1,5 @@
-//! `failover`: three nodes share tasks that fire every second; the owner of task 0 dies
+//! `failover`: three nodes (on memory, Redis, and with the `etcd` / `zk` features etcd or
+//! ZooKeeper) share tasks that fire every second; the owner of task 0 dies
 //! abruptly (its runtime is shut down: no stop, no unregister, no more keep-alives), and the
 //! run measures the time from its death to the first fire of each of its tasks by another
 //! node, and counts missed and duplicate fires over the whole run from a ledger of executions.
@@ -79,18 +80,21 @@ fn failover(args: &FailoverArgs) -> Result<Summary> {
     let memory = MemoryRegistry::new();
     let url = redis_url(args.url.as_deref());
     let namespace = format!("dcron-bench-failover-{}", uuid::Uuid::new_v4().simple());
-    let admin: Arc<dyn Registry> = match args.backend {
-        Backend::Memory => Arc::new(memory.clone()),
-        Backend::Redis => admin_rt.block_on(connect_redis(&url, &namespace))?,
+    let connect = |rt: &Runtime| -> Result<Arc<dyn Registry>> {
+        match args.backend {
+            Backend::Memory => Ok(Arc::new(memory.clone())),
+            Backend::Redis => rt.block_on(connect_redis(&url, &namespace)),
+            Backend::Etcd | Backend::Zk => {
+                rt.block_on(connect_other(args.backend, args.url.as_deref(), &namespace))
+            }
+        }
     };
+    let admin = connect(&admin_rt)?;
     let ledger: Ledger = Arc::new(Mutex::new(Vec::new()));
     let mut members = Vec::new();
     for k in 0..NODES {
         let rt = node_runtime(k)?;
-        let registry: Arc<dyn Registry> = match args.backend {
-            Backend::Memory => Arc::new(memory.clone()),
-            Backend::Redis => rt.block_on(connect_redis(&url, &namespace))?,
-        };
+        let registry = connect(&rt)?;
         let node = Dcron::builder(registry)
             .seconds(SecondsField::Required)
             .node_name(format!("failover-{k}"))
@@ -136,12 +140,83 @@ fn failover(args: &FailoverArgs) -> Result<Summary> {
             }
         }
     }
-    if args.backend == Backend::Redis {
+    if args.backend != Backend::Memory {
         if let Err(e) = admin_rt.block_on(admin.cleanup_all()) {
             eprintln!("dcron-bench: could not clean the bench namespace: {e}");
         }
     }
     result
+}
+
+/// Connects to etcd or ZooKeeper (when built with the feature), checked to answer.
+async fn connect_other(
+    backend: Backend,
+    address: Option<&str>,
+    namespace: &str,
+) -> Result<Arc<dyn Registry>> {
+    let registry = match backend {
+        Backend::Etcd => connect_etcd(address, namespace).await?,
+        Backend::Zk => connect_zk(address, namespace).await?,
+        other => return Err(err(format!("{} is not a server backend", other.name()))),
+    };
+    match tokio::time::timeout(Duration::from_secs(10), registry.list_nodes()).await {
+        Ok(Ok(_)) => Ok(registry),
+        Ok(Err(e)) => Err(err(format!("{} does not answer: {e}", backend.name()))),
+        Err(_) => Err(err(format!(
+            "{} does not answer within 10 s",
+            backend.name()
+        ))),
+    }
+}
+
+fn not_built(backend: &str) -> crate::BenchError {
+    err(format!(
+        "this build has no {backend} backend: build with `--features {backend}`"
+    ))
+}
+
+#[cfg(feature = "etcd")]
+async fn connect_etcd(address: Option<&str>, namespace: &str) -> Result<Arc<dyn Registry>> {
+    use dcron_registry_etcd::EtcdRegistryConfig;
+    let config = match address {
+        Some(a) => EtcdRegistryConfig::new([a]),
+        None => EtcdRegistryConfig::from_env(),
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        config.namespace(namespace).connect(),
+    )
+    .await
+    {
+        Ok(Ok(r)) => Ok(Arc::new(r)),
+        Ok(Err(e)) => Err(err(format!("cannot reach etcd: {e}"))),
+        Err(_) => Err(err("cannot reach etcd: no answer within 10 s")),
+    }
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn connect_etcd(_address: Option<&str>, _namespace: &str) -> Result<Arc<dyn Registry>> {
+    Err(not_built("etcd"))
+}
+
+#[cfg(feature = "zk")]
+async fn connect_zk(address: Option<&str>, namespace: &str) -> Result<Arc<dyn Registry>> {
+    use dcron_registry_zk::{ZkRegistry, ZkRegistryConfig};
+    let config = match address {
+        Some(a) => ZkRegistryConfig::new(a),
+        None => ZkRegistryConfig::from_env(),
+    };
+    let connecting = ZkRegistry::connect(config.namespace(format!("/{namespace}")));
+    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Ok(Ok(r)) => Ok(Arc::new(r)),
+        Ok(Err(e)) => Err(err(format!("cannot reach ZooKeeper: {e}"))),
+        Err(_) => Err(err("cannot reach ZooKeeper: no answer within 10 s")),
+    }
+}
+
+#[cfg(not(feature = "zk"))]
+async fn connect_zk(_address: Option<&str>, _namespace: &str) -> Result<Arc<dyn Registry>> {
+    Err(not_built("zk"))
 }
 
 fn measure(

@@ -100,3 +100,15 @@ fn unreachable_redis_is_a_clear_error() {
     assert!(stderr.contains("cannot reach Redis"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn a_backend_left_out_of_the_build_is_a_clear_error() {
+    let output = bench()
+        .args(["failover", "--backend", "etcd"])
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--features etcd"), "{stderr}");
+}
