@@ -45,6 +45,9 @@ use crate::types::{
 /// The most fires sent in one claim call (larger sets are split into several batches).
 const MAX_BATCH: usize = 2048;
 
+/// How often a working node rewrites its record to refresh `last_alive`.
+const LAST_ALIVE_REFRESH: Duration = Duration::from_secs(30);
+
 /// The most occurrences one backfill call runs.
 const MAX_BACKFILL: usize = 10_000;
 
@@ -555,7 +558,18 @@ impl Driver {
                     self.register(epoch);
                 }
             }
-            Internal::Renewed(epoch, Ok(())) => self.lifecycle(Input::Renewed { epoch, now }),
+            Internal::Renewed(epoch, Ok(())) => {
+                self.lifecycle(Input::Renewed { epoch, now });
+                // Keep the informational `last_alive` of the record fresh (liveness itself is
+                // the lease): one record write every LAST_ALIVE_REFRESH.
+                let stale = (self.clock.now() - self.record.last_alive)
+                    .to_std()
+                    .is_ok_and(|age| age >= LAST_ALIVE_REFRESH);
+                if self.is_active() && stale {
+                    self.markers_dirty = true;
+                    self.publish_markers();
+                }
+            }
             Internal::Renewed(epoch, Err(e)) | Internal::StatusWritten(epoch, Err(e)) => {
                 let lease_lost = matches!(e, Error::LeaseLost { .. } | Error::NotFound { .. });
                 tracing::warn!(node = %self.node_id, error = %e, lease_lost, "lease renewal failed");

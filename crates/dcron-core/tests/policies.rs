@@ -821,3 +821,21 @@ async fn dynamic_tasks_carry_their_policies_to_every_node() {
         n.stop().await.expect("stops");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_working_node_keeps_last_alive_fresh() {
+    use dcron_core::Clock;
+    let reg = MemoryRegistry::new();
+    let clock = TokioClock::starting_at(base());
+    let node = builder(&reg, &clock, "a").build().expect("valid");
+    node.start().await.expect("started");
+    advance(Duration::from_secs(300)).await;
+    let nodes = reg.list_nodes().await.expect("lists").items;
+    assert_eq!(nodes.len(), 1);
+    let age = clock.now() - nodes[0].last_alive;
+    assert!(
+        age <= chrono::Duration::seconds(35),
+        "last_alive is {age} old after 5 minutes"
+    );
+    node.stop().await.expect("stops");
+}
