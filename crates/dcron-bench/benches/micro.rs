@@ -45,24 +45,25 @@ fn assignment(c: &mut Criterion) {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut sorted = refs.clone();
     sorted.sort_unstable();
-    let mut g = c.benchmark_group("assign");
+    let mut g = c.benchmark_group("assign/prepare-10-members");
     for &strategy in Strategy::all() {
         let assigner = strategy.assigner();
-        g.bench_with_input(
-            BenchmarkId::new("prepare-10-members", strategy.name()),
-            &members,
-            |b, m| b.iter(|| assigner.prepare(black_box(m)).expect("prepared")),
-        );
-        let placement = assigner.prepare(&members).expect("prepared");
-        g.throughput(Throughput::Elements(refs.len() as u64));
-        g.bench_function(BenchmarkId::new("owner-10k-tasks", strategy.name()), |b| {
+        g.bench_with_input(strategy.name(), &members, |b, m| {
+            b.iter(|| assigner.prepare(black_box(m)).expect("prepared"))
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("assign/owner-10k-tasks");
+    g.throughput(Throughput::Elements(refs.len() as u64));
+    for &strategy in Strategy::all() {
+        let placement = strategy.assigner().prepare(&members).expect("prepared");
+        g.bench_function(strategy.name(), |b| {
             b.iter(|| {
                 for name in &refs {
                     black_box(placement.owner(name, &sorted));
                 }
             })
         });
-        g.throughput(Throughput::Elements(1));
     }
     g.finish();
 }
@@ -127,8 +128,8 @@ fn claims(c: &mut Criterion) {
 }
 
 /// The driver's heap is private to dcron-core; this is the same structure (a min-heap of
-/// `(instant ms, generation, task name)`), popped and refilled the way the driver does for
-/// one instant of n every-second tasks.
+/// `(instant ms, generation, task name)`, every task with its own generation as in the driver),
+/// popped and refilled the way the driver does for one instant of n every-second tasks.
 fn heap(c: &mut Criterion) {
     let mut g = c.benchmark_group("heap");
     for n in [10_000usize, 1_000_000] {
@@ -139,7 +140,8 @@ fn heap(c: &mut Criterion) {
                 || {
                     let heap: BinaryHeap<Reverse<(i64, u64, String)>> = names
                         .iter()
-                        .map(|name| Reverse((1_000i64, 1u64, name.clone())))
+                        .enumerate()
+                        .map(|(i, name)| Reverse((1_000i64, i as u64, name.clone())))
                         .collect();
                     heap
                 },
