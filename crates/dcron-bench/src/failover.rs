@@ -169,6 +169,7 @@ async fn connect_other(
     }
 }
 
+#[cfg(not(all(feature = "etcd", feature = "zk")))]
 fn not_built(backend: &str) -> crate::BenchError {
     err(format!(
         "this build has no {backend} backend: build with `--features {backend}`"
