@@ -164,8 +164,8 @@ impl DcronBuilder {
         self
     }
 
-    /// The largest clock difference expected between nodes (default 5 s); widens catch-up
-    /// look-back and claim retention.
+    /// The largest clock difference expected between nodes (default 5 s); widens the claim
+    /// retention so a fire is never claimable twice across skewed clocks.
     pub fn max_clock_skew(mut self, skew: Duration) -> Self {
         self.cfg.max_clock_skew = skew;
         self

@@ -172,7 +172,6 @@ pub(crate) struct Driver {
     timing: Timing,
     lease: Option<(u64, Lease)>,
     record: Node,
-    active_since: Option<DateTime<Utc>>,
 
     nodes: HashMap<String, Node>,
     members: Vec<Member>,
@@ -204,6 +203,8 @@ pub(crate) struct Driver {
     status_inflight: bool,
     /// Handlers drained; leaving waits for the last status write.
     drained_pending: bool,
+    /// The last write of this node's record failed: rewrite it at the next renewal.
+    record_stale: bool,
 }
 
 impl Driver {
@@ -257,7 +258,6 @@ impl Driver {
             timing,
             lease: None,
             record,
-            active_since: None,
             nodes: HashMap::new(),
             members: Vec::new(),
             placement: None,
@@ -284,6 +284,7 @@ impl Driver {
             status_dirty: HashSet::new(),
             status_inflight: false,
             drained_pending: false,
+            record_stale: false,
         }
     }
 
@@ -412,14 +413,12 @@ impl Driver {
                 });
             }
             Action::Activate => {
-                self.active_since = Some(self.clock.now());
                 self.open_watches();
                 // Ownership is computed when the node list arrives, not before: owning
                 // everything for a moment would trigger needless claims.
                 self.list_all();
             }
             Action::Deactivate => {
-                self.active_since = None;
                 self.drop_ownership();
                 if matches!(self.state, State::Lost { .. }) {
                     for fire in self.running.lease_lost() {
@@ -534,6 +533,7 @@ impl Driver {
 
     fn internal(&mut self, msg: Internal) {
         let now = self.clock.monotonic();
+        let status_write = matches!(msg, Internal::StatusWritten(..));
         match msg {
             Internal::Registered(epoch, Ok(lease)) => {
                 if matches!(self.state, State::Starting { epoch: e } | State::Lost { epoch: e } if e == epoch)
@@ -565,13 +565,18 @@ impl Driver {
                 let stale = (self.clock.now() - self.record.last_alive)
                     .to_std()
                     .is_ok_and(|age| age >= LAST_ALIVE_REFRESH);
-                if self.is_active() && stale {
+                if self.record_stale || (self.is_active() && stale) {
                     self.markers_dirty = true;
                     self.publish_markers();
                 }
             }
             Internal::Renewed(epoch, Err(e)) | Internal::StatusWritten(epoch, Err(e)) => {
                 let lease_lost = matches!(e, Error::LeaseLost { .. } | Error::NotFound { .. });
+                if status_write {
+                    // The record (its status) did not reach the registry: write it again at the
+                    // next successful renewal, or peers never see this node's status change.
+                    self.record_stale = true;
+                }
                 tracing::warn!(node = %self.node_id, error = %e, lease_lost, "lease renewal failed");
                 self.lifecycle(Input::RenewFailed {
                     epoch,
@@ -579,7 +584,7 @@ impl Driver {
                     now,
                 });
             }
-            Internal::StatusWritten(_, Ok(())) => {}
+            Internal::StatusWritten(_, Ok(())) => self.record_stale = false,
             Internal::Nodes(Ok(listing)) => {
                 self.nodes = listing
                     .items
@@ -630,6 +635,7 @@ impl Driver {
             Internal::RunningChanged => self.publish_markers(),
             Internal::MarkersWritten(epoch, r) => {
                 self.markers_inflight = false;
+                self.record_stale = r.is_err();
                 if let Err(e) = r {
                     let lease_lost = matches!(e, Error::LeaseLost { .. } | Error::NotFound { .. });
                     if lease_lost {
@@ -757,7 +763,15 @@ impl Driver {
     fn node_event(&mut self, ev: NodeEvent) {
         match ev {
             NodeEvent::Put(node) => {
-                self.nodes.insert(node.id.clone(), node);
+                // A watch event can arrive after a listing that already holds a newer record of
+                // the same node (the node writes `last_alive` with every record): keep the newer.
+                let stale = self
+                    .nodes
+                    .get(&node.id)
+                    .is_some_and(|known| known.last_alive > node.last_alive);
+                if !stale {
+                    self.nodes.insert(node.id.clone(), node);
+                }
             }
             NodeEvent::Delete { id } => {
                 self.nodes.remove(&id);
@@ -1073,8 +1087,6 @@ impl Driver {
             return;
         }
         let now = self.clock.now();
-        let active_since = self.active_since.unwrap_or(now);
-        let skew = chrono::Duration::from_std(self.cfg.max_clock_skew).unwrap_or_default();
         let mut catch_up = Vec::new();
         for name in names {
             // Counts stored meanwhile by other owners are read again before the next write.
@@ -1090,7 +1102,10 @@ impl Driver {
             let policy = entry.meta.misfire.unwrap_or(self.cfg.misfire);
             let window = window_of(&entry.meta, self.cfg.misfire_window);
             let cw = chrono::Duration::from_std(window).unwrap_or_default();
-            let mut lower = (now - cw).max(active_since - skew);
+            // Claims make any look-back safe, so it is the whole window: not bounded by when
+            // this node became active (a restarted or rejoining node must catch up what its
+            // predecessor left unclaimed), nor by clock skew.
+            let mut lower = now - cw;
             if let Some(created) = entry.meta.created_at {
                 lower = lower.max(created);
             }

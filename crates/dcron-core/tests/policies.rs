@@ -116,7 +116,8 @@ async fn a_retry_belongs_to_the_same_fire_and_stops_when_it_succeeds() {
     let seen = attempts.lock().expect("lock").clone();
     assert_eq!(seen.len(), 3, "success ends the retries: {seen:?}");
     let first = seen[0];
-    assert_eq!(first.0, at(2026, 1, 1, 1, 0, 0), "the fire of 01:00");
+    // 00:00 is the start instant: caught up at once (FireOnce), then retried.
+    assert_eq!(first.0, base(), "the fire of 00:00");
     for (i, (scheduled, attempt, token, _)) in seen.iter().enumerate() {
         assert_eq!(*scheduled, first.0, "same fire");
         assert_eq!(*token, first.2, "same claim token");
@@ -346,21 +347,41 @@ async fn overlap_skip_is_cluster_wide_when_the_owner_leaves_mid_run() {
         node.start().await.expect("started");
         nodes.push(node);
     }
-    wait_for("a first run starts", Duration::from_secs(30), || {
-        nodes.iter().any(|n| !n.my_running_tasks().is_empty())
-    })
-    .await;
-    // Let a run be in flight, then stop its owner gracefully: the other node gains the task
-    // while the old run still goes on, and must not start a fire until it ends.
+    // Wait until ownership has settled and the owner itself is in the middle of a run (its
+    // events say a fire started and has not ended), then stop it gracefully: the other node
+    // gains the task while that run still goes on, and must not start a fire until it ends.
+    let mut owner_events = Vec::new();
+    for n in &nodes {
+        owner_events.push(n.events());
+    }
+    advance(Duration::from_secs(10)).await;
     let owner = nodes
         .iter()
         .position(|n| !n.my_running_tasks().is_empty())
         .expect("an owner");
-    advance(Duration::from_secs(3)).await;
+    let rx = &mut owner_events[owner];
+    while rx.try_recv().is_ok() {}
+    let mut in_flight = false;
+    for _ in 0..200 {
+        while let Ok(ev) = rx.try_recv() {
+            match ev {
+                DcronEvent::Started(_) => in_flight = true,
+                DcronEvent::Succeeded(_) | DcronEvent::Failed { .. } => in_flight = false,
+                _ => {}
+            }
+        }
+        if in_flight {
+            break;
+        }
+        advance(Duration::from_millis(100)).await;
+    }
+    assert!(in_flight, "the owner runs a fire");
+    advance(Duration::from_secs(2)).await;
     let leaving = nodes.remove(owner);
     let stop = tokio::spawn(async move { leaving.stop().await });
-    wait_for("runs on both sides", Duration::from_secs(120), || {
-        runs.lock().expect("lock").len() >= 4
+    let before = runs.lock().expect("lock").len();
+    wait_for("runs on the other side", Duration::from_secs(120), || {
+        runs.lock().expect("lock").len() >= before + 3
     })
     .await;
     stop.await.expect("joins").expect("stops");
@@ -430,8 +451,10 @@ async fn pause_stops_fires_everywhere_and_resume_does_not_catch_up_the_pause() {
 
 #[tokio::test(start_paused = true)]
 async fn trigger_now_runs_exactly_once_cluster_wide_and_status_is_readable_anywhere() {
+    use dcron_core::Clock;
     let reg = MemoryRegistry::new();
-    let clock = TokioClock::starting_at(base());
+    // An hour after midnight: the @daily occurrence is outside the misfire window.
+    let clock = TokioClock::starting_at(base() + chrono::Duration::hours(1));
     let runs: Runs = Arc::new(Mutex::new(Vec::new()));
     let mut nodes = Vec::new();
     for name in ["a", "b", "c"] {
@@ -448,7 +471,7 @@ async fn trigger_now_runs_exactly_once_cluster_wide_and_status_is_readable_anywh
     }
     advance(Duration::from_secs(5)).await;
     // From the registry alone, as an operator tool would.
-    let t = admin::trigger_task(&reg, "daily", base() + chrono::Duration::seconds(5))
+    let t = admin::trigger_task(&reg, "daily", clock.now())
         .await
         .expect("triggers");
     wait_for("the triggered run", Duration::from_secs(30), || {
