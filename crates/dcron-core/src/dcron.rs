@@ -62,6 +62,7 @@ pub(crate) struct Config {
     pub(crate) status_interval: Duration,
     pub(crate) overdue_threshold: Duration,
     pub(crate) claim_retention: Duration,
+    pub(crate) claim_ahead: Duration,
     pub(crate) name: Option<String>,
     pub(crate) weight: u32,
     pub(crate) ip: String,
@@ -208,6 +209,16 @@ impl DcronBuilder {
     /// the horizon you intend to backfill over.
     pub fn claim_retention(mut self, retention: Duration) -> Self {
         self.cfg.claim_retention = retention;
+        self
+    }
+
+    /// How long before a fire's instant its claim is sent (default 100 ms). The handler still
+    /// starts at the instant: claiming ahead takes the registry round trip and the driver's
+    /// work for a large instant out of the lateness. Zero claims at the instant. A node that
+    /// crashes between the claim and the instant loses that fire (as one crashing just after
+    /// winning it would); keep the lead short.
+    pub fn claim_ahead(mut self, lead: Duration) -> Self {
+        self.cfg.claim_ahead = lead;
         self
     }
 
@@ -361,6 +372,7 @@ impl Dcron {
                 status_interval: Duration::from_secs(2),
                 overdue_threshold: Duration::from_secs(1),
                 claim_retention: Duration::ZERO,
+                claim_ahead: Duration::from_millis(100),
                 name: None,
                 weight: 1,
                 ip: String::new(),
@@ -497,12 +509,11 @@ impl Dcron {
         }
         {
             let mut statics = self.inner.statics.lock().unwrap_or_else(|p| p.into_inner());
-            if !force && !statics.insert(name.to_string()) {
+            if !statics.insert(name.to_string()) && !force {
                 return Err(Error::AlreadyExists {
                     name: name.to_string(),
                 });
             }
-            statics.insert(name.to_string());
         }
         self.send(Command::UpsertStatic(StaticDef {
             meta: Arc::new(meta),

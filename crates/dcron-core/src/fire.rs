@@ -218,6 +218,14 @@ pub(crate) fn overlap_of(meta: &TaskMeta, cfg: &Config) -> OverlapPolicy {
 }
 
 async fn run(env: FireEnv, l: Launch) {
+    // Claimed ahead of its instant: start at the instant, never before (a won claim is the
+    // right to run, so a stop meanwhile does not cancel it).
+    if l.kind == FireKind::Scheduled {
+        let wait = crate::clock::until(env.clock.now(), l.key.instant);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
     let info = env.info(&l.key, l.kind);
     let overlap = overlap_of(&l.meta, &env.cfg);
     let cancel = env.cancel.child_token();

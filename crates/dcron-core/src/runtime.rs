@@ -191,6 +191,9 @@ pub(crate) struct Driver {
     stop_waiters: Vec<oneshot::Sender<()>>,
     view_dirty: bool,
     view_flushed: Instant,
+    /// At least `VIEW_FLUSH`, and ten times what the last flush took: a view of a million
+    /// names is rebuilt rarely enough to cost at most a tenth of the driver.
+    view_flush_every: Duration,
 
     env: FireEnv,
     running: Arc<RunningSet>,
@@ -274,6 +277,7 @@ impl Driver {
             stop_waiters: Vec::new(),
             view_dirty: false,
             view_flushed: Instant::now(),
+            view_flush_every: VIEW_FLUSH,
             env,
             running,
             markers_inflight: false,
@@ -316,7 +320,9 @@ impl Driver {
                 break;
             }
             let deadline = self.next_deadline();
-            let flush_at = self.view_dirty.then(|| self.view_flushed + VIEW_FLUSH);
+            let flush_at = self
+                .view_dirty
+                .then(|| self.view_flushed + self.view_flush_every);
             tokio::select! {
                 biased;
                 cmd = self.commands.recv() => match cmd {
@@ -1201,7 +1207,8 @@ impl Driver {
             self.heap.pop();
         }
         let Reverse((ms, _, _)) = self.heap.peek()?;
-        let target = DateTime::<Utc>::from_timestamp_millis(*ms)?;
+        // Claims go out `claim_ahead` before the instant; the handlers start at the instant.
+        let target = DateTime::<Utc>::from_timestamp_millis(*ms - self.claim_ahead_ms())?;
         Some(self.clock.monotonic() + until(self.clock.now(), target))
     }
 
@@ -1210,10 +1217,10 @@ impl Driver {
             return;
         }
         let now = self.clock.now();
-        let now_ms = now.timestamp_millis();
+        let horizon_ms = now.timestamp_millis() + self.claim_ahead_ms();
         let mut batch = Vec::new();
         while let Some(Reverse((ms, generation, _))) = self.heap.peek() {
-            if *ms > now_ms {
+            if *ms > horizon_ms {
                 break;
             }
             let (ms, generation) = (*ms, *generation);
@@ -1279,6 +1286,10 @@ impl Driver {
                 self.claim_batch(chunk.to_vec());
             }
         }
+    }
+
+    fn claim_ahead_ms(&self) -> i64 {
+        i64::try_from(self.cfg.claim_ahead.as_millis()).unwrap_or(0)
     }
 
     /// The retention of claims for fires with misfire window `window`.
@@ -1706,6 +1717,7 @@ impl Driver {
 
     /// Publishes the API's view now (sorting every name: O(n log n)).
     fn flush_view(&mut self) {
+        let started = std::time::Instant::now();
         self.view_dirty = false;
         self.view_flushed = Instant::now();
         let mut owned: Vec<String> = self
@@ -1727,6 +1739,7 @@ impl Driver {
             v.all = all;
             v.state = state_name(&self.state);
         }
+        self.view_flush_every = VIEW_FLUSH.max(started.elapsed() * 10);
     }
 }
 

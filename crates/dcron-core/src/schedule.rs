@@ -111,7 +111,7 @@ pub struct Schedule {
 
 #[derive(Clone, Debug)]
 enum Kind {
-    /// Shared: the parsed fields are a few hundred bytes and never change.
+    /// Shared: parsed once per distinct expression (see `CRON_RULES`) and never changed.
     Cron(std::sync::Arc<CronRule>),
     Every {
         millis: i64,
@@ -514,7 +514,27 @@ fn parse_cron(expr: &str, seconds: SecondsField) -> std::result::Result<Kind, St
     compile_cron(&fields.join(" "))
 }
 
+/// Parsed cron rules shared by every schedule with the same fields: a parsed rule holds a few
+/// kilobytes (croner keeps a bitfield of years), and a node often has thousands of tasks on
+/// one expression. Entries whose rule is no longer used are pruned as the map grows.
+static CRON_RULES: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<CronRule>>>,
+> = std::sync::LazyLock::new(Default::default);
+
 fn compile_cron(fields: &str) -> std::result::Result<Kind, String> {
+    let mut rules = CRON_RULES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(rule) = rules.get(fields).and_then(std::sync::Weak::upgrade) {
+        return Ok(Kind::Cron(rule));
+    }
+    let rule = std::sync::Arc::new(compile_rule(fields)?);
+    if rules.len() >= 1024 && rules.len().is_power_of_two() {
+        rules.retain(|_, w| w.strong_count() > 0);
+    }
+    rules.insert(fields.to_string(), std::sync::Arc::downgrade(&rule));
+    Ok(Kind::Cron(rule))
+}
+
+fn compile_rule(fields: &str) -> std::result::Result<CronRule, String> {
     let cron = CronParser::builder()
         .seconds(Seconds::Optional)
         .build()
@@ -530,7 +550,7 @@ fn compile_cron(fields: &str) -> std::result::Result<Kind, String> {
         return Err("a field matches no value".into());
     }
     let periodic = (0..=23).all(|h| p.hour_match(h).unwrap_or(false));
-    Ok(Kind::Cron(std::sync::Arc::new(CronRule { cron, periodic })))
+    Ok(CronRule { cron, periodic })
 }
 
 /// Parses an `@every` duration into milliseconds.
@@ -611,6 +631,29 @@ fn parse_instant(arg: &str, word: &str) -> std::result::Result<DateTime<Utc>, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_expressions_share_one_parsed_rule() {
+        let a = Schedule::parse("*/7 * * * * *", None, SecondsField::Optional).expect("valid");
+        let b = Schedule::parse(
+            " */7 * * * * * ",
+            Some("Europe/Berlin"),
+            SecondsField::Optional,
+        )
+        .expect("valid");
+        let c = Schedule::parse("*/8 * * * * *", None, SecondsField::Optional).expect("valid");
+        let rule = |s: &Schedule| match &s.kind {
+            Kind::Cron(r) => std::sync::Arc::as_ptr(r),
+            _ => std::ptr::null(),
+        };
+        assert_eq!(
+            rule(&a),
+            rule(&b),
+            "one rule for one expression, whatever the zone"
+        );
+        assert_ne!(rule(&a), rule(&c));
+        assert!(!rule(&a).is_null());
+    }
     use chrono::SecondsFormat;
     use proptest::prelude::*;
 
