@@ -226,9 +226,30 @@ async fn run(env: FireEnv, l: Launch) {
             tokio::time::sleep(wait).await;
         }
     }
-    let info = env.info(&l.key, l.kind);
     let overlap = overlap_of(&l.meta, &env.cfg);
+    // Only fires of non-`Allow` tasks are tracked (overlap checks and published markers); an
+    // `Allow` fire costs no shared state.
+    let tracked = overlap != OverlapPolicy::Allow;
     let cancel = env.cancel.child_token();
+    if tracked && !start_tracked(&env, &l, overlap, &cancel).await {
+        return;
+    }
+    let error = attempts(&env, &l, cancel, tracked).await;
+    if tracked {
+        env.running.end(&l.key.task, l.token, l.key.instant);
+        let _ = env.internal.send(Internal::RunningChanged);
+    }
+    finish(&env, &l, error).await;
+}
+
+/// Registers a tracked fire in the running set per its overlap policy; `false` when it must
+/// not run (reported as skipped).
+async fn start_tracked(
+    env: &FireEnv,
+    l: &Launch,
+    overlap: OverlapPolicy,
+    cancel: &CancellationToken,
+) -> bool {
     let mut entry = RunningEntry {
         fire: RunningFire {
             task: l.key.task.clone(),
@@ -238,12 +259,12 @@ async fn run(env: FireEnv, l: Launch) {
         overlap,
         cancel: cancel.clone(),
     };
-    // Overlap: start now, wait in the queue, or skip.
+    // Start now, wait in the queue, or skip.
     if let Err(back) = env.running.try_start(entry) {
         entry = back;
         if overlap != OverlapPolicy::Queue || !env.running.take_queue_slot(&l.key.task) {
-            env.skipped(info, SkipReason::Overlap);
-            return;
+            env.skipped(env.info(&l.key, l.kind), SkipReason::Overlap);
+            return false;
         }
         let deadline = l.key.instant
             + chrono::Duration::from_std(l.window).unwrap_or_else(|_| chrono::Duration::zero());
@@ -259,23 +280,23 @@ async fn run(env: FireEnv, l: Launch) {
         };
         env.running.release_queue_slot(&l.key.task);
         if !started {
-            env.skipped(info, SkipReason::Overlap);
-            return;
+            env.skipped(env.info(&l.key, l.kind), SkipReason::Overlap);
+            return false;
         }
     }
-    if overlap != OverlapPolicy::Allow {
-        let _ = env.internal.send(Internal::RunningChanged);
+    let _ = env.internal.send(Internal::RunningChanged);
+    true
+}
+
+/// After the last attempt: status, the error handler, one-shot bookkeeping.
+async fn finish(env: &FireEnv, l: &Launch, error: Option<Error>) {
+    if !env.cfg.status_interval.is_zero() {
+        let _ = env.internal.send(Internal::FireEnded {
+            name: l.key.task.clone(),
+            scheduled: l.key.instant,
+            error: error.as_ref().map(|e| e.to_string()),
+        });
     }
-    let error = attempts(&env, &l, &info, cancel).await;
-    env.running.end(&l.key.task, l.token, l.key.instant);
-    if overlap != OverlapPolicy::Allow {
-        let _ = env.internal.send(Internal::RunningChanged);
-    }
-    let _ = env.internal.send(Internal::FireEnded {
-        name: l.key.task.clone(),
-        scheduled: l.key.instant,
-        error: error.as_ref().map(|e| e.to_string()),
-    });
     let meta = &l.meta;
     match error {
         None => {
@@ -316,10 +337,12 @@ async fn run(env: FireEnv, l: Launch) {
 async fn attempts(
     env: &FireEnv,
     l: &Launch,
-    info: &FireInfo,
     cancel: CancellationToken,
+    tracked: bool,
 ) -> Option<Error> {
     let meta = &l.meta;
+    // Built only when an event needs it (most sends are skipped when nobody listens).
+    let info = || env.info(&l.key, l.kind);
     let retry = retry_of(meta, &env.cfg);
     let timeout = timeout_of(meta, &env.cfg);
     let started = env.clock.now();
@@ -337,26 +360,32 @@ async fn attempts(
         result = tracing::field::Empty,
     );
     async {
-        env.emit(|| DcronEvent::Started(info.clone()));
+        env.emit(|| DcronEvent::Started(info()));
         metrics::histogram!("dcron_fire_lateness_seconds").record(lateness.max(0) as f64 / 1000.0);
         let threshold = i64::try_from(env.cfg.overdue_threshold.as_millis()).unwrap_or(i64::MAX);
         if l.kind == FireKind::Scheduled && lateness > threshold {
             metrics::counter!("dcron_fires_overdue_total").increment(1);
             let _ = env.events.send(DcronEvent::Overdue {
-                fire: info.clone(),
+                fire: info(),
                 late_ms: lateness,
             });
         }
         let t0 = Instant::now();
         let mut attempt = 1u32;
-        let mut attempt_cancel = cancel.child_token();
+        // A tracked fire keeps `cancel` for lease-loss cancellation and gives each attempt a child;
+        // an untracked one uses `cancel` itself for its first attempt.
+        let mut attempt_cancel = if tracked {
+            cancel.child_token()
+        } else {
+            cancel.clone()
+        };
         let outcome = loop {
             let ctx = FireContext {
                 meta: meta.clone(),
                 scheduled: l.key.instant,
                 token: l.token,
                 node_id: env.node_id.clone(),
-                catch_up: info.catch_up,
+                catch_up: matches!(l.kind, FireKind::CatchUp | FireKind::Backfill),
                 attempt,
                 cancel: attempt_cancel.clone(),
             };
@@ -378,7 +407,7 @@ async fn attempts(
                 None => {
                     attempt_cancel.cancel();
                     metrics::counter!("dcron_fires_timed_out_total").increment(1);
-                    let _ = env.events.send(DcronEvent::TimedOut(info.clone()));
+                    let _ = env.events.send(DcronEvent::TimedOut(info()));
                     Some(Error::Timeout {
                         task: meta.name.clone(),
                         timeout: timeout.unwrap_or_default(),
@@ -391,7 +420,7 @@ async fn attempts(
             if attempt >= retry.max_attempts {
                 break Some(error);
             }
-            if abandon(env, l, info, attempt) {
+            if abandon(env, l, attempt) {
                 break Some(error);
             }
             let seed = crate::policy::splitmix(
@@ -401,7 +430,7 @@ async fn attempts(
             tracing::info!(attempt, error = %error, delay_ms = delay.as_millis() as u64, "fire failed; retrying");
             metrics::counter!("dcron_fire_retries_total").increment(1);
             let _ = env.events.send(DcronEvent::Retried {
-                fire: info.clone(),
+                fire: info(),
                 attempt,
                 error: error.to_string(),
                 delay,
@@ -411,11 +440,15 @@ async fn attempts(
                 _ = l.owner.cancelled(), if l.kind != FireKind::Backfill => {}
                 _ = env.stopping.cancelled() => {}
             }
-            if abandon(env, l, info, attempt) {
+            if abandon(env, l, attempt) {
                 break Some(error);
             }
             attempt += 1;
-            attempt_cancel = cancel.child_token();
+            attempt_cancel = if tracked {
+                cancel.child_token()
+            } else {
+                env.cancel.child_token()
+            };
         };
         let elapsed = t0.elapsed();
         metrics::histogram!("dcron_fire_duration_seconds").record(elapsed.as_secs_f64());
@@ -427,14 +460,14 @@ async fn attempts(
                 span.record("result", "ok");
                 tracing::debug!("fire succeeded");
                 metrics::counter!("dcron_fires_executed_total", "result" => "ok").increment(1);
-                env.emit(|| DcronEvent::Succeeded(info.clone()));
+                env.emit(|| DcronEvent::Succeeded(info()));
             }
             Some(err) => {
                 span.record("result", "error");
                 tracing::warn!(error = %err, "fire failed");
                 metrics::counter!("dcron_fires_executed_total", "result" => "error").increment(1);
                 let _ = env.events.send(DcronEvent::Failed {
-                    fire: info.clone(),
+                    fire: info(),
                     error: err.to_string(),
                 });
             }
@@ -446,7 +479,7 @@ async fn attempts(
 }
 
 /// Whether a retry must not happen (node stopping, task no longer owned); reports it.
-fn abandon(env: &FireEnv, l: &Launch, info: &FireInfo, attempt: u32) -> bool {
+fn abandon(env: &FireEnv, l: &Launch, attempt: u32) -> bool {
     let reason = if env.stopping.is_cancelled() {
         "the node is stopping"
     } else if l.owner.is_cancelled() && l.kind != FireKind::Backfill {
@@ -456,7 +489,7 @@ fn abandon(env: &FireEnv, l: &Launch, info: &FireInfo, attempt: u32) -> bool {
     };
     tracing::warn!(attempt, reason, "retry abandoned");
     let _ = env.events.send(DcronEvent::RetryAbandoned {
-        fire: info.clone(),
+        fire: env.info(&l.key, l.kind),
         attempt,
         reason,
     });
