@@ -10,7 +10,7 @@ pub const USAGE: &str = "\
 usage: dcron-bench <command> [options]
 
 commands (each prints `summary key=value ...` lines):
-  latency  --tasks <n> --seconds <s> [--plot <file.svg>]
+  latency  --tasks <n> --seconds <s> [--plot <file.svg>] [--claim-ahead-ms <ms>]
            n every-second tasks on one node (MemoryRegistry), then the same workload on
            tokio-cron-scheduler, each in a child process; then the ratios
   redis    --nodes <k> --tasks <n> --seconds <s> [--url <redis-url>]
@@ -49,6 +49,8 @@ pub struct LatencyArgs {
     pub seconds: u64,
     /// Where to write the SVG plot of both lateness distributions.
     pub plot: Option<PathBuf>,
+    /// dcron's `claim_ahead` in milliseconds (0, the default, claims at the instant).
+    pub claim_ahead_ms: u64,
 }
 
 /// The systems `latency` compares.
@@ -81,6 +83,8 @@ pub struct ChildArgs {
     pub seconds: u64,
     /// Where to write the lateness samples (one integer in µs per line).
     pub samples: Option<PathBuf>,
+    /// dcron's `claim_ahead` in milliseconds.
+    pub claim_ahead_ms: u64,
 }
 
 /// Arguments of `redis`.
@@ -304,18 +308,23 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
     match command.as_str() {
         "help" | "--help" | "-h" => Ok(Command::Help),
         "latency" => {
-            let o = Options::parse("latency", rest, &["tasks", "seconds", "plot"])?;
+            let o = Options::parse(
+                "latency",
+                rest,
+                &["tasks", "seconds", "plot", "claim-ahead-ms"],
+            )?;
             Ok(Command::Latency(LatencyArgs {
                 tasks: tasks(&o, None)?,
                 seconds: seconds(&o, None)?,
                 plot: o.text("plot")?.map(PathBuf::from),
+                claim_ahead_ms: o.count("claim-ahead-ms", Some(0), 0, 1000)?,
             }))
         }
         "latency-child" => {
             let o = Options::parse(
                 "latency-child",
                 rest,
-                &["system", "tasks", "seconds", "samples"],
+                &["system", "tasks", "seconds", "samples", "claim-ahead-ms"],
             )?;
             let system = match o.required("system")? {
                 "dcron" => System::Dcron,
@@ -331,6 +340,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 tasks: tasks(&o, None)?,
                 seconds: seconds(&o, None)?,
                 samples: o.text("samples")?.map(PathBuf::from),
+                claim_ahead_ms: o.count("claim-ahead-ms", Some(0), 0, 1000)?,
             }))
         }
         "redis" => {
@@ -410,7 +420,8 @@ mod tests {
             Command::Latency(LatencyArgs {
                 tasks: 10_000,
                 seconds: 10,
-                plot: Some(PathBuf::from("x.svg"))
+                plot: Some(PathBuf::from("x.svg")),
+                claim_ahead_ms: 0,
             })
         );
         assert!(matches!(

@@ -69,6 +69,7 @@ pub fn run(args: &LatencyArgs, out: &mut dyn Write) -> Result<()> {
             .args(["--system", system.name()])
             .args(["--tasks", &args.tasks.to_string()])
             .args(["--seconds", &args.seconds.to_string()])
+            .args(["--claim-ahead-ms", &args.claim_ahead_ms.to_string()])
             .arg("--samples")
             .arg(&samples)
             .stdin(Stdio::null())
@@ -195,7 +196,7 @@ async fn child(args: &ChildArgs) -> Result<Summary> {
     let rss0 = rss_bytes()?;
     let t0 = Instant::now();
     let running = match args.system {
-        System::Dcron => Running::Dcron(start_dcron(n, &recorder).await?),
+        System::Dcron => Running::Dcron(start_dcron(n, &recorder, args.claim_ahead_ms).await?),
         System::TokioCronScheduler => Running::Tcs(start_tcs(n, &recorder).await?),
     };
     let setup = t0.elapsed();
@@ -285,9 +286,10 @@ pub async fn sleep_until_wall_ms(ms: i64) {
     }
 }
 
-async fn start_dcron(n: usize, recorder: &Arc<Recorder>) -> Result<Dcron> {
+async fn start_dcron(n: usize, recorder: &Arc<Recorder>, claim_ahead_ms: u64) -> Result<Dcron> {
     let node = Dcron::builder(MemoryRegistry::new())
         .seconds(SecondsField::Required)
+        .claim_ahead(Duration::from_millis(claim_ahead_ms))
         .build()?;
     for i in 0..n {
         let rec = recorder.clone();

@@ -212,11 +212,12 @@ impl DcronBuilder {
         self
     }
 
-    /// How long before a fire's instant its claim is sent (default 100 ms). The handler still
-    /// starts at the instant: claiming ahead takes the registry round trip and the driver's
-    /// work for a large instant out of the lateness. Zero claims at the instant. A node that
+    /// How long before a fire's instant its claim is sent (default zero: at the instant). The
+    /// handler still starts at the instant: claiming ahead takes the registry round trip and
+    /// the driver's work for a large instant out of the lateness. The price: a fire claimed
+    /// ahead runs even if its task is deleted in the lead before its instant, and a node that
     /// crashes between the claim and the instant loses that fire (as one crashing just after
-    /// winning it would); keep the lead short.
+    /// winning it would). Keep the lead short (tens of milliseconds).
     pub fn claim_ahead(mut self, lead: Duration) -> Self {
         self.cfg.claim_ahead = lead;
         self
@@ -372,7 +373,7 @@ impl Dcron {
                 status_interval: Duration::from_secs(2),
                 overdue_threshold: Duration::from_secs(1),
                 claim_retention: Duration::ZERO,
-                claim_ahead: Duration::from_millis(100),
+                claim_ahead: Duration::ZERO,
                 name: None,
                 weight: 1,
                 ip: String::new(),

@@ -187,6 +187,9 @@ local ret = tonumber(ARGV[1])
 local now = now_ms()
 local out = {}
 local n = (#KEYS - 1) / 3
+-- One INCRBY reserves a token for every fire of the batch; tokens of fires not won are
+-- skipped (tokens only need to be distinct and increasing).
+local base = redis.call('INCRBY', KEYS[1], n) - n
 for i = 1, n do
   local tomb, claim, idx = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
   if redis.call('EXISTS', tomb) == 1 then
@@ -194,10 +197,11 @@ for i = 1, n do
   elseif redis.call('EXISTS', claim) == 1 then
     out[i] = 0
   else
-    local tok = redis.call('INCR', KEYS[1])
+    local tok = base + i
     redis.call('SET', claim, ARGV[2 * i] .. tok .. '}', 'PX', ret)
     if key_type(idx) ~= 'zset' then redis.call('DEL', idx) end
-    redis.call('ZREMRANGEBYSCORE', idx, '-inf', now - 1000)
+    -- Expired index members are pruned on one claim in 16 (and on every listing).
+    if tok % 16 == 0 then redis.call('ZREMRANGEBYSCORE', idx, '-inf', now - 1000) end
     redis.call('ZADD', idx, now + ret, ARGV[2 * i + 1])
     if redis.call('PTTL', idx) < ret then redis.call('PEXPIRE', idx, ret) end
     out[i] = tok
