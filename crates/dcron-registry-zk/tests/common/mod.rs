@@ -274,6 +274,7 @@ impl OwnedServer {
         let child = Command::new("java")
             .arg("-Xmx192m")
             .arg("-Dznode.container.checkIntervalMs=1000")
+            .arg("-Dznode.container.maxPerMinute=6000000")
             .arg("-Dzookeeper.jmx.log4j.disable=true")
             .arg("-cp")
             .arg(ZK_JAR)
