@@ -23,9 +23,10 @@
 //!       [--own-server] [--seed <n>] [--work-dir <dir>] [--keep]
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -316,6 +317,48 @@ async fn chaos(args: Args) -> Result<bool> {
     }
     sleep(WARMUP).await;
     let from_ms = Utc::now().timestamp_millis();
+    // Claims are kept only for their retention (about a minute), so a long run records who
+    // held each claim as it goes: at the end a fire missed early on can still be told "lost in
+    // flight" (its claim was held by a process that was then killed) from "missed".
+    let seen_claims: Arc<Mutex<HashMap<(String, i64), String>>> = Arc::default();
+    let collector = {
+        let seen = seen_claims.clone();
+        let backend = run.args.backend;
+        let direct = backend.address(&upstream);
+        let namespace = run.namespace.clone();
+        let tasks = task_names(run.args.tasks);
+        let rounds = run.args.seconds / 10 + 60;
+        tokio::spawn(async move {
+            let mut client = None;
+            for _ in 0..rounds {
+                sleep(Duration::from_secs(10)).await;
+                if client.is_none() {
+                    client = backend.connect(&direct, &namespace).await.ok();
+                }
+                let Some(registry) = client.as_ref() else {
+                    continue;
+                };
+                let mut failed = false;
+                for task in &tasks {
+                    let Ok(listing) = registry.list_claims(task).await else {
+                        failed = true;
+                        continue;
+                    };
+                    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    for c in listing.items {
+                        seen.insert(
+                            (task.clone(), c.fire.instant_millis()),
+                            dcron_testkit::sim::node_name(&c.node_id).to_string(),
+                        );
+                    }
+                }
+                if failed {
+                    // Reconnect at the next round (the server may have been restarted).
+                    client = None;
+                }
+            }
+        })
+    };
     let chaos_end = Instant::now() + Duration::from_secs(run.args.seconds);
     let (mut partitions, mut restarts) = (0u64, 0u64);
     let max_events = run.args.seconds; // at most one event per second of chaos
@@ -430,12 +473,20 @@ async fn chaos(args: Args) -> Result<bool> {
         let holder = claims
             .iter()
             .find(|c| c.fire.instant_millis() == instant)
-            .map(|c| dcron_testkit::sim::node_name(&c.node_id).to_string());
+            .map(|c| dcron_testkit::sim::node_name(&c.node_id).to_string())
+            .or_else(|| {
+                seen_claims
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&(task.clone(), instant))
+                    .cloned()
+            });
         match holder {
             Some(h) if killed.contains(h.as_str()) => lost.push((task, instant, h)),
             _ => still_missed.push((task, instant, holder)),
         }
     }
+    collector.abort();
     let _ = registry.cleanup_all().await;
     drop(registry);
     if let Some(o) = own.as_mut() {
