@@ -49,8 +49,9 @@ pub(crate) struct Launch {
     pub(crate) token: u64,
     pub(crate) kind: FireKind,
     pub(crate) window: Duration,
-    /// Cancelled when this node stops owning the task: retries stop.
-    pub(crate) owner: CancellationToken,
+    /// Cancelled when this node stops owning the task: retries stop (none for tasks that do
+    /// not retry).
+    pub(crate) owner: Option<CancellationToken>,
 }
 
 struct RunningEntry {
@@ -437,7 +438,7 @@ async fn attempts(
             });
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = l.owner.cancelled(), if l.kind != FireKind::Backfill => {}
+                _ = owner_lost(l) => {}
                 _ = env.stopping.cancelled() => {}
             }
             if abandon(env, l, attempt) {
@@ -482,7 +483,11 @@ async fn attempts(
 fn abandon(env: &FireEnv, l: &Launch, attempt: u32) -> bool {
     let reason = if env.stopping.is_cancelled() {
         "the node is stopping"
-    } else if l.owner.is_cancelled() && l.kind != FireKind::Backfill {
+    } else if l
+        .owner
+        .as_ref()
+        .is_some_and(CancellationToken::is_cancelled)
+    {
         "the node no longer owns the task"
     } else {
         return false;
@@ -494,6 +499,14 @@ fn abandon(env: &FireEnv, l: &Launch, attempt: u32) -> bool {
         reason,
     });
     true
+}
+
+/// Completes when the node loses the fire's task (never for fires without an owner token).
+async fn owner_lost(l: &Launch) {
+    match &l.owner {
+        Some(t) => t.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

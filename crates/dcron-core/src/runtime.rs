@@ -132,8 +132,9 @@ struct Entry {
     generation: u64,
     /// A one-shot fire is in flight or done: schedule nothing more.
     spent: bool,
-    /// Cancelled when the node stops owning the task (retries in flight stop).
-    owner: CancellationToken,
+    /// Cancelled when the node stops owning the task (retries in flight stop). Created only
+    /// for tasks that retry: the others never wait on it.
+    owner: Option<CancellationToken>,
 }
 
 /// One fire on its way to the registry.
@@ -144,7 +145,7 @@ struct PendingFire {
     task: Arc<dyn Task>,
     kind: FireKind,
     window: Duration,
-    owner: CancellationToken,
+    owner: Option<CancellationToken>,
 }
 
 /// What this node knows of one task's runs; counts are deltas until `base_loaded`.
@@ -884,7 +885,7 @@ impl Driver {
         let generation = self.bump();
         let (was_owned, owner) = match self.tasks.get(&name) {
             Some(e) => (e.owned, e.owner.clone()),
-            None => (false, CancellationToken::new()),
+            None => (false, None),
         };
         let new_name = !self.tasks.contains_key(&name);
         self.tasks.insert(
@@ -908,8 +909,9 @@ impl Driver {
         if was_owned {
             if let Some(e) = self.tasks.get_mut(&name) {
                 if !e.owned {
-                    e.owner.cancel();
-                    e.owner = CancellationToken::new();
+                    if let Some(t) = e.owner.take() {
+                        t.cancel();
+                    }
                 }
             }
         }
@@ -919,8 +921,8 @@ impl Driver {
     fn remove_dynamic(&mut self, name: &str) {
         let is_dynamic = self.tasks.get(name).is_some_and(|e| !e.is_static);
         if is_dynamic {
-            if let Some(e) = self.tasks.remove(name) {
-                e.owner.cancel();
+            if let Some(t) = self.tasks.remove(name).and_then(|e| e.owner) {
+                t.cancel();
             }
             if self.cfg.assigner.depends_on_task_list() {
                 self.rebalance_all();
@@ -932,8 +934,9 @@ impl Driver {
     fn set_tombstone(&mut self, name: String) {
         if let Some(e) = self.tasks.get_mut(&name) {
             if e.owned {
-                e.owner.cancel();
-                e.owner = CancellationToken::new();
+                if let Some(t) = e.owner.take() {
+                    t.cancel();
+                }
             }
             e.owned = false;
             e.generation = self.next_generation;
@@ -999,8 +1002,9 @@ impl Driver {
                 gained.push(name);
             } else if !should && entry.owned {
                 entry.owned = false;
-                entry.owner.cancel();
-                entry.owner = CancellationToken::new();
+                if let Some(t) = entry.owner.take() {
+                    t.cancel();
+                }
                 self.next_generation += 1;
                 entry.generation = self.next_generation;
                 lost += 1;
@@ -1071,8 +1075,9 @@ impl Driver {
     fn drop_ownership(&mut self) {
         for e in self.tasks.values_mut() {
             if e.owned {
-                e.owner.cancel();
-                e.owner = CancellationToken::new();
+                if let Some(t) = e.owner.take() {
+                    t.cancel();
+                }
             }
             e.owned = false;
         }
@@ -1155,6 +1160,7 @@ impl Driver {
                         metrics::counter!("dcron_catch_up_fires_total")
                             .increment(missed.len() as u64);
                     }
+                    let owner = owner_token(entry, &self.cfg);
                     for instant in missed {
                         catch_up.push(PendingFire {
                             key: FireKey::new(name.clone(), instant),
@@ -1162,7 +1168,7 @@ impl Driver {
                             task: task.clone(),
                             kind: FireKind::CatchUp,
                             window,
-                            owner: entry.owner.clone(),
+                            owner: owner.clone(),
                         });
                     }
                 }
@@ -1244,7 +1250,7 @@ impl Driver {
             }
             let meta = entry.meta.clone();
             let one_shot = meta.one_shot;
-            let owner = entry.owner.clone();
+            let owner = owner_token(entry, &self.cfg);
             let paused = self.paused.get(&name).is_some_and(|p| p.paused);
             if paused {
                 let key = FireKey::new(name.clone(), instant);
@@ -1413,20 +1419,23 @@ impl Driver {
             if self.triggers_inflight.contains(&key) {
                 continue;
             }
-            let launch = match self.tasks.get(&t.task) {
-                Some(e) if e.owned && !self.tombstones.contains(&t.task) => e
-                    .task
-                    .clone()
-                    .or_else(|| self.cfg.task_run_fn.clone())
-                    .map(|task| Launch {
-                        key: FireKey::new(t.task.clone(), t.requested_at),
-                        meta: e.meta.clone(),
-                        task,
-                        token: t.id,
-                        kind: FireKind::Trigger,
-                        window: window_of(&e.meta, self.cfg.misfire_window),
-                        owner: e.owner.clone(),
-                    }),
+            let tombstoned = self.tombstones.contains(&t.task);
+            let launch = match self.tasks.get_mut(&t.task) {
+                Some(e) if e.owned && !tombstoned => {
+                    let owner = owner_token(e, &self.cfg);
+                    e.task
+                        .clone()
+                        .or_else(|| self.cfg.task_run_fn.clone())
+                        .map(|task| Launch {
+                            key: FireKey::new(t.task.clone(), t.requested_at),
+                            meta: e.meta.clone(),
+                            task,
+                            token: t.id,
+                            kind: FireKind::Trigger,
+                            window: window_of(&e.meta, self.cfg.misfire_window),
+                            owner,
+                        })
+                }
                 _ => None,
             };
             let expired = t.requested_at + expiry < now;
@@ -1508,7 +1517,8 @@ impl Driver {
                     task: task.clone(),
                     kind: FireKind::Backfill,
                     window,
-                    owner: entry.owner.clone(),
+                    // A backfill is not bound to ownership (it runs where it was asked).
+                    owner: None,
                 })
                 .collect();
             Ok(fires)
@@ -1741,6 +1751,16 @@ impl Driver {
         }
         self.view_flush_every = VIEW_FLUSH.max(started.elapsed() * 10);
     }
+}
+
+/// The token that tells a fire's retries the node lost the task: only tasks that retry get one.
+fn owner_token(entry: &mut Entry, cfg: &Config) -> Option<CancellationToken> {
+    (crate::fire::retry_of(&entry.meta, cfg).max_attempts > 1).then(|| {
+        entry
+            .owner
+            .get_or_insert_with(CancellationToken::new)
+            .clone()
+    })
 }
 
 fn window_of(meta: &TaskMeta, default: Duration) -> Duration {
