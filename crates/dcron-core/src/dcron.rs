@@ -290,8 +290,8 @@ impl DcronBuilder {
 /// What the driver publishes for the API to read without a round trip.
 #[derive(Debug, Default)]
 pub(crate) struct View {
-    pub(crate) owned: Vec<String>,
-    pub(crate) all: Vec<String>,
+    pub(crate) owned: Vec<Arc<str>>,
+    pub(crate) all: Vec<Arc<str>>,
     pub(crate) state: &'static str,
 }
 
@@ -395,12 +395,12 @@ impl Dcron {
 
     /// Every task this node knows, static and dynamic, sorted (the seed's `GetAllTasks`).
     pub fn all_tasks(&self) -> Vec<String> {
-        self.read_view(|v| v.all.clone())
+        self.read_view(|v| v.all.iter().map(|n| n.to_string()).collect())
     }
 
     /// The tasks this node owns and schedules now, sorted (the seed's `GetMyselfRunningTasks`).
     pub fn my_running_tasks(&self) -> Vec<String> {
-        self.read_view(|v| v.owned.clone())
+        self.read_view(|v| v.owned.iter().map(|n| n.to_string()).collect())
     }
 
     /// The lifecycle state's name: `idle`, `starting`, `working`, `lost`, `leaving`, `stopped`.

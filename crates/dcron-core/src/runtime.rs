@@ -122,6 +122,8 @@ pub(crate) enum Internal {
 }
 
 struct Entry {
+    /// The name, shared with the heap and the API view (one allocation per task).
+    name: Arc<str>,
     meta: Arc<TaskMeta>,
     schedule: Schedule,
     /// Static handler; dynamic tasks use the node's `task_run_fn`.
@@ -179,7 +181,7 @@ pub(crate) struct Driver {
     placement: Option<Box<dyn Placement>>,
     tasks: HashMap<String, Entry>,
     tombstones: HashSet<String>,
-    heap: BinaryHeap<Reverse<(i64, u64, String)>>,
+    heap: BinaryHeap<Reverse<(i64, u64, Arc<str>)>>,
     next_generation: u64,
 
     node_watch: Option<WatchStream<NodeEvent>>,
@@ -627,6 +629,7 @@ impl Driver {
                         let generation = entry.generation;
                         let after = self.clock.now();
                         if let Some(next) = entry.schedule.next_after(after) {
+                            let name = entry.name.clone();
                             self.heap
                                 .push(Reverse((next.timestamp_millis(), generation, name)));
                         }
@@ -891,6 +894,7 @@ impl Driver {
         self.tasks.insert(
             name.clone(),
             Entry {
+                name: Arc::from(name.as_str()),
                 meta,
                 schedule,
                 task,
@@ -1193,7 +1197,7 @@ impl Driver {
             self.heap.push(Reverse((
                 next.timestamp_millis(),
                 entry.generation,
-                name.to_string(),
+                entry.name.clone(),
             )));
         }
     }
@@ -1205,7 +1209,7 @@ impl Driver {
         while let Some(Reverse((_, generation, name))) = self.heap.peek() {
             let live = self
                 .tasks
-                .get(name)
+                .get(&**name)
                 .is_some_and(|e| e.owned && e.generation == *generation && !e.spent);
             if live {
                 break;
@@ -1233,7 +1237,7 @@ impl Driver {
             let Some(Reverse((_, _, name))) = self.heap.pop() else {
                 break;
             };
-            let Some(entry) = self.tasks.get_mut(&name) else {
+            let Some(entry) = self.tasks.get_mut(&*name) else {
                 continue;
             };
             if !entry.owned || entry.generation != generation || entry.spent {
@@ -1251,16 +1255,16 @@ impl Driver {
             let meta = entry.meta.clone();
             let one_shot = meta.one_shot;
             let owner = owner_token(entry, &self.cfg);
-            let paused = self.paused.get(&name).is_some_and(|p| p.paused);
+            let paused = self.paused.get(&*name).is_some_and(|p| p.paused);
             if paused {
-                let key = FireKey::new(name.clone(), instant);
+                let key = FireKey::new(&*name, instant);
                 let info = self.env.info(&key, FireKind::Scheduled);
                 metrics::counter!("dcron_fires_skipped_total", "reason" => SkipReason::Paused.as_str()).increment(1);
                 let _ = self.events.send(DcronEvent::Skipped {
                     fire: info,
                     reason: SkipReason::Paused,
                 });
-                if let Some(entry) = self.tasks.get_mut(&name) {
+                if let Some(entry) = self.tasks.get_mut(&*name) {
                     entry.spent = false;
                 }
                 self.schedule_next(&name, instant);
@@ -1268,7 +1272,7 @@ impl Driver {
             }
             if late <= window {
                 if let Some(task) = task {
-                    let key = FireKey::new(name.clone(), instant);
+                    let key = FireKey::new(&*name, instant);
                     self.env
                         .emit(|| DcronEvent::Scheduled(self.env.info(&key, FireKind::Scheduled)));
                     batch.push(PendingFire {
@@ -1730,18 +1734,18 @@ impl Driver {
         let started = std::time::Instant::now();
         self.view_dirty = false;
         self.view_flushed = Instant::now();
-        let mut owned: Vec<String> = self
+        let mut owned: Vec<Arc<str>> = self
             .tasks
-            .iter()
-            .filter(|(_, e)| e.owned)
-            .map(|(n, _)| n.clone())
+            .values()
+            .filter(|e| e.owned)
+            .map(|e| e.name.clone())
             .collect();
         owned.sort();
-        let mut all: Vec<String> = self
+        let mut all: Vec<Arc<str>> = self
             .tasks
-            .keys()
-            .filter(|n| !self.tombstones.contains(*n))
-            .cloned()
+            .iter()
+            .filter(|(n, _)| !self.tombstones.contains(*n))
+            .map(|(_, e)| e.name.clone())
             .collect();
         all.sort();
         if let Ok(mut v) = self.view.write() {
