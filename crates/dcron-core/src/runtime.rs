@@ -179,7 +179,7 @@ pub(crate) struct Driver {
     nodes: HashMap<String, Node>,
     members: Vec<Member>,
     placement: Option<Box<dyn Placement>>,
-    tasks: HashMap<String, Entry>,
+    tasks: HashMap<Arc<str>, Entry>,
     tombstones: HashSet<String>,
     heap: BinaryHeap<Reverse<(i64, u64, Arc<str>)>>,
     next_generation: u64,
@@ -623,7 +623,7 @@ impl Driver {
             Internal::OneShotEnded { name, done } => {
                 if done {
                     self.set_tombstone(name);
-                } else if let Some(entry) = self.tasks.get_mut(&name) {
+                } else if let Some(entry) = self.tasks.get_mut(&*name) {
                     entry.spent = false;
                     if entry.owned {
                         let generation = entry.generation;
@@ -831,10 +831,10 @@ impl Driver {
             self.clear_tombstone(&name);
         }
         let listed: HashSet<String> = tasks.items.iter().map(|m| m.name.clone()).collect();
-        let gone: Vec<String> = self
+        let gone: Vec<Arc<str>> = self
             .tasks
             .iter()
-            .filter(|(name, e)| !e.is_static && !listed.contains(*name))
+            .filter(|(name, e)| !e.is_static && !listed.contains(&***name))
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
@@ -848,7 +848,7 @@ impl Driver {
     // ----- task set -----
 
     fn upsert_dynamic(&mut self, meta: Arc<TaskMeta>) {
-        if let Some(existing) = self.tasks.get(&meta.name) {
+        if let Some(existing) = self.tasks.get(&*meta.name) {
             if existing.is_static {
                 tracing::warn!(task = %meta.name, "dynamic task has the name of a static task on this node; the static task wins here");
                 return;
@@ -886,15 +886,16 @@ impl Driver {
         is_static: bool,
     ) {
         let generation = self.bump();
-        let (was_owned, owner) = match self.tasks.get(&name) {
+        let (was_owned, owner) = match self.tasks.get(&*name) {
             Some(e) => (e.owned, e.owner.clone()),
             None => (false, None),
         };
-        let new_name = !self.tasks.contains_key(&name);
+        let new_name = !self.tasks.contains_key(&*name);
+        let key: Arc<str> = Arc::from(name.as_str());
         self.tasks.insert(
-            name.clone(),
+            key.clone(),
             Entry {
-                name: Arc::from(name.as_str()),
+                name: key,
                 meta,
                 schedule,
                 task,
@@ -911,7 +912,7 @@ impl Driver {
             self.place(&name, was_owned);
         }
         if was_owned {
-            if let Some(e) = self.tasks.get_mut(&name) {
+            if let Some(e) = self.tasks.get_mut(&*name) {
                 if !e.owned {
                     if let Some(t) = e.owner.take() {
                         t.cancel();
@@ -936,7 +937,7 @@ impl Driver {
     }
 
     fn set_tombstone(&mut self, name: String) {
-        if let Some(e) = self.tasks.get_mut(&name) {
+        if let Some(e) = self.tasks.get_mut(&*name) {
             if e.owned {
                 if let Some(t) = e.owner.take() {
                     t.cancel();
@@ -992,14 +993,14 @@ impl Driver {
     }
 
     fn rebalance_all(&mut self) {
-        let names: Vec<String> = self.tasks.keys().cloned().collect();
+        let names: Vec<Arc<str>> = self.tasks.keys().cloned().collect();
         let before = self.tasks.values().filter(|e| e.owned).count();
         let mut gained = Vec::new();
         let mut lost = 0usize;
         let sorted = self.sorted_names();
         for name in names {
             let should = self.should_own(&name, &sorted);
-            let Some(entry) = self.tasks.get_mut(&name) else {
+            let Some(entry) = self.tasks.get_mut(&*name) else {
                 continue;
             };
             if should && !entry.owned {
@@ -1038,8 +1039,8 @@ impl Driver {
         let mut names: Vec<String> = self
             .tasks
             .keys()
-            .filter(|n| !self.tombstones.contains(*n))
-            .cloned()
+            .filter(|n| !self.tombstones.contains(&***n))
+            .map(|n| n.to_string())
             .collect();
         names.sort();
         names
@@ -1071,7 +1072,7 @@ impl Driver {
                 }
                 self.schedule_next(name, self.clock.now());
             } else {
-                self.gain(vec![name.to_string()]);
+                self.gain(vec![Arc::from(name)]);
             }
         }
     }
@@ -1097,7 +1098,7 @@ impl Driver {
     }
 
     /// Takes tasks over: catch up what nobody claimed in their misfire window, then schedule.
-    fn gain(&mut self, names: Vec<String>) {
+    fn gain(&mut self, names: Vec<Arc<str>>) {
         if names.is_empty() {
             return;
         }
@@ -1105,12 +1106,12 @@ impl Driver {
         let mut catch_up = Vec::new();
         for name in names {
             // Counts stored meanwhile by other owners are read again before the next write.
-            if !self.status_dirty.contains(&name) {
-                if let Some(st) = self.statuses.get_mut(&name) {
+            if !self.status_dirty.contains(&*name) {
+                if let Some(st) = self.statuses.get_mut(&*name) {
                     *st = StatusLocal::default();
                 }
             }
-            let Some(entry) = self.tasks.get_mut(&name) else {
+            let Some(entry) = self.tasks.get_mut(&*name) else {
                 continue;
             };
             entry.owned = true;
@@ -1125,7 +1126,7 @@ impl Driver {
                 lower = lower.max(created);
             }
             // Nothing that fell inside a pause is caught up; a paused task catches up nothing.
-            let paused = match self.paused.get(&name) {
+            let paused = match self.paused.get(&*name) {
                 Some(p) if p.paused => true,
                 Some(p) => {
                     lower = lower.max(p.changed_at);
@@ -1158,7 +1159,7 @@ impl Driver {
                 if let Some(task) = task {
                     if !missed.is_empty() {
                         let _ = self.events.send(DcronEvent::CaughtUp {
-                            task: name.clone(),
+                            task: name.to_string(),
                             fires: missed.len(),
                         });
                         metrics::counter!("dcron_catch_up_fires_total")
@@ -1167,7 +1168,7 @@ impl Driver {
                     let owner = owner_token(entry, &self.cfg);
                     for instant in missed {
                         catch_up.push(PendingFire {
-                            key: FireKey::new(name.clone(), instant),
+                            key: FireKey::new(&*name, instant),
                             meta: entry.meta.clone(),
                             task: task.clone(),
                             kind: FireKind::CatchUp,
@@ -1424,7 +1425,7 @@ impl Driver {
                 continue;
             }
             let tombstoned = self.tombstones.contains(&t.task);
-            let launch = match self.tasks.get_mut(&t.task) {
+            let launch = match self.tasks.get_mut(&*t.task) {
                 Some(e) if e.owned && !tombstoned => {
                     let owner = owner_token(e, &self.cfg);
                     e.task
@@ -1490,7 +1491,7 @@ impl Driver {
             if self.tombstones.contains(&name) {
                 return Err(Error::Tombstoned { name: name.clone() });
             }
-            let entry = self.tasks.get(&name).ok_or_else(|| Error::NotFound {
+            let entry = self.tasks.get(&*name).ok_or_else(|| Error::NotFound {
                 what: "task",
                 name: name.clone(),
             })?;
@@ -1744,7 +1745,7 @@ impl Driver {
         let mut all: Vec<Arc<str>> = self
             .tasks
             .iter()
-            .filter(|(n, _)| !self.tombstones.contains(*n))
+            .filter(|(n, _)| !self.tombstones.contains(&***n))
             .map(|(_, e)| e.name.clone())
             .collect();
         all.sort();
