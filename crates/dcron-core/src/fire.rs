@@ -231,7 +231,14 @@ async fn run(env: FireEnv, l: Launch) {
     // Only fires of non-`Allow` tasks are tracked (overlap checks and published markers); an
     // `Allow` fire costs no shared state.
     let tracked = overlap != OverlapPolicy::Allow;
-    let cancel = env.cancel.child_token();
+    // A fire gets its own token only when something may cancel it alone (a timeout, a lost
+    // lease for a tracked fire); otherwise the node's token, cancelled at the end of a stop's
+    // grace period, is the one to watch, and sharing it costs nothing per fire.
+    let cancel = if tracked || timeout_of(&l.meta, &env.cfg).is_some() {
+        env.cancel.child_token()
+    } else {
+        env.cancel.clone()
+    };
     if tracked && !start_tracked(&env, &l, overlap, &cancel).await {
         return;
     }
@@ -447,8 +454,10 @@ async fn attempts(
             attempt += 1;
             attempt_cancel = if tracked {
                 cancel.child_token()
-            } else {
+            } else if timeout.is_some() {
                 env.cancel.child_token()
+            } else {
+                env.cancel.clone()
             };
         };
         let elapsed = t0.elapsed();
