@@ -21,3 +21,22 @@ pub fn task_names(count: usize) -> Vec<String> {
 
 /// The schedule of every chaos task: every second.
 pub const EVERY_SECOND: &str = "* * * * * *";
+
+/// The value following a command-line flag.
+///
+/// # Errors
+/// [`dcron_core::Error::InvalidArgument`] when the flag is the last argument.
+pub fn flag_value(flag: &str, value: Option<String>) -> dcron_core::Result<String> {
+    value.ok_or_else(|| dcron_core::Error::InvalidArgument(format!("{flag} needs a value")))
+}
+
+/// The whole number following a command-line flag.
+///
+/// # Errors
+/// As [`flag_value`], and [`dcron_core::Error::InvalidArgument`] for a value that is not a
+/// whole number.
+pub fn flag_number(flag: &str, value: Option<String>) -> dcron_core::Result<u64> {
+    let v = flag_value(flag, value)?;
+    v.parse()
+        .map_err(|_| dcron_core::Error::InvalidArgument(format!("{flag}: `{v}` is not a number")))
+}

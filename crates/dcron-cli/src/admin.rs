@@ -112,16 +112,7 @@ pub async fn pause(
     allow_unknown: bool,
     now: DateTime<Utc>,
 ) -> CliResult<bool> {
-    require_known(registry, name, allow_unknown).await?;
-    let already = admin::is_paused(registry, name)
-        .await
-        .map_err(|e| map(registry, "pause", e))?;
-    if !already {
-        admin::pause_task(registry, name, now)
-            .await
-            .map_err(|e| map(registry, "pause", e))?;
-    }
-    Ok(already)
+    set_paused(registry, name, allow_unknown, true, now).await
 }
 
 /// `dcronctl resume`. Answers whether the task was paused.
@@ -134,14 +125,29 @@ pub async fn resume(
     allow_unknown: bool,
     now: DateTime<Utc>,
 ) -> CliResult<bool> {
+    set_paused(registry, name, allow_unknown, false, now).await
+}
+
+/// Pauses or resumes `name` unless it already is in that state; answers whether it was paused.
+async fn set_paused(
+    registry: &dyn Registry,
+    name: &str,
+    allow_unknown: bool,
+    paused: bool,
+    now: DateTime<Utc>,
+) -> CliResult<bool> {
+    let op = if paused { "pause" } else { "resume" };
     require_known(registry, name, allow_unknown).await?;
     let was = admin::is_paused(registry, name)
         .await
-        .map_err(|e| map(registry, "resume", e))?;
-    if was {
-        admin::resume_task(registry, name, now)
-            .await
-            .map_err(|e| map(registry, "resume", e))?;
+        .map_err(|e| map(registry, op, e))?;
+    if was != paused {
+        let r = if paused {
+            admin::pause_task(registry, name, now).await
+        } else {
+            admin::resume_task(registry, name, now).await
+        };
+        r.map_err(|e| map(registry, op, e))?;
     }
     Ok(was)
 }

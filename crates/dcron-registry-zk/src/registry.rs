@@ -286,24 +286,31 @@ impl ZkRegistry {
             .await
     }
 
+    /// Deletes the children of `dir` (concurrently, at most [`LIST_CONCURRENCY`] at a time);
+    /// children already gone are fine.
+    async fn delete_children(&self, dir: &str) -> Result<()> {
+        let conn = self.conn();
+        let children = conn.children(dir).await?;
+        futures::stream::iter(children)
+            .map(|c| {
+                let path = format!("{dir}/{c}");
+                async move {
+                    conn.delete(&path, None, &[ZkError::NoNode])
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .buffer_unordered(LIST_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
     /// Deletes every claim of the escaped task name; with `dir`, the claims directory too.
     async fn delete_claims(&self, escaped: &str, dir: bool) -> Result<()> {
         let claims_dir = format!("{}/{escaped}", self.layout().claims_dir());
         for _ in 0..5 {
-            let children = self.conn().children(&claims_dir).await?;
-            let conn = self.conn();
-            futures::stream::iter(children)
-                .map(|c| {
-                    let path = format!("{claims_dir}/{c}");
-                    async move {
-                        conn.delete(&path, None, &[ZkError::NoNode])
-                            .await
-                            .map(|_| ())
-                    }
-                })
-                .buffer_unordered(LIST_CONCURRENCY)
-                .try_collect::<Vec<()>>()
-                .await?;
+            self.delete_children(&claims_dir).await?;
             if !dir {
                 return Ok(());
             }
@@ -463,19 +470,7 @@ impl ZkRegistry {
         let conn = self.conn();
         for kind_dir in conn.children(&records).await? {
             let dir = format!("{records}/{kind_dir}");
-            let children = conn.children(&dir).await?;
-            futures::stream::iter(children)
-                .map(|c| {
-                    let path = format!("{dir}/{c}");
-                    async move {
-                        conn.delete(&path, None, &[ZkError::NoNode])
-                            .await
-                            .map(|_| ())
-                    }
-                })
-                .buffer_unordered(LIST_CONCURRENCY)
-                .try_collect::<Vec<()>>()
-                .await?;
+            self.delete_children(&dir).await?;
             // A record written meanwhile keeps its directory (NotEmpty): it came after.
             conn.delete(&dir, None, &[ZkError::NoNode, ZkError::NotEmpty])
                 .await?

@@ -34,14 +34,7 @@ fn parse() -> Result<Args> {
     let (mut backend, mut address, mut namespace, mut ledger, mut name) =
         (None, None, None, None, None);
     let (mut tasks, mut ttl, mut max_seconds) = (20usize, None, 3600u64);
-    let need = |flag: &str, v: Option<String>| {
-        v.ok_or_else(|| Error::InvalidArgument(format!("{flag} needs a value")))
-    };
-    let num = |flag: &str, v: Option<String>| -> Result<u64> {
-        let v = need(flag, v)?;
-        v.parse()
-            .map_err(|_| Error::InvalidArgument(format!("{flag}: `{v}` is not a number")))
-    };
+    let (need, num) = (dcron_chaos::flag_value, dcron_chaos::flag_number);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--backend" => backend = Some(need(&a, it.next())?.parse::<Backend>()?),
