@@ -341,6 +341,8 @@ macro_rules! __dcron_case_list {
                     "`backfill` over a range runs exactly the occurrences never claimed (none twice); a second backfill runs nothing.";
                 schedule_once_runs_once_and_leaves_no_trace: None,
                     "`schedule_once` runs the handler once after the delay, on one node, and leaves no record, tombstone or claim.";
+                timeouts_cut_slow_handlers: None,
+                    "A handler running past its timeout is cut on whichever node runs it: `Error::Timeout` reaches the error handler, the fire ran once, later fires still run.";
             }
         }
     };

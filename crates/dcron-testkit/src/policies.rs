@@ -414,3 +414,74 @@ pub async fn schedule_once_runs_once_and_leaves_no_trace(cx: &CaseContext) -> Ca
     );
     Ok(())
 }
+
+/// A handler that outlives its timeout is cut at the timeout on whichever node runs it: the
+/// error handler receives `Error::Timeout`, the fire ran once, and the task's later fires still
+/// run.
+pub async fn timeouts_cut_slow_handlers(cx: &CaseContext) -> CaseResult {
+    let ledger = Ledger::new();
+    let timeouts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let other_errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2"] {
+        let (t, o) = (timeouts.clone(), other_errors.clone());
+        let n = node_builder(cx, name, &ledger)
+            .await?
+            .error_handler(move |_, e| {
+                let counter = if matches!(e, dcron_core::Error::Timeout { .. }) {
+                    &t
+                } else {
+                    &o
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+            .build()?;
+        let l = ledger.clone();
+        n.add_func_with(
+            "slow",
+            EVERY_SECOND,
+            TaskOptions::new().timeout(Duration::from_millis(200)),
+            move |ctx| {
+                let ledger = l.clone();
+                async move {
+                    record(&ledger, &ctx);
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(())
+                }
+            },
+        )
+        .await?;
+        n.start().await?;
+        nodes.push(n);
+    }
+    let refs: Vec<&Dcron> = nodes.iter().collect();
+    all_working(&refs).await?;
+    let started = now_millis();
+    // Three fires after the start ran (each cut at 200 ms, so they do not pile up).
+    let ran = wait_until(Duration::from_secs(15), || async {
+        Ok(runs_after(&ledger, "slow", started).len() >= 3)
+    })
+    .await?;
+    // Let the last one reach its timeout before stopping.
+    pause(Duration::from_millis(500)).await;
+    stop_all(&refs).await?;
+    ensure!(ran, "three fires after the start ran within 15 s");
+    let runs = ledger.for_task("slow").len();
+    let cut = timeouts.load(std::sync::atomic::Ordering::SeqCst);
+    ensure!(
+        cut >= 3 && cut <= runs,
+        "{cut} timeouts for {runs} runs: every run is cut, none reported twice"
+    );
+    ensure_eq!(
+        other_errors.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "errors other than timeouts"
+    );
+    let dups = ledger
+        .executions()
+        .into_iter()
+        .filter(|e| ledger.count(&e.fire) > 1)
+        .count();
+    ensure_eq!(dups, 0, "duplicated executions");
+    Ok(())
+}
