@@ -235,6 +235,7 @@ async fn child(args: &ChildArgs) -> Result<Summary> {
         .field("expected", expected)
         .field("missed", expected.saturating_sub(counts.distinct))
         .field("duplicates", counts.duplicates)
+        .field("min_ms", q(0.0))
         .field("p50_ms", q(0.5))
         .field("p90_ms", q(0.9))
         .field("p99_ms", q(0.99))

@@ -20,6 +20,13 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     fn monotonic(&self) -> Instant {
         Instant::now()
     }
+    /// Whether this clock follows real time, so that waiting for an instant may use the
+    /// operating system's sleep for the last few milliseconds (which is precise to
+    /// microseconds, where tokio's timers round to milliseconds). `false` by default: a clock
+    /// driven by virtual time must only be waited on with tokio's timers.
+    fn follows_real_time(&self) -> bool {
+        false
+    }
 }
 
 /// The system's wall clock and tokio's monotonic clock.
@@ -29,6 +36,9 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+    fn follows_real_time(&self) -> bool {
+        true
     }
 }
 

@@ -3,8 +3,10 @@
 //! follows (one-shot deletion, status).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -27,6 +29,20 @@ use crate::types::{FireKey, TaskMeta};
 
 /// How often a queued fire looks again whether the running one ended.
 const QUEUE_POLL: Duration = Duration::from_millis(100);
+
+/// Fires per runtime worker below which a pool is not shared with another worker.
+const GATE_MIN: usize = 256;
+
+/// Fires a starting task takes from its pool at a time.
+const POOL_CHUNK: usize = 64;
+
+/// A first poll longer than this makes a gate spawn the rest of its share.
+pub(crate) const INLINE_SLOW: Duration = Duration::from_micros(200);
+
+/// Timers wake up to about two milliseconds late (tokio rounds to whole milliseconds, and so
+/// does the kernel's poll timeout): a gate sleeps the last stretch before its instant on a
+/// blocking thread, with the operating system's precision.
+const PRECISE_WAIT: Duration = Duration::from_millis(3);
 
 /// Why a fire runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,7 +172,9 @@ impl RunningSet {
     }
 }
 
-/// Everything a fire task needs from its node.
+/// Everything a fire task needs from its node. Shared behind an `Arc`; each task that starts
+/// fires works on its own copy, so that the per-fire reference counting of one thread does
+/// not contend with another's.
 #[derive(Clone)]
 pub(crate) struct FireEnv {
     pub(crate) node_id: Arc<str>,
@@ -169,13 +187,104 @@ pub(crate) struct FireEnv {
     pub(crate) stopping: CancellationToken,
     pub(crate) internal: mpsc::UnboundedSender<Internal>,
     pub(crate) running: Arc<RunningSet>,
+    /// Fires that ended, for the task status, drained by the driver when it writes or
+    /// reports status (not one driver message per fire, so a burst of fires does not wake
+    /// the driver once per fire).
+    pub(crate) ended: Arc<EndedInbox>,
+    /// Pools of fires claimed ahead of their instant, by instant.
+    pub(crate) waiting: Arc<Mutex<HashMap<DateTime<Utc>, Arc<Pool>>>>,
+}
+
+/// Fires that ended, sharded by thread so that threads ending fires at once do not contend.
+#[derive(Default)]
+pub(crate) struct EndedInbox {
+    shards: [EndedShard; ENDED_SHARDS],
+}
+
+/// One shard, alone on its cache lines.
+#[derive(Default)]
+#[repr(align(128))]
+struct EndedShard(Mutex<Vec<Ended>>);
+
+const ENDED_SHARDS: usize = 8;
+
+impl EndedInbox {
+    fn push(&self, ended: Ended) {
+        thread_local! {
+            static SHARD: usize = {
+                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % ENDED_SHARDS
+            };
+        }
+        let shard = SHARD.with(|s| *s);
+        self.shards[shard]
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ended);
+    }
+
+    /// Takes every fire that ended so far.
+    pub(crate) fn drain(&self) -> Vec<Ended> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            out.append(&mut shard.0.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        out
+    }
+}
+
+/// A fire that ended, after all its attempts.
+pub(crate) struct Ended {
+    pub(crate) meta: Arc<TaskMeta>,
+    pub(crate) scheduled: DateTime<Utc>,
+    pub(crate) error: Option<String>,
 }
 
 impl FireEnv {
-    /// Runs `launch` in its own task, tracked with the node's handlers.
-    pub(crate) fn launch(&self, launch: Launch) {
-        let env = self.clone();
-        self.handlers.spawn(run(env, launch));
+    /// Starts the fires won in one claim batch (or a consumed trigger).
+    ///
+    /// Fires due at one future instant (claimed ahead) are pooled across claim batches and
+    /// wait together: one timer per instant, not one per fire. At the instant (or at once for
+    /// fires already due) the pool opens: one task per runtime worker takes fires from it in
+    /// chunks and starts each inline, polling its future once; only a fire still pending after
+    /// that first poll gets a task of its own. Starting 10,000 fires this way costs a fraction
+    /// of spawning 10,000 tasks. A handler that holds its first poll longer than
+    /// [`INLINE_SLOW`] makes the task that started it spawn every later fire instead, so one
+    /// slow handler delays the others by at most its own first poll.
+    pub(crate) fn launch_all(self: &Arc<Self>, launches: Vec<Launch>) {
+        let now = self.clock.now();
+        let mut due_now = Vec::new();
+        let mut later: Vec<Launch> = Vec::new();
+        for l in launches {
+            if l.kind == FireKind::Scheduled && l.key.instant > now {
+                later.push(l);
+            } else {
+                due_now.push(l);
+            }
+        }
+        if !due_now.is_empty() {
+            let pool = Arc::new(Pool::new(due_now));
+            self.handlers.spawn(open(self.clone(), pool));
+        }
+        later.sort_by_key(|l| l.key.instant);
+        let mut later = later.into_iter().peekable();
+        while let Some(first) = later.next() {
+            let at = first.key.instant;
+            let mut group = vec![first];
+            while let Some(l) = later.next_if(|l| l.key.instant == at) {
+                group.push(l);
+            }
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            match waiting.get(&at) {
+                Some(pool) => pool.extend(group),
+                None => {
+                    let pool = Arc::new(Pool::new(group));
+                    waiting.insert(at, pool.clone());
+                    self.handlers.spawn(open_at(self.clone(), at, pool));
+                }
+            }
+        }
     }
 
     /// Sends the event built by `make` when anyone listens (building events costs allocations
@@ -218,31 +327,167 @@ pub(crate) fn overlap_of(meta: &TaskMeta, cfg: &Config) -> OverlapPolicy {
     meta.overlap.unwrap_or(cfg.default_overlap)
 }
 
-async fn run(env: FireEnv, l: Launch) {
-    // Claimed ahead of its instant: start at the instant, never before (a won claim is the
-    // right to run, so a stop meanwhile does not cancel it).
-    if l.kind == FireKind::Scheduled {
-        let wait = crate::clock::until(env.clock.now(), l.key.instant);
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+/// What the fires of one gate share: a token (a child of the node's, so that cloning it per
+/// fire does not contend with the other gates) and whether anyone listened for events when the
+/// gate opened (asking costs a lock).
+#[derive(Clone)]
+struct Share {
+    cancel: CancellationToken,
+    listening: bool,
+}
+
+/// Fires to start, shared by the tasks that start them.
+pub(crate) struct Pool {
+    fires: Mutex<std::collections::VecDeque<Launch>>,
+}
+
+impl Pool {
+    fn new(fires: Vec<Launch>) -> Self {
+        Pool {
+            fires: Mutex::new(fires.into()),
         }
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Launch>> {
+        self.fires.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn extend(&self, fires: Vec<Launch>) {
+        self.lock().extend(fires);
+    }
+
+    /// Takes the next chunk of fires (empty when the pool is drained).
+    fn take(&self) -> Vec<Launch> {
+        let mut fires = self.lock();
+        let n = fires.len().min(POOL_CHUNK);
+        fires.drain(..n).collect()
+    }
+}
+
+/// Waits for the instant `at` of fires claimed ahead of it, then opens their pool. A won claim
+/// is the right to run: a stop meanwhile does not cancel the wait.
+async fn open_at(env: Arc<FireEnv>, at: DateTime<Utc>, pool: Arc<Pool>) {
+    wait_until(&*env.clock, at).await;
+    // Fires of this instant claimed from now on start at once (see `launch_all`).
+    env.waiting
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&at);
+    open(env, pool).await;
+}
+
+/// Starts every fire of `pool`: one task per runtime worker for a large pool, one for a small
+/// one. They are spawned rather than run here, so that the scheduler hands them to idle workers
+/// (a task spawned last waits for the spawning task's worker).
+async fn open(env: Arc<FireEnv>, pool: Arc<Pool>) {
+    let listening = env.events.receiver_count() > 0;
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let len = pool.lock().len();
+    let starters = workers.min(len.div_ceil(GATE_MIN)).max(1);
+    for _ in 0..starters {
+        // Each starter its own copy of the environment and its own token: cloning an `Arc` or
+        // a token per fire is then free of contention between the starters.
+        let share = Share {
+            cancel: env.cancel.child_token(),
+            listening,
+        };
+        let mut own = FireEnv::clone(&env);
+        // The node id is cloned into every fire's context: a copy of its own keeps that
+        // reference count local too.
+        own.node_id = Arc::from(&*env.node_id);
+        let own = Arc::new(own);
+        env.handlers.spawn(start_pool(own, pool.clone(), share));
+    }
+}
+
+/// Takes chunks from `pool` until it is empty and starts them: inline while first polls are
+/// fast, each fire in its own task once one was not.
+async fn start_pool(env: Arc<FireEnv>, pool: Arc<Pool>, share: Share) {
+    let mut inline = true;
+    loop {
+        let chunk = pool.take();
+        if chunk.is_empty() {
+            return;
+        }
+        if !inline {
+            for l in chunk {
+                env.handlers.spawn(run(env.clone(), l, share.clone()));
+            }
+            continue;
+        }
+        let mut chunk = chunk.into_iter();
+        std::future::poll_fn(|cx| {
+            let mut last = std::time::Instant::now();
+            for l in chunk.by_ref() {
+                let mut fire = Box::pin(run(env.clone(), l, share.clone()));
+                if !inline {
+                    env.handlers.spawn(fire);
+                    continue;
+                }
+                match std::panic::catch_unwind(AssertUnwindSafe(|| fire.as_mut().poll(cx))) {
+                    Ok(Poll::Ready(())) => {}
+                    Ok(Poll::Pending) => {
+                        env.handlers.spawn(fire);
+                    }
+                    Err(panic) => {
+                        tracing::error!(panic = %panic_message(&panic), "a fire panicked outside its handler");
+                    }
+                }
+                let now = std::time::Instant::now();
+                if now - last > INLINE_SLOW {
+                    inline = false;
+                }
+                last = now;
+            }
+            Poll::Ready(())
+        })
+        .await;
+    }
+}
+
+/// Sleeps until the wall clock reads `at`. With a clock that follows real time, the last
+/// [`PRECISE_WAIT`] is slept on a blocking thread, whose sleep overshoots by microseconds rather
+/// than the timer wheel's milliseconds.
+async fn wait_until(clock: &dyn Clock, at: DateTime<Utc>) {
+    let wait = crate::clock::until(clock.now(), at);
+    if wait.is_zero() {
+        return;
+    }
+    if !clock.follows_real_time() {
+        tokio::time::sleep(wait).await;
+        return;
+    }
+    if wait > PRECISE_WAIT {
+        tokio::time::sleep(wait - PRECISE_WAIT).await;
+    }
+    let rest = crate::clock::until(clock.now(), at);
+    if !rest.is_zero() {
+        let slept = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+        if slept.is_err() {
+            // No blocking thread (the runtime is shutting down): the timer will do.
+            tokio::time::sleep(crate::clock::until(clock.now(), at)).await;
+        }
+    }
+}
+
+async fn run(env: Arc<FireEnv>, l: Launch, share: Share) {
     let overlap = overlap_of(&l.meta, &env.cfg);
     // Only fires of non-`Allow` tasks are tracked (overlap checks and published markers); an
     // `Allow` fire costs no shared state.
     let tracked = overlap != OverlapPolicy::Allow;
     // A fire gets its own token only when something may cancel it alone (a timeout, a lost
-    // lease for a tracked fire); otherwise the node's token, cancelled at the end of a stop's
-    // grace period, is the one to watch, and sharing it costs nothing per fire.
+    // lease for a tracked fire); otherwise its gate's token, cancelled with the node's at the
+    // end of a stop's grace period, is the one to watch.
     let cancel = if tracked || timeout_of(&l.meta, &env.cfg).is_some() {
-        env.cancel.child_token()
+        share.cancel.child_token()
     } else {
-        env.cancel.clone()
+        share.cancel.clone()
     };
-    if tracked && !start_tracked(&env, &l, overlap, &cancel).await {
+    // Boxed: tracked fires are the rare case, and their wait would double every fire's size.
+    if tracked && !Box::pin(start_tracked(&env, &l, overlap, &cancel)).await {
         return;
     }
-    let error = attempts(&env, &l, cancel, tracked).await;
+    let error = attempts(&env, &l, cancel, tracked, &share).await;
     if tracked {
         env.running.end(&l.key.task, l.token, l.key.instant);
         let _ = env.internal.send(Internal::RunningChanged);
@@ -299,11 +544,12 @@ async fn start_tracked(
 /// After the last attempt: status, the error handler, one-shot bookkeeping.
 async fn finish(env: &FireEnv, l: &Launch, error: Option<Error>) {
     if !env.cfg.status_interval.is_zero() {
-        let _ = env.internal.send(Internal::FireEnded {
-            name: l.key.task.clone(),
+        let ended = Ended {
+            meta: l.meta.clone(),
             scheduled: l.key.instant,
             error: error.as_ref().map(|e| e.to_string()),
-        });
+        };
+        env.ended.push(ended);
     }
     let meta = &l.meta;
     match error {
@@ -347,6 +593,7 @@ async fn attempts(
     l: &Launch,
     cancel: CancellationToken,
     tracked: bool,
+    share: &Share,
 ) -> Option<Error> {
     let meta = &l.meta;
     // Built only when an event needs it (most sends are skipped when nobody listens).
@@ -368,7 +615,9 @@ async fn attempts(
         result = tracing::field::Empty,
     );
     async {
-        env.emit(|| DcronEvent::Started(info()));
+        if share.listening {
+            let _ = env.events.send(DcronEvent::Started(info()));
+        }
         metrics::histogram!("dcron_fire_lateness_seconds").record(lateness.max(0) as f64 / 1000.0);
         let threshold = i64::try_from(env.cfg.overdue_threshold.as_millis()).unwrap_or(i64::MAX);
         if l.kind == FireKind::Scheduled && lateness > threshold {
@@ -381,13 +630,16 @@ async fn attempts(
         let t0 = Instant::now();
         let mut attempt = 1u32;
         // A tracked fire keeps `cancel` for lease-loss cancellation and gives each attempt a child;
-        // an untracked one uses `cancel` itself for its first attempt.
-        let mut attempt_cancel = if tracked {
-            cancel.child_token()
+        // an untracked one hands `cancel` itself to its first attempt (no clone: each clone
+        // and drop of a token locks the node token's tree).
+        let (mut attempt_cancel, parent) = if tracked {
+            (cancel.child_token(), Some(cancel))
         } else {
-            cancel.clone()
+            (cancel, None)
         };
         let outcome = loop {
+            // Kept only when a timeout may have to cancel the attempt.
+            let on_timeout = timeout.map(|_| attempt_cancel.clone());
             let ctx = FireContext {
                 meta: meta.clone(),
                 scheduled: l.key.instant,
@@ -395,11 +647,12 @@ async fn attempts(
                 node_id: env.node_id.clone(),
                 catch_up: matches!(l.kind, FireKind::CatchUp | FireKind::Backfill),
                 attempt,
-                cancel: attempt_cancel.clone(),
+                cancel: attempt_cancel,
             };
             let run = AssertUnwindSafe(l.task.run(ctx)).catch_unwind();
             let result = match timeout {
-                Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+                // Boxed: a timer would double the size of every fire without a timeout.
+                Some(limit) => Box::pin(tokio::time::timeout(limit, run)).await.ok(),
                 None => Some(run.await),
             };
             let error = match result {
@@ -413,7 +666,9 @@ async fn attempts(
                     message: panic_message(&panic),
                 }),
                 None => {
-                    attempt_cancel.cancel();
+                    if let Some(token) = &on_timeout {
+                        token.cancel();
+                    }
                     metrics::counter!("dcron_fires_timed_out_total").increment(1);
                     let _ = env.events.send(DcronEvent::TimedOut(info()));
                     Some(Error::Timeout {
@@ -443,21 +698,25 @@ async fn attempts(
                 error: error.to_string(),
                 delay,
             });
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = owner_lost(l) => {}
-                _ = env.stopping.cancelled() => {}
-            }
+            // Boxed: retries are the rare case (see `run`).
+            Box::pin(async {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = owner_lost(l) => {}
+                    _ = env.stopping.cancelled() => {}
+                }
+            })
+            .await;
             if abandon(env, l, attempt) {
                 break Some(error);
             }
             attempt += 1;
-            attempt_cancel = if tracked {
-                cancel.child_token()
+            attempt_cancel = if let Some(parent) = &parent {
+                parent.child_token()
             } else if timeout.is_some() {
-                env.cancel.child_token()
+                share.cancel.child_token()
             } else {
-                env.cancel.clone()
+                share.cancel.clone()
             };
         };
         let elapsed = t0.elapsed();
@@ -470,7 +729,9 @@ async fn attempts(
                 span.record("result", "ok");
                 tracing::debug!("fire succeeded");
                 metrics::counter!("dcron_fires_executed_total", "result" => "ok").increment(1);
-                env.emit(|| DcronEvent::Succeeded(info()));
+                if share.listening {
+                    let _ = env.events.send(DcronEvent::Succeeded(info()));
+                }
             }
             Some(err) => {
                 span.record("result", "error");

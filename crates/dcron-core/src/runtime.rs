@@ -105,12 +105,6 @@ pub(crate) enum Internal {
     Drained,
     /// The set of running fires with overlap markers changed: publish it.
     RunningChanged,
-    /// A fire ended (after all its attempts), with its last error.
-    FireEnded {
-        name: String,
-        scheduled: DateTime<Utc>,
-        error: Option<String>,
-    },
     /// Pause and trigger records, read at a poll.
     Records(Result<(Listing<PauseRecord>, Listing<TriggerRecord>)>),
     /// A status flush ended; the stored counts it loaded for tasks seen the first time.
@@ -198,7 +192,9 @@ pub(crate) struct Driver {
     /// names is rebuilt rarely enough to cost at most a tenth of the driver.
     view_flush_every: Duration,
 
-    env: FireEnv,
+    env: Arc<FireEnv>,
+    /// Fires that ended (see `FireEnv::ended`).
+    ended: Arc<crate::fire::EndedInbox>,
     running: Arc<RunningSet>,
     markers_inflight: bool,
     markers_dirty: bool,
@@ -238,7 +234,8 @@ impl Driver {
         let handler_cancel = CancellationToken::new();
         let stopping = CancellationToken::new();
         let running = Arc::new(RunningSet::default());
-        let env = FireEnv {
+        let ended = Arc::new(crate::fire::EndedInbox::default());
+        let env = Arc::new(FireEnv {
             node_id: node_id.clone(),
             cfg: cfg.clone(),
             registry: registry.clone(),
@@ -249,7 +246,9 @@ impl Driver {
             stopping: stopping.clone(),
             internal: internal_tx.clone(),
             running: running.clone(),
-        };
+            ended: ended.clone(),
+            waiting: Arc::default(),
+        });
         Driver {
             node_id,
             cfg,
@@ -282,6 +281,7 @@ impl Driver {
             view_flushed: Instant::now(),
             view_flush_every: VIEW_FLUSH,
             env,
+            ended,
             running,
             markers_inflight: false,
             markers_dirty: false,
@@ -313,11 +313,17 @@ impl Driver {
         } else {
             self.cfg.status_interval
         };
-        let mut status_tick = tokio::time::interval(status_every);
+        // Status writes go out in the middle of a second: cron instants are whole seconds, so
+        // the batch never competes with a burst of fires for the CPU.
+        let to_mid = {
+            let ms = self.clock.now().timestamp_subsec_millis();
+            Duration::from_millis(u64::from((1500 - ms) % 1000))
+        };
+        let mut status_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + to_mid, status_every);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         renew.tick().await;
         poll.tick().await;
-        status_tick.tick().await;
         loop {
             if self.state == State::Stopped {
                 break;
@@ -525,6 +531,7 @@ impl Driver {
                 reply,
             } => self.backfill(name, from, to, reply),
             Command::Status { name, reply } => {
+                self.collect_ended();
                 let _ = reply.send(self.local_status(&name));
             }
             Command::Stop(reply) => {
@@ -662,11 +669,6 @@ impl Driver {
                     self.publish_markers();
                 }
             }
-            Internal::FireEnded {
-                name,
-                scheduled,
-                error,
-            } => self.fire_ended(name, scheduled, error),
             Internal::Records(Ok((pauses, triggers))) => {
                 self.report_corrupt(&pauses.corrupt);
                 self.report_corrupt(&triggers.corrupt);
@@ -1363,13 +1365,13 @@ impl Driver {
                 }
             };
             let (mut won, mut lost, mut tombstoned) = (0, 0, 0);
+            let mut launches = Vec::with_capacity(batch.len());
             for (fire, outcome) in batch.into_iter().zip(outcomes) {
                 match outcome {
                     ClaimOutcome::Won { token } => {
                         won += 1;
-                        metrics::counter!("dcron_fires_claimed_total").increment(1);
                         env.emit(|| DcronEvent::Claimed(env.info(&fire.key, fire.kind)));
-                        env.launch(Launch {
+                        launches.push(Launch {
                             key: fire.key,
                             meta: fire.meta,
                             task: fire.task,
@@ -1396,6 +1398,8 @@ impl Driver {
                     }
                 }
             }
+            metrics::counter!("dcron_fires_claimed_total").increment(won as u64);
+            env.launch_all(launches);
             if let Some(report) = report {
                 let _ = report.send((won, lost, tombstoned));
             }
@@ -1457,7 +1461,7 @@ impl Driver {
                             tracing::info!(task = %info.task, id = launch.token, "trigger-now request consumed");
                             metrics::counter!("dcron_fires_triggered_total").increment(1);
                             let _ = env.events.send(DcronEvent::Triggered(info));
-                            env.launch(launch);
+                            env.launch_all(vec![launch]);
                         }
                         None => {
                             tracing::warn!(trigger = %key, "trigger-now request for a task no node ran expired; dropped");
@@ -1611,23 +1615,35 @@ impl Driver {
 
     // ----- status -----
 
-    fn fire_ended(&mut self, name: String, scheduled: DateTime<Utc>, error: Option<String>) {
+    /// Takes the fires that ended since the last look into the local status counts.
+    fn collect_ended(&mut self) {
+        for e in self.ended.drain() {
+            self.fire_ended(&e.meta.name, e.scheduled, e.error);
+        }
+    }
+
+    fn fire_ended(&mut self, name: &str, scheduled: DateTime<Utc>, error: Option<String>) {
         if self.cfg.status_interval.is_zero() {
             return;
         }
-        let st = self.statuses.entry(name.clone()).or_default();
+        let st = match self.statuses.get_mut(name) {
+            Some(st) => st,
+            None => self.statuses.entry(name.to_string()).or_default(),
+        };
         st.run_count += 1;
-        if st.last_fire.is_none_or(|t| t <= scheduled) {
-            st.last_fire = Some(scheduled);
-            st.last_result = Some(match &error {
-                None => LastResult::Ok,
-                Some(e) => LastResult::Failed { error: e.clone() },
-            });
-        }
         if error.is_some() {
             st.failure_count += 1;
         }
-        self.status_dirty.insert(name);
+        if st.last_fire.is_none_or(|t| t <= scheduled) {
+            st.last_fire = Some(scheduled);
+            st.last_result = Some(match error {
+                None => LastResult::Ok,
+                Some(e) => LastResult::Failed { error: e },
+            });
+        }
+        if !self.status_dirty.contains(name) {
+            self.status_dirty.insert(name.to_string());
+        }
     }
 
     fn status_record(&self, name: &str, st: &StatusLocal) -> TaskStatus {
@@ -1649,6 +1665,7 @@ impl Driver {
     /// Writes the status of tasks whose fires ended since the last flush, in one batch; the
     /// first time a task is written here, its stored counts are read and added.
     fn flush_status(&mut self) {
+        self.collect_ended();
         if self.status_inflight
             || self.status_dirty.is_empty()
             || !self.registry.capabilities().records
