@@ -392,16 +392,31 @@ struct Namespace {
     tasks: HashMap<String, StoredTask>,
     tombstones: HashMap<String, Tombstone>,
     /// Retained claims by task, then by the fire's instant in milliseconds.
-    claims: HashMap<String, HashMap<i64, Claim>>,
+    claims: HashMap<Arc<str>, TaskClaims>,
     /// `(expiry, token, task, instant)` of each claim, earliest first; entries whose claim was
     /// already removed (cleanup, force) are skipped when they come up.
-    claim_expiry: BinaryHeap<Reverse<(Instant, u64, String, i64)>>,
+    claim_expiry: BinaryHeap<Reverse<ClaimExpiry>>,
     /// The last fencing token handed out.
     last_token: u64,
     /// Records by kind and key.
     records: HashMap<(RecordKind, String), Vec<u8>>,
     node_watchers: Vec<WatchSender<NodeEvent>>,
     task_watchers: Vec<WatchSender<TaskMetaEvent>>,
+}
+
+/// `(expiry, token, task, instant in milliseconds)` of one retained claim.
+type ClaimExpiry = (Instant, u64, Arc<str>, i64);
+
+/// The retained claims of one task. The name and the node ids are shared, so a claim costs no
+/// allocation of its own beyond its map slot.
+struct TaskClaims {
+    name: Arc<str>,
+    by_instant: HashMap<i64, StoredClaim>,
+}
+
+struct StoredClaim {
+    node: Arc<str>,
+    token: u64,
 }
 
 struct NodeEntry {
@@ -429,9 +444,13 @@ impl Namespace {
                 break;
             };
             if let Some(per_task) = self.claims.get_mut(&task) {
-                if per_task.get(&millis).is_some_and(|c| c.token == token) {
-                    per_task.remove(&millis);
-                    if per_task.is_empty() {
+                if per_task
+                    .by_instant
+                    .get(&millis)
+                    .is_some_and(|c| c.token == token)
+                {
+                    per_task.by_instant.remove(&millis);
+                    if per_task.by_instant.is_empty() {
                         self.claims.remove(&task);
                     }
                 }
@@ -748,6 +767,7 @@ impl Registry for MemoryRegistry {
         Ok(self.with_namespace_state(|ns, now| {
             ns.purge_claims(now);
             let expires = deadline_after(now, retention);
+            let node: Arc<str> = Arc::from(node_id);
             let mut outcomes = Vec::with_capacity(fires.len());
             for fire in fires {
                 if ns.tombstones.contains_key(&fire.task) {
@@ -755,26 +775,31 @@ impl Registry for MemoryRegistry {
                     continue;
                 }
                 let millis = fire.instant_millis();
-                let per_task = match ns.claims.get_mut(&fire.task) {
+                let per_task = match ns.claims.get_mut(fire.task.as_str()) {
                     Some(per_task) => per_task,
-                    None => ns.claims.entry(fire.task.clone()).or_default(),
+                    None => {
+                        let name: Arc<str> = Arc::from(fire.task.as_str());
+                        ns.claims.entry(name.clone()).or_insert(TaskClaims {
+                            name,
+                            by_instant: HashMap::new(),
+                        })
+                    }
                 };
-                if per_task.contains_key(&millis) {
+                if per_task.by_instant.contains_key(&millis) {
                     outcomes.push(ClaimOutcome::Lost);
                     continue;
                 }
                 ns.last_token += 1;
                 let token = ns.last_token;
-                per_task.insert(
+                per_task.by_instant.insert(
                     millis,
-                    Claim {
-                        fire: FireKey::new(fire.task.clone(), fire.instant),
-                        node_id: node_id.to_string(),
+                    StoredClaim {
+                        node: node.clone(),
                         token,
                     },
                 );
                 ns.claim_expiry
-                    .push(Reverse((expires, token, fire.task.clone(), millis)));
+                    .push(Reverse((expires, token, per_task.name.clone(), millis)));
                 outcomes.push(ClaimOutcome::Won { token });
             }
             outcomes
@@ -787,7 +812,22 @@ impl Registry for MemoryRegistry {
             let items = ns
                 .claims
                 .get(task)
-                .map(|per_task| per_task.values().cloned().collect())
+                .map(|per_task| {
+                    per_task
+                        .by_instant
+                        .iter()
+                        .filter_map(|(millis, c)| {
+                            Some(Claim {
+                                fire: FireKey::new(
+                                    task,
+                                    DateTime::<Utc>::from_timestamp_millis(*millis)?,
+                                ),
+                                node_id: c.node.to_string(),
+                                token: c.token,
+                            })
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             Listing::of(items)
         }))

@@ -45,6 +45,9 @@ use crate::types::{
 /// The most fires sent in one claim call (larger sets are split into several batches).
 const MAX_BATCH: usize = 2048;
 
+/// The first claim batch of a burst: small, so its handlers start early.
+const FIRST_BATCH: usize = 256;
+
 /// How often a working node rewrites its record to refresh `last_alive`.
 const LAST_ALIVE_REFRESH: Duration = Duration::from_secs(30);
 
@@ -1232,6 +1235,8 @@ impl Driver {
         let now = self.clock.now();
         let horizon_ms = now.timestamp_millis() + self.claim_ahead_ms();
         let mut batch = Vec::new();
+        let mut reschedule = Vec::new();
+        let mut sent = 0;
         while let Some(Reverse((ms, generation, _))) = self.heap.peek() {
             if *ms > horizon_ms {
                 break;
@@ -1286,18 +1291,28 @@ impl Driver {
                         window,
                         owner,
                     });
+                    // A full batch goes out at once, the first of a burst sooner: its
+                    // handlers start while the rest is still being claimed.
+                    let limit = if sent == 0 { FIRST_BATCH } else { MAX_BATCH };
+                    if batch.len() >= limit {
+                        sent += batch.len();
+                        self.claim_batch(std::mem::take(&mut batch));
+                    }
                 }
             } else {
                 tracing::warn!(task = %name, scheduled = %instant, "fire later than its misfire window: skipped");
             }
             if !one_shot {
-                self.schedule_next(&name, instant);
+                reschedule.push((name, instant));
             }
         }
         if !batch.is_empty() {
-            for chunk in batch.chunks(MAX_BATCH) {
-                self.claim_batch(chunk.to_vec());
-            }
+            self.claim_batch(batch);
+        }
+        // The next occurrences are computed after the claims went out: the cron math of a
+        // large burst then runs while the claims and handlers do, not before them.
+        for (name, instant) in reschedule {
+            self.schedule_next(&name, instant);
         }
     }
 
