@@ -12,7 +12,8 @@ usage: dcron-bench <command> [options]
 commands (each prints `summary key=value ...` lines):
   latency  --tasks <n> --seconds <s> [--plot <file.svg>] [--claim-ahead-ms <ms>]
            n every-second tasks on one node (MemoryRegistry), then the same workload on
-           tokio-cron-scheduler, each in a child process; then the ratios
+           tokio-cron-scheduler and on bare tokio timers (one task per job, the floor),
+           each in a child process; then the ratios
   redis    --nodes <k> --tasks <n> --seconds <s> [--url <redis-url>]
            k nodes on one Redis server (default $DCRON_TEST_REDIS_URL or redis://127.0.0.1:6379)
   scale    [--tasks <n>] [--seconds <s>] [--timeout <s>]
@@ -60,6 +61,9 @@ pub enum System {
     Dcron,
     /// tokio-cron-scheduler with its in-memory store.
     TokioCronScheduler,
+    /// No scheduler: one tokio task per job, each sleeping on tokio's timer until the next
+    /// whole second. The floor of any scheduler that wakes one task per fire.
+    TokioTimers,
 }
 
 impl System {
@@ -68,6 +72,7 @@ impl System {
         match self {
             System::Dcron => "dcron",
             System::TokioCronScheduler => "tokio-cron-scheduler",
+            System::TokioTimers => "tokio-timers",
         }
     }
 }
@@ -329,9 +334,10 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
             let system = match o.required("system")? {
                 "dcron" => System::Dcron,
                 "tokio-cron-scheduler" => System::TokioCronScheduler,
+                "tokio-timers" => System::TokioTimers,
                 other => {
                     return Err(UsageError(format!(
-                        "latency-child: unknown system `{other}`; use dcron or tokio-cron-scheduler"
+                        "latency-child: unknown system `{other}`; use dcron, tokio-cron-scheduler or tokio-timers"
                     )))
                 }
             };

@@ -62,7 +62,11 @@ pub fn run(args: &LatencyArgs, out: &mut dyn Write) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     writeln!(out, "# machine: {}", crate::sys::machine())?;
     let mut results = Vec::new();
-    for system in [System::Dcron, System::TokioCronScheduler] {
+    for system in [
+        System::Dcron,
+        System::TokioCronScheduler,
+        System::TokioTimers,
+    ] {
         let samples = dir.join(format!("{}.samples", system.name()));
         let output = Command::new(&exe)
             .arg("latency-child")
@@ -99,6 +103,7 @@ pub fn run(args: &LatencyArgs, out: &mut dyn Write) -> Result<()> {
 
     let (_, d_sum, d_dist) = &results[0];
     let (_, t_sum, t_dist) = &results[1];
+    let (_, _, f_dist) = &results[2];
     let q = |d: &Distribution, p: f64| d.quantile(p).unwrap_or(0) as f64;
     let num = |s: &Summary, k: &str| s.number(k).unwrap_or(0.0);
     let line = Summary::new("latency-ratio")
@@ -107,6 +112,7 @@ pub fn run(args: &LatencyArgs, out: &mut dyn Write) -> Result<()> {
         .field("baseline", System::TokioCronScheduler.name())
         .field("dcron_p99_ms", ms(q(d_dist, 0.99)))
         .field("tcs_p99_ms", ms(q(t_dist, 0.99)))
+        .field("tokio_timers_p99_ms", ms(q(f_dist, 0.99)))
         .field("p50_ratio", ratio(q(t_dist, 0.5), q(d_dist, 0.5)))
         .field("p99_ratio", ratio(q(t_dist, 0.99), q(d_dist, 0.99)))
         .field(
@@ -139,6 +145,7 @@ pub fn run(args: &LatencyArgs, out: &mut dyn Write) -> Result<()> {
             &[
                 (System::Dcron.name(), d_dist),
                 (System::TokioCronScheduler.name(), t_dist),
+                (System::TokioTimers.name(), f_dist),
             ],
         )?;
         writeln!(out, "# plot written to {}", path.display())?;
@@ -171,6 +178,7 @@ pub fn run_child(args: &ChildArgs) -> Result<Summary> {
 enum Running {
     Dcron(Dcron),
     Tcs(JobScheduler),
+    Timers(Vec<tokio::task::JoinHandle<()>>),
 }
 
 impl Running {
@@ -181,6 +189,12 @@ impl Running {
                 .shutdown()
                 .await
                 .map_err(|e| err(format!("tokio-cron-scheduler shutdown: {e}"))),
+            Running::Timers(tasks) => {
+                for t in tasks {
+                    t.abort();
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -198,6 +212,7 @@ async fn child(args: &ChildArgs) -> Result<Summary> {
     let running = match args.system {
         System::Dcron => Running::Dcron(start_dcron(n, &recorder, args.claim_ahead_ms).await?),
         System::TokioCronScheduler => Running::Tcs(start_tcs(n, &recorder).await?),
+        System::TokioTimers => Running::Timers(start_timers(n, &recorder)),
     };
     let setup = t0.elapsed();
 
@@ -307,6 +322,23 @@ async fn start_dcron(n: usize, recorder: &Arc<Recorder>, claim_ahead_ms: u64) ->
     node.start().await?;
     wait_owned(&node, &mut events, n, SETUP_LIMIT).await?;
     Ok(node)
+}
+
+/// One task per job, each sleeping until the next whole second on tokio's timer, then
+/// recording: no scheduler, the floor of one woken task per fire.
+fn start_timers(n: usize, recorder: &Arc<Recorder>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let rec = recorder.clone();
+            tokio::spawn(async move {
+                loop {
+                    let next_ms = (now_us() / 1000).div_euclid(1000) * 1000 + 1000;
+                    sleep_until_wall_ms(next_ms).await;
+                    rec.record(next_ms * 1000, now_us(), i as i64);
+                }
+            })
+        })
+        .collect()
 }
 
 async fn start_tcs(n: usize, recorder: &Arc<Recorder>) -> Result<JobScheduler> {

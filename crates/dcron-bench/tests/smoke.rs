@@ -11,7 +11,7 @@ fn bench() -> Command {
 }
 
 #[test]
-fn latency_prints_both_systems_and_the_ratios() {
+fn latency_prints_every_system_and_the_ratios() {
     let dir = std::env::temp_dir().join(format!("dcron-bench-smoke-{}", std::process::id()));
     let plot = dir.join("latency.svg");
     let output = bench()
@@ -27,8 +27,11 @@ fn latency_prints_both_systems_and_the_ratios() {
         output.status
     );
     let summaries: Vec<Summary> = stdout.lines().filter_map(Summary::parse).collect();
-    assert_eq!(summaries.len(), 3, "{stdout}");
-    for (summary, system) in summaries.iter().zip(["dcron", "tokio-cron-scheduler"]) {
+    assert_eq!(summaries.len(), 4, "{stdout}");
+    for (summary, system) in summaries
+        .iter()
+        .zip(["dcron", "tokio-cron-scheduler", "tokio-timers"])
+    {
         assert_eq!(summary.get("run"), Some("latency"), "{stdout}");
         assert_eq!(summary.get("system"), Some(system), "{stdout}");
         for key in [
@@ -50,13 +53,23 @@ fn latency_prints_both_systems_and_the_ratios() {
         Some(0.0),
         "dcron ran a fire twice: {stdout}"
     );
-    let ratio = &summaries[2];
+    let ratio = &summaries[3];
     assert_eq!(ratio.get("run"), Some("latency-ratio"), "{stdout}");
-    for key in ["p50_ratio", "p99_ratio", "max_ratio", "cpu_per_fire_ratio"] {
+    for key in [
+        "p50_ratio",
+        "p99_ratio",
+        "max_ratio",
+        "cpu_per_fire_ratio",
+        "tokio_timers_p99_ms",
+    ] {
         assert!(ratio.get(key).is_some(), "no {key}: {stdout}");
     }
     let svg = std::fs::read_to_string(&plot).expect("the plot was written");
-    assert!(svg.contains("<svg") && svg.contains("tokio-cron-scheduler"));
+    assert!(
+        svg.contains("<svg")
+            && svg.contains("tokio-cron-scheduler")
+            && svg.contains("tokio-timers")
+    );
     std::fs::remove_dir_all(&dir).expect("temporary directory removed");
 }
 
