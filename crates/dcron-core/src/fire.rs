@@ -462,10 +462,18 @@ async fn wait_until(clock: &dyn Clock, at: DateTime<Utc>) {
     }
     let rest = crate::clock::until(clock.now(), at);
     if !rest.is_zero() {
-        let slept = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
-        if slept.is_err() {
-            // No blocking thread (the runtime is shutting down): the timer will do.
-            tokio::time::sleep(crate::clock::until(clock.now(), at)).await;
+        // The timer stays armed too: if the blocking pool is busy with the application's own
+        // work (or shutting down), the fire is no later than a timer would have made it.
+        let precise = tokio::task::spawn_blocking(move || std::thread::sleep(rest));
+        let timer = tokio::time::sleep(rest);
+        tokio::pin!(timer);
+        tokio::select! {
+            slept = precise => {
+                if slept.is_err() {
+                    timer.await;
+                }
+            }
+            () = &mut timer => {}
         }
     }
 }

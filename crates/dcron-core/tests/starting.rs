@@ -26,14 +26,14 @@ async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     panic!("timed out ({limit:?}) waiting for {what}");
 }
 
-/// Whether each of the `tasks` tasks has at least two runs in `runs`.
-fn every_task_twice(runs: &Starts, tasks: usize) -> bool {
+/// Whether each of the `tasks` tasks has at least `times` runs in `runs`.
+fn every_task_ran(runs: &Starts, tasks: usize, times: usize) -> bool {
     let runs = runs.lock().expect("lock");
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (task, _, _) in runs.iter() {
         *seen.entry(task).or_default() += 1;
     }
-    seen.len() == tasks && seen.values().all(|n| *n >= 2)
+    seen.len() == tasks && seen.values().all(|n| *n >= times)
 }
 
 /// Each (task, instant) ran once, no handler started before its instant, and the first two
@@ -89,7 +89,7 @@ async fn a_burst_claimed_ahead_starts_on_every_worker_once_and_never_early() {
     wait_for(
         "two instants of every task",
         Duration::from_secs(20),
-        || every_task_twice(&starts, tasks),
+        || every_task_ran(&starts, tasks, 2),
     )
     .await;
     node.stop().await.expect("stop");
@@ -149,7 +149,7 @@ async fn fires_pending_after_their_first_poll_and_a_handler_holding_it_all_finis
     wait_for(
         "two finished instants of every task",
         Duration::from_secs(30),
-        || every_task_twice(&finished, tasks),
+        || every_task_ran(&finished, tasks, 2),
     )
     .await;
     node.stop().await.expect("stop");
