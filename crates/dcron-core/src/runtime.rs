@@ -410,14 +410,7 @@ impl Driver {
                     return;
                 };
                 self.record.status = status;
-                self.record.last_alive = self.clock.now();
-                let record = self.record.clone();
-                let registry = self.registry.clone();
-                let tx = self.internal_tx.clone();
-                tokio::spawn(async move {
-                    let r = registry.update_node(&lease, &record).await;
-                    let _ = tx.send(Internal::StatusWritten(epoch, r));
-                });
+                self.write_record(epoch, lease, Internal::StatusWritten);
             }
             Action::Renew { epoch } => {
                 let Some(lease) = self.lease_for(epoch) else {
@@ -1618,13 +1611,19 @@ impl Driver {
         self.markers_dirty = false;
         self.markers_inflight = true;
         self.record.running = markers;
+        self.write_record(epoch, lease, Internal::MarkersWritten);
+    }
+
+    /// Writes this node's record (with a fresh `last_alive`) in its own task; `done` wraps the
+    /// outcome for the loop.
+    fn write_record(&mut self, epoch: u64, lease: Lease, done: fn(u64, Result<()>) -> Internal) {
         self.record.last_alive = self.clock.now();
         let record = self.record.clone();
         let registry = self.registry.clone();
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let r = registry.update_node(&lease, &record).await;
-            let _ = tx.send(Internal::MarkersWritten(epoch, r));
+            let _ = tx.send(done(epoch, r));
         });
     }
 
