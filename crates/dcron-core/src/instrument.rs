@@ -16,7 +16,8 @@ use tracing::Instrument;
 use crate::error::{Error, Result};
 use crate::registry::{Capabilities, Lease, PutMode, RecordKind, Registry, WatchStream};
 use crate::types::{
-    Claim, ClaimOutcome, FireKey, Listing, Node, NodeEvent, TaskMeta, TaskMetaEvent, Tombstone,
+    Claim, ClaimOutcome, ClaimRequest, Claimant, Life, Listing, Node, NodeEvent, TaskMeta,
+    TaskMetaEvent, Tombstone,
 };
 
 /// A registry that records metrics and a tracing span for each call to the one it wraps.
@@ -163,16 +164,25 @@ impl Registry for InstrumentedRegistry {
         self.call("cleanup_all", 0, self.inner.cleanup_all()).await
     }
 
+    async fn ensure_lives(&self, names: &[(String, DateTime<Utc>)]) -> Result<Vec<Life>> {
+        self.call("ensure_lives", names.len(), self.inner.ensure_lives(names))
+            .await
+    }
+
+    async fn restart_life(&self, name: &str, at: DateTime<Utc>) -> Result<Life> {
+        self.call("restart_life", 1, self.inner.restart_life(name, at))
+            .await
+    }
+
     async fn claim(
         &self,
-        fires: &[FireKey],
-        node_id: &str,
-        retention: Duration,
+        claimant: &Claimant,
+        requests: &[ClaimRequest],
     ) -> Result<Vec<ClaimOutcome>> {
         self.call(
             "claim",
-            fires.len(),
-            self.inner.claim(fires, node_id, retention),
+            requests.len(),
+            self.inner.claim(claimant, requests),
         )
         .await
     }
@@ -217,20 +227,28 @@ mod tests {
         let reg = InstrumentedRegistry::new(Arc::new(MemoryRegistry::new()));
         assert_eq!(reg.backend(), "memory");
         assert!(reg.capabilities().records);
-        reg.put_task(&TaskMeta::new("a", "@hourly"), PutMode::CreateOnly)
-            .await
-            .expect("puts");
+        let t0 = DateTime::<Utc>::UNIX_EPOCH;
+        let mut meta = TaskMeta::new("a", "@hourly");
+        meta.created_at = Some(t0);
+        reg.put_task(&meta, PutMode::CreateOnly).await.expect("puts");
         let again = reg
-            .put_task(&TaskMeta::new("a", "@hourly"), PutMode::CreateOnly)
+            .put_task(&meta, PutMode::CreateOnly)
             .await
             .expect_err("exists");
         assert_eq!(error_kind(&again), "already_exists");
         assert_eq!(reg.list_tasks().await.expect("lists").items.len(), 1);
+        let life = reg.ensure_lives(&[("a".into(), t0)]).await.expect("life")[0];
+        let restarted = reg.restart_life("a", t0).await.expect("restart");
+        assert!(restarted.generation > life.generation);
         let out = reg
             .claim(
-                &[FireKey::new("a", DateTime::<Utc>::UNIX_EPOCH)],
-                "n",
-                Duration::from_secs(60),
+                &Claimant::new("n", 1),
+                &[ClaimRequest::new(
+                    crate::types::FireKey::new("a", t0),
+                    restarted.generation,
+                    t0,
+                    Duration::from_secs(60),
+                )],
             )
             .await
             .expect("claims");

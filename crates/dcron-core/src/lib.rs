@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod claim;
 pub mod clock;
 mod dcron;
 pub mod error;
@@ -33,14 +34,16 @@ pub use policy::{
     TaskStatus, TriggerRecord,
 };
 pub use registry::{
-    check_record_key, check_records, check_registration, check_retention, check_value_size,
-    Capabilities, Lease, PutMode, RecordKind, Registry, WatchStream, MAX_RECORD_KEY_BYTES,
+    check_claims, check_record_key, check_records, check_registration, check_retention,
+    check_value_size, ensure_lives_in_records, expiry_tolerance, restart_life_in_records,
+    Capabilities, Lease, PutMode, RecordKind, Registry,
+    WatchStream, MAX_RECORD_KEY_BYTES, MAX_WATCH_DELAY,
 };
 pub use schedule::{Schedule, SecondsField};
 pub use task::{ErrorHandler, FireContext, Task, TaskResult};
 pub use types::{
-    validate_task_name, Claim, ClaimOutcome, CorruptEntry, FireKey, Listing, MisfirePolicy, Node,
-    NodeEvent, NodeStatus, ResyncEvent, TaskMeta, TaskMetaEvent, Tombstone, DEFAULT_MISFIRE_WINDOW,
-    MAX_TASK_NAME_BYTES,
+    validate_task_name, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, FireKey, Life,
+    Listing, MisfirePolicy, Node, NodeEvent, NodeStatus, ResyncEvent, TaskMeta, TaskMetaEvent,
+    Tombstone, DEFAULT_MISFIRE_WINDOW, MAX_TASK_NAME_BYTES,
 };
 pub use watch::{watch_channel, WatchSender};

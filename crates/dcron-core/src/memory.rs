@@ -35,15 +35,17 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::claim::{decide_claim, ClaimDecision, Holder};
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::registry::{
-    check_record_key, check_records, check_value_size, Capabilities, Lease, PutMode, RecordKind,
-    Registry, WatchStream,
+    check_claims, check_record_key, check_records, check_value_size, Capabilities, Lease,
+    PutMode, RecordKind, Registry, WatchStream,
 };
 use crate::tombstone::{decide, Effects, NameState, Request};
 use crate::types::{
-    validate_task_name, Claim, ClaimOutcome, CorruptEntry, FireKey, Listing, Node, NodeEvent,
-    ResyncEvent, TaskMeta, TaskMetaEvent, Tombstone,
+    validate_task_name, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, FireKey, Life,
+    Listing, Node, NodeEvent, ResyncEvent, TaskMeta, TaskMetaEvent, Tombstone,
 };
 use crate::watch::{watch_channel, WatchSender};
 
@@ -95,7 +97,7 @@ const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// use std::time::Duration;
 /// use chrono::Utc;
 /// use dcron_core::memory::MemoryRegistry;
-/// use dcron_core::{ClaimOutcome, FireKey, Node, PutMode, Registry, TaskMeta};
+/// use dcron_core::{ClaimOutcome, ClaimRequest, Claimant, FireKey, Node, PutMode, Registry, TaskMeta};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> dcron_core::Result<()> {
@@ -105,17 +107,27 @@ const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 ///     .await?;
 /// assert_eq!(registry.list_nodes().await?.items.len(), 1);
 ///
-/// registry
-///     .put_task(&TaskMeta::new("report", "0 * * * *"), PutMode::CreateOnly)
-///     .await?;
+/// let mut meta = TaskMeta::new("report", "0 * * * *");
+/// meta.created_at = Some(Utc::now());
+/// registry.put_task(&meta, PutMode::CreateOnly).await?;
+/// // The record's creation started the task's life.
+/// let life = registry.ensure_lives(&[("report".into(), Utc::now())]).await?[0];
 ///
 /// // Two nodes claim the same fire: exactly one wins.
-/// let fire = FireKey::new("report", Utc::now());
-/// let retention = Duration::from_secs(120);
-/// let a = registry.claim(&[fire.clone()], "node-a", retention).await?;
-/// let b = registry.claim(&[fire], "node-b", retention).await?;
+/// let now = Utc::now();
+/// let fire = ClaimRequest::new(
+///     FireKey::new("report", now),
+///     life.generation,
+///     now + chrono::Duration::seconds(60),
+///     Duration::from_secs(120),
+/// );
+/// let a = registry.claim(&Claimant::new("node-a", 1), &[fire.clone()]).await?;
+/// let b = registry.claim(&Claimant::new("node-b", 1), &[fire.clone()]).await?;
 /// assert!(a[0].is_won());
-/// assert_eq!(b[0], ClaimOutcome::Lost);
+/// assert_eq!(b[0], ClaimOutcome::Lost { holder: Some("node-a".into()) });
+/// // A retry by the winner (its first reply lost) answers the same claim.
+/// let again = registry.claim(&Claimant::new("node-a", 1), &[fire]).await?;
+/// assert_eq!(again[0], ClaimOutcome::WonEarlier { token: a[0].token().unwrap_or(0) });
 ///
 /// registry.unregister(&lease).await?;
 /// # Ok(())
@@ -125,6 +137,8 @@ const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 pub struct MemoryRegistry {
     shared: Arc<Shared>,
     namespace: Arc<str>,
+    /// The registry's own wall clock, when it has one: late claims are refused by it.
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl std::fmt::Debug for MemoryRegistry {
@@ -153,7 +167,17 @@ impl MemoryRegistry {
                 tag: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             }),
             namespace: Arc::from(DEFAULT_NAMESPACE),
+            clock: None,
         }
+    }
+
+    /// This handle with a wall clock of its own, like a server's: claims whose deadline has
+    /// passed by `clock` are refused ([`ClaimOutcome::Late`]) and
+    /// [`Capabilities::clock`] is declared. Without one (the default) the nodes check
+    /// deadlines themselves.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> MemoryRegistry {
+        self.clock = Some(clock);
+        self
     }
 
     /// A handle on the same store under namespace `namespace`: it sees none of the nodes,
@@ -162,6 +186,7 @@ impl MemoryRegistry {
         MemoryRegistry {
             shared: self.shared.clone(),
             namespace: Arc::from(namespace),
+            clock: self.clock.clone(),
         }
     }
 
@@ -391,12 +416,15 @@ struct Namespace {
     nodes: HashMap<String, NodeEntry>,
     tasks: HashMap<String, StoredTask>,
     tombstones: HashMap<String, Tombstone>,
+    /// The current life of each name that has one.
+    lives: HashMap<String, Life>,
     /// Retained claims by task, then by the fire's instant in milliseconds.
     claims: HashMap<Arc<str>, TaskClaims>,
     /// `(expiry, token, task, instant)` of each claim, earliest first; entries whose claim was
     /// already removed (cleanup, force) are skipped when they come up.
     claim_expiry: BinaryHeap<Reverse<ClaimExpiry>>,
-    /// The last fencing token handed out.
+    /// The last fencing token or generation handed out: one sequence for the namespace, never
+    /// reset, so tokens and generations increase per name across cleanups and new lives.
     last_token: u64,
     /// Records by kind and key.
     records: HashMap<(RecordKind, String), Vec<u8>>,
@@ -416,6 +444,8 @@ struct TaskClaims {
 
 struct StoredClaim {
     node: Arc<str>,
+    epoch: u64,
+    generation: u64,
     token: u64,
 }
 
@@ -458,10 +488,24 @@ impl Namespace {
         }
     }
 
+    /// The next number of the namespace's sequence.
+    fn next_number(&mut self) -> u64 {
+        self.last_token += 1;
+        self.last_token
+    }
+
     /// Applies the effects decided for one name, telling the task watchers.
     fn apply(&mut self, name: &str, effects: Effects) {
         if effects.clear_claims {
             self.claims.remove(name);
+        }
+        if effects.remove_life {
+            self.lives.remove(name);
+        }
+        if let Some(live_since) = effects.start_life {
+            let generation = self.next_number();
+            self.lives
+                .insert(name.to_string(), Life::new(generation, live_since));
         }
         // Removal before the tombstone is cleared, and the new record before it is cleared,
         // so a watcher never sees the old record live again in between.
@@ -496,6 +540,11 @@ impl Namespace {
 
     /// Decides `request` for `name` with the pure rules and applies the outcome.
     fn decide_and_apply(&mut self, name: &str, request: Request<'_>) -> Result<()> {
+        self.decide_and_apply_with(name, request).map(|_| ())
+    }
+
+    /// [`Namespace::decide_and_apply`], answering the name's life afterwards.
+    fn decide_and_apply_with(&mut self, name: &str, request: Request<'_>) -> Result<Option<Life>> {
         // A corrupt record still exists for the rules (create-only must refuse it).
         let placeholder;
         let meta = match self.tasks.get(name) {
@@ -512,7 +561,7 @@ impl Namespace {
         };
         let effects = decide(name, state, request)?;
         self.apply(name, effects);
-        Ok(())
+        Ok(self.lives.get(name).copied())
     }
 }
 
@@ -533,7 +582,14 @@ impl Registry for MemoryRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES).with_records()
+        let caps = Capabilities::with_max_value_bytes(MAX_VALUE_BYTES)
+            .with_records()
+            .with_exactly_once();
+        if self.clock.is_some() {
+            caps.with_clock()
+        } else {
+            caps
+        }
     }
 
     // ----- membership -----
@@ -734,6 +790,7 @@ impl Registry for MemoryRegistry {
             let changes = ns.tasks.len() + ns.tombstones.len();
             let tasks = std::mem::take(&mut ns.tasks);
             let tombstones = std::mem::take(&mut ns.tombstones);
+            ns.lives.clear();
             ns.claims.clear();
             ns.claim_expiry.clear();
             ns.records.clear();
@@ -759,22 +816,40 @@ impl Registry for MemoryRegistry {
 
     async fn claim(
         &self,
-        fires: &[FireKey],
-        node_id: &str,
-        retention: Duration,
+        claimant: &Claimant,
+        requests: &[ClaimRequest],
     ) -> Result<Vec<ClaimOutcome>> {
-        crate::registry::check_retention(retention)?;
+        check_claims(requests)?;
+        let wall = self.clock.as_ref().map(|c| c.now());
         Ok(self.with_namespace_state(|ns, now| {
             ns.purge_claims(now);
-            let expires = deadline_after(now, retention);
-            let node: Arc<str> = Arc::from(node_id);
-            let mut outcomes = Vec::with_capacity(fires.len());
-            for fire in fires {
-                if ns.tombstones.contains_key(&fire.task) {
-                    outcomes.push(ClaimOutcome::Tombstoned);
+            let node: Arc<str> = Arc::from(claimant.node_id.as_str());
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in requests {
+                let fire = &request.fire;
+                let millis = fire.instant_millis();
+                let existing = ns
+                    .claims
+                    .get(fire.task.as_str())
+                    .and_then(|per_task| per_task.by_instant.get(&millis))
+                    .map(|c| Holder {
+                        node_id: &c.node,
+                        epoch: c.epoch,
+                        token: c.token,
+                    });
+                let decision = decide_claim(
+                    ns.tombstones.contains_key(&fire.task),
+                    ns.lives.get(&fire.task),
+                    existing,
+                    wall,
+                    claimant,
+                    request,
+                );
+                if let ClaimDecision::Answer(outcome) = decision {
+                    outcomes.push(outcome);
                     continue;
                 }
-                let millis = fire.instant_millis();
+                let token = ns.next_number();
                 let per_task = match ns.claims.get_mut(fire.task.as_str()) {
                     Some(per_task) => per_task,
                     None => {
@@ -785,25 +860,51 @@ impl Registry for MemoryRegistry {
                         })
                     }
                 };
-                if per_task.by_instant.contains_key(&millis) {
-                    outcomes.push(ClaimOutcome::Lost);
-                    continue;
-                }
-                ns.last_token += 1;
-                let token = ns.last_token;
                 per_task.by_instant.insert(
                     millis,
                     StoredClaim {
                         node: node.clone(),
+                        epoch: claimant.epoch,
+                        generation: request.generation,
                         token,
                     },
                 );
+                let expires = deadline_after(now, request.retention);
                 ns.claim_expiry
                     .push(Reverse((expires, token, per_task.name.clone(), millis)));
                 outcomes.push(ClaimOutcome::Won { token });
             }
             outcomes
         }))
+    }
+
+    // ----- lives -----
+
+    async fn ensure_lives(&self, names: &[(String, DateTime<Utc>)]) -> Result<Vec<Life>> {
+        for (name, _) in names {
+            validate_task_name(name)?;
+        }
+        Ok(self.with_namespace_state(|ns, _| {
+            names
+                .iter()
+                .map(|(name, at)| {
+                    if let Some(life) = ns.lives.get(name) {
+                        return *life;
+                    }
+                    let life = Life::new(ns.next_number(), *at);
+                    ns.lives.insert(name.clone(), life);
+                    life
+                })
+                .collect()
+        }))
+    }
+
+    async fn restart_life(&self, name: &str, at: DateTime<Utc>) -> Result<Life> {
+        validate_task_name(name)?;
+        self.with_namespace_state(|ns, _| {
+            ns.decide_and_apply_with(name, Request::ForceAddStatic(at))?
+                .ok_or_else(|| Error::InvalidState(format!("no life for `{name}` after a restart")))
+        })
     }
 
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>> {
@@ -823,6 +924,8 @@ impl Registry for MemoryRegistry {
                                     DateTime::<Utc>::from_timestamp_millis(*millis)?,
                                 ),
                                 node_id: c.node.to_string(),
+                                epoch: c.epoch,
+                                generation: c.generation,
                                 token: c.token,
                             })
                         })
@@ -936,18 +1039,34 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn claim_expiry_heap_skips_claims_already_removed() {
         let registry = MemoryRegistry::new();
-        let fire = FireKey::new("t", DateTime::<Utc>::UNIX_EPOCH);
+        let t0 = DateTime::<Utc>::UNIX_EPOCH;
+        let req = |generation| {
+            ClaimRequest::new(
+                FireKey::new("t", t0),
+                generation,
+                t0 + chrono::Duration::days(1),
+                Duration::from_secs(10),
+            )
+        };
+        let life = registry
+            .ensure_lives(&[("t".into(), t0)])
+            .await
+            .expect("life")[0];
         let won = registry
-            .claim(std::slice::from_ref(&fire), "a", Duration::from_secs(10))
+            .claim(&Claimant::new("a", 1), &[req(life.generation)])
             .await
             .expect("claim");
         assert!(won[0].is_won());
         registry.cleanup_task("t").await.expect("cleanup");
         tokio::time::advance(Duration::from_secs(5)).await;
-        // Re-claimed after cleanup: the stale heap entry from the first claim expires first
-        // and must not remove this newer claim.
+        // Re-claimed after cleanup (in a new life): the stale heap entry from the first claim
+        // expires first and must not remove this newer claim.
+        let life = registry
+            .ensure_lives(&[("t".into(), t0)])
+            .await
+            .expect("life")[0];
         let again = registry
-            .claim(std::slice::from_ref(&fire), "b", Duration::from_secs(10))
+            .claim(&Claimant::new("b", 1), &[req(life.generation)])
             .await
             .expect("claim");
         assert!(again[0].is_won());

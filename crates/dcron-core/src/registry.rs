@@ -1,17 +1,32 @@
 //! The `Registry` trait: what a backend must do for dcron.
 //!
 //! A registry stores, under one namespace: node registrations (each tied to a lease that expires
-//! when not kept alive), dynamic task records, tombstones, and fire claims. The conformance suite
-//! in `dcron-testkit` is the executable definition of this contract; every rule below has cases
-//! there. [`crate::MemoryRegistry`] is the reference implementation.
+//! when not kept alive), dynamic task records, tombstones, the *life* of every task name, and
+//! fire claims. The conformance suite in `dcron-testkit` is the executable definition of this
+//! contract; every rule below has cases there. [`crate::MemoryRegistry`] is the reference
+//! implementation.
 //!
 //! General rules for every method:
 //! - Task names reaching the registry are already validated ([`crate::validate_task_name`]);
-//!   backends escape them for their key space (they may contain `:`, spaces, `*`, unicode, …).
+//!   backends escape them for their key space (they may contain `:`, spaces, `*`, `%`, `.`,
+//!   unicode, …). Two distinct names never share a key.
 //! - Connection loss and timeouts are [`Error::Unavailable`]; authentication failures
 //!   [`Error::AccessDenied`]; values that do not decode [`Error::Corrupt`] (or, in listings,
 //!   [`Listing::corrupt`] entries). A bad value never panics and never hides the good ones.
-//! - Nothing in one namespace is visible from another namespace on the same server.
+//! - Every listing names each entry once, and lists nothing expired.
+//! - Nothing in one namespace is visible from another namespace on the same server, including
+//!   a namespace whose name is a prefix of the other's.
+//! - Every write is atomic on the server (one transaction, one script, one compare-and-set).
+//!
+//! # Numeric promises
+//!
+//! Durations are kept within a documented tolerance, [`expiry_tolerance`]: a node lease granted
+//! `ttl` keeps its node listed for at least `ttl` after the start of the last successful
+//! `register` or `keep_alive` call, and removes it within `ttl + expiry_tolerance(ttl)` after
+//! keep-alives stop; a claim written with `retention` is kept for at least `retention` after the
+//! start of the `claim` call, and is gone (not listed, claimable by another claimant) within
+//! `retention + expiry_tolerance(retention)`. A watch delivers each change within
+//! [`MAX_WATCH_DELAY`].
 
 use std::time::Duration;
 
@@ -21,7 +36,8 @@ use futures::stream::BoxStream;
 
 use crate::error::{Error, Result};
 use crate::types::{
-    Claim, ClaimOutcome, FireKey, Listing, Node, NodeEvent, TaskMeta, TaskMetaEvent, Tombstone,
+    Claim, ClaimOutcome, ClaimRequest, Claimant, Life, Listing, Node, NodeEvent, TaskMeta,
+    TaskMetaEvent, Tombstone,
 };
 
 /// A stream of watch events. It ends when the registry side stops (connection lost, registry
@@ -75,6 +91,16 @@ pub struct Capabilities {
     /// [`Error::Unsupported`]); scheduling and claims work as before. Off by default: a
     /// registry that implements the record methods says so.
     pub records: bool,
+    /// Whether the registry has a clock of its own and refuses a claim whose deadline has
+    /// passed by that clock ([`ClaimOutcome::Late`]). Off by default.
+    pub clock: bool,
+    /// Whether the registry implements the whole exactly-once contract natively: lives
+    /// ([`Registry::ensure_lives`], [`Registry::restart_life`], new lives on create-only and
+    /// force writes, removed by cleanup), claims checked against the life's generation and
+    /// idempotent per [`Claimant`]. Off by default: for a registry written against the earlier
+    /// contract the node keeps lives in records (see the default methods), with weaker
+    /// guarantees, and the conformance suite skips the cases of the newer contract, saying so.
+    pub exactly_once: bool,
 }
 
 impl Default for Capabilities {
@@ -83,6 +109,8 @@ impl Default for Capabilities {
             max_value_bytes: 1024 * 1024,
             watch: true,
             records: false,
+            clock: false,
+            exactly_once: false,
         }
     }
 }
@@ -99,6 +127,19 @@ impl Capabilities {
     /// These capabilities with record support declared.
     pub fn with_records(mut self) -> Self {
         self.records = true;
+        self
+    }
+
+    /// These capabilities with a registry clock declared (late claims are refused).
+    pub fn with_clock(mut self) -> Self {
+        self.clock = true;
+        self
+    }
+
+    /// These capabilities with the whole exactly-once contract declared (lives, generations,
+    /// idempotent claims).
+    pub fn with_exactly_once(mut self) -> Self {
+        self.exactly_once = true;
         self
     }
 }
@@ -123,10 +164,13 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
 
     /// Registers `node` under a new lease that expires `ttl` after the last keep-alive.
     ///
-    /// A record for the same node id under an older lease is replaced. The node must appear in
-    /// [`Registry::list_nodes`] as soon as this returns, and disappear by itself within
-    /// `ttl` (plus the backend's expiry granularity) once keep-alives stop. Liveness is judged
-    /// by the registry (server-side expiry), never by comparing client clocks.
+    /// A record for the same node id under an older lease is replaced, and that lease is lost.
+    /// The node must appear in [`Registry::list_nodes`] as soon as this returns. The granted
+    /// [`Lease::ttl`] is never smaller than `ttl`; the node stays listed for at least the
+    /// granted TTL after the start of the last successful `register` or `keep_alive`, and
+    /// disappears by itself within the granted TTL plus [`expiry_tolerance`] of it once
+    /// keep-alives stop. Liveness is judged by the registry (server-side expiry), never by
+    /// comparing client clocks.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a zero `ttl`; [`Error::Unavailable`] when unreachable.
@@ -144,7 +188,9 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// lease**: the record still expires if keep-alives stop afterwards.
     ///
     /// # Errors
-    /// [`Error::LeaseLost`] when the lease is gone (the record is then not recreated).
+    /// [`Error::LeaseLost`] when the lease has expired, was revoked, or was replaced by a newer
+    /// registration of the node: the record is then not recreated, and a newer registration's
+    /// record is left as it is.
     async fn update_node(&self, lease: &Lease, node: &Node) -> Result<()>;
 
     /// Removes the node's record and releases the lease. Idempotent: unregistering twice, or
@@ -155,8 +201,11 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// Lists the nodes whose lease is alive, in any order.
     async fn list_nodes(&self) -> Result<Listing<Node>>;
 
-    /// Watches node changes. Every change made after this returns is delivered (at-least-once,
-    /// possibly coalesced); after any gap the stream yields [`NodeEvent::Resync`]. A watcher that does not read for a while must not block the
+    /// Watches node changes in this namespace only. Every change made after this returns is
+    /// delivered within [`MAX_WATCH_DELAY`] (at-least-once, possibly coalesced into the latest
+    /// state); events of one node arrive in the order of its changes, and an event may be
+    /// repeated but never arrives after a newer event of the same node. After any gap the stream
+    /// yields [`NodeEvent::Resync`]. A watcher that does not read for a while must not block the
     /// registry or other watchers (overflow becomes `Resync`).
     ///
     /// # Errors
@@ -166,6 +215,11 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     // ----- tasks -----
 
     /// Stores a dynamic task record according to `mode` (see [`PutMode`]).
+    ///
+    /// `CreateOnly` and `Force` start a **new life** of the name in the same atomic write: a
+    /// generation greater than any the name had, and live-since `meta.created_at` (the node
+    /// sets it to its clock at the write; a missing `created_at` is [`Error::InvalidArgument`]
+    /// for an exactly-once registry). `Update` keeps the life.
     ///
     /// # Errors
     /// As listed on [`PutMode`]; [`Error::InvalidArgument`] when the encoded record is larger
@@ -183,7 +237,8 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// order; values that do not decode are reported in [`Listing::corrupt`].
     async fn list_tasks(&self) -> Result<Listing<TaskMeta>>;
 
-    /// Watches task records and tombstones. Same delivery rules as [`Registry::watch_nodes`].
+    /// Watches task records and tombstones of this namespace. Same delivery rules as
+    /// [`Registry::watch_nodes`] (per task name).
     ///
     /// # Errors
     /// [`Error::Unsupported`] when [`Capabilities::watch`] is false.
@@ -203,45 +258,89 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// Lists every tombstone in the namespace.
     async fn list_tombstones(&self) -> Result<Listing<Tombstone>>;
 
-    /// Clears a tombstone so the name can be used again (the seed's `ReuseDeletedTask`); the
-    /// record, if any, becomes live again.
+    /// Clears a tombstone; the record, if any, becomes live again. The life and the claims are
+    /// kept. (`Dcron::reuse_deleted_task` uses [`Registry::restart_life`] instead, so that the
+    /// fires that fell in the deletion are never caught up.)
     ///
     /// # Errors
     /// [`Error::NotFound`] (`what = "tombstone"`) when the name is not tombstoned.
     async fn clear_tombstone(&self, name: &str) -> Result<()>;
 
-    /// Removes every trace of one name: record, tombstone and claims. Idempotent.
+    /// Removes every trace of one name: record, tombstone, life and claims. Idempotent. The
+    /// name's token and generation sequence is not reset: a later life and its claims get
+    /// greater numbers.
     async fn cleanup_task(&self, name: &str) -> Result<()>;
 
-    /// Removes every task record, tombstone and claim of the namespace, and nothing outside it.
-    /// Node registrations are kept.
+    /// Removes every task record, tombstone, life, claim and record of the namespace, and
+    /// nothing outside it. Node registrations are kept; token and generation sequences are not
+    /// reset.
     async fn cleanup_all(&self) -> Result<()>;
+
+    // ----- lives -----
+
+    /// Answers the current life of each name, starting one for each name that has none with the
+    /// instant given beside it as live-since (the first registration of a static task, or a
+    /// dynamic record without a life). One life per name, in order; a tombstoned name gets its
+    /// life too (tombstones are separate). Two callers racing for a name without a life get the
+    /// same life. The batch should cost one round trip.
+    ///
+    /// A registry without native lives can keep them in records with
+    /// [`ensure_lives_in_records`] (not atomic; such a registry does not declare
+    /// [`Capabilities::exactly_once`]).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`]; [`Error::Unsupported`] for a registry without lives or records.
+    async fn ensure_lives(&self, names: &[(String, DateTime<Utc>)]) -> Result<Vec<Life>>;
+
+    /// Starts a new life of `name` at `at` whatever is there: clears its tombstone and every
+    /// claim and keeps the task record, in one atomic write (the force-add of a static task, and
+    /// the reuse of a deleted one). The new generation is greater than any the name had.
+    ///
+    /// A registry without native lives can use [`restart_life_in_records`] (two steps, not
+    /// atomic; such a registry does not declare [`Capabilities::exactly_once`]).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`]; [`Error::Unsupported`] for a registry without lives or records.
+    async fn restart_life(&self, name: &str, at: DateTime<Utc>) -> Result<Life>;
 
     // ----- claims -----
 
-    /// Claims a batch of fires for `node_id`, answering one outcome per fire, in order.
+    /// Claims a batch of fires for `claimant`, answering exactly one outcome per request, in
+    /// order.
     ///
-    /// For each fire, atomically: if the task name is tombstoned → `Tombstoned`; else if a claim
-    /// for the fire exists → `Lost`; else the claim is created (kept for `retention`, then
-    /// removed by the registry) → `Won` with a fencing token. Across all nodes and all calls,
-    /// at most one `Won` per fire while the claim is retained. A claim is not released when the
-    /// handler ends. The whole batch should cost one round trip (pipeline, script, transaction)
-    /// or requests sent concurrently, never one sequential round trip per fire. Duplicate fires
-    /// within one batch: the first is decided as above, every later copy is `Lost`.
-    /// The stored [`Claim::token`] may be 0 where the backend learns the token only from the
-    /// write (etcd, ZooKeeper); [`Registry::list_claims`] reports the real token.
+    /// For each request, atomically with every other write of the task name:
+    /// 1. the name is tombstoned → [`ClaimOutcome::Tombstoned`];
+    /// 2. the name has no life, or its generation is not `request.generation` →
+    ///    [`ClaimOutcome::Superseded`] with the current generation;
+    /// 3. a claim for the fire exists: held by this same claimant (node id **and** epoch) →
+    ///    [`ClaimOutcome::WonEarlier`] with the same token; held by another →
+    ///    [`ClaimOutcome::Lost`] naming the holder;
+    /// 4. the registry has a clock ([`Capabilities::clock`]) and it reads past
+    ///    `request.deadline` → [`ClaimOutcome::Late`], nothing written;
+    /// 5. otherwise the claim is written (claimant, generation, a fencing token) and kept for
+    ///    `request.retention` within [`expiry_tolerance`] → [`ClaimOutcome::Won`].
+    ///
+    /// Across all nodes and calls, at most one claimant holds a fire while its claim is
+    /// retained. Tokens are non-zero and strictly greater than every token handed out before
+    /// for the same name in the namespace, across cleanup and new lives. A claim is not
+    /// released when the handler ends. A fire requested twice in one batch is decided once: the
+    /// later copy answers as a retry would. The whole batch should cost one round trip
+    /// (pipeline, script, transaction, or requests sent concurrently); batches larger than a
+    /// backend's transaction limit are split invisibly. A request that cannot be decided alone
+    /// (a bad key) answers [`ClaimOutcome::Failed`] and the others are decided.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] when the batch could not be decided; no outcome is then implied
-    /// (some claims may have been written; a retry answers `Lost` for those, which is safe).
+    /// [`Error::InvalidArgument`] for a zero retention (nothing written);
+    /// [`Error::Unavailable`] when the batch could not be decided. No outcome is then implied:
+    /// some claims may have been written, and retrying the same requests as the same claimant
+    /// answers `WonEarlier` for those, so a retry is always safe.
     async fn claim(
         &self,
-        fires: &[FireKey],
-        node_id: &str,
-        retention: Duration,
+        claimant: &Claimant,
+        requests: &[ClaimRequest],
     ) -> Result<Vec<ClaimOutcome>>;
 
-    /// Lists the retained claims of one task (any order).
+    /// Lists the retained, unexpired claims of one task, each once, in any order.
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>>;
 
     // ----- records -----
@@ -305,11 +404,19 @@ pub enum RecordKind {
     Trigger,
     /// The status of a task, keyed by task name (a [`crate::TaskStatus`]), written by its owner.
     Status,
+    /// The life of a task name, keyed by task name (a [`crate::Life`]), for registries without
+    /// native lives (see [`Registry::ensure_lives`]).
+    Life,
 }
 
 impl RecordKind {
     /// Every kind, for backends that iterate over them (e.g. in `cleanup_all`).
-    pub const ALL: [RecordKind; 3] = [RecordKind::Pause, RecordKind::Trigger, RecordKind::Status];
+    pub const ALL: [RecordKind; 4] = [
+        RecordKind::Pause,
+        RecordKind::Trigger,
+        RecordKind::Status,
+        RecordKind::Life,
+    ];
 
     /// The kind's name as used in keys: `pause`, `trigger`, `status`.
     pub fn as_str(self) -> &'static str {
@@ -317,6 +424,7 @@ impl RecordKind {
             RecordKind::Pause => "pause",
             RecordKind::Trigger => "trigger",
             RecordKind::Status => "status",
+            RecordKind::Life => "life",
         }
     }
 }
@@ -402,6 +510,21 @@ pub fn check_registration(node: &Node, ttl: Duration) -> Result<()> {
     Ok(())
 }
 
+/// The longest a watch may take to deliver a change (see [`Registry::watch_nodes`]).
+pub const MAX_WATCH_DELAY: Duration = Duration::from_secs(3);
+
+/// How much longer than promised a backend may keep a lease or a claim: half the duration, and
+/// at least two seconds (expiry granularity of the servers: etcd and ZooKeeper tick in seconds).
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(dcron_core::expiry_tolerance(Duration::from_secs(10)), Duration::from_secs(5));
+/// assert_eq!(dcron_core::expiry_tolerance(Duration::from_secs(1)), Duration::from_secs(2));
+/// ```
+pub fn expiry_tolerance(d: Duration) -> Duration {
+    (d / 2).max(Duration::from_secs(2))
+}
+
 /// Checks the retention of [`Registry::claim`]: it must not be zero.
 ///
 /// # Errors
@@ -427,4 +550,80 @@ pub fn check_value_size(meta: &TaskMeta, encoded_len: usize, caps: &Capabilities
         )));
     }
     Ok(())
+}
+
+/// Checks a claim batch for [`Registry::claim`]: every retention must be non-zero.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the fire.
+pub fn check_claims(requests: &[ClaimRequest]) -> Result<()> {
+    for r in requests {
+        if r.retention.is_zero() {
+            return Err(Error::InvalidArgument(format!(
+                "claim of {}: the retention must not be zero",
+                r.fire
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// [`Registry::ensure_lives`] for a registry without native lives: lives kept as
+/// [`RecordKind::Life`] records, read and written in two steps (not atomic: two nodes racing
+/// may start two lives with the same generation). Such a registry does not declare
+/// [`Capabilities::exactly_once`].
+///
+/// # Errors
+/// The registry's record errors.
+pub async fn ensure_lives_in_records<R: Registry + ?Sized>(
+    registry: &R,
+    names: &[(String, DateTime<Utc>)],
+) -> Result<Vec<Life>> {
+    let mut out = Vec::with_capacity(names.len());
+    let mut new = Vec::new();
+    for (name, at) in names {
+        let life = match registry.get_record(RecordKind::Life, name).await? {
+            Some(bytes) => match Life::decode(name, &bytes) {
+                Ok(life) => life,
+                Err(_) => Life::new(1, *at),
+            },
+            None => {
+                let life = Life::new(1, *at);
+                new.push((name.clone(), life.encode()));
+                life
+            }
+        };
+        out.push(life);
+    }
+    if !new.is_empty() {
+        registry.put_records(RecordKind::Life, &new).await?;
+    }
+    Ok(out)
+}
+
+/// [`Registry::restart_life`] for a registry without native lives: clears the tombstone, then
+/// writes a [`RecordKind::Life`] record with the next generation (two steps, not atomic; claims
+/// of the earlier life are kept). Such a registry does not declare
+/// [`Capabilities::exactly_once`].
+///
+/// # Errors
+/// The registry's errors.
+pub async fn restart_life_in_records<R: Registry + ?Sized>(
+    registry: &R,
+    name: &str,
+    at: DateTime<Utc>,
+) -> Result<Life> {
+    match registry.clear_tombstone(name).await {
+        Ok(()) | Err(Error::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let generation = match registry.get_record(RecordKind::Life, name).await? {
+        Some(bytes) => Life::decode(name, &bytes).map_or(1, |l| l.generation) + 1,
+        None => 1,
+    };
+    let life = Life::new(generation, at);
+    registry
+        .put_records(RecordKind::Life, &[(name.to_string(), life.encode())])
+        .await?;
+    Ok(life)
 }

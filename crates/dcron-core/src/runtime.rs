@@ -1338,14 +1338,21 @@ impl Driver {
         // won still runs (nobody else can run it once it is claimed).
         let tracker = self.handlers.clone();
         tracker.spawn(async move {
-            let keys: Vec<FireKey> = batch.iter().map(|f| f.key.clone()).collect();
+            let claimant = crate::types::Claimant::new(env.node_id.to_string(), 0);
+            let keys: Vec<crate::types::ClaimRequest> = batch
+                .iter()
+                .map(|f| {
+                    let w = chrono::Duration::from_std(f.window).unwrap_or_default();
+                    crate::types::ClaimRequest::new(f.key.clone(), 0, f.key.instant + w, retention)
+                })
+                .collect();
             let mut delay = backoff;
             let outcomes = loop {
                 if env.stopping.is_cancelled() {
                     return;
                 }
                 let t0 = Instant::now();
-                let r = env.registry.claim(&keys, &env.node_id, retention).await;
+                let r = env.registry.claim(&claimant, &keys).await;
                 metrics::histogram!("dcron_claim_batch_seconds").record(t0.elapsed().as_secs_f64());
                 match r {
                     Ok(o) if o.len() == keys.len() => break o,
@@ -1389,7 +1396,7 @@ impl Driver {
                             owner: fire.owner,
                         });
                     }
-                    ClaimOutcome::Lost => {
+                    _ => {
                         lost += 1;
                         metrics::counter!("dcron_fires_lost_total").increment(1);
                         env.emit(|| DcronEvent::LostClaim(env.info(&fire.key, fire.kind)));

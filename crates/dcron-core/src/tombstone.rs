@@ -9,19 +9,23 @@
 //! |---|---|---|---|
 //! | `AddDynamic` (`add_task_meta`) | present | any | `AlreadyExists` |
 //! | `AddDynamic` | absent | present | `Tombstoned` |
-//! | `AddDynamic` | absent | absent | write record |
+//! | `AddDynamic` | absent | absent | write record, new life |
 //! | `UpdateDynamic` | any | present | `Tombstoned` |
 //! | `UpdateDynamic` | absent | absent | `NotFound` |
 //! | `UpdateDynamic` | present | absent | write record (claims kept) |
-//! | `ForceAddDynamic` (`force_add_task_meta`) | any | any | write record, clear tombstone and claims |
+//! | `ForceAddDynamic` (`force_add_task_meta`) | any | any | write record, clear tombstone and claims, new life |
 //! | `AddStatic` (`add_task`, `add_func`, `add_one_shot_*`) | any | present | `Tombstoned` |
 //! | `AddStatic` | any | absent | nothing to write (static tasks live in code) |
-//! | `ForceAddStatic` (`force_add_task`, `force_add_func`, `force_add_one_shot_*`) | any | any | clear tombstone and claims |
+//! | `ForceAddStatic` (`force_add_task`, …; also `reuse_deleted_task`) | any | any | clear tombstone and claims, new life |
 //! | `MarkDeleted` (`mark_task_deleted`) | any | absent | write tombstone (record kept) |
 //! | `MarkDeleted` | any | present | nothing (first time kept) |
 //! | `Reuse` (`reuse_deleted_task`) | any | absent | `NotFound` (tombstone) |
 //! | `Reuse` | any | present | clear tombstone |
-//! | `Cleanup` (`cleanup_task`) | any | any | remove record, tombstone and claims |
+//! | `Cleanup` (`cleanup_task`) | any | any | remove record, tombstone, claims and life |
+//!
+//! A *new life* has a generation greater than any the name had and starts at the instant of the
+//! request (the record's `created_at` for dynamic writes); `UpdateDynamic`, `MarkDeleted` and
+//! `Reuse` keep the life (see [`crate::Life`]).
 //!
 //! `force_cleanup_all_tasks` is `Cleanup` for every name of the namespace.
 //! A local duplicate of a static task (`AlreadyExists`) is decided by the node before it asks.
@@ -51,8 +55,9 @@ pub enum Request<'a> {
     ForceAddDynamic(&'a TaskMeta),
     /// Add a static task: refused when the name is tombstoned.
     AddStatic,
-    /// Force-add a static task: clears the tombstone and claims.
-    ForceAddStatic,
+    /// Force-add a static task (or reuse a deleted one): clears the tombstone and claims and
+    /// starts a new life at the instant.
+    ForceAddStatic(DateTime<Utc>),
     /// Mark the name deleted at an instant.
     MarkDeleted(DateTime<Utc>),
     /// Clear the tombstone.
@@ -74,6 +79,10 @@ pub struct Effects {
     pub clear_tombstone: bool,
     /// Remove every claim of the name.
     pub clear_claims: bool,
+    /// Start a new life with this live-since (the generation comes from the name's sequence).
+    pub start_life: Option<DateTime<Utc>>,
+    /// Remove the life.
+    pub remove_life: bool,
 }
 
 impl Effects {
@@ -86,7 +95,8 @@ impl Effects {
 /// Decides a request against the current state of a name (see the module table).
 ///
 /// # Errors
-/// [`Error::AlreadyExists`], [`Error::Tombstoned`] or [`Error::NotFound`] as in the table.
+/// [`Error::AlreadyExists`], [`Error::Tombstoned`] or [`Error::NotFound`] as in the table;
+/// [`Error::InvalidArgument`] for a dynamic write that starts a life without `created_at`.
 pub fn decide(name: &str, state: NameState<'_>, request: Request<'_>) -> Result<Effects> {
     let tombstoned = || Error::Tombstoned {
         name: name.to_string(),
@@ -102,6 +112,7 @@ pub fn decide(name: &str, state: NameState<'_>, request: Request<'_>) -> Result<
             } else {
                 Ok(Effects {
                     write_meta: Some(meta.clone()),
+                    start_life: Some(live_since(meta)?),
                     ..Effects::default()
                 })
             }
@@ -122,6 +133,7 @@ pub fn decide(name: &str, state: NameState<'_>, request: Request<'_>) -> Result<
             write_meta: Some(meta.clone()),
             clear_tombstone: state.tombstone.is_some(),
             clear_claims: true,
+            start_life: Some(live_since(meta)?),
             ..Effects::default()
         }),
         Request::AddStatic => {
@@ -131,9 +143,10 @@ pub fn decide(name: &str, state: NameState<'_>, request: Request<'_>) -> Result<
                 Ok(Effects::default())
             }
         }
-        Request::ForceAddStatic => Ok(Effects {
+        Request::ForceAddStatic(at) => Ok(Effects {
             clear_tombstone: state.tombstone.is_some(),
             clear_claims: true,
+            start_life: Some(at),
             ..Effects::default()
         }),
         Request::MarkDeleted(at) => {
@@ -166,9 +179,20 @@ pub fn decide(name: &str, state: NameState<'_>, request: Request<'_>) -> Result<
             remove_meta: state.meta.is_some(),
             clear_tombstone: state.tombstone.is_some(),
             clear_claims: true,
+            remove_life: true,
             ..Effects::default()
         }),
     }
+}
+
+/// The live-since of a dynamic write: the record's `created_at`, which the node sets.
+fn live_since(meta: &TaskMeta) -> Result<DateTime<Utc>> {
+    meta.created_at.ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "task `{}`: a create-only or force write needs `created_at` (its live-since)",
+            meta.name
+        ))
+    })
 }
 
 /// Whether a fire of the name may run: never while it is tombstoned.
@@ -181,7 +205,9 @@ mod tests {
     use super::*;
 
     fn meta() -> TaskMeta {
-        TaskMeta::new("t", "* * * * *")
+        let mut m = TaskMeta::new("t", "* * * * *");
+        m.created_at = Some(DateTime::<Utc>::UNIX_EPOCH);
+        m
     }
     fn tomb() -> Tombstone {
         Tombstone {
@@ -208,8 +234,15 @@ mod tests {
             Err(Error::Tombstoned { .. })
         ));
         let e = decide("t", st(None, None), Request::AddDynamic(&m)).expect("accepted");
+        assert_eq!(e.start_life, m.created_at);
         assert_eq!(e.write_meta, Some(m));
         assert!(!e.clear_claims && !e.clear_tombstone);
+        let mut no_time = meta();
+        no_time.created_at = None;
+        assert!(matches!(
+            decide("t", st(None, None), Request::AddDynamic(&no_time)),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]
@@ -225,6 +258,7 @@ mod tests {
         ));
         let e = decide("t", st(Some(&m), None), Request::UpdateDynamic(&m)).expect("ok");
         assert!(e.write_meta.is_some() && !e.clear_claims);
+        assert!(e.start_life.is_none() && !e.remove_life);
     }
 
     #[test]
@@ -239,6 +273,7 @@ mod tests {
             let e = decide("t", st(mm, tt), Request::ForceAddDynamic(&m)).expect("always ok");
             assert_eq!(e.write_meta.as_ref(), Some(&m));
             assert!(e.clear_claims);
+            assert_eq!(e.start_life, m.created_at);
             assert_eq!(e.clear_tombstone, tt.is_some());
         }
     }
@@ -258,8 +293,10 @@ mod tests {
     #[test]
     fn static_force_add_clears_tombstone_and_claims() {
         let t = tomb();
-        let e = decide("t", st(None, Some(&t)), Request::ForceAddStatic).expect("ok");
+        let at = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(9);
+        let e = decide("t", st(None, Some(&t)), Request::ForceAddStatic(at)).expect("ok");
         assert!(e.clear_tombstone && e.clear_claims && e.write_meta.is_none());
+        assert_eq!(e.start_life, Some(at));
     }
 
     #[test]
@@ -302,7 +339,7 @@ mod tests {
     fn cleanup_removes_everything_and_is_idempotent() {
         let (m, t) = (meta(), tomb());
         let e = decide("t", st(Some(&m), Some(&t)), Request::Cleanup).expect("ok");
-        assert!(e.remove_meta && e.clear_tombstone && e.clear_claims);
+        assert!(e.remove_meta && e.clear_tombstone && e.clear_claims && e.remove_life);
         let e = decide("t", st(None, None), Request::Cleanup).expect("ok");
         assert!(!e.remove_meta && !e.clear_tombstone && e.clear_claims);
     }

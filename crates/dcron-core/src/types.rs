@@ -347,6 +347,107 @@ impl std::fmt::Display for FireKey {
     }
 }
 
+/// Who claims a fire: a node and the epoch of its current registration.
+///
+/// Claims are idempotent per claimant: claiming again a fire this claimant already won answers
+/// [`ClaimOutcome::WonEarlier`] with the same token, so a claim whose reply was lost can be
+/// retried safely. The same node under another epoch (after its lease was lost and it registered
+/// again) is another claimant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Claimant {
+    /// The node id (`node_id`).
+    pub node_id: String,
+    /// The node's registration epoch (`epoch`): 1 for its first registration, then one more
+    /// each time it registers again.
+    pub epoch: u64,
+}
+
+impl Claimant {
+    /// A claimant.
+    pub fn new(node_id: impl Into<String>, epoch: u64) -> Self {
+        Claimant {
+            node_id: node_id.into(),
+            epoch,
+        }
+    }
+}
+
+impl std::fmt::Display for Claimant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.node_id, self.epoch)
+    }
+}
+
+/// The current life of a task name in the registry.
+///
+/// A task exists in the cluster from its *live-since* instant; its fires are exactly the
+/// schedule's instants at or after it. A dynamic task's life starts when its record is created
+/// (or force-written); a static task's when any node first registers the name (see
+/// [`crate::Registry::ensure_lives`]). `cleanup_task`, every force-add and a reuse of a deleted
+/// task start a **new life**: a greater generation and a new live-since. A claim names the
+/// generation it was planned for, and the registry refuses a claim for any other generation
+/// ([`ClaimOutcome::Superseded`]), so a node with a stale view can never replay a fire of a
+/// previous life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Life {
+    /// Strictly increasing across the lives of one name (`generation`), never 0 for a life
+    /// stored in a registry.
+    pub generation: u64,
+    /// The first instant of the life (`live_since`): nothing before it ever fires.
+    pub live_since: DateTime<Utc>,
+}
+
+impl Life {
+    /// A life.
+    pub fn new(generation: u64, live_since: DateTime<Utc>) -> Self {
+        Life {
+            generation,
+            live_since,
+        }
+    }
+
+    /// The stored bytes (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_json(self)
+    }
+
+    /// Decodes stored bytes; `key` names the value in the error.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the bytes are not a life record.
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self> {
+        decode_json(key, bytes)
+    }
+}
+
+/// One fire to claim (see [`crate::Registry::claim`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClaimRequest {
+    /// The fire.
+    pub fire: FireKey,
+    /// The generation of the task's life the fire belongs to ([`Life::generation`]).
+    pub generation: u64,
+    /// The fire's deadline: its instant plus its misfire window. A registry with a clock of its
+    /// own refuses the claim after it ([`ClaimOutcome::Late`]).
+    pub deadline: DateTime<Utc>,
+    /// How long the registry keeps the claim once written: at least the time left to the
+    /// deadline, plus the largest clock skew, plus the lease TTL (computed per fire by the
+    /// node). Not zero.
+    pub retention: Duration,
+}
+
+impl ClaimRequest {
+    /// A request for `fire` of life `generation`, with its deadline and retention.
+    pub fn new(fire: FireKey, generation: u64, deadline: DateTime<Utc>, retention: Duration) -> Self {
+        ClaimRequest {
+            fire,
+            generation,
+            deadline,
+            retention,
+        }
+    }
+}
+
 /// A won claim as stored in the registry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
@@ -354,12 +455,23 @@ pub struct Claim {
     pub fire: FireKey,
     /// The node that won it (`node_id`).
     pub node_id: String,
-    /// Fencing token (`token`): non-zero, distinct among the won claims of one task in a
-    /// namespace, and greater for a later claim where the backend can order them.
+    /// The winner's registration epoch (`epoch`; 0 in claims written before epochs existed).
+    #[serde(default)]
+    pub epoch: u64,
+    /// The generation of the life the fire belongs to (`generation`; 0 when unknown).
+    #[serde(default)]
+    pub generation: u64,
+    /// Fencing token (`token`): non-zero, and strictly greater than every token handed out
+    /// earlier for the same task name in the namespace, across cleanup and force-add.
     pub token: u64,
 }
 
 impl Claim {
+    /// The claimant that holds the claim.
+    pub fn claimant(&self) -> Claimant {
+        Claimant::new(self.node_id.clone(), self.epoch)
+    }
+
     /// The stored bytes (JSON).
     pub fn encode(&self) -> Vec<u8> {
         encode_json(self)
@@ -374,24 +486,115 @@ impl Claim {
     }
 }
 
-/// The answer for one fire of a batch claim.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The answer for one fire of a batch claim: exactly one per requested fire, in order.
+#[derive(Debug)]
+#[non_exhaustive]
 pub enum ClaimOutcome {
-    /// This node won the fire and must run it.
+    /// This claimant won the fire now and has the right to run it.
     Won {
         /// The fencing token of the claim.
         token: u64,
     },
-    /// Another claim for the fire exists: do not run it.
-    Lost,
+    /// This claimant had already won the fire (an earlier call whose reply may have been
+    /// lost): the same claim, the same token.
+    WonEarlier {
+        /// The fencing token of the claim.
+        token: u64,
+    },
+    /// Another claimant holds the fire: do not run it.
+    Lost {
+        /// The holder's node id, when the backend knows it.
+        holder: Option<String>,
+    },
+    /// The registry's clock is past the fire's deadline: nobody may run it any more.
+    Late,
     /// The task name is tombstoned: do not run it.
     Tombstoned,
+    /// The request's generation is not the name's current life (a new life started, or the
+    /// name has none): the node's view is stale; it must learn the current life.
+    Superseded {
+        /// The current generation, when there is a life.
+        current: Option<u64>,
+    },
+    /// This fire alone could not be decided (the others of the batch were); nothing is implied
+    /// about it. Retryable when [`Error::is_retryable`] says so.
+    Failed(Error),
 }
 
 impl ClaimOutcome {
-    /// Whether the fire was won.
+    /// Whether this claimant holds the fire (`Won` or `WonEarlier`).
     pub fn is_won(&self) -> bool {
-        matches!(self, ClaimOutcome::Won { .. })
+        matches!(
+            self,
+            ClaimOutcome::Won { .. } | ClaimOutcome::WonEarlier { .. }
+        )
+    }
+
+    /// The fencing token when the fire is held by this claimant.
+    pub fn token(&self) -> Option<u64> {
+        match self {
+            ClaimOutcome::Won { token } | ClaimOutcome::WonEarlier { token } => Some(*token),
+            _ => None,
+        }
+    }
+
+    /// A short name of the outcome (`won`, `won_earlier`, `lost`, `late`, `tombstoned`,
+    /// `superseded`, `failed`), for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClaimOutcome::Won { .. } => "won",
+            ClaimOutcome::WonEarlier { .. } => "won_earlier",
+            ClaimOutcome::Lost { .. } => "lost",
+            ClaimOutcome::Late => "late",
+            ClaimOutcome::Tombstoned => "tombstoned",
+            ClaimOutcome::Superseded { .. } => "superseded",
+            ClaimOutcome::Failed(_) => "failed",
+        }
+    }
+}
+
+impl Clone for ClaimOutcome {
+    /// A copy; a `Failed` outcome's error is copied as its message (and retryability).
+    fn clone(&self) -> Self {
+        match self {
+            ClaimOutcome::Won { token } => ClaimOutcome::Won { token: *token },
+            ClaimOutcome::WonEarlier { token } => ClaimOutcome::WonEarlier { token: *token },
+            ClaimOutcome::Lost { holder } => ClaimOutcome::Lost {
+                holder: holder.clone(),
+            },
+            ClaimOutcome::Late => ClaimOutcome::Late,
+            ClaimOutcome::Tombstoned => ClaimOutcome::Tombstoned,
+            ClaimOutcome::Superseded { current } => ClaimOutcome::Superseded { current: *current },
+            ClaimOutcome::Failed(e) => ClaimOutcome::Failed(if e.is_retryable() {
+                Error::unavailable(e.to_string())
+            } else {
+                Error::Backend {
+                    backend: "claim",
+                    message: e.to_string(),
+                    source: None,
+                }
+            }),
+        }
+    }
+}
+
+impl PartialEq for ClaimOutcome {
+    /// Equal variants with equal fields; two `Failed` are equal when their errors print alike.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ClaimOutcome::Won { token: a }, ClaimOutcome::Won { token: b })
+            | (ClaimOutcome::WonEarlier { token: a }, ClaimOutcome::WonEarlier { token: b }) => {
+                a == b
+            }
+            (ClaimOutcome::Lost { holder: a }, ClaimOutcome::Lost { holder: b }) => a == b,
+            (ClaimOutcome::Late, ClaimOutcome::Late)
+            | (ClaimOutcome::Tombstoned, ClaimOutcome::Tombstoned) => true,
+            (ClaimOutcome::Superseded { current: a }, ClaimOutcome::Superseded { current: b }) => {
+                a == b
+            }
+            (ClaimOutcome::Failed(a), ClaimOutcome::Failed(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        }
     }
 }
 

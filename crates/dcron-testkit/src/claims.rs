@@ -31,9 +31,9 @@ async fn claim_one(
     fire: &FireKey,
     node: &str,
 ) -> Result<ClaimOutcome, CaseError> {
-    let out = reg.claim(std::slice::from_ref(fire), node, LONG).await?;
+    let out = crate::harness::claim_fires(&*reg, node, std::slice::from_ref(fire), LONG).await?;
     ensure_eq!(out.len(), 1, "one fire claimed, one outcome expected");
-    Ok(out[0])
+    Ok(out[0].clone())
 }
 
 /// 16 clients race to claim each of 100 fires: exactly one `Won` per fire, 100 wins in total.
@@ -55,7 +55,7 @@ pub async fn sixteen_claimers_one_winner_per_fire(cx: &CaseContext) -> CaseResul
             // so that every fire is contended by calls in flight at the same time.
             for k in 0..all.len() {
                 let fire = &all[(k + i * 7) % all.len()];
-                let out = reg.claim(std::slice::from_ref(fire), &node, LONG).await?;
+                let out = crate::harness::claim_fires(&*reg, &node, std::slice::from_ref(fire), LONG).await?;
                 if out.len() != 1 {
                     return Err(CaseError::Failed(format!(
                         "claim of one fire answered {} outcomes",
@@ -64,7 +64,7 @@ pub async fn sixteen_claimers_one_winner_per_fire(cx: &CaseContext) -> CaseResul
                 }
                 if let ClaimOutcome::Won { token } = out[0] {
                     wins.push((fire.clone(), node.clone(), token));
-                } else if out[0] != ClaimOutcome::Lost {
+                } else if !matches!(out[0], ClaimOutcome::Lost { .. }) {
                     return Err(CaseError::Failed(format!(
                         "{fire}: expected Won or Lost, got {:?}",
                         out[0]
@@ -119,7 +119,7 @@ pub async fn concurrent_overlapping_batches(cx: &CaseContext) -> CaseResult {
             batch.reverse();
         }
         calls.push(tokio::spawn(async move {
-            let out = reg.claim(&batch, &format!("node-{i}"), LONG).await;
+            let out = crate::harness::claim_fires(&*reg, &format!("node-{i}"), &batch, LONG).await;
             (batch, out)
         }));
     }
@@ -130,7 +130,7 @@ pub async fn concurrent_overlapping_batches(cx: &CaseContext) -> CaseResult {
         ensure_eq!(out.len(), batch.len(), "one outcome per fire");
         for (fire, o) in batch.iter().zip(&out) {
             ensure!(
-                matches!(o, ClaimOutcome::Won { .. } | ClaimOutcome::Lost),
+                matches!(o, ClaimOutcome::Won { .. } | ClaimOutcome::Lost { .. }),
                 "{fire}: unexpected {o:?}"
             );
             if o.is_won() {
@@ -153,20 +153,19 @@ pub async fn batch_mixed_outcomes_in_order(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     let all = fires("mixed", 6);
     // Pre-claim fires 1 and 4 from another node.
-    let pre = reg
-        .claim(&[all[1].clone(), all[4].clone()], "other", LONG)
+    let pre = crate::harness::claim_fires(&*reg, "other", &[all[1].clone(), all[4].clone()], LONG)
         .await?;
     ensure!(
         pre.iter().all(ClaimOutcome::is_won),
         "fresh fires must be won: {pre:?}"
     );
-    let out = reg.claim(&all, "me", LONG).await?;
+    let out = crate::harness::claim_fires(&*reg, "me", &all, LONG).await?;
     ensure_eq!(out.len(), all.len(), "one outcome per fire");
     for (i, o) in out.iter().enumerate() {
         let expect_won = i != 1 && i != 4;
         ensure_eq!(o.is_won(), expect_won, "outcome {i} ({o:?})");
         if !expect_won {
-            ensure_eq!(*o, ClaimOutcome::Lost, "outcome {i}");
+            ensure_eq!(*o, ClaimOutcome::Lost { holder: None }, "outcome {i}");
         }
     }
     Ok(())
@@ -177,14 +176,13 @@ pub async fn duplicate_fire_in_batch_first_wins(cx: &CaseContext) -> CaseResult 
     let reg = cx.open().await?;
     let a = FireKey::new("dup", instant(0));
     let b = FireKey::new("dup", instant(1000));
-    let out = reg
-        .claim(&[a.clone(), b.clone(), a.clone(), a.clone()], "me", LONG)
+    let out = crate::harness::claim_fires(&*reg, "me", &[a.clone(), b.clone(), a.clone(), a.clone()], LONG)
         .await?;
     ensure_eq!(out.len(), 4, "one outcome per entry");
     ensure!(out[0].is_won(), "first occurrence must win: {out:?}");
     ensure!(out[1].is_won(), "a distinct fire must win: {out:?}");
-    ensure_eq!(out[2], ClaimOutcome::Lost, "second occurrence");
-    ensure_eq!(out[3], ClaimOutcome::Lost, "third occurrence");
+    ensure_eq!(out[2], ClaimOutcome::Lost { holder: None }, "second occurrence");
+    ensure_eq!(out[3], ClaimOutcome::Lost { holder: None }, "third occurrence");
     let claims = reg.list_claims("dup").await?;
     ensure_eq!(claims.items.len(), 2, "two distinct fires retained");
     Ok(())
@@ -193,7 +191,7 @@ pub async fn duplicate_fire_in_batch_first_wins(cx: &CaseContext) -> CaseResult 
 /// An empty batch answers an empty list.
 pub async fn empty_batch_answers_nothing(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
-    let out = reg.claim(&[], "me", LONG).await?;
+    let out = crate::harness::claim_fires(&*reg, "me", &[], LONG).await?;
     ensure!(out.is_empty(), "expected no outcomes, got {out:?}");
     Ok(())
 }
@@ -211,7 +209,7 @@ pub async fn claims_outlive_the_handler(cx: &CaseContext) -> CaseResult {
     ensure_eq!(listed.items[0].fire, fire, "retained claim's fire");
     for (reg, node) in [(&a, "first"), (&b, "second"), (&b, "first")] {
         let again = claim_one(reg.as_ref(), &fire, node).await?;
-        ensure_eq!(again, ClaimOutcome::Lost, "re-claim by {node}");
+        ensure_eq!(again, ClaimOutcome::Lost { holder: None }, "re-claim by {node}");
     }
     Ok(())
 }
@@ -236,7 +234,7 @@ pub async fn instants_are_independent(cx: &CaseContext) -> CaseResult {
     );
     ensure_eq!(
         claim_one(reg.as_ref(), &t1, "a").await?,
-        ClaimOutcome::Lost,
+        ClaimOutcome::Lost { holder: None },
         "re-claim of the second instant"
     );
     Ok(())
@@ -248,7 +246,7 @@ pub async fn tasks_are_independent(cx: &CaseContext) -> CaseResult {
     let at = instant(0);
     let names = ["alpha", "alpha2", "alph", "beta"];
     let batch: Vec<FireKey> = names.iter().map(|n| FireKey::new(*n, at)).collect();
-    let out = reg.claim(&batch, "me", LONG).await?;
+    let out = crate::harness::claim_fires(&*reg, "me", &batch, LONG).await?;
     ensure!(
         out.iter().all(ClaimOutcome::is_won),
         "same instant, different tasks: all won, got {out:?}"
@@ -282,7 +280,7 @@ pub async fn tombstoned_task_answers_tombstoned(cx: &CaseContext) -> CaseResult 
         FireKey::new("gone", instant(0)),
         FireKey::new("live", instant(1000)),
     ];
-    let out = other.claim(&batch, "me", LONG).await?;
+    let out = crate::harness::claim_fires(&*other, "me", &batch, LONG).await?;
     ensure_eq!(out.len(), 3, "one outcome per fire");
     ensure!(out[0].is_won(), "live fire: {:?}", out[0]);
     ensure_eq!(out[1], ClaimOutcome::Tombstoned, "tombstoned fire");
@@ -326,7 +324,7 @@ pub async fn reuse_makes_fires_claimable(cx: &CaseContext) -> CaseResult {
     reg.clear_tombstone("again").await?;
     ensure_eq!(
         claim_one(reg.as_ref(), &fire, "b").await?,
-        ClaimOutcome::Lost,
+        ClaimOutcome::Lost { holder: None },
         "a fire claimed before mark-deleted + reuse"
     );
     Ok(())
@@ -339,8 +337,8 @@ pub async fn fencing_tokens_nonzero_and_distinct(cx: &CaseContext) -> CaseResult
     let all = fires("fenced", 40);
     let (first, second) = all.split_at(20);
     let (oa, ob) = tokio::join!(
-        a.claim(first, "node-a", LONG),
-        b.claim(second, "node-b", LONG)
+        crate::harness::claim_fires(&*a, "node-a", first, LONG),
+        crate::harness::claim_fires(&*b, "node-b", second, LONG)
     );
     let mut tokens = BTreeMap::new();
     for (fire, o) in first.iter().zip(oa?).chain(second.iter().zip(ob?)) {
@@ -382,9 +380,9 @@ pub async fn list_claims_names_the_winners(cx: &CaseContext) -> CaseResult {
         "no claims for an unknown task"
     );
     let f = fires("owned", 3);
-    reg.claim(&f[..1], "node-x", LONG).await?;
-    reg.claim(&f[1..], "node-y", LONG).await?;
-    reg.claim(&[FireKey::new("owned-other", instant(0))], "node-z", LONG)
+    crate::harness::claim_fires(&*reg, "node-x", &f[..1], LONG).await?;
+    crate::harness::claim_fires(&*reg, "node-y", &f[1..], LONG).await?;
+    crate::harness::claim_fires(&*reg, "node-z", &[FireKey::new("owned-other", instant(0))], LONG)
         .await?;
     let mut listed: Vec<(i64, String)> = reg
         .list_claims("owned")
@@ -408,8 +406,7 @@ pub async fn retention_expiry_allows_a_new_claim(cx: &CaseContext) -> CaseResult
     let reg = cx.open().await?;
     let retention = cx.min_ttl();
     let fire = FireKey::new("retained", instant(0));
-    let out = reg
-        .claim(std::slice::from_ref(&fire), "a", retention)
+    let out = crate::harness::claim_fires(&*reg, "a", std::slice::from_ref(&fire), retention)
         .await?;
     ensure!(out[0].is_won(), "fresh fire: {:?}", out[0]);
     let long_lived = FireKey::new("retained", instant(1000));
@@ -422,8 +419,7 @@ pub async fn retention_expiry_allows_a_new_claim(cx: &CaseContext) -> CaseResult
         let reg = reg.clone();
         let fire = fire.clone();
         async move {
-            let out = reg
-                .claim(std::slice::from_ref(&fire), "b", retention)
+            let out = crate::harness::claim_fires(&*reg, "b", std::slice::from_ref(&fire), retention)
                 .await?;
             Ok(out.first().is_some_and(ClaimOutcome::is_won))
         }
@@ -435,7 +431,7 @@ pub async fn retention_expiry_allows_a_new_claim(cx: &CaseContext) -> CaseResult
     );
     ensure_eq!(
         claim_one(reg.as_ref(), &long_lived, "b").await?,
-        ClaimOutcome::Lost,
+        ClaimOutcome::Lost { holder: None },
         "a claim with a long retention is still held"
     );
     Ok(())
@@ -445,14 +441,14 @@ pub async fn retention_expiry_allows_a_new_claim(cx: &CaseContext) -> CaseResult
 pub async fn cleanup_frees_claims(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     let f = fires("recycled", 3);
-    let out = reg.claim(&f, "a", LONG).await?;
+    let out = crate::harness::claim_fires(&*reg, "a", &f, LONG).await?;
     ensure!(out.iter().all(ClaimOutcome::is_won), "fresh: {out:?}");
     reg.cleanup_task("recycled").await?;
     ensure!(
         reg.list_claims("recycled").await?.items.is_empty(),
         "claims removed by cleanup"
     );
-    let again = reg.claim(&f, "b", LONG).await?;
+    let again = crate::harness::claim_fires(&*reg, "b", &f, LONG).await?;
     ensure!(
         again.iter().all(ClaimOutcome::is_won),
         "after cleanup: {again:?}"
@@ -471,7 +467,7 @@ pub async fn force_put_clears_claims_update_keeps_them(cx: &CaseContext) -> Case
         .await?;
     ensure_eq!(
         claim_one(reg.as_ref(), &fire, "b").await?,
-        ClaimOutcome::Lost,
+        ClaimOutcome::Lost { holder: None },
         "after Update the claim is kept"
     );
     ensure_eq!(
@@ -498,14 +494,14 @@ pub async fn large_batch_of_500_fires(cx: &CaseContext) -> CaseResult {
     let batch: Vec<FireKey> = (0..500i64)
         .map(|i| FireKey::new(format!("wide-{}", i % 25), instant(i * 1000)))
         .collect();
-    let out = reg.claim(&batch, "a", LONG).await?;
+    let out = crate::harness::claim_fires(&*reg, "a", &batch, LONG).await?;
     ensure_eq!(out.len(), batch.len(), "one outcome per fire");
     let won = out.iter().filter(|o| o.is_won()).count();
     ensure_eq!(won, batch.len(), "fresh fires won");
-    let again = cx.open().await?.claim(&batch, "b", LONG).await?;
+    let again = crate::harness::claim_fires(&*cx.open().await?, "b", &batch, LONG).await?;
     ensure_eq!(again.len(), batch.len(), "one outcome per fire");
     ensure!(
-        again.iter().all(|o| *o == ClaimOutcome::Lost),
+        again.iter().all(|o| matches!(o, ClaimOutcome::Lost { .. })),
         "every fire of the repeated batch must be Lost"
     );
     ensure_eq!(
@@ -543,8 +539,8 @@ pub async fn mark_deleted_races_claimers(cx: &CaseContext) -> CaseResult {
             while !stop.load(Ordering::Acquire) {
                 let fire = FireKey::new("racing", instant(i * 10 + c));
                 let sent = Instant::now();
-                let out = reg.claim(std::slice::from_ref(&fire), "n", LONG).await?;
-                log.push((sent, out.first().copied()));
+                let out = crate::harness::claim_fires(&*reg, "n", std::slice::from_ref(&fire), LONG).await?;
+                log.push((sent, out.first().cloned()));
                 calls.fetch_add(1, Ordering::AcqRel);
                 i += 1;
                 // An in-process registry never awaits: yield so the case itself can run.
@@ -567,8 +563,7 @@ pub async fn mark_deleted_races_claimers(cx: &CaseContext) -> CaseResult {
     let after = wait_until(Duration::from_secs(5), || {
         let marker = marker.clone();
         async move {
-            let got = marker
-                .claim(&[FireKey::new("racing", instant(-1))], "probe", LONG)
+            let got = crate::harness::claim_fires(&*marker, "probe", &[FireKey::new("racing", instant(-1))], LONG)
                 .await?;
             Ok(got.first() == Some(&ClaimOutcome::Tombstoned))
         }
@@ -613,7 +608,7 @@ pub async fn list_claims_lists_a_thousand(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     let all = fires("many", 1000);
     for chunk in all.chunks(250) {
-        let out = reg.claim(chunk, "n", LONG).await?;
+        let out = crate::harness::claim_fires(&*reg, "n", chunk, LONG).await?;
         ensure!(
             out.iter().all(ClaimOutcome::is_won),
             "fresh fires must be won"

@@ -88,12 +88,7 @@ pub async fn corrupt_record_blocks_nothing_else(cx: &CaseContext) -> CaseResult 
         Error::Corrupt { .. },
         "the corrupt value is untouched by a refused create-only"
     );
-    let out = reg
-        .claim(
-            &[FireKey::new("broken", instant(0))],
-            "n",
-            Duration::from_secs(600),
-        )
+    let out = crate::harness::claim_fires(&*reg, "n", &[FireKey::new("broken", instant(0))], Duration::from_secs(600))
         .await?;
     ensure!(out[0].is_won(), "a fire of the name is claimable: {out:?}");
     reg.mark_deleted("broken", now_millis()).await?;

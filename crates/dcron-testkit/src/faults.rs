@@ -21,8 +21,7 @@ pub async fn restart_keeps_records(cx: &CaseContext) -> CaseResult {
     let at = now_millis();
     reg.mark_deleted("durable-tomb", at).await?;
     let fire = FireKey::new("durable", instant(0));
-    let won = reg
-        .claim(std::slice::from_ref(&fire), "n", Duration::from_secs(600))
+    let won = crate::harness::claim_fires(&*reg, "n", std::slice::from_ref(&fire), Duration::from_secs(600))
         .await?;
     ensure!(won[0].is_won(), "fresh fire: {won:?}");
 
@@ -56,10 +55,9 @@ pub async fn restart_keeps_records(cx: &CaseContext) -> CaseResult {
         Some(at),
         "tombstone after restart"
     );
-    let again = reg
-        .claim(std::slice::from_ref(&fire), "m", Duration::from_secs(600))
+    let again = crate::harness::claim_fires(&*reg, "m", std::slice::from_ref(&fire), Duration::from_secs(600))
         .await?;
-    ensure_eq!(again[0], ClaimOutcome::Lost, "claim after restart");
+    ensure_eq!(again[0], ClaimOutcome::Lost { holder: None }, "claim after restart");
     Ok(())
 }
 

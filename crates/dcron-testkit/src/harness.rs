@@ -393,3 +393,46 @@ where
 pub async fn node_listed(reg: &dyn Registry, id: &str) -> Result<bool, CaseError> {
     Ok(reg.list_nodes().await?.items.iter().any(|n| n.id == id))
 }
+
+/// Claims `fires` for `node` (epoch 1) in the current lives of their tasks, starting a life at
+/// [`instant`]`(0)` for a task without one; each fire's deadline is a day after its instant.
+/// What most claim cases need when the lives themselves are not under test.
+///
+/// # Errors
+/// The registry's errors.
+pub async fn claim_fires(
+    reg: &dyn Registry,
+    node: &str,
+    fires: &[dcron_core::FireKey],
+    retention: Duration,
+) -> dcron_core::Result<Vec<dcron_core::ClaimOutcome>> {
+    let mut tasks: Vec<(String, DateTime<Utc>)> = Vec::new();
+    for f in fires {
+        if !tasks.iter().any(|(t, _)| *t == f.task) {
+            tasks.push((f.task.clone(), instant(0)));
+        }
+    }
+    let lives = if tasks.is_empty() {
+        Vec::new()
+    } else {
+        reg.ensure_lives(&tasks).await?
+    };
+    let requests: Vec<dcron_core::ClaimRequest> = fires
+        .iter()
+        .map(|f| {
+            let generation = tasks
+                .iter()
+                .position(|(t, _)| *t == f.task)
+                .and_then(|i| lives.get(i))
+                .map_or(0, |l| l.generation);
+            dcron_core::ClaimRequest::new(
+                f.clone(),
+                generation,
+                f.instant + chrono::Duration::days(1),
+                retention,
+            )
+        })
+        .collect();
+    reg.claim(&dcron_core::Claimant::new(node, 1), &requests)
+        .await
+}

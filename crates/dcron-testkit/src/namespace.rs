@@ -40,8 +40,7 @@ pub async fn tombstones_are_isolated(cx: &CaseContext) -> CaseResult {
     );
     b.put_task(&TaskMeta::new("gone-in-a", "@hourly"), PutMode::CreateOnly)
         .await?;
-    let out = b
-        .claim(&[FireKey::new("gone-in-a", instant(0))], "n", LONG)
+    let out = crate::harness::claim_fires(&*b, "n", &[FireKey::new("gone-in-a", instant(0))], LONG)
         .await?;
     ensure!(
         matches!(out[..], [ClaimOutcome::Won { .. }]),
@@ -55,9 +54,9 @@ pub async fn claims_are_isolated(cx: &CaseContext) -> CaseResult {
     let a = cx.open().await?;
     let b = cx.open_other().await?;
     let fire = FireKey::new("both", instant(0));
-    let oa = a.claim(std::slice::from_ref(&fire), "n", LONG).await?;
+    let oa = crate::harness::claim_fires(&*a, "n", std::slice::from_ref(&fire), LONG).await?;
     ensure!(b.list_claims("both").await?.items.is_empty(), "claims in B");
-    let ob = b.claim(std::slice::from_ref(&fire), "n", LONG).await?;
+    let ob = crate::harness::claim_fires(&*b, "n", std::slice::from_ref(&fire), LONG).await?;
     ensure!(
         oa[0].is_won() && ob[0].is_won(),
         "one win per namespace: {oa:?} {ob:?}"
@@ -104,7 +103,7 @@ pub async fn cleanup_all_stays_in_its_namespace(cx: &CaseContext) -> CaseResult 
         reg.put_task(&TaskMeta::new("t", "@hourly"), PutMode::CreateOnly)
             .await?;
         reg.mark_deleted("d", now_millis()).await?;
-        reg.claim(&[FireKey::new("t", instant(0))], "n", LONG)
+        crate::harness::claim_fires(&**reg, "n", &[FireKey::new("t", instant(0))], LONG)
             .await?;
     }
     b.cleanup_all().await?;

@@ -105,7 +105,7 @@ pub async fn cleanup_removes_every_trace(cx: &CaseContext) -> CaseResult {
     for name in ["doomed", "doomed-neighbour"] {
         reg.put_task(&TaskMeta::new(name, "@hourly"), PutMode::CreateOnly)
             .await?;
-        reg.claim(&[FireKey::new(name, instant(0))], "n", LONG)
+        crate::harness::claim_fires(&*reg, "n", &[FireKey::new(name, instant(0))], LONG)
             .await?;
         reg.mark_deleted(name, now_millis()).await?;
     }
@@ -129,8 +129,7 @@ pub async fn cleanup_removes_every_trace(cx: &CaseContext) -> CaseResult {
     // The name is free again.
     reg.put_task(&TaskMeta::new("doomed", "@hourly"), PutMode::CreateOnly)
         .await?;
-    let out = reg
-        .claim(&[FireKey::new("doomed", instant(0))], "n", LONG)
+    let out = crate::harness::claim_fires(&*reg, "n", &[FireKey::new("doomed", instant(0))], LONG)
         .await?;
     ensure!(
         matches!(out[..], [ClaimOutcome::Won { .. }]),
@@ -183,14 +182,14 @@ pub async fn cleanup_all_empties_the_namespace(cx: &CaseContext) -> CaseResult {
         let name = format!("all-{i}");
         reg.put_task(&TaskMeta::new(&name, "@hourly"), PutMode::CreateOnly)
             .await?;
-        reg.claim(&[FireKey::new(&name, instant(0))], "n", LONG)
+        crate::harness::claim_fires(&*reg, "n", &[FireKey::new(&name, instant(0))], LONG)
             .await?;
         if i % 3 == 0 {
             reg.mark_deleted(&name, now_millis()).await?;
         }
     }
     reg.mark_deleted("static-only", now_millis()).await?;
-    reg.claim(&[FireKey::new("claims-only", instant(0))], "n", LONG)
+    crate::harness::claim_fires(&*reg, "n", &[FireKey::new("claims-only", instant(0))], LONG)
         .await?;
     reg.cleanup_all().await?;
     let other = cx.open().await?;

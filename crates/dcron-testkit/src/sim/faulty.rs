@@ -21,8 +21,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::memory::MemoryRegistry;
 use dcron_core::{
-    Capabilities, Claim, ClaimOutcome, Error, FireKey, Lease, Listing, Node, NodeEvent, PutMode,
-    RecordKind, Registry, Result, TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
+    Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, Error, FireKey, Lease, Life,
+    Listing, Node, NodeEvent, PutMode, RecordKind, Registry, Result, TaskMeta, TaskMetaEvent,
+    Tombstone, WatchStream,
 };
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -356,48 +357,57 @@ impl Registry for FaultyRegistry {
         self.call(self.inner.cleanup_all()).await.0
     }
 
+    async fn ensure_lives(&self, names: &[(String, DateTime<Utc>)]) -> Result<Vec<Life>> {
+        self.call(self.inner.ensure_lives(names)).await.0
+    }
+
+    async fn restart_life(&self, name: &str, at: DateTime<Utc>) -> Result<Life> {
+        self.call(self.inner.restart_life(name, at)).await.0
+    }
+
     async fn claim(
         &self,
-        fires: &[FireKey],
-        node_id: &str,
-        retention: Duration,
+        claimant: &Claimant,
+        requests: &[ClaimRequest],
     ) -> Result<Vec<ClaimOutcome>> {
+        let fires: Vec<FireKey> = requests.iter().map(|r| r.fire.clone()).collect();
+        let node_id = claimant.node_id.as_str();
         let decide = async {
             if self.broken_claims {
-                Ok(fires
+                Ok(requests
                     .iter()
                     .map(|_| ClaimOutcome::Won {
                         token: self.broken_tokens.fetch_add(1, Ordering::SeqCst),
                     })
                     .collect())
             } else {
-                self.inner.claim(fires, node_id, retention).await
+                self.inner.claim(claimant, requests).await
             }
         };
         let (result, acted) = self.call(decide).await;
         // The registry acted: log what it granted, and whether the winner hears of it.
         if acted {
             let delivered = result.is_ok();
-            let outcomes = match &result {
+            let outcomes: Vec<ClaimOutcome> = match &result {
                 Ok(o) => o.clone(),
                 // The reply was lost: read back what the registry decided.
                 Err(_) => Vec::new(),
             };
             if delivered {
                 for (fire, outcome) in fires.iter().zip(&outcomes) {
-                    if let ClaimOutcome::Won { token } = outcome {
+                    if let ClaimOutcome::Won { token } = *outcome {
                         self.claims.grant(
                             fire.clone(),
                             GrantedClaim {
                                 node: self.label.to_string(),
-                                token: *token,
+                                token,
                                 delivered: true,
                             },
                         );
                     }
                 }
             } else {
-                for fire in fires {
+                for fire in &fires {
                     let listed = self.inner.list_claims(&fire.task).await;
                     let won = listed.ok().and_then(|l| {
                         l.items.into_iter().find(|c| {
