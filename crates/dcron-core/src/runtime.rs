@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{until, Clock};
-use crate::dcron::{Config, Health, View};
+use crate::dcron::{Config, Health, Inner, View};
 use crate::engine::plan::{self, CatchUp, Fires, Pause};
 use crate::error::{Error, Result};
 use crate::event::DcronEvent;
@@ -265,17 +265,15 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    pub(crate) fn new(
-        node_id: Arc<str>,
-        cfg: Arc<Config>,
-        registry: Arc<dyn Registry>,
-        clock: Arc<dyn Clock>,
-        view: Arc<RwLock<View>>,
-        health: watch::Sender<Health>,
-        lease_slot: Arc<std::sync::Mutex<Option<Lease>>>,
-        events: broadcast::Sender<DcronEvent>,
-        commands: mpsc::UnboundedReceiver<Command>,
-    ) -> Self {
+    pub(crate) fn new(inner: &Inner, commands: mpsc::UnboundedReceiver<Command>) -> Self {
+        let node_id = inner.node_id.clone();
+        let cfg = inner.cfg.clone();
+        let registry = inner.registry.clone();
+        let clock = inner.clock.clone();
+        let view = inner.view.clone();
+        let health = inner.health.clone();
+        let lease_slot = inner.lease_slot.clone();
+        let events = inner.events.clone();
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let now = clock.now();
         let mut record = Node::new(node_id.to_string(), now);
