@@ -350,6 +350,34 @@ async fn a_restarted_node_catches_up_what_its_predecessor_left_since_live_since(
     a2.stop().await.expect("stop");
 }
 
+/// Places every task on the member whose id sorts first (node ids start with the node's name).
+#[derive(Debug)]
+struct FirstMember;
+
+#[derive(Debug)]
+struct First(Option<String>);
+
+impl Placement for First {
+    fn owner(&self, _task: &str, _tasks: &[&str]) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl Assigner for FirstMember {
+    fn name(&self) -> &str {
+        "first-member"
+    }
+    fn depends_on_task_list(&self) -> bool {
+        false
+    }
+    fn prepare(
+        &self,
+        members: &[Member],
+    ) -> std::result::Result<Box<dyn Placement>, dcron_assign::AssignError> {
+        Ok(Box::new(First(members.iter().map(|m| m.id.clone()).min())))
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn cleanup_and_force_add_of_a_static_task_never_rerun_a_past_fire() {
     let c = Cluster::new();
@@ -361,6 +389,7 @@ async fn cleanup_and_force_add_of_a_static_task_never_rerun_a_past_fire() {
     let builder = |name, clock: TokioClock| {
         c.builder(name, reg.clone())
             .clock(Arc::new(clock))
+            .assigner(Arc::new(FirstMember))
             .max_clock_skew(Duration::from_secs(5))
             .misfire_policy(MisfirePolicy::FireAll { max: 1000 })
     };
@@ -512,8 +541,12 @@ async fn handovers(polling_only: bool, graceful: bool) {
     let mut nodes = Vec::new();
     for i in 0..4 {
         let name = format!("n{i}");
-        // The default misfire policy: FireOnce.
-        let b = c.builder(&name, faulty(&c.registry, &faults));
+        // The default misfire policy (FireOnce); a polling registry is polled at the default
+        // interval (5 s), so a handover leaves seconds unclaimed.
+        let mut b = c.builder(&name, faulty(&c.registry, &faults));
+        if polling_only {
+            b = b.poll_interval(Duration::from_secs(5));
+        }
         nodes.push(c.start(b, &name, &statics).await);
     }
     advance(Duration::from_secs(3)).await;
