@@ -271,3 +271,12 @@ pub async fn cleanup_all_removes_records(cx: &CaseContext) -> CaseResult {
     }
     Ok(())
 }
+
+/// Records work, or every record call answers `Unsupported` as `capabilities.records` declares.
+pub async fn record_capability_is_honest(cx: &CaseContext) -> CaseResult {
+    match records_client(cx).await {
+        // Declared unsupported, and the calls answer `Unsupported`: honest.
+        Ok(_) | Err(CaseError::Skipped(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

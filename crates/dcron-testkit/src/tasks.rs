@@ -10,7 +10,7 @@ use crate::harness::{now_millis, CaseContext, CaseError, CaseResult};
 use crate::{ensure, ensure_eq, ensure_err};
 
 fn meta(name: &str) -> TaskMeta {
-    TaskMeta::new(name, "*/5 * * * * *")
+    crate::harness::task_meta(name, "*/5 * * * * *")
 }
 
 /// A record with every optional field set.
@@ -348,7 +348,12 @@ pub async fn names_with_every_character_class(cx: &CaseContext) -> CaseResult {
         .collect();
     ensure_eq!(tombs, vec![star.to_string()], "only `*` is tombstoned");
     let fire = dcron_core::FireKey::new("star*", crate::harness::instant(0));
-    crate::harness::claim_fires(&*reg, "n", std::slice::from_ref(&fire), std::time::Duration::from_secs(600))
+    crate::harness::claim_fires(
+        &*reg,
+        "n",
+        std::slice::from_ref(&fire),
+        std::time::Duration::from_secs(600),
+    )
     .await?;
     reg.cleanup_task(star).await?;
     ensure_eq!(reg.get_task(star).await?, None, "`*` cleaned up");

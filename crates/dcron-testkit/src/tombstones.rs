@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::Duration as ChronoDuration;
-use dcron_core::{ClaimOutcome, Error, FireKey, PutMode, TaskMeta, Tombstone};
+use dcron_core::{ClaimOutcome, Error, FireKey, PutMode, Tombstone};
 
 use crate::harness::{instant, node_listed, now_millis, CaseContext, CaseResult};
 use crate::{ensure, ensure_eq, ensure_err};
@@ -47,7 +47,7 @@ pub async fn mark_deleted_without_a_record(cx: &CaseContext) -> CaseResult {
 /// `mark_deleted` is idempotent: the first time is kept and the record is kept.
 pub async fn mark_deleted_is_idempotent(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
-    let m = TaskMeta::new("twice", "@hourly").with_payload("kept");
+    let m = crate::harness::task_meta("twice", "@hourly").with_payload("kept");
     reg.put_task(&m, PutMode::CreateOnly).await?;
     let first = now_millis() - ChronoDuration::seconds(30);
     reg.mark_deleted("twice", first).await?;
@@ -71,7 +71,7 @@ pub async fn reuse_clears_the_tombstone(cx: &CaseContext) -> CaseResult {
         Error::NotFound { .. },
         "clear_tombstone without a tombstone"
     );
-    let m = TaskMeta::new("reborn", "@daily");
+    let m = crate::harness::task_meta("reborn", "@daily");
     reg.put_task(&m, PutMode::CreateOnly).await?;
     reg.mark_deleted("reborn", now_millis()).await?;
     reg.clear_tombstone("reborn").await?;
@@ -82,7 +82,7 @@ pub async fn reuse_clears_the_tombstone(cx: &CaseContext) -> CaseResult {
     );
     ensure_eq!(reg.get_task("reborn").await?, Some(m), "record kept");
     reg.put_task(
-        &TaskMeta::new("reborn", "@daily").with_payload("v2"),
+        &crate::harness::task_meta("reborn", "@daily").with_payload("v2"),
         PutMode::Update,
     )
     .await?;
@@ -94,8 +94,11 @@ pub async fn reuse_clears_the_tombstone(cx: &CaseContext) -> CaseResult {
     // A name tombstoned without a record can be created again after reuse.
     reg.mark_deleted("fresh", now_millis()).await?;
     reg.clear_tombstone("fresh").await?;
-    reg.put_task(&TaskMeta::new("fresh", "@daily"), PutMode::CreateOnly)
-        .await?;
+    reg.put_task(
+        &crate::harness::task_meta("fresh", "@daily"),
+        PutMode::CreateOnly,
+    )
+    .await?;
     Ok(())
 }
 
@@ -103,10 +106,12 @@ pub async fn reuse_clears_the_tombstone(cx: &CaseContext) -> CaseResult {
 pub async fn cleanup_removes_every_trace(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     for name in ["doomed", "doomed-neighbour"] {
-        reg.put_task(&TaskMeta::new(name, "@hourly"), PutMode::CreateOnly)
-            .await?;
-        crate::harness::claim_fires(&*reg, "n", &[FireKey::new(name, instant(0))], LONG)
-            .await?;
+        reg.put_task(
+            &crate::harness::task_meta(name, "@hourly"),
+            PutMode::CreateOnly,
+        )
+        .await?;
+        crate::harness::claim_fires(&*reg, "n", &[FireKey::new(name, instant(0))], LONG).await?;
         reg.mark_deleted(name, now_millis()).await?;
     }
     reg.cleanup_task("doomed").await?;
@@ -127,8 +132,11 @@ pub async fn cleanup_removes_every_trace(cx: &CaseContext) -> CaseResult {
         "the neighbour keeps its record, tombstone and claim"
     );
     // The name is free again.
-    reg.put_task(&TaskMeta::new("doomed", "@hourly"), PutMode::CreateOnly)
-        .await?;
+    reg.put_task(
+        &crate::harness::task_meta("doomed", "@hourly"),
+        PutMode::CreateOnly,
+    )
+    .await?;
     let out = crate::harness::claim_fires(&*reg, "n", &[FireKey::new("doomed", instant(0))], LONG)
         .await?;
     ensure!(
@@ -142,8 +150,11 @@ pub async fn cleanup_removes_every_trace(cx: &CaseContext) -> CaseResult {
 pub async fn cleanup_is_idempotent(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     reg.cleanup_task("never-existed").await?;
-    reg.put_task(&TaskMeta::new("once", "@hourly"), PutMode::CreateOnly)
-        .await?;
+    reg.put_task(
+        &crate::harness::task_meta("once", "@hourly"),
+        PutMode::CreateOnly,
+    )
+    .await?;
     reg.cleanup_task("once").await?;
     reg.cleanup_task("once").await?;
     ensure_eq!(reg.get_task("once").await?, None, "record removed");
@@ -180,10 +191,12 @@ pub async fn cleanup_all_empties_the_namespace(cx: &CaseContext) -> CaseResult {
     let lease = reg.register(&node, cx.min_ttl() * 10).await?;
     for i in 0..30 {
         let name = format!("all-{i}");
-        reg.put_task(&TaskMeta::new(&name, "@hourly"), PutMode::CreateOnly)
-            .await?;
-        crate::harness::claim_fires(&*reg, "n", &[FireKey::new(&name, instant(0))], LONG)
-            .await?;
+        reg.put_task(
+            &crate::harness::task_meta(&name, "@hourly"),
+            PutMode::CreateOnly,
+        )
+        .await?;
+        crate::harness::claim_fires(&*reg, "n", &[FireKey::new(&name, instant(0))], LONG).await?;
         if i % 3 == 0 {
             reg.mark_deleted(&name, now_millis()).await?;
         }
