@@ -39,7 +39,7 @@ async fn claim_one(
     fire: &FireKey,
     node: &str,
 ) -> Result<ClaimOutcome, CaseError> {
-    let out = crate::harness::claim_fires(&*reg, node, std::slice::from_ref(fire), LONG).await?;
+    let out = crate::harness::claim_fires(reg, node, std::slice::from_ref(fire), LONG).await?;
     ensure_eq!(out.len(), 1, "one fire claimed, one outcome expected");
     Ok(out[0].clone())
 }

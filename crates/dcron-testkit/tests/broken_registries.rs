@@ -116,6 +116,15 @@ enum Fault {
     WatchLeaksOtherNamespaces,
     /// After each `Put` of a key the watch repeats the previous `Put` of that key.
     WatchStaleDuplicates,
+    // ----- more -----
+    /// Task and node listings also list the namespaces whose names extend this one.
+    ListsPrefixNamespaces,
+    /// Declares records unsupported but serves them anyway.
+    RecordsDeclaredUnsupportedButWork,
+    /// `Lost` never names the holder.
+    LostHidesHolder,
+    /// A tombstoned name gets no life (`ensure_lives` answers `Tombstoned`).
+    NoLifeForTombstoned,
 }
 
 const BIG: u64 = 1 << 40;
@@ -237,12 +246,31 @@ impl Broken {
         all.into_iter()
             .filter(|ns| *ns != self.namespace)
             .filter(|ns| match self.fault {
-                Fault::WatchLeaksPrefixNamespaces => ns.starts_with(&self.namespace),
+                Fault::WatchLeaksPrefixNamespaces | Fault::ListsPrefixNamespaces => {
+                    ns.starts_with(&self.namespace)
+                }
                 Fault::WatchLeaksOtherNamespaces => true,
                 _ => false,
             })
             .map(|ns| self.store.with_namespace(&ns))
             .collect()
+    }
+
+    /// The namespaces whose events this watch wrongly delivers.
+    fn leaked_watches(&self) -> Vec<MemoryRegistry> {
+        if self.fault == Fault::ListsPrefixNamespaces {
+            return Vec::new();
+        }
+        self.leaked_namespaces()
+    }
+
+    /// The namespaces whose entries this listing wrongly shows.
+    fn leaked_listings(&self) -> Vec<MemoryRegistry> {
+        if self.fault == Fault::ListsPrefixNamespaces {
+            self.leaked_namespaces()
+        } else {
+            Vec::new()
+        }
     }
 
     async fn claim_one(
@@ -271,6 +299,9 @@ impl Registry for Broken {
         }
         if self.fault == Fault::AcceptsLateClaims {
             caps.clock = true;
+        }
+        if self.fault == Fault::RecordsDeclaredUnsupportedButWork {
+            caps.records = false;
         }
         caps
     }
@@ -333,6 +364,9 @@ impl Registry for Broken {
 
     async fn list_nodes(&self) -> dcron_core::Result<Listing<Node>> {
         let mut listing = self.inner.list_nodes().await?;
+        for other in self.leaked_listings() {
+            listing.items.extend(other.list_nodes().await?.items);
+        }
         match self.fault {
             Fault::ListStopsAt100 => listing.items.truncate(200),
             Fault::ListsAnEntryTwice => {
@@ -360,7 +394,7 @@ impl Registry for Broken {
             });
         }
         let mut streams = vec![self.inner.watch_nodes().await?];
-        for other in self.leaked_namespaces() {
+        for other in self.leaked_watches() {
             streams.push(other.watch_nodes().await?);
         }
         let stream = futures::stream::select_all(streams).boxed();
@@ -422,6 +456,9 @@ impl Registry for Broken {
 
     async fn list_tasks(&self) -> dcron_core::Result<Listing<TaskMeta>> {
         let mut listing = self.inner.list_tasks().await?;
+        for other in self.leaked_listings() {
+            listing.items.extend(other.list_tasks().await?.items);
+        }
         if self.fault == Fault::ListStopsAt100 {
             listing.items.truncate(100);
         }
@@ -438,7 +475,7 @@ impl Registry for Broken {
             });
         }
         let mut streams = vec![self.inner.watch_tasks().await?];
-        for other in self.leaked_namespaces() {
+        for other in self.leaked_watches() {
             streams.push(other.watch_tasks().await?);
         }
         let stream = futures::stream::select_all(streams).boxed();
@@ -544,6 +581,13 @@ impl Registry for Broken {
     ) -> dcron_core::Result<Vec<Life>> {
         let mapped: Vec<(String, DateTime<Utc>)> =
             names.iter().map(|(n, at)| (self.name(n), *at)).collect();
+        if self.fault == Fault::NoLifeForTombstoned {
+            for (name, _) in &mapped {
+                if self.inner.get_tombstone(name).await?.is_some() {
+                    return Err(Error::Tombstoned { name: name.clone() });
+                }
+            }
+        }
         let lives = self.inner.ensure_lives(&mapped).await?;
         Ok(lives
             .into_iter()
@@ -687,6 +731,9 @@ impl Registry for Broken {
                         holder: Some(claimant.node_id.clone()),
                     }
                 }
+                (Fault::LostHidesHolder, ClaimOutcome::Lost { .. }) => {
+                    ClaimOutcome::Lost { holder: None }
+                }
                 (_, o) => o,
             };
             answered.push(self.outcome_out(&r.fire.task, o));
@@ -723,6 +770,37 @@ impl Registry for Broken {
             c.fire.task = self.out_name(&c.fire.task);
         }
         Ok(listing)
+    }
+
+    async fn put_records(
+        &self,
+        kind: dcron_core::RecordKind,
+        records: &[(String, Vec<u8>)],
+    ) -> dcron_core::Result<()> {
+        self.inner.put_records(kind, records).await
+    }
+
+    async fn get_record(
+        &self,
+        kind: dcron_core::RecordKind,
+        key: &str,
+    ) -> dcron_core::Result<Option<Vec<u8>>> {
+        self.inner.get_record(kind, key).await
+    }
+
+    async fn list_records(
+        &self,
+        kind: dcron_core::RecordKind,
+    ) -> dcron_core::Result<Vec<(String, Vec<u8>)>> {
+        self.inner.list_records(kind).await
+    }
+
+    async fn delete_record(
+        &self,
+        kind: dcron_core::RecordKind,
+        key: &str,
+    ) -> dcron_core::Result<bool> {
+        self.inner.delete_record(kind, key).await
     }
 }
 
@@ -1069,6 +1147,33 @@ async fn broken_watches_are_caught() {
             "watch::task_events_never_go_back",
             "watch::node_events_never_go_back",
         ],
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn more_broken_promises_are_caught() {
+    must_fail(
+        Fault::ListsPrefixNamespaces,
+        &["namespace::prefix_namespaces_are_isolated"],
+    )
+    .await;
+    must_fail(
+        Fault::RecordsDeclaredUnsupportedButWork,
+        &["records::record_capability_is_honest"],
+    )
+    .await;
+    must_fail(
+        Fault::LostHidesHolder,
+        &[
+            "claims::lost_names_the_holder",
+            "claims::claimant_is_idempotent",
+        ],
+    )
+    .await;
+    must_fail(
+        Fault::NoLifeForTombstoned,
+        &["lives::tombstoned_name_gets_a_life"],
     )
     .await;
 }
