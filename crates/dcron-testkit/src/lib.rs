@@ -28,7 +28,7 @@ pub use harness::{
     claim_as, claim_fires, holds_until, instant, node_listed, now_millis, servers_required,
     task_meta, wait_until, CaseContext, CaseError, CaseResult, Hooks, RegistryFactory, REQUIRE_ENV,
 };
-pub use ledger::{check, expected_fires, Duplicate, Execution, Ledger, Report};
+pub use ledger::{check, check_allowed, expected_fires, Duplicate, Execution, Ledger, Report};
 pub use memory::MemoryFactory;
 #[doc(hidden)]
 pub use runner::__private;

@@ -32,6 +32,7 @@ pub fn full_record(name: &str) -> TaskMeta {
         ),
         timeout_ms: Some(30_000),
         overlap: Some(dcron_core::OverlapPolicy::Skip),
+        run_if_past: true,
     }
 }
 
