@@ -250,22 +250,29 @@ pub async fn tasks_are_independent(cx: &CaseContext) -> CaseResult {
         out.iter().all(ClaimOutcome::is_won),
         "same instant, different tasks: all won, got {out:?}"
     );
-    reg.cleanup_task("alpha").await?;
-    let alpha2 = reg.list_claims("alpha2").await?;
+    reg.mark_deleted("alpha", now_millis()).await?;
+    let later: Vec<FireKey> = names
+        .iter()
+        .map(|n| FireKey::new(*n, instant(1000)))
+        .collect();
+    let out = crate::harness::claim_fires(&*reg, "me", &later, LONG).await?;
     ensure_eq!(
-        alpha2.items.len(),
-        1,
-        "cleanup of alpha keeps alpha2's claim"
-    );
-    ensure_eq!(
-        reg.list_claims("alph").await?.items.len(),
-        1,
-        "cleanup of alpha keeps alph's claim"
+        out[0],
+        ClaimOutcome::Tombstoned,
+        "alpha after its mark_deleted"
     );
     ensure!(
-        reg.list_claims("alpha").await?.items.is_empty(),
-        "alpha's claims removed by cleanup"
+        out[1..].iter().all(ClaimOutcome::is_won),
+        "the names beside a tombstoned `alpha` are unaffected: {out:?}"
     );
+    reg.cleanup_task("alpha").await?;
+    for name in ["alpha2", "alph", "beta"] {
+        ensure_eq!(
+            reg.list_claims(name).await?.items.len(),
+            2,
+            "cleanup of alpha keeps {name}'s claims"
+        );
+    }
     Ok(())
 }
 
@@ -443,26 +450,36 @@ pub async fn retention_expiry_allows_a_new_claim(cx: &CaseContext) -> CaseResult
 }
 
 /// `cleanup_task` removes the claims: the same fires can be won again.
-pub async fn cleanup_frees_claims(cx: &CaseContext) -> CaseResult {
+pub async fn cleanup_keeps_claims(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     let f = fires("recycled", 3);
     let out = crate::harness::claim_fires(&*reg, "a", &f, LONG).await?;
     ensure!(out.iter().all(ClaimOutcome::is_won), "fresh: {out:?}");
     reg.cleanup_task("recycled").await?;
-    ensure!(
-        reg.list_claims("recycled").await?.items.is_empty(),
-        "claims removed by cleanup"
+    ensure_eq!(
+        reg.list_claims("recycled").await?.items.len(),
+        3,
+        "claims listed after cleanup"
     );
+    // A later life of the name (claim_fires starts one) meets the earlier claims.
     let again = crate::harness::claim_fires(&*reg, "b", &f, LONG).await?;
     ensure!(
-        again.iter().all(ClaimOutcome::is_won),
-        "after cleanup: {again:?}"
+        again.iter().all(|o| matches!(o, ClaimOutcome::Lost { .. })),
+        "fires claimed before a cleanup, claimed again after it: {again:?}"
     );
+    let fresh = crate::harness::claim_fires(
+        &*reg,
+        "b",
+        &[FireKey::new("recycled", instant(99_000))],
+        LONG,
+    )
+    .await?;
+    ensure!(fresh[0].is_won(), "a new fire after cleanup: {fresh:?}");
     Ok(())
 }
 
-/// A `Force` put clears the name's claims; an `Update` put keeps them.
-pub async fn force_put_clears_claims_update_keeps_them(cx: &CaseContext) -> CaseResult {
+/// `Update` and `Force` puts keep the name's claims (claims end only with their retention).
+pub async fn force_and_update_keep_claims(cx: &CaseContext) -> CaseResult {
     let reg: Arc<dyn Registry> = cx.open().await?;
     let meta = task_meta("rewritten", "* * * * *");
     reg.put_task(&meta, PutMode::CreateOnly).await?;
@@ -475,20 +492,23 @@ pub async fn force_put_clears_claims_update_keeps_them(cx: &CaseContext) -> Case
         matches!(kept, ClaimOutcome::Lost { .. }),
         "after Update the claim is kept: {kept:?}"
     );
+    reg.put_task(&meta.with_payload("v3"), PutMode::Force)
+        .await?;
     ensure_eq!(
         reg.list_claims("rewritten").await?.items.len(),
         1,
-        "claims after Update"
+        "claims listed after Force"
     );
-    reg.put_task(&meta.with_payload("v3"), PutMode::Force)
-        .await?;
+    let kept = claim_one(reg.as_ref(), &fire, "b").await?;
     ensure!(
-        reg.list_claims("rewritten").await?.items.is_empty(),
-        "Force removes the claims"
+        matches!(kept, ClaimOutcome::Lost { .. }),
+        "after Force (a new life) the fire is still held: {kept:?}"
     );
     ensure!(
-        claim_one(reg.as_ref(), &fire, "b").await?.is_won(),
-        "after Force the fire can be won again"
+        claim_one(reg.as_ref(), &FireKey::new("rewritten", instant(1000)), "b")
+            .await?
+            .is_won(),
+        "a new fire after Force"
     );
     Ok(())
 }
@@ -1275,9 +1295,9 @@ pub async fn fencing_tokens_increase_across_cleanup_and_force(cx: &CaseContext) 
         (0i64, "first claim"),
         (1, "second claim"),
         (2, "after Update"),
-        (0, "after Force"),
-        (1, "after Force, another fire"),
-        (0, "after cleanup_task"),
+        (3, "after Force"),
+        (4, "after Force, another fire"),
+        (5, "after cleanup_task"),
     ] {
         match what {
             "after Update" => {
@@ -1315,16 +1335,19 @@ pub async fn tokens_and_generations_increase_across_lives(cx: &CaseContext) -> C
     let reg = cx.open().await?;
     let name = "many-lives";
     let me = Claimant::new("me", 1);
-    let fire = FireKey::new(name, instant(0));
     let (mut last_token, mut last_generation) = (0u64, 0u64);
-    for what in [
+    for (step, what) in [
         "first life",
         "restart_life",
         "Force put",
         "cleanup_task",
         "restart_life again",
         "cleanup_all",
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let fire = FireKey::new(name, instant(step as i64 * 1000));
         match what {
             "restart_life" | "restart_life again" => {
                 reg.restart_life(name, now_millis()).await?;
@@ -1439,12 +1462,20 @@ pub async fn names_never_collide(cx: &CaseContext) -> CaseResult {
     }
     reg.mark_deleted("a:b", now_millis()).await?;
     reg.cleanup_task("a").await?;
-    for (i, name) in names.iter().enumerate() {
+    // The cleanup ended the life of `a` alone.
+    let after = reg.ensure_lives(&wanted).await?;
+    for ((name, before), now) in names.iter().zip(&lives).zip(&after) {
         if name == "a" {
             ensure!(
-                reg.list_claims("a").await?.items.is_empty(),
-                "cleanup of `a` removes its claim"
+                now.generation > before.generation,
+                "cleanup of `a` starts a new life of `a`"
             );
+        } else {
+            ensure_eq!(*now, *before, "the life of {name:?} after cleanup of `a`");
+        }
+    }
+    for (i, name) in names.iter().enumerate() {
+        if name == "a" {
             continue;
         }
         let fire = FireKey::new(name.clone(), at);
@@ -1513,6 +1544,61 @@ pub async fn one_bad_request_fails_alone(cx: &CaseContext) -> CaseResult {
             ),
             "the bad request {described}: expected Failed (or Superseded, having no life), got {:?}",
             out[1]
+        );
+    }
+    Ok(())
+}
+
+/// A claim ends only with its retention: after `cleanup_task`, a `Force` put, `restart_life`
+/// and `cleanup_all`, the fire of the first life still answers `WonEarlier` with its token to
+/// its holder and `Lost` naming the holder to anyone else, in every later life, and is listed
+/// once with its first generation.
+pub async fn claims_survive_new_lives(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let name = "survivor";
+    let fire = FireKey::new(name, instant(0));
+    let me = Claimant::new("me", 1);
+    let first = life_of(reg.as_ref(), name).await?.generation;
+    let token = must_win(
+        &claim_request(reg.as_ref(), &me, request(&fire, first, LONG)).await?,
+        "the fire of the first life",
+    )?;
+    for what in ["cleanup_task", "Force put", "restart_life", "cleanup_all"] {
+        match what {
+            "cleanup_task" => reg.cleanup_task(name).await?,
+            "Force put" => {
+                reg.put_task(&task_meta(name, "@hourly"), PutMode::Force)
+                    .await?
+            }
+            "restart_life" => {
+                reg.restart_life(name, now_millis()).await?;
+            }
+            _ => reg.cleanup_all().await?,
+        }
+        let generation = life_of(reg.as_ref(), name).await?.generation;
+        ensure_eq!(
+            claim_request(reg.as_ref(), &me, request(&fire, generation, LONG)).await?,
+            ClaimOutcome::WonEarlier { token },
+            "the holder, in the life after {what}"
+        );
+        ensure_eq!(
+            claim_request(
+                reg.as_ref(),
+                &Claimant::new("other", 1),
+                request(&fire, generation, LONG)
+            )
+            .await?,
+            ClaimOutcome::Lost {
+                holder: Some("me".into())
+            },
+            "another claimant, in the life after {what}"
+        );
+        let claims = listed(reg.as_ref(), &fire).await?;
+        ensure_eq!(claims.len(), 1, "after {what}: the claim is listed once");
+        ensure_eq!(
+            (claims[0].token, claims[0].generation),
+            (token, first),
+            "after {what}: the listed claim keeps its token and generation"
         );
     }
     Ok(())

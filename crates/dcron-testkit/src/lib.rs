@@ -269,8 +269,8 @@ macro_rules! __dcron_case_list {
                     "`mark_deleted` twice keeps the first time and the record.";
                 reuse_clears_the_tombstone: None,
                     "`clear_tombstone` makes the record live again; without a tombstone it is `NotFound`.";
-                cleanup_removes_every_trace: None,
-                    "`cleanup_task` removes record, tombstone and claims of the name, nothing of its neighbours, and frees the name.";
+                cleanup_removes_record_tombstone_and_life: None,
+                    "`cleanup_task` removes record, tombstone and life of the name and nothing of its neighbours; its claims stay until their retention ends.";
                 cleanup_is_idempotent: None,
                     "`cleanup_task` twice, or of a name that never existed, is `Ok`.";
                 concurrent_mark_deleted_keeps_one_time: None,
@@ -278,7 +278,7 @@ macro_rules! __dcron_case_list {
                 list_tombstones_lists_all: None,
                     "150 tombstones are all listed, each once, with their times.";
                 cleanup_all_empties_the_namespace: None,
-                    "`cleanup_all` removes every record, tombstone and claim of the namespace and keeps node registrations.";
+                    "`cleanup_all` removes every record and tombstone of the namespace and keeps node registrations and claims.";
             }
             claims {
                 sixteen_claimers_one_winner_per_fire: None,
@@ -294,7 +294,7 @@ macro_rules! __dcron_case_list {
                 instants_are_independent: None,
                     "Different instants of one task (even 1 ms apart) are independent fires.";
                 tasks_are_independent: None,
-                    "Claims and cleanup of one task never affect another task (even one whose name extends it).";
+                    "Claims, tombstones and cleanup of one task never affect another task (even one whose name extends it).";
                 tombstoned_task_answers_tombstoned: None,
                     "A tombstoned task's fires answer `Tombstoned` and write nothing; the rest of the batch is unaffected.";
                 reuse_makes_fires_claimable: None,
@@ -307,10 +307,10 @@ macro_rules! __dcron_case_list {
                     "`list_claims` lists exactly the task's claims with the winning node ids.";
                 retention_expiry_allows_a_new_claim: None,
                     "A claim disappears after its retention (plus slack) and the fire can be won again; longer ones stay.";
-                cleanup_frees_claims: None,
-                    "`cleanup_task` removes the claims: the same fires can be won again.";
-                force_put_clears_claims_update_keeps_them: None,
-                    "A `Force` put removes the name's claims; an `Update` put keeps them.";
+                cleanup_keeps_claims: None,
+                    "`cleanup_task` keeps the claims until their retention ends: the fires claimed before are `Lost` in the next life; new ones are won.";
+                force_and_update_keep_claims: None,
+                    "`Update` and `Force` puts keep the name's claims: a fire held before a `Force` is still `Lost` to others in the new life.";
                 mark_deleted_races_claimers: None,
                     "Claims racing with `mark_deleted`: every claim sent after `mark_deleted` returned is `Tombstoned`.";
                 large_batch_of_500_fires: None,
@@ -341,6 +341,8 @@ macro_rules! __dcron_case_list {
                     "A claim without a life is `Superseded { current: None }`, of another generation `Superseded` with the current one; nothing is written.";
                 tombstone_precedes_won_earlier: ExactlyOnce,
                     "Once a name is tombstoned, even the claimant holding a fire gets `Tombstoned`, not `WonEarlier`.";
+                claims_survive_new_lives: ExactlyOnce,
+                    "A claim ends only with its retention: after `cleanup_task`, `Force`, `restart_life` and `cleanup_all` its holder gets `WonEarlier` (same token) and others `Lost` naming it.";
                 tokens_and_generations_increase_across_lives: ExactlyOnce,
                     "Tokens and generations of one name increase strictly across `restart_life`, `Force`, `cleanup_task` and `cleanup_all`; listings match.";
                 late_claims_are_refused: Clock,
@@ -354,13 +356,13 @@ macro_rules! __dcron_case_list {
                 tombstoned_name_gets_a_life: ExactlyOnce,
                     "A tombstoned name gets a life; its claims stay `Tombstoned`.";
                 create_and_force_start_a_new_life: ExactlyOnce,
-                    "Create-only and `Force` puts start a new life at `created_at` with a greater generation (none without `created_at`); the earlier life's claims are `Superseded`.";
+                    "Create-only and `Force` puts start a new life at `created_at` with a greater generation (none without `created_at`); requests of the earlier life are `Superseded`.";
                 update_and_tombstones_keep_the_life: ExactlyOnce,
                     "`Update`, `mark_deleted` and `clear_tombstone` keep the life; `clear_tombstone` keeps the claims.";
                 cleanup_removes_the_life: ExactlyOnce,
                     "After `cleanup_task`, `ensure_lives` starts a new life with a greater generation.";
                 restart_life_starts_a_new_life: ExactlyOnce,
-                    "`restart_life` starts a new life (greater generation, its instant), clears tombstone and claims, keeps the record.";
+                    "`restart_life` starts a new life (greater generation, its instant), clears the tombstone, keeps record and claims.";
                 cleanup_all_removes_lives: ExactlyOnce,
                     "`cleanup_all` removes every life: later lives have greater generations and their own live-since.";
                 lives_are_per_namespace: ExactlyOnce,

@@ -144,7 +144,8 @@ pub async fn tombstoned_name_gets_a_life(cx: &CaseContext) -> CaseResult {
 }
 
 /// Create-only and force puts start a new life at `meta.created_at` with a greater generation
-/// (a missing `created_at` is `InvalidArgument`); claims of the earlier life are `Superseded`.
+/// (a missing `created_at` is `InvalidArgument`); requests of the earlier life are
+/// `Superseded`, and a fire claimed in it stays claimed.
 pub async fn create_and_force_start_a_new_life(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     let mut bare = task_meta("no-created-at", "@hourly");
@@ -210,11 +211,23 @@ pub async fn create_and_force_start_a_new_life(cx: &CaseContext) -> CaseResult {
         },
         "a claim of the earlier life after force"
     );
+    ensure_eq!(
+        claim(reg.as_ref(), "b", &fire, after.generation).await?,
+        ClaimOutcome::Lost {
+            holder: Some("a".into())
+        },
+        "the same instant in the new life: still claimed (claims end with their retention)"
+    );
     ensure!(
-        claim(reg.as_ref(), "b", &fire, after.generation)
-            .await?
-            .is_won(),
-        "the same instant in the new life is a new fire"
+        claim(
+            reg.as_ref(),
+            "b",
+            &FireKey::new("dyn", at(80)),
+            after.generation
+        )
+        .await?
+        .is_won(),
+        "a new instant in the new life"
     );
     Ok(())
 }
@@ -282,7 +295,7 @@ pub async fn cleanup_removes_the_life(cx: &CaseContext) -> CaseResult {
 }
 
 /// `restart_life` starts a new life at its instant with a greater generation, clears the
-/// tombstone and every claim, and keeps the record.
+/// tombstone, and keeps the record and the claims.
 pub async fn restart_life_starts_a_new_life(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     let meta = task_meta("reborn", "@hourly").with_payload("kept");
@@ -314,9 +327,10 @@ pub async fn restart_life_starts_a_new_life(cx: &CaseContext) -> CaseResult {
         None,
         "tombstone cleared"
     );
-    ensure!(
-        reg.list_claims("reborn").await?.items.is_empty(),
-        "claims cleared"
+    ensure_eq!(
+        reg.list_claims("reborn").await?.items.len(),
+        1,
+        "claims kept (they end with their retention)"
     );
     ensure_eq!(reg.get_task("reborn").await?, Some(meta), "record kept");
     ensure_eq!(
@@ -326,11 +340,23 @@ pub async fn restart_life_starts_a_new_life(cx: &CaseContext) -> CaseResult {
         },
         "a claim of the earlier life"
     );
+    ensure_eq!(
+        claim(reg.as_ref(), "b", &fire, new.generation).await?,
+        ClaimOutcome::Lost {
+            holder: Some("a".into())
+        },
+        "the same instant in the new life: still claimed"
+    );
     ensure!(
-        claim(reg.as_ref(), "b", &fire, new.generation)
-            .await?
-            .is_won(),
-        "the same instant in the new life"
+        claim(
+            reg.as_ref(),
+            "b",
+            &FireKey::new("reborn", at(50)),
+            new.generation
+        )
+        .await?
+        .is_won(),
+        "a new instant in the new life"
     );
     let again = reg.restart_life("reborn", at(80)).await?;
     ensure!(

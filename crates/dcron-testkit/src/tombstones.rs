@@ -102,8 +102,9 @@ pub async fn reuse_clears_the_tombstone(cx: &CaseContext) -> CaseResult {
     Ok(())
 }
 
-/// `cleanup_task` removes the record, the tombstone and the claims of the name, and nothing else.
-pub async fn cleanup_removes_every_trace(cx: &CaseContext) -> CaseResult {
+/// `cleanup_task` removes the record, the tombstone and the life of the name and nothing else;
+/// its claims stay until their retention ends.
+pub async fn cleanup_removes_record_tombstone_and_life(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     for name in ["doomed", "doomed-neighbour"] {
         reg.put_task(
@@ -121,9 +122,10 @@ pub async fn cleanup_removes_every_trace(cx: &CaseContext) -> CaseResult {
         None,
         "tombstone removed"
     );
-    ensure!(
-        reg.list_claims("doomed").await?.items.is_empty(),
-        "claims removed"
+    ensure_eq!(
+        reg.list_claims("doomed").await?.items.len(),
+        1,
+        "the claim stays until its retention ends"
     );
     ensure!(
         reg.get_task("doomed-neighbour").await?.is_some()
@@ -137,11 +139,19 @@ pub async fn cleanup_removes_every_trace(cx: &CaseContext) -> CaseResult {
         PutMode::CreateOnly,
     )
     .await?;
-    let out = crate::harness::claim_fires(&*reg, "n", &[FireKey::new("doomed", instant(0))], LONG)
-        .await?;
+    let out = crate::harness::claim_fires(
+        &*reg,
+        "other",
+        &[
+            FireKey::new("doomed", instant(0)),
+            FireKey::new("doomed", instant(1000)),
+        ],
+        LONG,
+    )
+    .await?;
     ensure!(
-        matches!(out[..], [ClaimOutcome::Won { .. }]),
-        "fire claimable again: {out:?}"
+        matches!(out[..], [ClaimOutcome::Lost { .. }, ClaimOutcome::Won { .. }]),
+        "in the new life, the fire claimed before the cleanup is still held and a new one is won: {out:?}"
     );
     Ok(())
 }
@@ -184,7 +194,8 @@ pub async fn list_tombstones_lists_all(cx: &CaseContext) -> CaseResult {
     Ok(())
 }
 
-/// `cleanup_all` removes every record, tombstone and claim of the namespace and keeps node registrations.
+/// `cleanup_all` removes every record and tombstone of the namespace and keeps node
+/// registrations and claims (until their retention ends).
 pub async fn cleanup_all_empties_the_namespace(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     let node = cx.node("survivor");
@@ -212,9 +223,10 @@ pub async fn cleanup_all_empties_the_namespace(cx: &CaseContext) -> CaseResult {
         "tombstones remain"
     );
     for name in ["all-0", "all-1", "claims-only"] {
-        ensure!(
-            other.list_claims(name).await?.items.is_empty(),
-            "claims of {name} remain"
+        ensure_eq!(
+            other.list_claims(name).await?.items.len(),
+            1,
+            "the claim of {name} stays until its retention ends"
         );
     }
     ensure!(

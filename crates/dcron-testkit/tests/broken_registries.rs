@@ -48,8 +48,9 @@ enum Fault {
     CorruptReadsAsAbsent,
     /// `mark_deleted` overwrites the first deletion time.
     MarkDeletedOverwrites,
-    /// `cleanup_task` leaves the claims.
-    CleanupKeepsClaims,
+    /// `cleanup_task`, a `Force` put and `restart_life` forget the name's claims before their
+    /// retention ends.
+    ForgetsClaims,
     /// Declares watches unsupported but serves them anyway.
     WatchDeclaredUnsupportedButWorks,
     /// Honestly without watches (not a fault: the watch cases must be skipped).
@@ -144,6 +145,8 @@ struct Shadow {
     max_token: AtomicU64,
     /// Every namespace opened.
     namespaces: Mutex<Vec<String>>,
+    /// Claims forgotten, by namespace, task and instant.
+    forgotten: Mutex<std::collections::HashSet<(String, String, i64)>>,
 }
 
 #[derive(Debug)]
@@ -271,6 +274,30 @@ impl Broken {
         } else {
             Vec::new()
         }
+    }
+
+    /// Forgets the claims of `name` (the `ForgetsClaims` fault).
+    async fn forget_claims(&self, name: &str) -> dcron_core::Result<()> {
+        if self.fault == Fault::ForgetsClaims {
+            let claims = self.inner.list_claims(name).await?.items;
+            let mut forgotten = lock(&self.shadow.forgotten);
+            for c in claims {
+                forgotten.insert((
+                    self.namespace.clone(),
+                    c.fire.task.clone(),
+                    c.fire.instant_millis(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn is_forgotten(&self, fire: &dcron_core::FireKey) -> bool {
+        lock(&self.shadow.forgotten).contains(&(
+            self.namespace.clone(),
+            fire.task.clone(),
+            fire.instant_millis(),
+        ))
     }
 
     async fn claim_one(
@@ -432,6 +459,7 @@ impl Registry for Broken {
         meta.name = self.name(&meta.name);
         if mode == PutMode::Force {
             self.restart_tokens(&meta.name);
+            self.forget_claims(&meta.name).await?;
         }
         self.inner.put_task(&meta, mode).await?;
         if self.fault == Fault::UpdateStartsNewLife && mode == PutMode::Update {
@@ -547,27 +575,7 @@ impl Registry for Broken {
     async fn cleanup_task(&self, name: &str) -> dcron_core::Result<()> {
         let name = self.name(name);
         self.restart_tokens(&name);
-        if self.fault == Fault::CleanupKeepsClaims {
-            // Remove record, tombstone and life, then put the claims back in a new life.
-            let claims = self.inner.list_claims(&name).await?.items;
-            self.inner.cleanup_task(&name).await?;
-            if !claims.is_empty() {
-                let life = self
-                    .inner
-                    .ensure_lives(&[(name.clone(), Utc::now())])
-                    .await?[0];
-                for c in claims {
-                    let request = ClaimRequest::new(
-                        c.fire.clone(),
-                        life.generation,
-                        c.fire.instant + chrono::Duration::days(1),
-                        Duration::from_secs(600),
-                    );
-                    self.inner.claim(&c.claimant(), &[request]).await?;
-                }
-            }
-            return Ok(());
-        }
+        self.forget_claims(&name).await?;
         self.inner.cleanup_task(&name).await
     }
 
@@ -614,6 +622,7 @@ impl Registry for Broken {
             return Ok(self.life_out(life));
         }
         self.restart_tokens(&name);
+        self.forget_claims(&name).await?;
         Ok(self.life_out(self.inner.restart_life(&name, at).await?))
     }
 
@@ -734,6 +743,12 @@ impl Registry for Broken {
                 (Fault::LostHidesHolder, ClaimOutcome::Lost { .. }) => {
                     ClaimOutcome::Lost { holder: None }
                 }
+                (
+                    Fault::ForgetsClaims,
+                    ClaimOutcome::Lost { .. } | ClaimOutcome::WonEarlier { .. },
+                ) if self.is_forgotten(&r.fire) => ClaimOutcome::Won {
+                    token: self.shadow.max_token.load(Ordering::SeqCst) + 1,
+                },
                 (_, o) => o,
             };
             answered.push(self.outcome_out(&r.fire.task, o));
@@ -762,6 +777,7 @@ impl Registry for Broken {
                     }
                 }
             }
+            Fault::ForgetsClaims => listing.items.retain(|c| !self.is_forgotten(&c.fire)),
             _ => {}
         }
         for c in &mut listing.items {
@@ -963,14 +979,6 @@ async fn earlier_faults_are_caught() {
         &["watch::watch_capability_is_honest"],
     )
     .await;
-    must_fail(
-        Fault::CleanupKeepsClaims,
-        &[
-            "tombstones::cleanup_removes_every_trace",
-            "claims::cleanup_frees_claims",
-        ],
-    )
-    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -1153,6 +1161,18 @@ async fn broken_watches_are_caught() {
 
 #[tokio::test(start_paused = true)]
 async fn more_broken_promises_are_caught() {
+    must_fail(
+        Fault::ForgetsClaims,
+        &[
+            "tombstones::cleanup_removes_record_tombstone_and_life",
+            "claims::cleanup_keeps_claims",
+            "claims::force_and_update_keep_claims",
+            "claims::claims_survive_new_lives",
+            "lives::restart_life_starts_a_new_life",
+            "lives::create_and_force_start_a_new_life",
+        ],
+    )
+    .await;
     must_fail(
         Fault::ListsPrefixNamespaces,
         &["namespace::prefix_namespaces_are_isolated"],
