@@ -7,7 +7,9 @@
 //! judged on the server's clock only (each claim's `ctime` + retention against the `mtime` of
 //! a znode written for the purpose). A claim znode is deleted when it has no children and
 //! either belongs to a generation that is not the task's current life, or expired more than
-//! [`GRACE`] ago; a chain of takeovers is collected from its end, one link per pass. Each pass
+//! a grace period ago (twice the sweep interval, at least a second, so that a sweeper that lost
+//! its lock mid-pass never races the next one on a young claim); a chain of takeovers is
+//! collected from its end, one link per pass. Each pass
 //! deletes at most [`MAX_PER_PASS`] claims.
 
 use std::sync::Weak;
@@ -23,8 +25,6 @@ use crate::registry::{Inner, ZkRegistry};
 /// The most claims one pass deletes.
 pub(crate) const MAX_PER_PASS: usize = 10_000;
 
-/// How long after its expiry a claim is collected (server clock, milliseconds).
-pub(crate) const GRACE: i64 = 10_000;
 
 pub(crate) async fn run(registry: Weak<Inner>, interval: Duration) {
     let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
@@ -35,7 +35,9 @@ pub(crate) async fn run(registry: Weak<Inner>, interval: Duration) {
             return;
         };
         let reg = ZkRegistry::from_inner(inner);
-        match sweep_once(&reg, &mut lock_session).await {
+        let grace = i64::try_from((interval * 2).max(Duration::from_secs(1)).as_millis())
+            .unwrap_or(i64::MAX);
+        match sweep_once(&reg, &mut lock_session, grace).await {
             Ok(n) if n > 0 => {
                 metrics::counter!("dcron_zk_swept_claims_total").increment(n as u64);
                 tracing::debug!(deleted = n, "zookeeper: swept claims");
@@ -47,7 +49,11 @@ pub(crate) async fn run(registry: Weak<Inner>, interval: Duration) {
 }
 
 /// One pass; answers how many claims it deleted (0 when another registry holds the lock).
-pub(crate) async fn sweep_once(reg: &ZkRegistry, lock_session: &mut Option<i64>) -> Result<usize> {
+pub(crate) async fn sweep_once(
+    reg: &ZkRegistry,
+    lock_session: &mut Option<i64>,
+    grace: i64,
+) -> Result<usize> {
     let conn = reg.conn();
     let lock = reg.layout().sweeper_lock();
     match conn
@@ -94,7 +100,7 @@ pub(crate) async fn sweep_once(reg: &ZkRegistry, lock_session: &mut Option<i64>)
                 }
                 let dead = Some(g) != generation
                     || ClaimData::decode(&path, &bytes)
-                        .map(|d| d.expiry(stat.ctime).saturating_add(GRACE) <= now)
+                        .map(|d| d.expiry(stat.ctime).saturating_add(grace) <= now)
                         .unwrap_or(false);
                 if dead {
                     conn.delete(
