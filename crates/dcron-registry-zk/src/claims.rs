@@ -99,7 +99,11 @@ enum Found {
         retention: Duration,
     },
     /// An unexpired claim held by this claimant or another.
-    Held { node_id: String, epoch: u64, token: u64 },
+    Held {
+        node_id: String,
+        epoch: u64,
+        token: u64,
+    },
 }
 
 impl Found {
@@ -138,7 +142,11 @@ impl ZkRegistry {
         let mut first_of: Vec<usize> = Vec::with_capacity(requests.len());
         let mut seen = std::collections::HashMap::new();
         for (i, r) in requests.iter().enumerate() {
-            first_of.push(*seen.entry((r.fire.task.as_str(), r.fire.instant_millis())).or_insert(i));
+            first_of.push(
+                *seen
+                    .entry((r.fire.task.as_str(), r.fire.instant_millis()))
+                    .or_insert(i),
+            );
         }
         // R1 of every task of the batch at once.
         let mut tasks: Vec<String> = requests
@@ -267,7 +275,10 @@ impl ZkRegistry {
                 return found.outcome(claimant);
             }
             if let Found::Created {
-                path, at, retention, ..
+                path,
+                at,
+                retention,
+                ..
             } = &found
             {
                 self.retract(path, *at, *retention).await;
@@ -351,7 +362,11 @@ impl ZkRegistry {
                     self.start_sweeper();
                 }
                 Err(ZkError::Unimplemented) => {
-                    return Err(crate::conn::map_err(ZkError::Unimplemented, "create", &path))
+                    return Err(crate::conn::map_err(
+                        ZkError::Unimplemented,
+                        "create",
+                        &path,
+                    ))
                 }
                 Err(ZkError::NoNode) => {
                     if expired_parent.is_none() {

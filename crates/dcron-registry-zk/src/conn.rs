@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use dcron_core::{Error, Result};
 use tokio::sync::watch;
-use zookeeper_async::{Acl, CreateMode, Permission, Stat, WatchedEvent, ZkError, ZkState, ZooKeeper};
+use zookeeper_async::{
+    Acl, CreateMode, Permission, Stat, WatchedEvent, ZkError, ZkState, ZooKeeper,
+};
 
 use crate::faults::{Fault, FaultInjector};
 
@@ -247,9 +249,11 @@ impl Conn {
             .await?
             .map_err(|e| map_err(e, "authenticate", "/"))?;
         }
-        self.timed("/", &|zk: Arc<ZooKeeper>| async move { zk.exists("/", false).await })
-            .await?
-            .map_err(|e| map_err(e, "exists", "/"))?;
+        self.timed("/", &|zk: Arc<ZooKeeper>| async move {
+            zk.exists("/", false).await
+        })
+        .await?
+        .map_err(|e| map_err(e, "exists", "/"))?;
         Ok(())
     }
 
@@ -474,7 +478,10 @@ mod tests {
                 backend, message, ..
             } => {
                 assert_eq!(backend, "zookeeper");
-                assert!(message.contains("/ns/tasks/x") && message.contains("delete"), "{message}");
+                assert!(
+                    message.contains("/ns/tasks/x") && message.contains("delete"),
+                    "{message}"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -108,7 +108,12 @@ impl ZkRegistry {
                     .map(|r| r.map(|_| ())),
                 Some(v) => self
                     .conn()
-                    .set_data(&path, data, Some(v), &[ZkError::BadVersion, ZkError::NoNode])
+                    .set_data(
+                        &path,
+                        data,
+                        Some(v),
+                        &[ZkError::BadVersion, ZkError::NoNode],
+                    )
                     .await
                     .map(|r| r.map(|_| ())),
             };
@@ -131,10 +136,12 @@ impl ZkRegistry {
     /// Decides one request of the tombstone rules and writes it.
     async fn write_request(&self, name: &str, request: Request<'_>) -> Result<()> {
         self.write_state(name, |snap, write| {
-            Ok(match snap.state.apply(name, snap.version, request, write)? {
-                Some(state) => Plan::Write(state, ()),
-                None => Plan::Done(()),
-            })
+            Ok(
+                match snap.state.apply(name, snap.version, request, write)? {
+                    Some(state) => Plan::Write(state, ()),
+                    None => Plan::Done(()),
+                },
+            )
         })
         .await
     }
@@ -221,7 +228,10 @@ impl ZkRegistry {
                 return Ok(Plan::Done(()));
             }
             Ok(
-                match snap.state.apply(name, snap.version, Request::Cleanup, write)? {
+                match snap
+                    .state
+                    .apply(name, snap.version, Request::Cleanup, write)?
+                {
                     Some(state) => Plan::Write(state, ()),
                     None => Plan::Done(()),
                 },
@@ -349,10 +359,12 @@ fn diff(name: &str, old: &State, new: &State, out: &mut Vec<TaskMetaEvent>) {
         (Some(_), None) => out.push(TaskMetaEvent::TombstoneCleared {
             name: name.to_string(),
         }),
-        (before, Some(at)) if before != Some(at) => out.push(TaskMetaEvent::Tombstoned(Tombstone {
-            name: name.to_string(),
-            deleted_at: at,
-        })),
+        (before, Some(at)) if before != Some(at) => {
+            out.push(TaskMetaEvent::Tombstoned(Tombstone {
+                name: name.to_string(),
+                deleted_at: at,
+            }))
+        }
         _ => {}
     }
 }

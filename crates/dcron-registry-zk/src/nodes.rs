@@ -397,7 +397,10 @@ mod tests {
         m.put(&first, &n.encode(), &mut out);
         assert!(out.is_empty(), "an older registration's record is not news");
         m.gone(&first, &mut out);
-        assert!(out.is_empty(), "an older registration replaced: nothing to say");
+        assert!(
+            out.is_empty(),
+            "an older registration replaced: nothing to say"
+        );
         m.gone(&second, &mut out);
         assert_eq!(out, vec![NodeEvent::Delete { id: "a".into() }]);
     }

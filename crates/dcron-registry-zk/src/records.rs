@@ -57,7 +57,9 @@ impl ZkRegistry {
         }
         Err(Error::Backend {
             backend: BACKEND,
-            message: format!("record `{path}` could not be written (its directory keeps vanishing)"),
+            message: format!(
+                "record `{path}` could not be written (its directory keeps vanishing)"
+            ),
             source: None,
         })
     }

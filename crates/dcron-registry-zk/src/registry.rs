@@ -301,7 +301,14 @@ impl ZkRegistry {
         // around ours meanwhile is caught here.
         if let Err(e) = self.check_ancestors(&root).await {
             if created_root {
-                let _ = self.conn().delete(&root, Some(0), &[ZkError::NoNode, ZkError::NotEmpty, ZkError::BadVersion]).await;
+                let _ = self
+                    .conn()
+                    .delete(
+                        &root,
+                        Some(0),
+                        &[ZkError::NoNode, ZkError::NotEmpty, ZkError::BadVersion],
+                    )
+                    .await;
             }
             return Err(e);
         }
@@ -328,10 +335,15 @@ impl ZkRegistry {
         for dir in ancestors(root) {
             match self
                 .conn()
-                .call_or("get_data", &dir, &[ZkError::NoNode, ZkError::NoAuth], |zk| {
-                    let dir = dir.clone();
-                    async move { zk.get_data(&dir, false).await }
-                })
+                .call_or(
+                    "get_data",
+                    &dir,
+                    &[ZkError::NoNode, ZkError::NoAuth],
+                    |zk| {
+                        let dir = dir.clone();
+                        async move { zk.get_data(&dir, false).await }
+                    },
+                )
                 .await?
             {
                 Ok((data, _)) if data == NAMESPACE_MARKER => {

@@ -25,7 +25,6 @@ use crate::registry::{Inner, ZkRegistry};
 /// The most claims one pass deletes.
 pub(crate) const MAX_PER_PASS: usize = 10_000;
 
-
 pub(crate) async fn run(registry: Weak<Inner>, interval: Duration) {
     let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
     let mut lock_session = None;
@@ -79,7 +78,12 @@ pub(crate) async fn sweep_once(
         let Some(name) = unescape(&child) else {
             continue;
         };
-        let generation = reg.read_state(&name).await?.state.life.map(|l| l.generation);
+        let generation = reg
+            .read_state(&name)
+            .await?
+            .state
+            .life
+            .map(|l| l.generation);
         let dir = format!("{tasks}/{child}");
         for claim in conn.children(&dir).await? {
             let Some((g, _)) = parse_claim_name(&claim) else {

@@ -104,13 +104,24 @@ async fn registration_is_an_ephemeral_sequential_znode_of_its_own_session() {
     assert_eq!(children.len(), 1);
     assert!(children[0].starts_with("n1."), "{children:?}");
     let path = format!("{dir}/{}", children[0]);
-    let stat = raw.exists(&path, false).await.expect("exists").expect("present");
-    assert_eq!(stat.ephemeral_owner, session, "owned by the lease's session");
+    let stat = raw
+        .exists(&path, false)
+        .await
+        .expect("exists")
+        .expect("present");
+    assert_eq!(
+        stat.ephemeral_owner, session,
+        "owned by the lease's session"
+    );
 
     // A status update keeps the znode ephemeral and owned by the same session.
     n.status = NodeStatus::Working;
     reg.update_node(&lease, &n).await.expect("update");
-    let stat = raw.exists(&path, false).await.expect("exists").expect("present");
+    let stat = raw
+        .exists(&path, false)
+        .await
+        .expect("exists")
+        .expect("present");
     assert_eq!(stat.ephemeral_owner, session);
     assert_eq!(reg.list_nodes().await.expect("list").items, vec![n.clone()]);
 
@@ -131,7 +142,9 @@ async fn registration_is_an_ephemeral_sequential_znode_of_its_own_session() {
         reg.update_node(&lease, &n).await,
         Err(Error::LeaseLost { .. })
     ));
-    reg.unregister(&lease).await.expect("a stale unregister is Ok");
+    reg.unregister(&lease)
+        .await
+        .expect("a stale unregister is Ok");
     assert_eq!(
         other.list_nodes().await.expect("list").items,
         vec![newer.clone()],
@@ -139,7 +152,11 @@ async fn registration_is_an_ephemeral_sequential_znode_of_its_own_session() {
     );
     other.keep_alive(&second).await.expect("new lease alive");
     other.unregister(&second).await.expect("unregister");
-    assert!(raw.get_children(&dir, false).await.expect("children").is_empty());
+    assert!(raw
+        .get_children(&dir, false)
+        .await
+        .expect("children")
+        .is_empty());
     let _ = raw.close().await;
     reg.cleanup_all().await.expect("cleanup");
 }
@@ -154,11 +171,16 @@ async fn short_connection_loss_keeps_the_session() {
     let config = ZkRegistryConfig::new(proxy.connect())
         .namespace(common::root_of(&ns))
         .operation_timeout(Duration::from_secs(1));
-    let reg = ZkRegistry::connect(config).await.expect("through the proxy");
+    let reg = ZkRegistry::connect(config)
+        .await
+        .expect("through the proxy");
     let session = reg.session();
     let mut zk_events = reg.events();
     let n = node("blip");
-    let lease = reg.register(&n, Duration::from_secs(8)).await.expect("register");
+    let lease = reg
+        .register(&n, Duration::from_secs(8))
+        .await
+        .expect("register");
     let mut events = reg.watch_tasks().await.expect("watch");
 
     proxy.set_down(true);
@@ -221,11 +243,16 @@ async fn session_expiry_renews_the_session_rearms_watches_and_loses_the_lease() 
         .namespace(common::root_of(&ns))
         .session_timeout(Duration::from_secs(2))
         .operation_timeout(Duration::from_secs(1));
-    let reg = ZkRegistry::connect(config).await.expect("through the proxy");
+    let reg = ZkRegistry::connect(config)
+        .await
+        .expect("through the proxy");
     let old_session = reg.session();
     let mut zk_events = reg.events();
     let n = node("expiring");
-    let lease = reg.register(&n, Duration::from_secs(2)).await.expect("register");
+    let lease = reg
+        .register(&n, Duration::from_secs(2))
+        .await
+        .expect("register");
     let mut tasks = reg.watch_tasks().await.expect("watch tasks");
     let mut nodes = reg.watch_nodes().await.expect("watch nodes");
     assert!(listed(&observer, "expiring").await);
@@ -293,9 +320,11 @@ async fn session_expiry_renews_the_session_rearms_watches_and_loses_the_lease() 
         "the node watch is re-armed in the new session"
     );
     // Claims work in the new session.
-    assert!(claim(&reg, &fire("after-expiry", 0), "x", Duration::from_secs(60))
-        .await
-        .is_won());
+    assert!(
+        claim(&reg, &fire("after-expiry", 0), "x", Duration::from_secs(60))
+            .await
+            .is_won()
+    );
     reg.close().await;
     observer.cleanup_all().await.expect("cleanup");
 }
@@ -329,16 +358,24 @@ async fn digest_acl_keeps_other_clients_out_of_every_znode() {
         .put_task(&meta("private"), PutMode::CreateOnly)
         .await
         .expect("owner writes");
-    owner.mark_deleted("dead", Utc::now()).await.expect("tombstone");
-    assert!(claim(&owner, &fire("private", 0), "n", Duration::from_secs(60))
+    owner
+        .mark_deleted("dead", Utc::now())
         .await
-        .is_won());
+        .expect("tombstone");
+    assert!(
+        claim(&owner, &fire("private", 0), "n", Duration::from_secs(60))
+            .await
+            .is_won()
+    );
     let lease = owner
         .register(&node("owner-node"), Duration::from_secs(5))
         .await
         .expect("owner registers");
     owner
-        .put_records(dcron_core::RecordKind::Pause, &[("private".into(), b"p".to_vec())])
+        .put_records(
+            dcron_core::RecordKind::Pause,
+            &[("private".into(), b"p".to_vec())],
+        )
         .await
         .expect("record");
 
@@ -379,11 +416,19 @@ async fn digest_acl_keeps_other_clients_out_of_every_znode() {
         );
         let child = format!("{path}/intruder");
         let created = stranger
-            .create(&child, Vec::new(), Acl::open_unsafe().clone(), CreateMode::Persistent)
+            .create(
+                &child,
+                Vec::new(),
+                Acl::open_unsafe().clone(),
+                CreateMode::Persistent,
+            )
             .await
             .err();
         assert!(
-            matches!(created, Some(ZkError::NoAuth | ZkError::NoChildrenForEphemerals)),
+            matches!(
+                created,
+                Some(ZkError::NoAuth | ZkError::NoChildrenForEphemerals)
+            ),
             "{path}: create a child → {created:?}"
         );
         if path != &root {
@@ -399,7 +444,11 @@ async fn digest_acl_keeps_other_clients_out_of_every_znode() {
     let _ = authed.close().await;
     // The owner is unaffected.
     assert_eq!(
-        owner.get_task("private").await.expect("read").map(|m| m.name),
+        owner
+            .get_task("private")
+            .await
+            .expect("read")
+            .map(|m| m.name),
         Some("private".to_string())
     );
     owner.unregister(&lease).await.expect("unregister");
@@ -436,23 +485,34 @@ async fn world_readable_lets_others_read_but_not_write() {
 async fn nested_namespaces_are_refused() {
     let ns = unique("nest");
     let outer = common::root_of(&ns);
-    let Some(reg) = shared_registry_with(ZkRegistryConfig::new(shared_connect()).namespace(outer.clone())).await else {
+    let Some(reg) =
+        shared_registry_with(ZkRegistryConfig::new(shared_connect()).namespace(outer.clone()))
+            .await
+    else {
         return;
     };
     // A namespace inside another one (even at one of its own directories) is refused …
     for inner in [format!("{outer}/tasks"), format!("{outer}/x/y")] {
-        match ZkRegistry::connect(ZkRegistryConfig::new(shared_connect()).namespace(inner.clone())).await {
+        match ZkRegistry::connect(ZkRegistryConfig::new(shared_connect()).namespace(inner.clone()))
+            .await
+        {
             Err(Error::InvalidArgument(m)) => assert!(m.contains("nest"), "{m}"),
             other => panic!("{inner}: expected InvalidArgument, got {other:?}"),
         }
     }
     // … and so is one around another one.
     let deep = format!("{}/{}", common::root_of(&unique("around")), "inner");
-    let inner = ZkRegistry::connect(ZkRegistryConfig::new(shared_connect()).namespace(deep.clone()))
+    let inner =
+        ZkRegistry::connect(ZkRegistryConfig::new(shared_connect()).namespace(deep.clone()))
+            .await
+            .expect("a namespace under a plain znode");
+    let parent = deep
+        .rsplit_once('/')
+        .map(|(p, _)| p.to_string())
+        .expect("parent");
+    match ZkRegistry::connect(ZkRegistryConfig::new(shared_connect()).namespace(parent.clone()))
         .await
-        .expect("a namespace under a plain znode");
-    let parent = deep.rsplit_once('/').map(|(p, _)| p.to_string()).expect("parent");
-    match ZkRegistry::connect(ZkRegistryConfig::new(shared_connect()).namespace(parent.clone())).await {
+    {
         Err(Error::InvalidArgument(m)) => assert!(m.contains("nest"), "{m}"),
         other => panic!("{parent}: expected InvalidArgument, got {other:?}"),
     }
@@ -477,7 +537,10 @@ async fn node_status_changes_are_watched() {
         return;
     };
     let mut n = node("watched");
-    let lease = reg.register(&n, Duration::from_secs(5)).await.expect("register");
+    let lease = reg
+        .register(&n, Duration::from_secs(5))
+        .await
+        .expect("register");
     let mut events = watcher.watch_nodes().await.expect("watch");
     for status in [NodeStatus::Working, NodeStatus::Leaving] {
         n.status = status;
@@ -527,8 +590,12 @@ async fn server_without_ttl_znodes() {
 
     let short = fire("swept", 0);
     let keep = fire("swept", 1000);
-    assert!(claim(&reg, &short, "a", Duration::from_millis(1500)).await.is_won());
-    assert!(claim(&reg, &keep, "a", Duration::from_secs(600)).await.is_won());
+    assert!(claim(&reg, &short, "a", Duration::from_millis(1500))
+        .await
+        .is_won());
+    assert!(claim(&reg, &keep, "a", Duration::from_secs(600))
+        .await
+        .is_won());
     // Expired: not listed and claimable by another at once, long before any sweep could help.
     let expired = eventually(Duration::from_secs(5), || async {
         reg.list_claims("swept")
@@ -538,13 +605,17 @@ async fn server_without_ttl_znodes() {
     })
     .await;
     assert!(expired, "the expired claim is no longer listed");
-    assert!(claim(&reg, &short, "b", Duration::from_secs(600)).await.is_won());
+    assert!(claim(&reg, &short, "b", Duration::from_secs(600))
+        .await
+        .is_won());
     // The sweeper collects expired claim znodes (the takeover's parent once the chain is
     // expired: here the 1.5 s claim, its successor still held keeps it).
     let raw = raw_client(&server.connect()).await;
     let dir = reg.task_path("swept");
     let short2 = fire("swept", 2000);
-    assert!(claim(&reg, &short2, "a", Duration::from_millis(300)).await.is_won());
+    assert!(claim(&reg, &short2, "a", Duration::from_millis(300))
+        .await
+        .is_won());
     let swept = eventually(Duration::from_secs(15), || async {
         let children = raw.get_children(&dir, false).await.unwrap_or_default();
         !children.iter().any(|c| c.ends_with("_1900000002000"))
