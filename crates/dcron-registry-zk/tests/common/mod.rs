@@ -153,7 +153,12 @@ impl ZkFactory {
 
     /// On a server this factory starts and owns; `None` when no ZooKeeper can be started here.
     pub async fn owned() -> Option<Self> {
-        let server = OwnedServer::start().await?;
+        Self::owned_with(true).await
+    }
+
+    /// Like [`ZkFactory::owned`]; `extended_types` says whether the server offers TTL znodes.
+    pub async fn owned_with(extended_types: bool) -> Option<Self> {
+        let server = OwnedServer::start_with(extended_types).await?;
         Some(ZkFactory {
             connect: server.connect(),
             server: Some(Arc::new(tokio::sync::Mutex::new(server))),
