@@ -119,6 +119,7 @@ fn transient_message(message: &str) -> bool {
         "No cluster leader",
         "No known Consul servers",
         "No path to datacenter",
+        "Remote DC has no server currently reachable",
         "rpc error making call: EOF",
         "i/o timeout",
         "connection reset",

@@ -860,7 +860,10 @@ async fn expired_claims_are_hidden_replaced_and_swept() {
     let f = fire("clocked", 0);
     let g = life(&reg, "clocked").await.generation;
     let short = ClaimRequest::new(f.clone(), g, f.instant, Duration::from_secs(60));
-    let first = reg.claim(&me(), &[short.clone()]).await.expect("claim");
+    let first = reg
+        .claim(&me(), std::slice::from_ref(&short))
+        .await
+        .expect("claim");
     let t1 = first[0].token().expect("won");
     assert_eq!(
         reg.list_claims("clocked").await.expect("list").items.len(),
@@ -883,7 +886,7 @@ async fn expired_claims_are_hidden_replaced_and_swept() {
     );
     assert_eq!(d.count_keys("ns/claims/"), 0, "listing swept it");
     let again = reg
-        .claim(&Claimant::new("other", 1), &[short.clone()])
+        .claim(&Claimant::new("other", 1), std::slice::from_ref(&short))
         .await
         .expect("claim");
     assert!(again[0].token().expect("won by the other") > t1);
@@ -891,7 +894,9 @@ async fn expired_claims_are_hidden_replaced_and_swept() {
     // An expired claim still stored is replaced by the next claim (cas at its index).
     let f2 = fire("clocked", 1);
     let r2 = ClaimRequest::new(f2.clone(), g, f2.instant, Duration::from_secs(1));
-    reg.claim(&me(), &[r2.clone()]).await.expect("claim");
+    reg.claim(&me(), std::slice::from_ref(&r2))
+        .await
+        .expect("claim");
     clock.set_skew_ms(62_000);
     let replaced = reg
         .claim(&Claimant::new("third", 1), &[r2])

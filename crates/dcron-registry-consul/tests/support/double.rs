@@ -823,10 +823,12 @@ fn check_key(rules: KeyRules, key: &str) -> Option<Resp> {
 // ----- KV -----
 
 /// The index a read of `key` (or of the prefix, when `prefix`) reports: for a prefix the
-/// highest index of its entries and graves, for a key (and an empty prefix) the table's;
-/// never 0.
+/// highest index of its entries and graves, for an existing key its `ModifyIndex`, else the
+/// table's; never 0.
 fn read_index(st: &State, key: &str, prefix: bool) -> u64 {
-    let idx = if prefix {
+    let idx = if !prefix {
+        st.kv.get(key).map_or(0, |e| e.modify_index)
+    } else {
         let live = st
             .kv
             .range(key.to_string()..)
@@ -842,8 +844,6 @@ fn read_index(st: &State, key: &str, prefix: bool) -> u64 {
             .max()
             .unwrap_or(0);
         live.max(dead)
-    } else {
-        0
     };
     if idx == 0 {
         st.kv_index.max(1)
@@ -1234,12 +1234,11 @@ fn session_create(shared: &Shared, body: &Bytes) -> Resp {
             }
         }
     }
-    // fixupEmptySessionChecks.
+    // fixupEmptySessionChecks: an empty `Checks` empties `NodeChecks`; the default `Checks`,
+    // or any `Checks` beside an empty `NodeChecks`, is dropped.
     if checks.is_empty() {
         node_checks.clear();
-    } else if checks.len() == 1 && checks[0] == SERF_HEALTH {
-        checks.clear();
-    } else if node_checks.is_empty() {
+    } else if (checks.len() == 1 && checks[0] == SERF_HEALTH) || node_checks.is_empty() {
         checks.clear();
     }
     // FixupLockDelay: a string is a Go duration, a number nanoseconds; below 1000 ns both mean
