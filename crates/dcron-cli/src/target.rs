@@ -88,11 +88,15 @@ enum Location {
     Redis { url: Secret },
     Etcd { endpoints: Vec<String> },
     ZooKeeper { connect: String },
-    Consul {
-        /// The URL's address; `None`: `CONSUL_HTTP_ADDR`.
-        address: Option<String>,
-        env: dcron_registry_consul::ConsulEnv,
-    },
+    Consul { at: ConsulAt },
+}
+
+/// Where a Consul agent is: the URL's address (`None`: `CONSUL_HTTP_ADDR`) and Consul's
+/// standard environment.
+#[derive(Clone, Debug)]
+struct ConsulAt {
+    address: Option<String>,
+    env: dcron_registry_consul::ConsulEnv,
 }
 
 /// A parsed, credential-resolved registry address. `Display` shows the URL without
@@ -441,8 +445,10 @@ impl RegistryTarget {
                 (
                     Backend::Consul,
                     Location::Consul {
-                        address,
-                        env: consul_env,
+                        at: ConsulAt {
+                            address,
+                            env: consul_env,
+                        },
                     },
                     display,
                     None,
@@ -576,11 +582,11 @@ impl RegistryTarget {
                 let registry = dcron_registry_zk::ZkRegistry::connect(cfg).await?;
                 Ok(Arc::new(registry))
             }
-            Location::Consul { address, env } => {
+            Location::Consul { at } => {
                 let mut cfg = dcron_registry_consul::ConsulRegistryConfig::default()
-                    .with_consul_env(env)?
+                    .with_consul_env(&at.env)?
                     .with_request_timeout(timeout);
-                if let Some(address) = address {
+                if let Some(address) = &at.address {
                     cfg.address = address.clone();
                 }
                 cfg.connect_timeout = timeout;
@@ -787,10 +793,10 @@ mod tests {
         assert!(t.has_secret());
         assert!(t.secrets().scrub("token env-token").contains("***"));
         match &t.location {
-            Location::Consul { address, env } => {
-                assert_eq!(address, &None);
+            Location::Consul { at } => {
+                assert_eq!(at.address, None);
                 let cfg = dcron_registry_consul::ConsulRegistryConfig::default()
-                    .with_consul_env(env)
+                    .with_consul_env(&at.env)
                     .expect("config");
                 assert_eq!(cfg.address, "https://consul.internal:8501");
                 assert_eq!(cfg.tls_server_name.as_deref(), Some("server.dc1.consul"));
@@ -809,13 +815,23 @@ mod tests {
                 token: Some(Secret::new("flag-token")),
                 ..ConnectArgs::default()
             },
-            &[("CONSUL_HTTP_ADDR", "elsewhere:1"), (ENV_CONSUL_TOKEN, "env-token")],
+            &[
+                ("CONSUL_HTTP_ADDR", "elsewhere:1"),
+                (ENV_CONSUL_TOKEN, "env-token"),
+            ],
         )
         .expect("valid");
         assert_eq!(t.to_string(), "consul://c:8600");
-        assert_eq!(t.token.as_ref().map(|t| t.expose().to_string()).as_deref(), Some("flag-token"));
-        assert!(usage_message(resolve_with("consul://", ConnectArgs::default(), &[("CONSUL_HTTP_SSL", "maybe")]))
-            .contains("CONSUL_HTTP_SSL"));
+        assert_eq!(
+            t.token.as_ref().map(|t| t.expose().to_string()).as_deref(),
+            Some("flag-token")
+        );
+        assert!(usage_message(resolve_with(
+            "consul://",
+            ConnectArgs::default(),
+            &[("CONSUL_HTTP_SSL", "maybe")]
+        ))
+        .contains("CONSUL_HTTP_SSL"));
     }
 
     #[test]
