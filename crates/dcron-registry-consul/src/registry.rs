@@ -486,7 +486,14 @@ impl Registry for ConsulRegistry {
                 ))
             })
         };
+        // The core's rules refuse an existing or tombstoned name before a missing `created_at`
+        // (`tombstone::decide`): without one, the checks run alone and nothing is written.
+        let checks_only = mode == PutMode::CreateOnly && meta.created_at.is_none();
         let ops = match mode {
+            PutMode::CreateOnly if checks_only => vec![
+                TxnKvOp::check_not_exists(task.clone()),
+                TxnKvOp::check_not_exists(tomb),
+            ],
             PutMode::CreateOnly => vec![
                 TxnKvOp::check_not_exists(task.clone()),
                 TxnKvOp::check_not_exists(tomb),
@@ -507,6 +514,7 @@ impl Registry for ConsulRegistry {
         };
         let ctx = Ctx::new("put_task", name);
         let failed = match self.txn(&ops, ctx).await? {
+            Ok(_) if checks_only => return live_since().map(|_| ()),
             Ok(_) => return Ok(()),
             Err(failed) => failed,
         };

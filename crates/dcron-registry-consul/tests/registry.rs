@@ -782,6 +782,23 @@ async fn lives_start_once_and_restart_with_greater_generations() {
         reg.put_task(&no_time, PutMode::CreateOnly).await,
         Err(Error::InvalidArgument(_))
     ));
+    assert_eq!(
+        reg.get_task("dyn2").await.expect("get"),
+        None,
+        "nothing written"
+    );
+    // As in the core's rules, an existing or tombstoned name is refused first.
+    no_time.name = "dyn".into();
+    assert!(matches!(
+        reg.put_task(&no_time, PutMode::CreateOnly).await,
+        Err(Error::AlreadyExists { .. })
+    ));
+    reg.mark_deleted("dyn3", at(0)).await.expect("tombstone");
+    no_time.name = "dyn3".into();
+    assert!(matches!(
+        reg.put_task(&no_time, PutMode::CreateOnly).await,
+        Err(Error::Tombstoned { .. })
+    ));
 }
 
 #[tokio::test]
