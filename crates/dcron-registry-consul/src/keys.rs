@@ -3,8 +3,8 @@
 //! ```text
 //! <ns>/nodes/<node id>                 node record, locked by the node's session
 //! <ns>/tasks/meta/<task name>          TaskMeta
-//! <ns>/tasks/tomb/<task name>          Tombstone
-//! <ns>/lives/<task name>               the name's current life (generation = its ModifyIndex)
+//! <ns>/tasks/tomb/<task name>/         Tombstone
+//! <ns>/lives/<task name>/              the name's current life (generation = its ModifyIndex)
 //! <ns>/claims/<task name>/<instant>    claim of one fire (instant: 20 digits, see below)
 //! <ns>/records/<kind>/<record key>     record of a kind (pause, trigger, status, life)
 //! ```
@@ -24,8 +24,10 @@
 //!
 //! Because escaped segments never contain `/`, the namespace is one segment (namespaces `a` and
 //! `a-b`, or `a` and `a/tasks`, cannot overlap) and `…/claims/<task>/` holds exactly one task's
-//! claims (`delete-tree` on it is exact). Claim instants have a fixed width, so no claim key is a
-//! prefix of another.
+//! claims (`delete-tree` on it is exact). Claim instants have a fixed width, and tombstone and
+//! life keys end with `/`, so none of these keys is a prefix of another: a transaction's
+//! `get-tree` on one of them (the only read that does not fail on a missing key) reads that key
+//! alone, whatever other names share its beginning.
 
 use dcron_core::RecordKind;
 
@@ -137,7 +139,7 @@ impl Keys {
     }
 
     pub(crate) fn tombstone(&self, name: &str) -> String {
-        format!("{}{}", self.tombstones_prefix(), escape(name))
+        format!("{}{}/", self.tombstones_prefix(), escape(name))
     }
 
     pub(crate) fn lives_prefix(&self) -> String {
@@ -145,7 +147,7 @@ impl Keys {
     }
 
     pub(crate) fn life(&self, name: &str) -> String {
-        format!("{}{}", self.lives_prefix(), escape(name))
+        format!("{}{}/", self.lives_prefix(), escape(name))
     }
 
     pub(crate) fn claims_root(&self) -> String {
@@ -179,9 +181,11 @@ impl Keys {
         format!("{}{}", self.records_prefix(kind), escape(key))
     }
 
-    /// The unescaped last segment of a key under `prefix` (a task name, node id, record key).
+    /// The unescaped last segment of a key under `prefix` (a task name, node id, record key),
+    /// with or without the closing `/` of tombstone and life keys.
     pub(crate) fn name_under(prefix: &str, key: &str) -> Option<String> {
         let rest = key.strip_prefix(prefix)?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.is_empty() || rest.contains('/') {
             return None;
         }
@@ -301,5 +305,14 @@ mod tests {
             Some("a b")
         );
         assert_eq!(Keys::name_under(&k.metas_prefix(), &k.tombstone("a")), None);
+        assert_eq!(
+            Keys::name_under(&k.tombstones_prefix(), &k.tombstone("a.b")).as_deref(),
+            Some("a.b")
+        );
+        // Point keys read with `get-tree` are not prefixes of any other key.
+        for (a, b) in [("a", "ab"), ("a", "a_2E"), ("x", "x.")] {
+            assert!(!k.tombstone(b).starts_with(&k.tombstone(a)), "{a} {b}");
+            assert!(!k.life(b).starts_with(&k.life(a)), "{a} {b}");
+        }
     }
 }

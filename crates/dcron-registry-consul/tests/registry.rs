@@ -413,7 +413,8 @@ async fn transaction_failures_are_mapped_per_operation() {
     .expect("lives");
     let tomb_key = reg
         .task_key("secret")
-        .replace("/tasks/meta/", "/tasks/tomb/");
+        .replace("/tasks/meta/", "/tasks/tomb/")
+        + "/";
     d.deny_prefix(&tomb_key);
     let claims_of_guarded = format!(
         "{}/claims/guarded/",
