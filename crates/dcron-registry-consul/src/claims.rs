@@ -28,11 +28,12 @@
 //! Consul's transactions cannot compare a time, so a claim's value records its expiry
 //! (`expires_at_ms`: the claimer's wall clock at the write + the request's retention). An
 //! expired claim counts as absent: `list_claims` never lists it, a new claim of the fire
-//! replaces it. Expired claims are deleted lazily with `delete-cas` (by `list_claims`, and by a
-//! background sweep when a task is claimed again a retention period after its previous sweep);
-//! `cleanup_*`, `restart_life` and force-writes remove all of a task's claims. Retention is
-//! judged by the claimers' clocks, which is why the core's retention includes the largest clock
-//! skew.
+//! replaces it. No other operation removes a claim (cleanup, force writes and new lives keep
+//! them, so an instant claimed in an earlier life is never run again). Expired claims are
+//! deleted with `delete-cas` by `list_claims`, by a background sweep when a task is claimed
+//! again a retention period after its previous sweep, and, for names removed by `cleanup_*`, by
+//! a background task that deletes their claims as they expire. Retention is judged by the
+//! claimers' clocks, which is why the core's retention includes the largest clock skew.
 //!
 //! # Fencing tokens
 //!
@@ -615,13 +616,23 @@ async fn snapshot(
     }
 }
 
-/// Lists the live claims of one task; returns them with the expired entries (key, index).
+/// The claims of one task as a listing saw them.
+pub(crate) struct TaskClaims {
+    /// The live claims (and the undecodable ones).
+    pub listing: Listing<Claim>,
+    /// The expired ones: key and `ModifyIndex`.
+    pub expired: Vec<(String, u64)>,
+    /// When the first live claim expires (ms since the epoch).
+    pub next_expiry_ms: Option<i64>,
+}
+
+/// Lists the claims of one task, live and expired.
 pub(crate) async fn list_claims(
     client: &Client,
     keys: &Keys,
     now_ms: i64,
     task: &str,
-) -> Result<(Listing<Claim>, Vec<(String, u64)>)> {
+) -> Result<TaskClaims> {
     let (entries, _) = client
         .kv_list(
             &keys.claims_prefix(task),
@@ -631,6 +642,7 @@ pub(crate) async fn list_claims(
         .await?;
     let mut listing = Listing::default();
     let mut expired = Vec::new();
+    let mut next_expiry_ms: Option<i64> = None;
     for entry in entries {
         match entry
             .bytes()
@@ -639,12 +651,17 @@ pub(crate) async fn list_claims(
             Ok(stored) if stored.expires_at_ms <= now_ms => {
                 expired.push((entry.key.clone(), entry.modify_index));
             }
-            Ok(stored) => listing.items.push(Claim {
-                token: stored.token(entry.modify_index),
-                fire: stored.fire,
-                node_id: stored.node_id,
-                epoch: stored.epoch,
-                generation: stored.generation,
+            Ok(stored) => listing.items.push({
+                next_expiry_ms = Some(
+                    next_expiry_ms.map_or(stored.expires_at_ms, |n| n.min(stored.expires_at_ms)),
+                );
+                Claim {
+                    token: stored.token(entry.modify_index),
+                    fire: stored.fire,
+                    node_id: stored.node_id,
+                    epoch: stored.epoch,
+                    generation: stored.generation,
+                }
             }),
             Err(e) => listing.corrupt.push(CorruptEntry {
                 key: entry.key.clone(),
@@ -655,7 +672,11 @@ pub(crate) async fn list_claims(
             }),
         }
     }
-    Ok((listing, expired))
+    Ok(TaskClaims {
+        listing,
+        expired,
+        next_expiry_ms,
+    })
 }
 
 /// Deletes expired claims with `delete-cas` (a claim re-taken meanwhile is left alone).

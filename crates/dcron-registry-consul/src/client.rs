@@ -507,6 +507,25 @@ impl Client {
         Ok((entries, index))
     }
 
+    /// The keys under `prefix`, cut after the first `separator` beyond it
+    /// (`GET /v1/kv/<prefix>?keys&separator=`): one entry per "directory".
+    pub(crate) async fn kv_keys(
+        &self,
+        prefix: &str,
+        separator: &str,
+        ctx: Ctx<'_>,
+    ) -> Result<Vec<String>> {
+        let req = self
+            .request(Method::GET, &Self::kv_path(prefix), self.request_timeout)
+            .query(&[("keys", ""), ("separator", separator)]);
+        let resp = self.send(req, ctx).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        let resp = check_status(resp, ctx).await?;
+        json_body(resp, ctx).await
+    }
+
     /// Runs one transaction of at most [`MAX_TXN_OPS`] KV operations.
     pub(crate) async fn txn(&self, ops: &[TxnKvOp], ctx: Ctx<'_>) -> Result<TxnOutcome> {
         if ops.len() > MAX_TXN_OPS {

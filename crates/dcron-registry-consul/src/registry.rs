@@ -90,6 +90,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// When each task's expired claims are next due for a sweep (never held across an `.await`).
     swept: Mutex<HashMap<String, Instant>>,
+    /// Names whose claims a background task deletes as they expire.
+    draining: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for ConsulRegistry {
@@ -115,6 +117,7 @@ impl ConsulRegistry {
                 config,
                 clock: Arc::new(SystemClock),
                 swept: Mutex::new(HashMap::new()),
+                draining: Mutex::new(Default::default()),
             }),
         })
     }
@@ -151,6 +154,7 @@ impl ConsulRegistry {
             config: shared.config.clone(),
             clock: shared.clock.clone(),
             swept: Mutex::new(HashMap::new()),
+            draining: Mutex::new(Default::default()),
         });
         ConsulRegistry {
             inner: Arc::new(Inner { clock, ..inner }),
@@ -221,9 +225,9 @@ impl ConsulRegistry {
             for task in due {
                 let now_ms = this.now().timestamp_millis();
                 let result = async {
-                    let (_, expired) =
+                    let found =
                         claims::list_claims(this.client(), this.keys(), now_ms, &task).await?;
-                    claims::delete_expired(this.client(), &task, &expired).await
+                    claims::delete_expired(this.client(), &task, &found.expired).await
                 }
                 .await;
                 if let Err(error) = result {
@@ -231,6 +235,76 @@ impl ConsulRegistry {
                 }
             }
         });
+    }
+
+    /// Deletes the claims of `names` as their retentions end, in one background task, until
+    /// none is left (names removed by cleanup are claimed no more, so the per-claim sweep would
+    /// never come back to them). Names already being swept are skipped.
+    fn sweep_until_empty(&self, names: Vec<String>) {
+        let mut names: Vec<String> = {
+            let mut busy = match self.inner.draining.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            names
+                .into_iter()
+                .filter(|n| busy.insert(n.clone()))
+                .collect()
+        };
+        if names.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            while !names.is_empty() {
+                let now_ms = this.now().timestamp_millis();
+                let mut next_ms: Option<i64> = None;
+                let mut left = Vec::with_capacity(names.len());
+                for name in names {
+                    let swept = async {
+                        let found =
+                            claims::list_claims(this.client(), this.keys(), now_ms, &name).await?;
+                        claims::delete_expired(this.client(), &name, &found.expired).await?;
+                        Ok::<_, Error>(found.next_expiry_ms)
+                    }
+                    .await;
+                    match swept {
+                        // Nothing live left (an undecodable claim never expires: cleanup leaves
+                        // it to an operator).
+                        Ok(None) => this.done_draining(&name),
+                        Ok(Some(soonest)) => {
+                            next_ms = Some(next_ms.map_or(soonest, |n| n.min(soonest)));
+                            left.push(name);
+                        }
+                        Err(error) => {
+                            tracing::debug!(%name, %error, "consul claim sweep failed");
+                            failures += 1;
+                            left.push(name);
+                        }
+                    }
+                }
+                names = left;
+                if names.is_empty() || failures > 20 {
+                    break;
+                }
+                let wait_ms = next_ms.map_or(1_000, |n| n.saturating_sub(now_ms));
+                let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))
+                    .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+                tokio::time::sleep(wait).await;
+            }
+            for name in names {
+                this.done_draining(&name);
+            }
+        });
+    }
+
+    fn done_draining(&self, name: &str) {
+        let mut busy = match self.inner.draining.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        busy.remove(name);
     }
 
     fn decode_listing<T>(
@@ -505,10 +579,10 @@ impl Registry for ConsulRegistry {
                 TxnKvOp::get(task.clone()),
                 TxnKvOp::set(task, &encoded),
             ],
+            // Claims are kept: they go only when their retention ends.
             PutMode::Force => vec![
                 TxnKvOp::set(task, &encoded),
                 TxnKvOp::delete(tomb),
-                TxnKvOp::delete_tree(keys.claims_prefix(name)),
                 TxnKvOp::set(life, &StoredLife::encode(live_since()?)),
             ],
         };
@@ -658,33 +732,52 @@ impl Registry for ConsulRegistry {
 
     async fn cleanup_task(&self, name: &str) -> Result<()> {
         let keys = self.keys();
+        // Claims stay until their retention ends; a background sweep deletes them then.
         let ops = [
             TxnKvOp::delete(keys.task(name)),
             TxnKvOp::delete(keys.tombstone(name)),
-            TxnKvOp::delete_tree(keys.claims_prefix(name)),
             TxnKvOp::delete(keys.life(name)),
         ];
         let ctx = Ctx::new("cleanup_task", name);
         match self.txn(&ops, ctx).await? {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.sweep_until_empty(vec![name.to_string()]);
+                Ok(())
+            }
             Err(failed) => Err(ctx.agent(Some(409), format!("failed operations {failed:?}"))),
         }
     }
 
     async fn cleanup_all(&self) -> Result<()> {
         let keys = self.keys();
+        // Claims stay until their retention ends; a background sweep deletes them then.
         let ops = [
             TxnKvOp::delete_tree(keys.tasks_root()),
-            TxnKvOp::delete_tree(keys.claims_root()),
             TxnKvOp::delete_tree(keys.lives_prefix()),
             TxnKvOp::delete_tree(keys.records_root()),
         ];
         let root = keys.tasks_root();
         let ctx = Ctx::new("cleanup_all", &root);
         match self.txn(&ops, ctx).await? {
-            Ok(_) => Ok(()),
-            Err(failed) => Err(ctx.agent(Some(409), format!("failed operations {failed:?}"))),
+            Ok(_) => {}
+            Err(failed) => {
+                return Err(ctx.agent(Some(409), format!("failed operations {failed:?}")))
+            }
         }
+        let claims_root = keys.claims_root();
+        match self
+            .client()
+            .kv_keys(&claims_root, "/", Ctx::new("cleanup_all", &claims_root))
+            .await
+        {
+            Ok(dirs) => self.sweep_until_empty(
+                dirs.iter()
+                    .filter_map(|dir| Keys::name_under(&claims_root, dir))
+                    .collect(),
+            ),
+            Err(error) => tracing::debug!(%error, "consul: claims left to the per-task sweeps"),
+        }
+        Ok(())
     }
 
     // ----- lives -----
@@ -768,7 +861,6 @@ impl Registry for ConsulRegistry {
         let life_key = keys.life(name);
         let ops = [
             TxnKvOp::delete(keys.tombstone(name)),
-            TxnKvOp::delete_tree(keys.claims_prefix(name)),
             TxnKvOp::set(life_key.clone(), &StoredLife::encode(at)),
         ];
         let ctx = Ctx::new("restart_life", name);
@@ -806,14 +898,13 @@ impl Registry for ConsulRegistry {
 
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>> {
         let now_ms = self.now().timestamp_millis();
-        let (listing, expired) =
-            claims::list_claims(self.client(), self.keys(), now_ms, task).await?;
-        if !expired.is_empty() {
-            if let Err(error) = claims::delete_expired(self.client(), task, &expired).await {
+        let found = claims::list_claims(self.client(), self.keys(), now_ms, task).await?;
+        if !found.expired.is_empty() {
+            if let Err(error) = claims::delete_expired(self.client(), task, &found.expired).await {
                 tracing::debug!(%task, %error, "consul claim sweep failed");
             }
         }
-        Ok(listing)
+        Ok(found.listing)
     }
 
     // ----- records -----

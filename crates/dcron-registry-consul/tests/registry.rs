@@ -682,10 +682,12 @@ async fn claims_follow_the_exactly_once_contract() {
         (1, g, token)
     );
 
-    // Tokens and generations keep growing across cleanup, force writes and new lives.
+    // Claims go only with their retention: across cleanup, force writes and new lives a fire
+    // claimed before stays claimed (its holder gets `WonEarlier`, anyone else `Lost`), while
+    // tokens and generations keep growing.
     let mut last_token = t2;
     let mut last_gen = g;
-    for step in 0..4 {
+    for step in 0..4i64 {
         match step {
             0 => reg.cleanup_task("job").await.expect("cleanup"),
             1 => reg
@@ -697,17 +699,35 @@ async fn claims_follow_the_exactly_once_contract() {
             }
             _ => reg.cleanup_all().await.expect("cleanup all"),
         }
+        let kept = reg.list_claims("job").await.expect("list").items;
         assert!(
-            reg.list_claims("job").await.expect("list").items.is_empty(),
-            "{step}"
+            kept.iter().any(|c| c.fire == f && c.token == token),
+            "{step}: {kept:?}"
         );
         let l = life(&reg, "job").await;
         assert!(l.generation > last_gen, "{step}: {l:?}");
-        let out = reg
+        let old = reg
             .claim(&me(), &[request(&f, l.generation)])
             .await
             .expect("claim");
-        let t = out[0].token().expect("won again");
+        assert_eq!(old[0], ClaimOutcome::WonEarlier { token }, "{step}");
+        let theirs = reg
+            .claim(&Claimant::new("other", 1), &[request(&f, l.generation)])
+            .await
+            .expect("claim");
+        assert_eq!(
+            theirs[0],
+            ClaimOutcome::Lost {
+                holder: Some("me".into())
+            },
+            "{step}"
+        );
+        let fresh = fire("job", 10_000 + step);
+        let out = reg
+            .claim(&me(), &[request(&fresh, l.generation)])
+            .await
+            .expect("claim");
+        let t = out[0].token().expect("a new fire is won");
         assert!(t > last_token, "{step}: {t} after {last_token}");
         (last_token, last_gen) = (t, l.generation);
     }
@@ -1149,4 +1169,33 @@ async fn session_expiry_removes_the_node_and_a_new_registration_comes_back() {
         .expect("register");
     assert_ne!(again.id, lease.id);
     assert_eq!(reg.list_nodes().await.expect("list").items.len(), 1);
+}
+
+/// Claims of a removed name are deleted from Consul once their retention ends.
+#[tokio::test]
+async fn claims_of_removed_names_are_swept_when_they_expire() {
+    let d = fast_double().await;
+    let reg = registry(&d, "ns");
+    for name in ["gone-1", "gone-2"] {
+        let g = life(&reg, name).await.generation;
+        let f = fire(name, 0);
+        let short = ClaimRequest::new(f.clone(), g, f.instant, Duration::from_secs(2));
+        let long = request(&fire(name, 1), g);
+        reg.claim(&me(), &[short, long]).await.expect("claim");
+    }
+    reg.cleanup_task("gone-1").await.expect("cleanup");
+    reg.cleanup_all().await.expect("cleanup all");
+    assert_eq!(d.count_keys("ns/claims/"), 4, "kept while retained");
+    assert!(
+        eventually(Duration::from_secs(8), || async {
+            d.count_keys("ns/claims/") == 2
+        })
+        .await,
+        "the expired claims were deleted: {:?}",
+        d.keys("ns/claims/")
+    );
+    assert_eq!(
+        reg.list_claims("gone-1").await.expect("list").items.len(),
+        1
+    );
 }
