@@ -537,8 +537,11 @@ impl Client {
             )));
         }
         let body: Vec<TxnOpJson<'_>> = ops.iter().map(|kv| TxnOpJson { kv }).collect();
+        // A transaction without writes is served by `Txn.Read`, which may be stale unless asked
+        // to be consistent (the leader then confirms it still leads); writes go through raft.
         let req = self
             .request(Method::PUT, "/v1/txn", self.request_timeout)
+            .query(&[("consistent", "")])
             .json(&body);
         let resp = self.send(req, ctx).await?;
         let status = resp.status();
