@@ -263,6 +263,12 @@ impl ConsulRegistry {
                 let mut left = Vec::with_capacity(names.len());
                 for name in names {
                     let swept = async {
+                        // A name given a life again is claimed again: the per-claim sweep has it.
+                        let life = this.keys().life(&name);
+                        let ctx = Ctx::new("claim sweep", &name);
+                        if this.client().kv_get(&life, ctx).await?.is_some() {
+                            return Ok(None);
+                        }
                         let found =
                             claims::list_claims(this.client(), this.keys(), now_ms, &name).await?;
                         claims::delete_expired(this.client(), &name, &found.expired).await?;
@@ -271,7 +277,7 @@ impl ConsulRegistry {
                     .await;
                     match swept {
                         // Nothing live left (an undecodable claim never expires: cleanup leaves
-                        // it to an operator).
+                        // it to an operator), or the name lives again.
                         Ok(None) => this.done_draining(&name),
                         Ok(Some(soonest)) => {
                             next_ms = Some(next_ms.map_or(soonest, |n| n.min(soonest)));
