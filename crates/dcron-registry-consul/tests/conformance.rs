@@ -59,7 +59,7 @@ impl DoubleFactory {
     }
 
     async fn double(&self) -> &ConsulDouble {
-        self.double.get_or_init(ConsulDouble::start).await
+        self.double.get_or_init(support::fast_double).await
     }
 
     async fn config(&self, namespace: &str) -> ConsulRegistryConfig {
@@ -71,6 +71,11 @@ impl DoubleFactory {
 impl dcron_testkit::RegistryFactory for DoubleFactory {
     fn name(&self) -> &'static str {
         "consul-double"
+    }
+
+    fn min_ttl(&self) -> Duration {
+        // A 1 s session (the double's `session_ttl_min`) grants a 2 s lease.
+        Duration::from_secs(2)
     }
 
     async fn open(&self, namespace: &str) -> Result<Arc<dyn Registry>> {
@@ -122,12 +127,14 @@ impl dcron_testkit::RegistryFactory for AgentFactory {
     }
 
     fn min_ttl(&self) -> Duration {
+        // The smallest lease: a session of Consul's minimum TTL (10 s), invalidated 2×TTL after
+        // its last renewal.
         dcron_registry_consul::CONSUL_MIN_SESSION_TTL
+            * dcron_registry_consul::SESSION_TTL_MULTIPLIER
     }
 
     fn expiry_slack(&self) -> Duration {
-        // Consul invalidates a session between 1× and 2× its TTL.
-        dcron_registry_consul::CONSUL_MIN_SESSION_TTL + Duration::from_secs(5)
+        dcron_core::expiry_tolerance(self.min_ttl())
     }
 
     async fn expire_lease(&self, _namespace: &str, lease: &Lease) -> Result<()> {
@@ -148,12 +155,17 @@ impl dcron_testkit::RegistryFactory for AgentFactory {
 
 /// The whole suite against a real agent; skipped (with the reason printed) when
 /// `DCRON_TEST_CONSUL_ADDR` is not set — no agent can be installed on this project's machines,
-/// so this is not required even under `DCRON_TEST_REQUIRE=1`.
+/// so this is not required even under `DCRON_TEST_REQUIRE=1`. `CONSUL_HTTP_TOKEN`,
+/// `CONSUL_CACERT` and the other standard variables apply.
 #[test]
 fn real_agent_conformance() {
-    let Some(config) = ConsulRegistryConfig::from_env() else {
-        println!("real_agent_conformance skipped: DCRON_TEST_CONSUL_ADDR is not set");
-        return;
+    let config = match ConsulRegistryConfig::from_test_env() {
+        Ok(Some(config)) => config,
+        Ok(None) => {
+            println!("real_agent_conformance skipped: DCRON_TEST_CONSUL_ADDR is not set");
+            return;
+        }
+        Err(e) => panic!("bad Consul test environment: {e}"),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

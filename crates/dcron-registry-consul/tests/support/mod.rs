@@ -6,13 +6,20 @@ pub mod double;
 use std::time::Duration;
 
 use dcron_registry_consul::{ConsulRegistry, ConsulRegistryConfig};
+use double::{ConsulDouble, DoubleConfig};
 
-/// A registry on the double, in `namespace`, with short TTLs and blocking waits for tests.
-pub fn registry(double: &double::ConsulDouble, namespace: &str) -> ConsulRegistry {
+/// A double configured like an agent with `session_ttl_min = "1s"`, so leases can expire in
+/// seconds.
+pub async fn fast_double() -> ConsulDouble {
+    ConsulDouble::start_with(DoubleConfig::fast_sessions()).await
+}
+
+/// A registry on the double, in `namespace`, for an agent with `session_ttl_min = "1s"`.
+pub fn registry(double: &ConsulDouble, namespace: &str) -> ConsulRegistry {
     ConsulRegistry::new(config(&double.address(), namespace)).expect("valid config")
 }
 
-/// The test configuration for an address.
+/// The test configuration for an address (`session_ttl_min` 1 s, short waits).
 pub fn config(address: &str, namespace: &str) -> ConsulRegistryConfig {
     ConsulRegistryConfig::new(address)
         .with_namespace(namespace)
