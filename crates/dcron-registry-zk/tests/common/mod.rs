@@ -197,6 +197,17 @@ impl RegistryFactory for ZkFactory {
         Ok(Arc::new(reg))
     }
 
+    fn hooks(&self) -> Option<dcron_testkit::Hooks> {
+        let hooks = dcron_testkit::Hooks::none()
+            .with_expire_lease()
+            .with_write_raw_task();
+        Some(if self.server.is_some() {
+            hooks.with_restart_server()
+        } else {
+            hooks
+        })
+    }
+
     /// ZooKeeper sessions shorter than 2 s are not used (see `MIN_SESSION_TIMEOUT`).
     fn min_ttl(&self) -> Duration {
         Duration::from_secs(2)
