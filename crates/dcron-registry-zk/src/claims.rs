@@ -1,23 +1,36 @@
 //! Fire claims: create-only znodes under the task's state znode, fenced by the state.
 //!
-//! A fire `(task, instant)` of life `generation` is claimed at
-//! `{root}/tasks/{task}/{generation}_{instant ms}`. Deciding one request:
+//! A fire `(task, instant)` is claimed at `{root}/tasks/{task}/{instant ms}`, whatever the life
+//! of the task: the generation, the claimant and the retention are in the znode's data, so a
+//! claim made in one life is met by every later life of the name until its retention ends.
+//! Deciding one request:
 //!
 //! 1. **R1**: read the task's state. Tombstoned → `Tombstoned`; no life or another generation
 //!    → `Superseded`. Nothing is written in these cases.
 //! 2. **Create** the claim znode (TTL = retention; data = claimant, generation, retention).
 //!    `NodeExists`: read it; a claim whose stored expiry (`ctime` + retention) is still ahead
-//!    of the server's clock is the holder (`WonEarlier` for the same claimant, else `Lost`);
-//!    an expired one is taken over by creating its child `n` (then `n/n`, …): the server
-//!    refuses to delete a znode with children and to create a child under a deleted znode, so
-//!    the chain can only be collected from its end and a takeover can only land on the very
-//!    znode judged expired (checked by its `czxid` after the create).
+//!    of the server's clock is the holder, of whatever generation (`WonEarlier` for the same
+//!    claimant, else `Lost`); an expired one is taken over by creating its child `n` (then
+//!    `n/n`, …): the server refuses to delete a znode with children and to create a child
+//!    under a deleted znode, so the chain can only be collected from its end and a takeover
+//!    can only land on the very znode judged expired (checked by its `czxid` after the
+//!    create).
 //! 3. **R2**: read the state again. If its `fence` (the version of the last change that can
 //!    refuse a claim: a tombstone, a new or removed life) is the one R1 read, nothing that
 //!    refuses claims happened between R1 and R2 — and the create (or the read of the holder)
 //!    happened in between — so the answer is exactly the one the rules give at that moment.
-//!    Otherwise a claim this call created is removed again (while it is certainly fresh) and
-//!    the request is decided again from R2.
+//!    Otherwise the request is decided again from R2; a claim this call created stays (see
+//!    below).
+//!
+//! Nothing removes a claim before its retention ends: not cleanup, a force write, a new life,
+//! nor a claim whose R2 saw the fence move. Such a claim may already have answered another
+//! call (`Lost`, or `WonEarlier` to the same claimant), so removing it could let a second
+//! claimant win a fire that one was told it holds. It stays held by its claimant, who was
+//! answered from R2 (`Tombstoned`, `Superseded`) and runs the fire only if it claims it again
+//! (`WonEarlier`): a race with a tombstone or a new life can cost that fire its run, never add
+//! a second one. The one znode a call removes again is a takeover that landed under a claim
+//! re-created since it was judged expired: that claim is fresh, so no walk reaches the
+//! takeover below it before it is removed.
 //!
 //! The fencing token is the claim znode's `czxid`: unique, and greater than every zxid before
 //! it in the ensemble, so tokens of a name increase strictly across cleanups and new lives.
@@ -91,13 +104,8 @@ impl ServerClock {
 
 /// Who holds a fire after step 2.
 enum Found {
-    /// This call created the claim at `path`.
-    Created {
-        path: String,
-        token: u64,
-        at: Instant,
-        retention: Duration,
-    },
+    /// This call created the claim (the first unexpired one of the fire's chain).
+    Created { token: u64 },
     /// An unexpired claim held by this claimant or another.
     Held {
         node_id: String,
@@ -274,15 +282,8 @@ impl ZkRegistry {
             {
                 return found.outcome(claimant);
             }
-            if let Found::Created {
-                path,
-                at,
-                retention,
-                ..
-            } = &found
-            {
-                self.retract(path, *at, *retention).await;
-            }
+            // Decided again from R2. A claim created here is kept: it may already have
+            // answered another call, and claims end only with their retention.
             next = Some(Ok(after));
             own_clock = ServerClock::default();
         }
@@ -300,9 +301,7 @@ impl ZkRegistry {
         clock: &ServerClock,
     ) -> Result<Found> {
         let fire = &request.fire;
-        let root = self
-            .layout()
-            .claim(&fire.task, request.generation, fire.instant_millis());
+        let root = self.layout().claim(&fire.task, fire.instant_millis());
         let ms = retention_ms(request.retention);
         let data = serde_json::to_vec(&ClaimData {
             node_id: claimant.node_id.clone(),
@@ -338,15 +337,14 @@ impl ZkRegistry {
             match created {
                 Ok((_, stat)) => {
                     let mine = Found::Created {
-                        path: path.clone(),
                         token: token_of(stat.czxid),
-                        at: started,
-                        retention: request.retention,
                     };
                     let Some(parent_czxid) = expired_parent else {
                         return Ok(mine);
                     };
-                    // The takeover must sit on the very claim judged expired.
+                    // The takeover must sit on the very claim judged expired. Otherwise that
+                    // claim was collected and created again meanwhile: the fresh one holds the
+                    // fire, no walk passes it, and the takeover under it is removed again.
                     let parent = parent_of(&path);
                     match self.conn().exists(parent).await? {
                         Some(s) if s.czxid == parent_czxid => return Ok(mine),
@@ -408,9 +406,10 @@ impl ZkRegistry {
         })
     }
 
-    /// Removes a claim this call created, while it is certainly fresh (well within its
-    /// retention, so nobody can have taken it over or collected it and made the path another's).
-    /// Otherwise it is left: it expires by itself.
+    /// Removes a takeover this call created under a claim other than the one it judged expired
+    /// (see `find_holder`), while it is certainly fresh (well within its retention, so nobody
+    /// can have taken it over or collected it and made the path another's). Otherwise it is
+    /// left: it expires by itself. Nothing else ever removes a claim before its retention ends.
     async fn retract(&self, path: &str, created: Instant, retention: Duration) {
         if created.elapsed() >= retention / 2 {
             tracing::debug!(znode = %path, "zookeeper: a claim to retract is too old; it will expire");
@@ -429,12 +428,10 @@ impl ZkRegistry {
         }
     }
 
+    /// Lists the holder of every claimed fire of `task`, whatever the generation it was claimed
+    /// in and whether the name has a life now: the first unexpired claim of each chain.
     pub(crate) async fn list_fire_claims(&self, task: &str) -> Result<Listing<Claim>> {
         validate_task_name(task)?;
-        let snap = self.read_state(task).await?;
-        let Some(life) = snap.state.life else {
-            return Ok(Listing::default());
-        };
         let dir = self.layout().task(task);
         let roots: Vec<(String, i64)> = self
             .conn()
@@ -442,8 +439,8 @@ impl ZkRegistry {
             .await?
             .into_iter()
             .filter_map(|c| {
-                let (g, ms) = parse_claim_name(&c)?;
-                (g == life.generation).then_some((c, ms))
+                let ms = parse_claim_name(&c)?;
+                Some((c, ms))
             })
             .collect();
         if roots.is_empty() {

@@ -4,8 +4,9 @@
 //! {root}                                   the namespace marker (data `{"dcron_namespace":1}`)
 //! {root}/nodes/{node id}.{sequence}        ephemeral sequential, data = Node JSON
 //! {root}/tasks/{task name}                 persistent: the whole state of the name (see `state`)
-//! {root}/tasks/{task name}/{gen}_{ms}      a claim (TTL znode, or persistent + sweeper)
-//! {root}/tasks/{task name}/{gen}_{ms}/n    the claim that took the fire over after it expired
+//! {root}/tasks/{task name}/{ms}           the claim of the fire at that instant, whatever the
+//!                                          life (TTL znode, or persistent + sweeper)
+//! {root}/tasks/{task name}/{ms}/n          the claim that took the fire over after it expired
 //!                                          (and `/n/n`, … for each later takeover)
 //! {root}/clients/{uuid}                    ephemeral marker of one registry handle's session
 //! {root}/sweeper                           ephemeral lock of the claim sweeper (without TTL)
@@ -101,13 +102,22 @@ pub(crate) fn ancestors(root: &str) -> Vec<String> {
     out
 }
 
-/// The name of the claim znode of a fire: `{generation}_{instant ms}`.
-pub(crate) fn claim_name(generation: u64, instant_ms: i64) -> String {
-    format!("{generation}_{instant_ms}")
+/// The name of the claim znode of a fire: its instant in milliseconds since the epoch, alone
+/// (the generation, claimant and retention are in the znode's data), so that every life of the
+/// task meets the same claim.
+pub(crate) fn claim_name(instant_ms: i64) -> String {
+    instant_ms.to_string()
 }
 
-/// Reverses [`claim_name`].
-pub(crate) fn parse_claim_name(name: &str) -> Option<(u64, i64)> {
+/// Reverses [`claim_name`]: only the exact form it writes (no sign but `-`, no leading zeros).
+pub(crate) fn parse_claim_name(name: &str) -> Option<i64> {
+    let ms: i64 = name.parse().ok()?;
+    (claim_name(ms) == name).then_some(ms)
+}
+
+/// Reads a claim znode name of earlier builds of this crate, `{generation}_{instant ms}`. Such
+/// claims are no longer read or listed; the sweeper still collects them once they expire.
+pub(crate) fn parse_legacy_claim_name(name: &str) -> Option<(u64, i64)> {
     let (g, ms) = name.split_once('_')?;
     Some((g.parse().ok()?, ms.parse().ok()?))
 }
@@ -177,13 +187,13 @@ impl Layout {
     pub(crate) fn task(&self, name: &str) -> String {
         format!("{}/tasks/{}", self.root, escape(name))
     }
-    /// The claim znode of a fire in a generation.
-    pub(crate) fn claim(&self, name: &str, generation: u64, instant_ms: i64) -> String {
+    /// The claim znode of a fire (the first of its chain of takeovers).
+    pub(crate) fn claim(&self, name: &str, instant_ms: i64) -> String {
         format!(
             "{}/tasks/{}/{}",
             self.root,
             escape(name),
-            claim_name(generation, instant_ms)
+            claim_name(instant_ms)
         )
     }
 }
@@ -242,7 +252,7 @@ mod tests {
             l.directories(),
             vec!["/x/y/nodes", "/x/y/tasks", "/x/y/clients", "/x/y/records"]
         );
-        assert_eq!(l.claim("a b", 3, -5), "/x/y/tasks/a%20b/3_-5");
+        assert_eq!(l.claim("a b", -5), "/x/y/tasks/a%20b/-5");
         assert_eq!(
             l.record(RecordKind::Trigger, "a b@1"),
             "/x/y/records/trigger/a%20b%401"
@@ -255,9 +265,15 @@ mod tests {
 
     #[test]
     fn child_names_parse_back() {
-        assert_eq!(parse_claim_name(&claim_name(7, -12)), Some((7, -12)));
-        assert_eq!(parse_claim_name("7"), None);
-        assert_eq!(parse_claim_name("x_1"), None);
+        for ms in [0, -12, 1_900_000_000_000, i64::MIN, i64::MAX] {
+            assert_eq!(parse_claim_name(&claim_name(ms)), Some(ms));
+        }
+        for other in ["", "-", "+5", "05", "-0", "7_12", "x", "1.5", "n"] {
+            assert_eq!(parse_claim_name(other), None, "{other:?}");
+        }
+        assert_eq!(parse_legacy_claim_name("7_-12"), Some((7, -12)));
+        assert_eq!(parse_legacy_claim_name("7"), None);
+        assert_eq!(parse_legacy_claim_name("x_1"), None);
         let child = format!("{}0000000042", node_prefix("node.a b"));
         assert_eq!(parse_node_child(&child), Some(("node.a b".to_string(), 42)));
         assert_eq!(parse_node_child("plain"), None);

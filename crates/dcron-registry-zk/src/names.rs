@@ -6,6 +6,9 @@
 //! or `BadVersion` means another writer came first: read again and decide again. No step can be
 //! half done, because there is only one step.
 //!
+//! No write here touches the children of a state znode: the name's claims stay through every
+//! cleanup, force write and new life, until their retention ends (see `claims`).
+//!
 //! A write whose reply is lost (connection loss, timeout) may or may not have been applied.
 //! Every write carries a random id in the state it writes; the writer reads again and finds
 //! either its id (applied: the answer it planned), the version it wrote over (not applied:
@@ -222,7 +225,8 @@ impl ZkRegistry {
     }
 
     pub(crate) async fn cleanup_name(&self, name: &str) -> Result<()> {
-        // The state znode stays, empty: its version carries the name's generations on.
+        // The state znode stays, empty: its version carries the name's generations on, and
+        // its children, the name's claims, stay until their retention ends.
         self.write_state(name, |snap, write| {
             if snap.state.is_empty() {
                 return Ok(Plan::Done(()));

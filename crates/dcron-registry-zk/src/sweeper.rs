@@ -6,11 +6,12 @@
 //! namespace: the one whose shared session holds the ephemeral lock `{root}/sweeper`. Ages are
 //! judged on the server's clock only (each claim's `ctime` + retention against the `mtime` of
 //! a znode written for the purpose). A claim znode is deleted when it has no children and
-//! either belongs to a generation that is not the task's current life, or expired more than
-//! a grace period ago (twice the sweep interval, at least a second, so that a sweeper that lost
-//! its lock mid-pass never races the next one on a young claim); a chain of takeovers is
-//! collected from its end, one link per pass. Each pass
-//! deletes at most [`MAX_PER_PASS`] claims.
+//! expired more than a grace period ago (twice the sweep interval, at least a second, so that a
+//! sweeper that lost its lock mid-pass never races the next one on a young claim) — whatever
+//! its generation and whatever happened to its name since: claims end only with their
+//! retention. Claim znodes of earlier builds (`{generation}_{instant ms}`, no longer read) are
+//! collected by the same rule. A chain of takeovers is collected from its end, one link per
+//! pass. Each pass deletes at most [`MAX_PER_PASS`] claims.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use dcron_core::Result;
 use zookeeper_async::{CreateMode, ZkError};
 
 use crate::claims::ClaimData;
-use crate::layout::{parse_claim_name, unescape, SUCCESSOR};
+use crate::layout::{parse_claim_name, parse_legacy_claim_name, SUCCESSOR};
 use crate::registry::{Inner, ZkRegistry};
 
 /// The most claims one pass deletes.
@@ -75,20 +76,11 @@ pub(crate) async fn sweep_once(
     let tasks = reg.layout().tasks_dir();
     let mut deleted = 0;
     for child in conn.children(&tasks).await? {
-        let Some(name) = unescape(&child) else {
-            continue;
-        };
-        let generation = reg
-            .read_state(&name)
-            .await?
-            .state
-            .life
-            .map(|l| l.generation);
         let dir = format!("{tasks}/{child}");
         for claim in conn.children(&dir).await? {
-            let Some((g, _)) = parse_claim_name(&claim) else {
+            if parse_claim_name(&claim).is_none() && parse_legacy_claim_name(&claim).is_none() {
                 continue;
-            };
+            }
             let mut path = format!("{dir}/{claim}");
             // Walk to the end of the chain: only a znode without children can go.
             loop {
@@ -102,11 +94,10 @@ pub(crate) async fn sweep_once(
                     path = format!("{path}/{SUCCESSOR}");
                     continue;
                 }
-                let dead = Some(g) != generation
-                    || ClaimData::decode(&path, &bytes)
-                        .map(|d| d.expiry(stat.ctime).saturating_add(grace) <= now)
-                        .unwrap_or(false);
-                if dead {
+                let expired = ClaimData::decode(&path, &bytes)
+                    .map(|d| d.expiry(stat.ctime).saturating_add(grace) <= now)
+                    .unwrap_or(false);
+                if expired {
                     conn.delete(
                         &path,
                         Some(stat.version),

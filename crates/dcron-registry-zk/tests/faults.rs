@@ -171,6 +171,22 @@ async fn life(reg: &ZkRegistry, name: &str) -> Life {
         .expect("life")[0]
 }
 
+/// The claim `claim_as(.., "holder", generation)` wrote is listed alone, as written, whatever
+/// happened to the name since (claims end only with their retention).
+fn assert_claim_kept(claims: &[dcron_core::Claim], generation: u64, name: &str) {
+    assert_eq!(claims.len(), 1, "{name}: the claim is kept: {claims:?}");
+    assert_eq!(
+        (
+            claims[0].node_id.as_str(),
+            claims[0].epoch,
+            claims[0].generation
+        ),
+        ("holder", 1, generation),
+        "{name}"
+    );
+    assert_eq!(claims[0].fire, fire(name), "{name}");
+}
+
 fn unknown<T: std::fmt::Debug>(res: &dcron_core::Result<T>) -> bool {
     matches!(res, Err(e) if e.is_retryable())
 }
@@ -255,7 +271,8 @@ async fn task_writes_are_whole_and_truthful_under_faults() {
     })
     .await;
 
-    // Force over a tombstoned record with a claim: all of it or none of it.
+    // Force over a tombstoned record with a claim: all of it or none of it; the claim stays
+    // either way (claims end only with their retention).
     for_every_fault(rig, "force", |name, fault| async move {
         rig.clean
             .put_task(&meta(&name, "v1"), PutMode::CreateOnly)
@@ -285,11 +302,21 @@ async fn task_writes_are_whole_and_truthful_under_faults() {
                 s.generation.is_some_and(|g| g > g1),
                 "{name}: new life {s:?}"
             );
-            assert!(claims.is_empty(), "{name}: claims of the old life gone");
         } else {
             assert_eq!(s.payload.as_deref(), Some("v1"), "{name}");
             assert!(s.tombstoned, "{name}: untouched");
-            assert_eq!(claims.len(), 1, "{name}: the claim is kept");
+        }
+        assert_claim_kept(&claims, g1, &name);
+        if let Some(g2) = s.generation.filter(|_| applied) {
+            assert_eq!(
+                claim_as(&rig.clean, &name, "rival", g2)
+                    .await
+                    .expect("rival")[0],
+                ClaimOutcome::Lost {
+                    holder: Some("holder".into())
+                },
+                "{name}: the new life meets the claim of the old one"
+            );
         }
         match &res {
             Ok(()) => assert!(applied, "{name}: Ok but not applied"),
@@ -352,7 +379,7 @@ async fn task_writes_are_whole_and_truthful_under_faults() {
     })
     .await;
 
-    // Cleanup of a record with a tombstone and a claim.
+    // Cleanup of a record with a tombstone and a claim: the claim stays either way.
     for_every_fault(rig, "cleanup", |name, fault| async move {
         rig.clean
             .put_task(&meta(&name, "v1"), PutMode::CreateOnly)
@@ -376,15 +403,12 @@ async fn task_writes_are_whole_and_truthful_under_faults() {
             tombstoned: false,
             generation: None,
         };
-        if s == gone {
-            assert!(rig
-                .clean
-                .list_claims(&name)
-                .await
-                .expect("claims")
-                .items
-                .is_empty());
-        } else {
+        assert_claim_kept(
+            &rig.clean.list_claims(&name).await.expect("claims").items,
+            g1,
+            &name,
+        );
+        if s != gone {
             assert_eq!(
                 s.payload.as_deref(),
                 Some("v1"),
@@ -397,13 +421,26 @@ async fn task_writes_are_whole_and_truthful_under_faults() {
             r if unknown(r) => {}
             other => panic!("{name}: {other:?}"),
         }
-        // After a cleanup the sequence goes on: a new life is greater.
+        // After a cleanup the sequence goes on: a new life is greater, and meets the claim.
         let next = life(&rig.clean, &name).await.generation;
         if s == gone {
             assert!(next > g1, "{name}: {next} after {g1}");
         } else {
             assert_eq!(next, g1, "{name}");
         }
+        assert_eq!(
+            claim_as(&rig.clean, &name, "rival", next)
+                .await
+                .expect("rival")[0],
+            if s == gone {
+                ClaimOutcome::Lost {
+                    holder: Some("holder".into()),
+                }
+            } else {
+                ClaimOutcome::Tombstoned
+            },
+            "{name}: the fire claimed before the cleanup"
+        );
         sent
     })
     .await;
@@ -466,24 +503,19 @@ async fn lives_and_claims_are_whole_and_truthful_under_faults() {
             "{name}: the record is kept"
         );
         let restarted = !s.tombstoned;
+        let claims = rig.clean.list_claims(&name).await.expect("claims").items;
+        assert_claim_kept(&claims, g1, &name);
         if restarted {
             assert!(s.generation.is_some_and(|g| g > g1), "{name}: {s:?}");
-            assert!(rig
-                .clean
-                .list_claims(&name)
-                .await
-                .expect("claims")
-                .items
-                .is_empty());
-        } else {
+            let g2 = s.generation.unwrap_or_default();
             assert_eq!(
-                rig.clean
-                    .list_claims(&name)
+                claim_as(&rig.clean, &name, "holder", g2)
                     .await
-                    .expect("claims")
-                    .items
-                    .len(),
-                1
+                    .expect("holder again")[0],
+                ClaimOutcome::WonEarlier {
+                    token: claims[0].token
+                },
+                "{name}: the holder meets its own claim in the new life"
             );
         }
         match &res {

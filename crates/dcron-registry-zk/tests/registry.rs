@@ -565,7 +565,9 @@ async fn node_status_changes_are_watched() {
 }
 
 /// On a server without TTL znodes: `require_ttl` is a typed error; otherwise the sweeper is
-/// announced, expired claims count as absent at once, and the sweeper collects them.
+/// announced, expired claims count as absent at once, and the sweeper collects them — by
+/// expiry alone: the claims of a removed life stay, and claim znodes of earlier builds
+/// (`{generation}_{instant}`, no longer read) are collected once expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_without_ttl_znodes() {
     let Some(server) = common::OwnedServer::start_with(false).await else {
@@ -596,6 +598,15 @@ async fn server_without_ttl_znodes() {
     assert!(claim(&reg, &keep, "a", Duration::from_secs(600))
         .await
         .is_won());
+    let first_life = reg
+        .list_claims("swept")
+        .await
+        .expect("claims")
+        .items
+        .iter()
+        .find(|c| c.fire == keep)
+        .map(|c| c.generation)
+        .expect("the kept claim is listed");
     // Expired: not listed and claimable by another at once, long before any sweep could help.
     let expired = eventually(Duration::from_secs(5), || async {
         reg.list_claims("swept")
@@ -608,24 +619,69 @@ async fn server_without_ttl_znodes() {
     assert!(claim(&reg, &short, "b", Duration::from_secs(600))
         .await
         .is_won());
-    // The sweeper collects expired claim znodes (the takeover's parent once the chain is
-    // expired: here the 1.5 s claim, its successor still held keeps it).
+    // The name is removed: its life goes, its claims stay (the next claim starts a new life).
+    reg.cleanup_task("swept").await.expect("cleanup");
+    // Claim znodes of an earlier build: one long expired, one retained.
     let raw = raw_client(&server.connect()).await;
     let dir = reg.task_path("swept");
+    let legacy = |retention_ms: u64| {
+        serde_json::to_vec(&serde_json::json!({
+            "node_id": "old-build", "epoch": 1, "generation": first_life,
+            "retention_ms": retention_ms
+        }))
+        .expect("json")
+    };
+    for (name, retention_ms) in [("1_1900000003000", 1), ("1_1900000004000", 600_000)] {
+        raw.create(
+            &format!("{dir}/{name}"),
+            legacy(retention_ms),
+            Acl::open_unsafe().clone(),
+            CreateMode::Persistent,
+        )
+        .await
+        .expect("legacy claim");
+    }
+    // The sweeper collects expired claim znodes (the takeover's parent once the chain is
+    // expired: here the 1.5 s claim, its successor still held keeps it).
     let short2 = fire("swept", 2000);
     assert!(claim(&reg, &short2, "a", Duration::from_millis(300))
         .await
         .is_won());
     let swept = eventually(Duration::from_secs(15), || async {
         let children = raw.get_children(&dir, false).await.unwrap_or_default();
-        !children.iter().any(|c| c.ends_with("_1900000002000"))
+        !children
+            .iter()
+            .any(|c| c == "1900000002000" || c == "1_1900000003000")
     })
     .await;
-    assert!(swept, "the sweeper deleted the expired claim znode");
+    assert!(
+        swept,
+        "the sweeper deleted the expired claim znodes, of this build and an earlier one"
+    );
+    let mut children = raw.get_children(&dir, false).await.expect("children");
+    children.sort();
+    assert_eq!(
+        children,
+        vec!["1900000000000", "1900000001000", "1_1900000004000"],
+        "retained claims stay through the sweeps, whatever their life"
+    );
+    // The claim of the removed life still holds its fire in the new one, and is listed as it
+    // was written; the earlier build's claim is not read.
     assert!(matches!(
         claim(&reg, &keep, "b", Duration::from_secs(60)).await,
-        ClaimOutcome::Lost { .. }
+        ClaimOutcome::Lost { holder: Some(h) } if h == "a"
     ));
+    let listed = reg.list_claims("swept").await.expect("claims").items;
+    let kept = listed.iter().find(|c| c.fire == keep).expect("listed");
+    assert_eq!(
+        (kept.node_id.as_str(), kept.epoch, kept.generation),
+        ("a", 1, first_life)
+    );
+    assert!(
+        claim(&reg, &fire("swept", 4000), "b", Duration::from_secs(60))
+            .await
+            .is_won()
+    );
     let _ = raw.close().await;
     reg.cleanup_all().await.expect("cleanup");
     reg.close().await;
