@@ -19,8 +19,10 @@
 //!    refuse a claim: a tombstone, a new or removed life) is the one R1 read, nothing that
 //!    refuses claims happened between R1 and R2 — and the create (or the read of the holder)
 //!    happened in between — so the answer is exactly the one the rules give at that moment.
-//!    Otherwise the request is decided again from R2; a claim this call created stays (see
-//!    below).
+//!    A `Won` also stands when R2's version is R1's plus one and R2's `mzxid` is above the
+//!    claim's `czxid`: the one write since R1 came after the create, so the state at the create
+//!    was R1's. Otherwise the request is decided again from R2; a claim this call created
+//!    stays (see below).
 //!
 //! Nothing removes a claim before its retention ends: not cleanup, a force write, a new life,
 //! nor a claim whose R2 saw the fence move. Such a claim may already have answered another
@@ -104,8 +106,9 @@ impl ServerClock {
 
 /// Who holds a fire after step 2.
 enum Found {
-    /// This call created the claim (the first unexpired one of the fire's chain).
-    Created { token: u64 },
+    /// This call created the claim (the first unexpired one of the fire's chain) in the
+    /// transaction `zxid`.
+    Created { token: u64, zxid: i64 },
     /// An unexpired claim held by this claimant or another.
     Held {
         node_id: String,
@@ -282,6 +285,17 @@ impl ZkRegistry {
             {
                 return found.outcome(claimant);
             }
+            // One write landed on the state since R1, and after the claim was created: at the
+            // create, the state was still R1's, so `Won` is the rules' answer at that moment.
+            if let Found::Created { zxid, .. } = found {
+                let one_write = matches!(
+                    (snap.version, after.version),
+                    (Some(r1), Some(r2)) if i64::from(r2) == i64::from(r1) + 1
+                );
+                if one_write && zxid < after.mzxid {
+                    return found.outcome(claimant);
+                }
+            }
             // Decided again from R2. A claim created here is kept: it may already have
             // answered another call, and claims end only with their retention.
             next = Some(Ok(after));
@@ -338,6 +352,7 @@ impl ZkRegistry {
                 Ok((_, stat)) => {
                     let mine = Found::Created {
                         token: token_of(stat.czxid),
+                        zxid: stat.czxid,
                     };
                     let Some(parent_czxid) = expired_parent else {
                         return Ok(mine);

@@ -38,6 +38,8 @@ const MAX_WRITE_ATTEMPTS: usize = 64;
 pub(crate) struct Snapshot {
     pub(crate) state: State,
     pub(crate) version: Option<i32>,
+    /// The zxid of the write that produced this version (0 when there is no znode).
+    pub(crate) mzxid: i64,
 }
 
 /// What to do after reading a state.
@@ -56,10 +58,12 @@ impl ZkRegistry {
             Some((data, stat)) => Snapshot {
                 state: State::decode(&data),
                 version: Some(stat.version),
+                mzxid: stat.mzxid,
             },
             None => Snapshot {
                 state: State::default(),
                 version: None,
+                mzxid: 0,
             },
         })
     }

@@ -343,6 +343,125 @@ async fn every_znode(zk: &ZooKeeper, root: &str) -> Vec<String> {
     out
 }
 
+/// Claims racing new lives: a batch of fires claimed in one life while another client starts
+/// the next life (`restart_life`, then a `Force` put, in turns), then the same fires claimed in
+/// the new life by someone else. Whatever the interleaving, no fire is held by two claimants
+/// across the lives, every claim answered `Won` is listed as written, and a fire listed after
+/// the race is `Lost` to the new life, naming its holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_racing_new_lives_never_win_twice() {
+    let ns = unique("lives-race");
+    let Some(a) = shared_registry(&ns).await else {
+        return;
+    };
+    let b = shared_registry(&ns).await.expect("second client");
+    let name = "raced";
+    a.put_task(&meta(name), PutMode::CreateOnly)
+        .await
+        .expect("create");
+    let mut generation = a
+        .ensure_lives(&[(name.to_string(), Utc::now())])
+        .await
+        .expect("life")[0]
+        .generation;
+    let request = |ms: i64, generation: u64| {
+        let f = fire(name, ms);
+        ClaimRequest::new(
+            f.clone(),
+            generation,
+            f.instant + chrono::Duration::days(1),
+            Duration::from_secs(600),
+        )
+    };
+    let (mut won, mut kept, mut superseded) = (0usize, 0usize, 0usize);
+    for round in 0..24i64 {
+        let offsets: Vec<i64> = (0..40).map(|i| round * 1000 + i).collect();
+        let batch: Vec<ClaimRequest> = offsets.iter().map(|ms| request(*ms, generation)).collect();
+        let old_life = Claimant::new("old-life", 1);
+        let claimed = a.claim(&old_life, &batch);
+        let restarted = async {
+            // Not a wait for anything: the new life starts 0–5 ms into the claims, so that the
+            // rounds meet the claims at different steps (before R1, between R1 and R2, after).
+            tokio::time::sleep(Duration::from_millis(u64::try_from(round % 6).unwrap_or(0))).await;
+            if round % 2 == 0 {
+                b.restart_life(name, Utc::now()).await.map(|l| l.generation)
+            } else {
+                b.put_task(&meta(name), PutMode::Force).await?;
+                b.ensure_lives(&[(name.to_string(), Utc::now())])
+                    .await
+                    .map(|l| l[0].generation)
+            }
+        };
+        let (first, next) = tokio::join!(claimed, restarted);
+        let first = first.expect("claims of the old life");
+        let next = next.expect("new life");
+        assert!(
+            next > generation,
+            "round {round}: {next} after {generation}"
+        );
+        let second = b
+            .claim(
+                &Claimant::new("new-life", 1),
+                &offsets
+                    .iter()
+                    .map(|ms| request(*ms, next))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .expect("claims of the new life");
+        let listed = a.list_claims(name).await.expect("claims").items;
+        for (i, (old, new)) in first.iter().zip(&second).enumerate() {
+            let fire = &batch[i].fire;
+            let holders: Vec<_> = listed.iter().filter(|c| &c.fire == fire).collect();
+            assert!(holders.len() <= 1, "{fire}: listed twice: {holders:?}");
+            match old {
+                ClaimOutcome::Won { token } => {
+                    won += 1;
+                    assert_eq!(
+                        new,
+                        &ClaimOutcome::Lost {
+                            holder: Some("old-life".into())
+                        },
+                        "{fire}: won in the old life"
+                    );
+                    assert_eq!(
+                        holders.first().map(|c| (c.token, c.generation)),
+                        Some((*token, generation)),
+                        "{fire}: listed as won"
+                    );
+                }
+                ClaimOutcome::Superseded { current } => {
+                    superseded += 1;
+                    assert_eq!(*current, Some(next), "{fire}");
+                    // A claim written before the new life was seen stays held by its claimant.
+                    match holders.first() {
+                        Some(c) => {
+                            kept += 1;
+                            assert_eq!(c.node_id, "old-life", "{fire}");
+                            assert!(
+                                matches!(new, ClaimOutcome::Lost { holder: Some(h) } if h == "old-life"),
+                                "{fire}: {new:?}"
+                            );
+                        }
+                        None => assert!(new.is_won(), "{fire}: {new:?}"),
+                    }
+                }
+                other => panic!("{fire}: the old life answered {other:?}"),
+            }
+            if new.is_won() {
+                assert_eq!(
+                    holders.first().map(|c| c.node_id.as_str()),
+                    Some("new-life"),
+                    "{fire}"
+                );
+            }
+        }
+        generation = next;
+    }
+    println!("old life: {won} won, {superseded} superseded ({kept} of them with their claim kept)");
+    a.cleanup_all().await.expect("cleanup");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digest_acl_keeps_other_clients_out_of_every_znode() {
     let ns = unique("auth");
