@@ -25,7 +25,8 @@
 //!    stays (see below).
 //!
 //! Nothing removes a claim before its retention ends: not cleanup, a force write, a new life,
-//! nor a claim whose R2 saw the fence move. Such a claim may already have answered another
+//! nor a call that created a claim it cannot confirm at R2. Such a claim may already have
+//! answered another
 //! call (`Lost`, or `WonEarlier` to the same claimant), so removing it could let a second
 //! claimant win a fire that one was told it holds. It stays held by its claimant, who was
 //! answered from R2 (`Tombstoned`, `Superseded`) and runs the fire only if it claims it again

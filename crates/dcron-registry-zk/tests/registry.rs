@@ -1,7 +1,8 @@
 //! This backend's own integration tests on a real ZooKeeper: what the conformance suite does not
 //! look at (sequential ephemeral registrations, stale leases, session loss and expiry through a
-//! proxy, digest ACLs on every znode, nested namespaces, a server without TTL znodes, data
-//! watches on node status).
+//! proxy, digest ACLs on every znode, nested namespaces, a server without TTL znodes (and its
+//! sweeper collecting claims by expiry alone), claims racing new lives, data watches on node
+//! status).
 
 mod common;
 
