@@ -26,12 +26,11 @@
 //!
 //! Nothing removes a claim before its retention ends: not cleanup, a force write, a new life,
 //! nor a call that created a claim it cannot confirm at R2. Such a claim may already have
-//! answered another
-//! call (`Lost`, or `WonEarlier` to the same claimant), so removing it could let a second
-//! claimant win a fire that one was told it holds. It stays held by its claimant, who was
-//! answered from R2 (`Tombstoned`, `Superseded`) and runs the fire only if it claims it again
-//! (`WonEarlier`): a race with a tombstone or a new life can cost that fire its run, never add
-//! a second one. The one znode a call removes again is a takeover that landed under a claim
+//! answered another call (`Lost`, or `WonEarlier` to the same claimant), so removing it could
+//! let a second claimant win a fire that one was told it holds. It stays held by its claimant,
+//! who was answered from R2 (`Tombstoned`, `Superseded`) and runs the fire only if it claims it
+//! again (`WonEarlier`): a race with a tombstone or a new life can cost that fire its run,
+//! never add a second one. The one znode a call removes again is a takeover that landed under a claim
 //! re-created since it was judged expired: that claim is fresh, so no walk reaches the
 //! takeover below it before it is removed.
 //!
