@@ -1,7 +1,7 @@
 //! A TCP proxy in front of a server, for losing replies on purpose: every request still reaches
-//! the server (and is applied), but while replies are swallowed the client hears nothing back
-//! and times out. [`Proxy::cut`] then drops every proxied connection, so the client reconnects
-//! and never reads a stale reply.
+//! the server (and is applied), but once a request carrying a chosen marker has gone through,
+//! the client hears nothing back and times out. [`Proxy::cut`] then drops every proxied
+//! connection, so the client reconnects and never reads a stale reply.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +13,8 @@ use tokio::task::JoinHandle;
 
 #[derive(Default)]
 struct State {
+    /// Bytes that, seen in a request, start swallowing replies.
+    marker: Mutex<Option<Vec<u8>>>,
     swallow_replies: AtomicBool,
     connections: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -56,9 +58,25 @@ impl Proxy {
         self.addr
     }
 
-    /// While `on`, what the server sends is read and thrown away.
-    pub fn swallow_replies(&self, on: bool) {
-        self.state.swallow_replies.store(on, Ordering::SeqCst);
+    /// From the first request that contains `marker` on (replies to earlier requests still
+    /// arrive), what the server sends is read and thrown away, until [`Proxy::disarm`].
+    pub fn swallow_replies_after(&self, marker: &[u8]) {
+        if let Ok(mut m) = self.state.marker.lock() {
+            *m = Some(marker.to_vec());
+        }
+    }
+
+    /// Stops swallowing replies.
+    pub fn disarm(&self) {
+        if let Ok(mut m) = self.state.marker.lock() {
+            *m = None;
+        }
+        self.state.swallow_replies.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a request with the marker went through (replies are being swallowed).
+    pub fn triggered(&self) -> bool {
+        self.state.swallow_replies.load(Ordering::SeqCst)
     }
 
     /// Closes every proxied connection (new ones are still accepted).
@@ -88,6 +106,14 @@ async fn pump(client: TcpStream, server: TcpStream, state: Arc<State>) {
             match client_read.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
+                    let hit = state.marker.lock().ok().is_some_and(|m| {
+                        m.as_ref()
+                            .is_some_and(|m| buf[..n].windows(m.len()).any(|w| w == m.as_slice()))
+                    });
+                    // Set before the request is forwarded: its reply cannot come earlier.
+                    if hit {
+                        state.swallow_replies.store(true, Ordering::SeqCst);
+                    }
                     if server_write.write_all(&buf[..n]).await.is_err() {
                         return;
                     }
