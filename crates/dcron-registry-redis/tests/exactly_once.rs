@@ -13,7 +13,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use common::{meta, proxy::Proxy};
 use dcron_core::{
     expiry_tolerance, ClaimOutcome, ClaimRequest, Claimant, Error, FireKey, Life, Node, NodeEvent,
-    PutMode, Registry, TaskMetaEvent, WatchStream, MAX_WATCH_DELAY,
+    PutMode, Registry, TaskMetaEvent, MAX_WATCH_DELAY,
 };
 use dcron_registry_redis::{RedisRegistry, RedisRegistryConfig};
 use futures::StreamExt;
@@ -600,24 +600,6 @@ async fn a_replaced_lease_can_neither_update_nor_remove_the_newer_registration()
     reg.keep_alive(&new).await.expect("the newer lease lives");
     reg.unregister(&new).await.expect("unregister");
     assert!(reg.list_nodes().await.expect("list").items.is_empty());
-}
-
-/// Collects node events until `done` says so or `within` passes.
-async fn collect(
-    stream: &mut WatchStream<NodeEvent>,
-    within: Duration,
-    mut done: impl FnMut(&NodeEvent) -> bool,
-) -> Vec<NodeEvent> {
-    let deadline = Instant::now() + within;
-    let mut out = Vec::new();
-    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, stream.next()).await {
-        let stop = done(&event);
-        out.push(event);
-        if stop {
-            break;
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
