@@ -77,9 +77,12 @@ const MAX_DECODING_BYTES: usize = 512 * 1024 * 1024;
 /// A [`Registry`] on an etcd v3 cluster.
 ///
 /// Node records are attached to a lease kept alive by [`Registry::keep_alive`]; writes that must
-/// be atomic are etcd transactions comparing `create_revision`; claims are create-if-absent
-/// transactions attached to a shared retention lease; watches resume from the revision of the
-/// snapshot they follow. See the crate documentation for the key layout.
+/// be atomic are etcd transactions comparing `create_revision`; a task name's life is a key whose
+/// `mod_revision` is its generation; a claim batch is one transaction of nested create-if-absent
+/// transactions (one per fire) attached to a shared retention lease; watches resume from the
+/// revision of the snapshot they follow. It implements the exactly-once contract
+/// ([`Capabilities::exactly_once`]) without a registry clock (etcd cannot compare with the time;
+/// nodes check deadlines). See the crate documentation for the key layout.
 ///
 /// Cheap to clone: clones share one connection (one HTTP/2 channel per endpoint).
 #[derive(Clone)]
