@@ -12,7 +12,7 @@
 //! | `<ns>:task:<name>` | string | [`dcron_core::TaskMeta`] JSON |
 //! | `<ns>:tomb:<name>` | string | [`dcron_core::Tombstone`] JSON |
 //! | `<ns>:life:<name>` | hash | the name's current [`dcron_core::Life`]: `gen` (generation), `since_s` and `since_ns` (live-since: seconds since the Unix epoch and nanoseconds) |
-//! | `<ns>:claim:<name>:<millis>` | hash, `PX` TTL = the request's retention | `node`, `epoch` (the claimant), `gen` (the life's generation), `token` (fencing token) |
+//! | `<ns>:claim:<name>:<millis>` | string, `PX` TTL = the request's retention | `<token>:<generation>:<epoch>:<node id>`: the fencing token, the life's generation and the claimant (the node id last, as it may contain `:`) |
 //! | `<ns>:claims:<name>` | sorted set | claim index: member `<millis>`, score = expiry (server ms) |
 //! | `<ns>:token` | string (integer) | the namespace's sequence (`INCR`): every fencing token and every generation is its next number, so both increase per name across cleanups and new lives |
 //! | `<ns>:records:<kind>` | hash | records of one [`dcron_core::RecordKind`] (`pause`, `trigger`, `status`): field = record key (unescaped: hash fields are binary-safe and no glob), value = the opaque record bytes |

@@ -510,6 +510,30 @@ pub(crate) struct NodeSnapshot {
     pub(crate) corrupt: Vec<CorruptEntry>,
 }
 
+/// A stored claim: `<token>:<generation>:<epoch>:<node id>` (what the claim script writes).
+struct StoredClaim {
+    token: u64,
+    generation: u64,
+    epoch: u64,
+    node_id: String,
+}
+
+/// Parses a stored claim; `None` when the bytes are not one.
+fn parse_claim(bytes: &[u8]) -> Option<StoredClaim> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut parts = text.splitn(4, ':');
+    let token = parts.next()?.parse().ok().filter(|t| *t > 0)?;
+    let generation = parts.next()?.parse().ok()?;
+    let epoch = parts.next()?.parse().ok()?;
+    let node_id = parts.next().filter(|n| !n.is_empty())?.to_string();
+    Some(StoredClaim {
+        token,
+        generation,
+        epoch,
+        node_id,
+    })
+}
+
 /// The bytes of a bulk or simple string reply (empty for anything else).
 fn as_bytes(value: Value) -> Vec<u8> {
     match value {
@@ -1112,42 +1136,24 @@ impl Registry for RedisRegistry {
             .await?;
         let mut listing = Listing::default();
         let mut values = values.into_iter();
-        while let (Some(member), Some(node), Some(epoch), Some(generation), Some(token)) = (
-            values.next(),
-            values.next(),
-            values.next(),
-            values.next(),
-            values.next(),
-        ) {
+        while let (Some(member), Some(value)) = (values.next(), values.next()) {
             let member = String::from_utf8_lossy(&as_bytes(member)).into_owned();
             let key = format!("{prefix}{member}");
             let instant = member
                 .parse::<i64>()
                 .ok()
                 .and_then(DateTime::<Utc>::from_timestamp_millis);
-            let node = String::from_utf8(as_bytes(node))
-                .ok()
-                .filter(|n| !n.is_empty());
-            let fields = (
-                instant,
-                node,
-                as_u64(&epoch),
-                as_u64(&generation),
-                as_u64(&token).filter(|t| *t > 0),
-            );
-            match fields {
-                (Some(instant), Some(node_id), Some(epoch), Some(generation), Some(token)) => {
-                    listing.items.push(Claim {
-                        fire: FireKey::new(task, instant),
-                        node_id,
-                        epoch,
-                        generation,
-                        token,
-                    });
-                }
+            match (instant, parse_claim(&as_bytes(value))) {
+                (Some(instant), Some(stored)) => listing.items.push(Claim {
+                    fire: FireKey::new(task, instant),
+                    node_id: stored.node_id,
+                    epoch: stored.epoch,
+                    generation: stored.generation,
+                    token: stored.token,
+                }),
                 _ => listing.corrupt.push(CorruptEntry {
                     key,
-                    reason: "not a claim (node, epoch, gen and token fields)".into(),
+                    reason: "not a claim (`<token>:<generation>:<epoch>:<node id>`)".into(),
                 }),
             }
         }
@@ -1289,6 +1295,25 @@ mod tests {
                 claim_outcome(bad, key),
                 ClaimOutcome::Failed(Error::Backend { .. })
             ));
+        }
+    }
+
+    #[test]
+    fn stored_claims_parse() {
+        let c = parse_claim(b"12:3:4:node:with:colons").expect("a claim");
+        assert_eq!(
+            (c.token, c.generation, c.epoch, c.node_id.as_str()),
+            (12, 3, 4, "node:with:colons")
+        );
+        for bad in [
+            &b""[..],
+            b"0:1:1:n",
+            b"1:1:1:",
+            b"x:1:1:n",
+            b"1:1:n",
+            b"\xff",
+        ] {
+            assert!(parse_claim(bad).is_none(), "{bad:?}");
         }
     }
 

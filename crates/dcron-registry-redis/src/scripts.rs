@@ -281,8 +281,12 @@ return g
 /// superseded (current generation, none); `{'E', token}` won earlier by this claimant;
 /// `{'L', holder}` lost; `{'D'}` past the deadline by the server's clock; `{'W', token}` won;
 /// `{'F', reason}` when a key of this fire does not hold what it should (the others are still
-/// decided). Tombstone and life are read once per task; the tokens of the batch are reserved
-/// with one `INCRBY`. O(batch): no scan.
+/// decided).
+///
+/// Cost, O(batch) and no scan: one `INCRBY` reserves the batch's tokens; each task's tombstone,
+/// life and index are touched once; a fire that is won costs one `SET NX PX` (a claim is the
+/// string `<token>:<generation>:<epoch>:<node id>`), and only a fire that is not written reads
+/// its claim. The index entries of a task go in one `ZADD`.
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -291,15 +295,24 @@ local nfires = #KEYS - 1 - 3 * ntasks
 local now = now_us()
 local now_milli = math.floor(now / 1000)
 local base = redis.call('INCRBY', KEYS[1], nfires) - nfires
-local tombs, gens, idx_ready = {}, {}, {}
+local tombs, gens, added, longest = {}, {}, {}, {}
 local out = {}
+-- The answer for a fire whose claim key exists, or nil when it does not.
+local function held(claim)
+  local t = key_type(claim)
+  if t == 'none' then return nil end
+  if t ~= 'string' then return {'F', 'the claim key holds a ' .. t} end
+  local tok, _, ep, nd = string.match(redis.call('GET', claim), '^(%d+):(%d+):(%d+):(.+)$')
+  if not tok then return {'F', 'the claim key does not hold a claim'} end
+  if nd == node and ep == epoch then return {'E', tonumber(tok)} end
+  return {'L', nd}
+end
 for i = 1, nfires do
   local a = 3 + 5 * (i - 1)
   local t = tonumber(ARGV[a + 1])
-  local tomb, life, idx = KEYS[3 * t - 1], KEYS[3 * t], KEYS[3 * t + 1]
   local claim = KEYS[1 + 3 * ntasks + i]
-  if tombs[t] == nil then tombs[t] = redis.call('EXISTS', tomb) == 1 end
-  if gens[t] == nil then gens[t] = life_gen(life) or false end
+  if tombs[t] == nil then tombs[t] = redis.call('EXISTS', KEYS[3 * t - 1]) == 1 end
+  if gens[t] == nil then gens[t] = life_gen(KEYS[3 * t]) or false end
   local g = gens[t]
   if tombs[t] then
     out[i] = {'T'}
@@ -307,46 +320,38 @@ for i = 1, nfires do
     out[i] = {'F', 'the life key does not hold a life'}
   elseif not g or g ~= tonumber(ARGV[a + 2]) then
     if g then out[i] = {'S', g} else out[i] = {'S'} end
+  elseif now > tonumber(ARGV[a + 3]) then
+    out[i] = held(claim) or {'D'}
   else
-    local ct = key_type(claim)
-    if ct == 'hash' then
-      local h = redis.call('HMGET', claim, 'node', 'epoch', 'token')
-      local tok = tonumber(h[3])
-      if not h[1] or not h[2] or not tok then
-        out[i] = {'F', 'the claim key does not hold a claim'}
-      elseif h[1] == node and h[2] == epoch then
-        out[i] = {'E', tok}
-      else
-        out[i] = {'L', h[1]}
-      end
-    elseif ct ~= 'none' then
-      out[i] = {'F', 'the claim key holds a ' .. ct}
-    elseif now > tonumber(ARGV[a + 3]) then
-      out[i] = {'D'}
-    else
-      local tok = base + i
-      local ret = tonumber(ARGV[a + 4])
-      redis.call('HSET', claim, 'node', node, 'epoch', epoch, 'gen', g, 'token', tok)
-      redis.call('PEXPIRE', claim, ret)
-      if not idx_ready[t] then
-        if key_type(idx) ~= 'zset' then redis.call('DEL', idx) end
-        redis.call('ZREMRANGEBYSCORE', idx, '-inf', now_milli - 1000)
-        idx_ready[t] = true
-      end
-      redis.call('ZADD', idx, now_milli + ret, ARGV[a + 5])
-      if redis.call('PTTL', idx) < ret then redis.call('PEXPIRE', idx, ret) end
+    local tok = base + i
+    local ret = tonumber(ARGV[a + 4])
+    local value = string.format('%d:%d:%s:%s', tok, g, epoch, node)
+    if redis.call('SET', claim, value, 'NX', 'PX', ret) then
+      local list = added[t] or {}
+      list[#list + 1] = now_milli + ret
+      list[#list + 1] = ARGV[a + 5]
+      added[t] = list
+      if not longest[t] or ret > longest[t] then longest[t] = ret end
       out[i] = {'W', tok}
+    else
+      out[i] = held(claim) or {'F', 'the claim key could not be written'}
     end
   end
+end
+for t, list in pairs(added) do
+  local idx = KEYS[3 * t + 1]
+  if key_type(idx) ~= 'zset' then redis.call('DEL', idx) end
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', now_milli - 1000)
+  redis.call('ZADD', idx, unpack(list))
+  if redis.call('PTTL', idx) < longest[t] then redis.call('PEXPIRE', idx, longest[t]) end
 end
 return out
 "#,
     )
 });
 
-/// KEYS: claim index. ARGV: claim key prefix. Returns `[member, node, epoch, generation, token,
-/// …]` for retained claims (`''` for a field that is missing, every field `''` for a key of the
-/// wrong type) and prunes index members that expired.
+/// KEYS: claim index. ARGV: claim key prefix. Returns `[member, claim, …]` for retained claims
+/// (`''` for a key of the wrong type) and prunes index members that expired.
 pub(crate) static LIST_CLAIMS: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -356,13 +361,12 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms() - 1000)
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local k = ARGV[1] .. m
   local t = key_type(k)
-  if t == 'hash' then
-    local h = redis.call('HMGET', k, 'node', 'epoch', 'gen', 'token')
+  if t == 'string' then
     out[#out + 1] = m
-    for j = 1, 4 do out[#out + 1] = h[j] or '' end
+    out[#out + 1] = redis.call('GET', k)
   elseif t ~= 'none' then
     out[#out + 1] = m
-    for _ = 1, 4 do out[#out + 1] = '' end
+    out[#out + 1] = ''
   end
 end
 return out

@@ -464,9 +464,11 @@ async fn a_batch_of_claims_is_one_script_call() {
     assert_eq!(calls(&info, "evalsha"), 1, "{info}");
     assert_eq!(calls(&info, "eval"), 0, "{info}");
     assert_eq!(calls(&info, "script|load"), 0, "{info}");
-    // Inside the script: one HSET per fire, nothing sent one by one from the client.
-    assert_eq!(calls(&info, "hset"), 300, "{info}");
+    // Inside the script: one SET per won fire, nothing sent one by one from the client.
+    assert_eq!(calls(&info, "set"), 300, "{info}");
     assert_eq!(calls(&info, "incrby"), 1, "{info}");
-    // Each task's tombstone is read once, not once per fire.
+    // Each task's tombstone is read and its index written once, not once per fire.
     assert_eq!(calls(&info, "exists"), 7, "{info}");
+    assert_eq!(calls(&info, "zadd"), 7, "{info}");
+    assert_eq!(calls(&info, "get"), 0, "{info}");
 }
