@@ -88,7 +88,10 @@ pub enum Input {
         epoch: u64,
     },
     /// Time to renew the lease.
-    RenewTick,
+    RenewTick {
+        /// When.
+        now: Instant,
+    },
     /// A renewal succeeded.
     Renewed {
         /// The epoch it was made for.
@@ -199,8 +202,34 @@ pub fn step(state: State, input: Input, timing: &Timing) -> (State, Vec<Action>)
                 delay: timing.retry,
             }],
         ),
-        (S::Working { epoch, .. }, I::RenewTick) => (state, vec![A::Renew { epoch }]),
-        (S::Leaving { epoch: Some(epoch) }, I::RenewTick) => (state, vec![A::Renew { epoch }]),
+        (
+            S::Working {
+                epoch,
+                last_renewal,
+            },
+            I::RenewTick { now },
+        ) => {
+            // No renewal succeeded for a whole TTL (the calls fail, or hang without an answer:
+            // a black-holed connection, a frozen process): the lease may be gone; stop
+            // claiming and register again, even though no reply said so.
+            if now.saturating_duration_since(last_renewal) >= timing.ttl {
+                (
+                    S::Lost { epoch: epoch + 1 },
+                    vec![
+                        A::Deactivate,
+                        A::Register {
+                            epoch: epoch + 1,
+                            delay: Duration::ZERO,
+                        },
+                    ],
+                )
+            } else {
+                (state, vec![A::Renew { epoch }])
+            }
+        }
+        (S::Leaving { epoch: Some(epoch) }, I::RenewTick { .. }) => {
+            (state, vec![A::Renew { epoch }])
+        }
         (S::Working { epoch, .. }, I::Renewed { epoch: e, now }) if e == epoch => (
             S::Working {
                 epoch,
@@ -422,6 +451,29 @@ mod tests {
     }
 
     #[test]
+    fn renewals_that_never_answer_make_the_node_lost_after_a_ttl() {
+        let t = now();
+        // A tick before a TTL without a renewal renews again.
+        let (s, a) = step(working(4, t), Input::RenewTick { now: t + T.ttl / 2 }, &T);
+        assert_eq!(s, working(4, t));
+        assert_eq!(a, vec![Action::Renew { epoch: 4 }]);
+        // No reply at all for a whole TTL (a hung call, a frozen process): lost, without any
+        // failure having been reported.
+        let (s, a) = step(s, Input::RenewTick { now: t + T.ttl }, &T);
+        assert_eq!(s, State::Lost { epoch: 5 });
+        assert_eq!(
+            a,
+            vec![
+                Action::Deactivate,
+                Action::Register {
+                    epoch: 5,
+                    delay: Duration::ZERO
+                }
+            ]
+        );
+    }
+
+    #[test]
     fn renewal_success_moves_the_deadline() {
         let t0 = now();
         let t1 = t0 + Duration::from_secs(8);
@@ -455,7 +507,7 @@ mod tests {
                 Action::Drain
             ]
         );
-        let (s, a) = step(s, Input::RenewTick, &T);
+        let (s, a) = step(s, Input::RenewTick { now: t }, &T);
         assert_eq!(a, vec![Action::Renew { epoch: 2 }]);
         let (s, a) = step(s, Input::Drained, &T);
         assert_eq!(s, State::Stopped);
@@ -497,7 +549,7 @@ mod tests {
             Input::Start,
             Input::Registered { epoch: 9, now: t },
             Input::RegisterFailed { epoch: 9 },
-            Input::RenewTick,
+            Input::RenewTick { now: t },
             Input::Renewed { epoch: 9, now: t },
             Input::RenewFailed {
                 epoch: 9,
@@ -516,5 +568,83 @@ mod tests {
         let (s, a) = step(working(1, t), Input::Start, &T);
         assert_eq!(s, working(1, t));
         assert!(a.is_empty());
+    }
+}
+
+/// A node's state as the API reports it ([`crate::Dcron::state`]): the lifecycle state, plus
+/// `Failed` when the node's driver failed and the node left the cluster.
+///
+/// It compares with the state's name, so `node.state() == "working"` reads naturally.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum NodeState {
+    /// Built, not started.
+    #[default]
+    Idle,
+    /// Registering.
+    Starting,
+    /// Registered and taking tasks.
+    Working,
+    /// The lease was lost; registering again.
+    Lost,
+    /// Stopping: peers take the tasks over, handlers drain.
+    Leaving,
+    /// Stopped.
+    Stopped,
+    /// The driver failed (a panic or a fatal error); the node unregistered so its tasks
+    /// moved. The reason says what happened.
+    Failed(String),
+}
+
+impl NodeState {
+    /// The state's name: `idle`, `starting`, `working`, `lost`, `leaving`, `stopped`, `failed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeState::Idle => "idle",
+            NodeState::Starting => "starting",
+            NodeState::Working => "working",
+            NodeState::Lost => "lost",
+            NodeState::Leaving => "leaving",
+            NodeState::Stopped => "stopped",
+            NodeState::Failed(_) => "failed",
+        }
+    }
+
+    /// Whether the node takes tasks.
+    pub fn is_working(&self) -> bool {
+        *self == NodeState::Working
+    }
+
+    /// The API state of a lifecycle state.
+    pub fn of(state: &State) -> NodeState {
+        match state {
+            State::Idle => NodeState::Idle,
+            State::Starting { .. } => NodeState::Starting,
+            State::Working { .. } => NodeState::Working,
+            State::Lost { .. } => NodeState::Lost,
+            State::Leaving { .. } => NodeState::Leaving,
+            State::Stopped => NodeState::Stopped,
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeState::Failed(reason) => write!(f, "failed: {reason}"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+impl PartialEq<&str> for NodeState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for NodeState {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
     }
 }

@@ -70,8 +70,8 @@ pub enum PutMode {
     /// Replace an existing, live record: [`Error::NotFound`] when there is none,
     /// [`Error::Tombstoned`] when the name is tombstoned. Claims are kept.
     Update,
-    /// Write whatever is there: the record is replaced, and the tombstone and every claim of the
-    /// name are removed, in one atomic step (the seed's `ForceAdd`).
+    /// Write whatever is there: the record is replaced and the tombstone removed, in one atomic
+    /// step that starts a new life (the seed's `ForceAdd`). Claims are kept.
     Force,
 }
 
@@ -266,14 +266,15 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// [`Error::NotFound`] (`what = "tombstone"`) when the name is not tombstoned.
     async fn clear_tombstone(&self, name: &str) -> Result<()>;
 
-    /// Removes every trace of one name: record, tombstone, life and claims. Idempotent. The
-    /// name's token and generation sequence is not reset: a later life and its claims get
-    /// greater numbers.
+    /// Removes one name: record, tombstone and life. Idempotent. Its claims stay until their
+    /// retention ends (a fire claimed before stays claimed, so a later life never runs it
+    /// again), and the name's token and generation sequence is not reset: a later life and its
+    /// claims get greater numbers.
     async fn cleanup_task(&self, name: &str) -> Result<()>;
 
-    /// Removes every task record, tombstone, life, claim and record of the namespace, and
-    /// nothing outside it. Node registrations are kept; token and generation sequences are not
-    /// reset.
+    /// Removes every task record, tombstone, life and record of the namespace, and nothing
+    /// outside it. Node registrations are kept; claims stay until their retention ends; token
+    /// and generation sequences are not reset.
     async fn cleanup_all(&self) -> Result<()>;
 
     // ----- lives -----
@@ -292,8 +293,8 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// [`Error::Unavailable`]; [`Error::Unsupported`] for a registry without lives or records.
     async fn ensure_lives(&self, names: &[(String, DateTime<Utc>)]) -> Result<Vec<Life>>;
 
-    /// Starts a new life of `name` at `at` whatever is there: clears its tombstone and every
-    /// claim and keeps the task record, in one atomic write (the force-add of a static task, and
+    /// Starts a new life of `name` at `at` whatever is there: clears its tombstone and keeps
+    /// the task record and the claims, in one atomic write (the force-add of a static task, and
     /// the reuse of a deleted one). The new generation is greater than any the name had.
     ///
     /// A registry without native lives can use [`restart_life_in_records`] (two steps, not
@@ -321,7 +322,9 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     ///    `request.retention` within [`expiry_tolerance`] → [`ClaimOutcome::Won`].
     ///
     /// Across all nodes and calls, at most one claimant holds a fire while its claim is
-    /// retained. Tokens are non-zero and strictly greater than every token handed out before
+    /// retained. **Claims are removed only when their retention ends** (never by cleanup, a
+    /// force write, a new life or `cleanup_all`): a claim of an earlier life answers `Lost` (or
+    /// `WonEarlier` to its holder) to a request of a later one. Tokens are non-zero and strictly greater than every token handed out before
     /// for the same name in the namespace, across cleanup and new lives. A claim is not
     /// released when the handler ends. A fire requested twice in one batch is decided once: the
     /// later copy answers as a retry would. The whole batch should cost one round trip
