@@ -185,22 +185,15 @@ impl RedisKeys {
     }
 
     /// Whether `key` (a key of this namespace) is removed by `cleanup_all`: task records,
-    /// tombstones, lives, claims, claim indexes and the record hashes, but not node
-    /// registrations, the node-change counter or the token sequence.
+    /// tombstones, lives and the record hashes, but not node registrations, the node-change
+    /// counter, the token sequence or claims (they live until their retention ends).
     pub fn is_task_data(&self, key: impl AsRef<[u8]>) -> bool {
         key.as_ref()
             .strip_prefix(self.prefix.as_bytes())
             .is_some_and(|rest| {
-                [
-                    &b"task:"[..],
-                    b"tomb:",
-                    b"life:",
-                    b"claim:",
-                    b"claims:",
-                    b"records:",
-                ]
-                .iter()
-                .any(|p| rest.starts_with(p))
+                [&b"task:"[..], b"tomb:", b"life:", b"records:"]
+                    .iter()
+                    .any(|p| rest.starts_with(p))
             })
     }
 }
@@ -247,14 +240,12 @@ mod tests {
     }
 
     #[test]
-    fn cleanup_keeps_nodes_and_the_token() {
+    fn cleanup_keeps_nodes_the_sequences_and_claims() {
         let k = RedisKeys::new("ns", 0);
         for key in [
             k.task("t"),
             k.tombstone("t"),
             k.life("t"),
-            k.claim_index("t"),
-            format!("{}1", k.claim_prefix("t")),
             k.records(RecordKind::Pause),
             k.records(RecordKind::Trigger),
             k.records(RecordKind::Status),
@@ -266,6 +257,8 @@ mod tests {
             k.node_index(),
             k.node_version(),
             k.token(),
+            k.claim_index("t"),
+            format!("{}1", k.claim_prefix("t")),
             "other:task:t".into(),
         ] {
             assert!(!k.is_task_data(&key), "{key}");

@@ -844,7 +844,6 @@ impl Registry for RedisRegistry {
                 &[
                     &keys.task(name),
                     &keys.tombstone(name),
-                    &keys.claim_index(name),
                     &keys.life(name),
                     &keys.token(),
                 ],
@@ -852,7 +851,6 @@ impl Registry for RedisRegistry {
                     mode_arg,
                     &encoded,
                     keys.task_channel().as_bytes(),
-                    keys.claim_prefix(name).as_bytes(),
                     name.as_bytes(),
                     since_s.as_bytes(),
                     since_ns.as_bytes(),
@@ -962,17 +960,8 @@ impl Registry for RedisRegistry {
             .core
             .eval(
                 &scripts::CLEANUP_TASK,
-                &[
-                    &keys.task(name),
-                    &keys.tombstone(name),
-                    &keys.claim_index(name),
-                    &keys.life(name),
-                ],
-                &[
-                    keys.task_channel().as_bytes(),
-                    keys.claim_prefix(name).as_bytes(),
-                    name.as_bytes(),
-                ],
+                &[&keys.task(name), &keys.tombstone(name), &keys.life(name)],
+                &[keys.task_channel().as_bytes(), name.as_bytes()],
                 &format!("clean up task `{name}`"),
             )
             .await?;
@@ -1041,17 +1030,11 @@ impl Registry for RedisRegistry {
             .core
             .eval(
                 &scripts::RESTART_LIFE,
-                &[
-                    &keys.token(),
-                    &keys.tombstone(name),
-                    &keys.claim_index(name),
-                    &keys.life(name),
-                ],
+                &[&keys.token(), &keys.tombstone(name), &keys.life(name)],
                 &[
                     since_s.as_bytes(),
                     since_ns.as_bytes(),
                     keys.task_channel().as_bytes(),
-                    keys.claim_prefix(name).as_bytes(),
                     name.as_bytes(),
                 ],
                 &format!("restart the life of `{name}`"),

@@ -24,17 +24,6 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local function now_ms() return math.floor(now_us() / 1000) end
-local function clear_claims(idx, prefix)
-  if key_type(idx) == 'zset' then
-    local members = redis.call('ZRANGE', idx, 0, -1)
-    for i = 1, #members, 500 do
-      local batch = {}
-      for j = i, math.min(i + 499, #members) do batch[#batch + 1] = prefix .. members[j] end
-      redis.call('UNLINK', unpack(batch))
-    end
-  end
-  redis.call('DEL', idx)
-end
 -- The generation of a life key: a number, nil when there is no life, 'bad' when the key does
 -- not hold a life.
 local function life_gen(k)
@@ -150,14 +139,13 @@ return out
     )
 });
 
-/// KEYS: task, tombstone, claim index, life, sequence. ARGV: mode (`create`/`update`/`force`),
-/// record JSON, channel, claim key prefix, task name, live-since seconds, live-since nanoseconds
-/// (both `''` when the record has no `created_at`).
-/// Returns `ok`, `exists`, `tombstoned`, `notfound` or `nosince`.
+/// KEYS: task, tombstone, life, sequence. ARGV: mode (`create`/`update`/`force`), record JSON,
+/// channel, task name, live-since seconds, live-since nanoseconds (both `''` when the record
+/// has no `created_at`). Returns `ok`, `exists`, `tombstoned`, `notfound` or `nosince`.
 ///
 /// `create` and `force` start a new life (the next number of the sequence as its generation,
-/// live-since from the record) in the same step; `force` also removes the tombstone and every
-/// claim of the name; `update` keeps the life and the claims.
+/// live-since from the record) in the same step; `force` also removes the tombstone; `update`
+/// keeps the life. Claims are never touched: they live until their retention ends.
 pub(crate) static PUT_TASK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -166,19 +154,18 @@ local g = false
 if mode == 'create' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
   if redis.call('EXISTS', KEYS[2]) == 1 then return 'tombstoned' end
-  if ARGV[6] == '' then return 'nosince' end
-  g = redis.call('INCR', KEYS[5])
+  if ARGV[5] == '' then return 'nosince' end
+  g = redis.call('INCR', KEYS[4])
 elseif mode == 'update' then
   if redis.call('EXISTS', KEYS[2]) == 1 then return 'tombstoned' end
   if redis.call('EXISTS', KEYS[1]) == 0 then return 'notfound' end
 else
-  if ARGV[6] == '' then return 'nosince' end
-  g = redis.call('INCR', KEYS[5])
-  if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[3], 'tc:' .. ARGV[5]) end
-  clear_claims(KEYS[3], ARGV[4])
+  if ARGV[5] == '' then return 'nosince' end
+  g = redis.call('INCR', KEYS[4])
+  if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[3], 'tc:' .. ARGV[4]) end
 end
 redis.call('SET', KEYS[1], ARGV[2])
-if g then write_life(KEYS[4], g, ARGV[6], ARGV[7]) end
+if g then write_life(KEYS[3], g, ARGV[5], ARGV[6]) end
 redis.call('PUBLISH', ARGV[3], 'tp:' .. ARGV[2])
 return 'ok'
 "#,
@@ -212,15 +199,15 @@ return 0
     )
 });
 
-/// KEYS: task, tombstone, claim index, life. ARGV: channel, claim key prefix, task name.
-/// Removes every trace of the name (the sequence is the namespace's and is kept).
+/// KEYS: task, tombstone, life. ARGV: channel, task name. Removes the name's record, tombstone
+/// and life; its claims stay until their retention ends, and the sequence (the namespace's) is
+/// kept.
 pub(crate) static CLEANUP_TASK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('DEL', KEYS[1]) == 1 then redis.call('PUBLISH', ARGV[1], 'tr:' .. ARGV[3]) end
-if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[1], 'tc:' .. ARGV[3]) end
-clear_claims(KEYS[3], ARGV[2])
-redis.call('DEL', KEYS[4])
+if redis.call('DEL', KEYS[1]) == 1 then redis.call('PUBLISH', ARGV[1], 'tr:' .. ARGV[2]) end
+if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[1], 'tc:' .. ARGV[2]) end
+redis.call('DEL', KEYS[3])
 return 1
 "#,
     )
@@ -255,16 +242,15 @@ return out
     )
 });
 
-/// KEYS: sequence, tombstone, claim index, life. ARGV: live-since seconds, nanoseconds,
-/// channel, claim key prefix, task name. Starts a new life whatever is there: removes the
-/// tombstone and every claim, keeps the task record. Returns the new generation.
+/// KEYS: sequence, tombstone, life. ARGV: live-since seconds, nanoseconds, channel, task name.
+/// Starts a new life whatever is there: removes the tombstone, keeps the task record and the
+/// claims. Returns the new generation.
 pub(crate) static RESTART_LIFE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local g = redis.call('INCR', KEYS[1])
-if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[3], 'tc:' .. ARGV[5]) end
-clear_claims(KEYS[3], ARGV[4])
-write_life(KEYS[4], g, ARGV[1], ARGV[2])
+if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[3], 'tc:' .. ARGV[4]) end
+write_life(KEYS[3], g, ARGV[1], ARGV[2])
 return g
 "#,
     )

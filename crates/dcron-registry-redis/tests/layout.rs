@@ -115,16 +115,37 @@ async fn claims_expire_with_the_retention_and_are_indexed() {
     assert_eq!(index, vec!["1893456000123".to_string()]);
     assert!(pttl(&mut raw, &keys.claim_index("job:a")).await > 85_000);
     reg.cleanup_task("job:a").await.expect("cleanup");
-    let left: bool = raw.exists(&claim_key).await.expect("exists");
-    assert!(!left, "cleanup removed the claim through the index");
     let life_left: bool = raw.exists(keys.life("job:a")).await.expect("exists");
     assert!(!life_left, "cleanup removed the life");
+    // Claims stay until their retention ends, whatever happens to the name.
+    reg.cleanup_all().await.expect("cleanup all");
+    let left: bool = raw.exists(&claim_key).await.expect("exists");
+    assert!(left, "cleanups keep the claim");
     assert!(
+        pttl(&mut raw, &claim_key).await > 80_000,
+        "with its retention"
+    );
+    assert_eq!(
         common::claim_fires(&reg, "n2", &[fire], Duration::from_secs(90))
             .await
-            .expect("claim")[0]
-            .is_won()
+            .expect("claim"),
+        vec![dcron_core::ClaimOutcome::Lost {
+            holder: Some("n1".into())
+        }]
     );
+    let index: Vec<String> = raw
+        .zrange(keys.claim_index("job:a"), 0, -1)
+        .await
+        .expect("zrange");
+    assert_eq!(
+        index,
+        vec!["1893456000123".to_string()],
+        "the index is kept too"
+    );
+    let _: () = raw
+        .del(&[claim_key.clone(), keys.claim_index("job:a")])
+        .await
+        .expect("del");
     reg.cleanup_all().await.expect("cleanup all");
 }
 
