@@ -710,13 +710,9 @@ impl Registry for EtcdRegistry {
                 }
             }
             PutMode::Force => {
-                let claims = self.keys().task_claims_prefix(name);
-                let txn = Txn::new().and_then([
-                    put,
-                    TxnOp::delete(tomb.as_str(), None),
-                    TxnOp::delete(claims.as_str(), Some(DeleteOptions::new().with_prefix())),
-                    new_life()?,
-                ]);
+                // Claims are kept: they live until their retention ends.
+                let txn =
+                    Txn::new().and_then([put, TxnOp::delete(tomb.as_str(), None), new_life()?]);
                 self.txn("put_task (force)", &task, txn).await?;
                 Ok(())
             }
@@ -799,11 +795,10 @@ impl Registry for EtcdRegistry {
 
     async fn cleanup_task(&self, name: &str) -> Result<()> {
         let task = self.keys().task(name);
-        let claims = self.keys().task_claims_prefix(name);
+        // Claims are kept: they live until their retention ends.
         let txn = Txn::new().and_then([
             TxnOp::delete(task.as_str(), None),
             TxnOp::delete(self.keys().tombstone(name).as_str(), None),
-            TxnOp::delete(claims.as_str(), Some(DeleteOptions::new().with_prefix())),
             TxnOp::delete(self.keys().life(name).as_str(), None),
         ]);
         self.txn("cleanup_task", &task, txn).await?;
@@ -812,11 +807,11 @@ impl Registry for EtcdRegistry {
 
     async fn cleanup_all(&self) -> Result<()> {
         let keys = self.keys();
+        // Claims are kept: they live until their retention ends.
         let prefixes = [
             keys.tasks_prefix(),
             keys.tombstones_prefix(),
             keys.lives_prefix(),
-            keys.claims_prefix(),
             keys.records_root(),
         ];
         let txn = Txn::new().and_then(
@@ -863,12 +858,10 @@ impl Registry for EtcdRegistry {
         validate_task_name(name)?;
         let keys = self.keys();
         let life = keys.life(name);
-        let claims = keys.task_claims_prefix(name);
-        // One transaction: tombstone and claims removed, the life written at its revision (the
-        // new generation); the record is kept.
+        // One transaction: tombstone removed, the life written at its revision (the new
+        // generation); the record and the claims are kept.
         let txn = Txn::new().and_then([
             TxnOp::delete(keys.tombstone(name).as_str(), None),
-            TxnOp::delete(claims.as_str(), Some(DeleteOptions::new().with_prefix())),
             TxnOp::put(life.as_str(), lives::since_value(at), None),
         ]);
         let resp = self.txn("restart_life", &life, txn).await?;

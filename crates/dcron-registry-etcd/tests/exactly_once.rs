@@ -176,12 +176,11 @@ async fn restart_life_clears_tombstone_and_claims_and_keeps_the_record() {
     assert_eq!(life_of(&reg, "reused").await, new);
     assert_eq!(reg.get_tombstone("reused").await.expect("get"), None);
     assert_eq!(reg.get_task("reused").await.expect("get"), Some(task));
-    assert!(reg
-        .list_claims("reused")
-        .await
-        .expect("list")
-        .items
-        .is_empty());
+    assert_eq!(
+        reg.list_claims("reused").await.expect("list").items.len(),
+        1,
+        "claims are kept"
+    );
     let event = tokio::time::timeout(MAX_WATCH_DELAY, events.next()).await;
     assert_eq!(
         event.ok().flatten(),
@@ -189,13 +188,27 @@ async fn restart_life_clears_tombstone_and_claims_and_keeps_the_record() {
             name: "reused".into()
         })
     );
+    // The old life's requests are refused; in the new life the instant claimed in the old one
+    // stays claimed, and other instants are claimable.
     assert_eq!(
         reg.claim(&me, &[request(&f, &old)]).await.expect("claim")[0],
         ClaimOutcome::Superseded {
             current: Some(new.generation)
         }
     );
-    assert!(reg.claim(&me, &[request(&f, &new)]).await.expect("claim")[0].is_won());
+    assert_eq!(
+        reg.claim(&Claimant::new("b", 1), &[request(&f, &new)])
+            .await
+            .expect("claim")[0],
+        ClaimOutcome::Lost {
+            holder: Some("a".into())
+        }
+    );
+    assert!(reg
+        .claim(&me, &[request(&fire("reused", 1), &new)])
+        .await
+        .expect("claim")[0]
+        .is_won());
     reg.cleanup_all().await.expect("cleanup");
 }
 
@@ -387,9 +400,12 @@ async fn tokens_and_generations_grow_across_cleanup_force_and_cleanup_all() {
         assert_eq!(distinct.len(), tokens.len(), "distinct tokens in a batch");
         last_token = tokens.into_iter().max().unwrap_or(last_token);
     };
-    let batch = |life: Life| -> Vec<ClaimRequest> {
+    // Each call claims other instants: claims outlive cleanups and new lives.
+    let mut calls = 0;
+    let mut batch = |life: Life| -> Vec<ClaimRequest> {
+        calls += 1;
         (0..20)
-            .map(|i| request(&fire("fenced", i), &life))
+            .map(|i| request(&fire("fenced", calls * 100 + i), &life))
             .collect()
     };
     for round in 0..3 {
