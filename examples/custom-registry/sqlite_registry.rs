@@ -25,6 +25,8 @@
 //!   which no cleanup removes, so both strictly increase per name across cleanups and new lives.
 //!   Lives are started and removed by the effects [`dcron_core::tombstone::decide`] answers
 //!   (create-only and force writes, cleanups) in the same transaction as the rest of the write;
+//!   no write removes a claim (a claim lives until its retention ends, so a fire claimed in an
+//!   earlier life stays claimed in the next one);
 //!   `ensure_lives` and `restart_life` are one transaction each. A claim batch is one immediate
 //!   transaction deciding each fire with [`dcron_core::claim::decide_claim`], in the contract's
 //!   order; a fire whose stored claim does not read answers `Failed` alone.
@@ -370,13 +372,6 @@ impl SqliteRegistry {
                 )
                 .map_err(sql("clear a tombstone"))?;
                 log(&tx, &ns, Topic::Tasks, Kind::TombstoneCleared, &name, None)?;
-            }
-            if effects.clear_claims {
-                tx.execute(
-                    "DELETE FROM claims WHERE ns = ?1 AND task = ?2",
-                    params![ns, name],
-                )
-                .map_err(sql("clear claims"))?;
             }
             if effects.remove_life {
                 tx.execute(
@@ -1168,7 +1163,8 @@ impl Registry for SqliteRegistry {
             };
             let tasks = names("SELECT name FROM tasks WHERE ns = ?1")?;
             let tombstones = names("SELECT name FROM tombstones WHERE ns = ?1")?;
-            for table in ["tasks", "tombstones", "lives", "claims", "records"] {
+            // Claims are kept: they live until their retention ends.
+            for table in ["tasks", "tombstones", "lives", "records"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE ns = ?1"), params![ns])
                     .map_err(sql("cleanup"))?;
             }

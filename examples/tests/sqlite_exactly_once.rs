@@ -80,7 +80,22 @@ async fn lives_start_keep_and_end_with_the_writes() {
     let forced = life_of(&reg, "dyn").await;
     assert!(forced.generation > first.generation);
     assert_eq!(forced.live_since, at(2));
+    let f = FireKey::new("dyn", at(0));
+    assert!(reg
+        .claim(&Claimant::new("a", 1), &[request(&f, &forced)])
+        .await
+        .expect("claim")[0]
+        .is_won());
     let restarted = reg.restart_life("dyn", at(3)).await.expect("restart");
+    // The claim of the earlier life stays.
+    assert_eq!(
+        reg.claim(&Claimant::new("b", 1), &[request(&f, &restarted)])
+            .await
+            .expect("claim")[0],
+        ClaimOutcome::Lost {
+            holder: Some("a".into())
+        }
+    );
     assert!(restarted.generation > forced.generation);
     assert_eq!(life_of(&reg, "dyn").await, restarted);
     assert!(reg.get_task("dyn").await.expect("get").is_some());
@@ -211,15 +226,27 @@ async fn one_damaged_row_fails_one_fire_and_tokens_keep_growing() {
     let listing = reg.list_claims("t").await.expect("list");
     assert_eq!((listing.items.len(), listing.corrupt.len()), (1, 1));
 
-    // Tokens and generations keep growing across cleanups.
+    // Tokens and generations keep growing across cleanups, and claims outlive them.
     reg.cleanup_all().await.expect("cleanup");
     let life2 = life_of(&reg, "t").await;
     assert!(life2.generation > life.generation);
     let again = reg
-        .claim(&me, &[request(&fire("t", 0), &life2)])
+        .claim(
+            &Claimant::new("m", 1),
+            &[
+                request(&fire("t", 5), &life2),
+                request(&fire("t", 1), &life2),
+            ],
+        )
         .await
         .expect("claim");
     assert!(again[0].token().expect("won") > token);
+    assert_eq!(
+        again[1],
+        ClaimOutcome::Lost {
+            holder: Some("n".into())
+        }
+    );
 }
 
 #[tokio::test]
