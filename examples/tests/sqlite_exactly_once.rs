@@ -128,6 +128,13 @@ async fn claim_rules_apply_in_order_with_the_hosts_clock() {
             .expect("claim"),
         vec![ClaimOutcome::Superseded { current: None }]
     );
+    let zero = Life::new(0, life.live_since);
+    assert_eq!(
+        reg.claim(&me, &[request(&f0, &zero)]).await.expect("claim"),
+        vec![ClaimOutcome::Superseded {
+            current: Some(life.generation)
+        }]
+    );
     let stale = Life::new(life.generation + 100, life.live_since);
     assert_eq!(
         reg.claim(&me, &[request(&f0, &stale)])
@@ -256,11 +263,15 @@ async fn a_claim_whose_answer_is_lost_is_answered_won_earlier_on_retry() {
     let life = life_of(&reg, "t").await;
     let me = Claimant::new("n", 1);
     let r = request(&fire("t", 0), &life);
-    // Polled once (the transaction is queued on the connection thread), then dropped: the claim
-    // is applied and its answer lost.
+    // Another connection holds the write lock, so the claim's transaction waits; the call is
+    // polled once (its transaction is queued on the connection thread) and dropped; then the lock
+    // is released: the claim is applied and its answer lost.
+    let raw = rusqlite::Connection::open(db.path()).expect("raw");
+    raw.execute_batch("BEGIN IMMEDIATE").expect("lock");
     let first =
         tokio::time::timeout(Duration::ZERO, reg.claim(&me, std::slice::from_ref(&r))).await;
     assert!(first.is_err(), "the answer was not awaited");
+    raw.execute_batch("ROLLBACK").expect("unlock");
     let retried = reg.claim(&me, &[r]).await.expect("claim");
     let held = reg.list_claims("t").await.expect("list").items;
     assert_eq!(held.len(), 1);

@@ -184,7 +184,12 @@ fn nested(reg: &EtcdRegistry, claimant: &Claimant, fire: &Planned<'_>, slot: usi
     let task = &fire.request.fire.task;
     let tomb = keys.tombstone(task);
     let life = keys.life(task);
-    let generation = i64::try_from(fire.request.generation).unwrap_or(i64::MAX);
+    // A missing life key compares as revision 0: a request of generation 0 (or beyond the
+    // revisions) must never match it, so it compares with -1, which no key has.
+    let generation = i64::try_from(fire.request.generation)
+        .ok()
+        .filter(|g| *g > 0)
+        .unwrap_or(-1);
     TxnOp::txn(
         Txn::new()
             .when([

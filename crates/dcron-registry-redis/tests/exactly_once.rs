@@ -252,6 +252,25 @@ async fn claim_rules_apply_in_order() {
         .await
         .expect("claim");
     assert_eq!(out, vec![ClaimOutcome::Superseded { current: None }]);
+    // Generation 0 is no life: refused with or without a life for the name.
+    let zero = Life::new(0, life.live_since);
+    assert_eq!(
+        reg.claim(
+            &me,
+            &[
+                request(&fire("lifeless", 1), &zero),
+                request(&fire("t", 99), &zero)
+            ]
+        )
+        .await
+        .expect("claim"),
+        vec![
+            ClaimOutcome::Superseded { current: None },
+            ClaimOutcome::Superseded {
+                current: Some(life.generation)
+            }
+        ]
+    );
     let stale = Life::new(life.generation + 1000, life.live_since);
     assert_eq!(
         reg.claim(&me, &[request(&f0, &stale)])
