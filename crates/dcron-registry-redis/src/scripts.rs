@@ -270,9 +270,9 @@ return g
 /// decided).
 ///
 /// Cost, O(batch) and no scan: one `INCRBY` reserves the batch's tokens; each task's tombstone,
-/// life and index are touched once; a fire that is won costs one `SET NX PX` (a claim is the
-/// string `<token>:<generation>:<epoch>:<node id>`), and only a fire that is not written reads
-/// its claim. The index entries of a task go in one `ZADD`.
+/// life (`HGET gen`) and index (one `ZADD`, one `PTTL`) are touched once; a fire that is won
+/// costs one `SET NX PX` (a claim is the string `<token>:<generation>:<epoch>:<node id>`), and
+/// only a fire that is not written reads its claim.
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -283,6 +283,17 @@ local now_milli = math.floor(now / 1000)
 local base = redis.call('INCRBY', KEYS[1], nfires) - nfires
 local tombs, gens, added, longest = {}, {}, {}, {}
 local out = {}
+-- The generation of a life key for a claim (only `gen` matters here): a number, false when
+-- there is no life, 'bad' when the key does not hold one. `pcall`: a key of another type
+-- answers an error instead of failing the script.
+local function claim_gen(k)
+  local h = redis.pcall('HGET', k, 'gen')
+  if type(h) == 'table' then return 'bad' end
+  if not h then return false end
+  local g = tonumber(h)
+  if not g or g < 1 then return 'bad' end
+  return g
+end
 -- The answer for a fire whose claim key exists, or nil when it does not.
 local function held(claim)
   local t = key_type(claim)
@@ -298,7 +309,7 @@ for i = 1, nfires do
   local t = tonumber(ARGV[a + 1])
   local claim = KEYS[1 + 3 * ntasks + i]
   if tombs[t] == nil then tombs[t] = redis.call('EXISTS', KEYS[3 * t - 1]) == 1 end
-  if gens[t] == nil then gens[t] = life_gen(KEYS[3 * t]) or false end
+  if gens[t] == nil then gens[t] = claim_gen(KEYS[3 * t]) end
   local g = gens[t]
   if tombs[t] then
     out[i] = {'T'}
@@ -324,12 +335,17 @@ for i = 1, nfires do
     end
   end
 end
+-- The index of each task written: one ZADD (replacing a key of another type), expired members
+-- pruned on one task in 16 (and on every listing), and a TTL of twice the longest retention
+-- when it has less than that left, so most batches only read it.
 for t, list in pairs(added) do
   local idx = KEYS[3 * t + 1]
-  if key_type(idx) ~= 'zset' then redis.call('DEL', idx) end
-  redis.call('ZREMRANGEBYSCORE', idx, '-inf', now_milli - 1000)
-  redis.call('ZADD', idx, unpack(list))
-  if redis.call('PTTL', idx) < longest[t] then redis.call('PEXPIRE', idx, longest[t]) end
+  if type(redis.pcall('ZADD', idx, unpack(list))) == 'table' then
+    redis.call('DEL', idx)
+    redis.call('ZADD', idx, unpack(list))
+  end
+  if (base + t) % 16 == 0 then redis.call('ZREMRANGEBYSCORE', idx, '-inf', now_milli - 1000) end
+  if redis.call('PTTL', idx) < longest[t] then redis.call('PEXPIRE', idx, 2 * longest[t]) end
 end
 return out
 "#,
