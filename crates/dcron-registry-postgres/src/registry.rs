@@ -998,10 +998,15 @@ fn reason_of(e: Error) -> String {
     }
 }
 
-/// The namespace's channel, for watches.
-pub(crate) async fn channel_of(inner: &Inner) -> Result<String> {
+/// The namespace's channel for node watches (`nodes`) or task watches, for watches.
+pub(crate) async fn channel_of(inner: &Inner, nodes: bool) -> Result<String> {
+    let watch = if nodes { "n" } else { "t" };
     let rows = inner
-        .query("watch channel", &inner.sql.channel, &[&inner.namespace])
+        .query(
+            "watch channel",
+            &inner.sql.channel,
+            &[&inner.namespace, &watch],
+        )
         .await?;
     rows.first()
         .and_then(|r| r.try_get::<_, String>(0).ok())

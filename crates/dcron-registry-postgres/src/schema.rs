@@ -94,18 +94,19 @@ CREATE TABLE {s}.records (
     PRIMARY KEY (ns, kind, key)
 );
 
--- The LISTEN/NOTIFY channel of a namespace: an identifier of fixed length, distinct per schema.
-CREATE FUNCTION {s}.channel(p_ns text) RETURNS text
+-- The LISTEN/NOTIFY channels of a namespace, one for nodes (p_watch 'n') and one for tasks and
+-- tombstones ('t'): identifiers of fixed length, distinct per schema and namespace.
+CREATE FUNCTION {s}.channel(p_ns text, p_watch text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT 'dcron_' || substr(md5({lit} || '/' || p_ns), 1, 32)
+    SELECT 'dcron_' || p_watch || '_' || substr(md5({lit} || '/' || p_ns), 1, 32)
 $$;
 
 -- Tells the namespace's watchers that a key changed: `<kind>|<version>|<key>`, never the value.
--- Kinds: n (node), t (task record), d (tombstone), r (list everything again).
+-- Kinds: n (node), t (task record), d (tombstone), r (list the tasks again).
 CREATE FUNCTION {s}.notify(p_ns text, p_kind text, p_version bigint, p_key text) RETURNS integer
 LANGUAGE sql AS $$
     SELECT 1 FROM pg_notify(
-        {s}.channel(p_ns),
+        {s}.channel(p_ns, CASE WHEN p_kind = 'n' THEN 'n' ELSE 't' END),
         CASE WHEN octet_length(p_key) > 4000 THEN 'r|0|'
              ELSE p_kind || '|' || p_version::text || '|' || p_key END)
 $$;

@@ -124,7 +124,7 @@ const LIST_RECORDS: &str = "SELECT key, value FROM {s}.records WHERE ns = $1 AND
 const DELETE_RECORD: &str =
     "DELETE FROM {s}.records WHERE ns = $1 AND kind = $2 AND key = $3 RETURNING 1";
 
-const CHANNEL: &str = "SELECT {s}.channel($1)";
+const CHANNEL: &str = "SELECT {s}.channel($1, $2)";
 const FETCH_NODES: &str = "
 SELECT node_id, record, version FROM {s}.nodes
 WHERE ns = $1 AND node_id = ANY ($2) AND expires_at > now()";

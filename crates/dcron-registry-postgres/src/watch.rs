@@ -63,7 +63,7 @@ pub(crate) async fn watch_tasks(inner: Arc<Inner>) -> Result<WatchStream<TaskMet
 
 /// Listens before answering, so every change committed after the call is delivered.
 async fn start(inner: Arc<Inner>, sender: Sender) -> Result<()> {
-    let channel = channel_of(&inner).await?;
+    let channel = channel_of(&inner, sender.is_nodes()).await?;
     let listener = Listener::connect(&inner, &channel, sender.is_nodes()).await?;
     tokio::spawn(run(inner, channel, listener, sender));
     Ok(())
@@ -348,6 +348,15 @@ async fn handle(
             if !sender.resync() {
                 return Ok(());
             }
+            continue;
+        }
+        // Each watch listens on its own channel; anything else there is ignored.
+        let expected = if sender.is_nodes() {
+            note.kind == 'n'
+        } else {
+            note.kind == 't' || note.kind == 'd'
+        };
+        if !expected {
             continue;
         }
         let key = (note.kind, note.key);
