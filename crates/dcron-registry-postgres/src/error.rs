@@ -57,7 +57,8 @@ pub(crate) fn map_pg(context: &str, e: tokio_postgres::Error) -> Error {
             source: Some(Box::new(e)),
         };
     }
-    if text == "authentication error" {
+    // The server asked for a password and none was configured.
+    if text == "authentication error" || chain(&e).ends_with("password missing") {
         return Error::AccessDenied(format!("{context}: {}", chain(&e)));
     }
     if has_io_source(&e) || text.starts_with("timeout") || text.starts_with("error connecting") {

@@ -192,8 +192,9 @@ pub struct OwnedServer {
 }
 
 impl OwnedServer {
-    /// Initialises and starts a server; `conf` lines are appended to `postgresql.conf` and
-    /// `files` (name, contents, mode) are written into the data directory first.
+    /// Initialises and starts a server; `conf` lines are appended to `postgresql.conf` (with
+    /// `{dir}` replaced by the data directory) and `files` (name, contents, mode) are written
+    /// into the data directory first.
     pub fn start(conf: &[String], files: &[(&str, &[u8], u32)]) -> Result<Self, String> {
         let bin = postgres_bin().ok_or("no PostgreSQL binaries (DCRON_TEST_POSTGRES_BIN)")?;
         let as_postgres = running_as_root();
@@ -231,7 +232,7 @@ impl OwnedServer {
             server.dir.display()
         );
         for line in conf {
-            settings.push_str(line);
+            settings.push_str(&line.replace("{dir}", &server.dir.to_string_lossy()));
             settings.push('\n');
         }
         append(&server.dir.join("postgresql.conf"), &settings)?;
@@ -290,6 +291,29 @@ impl OwnedServer {
             &["-D", &dir, "-l", &log, "-w", "-t", "60", "start"],
         )
         .map_err(|e| format!("{e}\n{}", self.log_tail()))
+    }
+
+    /// Runs SQL as the superuser over the server's Unix socket.
+    pub fn psql(&self, sql: &str) -> Result<(), String> {
+        let dir = self.dir.to_string_lossy().to_string();
+        let port = self.port.to_string();
+        self.run(
+            "psql",
+            &[
+                "-h",
+                &dir,
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+        )
     }
 
     /// The end of the server log, for failure messages.
