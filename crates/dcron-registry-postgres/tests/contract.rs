@@ -313,7 +313,7 @@ async fn claim_retention_runs_on_the_server_clock() {
         Duration::from_secs(2),
     );
     let out = reg
-        .claim(&Claimant::new("a", 1), &[short.clone()])
+        .claim(&Claimant::new("a", 1), std::slice::from_ref(&short))
         .await
         .expect("claim");
     assert!(out[0].is_won());

@@ -116,7 +116,10 @@ async fn writes_survive_a_crash_restart_and_errors_are_retryable_meanwhile() {
         at(0) + chrono::Duration::days(1),
         Duration::from_secs(600),
     );
-    let won = reg.claim(&me, &[fire.clone()]).await.expect("claim");
+    let won = reg
+        .claim(&me, std::slice::from_ref(&fire))
+        .await
+        .expect("claim");
     let token = won[0].token().expect("won");
     let lease = reg
         .register(&Node::new("survivor", Utc::now()), Duration::from_secs(120))
@@ -129,7 +132,10 @@ async fn writes_survive_a_crash_restart_and_errors_are_retryable_meanwhile() {
     // While it is down every call fails, retryably.
     let down = reg.list_tasks().await.expect_err("server is down");
     assert!(down.is_retryable(), "{down:?}");
-    let down = reg.claim(&me, &[fire.clone()]).await.expect_err("down");
+    let down = reg
+        .claim(&me, std::slice::from_ref(&fire))
+        .await
+        .expect_err("down");
     assert!(down.is_retryable(), "{down:?}");
     tokio::task::block_in_place(|| server.start_again()).expect("start");
     wait_back(&reg, Duration::from_secs(30)).await;
@@ -150,7 +156,9 @@ async fn writes_survive_a_crash_restart_and_errors_are_retryable_meanwhile() {
     );
     // The claim survived: its winner learns it again, everyone else loses.
     assert_eq!(
-        reg.claim(&me, &[fire.clone()]).await.expect("claim"),
+        reg.claim(&me, std::slice::from_ref(&fire))
+            .await
+            .expect("claim"),
         vec![ClaimOutcome::WonEarlier { token }]
     );
     assert_eq!(
