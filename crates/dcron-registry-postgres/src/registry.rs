@@ -20,7 +20,7 @@ use crate::config::{PostgresRegistryConfig, Resolved, ENV_TEST_URL};
 use crate::error::{corrupt, map_pg, map_pool, timed_out, BACKEND};
 use crate::schema::{self, render};
 use crate::sql::Statements;
-use crate::time::{duration_micros, to_pg_time};
+use crate::time::{duration_micros, to_pg_time, to_pg_time_ceil};
 use crate::tls::{self, Tls};
 use crate::watch;
 
@@ -550,7 +550,7 @@ impl Registry for PostgresRegistry {
             PutMode::Update => "update",
             PutMode::Force => "force",
         };
-        let live_since = meta.created_at.map(to_pg_time);
+        let live_since = meta.created_at.map(to_pg_time_ceil);
         let rows = self
             .query(
                 "put_task",
@@ -724,7 +724,7 @@ impl Registry for PostgresRegistry {
             validate_task_name(name)?;
         }
         let list: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
-        let ats: Vec<DateTime<Utc>> = names.iter().map(|(_, at)| to_pg_time(*at)).collect();
+        let ats: Vec<DateTime<Utc>> = names.iter().map(|(_, at)| to_pg_time_ceil(*at)).collect();
         let rows = self
             .query(
                 "ensure_lives",
@@ -755,7 +755,7 @@ impl Registry for PostgresRegistry {
             .query(
                 "restart_life",
                 &self.inner.sql.restart_life,
-                &[&self.ns(), &name, &to_pg_time(at)],
+                &[&self.ns(), &name, &to_pg_time_ceil(at)],
             )
             .await?;
         match rows.first() {

@@ -26,6 +26,19 @@ pub(crate) fn to_pg_time(t: DateTime<Utc>) -> DateTime<Utc> {
     }
 }
 
+/// `t` rounded **up** to the microsecond (what PostgreSQL keeps), then as [`to_pg_time`]: a
+/// live-since stored this way never moves earlier, so no fire before it joins the life.
+pub(crate) fn to_pg_time_ceil(t: DateTime<Utc>) -> DateTime<Utc> {
+    let rem = i64::from(t.timestamp_subsec_nanos() % 1000);
+    let up = if rem == 0 {
+        t
+    } else {
+        t.checked_add_signed(chrono::Duration::nanoseconds(1000 - rem))
+            .unwrap_or(t)
+    };
+    to_pg_time(up)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,6 +50,14 @@ mod tests {
         assert_eq!(duration_micros(Duration::from_millis(1500)), 1_500_000);
         assert_eq!(duration_micros(Duration::MAX), FOREVER_MICROS);
         assert_eq!(duration_micros(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn live_since_rounds_up_to_the_microsecond() {
+        let t = DateTime::<Utc>::from_timestamp(1_700_000_000, 1_500).expect("valid");
+        assert_eq!(to_pg_time_ceil(t).timestamp_subsec_nanos(), 2_000);
+        let exact = DateTime::<Utc>::from_timestamp(1_700_000_000, 3_000).expect("valid");
+        assert_eq!(to_pg_time_ceil(exact), exact);
     }
 
     #[test]
