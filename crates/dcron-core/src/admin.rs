@@ -152,6 +152,10 @@ pub async fn forget_task_records(registry: &dyn Registry, name: &str) -> Result<
     validate_task_name(name)?;
     registry.delete_record(RecordKind::Pause, name).await?;
     registry.delete_record(RecordKind::Status, name).await?;
+    if !registry.capabilities().exactly_once {
+        // A registry without native lives keeps them as records: the cleanup ends the life.
+        registry.delete_record(RecordKind::Life, name).await?;
+    }
     let triggers = pending_triggers(registry).await?;
     for t in triggers.items.into_iter().filter(|t| t.task == name) {
         registry

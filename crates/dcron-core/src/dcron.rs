@@ -7,18 +7,21 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dcron_assign::{Assigner, Strategy};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::event::DcronEvent;
+use crate::lifecycle::NodeState;
 use crate::policy::{OverlapPolicy, RetryPolicy};
+use crate::registry::Lease;
 use crate::registry::{PutMode, Registry, WatchStream};
 use crate::runtime::{Command, Driver, StaticDef};
 use crate::schedule::{Schedule, SecondsField};
 use crate::task::{log_error, ErrorHandler, FnTask, Task, TaskResult};
 use crate::types::{
-    validate_task_name, MisfirePolicy, NodeEvent, TaskMeta, TaskMetaEvent, DEFAULT_MISFIRE_WINDOW,
+    validate_task_name, FireKey, MisfirePolicy, NodeEvent, TaskMeta, TaskMetaEvent,
+    DEFAULT_MISFIRE_WINDOW,
 };
 use crate::FireContext;
 
@@ -63,6 +66,7 @@ pub(crate) struct Config {
     pub(crate) overdue_threshold: Duration,
     pub(crate) claim_retention: Duration,
     pub(crate) claim_ahead: Duration,
+    pub(crate) start_timeout: Duration,
     pub(crate) name: Option<String>,
     pub(crate) weight: u32,
     pub(crate) ip: String,
@@ -223,6 +227,13 @@ impl DcronBuilder {
         self
     }
 
+    /// How long [`Dcron::start`] waits for the node to be registered and to have taken its
+    /// share before it answers an error (default 10 s). The node keeps trying meanwhile.
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.start_timeout = timeout;
+        self
+    }
+
     /// The clock (default: the system clock). Tests pass a [`crate::TokioClock`].
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -250,18 +261,14 @@ impl DcronBuilder {
     /// Builds the node (not started).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a zero TTL, a renewal interval not below the TTL, or a
-    /// zero poll interval.
+    /// [`Error::InvalidArgument`] naming the setting and its bound when one is outside it: TTL
+    /// 100 ms – 1 day, renewal interval in (0, TTL), poll interval 10 ms – 1 day, grace period
+    /// and status interval ≤ 1 day, clock skew ≤ 1 h, misfire window ≤ 7 days, claim retention
+    /// ≤ 30 days, claim lead ≤ 10 s, start timeout 1 ms – 1 day, default timeout ≤ 7 days,
+    /// `FireAll` between 1 and 10,000, default retries valid.
     pub fn build(self) -> Result<Dcron> {
         let cfg = self.cfg;
-        if cfg.ttl.is_zero() || cfg.renew_interval.is_zero() || cfg.renew_interval >= cfg.ttl {
-            return Err(Error::InvalidArgument(
-                "ttl must be > 0 and renew_interval in (0, ttl)".into(),
-            ));
-        }
-        if cfg.poll_interval.is_zero() {
-            return Err(Error::InvalidArgument("poll_interval must be > 0".into()));
-        }
+        check_config(&cfg)?;
         let node_id = format!(
             "{}-{}",
             cfg.name.as_deref().unwrap_or("node"),
@@ -279,6 +286,8 @@ impl DcronBuilder {
             pending: Mutex::new(Some(cmd_rx)),
             statics: Mutex::new(HashSet::new()),
             view,
+            health: watch::Sender::new(Health::default()),
+            lease_slot: Arc::new(Mutex::new(None)),
             events,
         };
         Ok(Dcron {
@@ -292,7 +301,16 @@ impl DcronBuilder {
 pub(crate) struct View {
     pub(crate) owned: Vec<Arc<str>>,
     pub(crate) all: Vec<Arc<str>>,
-    pub(crate) state: &'static str,
+}
+
+/// The node's state and readiness, watched by `start()` and `ready()`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Health {
+    pub(crate) state: NodeState,
+    /// Registered and its share taken (set once).
+    pub(crate) ready: bool,
+    /// The last registration error, for a start that times out.
+    pub(crate) last_error: Option<String>,
 }
 
 pub(crate) struct Inner {
@@ -304,6 +322,8 @@ pub(crate) struct Inner {
     pending: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
     statics: Mutex<HashSet<String>>,
     pub(crate) view: Arc<RwLock<View>>,
+    pub(crate) health: watch::Sender<Health>,
+    lease_slot: Arc<Mutex<Option<Lease>>>,
     pub(crate) events: broadcast::Sender<DcronEvent>,
 }
 
@@ -374,6 +394,7 @@ impl Dcron {
                 overdue_threshold: Duration::from_secs(1),
                 claim_retention: Duration::ZERO,
                 claim_ahead: Duration::ZERO,
+                start_timeout: Duration::from_secs(10),
                 name: None,
                 weight: 1,
                 ip: String::new(),
@@ -403,9 +424,32 @@ impl Dcron {
         self.read_view(|v| v.owned.iter().map(|n| n.to_string()).collect())
     }
 
-    /// The lifecycle state's name: `idle`, `starting`, `working`, `lost`, `leaving`, `stopped`.
-    pub fn state(&self) -> &'static str {
-        self.read_view(|v| if v.state.is_empty() { "idle" } else { v.state })
+    /// The node's state: its lifecycle state, or [`NodeState::Failed`] with the reason when its
+    /// driver failed. Compares with a state name: `node.state() == "working"`.
+    pub fn state(&self) -> NodeState {
+        self.inner.health.borrow().state.clone()
+    }
+
+    /// Resolves once the node is registered and has taken its share of the tasks (at once if
+    /// it already has). For callers that start a node in the background.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] when the node stops or fails before it is ready.
+    pub async fn ready(&self) -> Result<()> {
+        let mut rx = self.inner.health.subscribe();
+        let health = rx
+            .wait_for(|h| h.ready || matches!(h.state, NodeState::Stopped | NodeState::Failed(_)))
+            .await
+            .map_err(|_| Error::InvalidState("the node is gone".into()))?
+            .clone();
+        if health.ready {
+            Ok(())
+        } else {
+            Err(Error::InvalidState(format!(
+                "node `{}` is {} and will not become ready",
+                self.inner.node_id, health.state
+            )))
+        }
     }
 
     fn read_view<T>(&self, f: impl FnOnce(&View) -> T) -> T {
@@ -473,6 +517,7 @@ impl Dcron {
         meta.one_shot = one_shot;
         meta.executed_and_mark_deleted = one_shot;
         check_policies(&meta)?;
+        check_fires(&meta, &schedule, self.inner.clock.now())?;
         {
             let statics = self.inner.statics.lock().unwrap_or_else(|p| p.into_inner());
             if !force && statics.contains(name) {
@@ -481,17 +526,16 @@ impl Dcron {
                 });
             }
         }
+        let mut new_life = None;
         if force {
-            // Clear the tombstone and old claims so the task runs again. A dynamic record of
-            // the same name is kept (only its tombstone goes).
-            if self.inner.registry.get_task(name).await?.is_some() {
-                match self.inner.registry.clear_tombstone(name).await {
-                    Ok(()) | Err(Error::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            } else {
-                self.inner.registry.cleanup_task(name).await?;
-            }
+            // A new life: the tombstone and the old claims go, and nothing of the previous
+            // life (its last fires) is ever replayed. A dynamic record of the name is kept.
+            new_life = Some(
+                self.inner
+                    .registry
+                    .restart_life(name, self.inner.clock.now())
+                    .await?,
+            );
         } else {
             match self.inner.registry.get_tombstone(name).await {
                 Ok(Some(_)) => {
@@ -521,6 +565,9 @@ impl Dcron {
             schedule,
             task,
         }));
+        if let Some(life) = new_life {
+            self.send(Command::LifeStarted(name.to_string(), life));
+        }
         Ok(())
     }
 
@@ -628,12 +675,13 @@ impl Dcron {
             ));
         }
         validate_task_name(&meta.name)?;
-        self.parse(&meta.cron_format, meta.time_zone.as_deref())?;
+        let schedule = self.parse(&meta.cron_format, meta.time_zone.as_deref())?;
         check_policies(meta)?;
+        let now = self.inner.clock.now();
+        check_fires(meta, &schedule, now)?;
         let mut meta = meta.clone();
-        if meta.created_at.is_none() {
-            meta.created_at = Some(self.inner.clock.now());
-        }
+        // The task's live-since is the moment of this write, whatever the caller put there.
+        meta.created_at = Some(now);
         Ok(meta)
     }
 
@@ -659,11 +707,21 @@ impl Dcron {
     ///
     /// # Errors
     /// As [`Dcron::add_task_meta`] minus the existence checks.
-    pub async fn force_add_task_meta(&self, mut meta: TaskMeta) -> Result<()> {
-        meta.created_at = None;
+    pub async fn force_add_task_meta(&self, meta: TaskMeta) -> Result<()> {
         let meta = self.check_meta(&meta)?;
         self.inner.registry.put_task(&meta, PutMode::Force).await?;
+        let life = if self.inner.registry.capabilities().exactly_once {
+            None
+        } else {
+            // A registry without native lives: start the new life as a second step.
+            let at = meta.created_at.unwrap_or_else(|| self.inner.clock.now());
+            Some(self.inner.registry.restart_life(&meta.name, at).await?)
+        };
+        let name = meta.name.clone();
         self.send(Command::UpsertDynamic(Arc::new(meta)));
+        if let Some(life) = life {
+            self.send(Command::LifeStarted(name, life));
+        }
         Ok(())
     }
 
@@ -680,14 +738,27 @@ impl Dcron {
         Ok(())
     }
 
-    /// Clears a task's tombstone so it is scheduled again (the seed's `ReuseDeletedTask`).
+    /// Clears a task's tombstone so it is scheduled again (the seed's `ReuseDeletedTask`). The
+    /// task starts a new life now: the occurrences that fell while it was deleted are never
+    /// caught up.
     ///
     /// # Errors
     /// [`Error::NotFound`] when the task is not marked deleted; registry errors.
     pub async fn reuse_deleted_task(&self, name: &str) -> Result<()> {
         validate_task_name(name)?;
-        self.inner.registry.clear_tombstone(name).await?;
+        if self.inner.registry.get_tombstone(name).await?.is_none() {
+            return Err(Error::NotFound {
+                what: "tombstone",
+                name: name.to_string(),
+            });
+        }
+        let life = self
+            .inner
+            .registry
+            .restart_life(name, self.inner.clock.now())
+            .await?;
         self.send(Command::TombstoneCleared(name.to_string()));
+        self.send(Command::LifeStarted(name.to_string(), life));
         Ok(())
     }
 
@@ -767,19 +838,22 @@ impl Dcron {
 
     /// Schedules one run of the `task_run_fn` handler after `delay`, with `payload`: a
     /// dynamic one-shot task `@at <now + delay>` that is cleaned up after it succeeds. Runs once
-    /// cluster-wide, on whichever node owns the name then.
+    /// cluster-wide, on whichever node owns the name then. Answers the instant it chose (to
+    /// the millisecond); a zero delay runs it at once.
     ///
     /// # Errors
-    /// As [`Dcron::add_task_meta`].
+    /// As [`Dcron::add_task_meta`]; [`Error::InvalidArgument`] for a delay past year 9999.
     pub async fn schedule_once(
         &self,
         name: &str,
         delay: Duration,
         payload: impl Into<String>,
-    ) -> Result<()> {
-        let delay = chrono::Duration::from_std(delay)
-            .map_err(|_| Error::InvalidArgument("schedule_once: delay too long".into()))?;
-        let at = self.inner.clock.now() + delay;
+    ) -> Result<DateTime<Utc>> {
+        let at = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|d| self.inner.clock.now().checked_add_signed(d))
+            .ok_or_else(|| Error::InvalidArgument("schedule_once: delay too long".into()))?;
+        let at = FireKey::new(name, at).instant;
         let mut meta = TaskMeta::new(
             name,
             format!(
@@ -790,7 +864,10 @@ impl Dcron {
         .with_payload(payload)
         .one_shot();
         meta.executed_and_cleanup = true;
-        self.add_task_meta(meta).await
+        // A zero (or tiny) delay may already be past when the record is written.
+        meta.run_if_past = true;
+        self.add_task_meta(meta).await?;
+        Ok(at)
     }
 
     /// Pauses a task cluster-wide: its fires are skipped (reported as
@@ -903,12 +980,19 @@ impl Dcron {
             .map_err(|_| Error::InvalidState("the node is not running".into()))?
     }
 
-    /// Starts the node: registers it, then schedules the tasks it owns. Returns once the
-    /// driver runs; registration continues (and retries) in the background, so this never
-    /// blocks on an unreachable registry. Installs no signal handler.
+    /// Starts the node: registers it, takes its share of the tasks, and answers once it has
+    /// (see [`Dcron::ready`]). Installs no signal handler.
+    ///
+    /// The node's driver runs supervised: should it panic or fail, the node moves to
+    /// [`NodeState::Failed`], reports [`DcronEvent::NodeFailed`], and unregisters so its tasks
+    /// move to healthy nodes; other nodes are never affected.
     ///
     /// # Errors
-    /// [`Error::InvalidState`] when the node was already started.
+    /// [`Error::InvalidState`] when the node was already started, or failed while starting;
+    /// [`Error::Unavailable`] when it is not ready within the start timeout
+    /// ([`DcronBuilder::start_timeout`], default 10 s; the registry is unreachable, say). The
+    /// node keeps trying in the background after such an error: `ready()` resolves when it
+    /// gets there, and `stop()` ends it.
     pub async fn start(&self) -> Result<()> {
         let rx = self
             .inner
@@ -923,11 +1007,32 @@ impl Dcron {
             self.inner.registry.clone(),
             self.inner.clock.clone(),
             self.inner.view.clone(),
+            self.inner.health.clone(),
+            self.inner.lease_slot.clone(),
             self.inner.events.clone(),
             rx,
         );
-        tokio::spawn(driver.run());
-        Ok(())
+        tokio::spawn(supervise(
+            tokio::spawn(driver.run()),
+            self.inner.node_id.clone(),
+            self.inner.registry.clone(),
+            self.inner.health.clone(),
+            self.inner.lease_slot.clone(),
+            self.inner.events.clone(),
+        ));
+        let timeout = self.inner.cfg.start_timeout;
+        match tokio::time::timeout(timeout, self.ready()).await {
+            Ok(r) => r,
+            Err(_) => {
+                let last = self.inner.health.borrow().last_error.clone();
+                Err(Error::unavailable(format!(
+                    "node `{}` was not registered and working within {timeout:?}{}; it keeps trying in the background",
+                    self.inner.node_id,
+                    last.map(|e| format!(" (last registration error: {e})"))
+                        .unwrap_or_default()
+                )))
+            }
+        }
     }
 
     /// Stops the node gracefully: status `leaving` (peers take the tasks and catch up), no new
@@ -950,9 +1055,9 @@ impl Dcron {
             .take()
             .is_some()
         {
-            if let Ok(mut v) = self.inner.view.write() {
-                v.state = "stopped";
-            }
+            self.inner
+                .health
+                .send_modify(|h| h.state = NodeState::Stopped);
             return Ok(());
         }
         let _ = rx.await;
@@ -960,17 +1065,151 @@ impl Dcron {
     }
 }
 
-/// Checks the policies of a task record.
-fn check_policies(meta: &TaskMeta) -> Result<()> {
-    if let Some(MisfirePolicy::FireAll { max: 0 }) = meta.misfire {
-        return Err(Error::InvalidArgument(
-            "misfire FireAll needs max >= 1".into(),
-        ));
+/// Waits for the driver; if it panicked, marks the node failed, reports it and unregisters it
+/// so that its tasks move to the other nodes at once rather than after its lease expires.
+async fn supervise(
+    driver: tokio::task::JoinHandle<()>,
+    node_id: Arc<str>,
+    registry: Arc<dyn Registry>,
+    health: watch::Sender<Health>,
+    lease_slot: Arc<Mutex<Option<Lease>>>,
+    events: broadcast::Sender<DcronEvent>,
+) {
+    let Err(e) = driver.await else {
+        return;
+    };
+    if !e.is_panic() {
+        return;
     }
+    let panic = e.into_panic();
+    let reason = if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("the scheduling driver panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("the scheduling driver panicked: {s}")
+    } else {
+        "the scheduling driver panicked".to_string()
+    };
+    tracing::error!(node = %node_id, %reason, "node failed; unregistering so its tasks move");
+    metrics::counter!("dcron_node_failures_total").increment(1);
+    health.send_modify(|h| h.state = NodeState::Failed(reason.clone()));
+    let _ = events.send(DcronEvent::NodeFailed {
+        node: node_id.to_string(),
+        reason,
+    });
+    let lease = lease_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(lease) = lease {
+        if let Err(e) = registry.unregister(&lease).await {
+            tracing::warn!(node = %node_id, error = %e, "unregistering the failed node failed; its lease will expire");
+        }
+    }
+}
+
+/// Checks every builder setting against its documented bound.
+fn check_config(cfg: &Config) -> Result<()> {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let within = |name: &str, v: Duration, lo: Duration, hi: Duration| {
+        if v < lo || v > hi {
+            Err(Error::InvalidArgument(format!(
+                "{name} is {v:?}; it must be between {lo:?} and {hi:?}"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    within("ttl", cfg.ttl, Duration::from_millis(100), DAY)?;
+    if cfg.renew_interval.is_zero() || cfg.renew_interval >= cfg.ttl {
+        return Err(Error::InvalidArgument(format!(
+            "renew_interval is {:?}; it must be above zero and below the ttl ({:?})",
+            cfg.renew_interval, cfg.ttl
+        )));
+    }
+    within(
+        "poll_interval",
+        cfg.poll_interval,
+        Duration::from_millis(10),
+        DAY,
+    )?;
+    within("grace_period", cfg.grace_period, Duration::ZERO, DAY)?;
+    within("status_interval", cfg.status_interval, Duration::ZERO, DAY)?;
+    within(
+        "max_clock_skew",
+        cfg.max_clock_skew,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    )?;
+    within(
+        "misfire_window",
+        cfg.misfire_window,
+        Duration::ZERO,
+        crate::types::limits::MAX_MISFIRE_WINDOW,
+    )?;
+    within(
+        "claim_retention",
+        cfg.claim_retention,
+        Duration::ZERO,
+        Duration::from_secs(30 * 24 * 3600),
+    )?;
+    within(
+        "claim_ahead",
+        cfg.claim_ahead,
+        Duration::ZERO,
+        Duration::from_secs(10),
+    )?;
+    within(
+        "start_timeout",
+        cfg.start_timeout,
+        Duration::from_millis(1),
+        DAY,
+    )?;
+    within(
+        "retry_backoff",
+        cfg.retry_backoff,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    )?;
+    if let Some(t) = cfg.default_timeout {
+        within(
+            "default_timeout",
+            t,
+            Duration::ZERO,
+            crate::types::limits::MAX_TIMEOUT,
+        )?;
+    }
+    if let MisfirePolicy::FireAll { max } = cfg.misfire {
+        if max == 0 || max > crate::types::limits::MAX_FIRE_ALL {
+            return Err(Error::InvalidArgument(format!(
+                "misfire_policy FireAll max is {max}; it must be between 1 and {}",
+                crate::types::limits::MAX_FIRE_ALL
+            )));
+        }
+    }
+    cfg.default_retry.validate()
+}
+
+/// Checks the policies of a task record against [`crate::limits`].
+fn check_policies(meta: &TaskMeta) -> Result<()> {
+    meta.check_bounds()?;
     if let Some(retry) = &meta.retry {
         retry.validate()?;
     }
     Ok(())
+}
+
+/// Refuses a schedule that can never fire again: an `@at` in the past (unless the task asks to
+/// run it at once) or a cron expression with no future occurrence (30 February).
+fn check_fires(meta: &TaskMeta, schedule: &Schedule, now: DateTime<Utc>) -> Result<()> {
+    if schedule.next_after(now).is_some() || (meta.run_if_past && schedule.is_one_time()) {
+        return Ok(());
+    }
+    let reason = if schedule.is_one_time() {
+        "the instant is in the past; set `run_if_past` to run it once at once".to_string()
+    } else {
+        "it has no occurrence after now: it would never fire".to_string()
+    };
+    Err(Error::InvalidSchedule {
+        expr: meta.cron_format.clone(),
+        reason,
+    })
 }
 
 /// Per-task options for static tasks ([`Dcron::add_task_with`]); what is left unset takes the
@@ -983,6 +1222,7 @@ pub struct TaskOptions {
     overlap: Option<OverlapPolicy>,
     misfire: Option<MisfirePolicy>,
     misfire_window: Option<Duration>,
+    run_if_past: bool,
 }
 
 impl TaskOptions {
@@ -1027,6 +1267,13 @@ impl TaskOptions {
         self
     }
 
+    /// For an `@at` schedule already past when the task is added: run it once at once instead
+    /// of refusing it.
+    pub fn run_if_past(mut self) -> Self {
+        self.run_if_past = true;
+        self
+    }
+
     fn apply(&self, meta: &mut TaskMeta) {
         meta.time_zone.clone_from(&self.time_zone);
         meta.retry = self.retry;
@@ -1038,6 +1285,7 @@ impl TaskOptions {
         meta.misfire_window_ms = self
             .misfire_window
             .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
+        meta.run_if_past = self.run_if_past;
     }
 }
 

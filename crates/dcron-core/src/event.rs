@@ -114,6 +114,34 @@ pub enum DcronEvent {
         /// The running fire's instant.
         scheduled: DateTime<Utc>,
     },
+    /// This node owns a dynamic task but has no `task_run_fn`: its fires do not run here.
+    /// Reported once per task and node; the task's status says so too.
+    NoHandler {
+        /// The task.
+        task: String,
+        /// The node.
+        node: String,
+    },
+    /// The node's driver failed (a panic or a fatal error): it stopped scheduling and left the
+    /// cluster so its tasks move to healthy nodes.
+    NodeFailed {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// A registration attempt failed; the next one is made after `delay` (exponential back-off
+    /// with jitter).
+    RegisterRetry {
+        /// The node.
+        node: String,
+        /// The attempt that failed (1 for the first).
+        attempt: u32,
+        /// The error, as text.
+        error: String,
+        /// The wait before the next attempt.
+        delay: Duration,
+    },
     /// A registry record did not decode and was skipped.
     CorruptRecord {
         /// The key or name of the record.

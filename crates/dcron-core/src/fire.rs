@@ -68,6 +68,9 @@ pub(crate) struct Launch {
     /// Cancelled when this node stops owning the task: retries stop (none for tasks that do
     /// not retry).
     pub(crate) owner: Option<CancellationToken>,
+    /// The fire's deadline on the monotonic clock: it does not start after it (none for a
+    /// trigger-now request, which has no claim).
+    pub(crate) deadline_at: Option<Instant>,
 }
 
 struct RunningEntry {
@@ -193,6 +196,8 @@ pub(crate) struct FireEnv {
     pub(crate) ended: Arc<EndedInbox>,
     /// Pools of fires claimed ahead of their instant, by instant.
     pub(crate) waiting: Arc<Mutex<HashMap<DateTime<Utc>, Arc<Pool>>>>,
+    /// The fires this process started (none starts twice).
+    pub(crate) launched: Arc<crate::engine::launched::Launched>,
 }
 
 /// Fires that ended, sharded by thread so that threads ending fires at once do not contend.
@@ -493,6 +498,20 @@ async fn run(env: Arc<FireEnv>, l: Launch, share: Share) {
     };
     // Boxed: tracked fires are the rare case, and their wait would double every fire's size.
     if tracked && !Box::pin(start_tracked(&env, &l, overlap, &cancel)).await {
+        return;
+    }
+    // No fire starts after its deadline (a node frozen after the claim reply, a long overlap
+    // wait): checked on the monotonic clock right before the handler.
+    if l.deadline_at.is_some_and(|d| env.clock.monotonic() > d) {
+        tracing::warn!(fire = %l.key, "fire reached its start after its deadline: not run");
+        metrics::counter!("dcron_fires_missed_total").increment(1);
+        let _ = env
+            .events
+            .send(DcronEvent::Missed(env.info(&l.key, l.kind)));
+        if tracked {
+            env.running.end(&l.key.task, l.token, l.key.instant);
+            let _ = env.internal.send(Internal::RunningChanged);
+        }
         return;
     }
     let error = attempts(&env, &l, cancel, tracked, &share).await;

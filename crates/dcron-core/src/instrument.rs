@@ -230,7 +230,9 @@ mod tests {
         let t0 = DateTime::<Utc>::UNIX_EPOCH;
         let mut meta = TaskMeta::new("a", "@hourly");
         meta.created_at = Some(t0);
-        reg.put_task(&meta, PutMode::CreateOnly).await.expect("puts");
+        reg.put_task(&meta, PutMode::CreateOnly)
+            .await
+            .expect("puts");
         let again = reg
             .put_task(&meta, PutMode::CreateOnly)
             .await

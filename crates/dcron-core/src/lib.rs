@@ -7,6 +7,7 @@ pub mod admin;
 pub mod claim;
 pub mod clock;
 mod dcron;
+mod engine;
 pub mod error;
 pub mod event;
 mod fire;
@@ -28,6 +29,7 @@ pub use dcron_assign::{Assigner, Member, Placement, Strategy};
 pub use error::{BoxError, Error, Result};
 pub use event::{DcronEvent, FireInfo};
 pub use instrument::InstrumentedRegistry;
+pub use lifecycle::NodeState;
 pub use memory::MemoryRegistry;
 pub use policy::{
     Backoff, LastResult, OverlapPolicy, PauseRecord, RetryPolicy, RunningFire, SkipReason,
@@ -36,14 +38,14 @@ pub use policy::{
 pub use registry::{
     check_claims, check_record_key, check_records, check_registration, check_retention,
     check_value_size, ensure_lives_in_records, expiry_tolerance, restart_life_in_records,
-    Capabilities, Lease, PutMode, RecordKind, Registry,
-    WatchStream, MAX_RECORD_KEY_BYTES, MAX_WATCH_DELAY,
+    Capabilities, Lease, PutMode, RecordKind, Registry, WatchStream, MAX_RECORD_KEY_BYTES,
+    MAX_WATCH_DELAY,
 };
 pub use schedule::{Schedule, SecondsField};
 pub use task::{ErrorHandler, FireContext, Task, TaskResult};
 pub use types::{
-    validate_task_name, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, FireKey, Life,
-    Listing, MisfirePolicy, Node, NodeEvent, NodeStatus, ResyncEvent, TaskMeta, TaskMetaEvent,
-    Tombstone, DEFAULT_MISFIRE_WINDOW, MAX_TASK_NAME_BYTES,
+    limits, validate_task_name, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, FireKey,
+    Life, Listing, MisfirePolicy, Node, NodeEvent, NodeStatus, ResyncEvent, TaskMeta,
+    TaskMetaEvent, Tombstone, DEFAULT_MISFIRE_WINDOW, MAX_TASK_NAME_BYTES,
 };
 pub use watch::{watch_channel, WatchSender};

@@ -518,3 +518,81 @@ mod tests {
         assert!(a.is_empty());
     }
 }
+
+/// A node's state as the API reports it ([`crate::Dcron::state`]): the lifecycle state, plus
+/// `Failed` when the node's driver failed and the node left the cluster.
+///
+/// It compares with the state's name, so `node.state() == "working"` reads naturally.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum NodeState {
+    /// Built, not started.
+    #[default]
+    Idle,
+    /// Registering.
+    Starting,
+    /// Registered and taking tasks.
+    Working,
+    /// The lease was lost; registering again.
+    Lost,
+    /// Stopping: peers take the tasks over, handlers drain.
+    Leaving,
+    /// Stopped.
+    Stopped,
+    /// The driver failed (a panic or a fatal error); the node unregistered so its tasks
+    /// moved. The reason says what happened.
+    Failed(String),
+}
+
+impl NodeState {
+    /// The state's name: `idle`, `starting`, `working`, `lost`, `leaving`, `stopped`, `failed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeState::Idle => "idle",
+            NodeState::Starting => "starting",
+            NodeState::Working => "working",
+            NodeState::Lost => "lost",
+            NodeState::Leaving => "leaving",
+            NodeState::Stopped => "stopped",
+            NodeState::Failed(_) => "failed",
+        }
+    }
+
+    /// Whether the node takes tasks.
+    pub fn is_working(&self) -> bool {
+        *self == NodeState::Working
+    }
+
+    /// The API state of a lifecycle state.
+    pub fn of(state: &State) -> NodeState {
+        match state {
+            State::Idle => NodeState::Idle,
+            State::Starting { .. } => NodeState::Starting,
+            State::Working { .. } => NodeState::Working,
+            State::Lost { .. } => NodeState::Lost,
+            State::Leaving { .. } => NodeState::Leaving,
+            State::Stopped => NodeState::Stopped,
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeState::Failed(reason) => write!(f, "failed: {reason}"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+impl PartialEq<&str> for NodeState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for NodeState {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}

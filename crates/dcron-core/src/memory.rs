@@ -39,8 +39,8 @@ use crate::claim::{decide_claim, ClaimDecision, Holder};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::registry::{
-    check_claims, check_record_key, check_records, check_value_size, Capabilities, Lease,
-    PutMode, RecordKind, Registry, WatchStream,
+    check_claims, check_record_key, check_records, check_value_size, Capabilities, Lease, PutMode,
+    RecordKind, Registry, WatchStream,
 };
 use crate::tombstone::{decide, Effects, NameState, Request};
 use crate::types::{

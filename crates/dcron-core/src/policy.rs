@@ -265,6 +265,12 @@ pub enum LastResult {
         /// The error, as text.
         error: String,
     },
+    /// The task's owner has no handler for it (a dynamic task on a node without
+    /// `task_run_fn`): its fires do not run.
+    NoHandler {
+        /// The node that owns the task.
+        node: String,
+    },
 }
 
 /// What is known of a task's runs ([`crate::RecordKind::Status`], keyed by task name), written

@@ -22,24 +22,25 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dcron_assign::{Member, Placement};
 use futures::StreamExt;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{until, Clock};
-use crate::dcron::{Config, View};
+use crate::dcron::{Config, Health, View};
+use crate::engine::plan::{self, CatchUp, Fires, Pause};
 use crate::error::{Error, Result};
 use crate::event::DcronEvent;
 use crate::fire::{FireEnv, FireKind, Launch, RunningSet};
-use crate::lifecycle::{self, Action, Input, State, Timing};
+use crate::lifecycle::{self, Action, Input, NodeState, State, Timing};
 use crate::policy::{LastResult, PauseRecord, SkipReason, TaskStatus, TriggerRecord};
 use crate::registry::{Lease, RecordKind, Registry, WatchStream};
 use crate::schedule::Schedule;
 use crate::task::Task;
 use crate::types::{
-    ClaimOutcome, FireKey, Listing, MisfirePolicy, Node, NodeEvent, NodeStatus, TaskMeta,
-    TaskMetaEvent, Tombstone,
+    ClaimOutcome, ClaimRequest, Claimant, FireKey, Life, Listing, Node, NodeEvent, NodeStatus,
+    TaskMeta, TaskMetaEvent, Tombstone,
 };
 
 /// The most fires sent in one claim call (larger sets are split into several batches).
@@ -50,6 +51,12 @@ const FIRST_BATCH: usize = 256;
 
 /// How often a working node rewrites its record to refresh `last_alive`.
 const LAST_ALIVE_REFRESH: Duration = Duration::from_secs(30);
+
+/// The longest wait between two registration attempts.
+const MAX_REGISTER_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The most task names in one `ensure_lives` call.
+const LIFE_BATCH: usize = 1000;
 
 /// The most occurrences one backfill call runs.
 const MAX_BACKFILL: usize = 10_000;
@@ -75,6 +82,8 @@ pub(crate) enum Command {
     Stop(oneshot::Sender<()>),
     /// A pause record changed through this node's API: apply it at once.
     PauseChanged(PauseRecord),
+    /// A task started a new life through this node's API (force-add, reuse).
+    LifeStarted(String, Life),
     /// Claim and run the occurrences of a task in `[from, to)` that nobody claimed.
     Backfill {
         name: String,
@@ -116,6 +125,12 @@ pub(crate) enum Internal {
     TriggerDone(String),
     /// A node-record write that published running markers ended.
     MarkersWritten(u64, Result<()>),
+    /// The lives of these tasks, read (or started) in the registry.
+    Lives(Vec<Arc<str>>, Result<Vec<Life>>),
+    /// Ask again for the lives of tasks whose lives are unknown.
+    RetryLives,
+    /// A claim found the task's life stale (a new life started, or none is left).
+    Superseded(String),
 }
 
 struct Entry {
@@ -129,11 +144,25 @@ struct Entry {
     owned: bool,
     /// Bumped whenever heap entries for this task must be ignored.
     generation: u64,
-    /// A one-shot fire is in flight or done: schedule nothing more.
-    spent: bool,
+    /// The task's current life in the registry, once known (nothing is scheduled before).
+    life: Option<Life>,
+    /// An `ensure_lives` call for this task is in flight.
+    life_pending: bool,
     /// Cancelled when the node stops owning the task (retries in flight stop). Created only
     /// for tasks that retry: the others never wait on it.
     owner: Option<CancellationToken>,
+}
+
+impl Entry {
+    /// The task's fires in its current life (`None` until the life is known).
+    fn fires(&self) -> Option<Fires<'_>> {
+        Some(Fires {
+            schedule: &self.schedule,
+            life: self.life?,
+            one_shot: self.meta.one_shot,
+            run_if_past: self.meta.run_if_past,
+        })
+    }
 }
 
 /// One fire on its way to the registry.
@@ -145,6 +174,16 @@ struct PendingFire {
     kind: FireKind,
     window: Duration,
     owner: Option<CancellationToken>,
+    /// The generation of the life the fire belongs to.
+    life: u64,
+    /// The fire's deadline (its instant plus its window) on the wall clock.
+    deadline: DateTime<Utc>,
+    /// The same deadline on the node's monotonic clock: checked after the claim reply and
+    /// right before the handler starts, so a node frozen meanwhile never starts a late fire.
+    deadline_at: Instant,
+    /// The least retention of its claim (a backfill keeps its claims as long as its range is
+    /// old); zero for the others.
+    min_retention: Duration,
 }
 
 /// What this node knows of one task's runs; counts are deltas until `base_loaded`.
@@ -163,6 +202,13 @@ pub(crate) struct Driver {
     registry: Arc<dyn Registry>,
     clock: Arc<dyn Clock>,
     view: Arc<RwLock<View>>,
+    /// What `state()`, `ready()` and `start()` read.
+    health: watch::Sender<Health>,
+    /// The lease in force, shared with the supervisor (which unregisters it if the driver
+    /// fails).
+    lease_slot: Arc<std::sync::Mutex<Option<Lease>>>,
+    /// Registration failures in a row (the back-off grows with them).
+    register_failures: u32,
     events: broadcast::Sender<DcronEvent>,
     commands: mpsc::UnboundedReceiver<Command>,
     internal_tx: mpsc::UnboundedSender<Internal>,
@@ -210,6 +256,12 @@ pub(crate) struct Driver {
     drained_pending: bool,
     /// The last write of this node's record failed: rewrite it at the next renewal.
     record_stale: bool,
+    /// When this node last became `Working` (its wall clock); see [`Driver::gap_floor`].
+    working_since: Option<DateTime<Utc>>,
+    /// Dynamic tasks this node owned without a handler (reported once each).
+    no_handler: HashSet<String>,
+    /// A retry of failed `ensure_lives` calls is scheduled.
+    lives_retry_pending: bool,
 }
 
 impl Driver {
@@ -219,6 +271,8 @@ impl Driver {
         registry: Arc<dyn Registry>,
         clock: Arc<dyn Clock>,
         view: Arc<RwLock<View>>,
+        health: watch::Sender<Health>,
+        lease_slot: Arc<std::sync::Mutex<Option<Lease>>>,
         events: broadcast::Sender<DcronEvent>,
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Self {
@@ -251,6 +305,7 @@ impl Driver {
             running: running.clone(),
             ended: ended.clone(),
             waiting: Arc::default(),
+            launched: Arc::default(),
         });
         Driver {
             node_id,
@@ -258,6 +313,9 @@ impl Driver {
             registry,
             clock,
             view,
+            health,
+            lease_slot,
+            register_failures: 0,
             events,
             commands,
             internal_tx,
@@ -295,6 +353,9 @@ impl Driver {
             status_inflight: false,
             drained_pending: false,
             record_stale: false,
+            working_since: None,
+            no_handler: HashSet::new(),
+            lives_retry_pending: false,
         }
     }
 
@@ -358,7 +419,10 @@ impl Driver {
                 },
                 _ = renew.tick() => self.lifecycle(Input::RenewTick),
                 _ = poll.tick() => if self.is_active() { self.list_all() },
-                _ = status_tick.tick() => self.flush_status(),
+                _ = status_tick.tick() => {
+                    self.flush_status();
+                    self.env.launched.forget_before(self.clock.now());
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => self.fire_due(),
                 _ = sleep_until(flush_at), if flush_at.is_some() => self.flush_view(),
             }
@@ -385,6 +449,12 @@ impl Driver {
                 state: name,
             });
             metrics::counter!("dcron_lifecycle_transitions_total", "state" => name).increment(1);
+            let api_state = NodeState::of(&state);
+            self.health.send_modify(|h| {
+                if !matches!(h.state, NodeState::Failed(_)) {
+                    h.state = api_state;
+                }
+            });
             self.flush_view();
         }
         for action in actions {
@@ -395,6 +465,13 @@ impl Driver {
     fn act(&mut self, action: Action) {
         match action {
             Action::Register { epoch, delay } => {
+                // Retries back off exponentially (capped), with a jitter of the node's own so
+                // that nodes cut off together do not come back in step.
+                let delay = if delay.is_zero() {
+                    delay
+                } else {
+                    register_backoff(delay, self.register_failures, &self.node_id)
+                };
                 if delay.is_zero() {
                     self.register(epoch);
                 } else {
@@ -424,6 +501,7 @@ impl Driver {
                 });
             }
             Action::Activate => {
+                self.working_since = Some(self.clock.now());
                 self.open_watches();
                 // Ownership is computed when the node list arrives, not before: owning
                 // everything for a moment would trigger needless claims.
@@ -458,6 +536,9 @@ impl Driver {
                 });
             }
             Action::Unregister { epoch } => {
+                if let Ok(mut slot) = self.lease_slot.lock() {
+                    *slot = None;
+                }
                 if let Some(lease) = self.lease_for(epoch) {
                     let registry = self.registry.clone();
                     let waiters = std::mem::take(&mut self.stop_waiters);
@@ -513,6 +594,7 @@ impl Driver {
             Command::Removed(name) => {
                 self.clear_tombstone(&name);
                 self.remove_dynamic(&name);
+                self.life_stale(&name);
             }
             Command::Resync => {
                 if self.is_active() {
@@ -520,6 +602,12 @@ impl Driver {
                 }
             }
             Command::PauseChanged(record) => self.apply_pause(record),
+            Command::LifeStarted(name, life) => {
+                if self.set_life(&name, life) {
+                    let key: Option<Arc<str>> = self.tasks.get(&*name).map(|e| e.name.clone());
+                    self.plan_gained(key.into_iter().collect());
+                }
+            }
             Command::Backfill {
                 name,
                 from,
@@ -550,6 +638,10 @@ impl Driver {
             Internal::Registered(epoch, Ok(lease)) => {
                 if matches!(self.state, State::Starting { epoch: e } | State::Lost { epoch: e } if e == epoch)
                 {
+                    self.register_failures = 0;
+                    if let Ok(mut slot) = self.lease_slot.lock() {
+                        *slot = Some(lease.clone());
+                    }
                     self.lease = Some((epoch, lease));
                     self.lifecycle(Input::Registered { epoch, now });
                 } else {
@@ -561,7 +653,19 @@ impl Driver {
                 }
             }
             Internal::Registered(epoch, Err(e)) => {
-                tracing::warn!(node = %self.node_id, error = %e, "registration failed; retrying");
+                self.register_failures = self.register_failures.saturating_add(1);
+                let attempt = self.register_failures;
+                let delay = register_backoff(self.cfg.retry_backoff, attempt, &self.node_id);
+                tracing::warn!(node = %self.node_id, error = %e, attempt, delay_ms = delay.as_millis() as u64, "registration failed; retrying");
+                metrics::counter!("dcron_register_retries_total").increment(1);
+                let _ = self.events.send(DcronEvent::RegisterRetry {
+                    node: self.node_id.to_string(),
+                    attempt,
+                    error: e.to_string(),
+                    delay,
+                });
+                let message = e.to_string();
+                self.health.send_modify(|h| h.last_error = Some(message));
                 self.lifecycle(Input::RegisterFailed { epoch });
             }
             Internal::RetryRegister(epoch) => {
@@ -605,6 +709,10 @@ impl Driver {
                     .collect();
                 self.refresh_remote_running();
                 self.rebalance();
+                if self.is_active() && !self.health.borrow().ready {
+                    // Registered, and its share computed from a full listing: ready.
+                    self.health.send_modify(|h| h.ready = true);
+                }
             }
             Internal::Tasks(Ok((tasks, tombstones))) => self.reconcile_tasks(tasks, tombstones),
             Internal::Nodes(Err(e)) | Internal::Tasks(Err(e)) => {
@@ -624,20 +732,29 @@ impl Driver {
                 self.list_all();
             }
             Internal::OneShotEnded { name, done } => {
+                // A one-shot has one fire in its life, whatever its result: nothing to
+                // schedule again. Done (deleted) means tombstoned here too at once.
                 if done {
                     self.set_tombstone(name);
-                } else if let Some(entry) = self.tasks.get_mut(&*name) {
-                    entry.spent = false;
-                    if entry.owned {
-                        let generation = entry.generation;
-                        let after = self.clock.now();
-                        if let Some(next) = entry.schedule.next_after(after) {
-                            let name = entry.name.clone();
-                            self.heap
-                                .push(Reverse((next.timestamp_millis(), generation, name)));
-                        }
-                    }
                 }
+            }
+            Internal::Lives(names, r) => self.lives_read(names, r),
+            Internal::RetryLives => {
+                self.lives_retry_pending = false;
+                let unknown: Vec<Arc<str>> = self
+                    .tasks
+                    .values_mut()
+                    .filter(|e| e.owned && e.life.is_none() && !e.life_pending)
+                    .map(|e| {
+                        e.life_pending = true;
+                        e.name.clone()
+                    })
+                    .collect();
+                self.ensure_lives(unknown);
+            }
+            Internal::Superseded(name) => {
+                tracing::info!(node = %self.node_id, task = %name, "a claim found the task's life changed: reading it again");
+                self.life_stale(&name);
             }
             Internal::Drained => {
                 // Handlers are done: store their status before the registration goes (a new
@@ -796,7 +913,11 @@ impl Driver {
     fn task_event(&mut self, ev: TaskMetaEvent) {
         match ev {
             TaskMetaEvent::Put(meta) => self.upsert_dynamic(Arc::new(meta)),
-            TaskMetaEvent::Removed { name } => self.remove_dynamic(&name),
+            TaskMetaEvent::Removed { name } => {
+                // A cleanup ended the name's life; a static task of that name starts another.
+                self.remove_dynamic(&name);
+                self.life_stale(&name);
+            }
             TaskMetaEvent::Tombstoned(t) => self.set_tombstone(t.name),
             TaskMetaEvent::TombstoneCleared { name } => self.clear_tombstone(&name),
             TaskMetaEvent::Resync => self.list_all(),
@@ -855,22 +976,30 @@ impl Driver {
                 return;
             }
         }
-        if let Err(e) = crate::types::validate_task_name(&meta.name) {
-            tracing::warn!(error = %e, "dynamic task with an invalid name skipped");
-            return;
-        }
-        match Schedule::parse(
-            &meta.cron_format,
-            meta.time_zone.as_deref(),
-            self.cfg.seconds,
-        ) {
+        // A record any client may have written: outside the bounds it is reported as corrupt
+        // and skipped (an earlier version of it stops too); the other tasks keep firing.
+        let checked = meta.check_bounds().and_then(|()| {
+            Schedule::parse(
+                &meta.cron_format,
+                meta.time_zone.as_deref(),
+                self.cfg.seconds,
+            )
+        });
+        match checked {
             Ok(schedule) => {
                 let name = meta.name.clone();
                 self.upsert(name, meta, schedule, None, false);
             }
             Err(e) => {
-                tracing::warn!(task = %meta.name, error = %e, "dynamic task with an invalid schedule skipped");
+                tracing::warn!(task = %meta.name.chars().take(64).collect::<String>(), error = %e, "dynamic task record refused: skipped");
+                self.report_corrupt(&[crate::types::CorruptEntry {
+                    key: meta.name.chars().take(256).collect(),
+                    reason: e.to_string(),
+                }]);
                 (self.cfg.error_handler)(&meta, &e);
+                if crate::types::validate_task_name(&meta.name).is_ok() {
+                    self.remove_dynamic(&meta.name);
+                }
             }
         }
     }
@@ -884,9 +1013,16 @@ impl Driver {
         is_static: bool,
     ) {
         let generation = self.bump();
-        let (was_owned, owner) = match self.tasks.get(&*name) {
-            Some(e) => (e.owned, e.owner.clone()),
-            None => (false, None),
+        // The life carries over when the record still belongs to it: a static task registered
+        // again, or a dynamic record updated in place (same `created_at`). A force-write has a
+        // new `created_at`: its life is read again.
+        let (was_owned, owner, life) = match self.tasks.get(&*name) {
+            Some(e) => {
+                let same_life =
+                    e.is_static == is_static && (is_static || e.meta.created_at == meta.created_at);
+                (e.owned, e.owner.clone(), e.life.filter(|_| same_life))
+            }
+            None => (false, None, None),
         };
         let new_name = !self.tasks.contains_key(&*name);
         let key: Arc<str> = Arc::from(name.as_str());
@@ -900,7 +1036,8 @@ impl Driver {
                 is_static,
                 owned: false,
                 generation,
-                spent: false,
+                life,
+                life_pending: false,
                 owner,
             },
         );
@@ -951,7 +1088,12 @@ impl Driver {
 
     fn clear_tombstone(&mut self, name: &str) {
         if self.tombstones.remove(name) {
-            if self.tasks.contains_key(name) {
+            if let Some(entry) = self.tasks.get_mut(name) {
+                // A reuse starts a new life: read it before planning anything.
+                if entry.life.take().is_some() {
+                    self.next_generation += 1;
+                    entry.generation = self.next_generation;
+                }
                 self.place(name, false);
             }
             self.publish_view();
@@ -1048,9 +1190,6 @@ impl Driver {
         if !self.is_active() || self.tombstones.contains(name) {
             return false;
         }
-        if self.tasks.get(name).is_some_and(|e| e.spent) {
-            return self.tasks.get(name).is_some_and(|e| e.owned);
-        }
         let Some(placement) = &self.placement else {
             return false;
         };
@@ -1063,14 +1202,17 @@ impl Driver {
         let sorted = self.sorted_names();
         let should = self.should_own(name, &sorted);
         if should {
-            if was_owned {
-                // Schedule changed on an owned task: no catch-up, just the next occurrence.
+            let life_known = self.tasks.get(name).is_some_and(|e| e.life.is_some());
+            if was_owned && life_known {
+                // Schedule changed on an owned task in the same life: no catch-up, just the
+                // next occurrence.
                 if let Some(e) = self.tasks.get_mut(name) {
                     e.owned = true;
                 }
                 self.schedule_next(name, self.clock.now());
             } else {
-                self.gain(vec![Arc::from(name)]);
+                let key = self.tasks.get(name).map(|e| e.name.clone());
+                self.gain(key.into_iter().collect());
             }
         }
     }
@@ -1095,13 +1237,14 @@ impl Driver {
         self.publish_view();
     }
 
-    /// Takes tasks over: catch up what nobody claimed in their misfire window, then schedule.
+    /// Takes tasks over: learn their lives (one batch for those not known yet), then catch up
+    /// what nobody claimed and schedule (see [`Driver::plan_gained`]).
     fn gain(&mut self, names: Vec<Arc<str>>) {
         if names.is_empty() {
             return;
         }
-        let now = self.clock.now();
-        let mut catch_up = Vec::new();
+        let mut unknown = Vec::new();
+        let mut known = Vec::new();
         for name in names {
             // Counts stored meanwhile by other owners are read again before the next write.
             if !self.status_dirty.contains(&*name) {
@@ -1113,48 +1256,166 @@ impl Driver {
                 continue;
             };
             entry.owned = true;
-            let policy = entry.meta.misfire.unwrap_or(self.cfg.misfire);
-            let window = window_of(&entry.meta, self.cfg.misfire_window);
-            let cw = chrono::Duration::from_std(window).unwrap_or_default();
-            // Claims make any look-back safe, so it is the whole window: not bounded by when
-            // this node became active (a restarted or rejoining node must catch up what its
-            // predecessor left unclaimed), nor by clock skew.
-            let mut lower = now - cw;
-            if let Some(created) = entry.meta.created_at {
-                lower = lower.max(created);
+            if entry.life.is_some() {
+                known.push(name);
+            } else if !entry.life_pending {
+                entry.life_pending = true;
+                unknown.push(name);
             }
-            // Nothing that fell inside a pause is caught up; a paused task catches up nothing.
-            let paused = match self.paused.get(&*name) {
-                Some(p) if p.paused => true,
-                Some(p) => {
-                    lower = lower.max(p.changed_at);
-                    false
-                }
-                None => false,
-            };
-            let policy = if paused { MisfirePolicy::Skip } else { policy };
-            let limit = match policy {
-                MisfirePolicy::Skip => 0,
-                MisfirePolicy::FireOnce => 1,
-                MisfirePolicy::FireAll { max } => max as usize,
-            };
-            if limit > 0 && !entry.spent {
-                let missed: Vec<DateTime<Utc>> = if limit == 1 {
-                    entry
-                        .schedule
-                        .latest_at_or_before(now)
-                        .filter(|t| *t > lower)
-                        .into_iter()
-                        .collect()
-                } else {
-                    let mut all = entry.schedule.occurrences_in(lower, now, 100_000);
-                    if all.len() > limit {
-                        all.drain(..all.len() - limit);
-                    }
-                    all
+        }
+        self.plan_gained(known);
+        self.ensure_lives(unknown);
+    }
+
+    /// Reads the lives of `names` from the registry, starting a life now for a name without
+    /// one (the first registration of a static task), in batches; the replies come back as
+    /// [`Internal::Lives`].
+    fn ensure_lives(&mut self, names: Vec<Arc<str>>) {
+        if names.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        for chunk in names.chunks(LIFE_BATCH) {
+            let chunk = chunk.to_vec();
+            let registry = self.registry.clone();
+            let tx = self.internal_tx.clone();
+            tokio::spawn(async move {
+                let request: Vec<(String, DateTime<Utc>)> =
+                    chunk.iter().map(|n| (n.to_string(), now)).collect();
+                let r = registry.ensure_lives(&request).await;
+                let r = match r {
+                    Ok(lives) if lives.len() != chunk.len() => Err(Error::Backend {
+                        backend: registry.backend(),
+                        message: format!(
+                            "ensure_lives answered {} lives for {} names",
+                            lives.len(),
+                            chunk.len()
+                        ),
+                        source: None,
+                    }),
+                    other => other,
                 };
-                let task = entry.task.clone().or_else(|| self.cfg.task_run_fn.clone());
-                if let Some(task) = task {
+                let _ = tx.send(Internal::Lives(chunk, r));
+            });
+        }
+    }
+
+    /// Applies lives read from the registry.
+    fn lives_read(&mut self, names: Vec<Arc<str>>, result: Result<Vec<Life>>) {
+        match result {
+            Ok(lives) => {
+                let mut plan = Vec::new();
+                for (name, life) in names.into_iter().zip(lives) {
+                    if self.set_life(&name, life) {
+                        plan.push(name);
+                    }
+                }
+                self.plan_gained(plan);
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.node_id, error = %e, tasks = names.len(), "reading task lives failed; retrying");
+                for name in &names {
+                    if let Some(entry) = self.tasks.get_mut(&**name) {
+                        entry.life_pending = false;
+                    }
+                }
+                if !self.lives_retry_pending {
+                    self.lives_retry_pending = true;
+                    let tx = self.internal_tx.clone();
+                    let delay = self.cfg.retry_backoff.max(Duration::from_millis(100));
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = tx.send(Internal::RetryLives);
+                    });
+                }
+            }
+        }
+    }
+
+    /// Records a task's life; answers whether the task is owned and must be (re)planned: its
+    /// life is new to this node. A changed life drops what was scheduled for the old one.
+    fn set_life(&mut self, name: &str, life: Life) -> bool {
+        let Some(entry) = self.tasks.get_mut(name) else {
+            return false;
+        };
+        entry.life_pending = false;
+        if entry.life == Some(life) {
+            return false;
+        }
+        if entry.life.is_some() {
+            // Heap entries of the previous life are ignored from now on.
+            self.next_generation += 1;
+            entry.generation = self.next_generation;
+        }
+        entry.life = Some(life);
+        entry.owned
+    }
+
+    /// Forgets a task's life (it changed or ended in the registry) and, when the task is owned,
+    /// reads it again.
+    fn life_stale(&mut self, name: &str) {
+        let Some(entry) = self.tasks.get_mut(name) else {
+            return;
+        };
+        if entry.life.take().is_some() {
+            self.next_generation += 1;
+            entry.generation = self.next_generation;
+        }
+        if entry.owned && !entry.life_pending {
+            entry.life_pending = true;
+            let key = entry.name.clone();
+            self.ensure_lives(vec![key]);
+        }
+    }
+
+    /// The earliest instant from which some working node is known to have run: instants at or
+    /// after it that nobody claimed fell in an ownership gap and are all caught up. Node
+    /// records carry their creation on their own clock: the largest skew is allowed for.
+    fn gap_floor(&self) -> Option<DateTime<Utc>> {
+        let others = self
+            .nodes
+            .values()
+            .filter(|n| n.status == NodeStatus::Working && *n.id != *self.node_id)
+            .map(|n| n.create_time);
+        let earliest = others.chain(self.working_since).min()?;
+        Some(plan::minus(earliest, self.cfg.max_clock_skew))
+    }
+
+    /// Catches up and schedules owned tasks whose lives are known.
+    fn plan_gained(&mut self, names: Vec<Arc<str>>) {
+        if names.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        let gap_floor = self.gap_floor();
+        let mut catch_up = Vec::new();
+        for name in names {
+            let pause = match self.paused.get(&*name) {
+                Some(p) if p.paused => Pause::Paused,
+                Some(p) => Pause::ResumedAt(p.changed_at),
+                None => Pause::None,
+            };
+            let Some(entry) = self.tasks.get_mut(&*name) else {
+                continue;
+            };
+            if !entry.owned {
+                continue;
+            }
+            let Some(fires) = entry.fires() else {
+                continue;
+            };
+            let window = window_of(&entry.meta, self.cfg.misfire_window);
+            let missed = plan::catch_up(&CatchUp {
+                fires,
+                now,
+                window,
+                policy: entry.meta.misfire.unwrap_or(self.cfg.misfire),
+                gap_floor,
+                pause,
+            });
+            let life = fires.life.generation;
+            match entry.task.clone().or_else(|| self.cfg.task_run_fn.clone()) {
+                Some(task) => {
                     if !missed.is_empty() {
                         let _ = self.events.send(DcronEvent::CaughtUp {
                             task: name.to_string(),
@@ -1164,7 +1425,9 @@ impl Driver {
                             .increment(missed.len() as u64);
                     }
                     let owner = owner_token(entry, &self.cfg);
+                    let mono = self.clock.monotonic();
                     for instant in missed {
+                        let deadline = plan::plus(instant, window);
                         catch_up.push(PendingFire {
                             key: FireKey::new(&*name, instant),
                             meta: entry.meta.clone(),
@@ -1172,9 +1435,14 @@ impl Driver {
                             kind: FireKind::CatchUp,
                             window,
                             owner: owner.clone(),
+                            life,
+                            deadline,
+                            deadline_at: mono + until(now, deadline),
+                            min_retention: Duration::ZERO,
                         });
                     }
                 }
+                None => self.no_handler(&name),
             }
             self.schedule_next(&name, now);
         }
@@ -1185,14 +1453,32 @@ impl Driver {
         }
     }
 
+    /// Reports, once per task and node, that this node owns a dynamic task it cannot run.
+    fn no_handler(&mut self, name: &str) {
+        if !self.no_handler.insert(name.to_string()) {
+            return;
+        }
+        tracing::error!(node = %self.node_id, task = name, "this node owns a dynamic task but has no task_run_fn: its fires are not run here");
+        metrics::counter!("dcron_tasks_without_handler_total").increment(1);
+        let _ = self.events.send(DcronEvent::NoHandler {
+            task: name.to_string(),
+            node: self.node_id.to_string(),
+        });
+        let st = self.statuses.entry(name.to_string()).or_default();
+        st.last_result = Some(LastResult::NoHandler {
+            node: self.node_id.to_string(),
+        });
+        self.status_dirty.insert(name.to_string());
+    }
+
     fn schedule_next(&mut self, name: &str, after: DateTime<Utc>) {
         let Some(entry) = self.tasks.get(name) else {
             return;
         };
-        if !entry.owned || entry.spent {
+        if !entry.owned {
             return;
         }
-        if let Some(next) = entry.schedule.next_after(after) {
+        if let Some(next) = entry.fires().and_then(|f| f.next_after(after)) {
             self.heap.push(Reverse((
                 next.timestamp_millis(),
                 entry.generation,
@@ -1209,7 +1495,7 @@ impl Driver {
             let live = self
                 .tasks
                 .get(&**name)
-                .is_some_and(|e| e.owned && e.generation == *generation && !e.spent);
+                .is_some_and(|e| e.owned && e.generation == *generation);
             if live {
                 break;
             }
@@ -1217,7 +1503,8 @@ impl Driver {
         }
         let Reverse((ms, _, _)) = self.heap.peek()?;
         // Claims go out `claim_ahead` before the instant; the handlers start at the instant.
-        let target = DateTime::<Utc>::from_timestamp_millis(*ms - self.claim_ahead_ms())?;
+        let target =
+            DateTime::<Utc>::from_timestamp_millis(ms.saturating_sub(self.claim_ahead_ms()))?;
         Some(self.clock.monotonic() + until(self.clock.now(), target))
     }
 
@@ -1226,7 +1513,8 @@ impl Driver {
             return;
         }
         let now = self.clock.now();
-        let horizon_ms = now.timestamp_millis() + self.claim_ahead_ms();
+        let mono = self.clock.monotonic();
+        let horizon_ms = now.timestamp_millis().saturating_add(self.claim_ahead_ms());
         let mut batch = Vec::new();
         let mut reschedule = Vec::new();
         let mut sent = 0;
@@ -1241,21 +1529,21 @@ impl Driver {
             let Some(entry) = self.tasks.get_mut(&*name) else {
                 continue;
             };
-            if !entry.owned || entry.generation != generation || entry.spent {
+            if !entry.owned || entry.generation != generation {
                 continue;
             }
+            let Some(life) = entry.life else {
+                continue;
+            };
             let Some(instant) = DateTime::<Utc>::from_timestamp_millis(ms) else {
                 continue;
             };
             let window = window_of(&entry.meta, self.cfg.misfire_window);
-            let late = (now - instant).to_std().unwrap_or_default();
+            let deadline = plan::plus(instant, window);
             let task = entry.task.clone().or_else(|| self.cfg.task_run_fn.clone());
-            if entry.meta.one_shot {
-                entry.spent = true;
-            }
             let meta = entry.meta.clone();
-            let one_shot = meta.one_shot;
             let owner = owner_token(entry, &self.cfg);
+            reschedule.push((name.clone(), instant));
             let paused = self.paused.get(&*name).is_some_and(|p| p.paused);
             if paused {
                 let key = FireKey::new(&*name, instant);
@@ -1265,38 +1553,42 @@ impl Driver {
                     fire: info,
                     reason: SkipReason::Paused,
                 });
-                if let Some(entry) = self.tasks.get_mut(&*name) {
-                    entry.spent = false;
-                }
-                self.schedule_next(&name, instant);
                 continue;
             }
-            if late <= window {
-                if let Some(task) = task {
-                    let key = FireKey::new(&*name, instant);
-                    self.env
-                        .emit(|| DcronEvent::Scheduled(self.env.info(&key, FireKind::Scheduled)));
-                    batch.push(PendingFire {
-                        key,
-                        meta,
-                        task,
-                        kind: FireKind::Scheduled,
-                        window,
-                        owner,
-                    });
-                    // A full batch goes out at once, the first of a burst sooner: its
-                    // handlers start while the rest is still being claimed.
-                    let limit = if sent == 0 { FIRST_BATCH } else { MAX_BATCH };
-                    if batch.len() >= limit {
-                        sent += batch.len();
-                        self.claim_batch(std::mem::take(&mut batch));
-                    }
-                }
-            } else {
-                tracing::warn!(task = %name, scheduled = %instant, "fire later than its misfire window: skipped");
+            if now > deadline {
+                let key = FireKey::new(&*name, instant);
+                tracing::warn!(task = %name, scheduled = %instant, "fire later than its misfire window: not claimed");
+                metrics::counter!("dcron_fires_missed_total").increment(1);
+                let _ = self
+                    .events
+                    .send(DcronEvent::Missed(self.env.info(&key, FireKind::Scheduled)));
+                continue;
             }
-            if !one_shot {
-                reschedule.push((name, instant));
+            let Some(task) = task else {
+                self.no_handler(&name);
+                continue;
+            };
+            let key = FireKey::new(&*name, instant);
+            self.env
+                .emit(|| DcronEvent::Scheduled(self.env.info(&key, FireKind::Scheduled)));
+            batch.push(PendingFire {
+                key,
+                meta,
+                task,
+                kind: FireKind::Scheduled,
+                window,
+                owner,
+                life: life.generation,
+                deadline,
+                deadline_at: mono + until(now, deadline),
+                min_retention: Duration::ZERO,
+            });
+            // A full batch goes out at once, the first of a burst sooner: its
+            // handlers start while the rest is still being claimed.
+            let limit = if sent == 0 { FIRST_BATCH } else { MAX_BATCH };
+            if batch.len() >= limit {
+                sent += batch.len();
+                self.claim_batch(std::mem::take(&mut batch));
             }
         }
         if !batch.is_empty() {
@@ -1313,108 +1605,160 @@ impl Driver {
         i64::try_from(self.cfg.claim_ahead.as_millis()).unwrap_or(0)
     }
 
-    /// The retention of claims for fires with misfire window `window`.
-    fn retention_for(&self, window: Duration) -> Duration {
-        (window + self.cfg.max_clock_skew + self.cfg.claim_margin).max(self.cfg.claim_retention)
+    /// The retention of the claim of a fire whose deadline is `deadline`: at least the time
+    /// left to the deadline plus the largest clock skew plus the lease TTL (a stale claimer
+    /// always meets the winner's claim), plus a margin, and never less than the configured
+    /// least retention.
+    fn retention_for(cfg: &Config, now: DateTime<Utc>, deadline: DateTime<Utc>) -> Duration {
+        until(now, deadline)
+            .saturating_add(cfg.max_clock_skew)
+            .saturating_add(cfg.ttl)
+            .saturating_add(cfg.claim_margin)
+            .max(cfg.claim_retention)
+    }
+
+    /// The claimant this node claims as now: its id and its current registration epoch.
+    fn claimant(&self) -> Option<Claimant> {
+        self.lease
+            .as_ref()
+            .map(|(epoch, _)| Claimant::new(self.node_id.to_string(), *epoch))
     }
 
     /// Claims a batch in one registry call (retried while the window is open), then runs the
     /// fires won. Runs in its own task so the loop keeps its timers.
     fn claim_batch(&self, batch: Vec<PendingFire>) {
-        let retention =
-            self.retention_for(batch.iter().map(|f| f.window).max().unwrap_or_default());
-        self.claim_batch_with(batch, retention, None);
+        self.claim_batch_with(batch, None);
     }
 
     fn claim_batch_with(
         &self,
         batch: Vec<PendingFire>,
-        retention: Duration,
         report: Option<oneshot::Sender<(usize, usize, usize)>>,
     ) {
+        let Some(claimant) = self.claimant() else {
+            return;
+        };
         let env = self.env.clone();
+        let cfg = self.cfg.clone();
         let backoff = self.cfg.retry_backoff.max(Duration::from_millis(50));
         // Tracked with the handlers: a stop waits for claims in flight, and a fire that was
         // won still runs (nobody else can run it once it is claimed).
         let tracker = self.handlers.clone();
         tracker.spawn(async move {
-            let claimant = crate::types::Claimant::new(env.node_id.to_string(), 0);
-            let keys: Vec<crate::types::ClaimRequest> = batch
-                .iter()
+            let now = env.clock.now();
+            let mut pending: Vec<(PendingFire, ClaimRequest)> = batch
+                .into_iter()
                 .map(|f| {
-                    let w = chrono::Duration::from_std(f.window).unwrap_or_default();
-                    crate::types::ClaimRequest::new(f.key.clone(), 0, f.key.instant + w, retention)
+                    let retention =
+                        Driver::retention_for(&cfg, now, f.deadline).max(f.min_retention);
+                    let request = ClaimRequest::new(f.key.clone(), f.life, f.deadline, retention);
+                    (f, request)
                 })
                 .collect();
+            let (mut won, mut lost, mut tombstoned) = (0, 0, 0);
             let mut delay = backoff;
-            let outcomes = loop {
-                if env.stopping.is_cancelled() {
-                    return;
-                }
+            let mut first_attempt = true;
+            while !pending.is_empty() {
+                // The same claimant retries the same requests: a claim that was applied but
+                // whose reply was lost answers `WonEarlier` now, so no fire is lost that way.
+                let requests: Vec<ClaimRequest> = pending.iter().map(|(_, r)| r.clone()).collect();
                 let t0 = Instant::now();
-                let r = env.registry.claim(&claimant, &keys).await;
+                let r = env.registry.claim(&claimant, &requests).await;
                 metrics::histogram!("dcron_claim_batch_seconds").record(t0.elapsed().as_secs_f64());
+                let mut retry = Vec::new();
                 match r {
-                    Ok(o) if o.len() == keys.len() => break o,
+                    Ok(outcomes) if outcomes.len() == requests.len() => {
+                        let mut launches = Vec::with_capacity(pending.len());
+                        for ((fire, request), outcome) in pending.into_iter().zip(outcomes) {
+                            match outcome {
+                                // Held by this node since an earlier call of another path (a
+                                // catch-up of an instant it claimed before, a backfill of one
+                                // it ran): started already; not started again.
+                                ClaimOutcome::WonEarlier { .. } if first_attempt => lost += 1,
+                                // A retry learning the claim it made when its reply was lost
+                                // (`WonEarlier`), or a fresh win.
+                                ClaimOutcome::Won { token } | ClaimOutcome::WonEarlier { token } => {
+                                    match accept(&env, fire, token) {
+                                        Accepted::Launch(launch) => {
+                                            won += 1;
+                                            launches.push(launch);
+                                        }
+                                        // Started here before: for a backfill, that is
+                                        // "already claimed".
+                                        Accepted::AlreadyStarted => lost += 1,
+                                        Accepted::Late => {}
+                                    }
+                                }
+                                ClaimOutcome::Lost { .. } => {
+                                    lost += 1;
+                                    metrics::counter!("dcron_fires_lost_total").increment(1);
+                                    env.emit(|| DcronEvent::LostClaim(env.info(&fire.key, fire.kind)));
+                                }
+                                ClaimOutcome::Late => {
+                                    report_missed(&env, &fire, "the registry refused the claim past its deadline");
+                                }
+                                ClaimOutcome::Tombstoned => {
+                                    tombstoned += 1;
+                                    metrics::counter!("dcron_fires_skipped_total", "reason" => "tombstoned")
+                                        .increment(1);
+                                    env.emit(|| DcronEvent::SkippedTombstoned(env.info(&fire.key, fire.kind)));
+                                    let _ = env.internal.send(Internal::OneShotEnded {
+                                        name: fire.key.task.clone(),
+                                        done: true,
+                                    });
+                                }
+                                ClaimOutcome::Superseded { .. } => {
+                                    // Planned for a life that ended: the driver learns the new
+                                    // one and plans its fires.
+                                    metrics::counter!("dcron_fires_superseded_total").increment(1);
+                                    let _ = env.internal.send(Internal::Superseded(fire.key.task.clone()));
+                                }
+                                ClaimOutcome::Failed(e) => {
+                                    if e.is_retryable() {
+                                        retry.push((fire, request));
+                                    } else {
+                                        tracing::error!(error = %e, fire = %fire.key, "claim of one fire failed");
+                                        report_missed(&env, &fire, "the claim failed");
+                                    }
+                                }
+                            }
+                        }
+                        env.launch_all(launches);
+                    }
                     Ok(o) => {
-                        tracing::error!(expected = keys.len(), got = o.len(), "registry answered a claim batch with the wrong number of outcomes");
-                        return;
+                        tracing::error!(expected = requests.len(), got = o.len(), "registry answered a claim batch with the wrong number of outcomes; retrying it");
+                        retry = pending;
+                    }
+                    Err(e) if e.is_retryable() => {
+                        tracing::debug!(error = %e, fires = requests.len(), "claim batch failed; retrying");
+                        retry = pending;
                     }
                     Err(e) => {
-                        let now = env.clock.now();
-                        let open = batch.iter().any(|f| {
-                            let w = chrono::Duration::from_std(f.window).unwrap_or_default();
-                            f.key.instant + w > now
-                        });
-                        if !e.is_retryable() || !open {
-                            tracing::error!(error = %e, fires = keys.len(), "claim failed; fires missed");
-                            for f in &batch {
-                                let _ = env.events.send(DcronEvent::Missed(env.info(&f.key, f.kind)));
-                            }
-                            metrics::counter!("dcron_fires_missed_total").increment(keys.len() as u64);
-                            return;
+                        tracing::error!(error = %e, fires = requests.len(), "claim batch refused");
+                        for (fire, _) in &pending {
+                            report_missed(&env, fire, "the claim was refused");
                         }
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(2));
+                        break;
                     }
                 }
-            };
-            let (mut won, mut lost, mut tombstoned) = (0, 0, 0);
-            let mut launches = Vec::with_capacity(batch.len());
-            for (fire, outcome) in batch.into_iter().zip(outcomes) {
-                match outcome {
-                    ClaimOutcome::Won { token } => {
-                        won += 1;
-                        env.emit(|| DcronEvent::Claimed(env.info(&fire.key, fire.kind)));
-                        launches.push(Launch {
-                            key: fire.key,
-                            meta: fire.meta,
-                            task: fire.task,
-                            token,
-                            kind: fire.kind,
-                            window: fire.window,
-                            owner: fire.owner,
-                        });
+                // Retry what is undecided while its deadline allows (a stop ends the retries:
+                // those fires are the new owners' to catch up).
+                let mono = env.clock.monotonic();
+                pending = Vec::new();
+                for (fire, request) in retry {
+                    if mono > fire.deadline_at || env.stopping.is_cancelled() {
+                        report_missed(&env, &fire, "its claim could not be decided before its deadline");
+                    } else {
+                        pending.push((fire, request));
                     }
-                    _ => {
-                        lost += 1;
-                        metrics::counter!("dcron_fires_lost_total").increment(1);
-                        env.emit(|| DcronEvent::LostClaim(env.info(&fire.key, fire.kind)));
-                    }
-                    ClaimOutcome::Tombstoned => {
-                        tombstoned += 1;
-                        metrics::counter!("dcron_fires_skipped_total", "reason" => "tombstoned")
-                            .increment(1);
-                        env.emit(|| DcronEvent::SkippedTombstoned(env.info(&fire.key, fire.kind)));
-                        let _ = env.internal.send(Internal::OneShotEnded {
-                            name: fire.key.task.clone(),
-                            done: true,
-                        });
-                    }
+                }
+                if !pending.is_empty() {
+                    first_attempt = false;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
             metrics::counter!("dcron_fires_claimed_total").increment(won as u64);
-            env.launch_all(launches);
             if let Some(report) = report {
                 let _ = report.send((won, lost, tombstoned));
             }
@@ -1458,6 +1802,7 @@ impl Driver {
                             kind: FireKind::Trigger,
                             window: window_of(&e.meta, self.cfg.misfire_window),
                             owner,
+                            deadline_at: None,
                         })
                 }
                 _ => None,
@@ -1521,18 +1866,31 @@ impl Driver {
                 .ok_or_else(|| {
                     Error::NotConfigured("task_run_fn (needed to run dynamic tasks)".into())
                 })?;
-            let mut instants = entry.schedule.occurrences_in(
+            let fires = entry.fires().ok_or_else(|| {
+                Error::InvalidState(format!(
+                    "backfill of `{name}`: the task's life is not known on this node yet; try again"
+                ))
+            })?;
+            // Nothing before the task's live-since is a fire of it.
+            let mut instants = fires.between(
                 from - chrono::Duration::milliseconds(1),
                 to,
                 MAX_BACKFILL + 1,
             );
             instants.retain(|t| *t >= from && *t < to);
+            let life = fires.life.generation;
             if instants.len() > MAX_BACKFILL {
                 return Err(Error::InvalidArgument(format!(
                     "backfill of `{name}`: more than {MAX_BACKFILL} occurrences in the range; split it"
                 )));
             }
             let window = window_of(&entry.meta, self.cfg.misfire_window);
+            // A backfill is a deliberate late run: each fire's deadline is the request's time
+            // plus the window, and its claim is kept as long as the range is old, so a second
+            // backfill of the same range finds it.
+            let deadline = plan::plus(now, window);
+            let deadline_at = self.clock.monotonic() + window;
+            let age = until(from, now);
             let fires: Vec<PendingFire> = instants
                 .into_iter()
                 .map(|instant| PendingFire {
@@ -1543,6 +1901,10 @@ impl Driver {
                     window,
                     // A backfill is not bound to ownership (it runs where it was asked).
                     owner: None,
+                    life,
+                    deadline,
+                    deadline_at,
+                    min_retention: age.saturating_add(window),
                 })
                 .collect();
             Ok(fires)
@@ -1555,12 +1917,10 @@ impl Driver {
             }
         };
         let occurrences = fires.len();
-        let age = (now - from).to_std().unwrap_or_default();
-        let retention = self.retention_for(age);
         let mut waits = Vec::new();
         for chunk in fires.chunks(MAX_BATCH) {
             let (tx, rx) = oneshot::channel();
-            self.claim_batch_with(chunk.to_vec(), retention, Some(tx));
+            self.claim_batch_with(chunk.to_vec(), Some(tx));
             waits.push(rx);
         }
         let events = self.events.clone();
@@ -1790,10 +2150,67 @@ impl Driver {
         if let Ok(mut v) = self.view.write() {
             v.owned = owned;
             v.all = all;
-            v.state = state_name(&self.state);
         }
         self.view_flush_every = VIEW_FLUSH.max(started.elapsed() * 10);
     }
+}
+
+/// A fire this node holds the claim of: checks its deadline on the monotonic clock and that
+/// this process has not launched it already (a retried claim and a catch-up of the same
+/// instant both answer `WonEarlier`), then makes it a launch.
+fn accept(env: &FireEnv, fire: PendingFire, token: u64) -> Accepted {
+    if env.clock.monotonic() > fire.deadline_at {
+        report_missed(env, &fire, "the claim reply came after its deadline");
+        return Accepted::Late;
+    }
+    if !env.launched.insert(&fire.key, fire.deadline) {
+        tracing::debug!(fire = %fire.key, "claim held again by this node; the fire already started here");
+        return Accepted::AlreadyStarted;
+    }
+    env.emit(|| DcronEvent::Claimed(env.info(&fire.key, fire.kind)));
+    Accepted::Launch(Launch {
+        key: fire.key,
+        meta: fire.meta,
+        task: fire.task,
+        token,
+        kind: fire.kind,
+        window: fire.window,
+        owner: fire.owner,
+        deadline_at: Some(fire.deadline_at),
+    })
+}
+
+/// What [`accept`] decided for a fire this node holds.
+enum Accepted {
+    /// Start it.
+    Launch(Launch),
+    /// This process started it already.
+    AlreadyStarted,
+    /// Its deadline passed.
+    Late,
+}
+
+/// Reports a fire that will not run here and that nobody else may run either.
+fn report_missed(env: &FireEnv, fire: &PendingFire, why: &'static str) {
+    tracing::warn!(fire = %fire.key, why, "fire missed");
+    metrics::counter!("dcron_fires_missed_total").increment(1);
+    let _ = env
+        .events
+        .send(DcronEvent::Missed(env.info(&fire.key, fire.kind)));
+}
+
+/// The wait before registration attempt `failures + 1`: `base × 2^(failures − 1)`, capped at
+/// [`MAX_REGISTER_BACKOFF`], spread over `[delay/2, delay]` by a jitter derived from the node.
+fn register_backoff(base: Duration, failures: u32, node_id: &str) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    let delay = base
+        .max(Duration::from_millis(50))
+        .saturating_mul(1u32 << exp)
+        .min(MAX_REGISTER_BACKOFF);
+    let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    let half = millis / 2;
+    let seed = dcron_assign::stable_hash(node_id.as_bytes()) ^ u64::from(failures);
+    Duration::from_millis(half + crate::policy::splitmix(seed) % (millis - half + 1))
 }
 
 /// The token that tells a fire's retries the node lost the task: only tasks that retry get one.

@@ -83,6 +83,29 @@ pub enum MisfirePolicy {
 /// The default misfire window: how far back a node looks for unclaimed occurrences.
 pub const DEFAULT_MISFIRE_WINDOW: Duration = Duration::from_secs(60);
 
+/// The bounds of every duration and count a task record may carry. They are checked when a
+/// task is added (a typed [`Error::InvalidArgument`]) and when a record is read from the
+/// registry (a record outside them is reported as corrupt and skipped; the other tasks keep
+/// firing).
+pub mod limits {
+    use std::time::Duration;
+
+    /// The longest misfire window: 7 days.
+    pub const MAX_MISFIRE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// The longest timeout of one attempt: 7 days.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// The most occurrences `FireAll` catches up at once.
+    pub const MAX_FIRE_ALL: u32 = 10_000;
+    /// The most attempts of one fire.
+    pub const MAX_ATTEMPTS: u32 = 1_000;
+    /// The longest retry delay (fixed delay, linear step, exponential start or cap): 1 day.
+    pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 3600);
+    /// The longest schedule expression, in bytes.
+    pub const MAX_SCHEDULE_BYTES: usize = 1024;
+    /// The longest time zone name, in bytes.
+    pub const MAX_ZONE_BYTES: usize = 64;
+}
+
 /// A dynamic task as stored in the registry (JSON field names in brackets).
 ///
 /// The first six fields are the seed's; the rest are optional additions. Unknown fields are
@@ -119,7 +142,8 @@ pub struct TaskMeta {
     /// Misfire window in milliseconds; the node's default when absent (`misfire_window_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub misfire_window_ms: Option<u64>,
-    /// When the task was added; catch-up never looks before it (`created_at`).
+    /// When the record was created: the task's live-since, set by the node at the write (a
+    /// caller's value is replaced); nothing before it ever fires (`created_at`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
     /// Retries of a failed fire; the node's default when absent (`retry`).
@@ -133,6 +157,10 @@ pub struct TaskMeta {
     /// (`overlap`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlap: Option<OverlapPolicy>,
+    /// For a one-time schedule (`@at`) whose instant is already past when the task is added:
+    /// run it once at once instead of refusing it (`run_if_past`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub run_if_past: bool,
 }
 
 impl TaskMeta {
@@ -185,6 +213,96 @@ impl TaskMeta {
     pub fn with_misfire(mut self, misfire: MisfirePolicy) -> Self {
         self.misfire = Some(misfire);
         self
+    }
+
+    /// Sets the misfire window: how far back catch-up looks, and the deadline of each fire
+    /// (its instant plus the window).
+    pub fn with_misfire_window(mut self, window: Duration) -> Self {
+        self.misfire_window_ms = Some(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Checks every duration and count against [`limits`] (and the name's rules). The schedule
+    /// itself is checked when it is parsed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTaskName`]; [`Error::InvalidArgument`] naming the field, its value and
+    /// the bound.
+    pub fn check_bounds(&self) -> Result<()> {
+        validate_task_name(&self.name)?;
+        let bad = |field: &str, value: String, bound: String| {
+            Err(Error::InvalidArgument(format!(
+                "task `{}`: {field} is {value}; it must be {bound}",
+                self.name
+            )))
+        };
+        let max_ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if self.cron_format.len() > limits::MAX_SCHEDULE_BYTES {
+            return bad(
+                "cron_format",
+                format!("{} bytes", self.cron_format.len()),
+                format!("at most {} bytes", limits::MAX_SCHEDULE_BYTES),
+            );
+        }
+        if let Some(zone) = &self.time_zone {
+            if zone.len() > limits::MAX_ZONE_BYTES {
+                return bad(
+                    "time_zone",
+                    format!("{} bytes", zone.len()),
+                    format!("at most {} bytes", limits::MAX_ZONE_BYTES),
+                );
+            }
+        }
+        if let Some(w) = self.misfire_window_ms {
+            if w > max_ms(limits::MAX_MISFIRE_WINDOW) {
+                return bad(
+                    "misfire_window_ms",
+                    w.to_string(),
+                    format!("at most {} (7 days)", max_ms(limits::MAX_MISFIRE_WINDOW)),
+                );
+            }
+        }
+        if let Some(t) = self.timeout_ms {
+            if t > max_ms(limits::MAX_TIMEOUT) {
+                return bad(
+                    "timeout_ms",
+                    t.to_string(),
+                    format!("at most {} (7 days)", max_ms(limits::MAX_TIMEOUT)),
+                );
+            }
+        }
+        if let Some(MisfirePolicy::FireAll { max }) = self.misfire {
+            if max == 0 || max > limits::MAX_FIRE_ALL {
+                return bad(
+                    "misfire FireAll max",
+                    max.to_string(),
+                    format!("between 1 and {}", limits::MAX_FIRE_ALL),
+                );
+            }
+        }
+        if let Some(retry) = &self.retry {
+            if retry.max_attempts == 0 || retry.max_attempts > limits::MAX_ATTEMPTS {
+                return bad(
+                    "retry max_attempts",
+                    retry.max_attempts.to_string(),
+                    format!("between 1 and {}", limits::MAX_ATTEMPTS),
+                );
+            }
+            let delay = match retry.backoff {
+                crate::policy::Backoff::Fixed { delay_ms } => delay_ms,
+                crate::policy::Backoff::Linear { step_ms } => step_ms,
+                crate::policy::Backoff::Exponential { initial_ms } => initial_ms,
+            };
+            let cap = max_ms(limits::MAX_RETRY_DELAY);
+            if delay > cap || retry.max_interval_ms.is_some_and(|m| m > cap) {
+                return bad(
+                    "retry delay",
+                    format!("{delay} ms (cap {:?})", retry.max_interval_ms),
+                    format!("at most {cap} ms (1 day)"),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The stored bytes (JSON).
@@ -438,7 +556,12 @@ pub struct ClaimRequest {
 
 impl ClaimRequest {
     /// A request for `fire` of life `generation`, with its deadline and retention.
-    pub fn new(fire: FireKey, generation: u64, deadline: DateTime<Utc>, retention: Duration) -> Self {
+    pub fn new(
+        fire: FireKey,
+        generation: u64,
+        deadline: DateTime<Utc>,
+        retention: Duration,
+    ) -> Self {
         ClaimRequest {
             fire,
             generation,

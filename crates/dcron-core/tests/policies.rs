@@ -555,24 +555,25 @@ async fn backfill_runs_only_what_was_never_claimed() {
     node.start().await.expect("started");
     advance(Duration::from_secs(35)).await;
     let ran_live = runs.lock().expect("lock").len();
-    assert!(ran_live >= 3, "live fires: {ran_live}");
+    // +0 s … +30 s ran live; then a pause skips +40 s … +60 s (never claimed).
+    assert_eq!(ran_live, 4, "live fires");
+    node.pause_task("tick").await.expect("pauses");
+    advance(Duration::from_secs(30)).await;
+    node.resume_task("tick").await.expect("resumes");
+    assert_eq!(runs.lock().expect("lock").len(), ran_live, "paused");
+    // The range reaches back before the task existed: nothing before its live-since (the
+    // start, +0 s) is a fire of it.
     let from = base() - chrono::Duration::seconds(60);
-    let report = node
-        .backfill("tick", from, base() + chrono::Duration::seconds(30))
-        .await
-        .expect("backfills");
-    assert_eq!(report.occurrences, 9, "{report:?}");
-    // -60 s … 0 s were never claimed (misfire Skip at start); 10 s and 20 s ran live.
-    assert_eq!(report.claimed, 7, "{report:?}");
-    assert_eq!(report.already_claimed, 2, "{report:?}");
+    let to = base() + chrono::Duration::seconds(70);
+    let report = node.backfill("tick", from, to).await.expect("backfills");
+    assert_eq!(report.occurrences, 7, "{report:?}");
+    assert_eq!(report.claimed, 3, "{report:?}");
+    assert_eq!(report.already_claimed, 4, "{report:?}");
     wait_for("backfilled runs", Duration::from_secs(10), || {
-        runs.lock().expect("lock").len() >= ran_live + 7
+        runs.lock().expect("lock").len() >= ran_live + 3
     })
     .await;
-    let again = node
-        .backfill("tick", from, base() + chrono::Duration::seconds(30))
-        .await
-        .expect("backfills");
+    let again = node.backfill("tick", from, to).await.expect("backfills");
     assert_eq!(again.claimed, 0, "nothing twice: {again:?}");
     assert!(matches!(
         node.backfill("nope", from, base()).await,
@@ -586,7 +587,7 @@ async fn backfill_runs_only_what_was_never_claimed() {
     drain(&mut rx, &mut events);
     assert!(events
         .iter()
-        .any(|e| matches!(e, DcronEvent::Backfilled { claimed: 7, .. })));
+        .any(|e| matches!(e, DcronEvent::Backfilled { claimed: 3, .. })));
     node.stop().await.expect("stops");
     let v = runs.lock().expect("lock").clone();
     let mut fires: Vec<_> = v.iter().map(|r| r.1).collect();

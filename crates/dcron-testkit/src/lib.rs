@@ -27,7 +27,7 @@ pub use harness::{
     instant, node_listed, now_millis, servers_required, wait_until, CaseContext, CaseError,
     CaseResult, RegistryFactory, REQUIRE_ENV,
 };
-pub use ledger::{check, expected_fires, Duplicate, Execution, Ledger, Report};
+pub use ledger::{check, check_allowed, expected_fires, Duplicate, Execution, Ledger, Report};
 pub use memory::MemoryFactory;
 #[doc(hidden)]
 pub use runner::__private;

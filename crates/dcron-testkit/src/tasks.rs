@@ -32,6 +32,7 @@ pub fn full_record(name: &str) -> TaskMeta {
         ),
         timeout_ms: Some(30_000),
         overlap: Some(dcron_core::OverlapPolicy::Skip),
+        run_if_past: true,
     }
 }
 
@@ -348,7 +349,12 @@ pub async fn names_with_every_character_class(cx: &CaseContext) -> CaseResult {
         .collect();
     ensure_eq!(tombs, vec![star.to_string()], "only `*` is tombstoned");
     let fire = dcron_core::FireKey::new("star*", crate::harness::instant(0));
-    crate::harness::claim_fires(&*reg, "n", std::slice::from_ref(&fire), std::time::Duration::from_secs(600))
+    crate::harness::claim_fires(
+        &*reg,
+        "n",
+        std::slice::from_ref(&fire),
+        std::time::Duration::from_secs(600),
+    )
     .await?;
     reg.cleanup_task(star).await?;
     ensure_eq!(reg.get_task(star).await?, None, "`*` cleaned up");
