@@ -323,7 +323,7 @@ pub(crate) struct Inner {
     statics: Mutex<HashSet<String>>,
     pub(crate) view: Arc<RwLock<View>>,
     pub(crate) health: watch::Sender<Health>,
-    lease_slot: Arc<Mutex<Option<Lease>>>,
+    pub(crate) lease_slot: Arc<Mutex<Option<Lease>>>,
     pub(crate) events: broadcast::Sender<DcronEvent>,
 }
 
@@ -1001,17 +1001,7 @@ impl Dcron {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| Error::InvalidState("node already started".into()))?;
-        let driver = Driver::new(
-            self.inner.node_id.clone(),
-            self.inner.cfg.clone(),
-            self.inner.registry.clone(),
-            self.inner.clock.clone(),
-            self.inner.view.clone(),
-            self.inner.health.clone(),
-            self.inner.lease_slot.clone(),
-            self.inner.events.clone(),
-            rx,
-        );
+        let driver = Driver::new(&self.inner, rx);
         tokio::spawn(supervise(
             tokio::spawn(driver.run()),
             self.inner.node_id.clone(),

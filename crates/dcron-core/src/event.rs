@@ -49,6 +49,9 @@ pub enum DcronEvent {
     },
     /// A fire could not be claimed before its misfire window closed (registry unreachable).
     Missed(FireInfo),
+    /// A fire was planned for a life of its task that has ended (a cleanup, a force-add or a
+    /// reuse started a new one): not run; the node reads the task's new life.
+    Superseded(FireInfo),
     /// The timer took a fire of an owned task and sent it to be claimed.
     Scheduled(FireInfo),
     /// A fire was not run: overlap, pause (tombstones have [`DcronEvent::SkippedTombstoned`]).

@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 mod fire;
 pub mod instrument;
+pub mod layer;
 pub mod lifecycle;
 pub mod memory;
 pub mod policy;
@@ -23,6 +24,8 @@ pub mod tombstone;
 pub mod types;
 pub mod watch;
 
+/// Re-exported for implementing [`Registry`] and [`layer::RegistryLayer`].
+pub use async_trait::async_trait;
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use dcron::{BackfillReport, Dcron, DcronBuilder, IntoRegistry, TaskOptions};
 pub use dcron_assign::{Assigner, Member, Placement, Strategy};

@@ -88,7 +88,10 @@ pub enum Input {
         epoch: u64,
     },
     /// Time to renew the lease.
-    RenewTick,
+    RenewTick {
+        /// When.
+        now: Instant,
+    },
     /// A renewal succeeded.
     Renewed {
         /// The epoch it was made for.
@@ -199,8 +202,34 @@ pub fn step(state: State, input: Input, timing: &Timing) -> (State, Vec<Action>)
                 delay: timing.retry,
             }],
         ),
-        (S::Working { epoch, .. }, I::RenewTick) => (state, vec![A::Renew { epoch }]),
-        (S::Leaving { epoch: Some(epoch) }, I::RenewTick) => (state, vec![A::Renew { epoch }]),
+        (
+            S::Working {
+                epoch,
+                last_renewal,
+            },
+            I::RenewTick { now },
+        ) => {
+            // No renewal succeeded for a whole TTL (the calls fail, or hang without an answer:
+            // a black-holed connection, a frozen process): the lease may be gone; stop
+            // claiming and register again, even though no reply said so.
+            if now.saturating_duration_since(last_renewal) >= timing.ttl {
+                (
+                    S::Lost { epoch: epoch + 1 },
+                    vec![
+                        A::Deactivate,
+                        A::Register {
+                            epoch: epoch + 1,
+                            delay: Duration::ZERO,
+                        },
+                    ],
+                )
+            } else {
+                (state, vec![A::Renew { epoch }])
+            }
+        }
+        (S::Leaving { epoch: Some(epoch) }, I::RenewTick { .. }) => {
+            (state, vec![A::Renew { epoch }])
+        }
         (S::Working { epoch, .. }, I::Renewed { epoch: e, now }) if e == epoch => (
             S::Working {
                 epoch,
@@ -422,6 +451,29 @@ mod tests {
     }
 
     #[test]
+    fn renewals_that_never_answer_make_the_node_lost_after_a_ttl() {
+        let t = now();
+        // A tick before a TTL without a renewal renews again.
+        let (s, a) = step(working(4, t), Input::RenewTick { now: t + T.ttl / 2 }, &T);
+        assert_eq!(s, working(4, t));
+        assert_eq!(a, vec![Action::Renew { epoch: 4 }]);
+        // No reply at all for a whole TTL (a hung call, a frozen process): lost, without any
+        // failure having been reported.
+        let (s, a) = step(s, Input::RenewTick { now: t + T.ttl }, &T);
+        assert_eq!(s, State::Lost { epoch: 5 });
+        assert_eq!(
+            a,
+            vec![
+                Action::Deactivate,
+                Action::Register {
+                    epoch: 5,
+                    delay: Duration::ZERO
+                }
+            ]
+        );
+    }
+
+    #[test]
     fn renewal_success_moves_the_deadline() {
         let t0 = now();
         let t1 = t0 + Duration::from_secs(8);
@@ -455,7 +507,7 @@ mod tests {
                 Action::Drain
             ]
         );
-        let (s, a) = step(s, Input::RenewTick, &T);
+        let (s, a) = step(s, Input::RenewTick { now: t }, &T);
         assert_eq!(a, vec![Action::Renew { epoch: 2 }]);
         let (s, a) = step(s, Input::Drained, &T);
         assert_eq!(s, State::Stopped);
@@ -497,7 +549,7 @@ mod tests {
             Input::Start,
             Input::Registered { epoch: 9, now: t },
             Input::RegisterFailed { epoch: 9 },
-            Input::RenewTick,
+            Input::RenewTick { now: t },
             Input::Renewed { epoch: 9, now: t },
             Input::RenewFailed {
                 epoch: 9,

@@ -23,9 +23,10 @@
 //! Durations are kept within a documented tolerance, [`expiry_tolerance`]: a node lease granted
 //! `ttl` keeps its node listed for at least `ttl` after the start of the last successful
 //! `register` or `keep_alive` call, and removes it within `ttl + expiry_tolerance(ttl)` after
-//! keep-alives stop; a claim written with `retention` is kept for at least `retention` after the
-//! start of the `claim` call, and is gone (not listed, claimable by another claimant) within
-//! `retention + expiry_tolerance(retention)`. A watch delivers each change within
+//! keep-alives stop (counted from the return of the last of those calls); a claim written with
+//! `retention` is kept for at least `retention` after the start of the `claim` call, and is gone
+//! (not listed, claimable by another claimant) within `retention + expiry_tolerance(retention)`
+//! after the call returns. A watch delivers each change within
 //! [`MAX_WATCH_DELAY`].
 
 use std::time::Duration;
@@ -70,8 +71,8 @@ pub enum PutMode {
     /// Replace an existing, live record: [`Error::NotFound`] when there is none,
     /// [`Error::Tombstoned`] when the name is tombstoned. Claims are kept.
     Update,
-    /// Write whatever is there: the record is replaced, and the tombstone and every claim of the
-    /// name are removed, in one atomic step (the seed's `ForceAdd`).
+    /// Write whatever is there: the record is replaced and the tombstone removed, in one atomic
+    /// step that starts a new life (the seed's `ForceAdd`). Claims are kept.
     Force,
 }
 
@@ -148,7 +149,7 @@ impl Capabilities {
 ///
 /// Implementations must be cheap to share (`Arc<dyn Registry>`), safe to call concurrently from
 /// many tasks, and must never hold a lock across an `.await` on their hot paths (`claim`,
-/// `keep_alive`). Run `dcron_testkit::conformance_tests!` against an implementation to prove it.
+/// `keep_alive`). Run `dcron_testkit::conformance_main!` against an implementation to prove it.
 #[async_trait]
 pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// The backend's short name (`memory`, `redis`, `etcd`, `consul`, `zookeeper`, …), used in
@@ -266,14 +267,15 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// [`Error::NotFound`] (`what = "tombstone"`) when the name is not tombstoned.
     async fn clear_tombstone(&self, name: &str) -> Result<()>;
 
-    /// Removes every trace of one name: record, tombstone, life and claims. Idempotent. The
-    /// name's token and generation sequence is not reset: a later life and its claims get
-    /// greater numbers.
+    /// Removes one name: record, tombstone and life. Idempotent. Its claims stay until their
+    /// retention ends (a fire claimed before stays claimed, so a later life never runs it
+    /// again), and the name's token and generation sequence is not reset: a later life and its
+    /// claims get greater numbers.
     async fn cleanup_task(&self, name: &str) -> Result<()>;
 
-    /// Removes every task record, tombstone, life, claim and record of the namespace, and
-    /// nothing outside it. Node registrations are kept; token and generation sequences are not
-    /// reset.
+    /// Removes every task record, tombstone, life and record of the namespace, and nothing
+    /// outside it. Node registrations are kept; claims stay until their retention ends; token
+    /// and generation sequences are not reset.
     async fn cleanup_all(&self) -> Result<()>;
 
     // ----- lives -----
@@ -292,8 +294,8 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// [`Error::Unavailable`]; [`Error::Unsupported`] for a registry without lives or records.
     async fn ensure_lives(&self, names: &[(String, DateTime<Utc>)]) -> Result<Vec<Life>>;
 
-    /// Starts a new life of `name` at `at` whatever is there: clears its tombstone and every
-    /// claim and keeps the task record, in one atomic write (the force-add of a static task, and
+    /// Starts a new life of `name` at `at` whatever is there: clears its tombstone and keeps
+    /// the task record and the claims, in one atomic write (the force-add of a static task, and
     /// the reuse of a deleted one). The new generation is greater than any the name had.
     ///
     /// A registry without native lives can use [`restart_life_in_records`] (two steps, not
@@ -321,13 +323,17 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     ///    `request.retention` within [`expiry_tolerance`] → [`ClaimOutcome::Won`].
     ///
     /// Across all nodes and calls, at most one claimant holds a fire while its claim is
-    /// retained. Tokens are non-zero and strictly greater than every token handed out before
+    /// retained. **Claims are removed only when their retention ends** (never by cleanup, a
+    /// force write, a new life or `cleanup_all`): a claim of an earlier life answers `Lost` (or
+    /// `WonEarlier` to its holder) to a request of a later one. Tokens are non-zero and strictly greater than every token handed out before
     /// for the same name in the namespace, across cleanup and new lives. A claim is not
     /// released when the handler ends. A fire requested twice in one batch is decided once: the
     /// later copy answers as a retry would. The whole batch should cost one round trip
     /// (pipeline, script, transaction, or requests sent concurrently); batches larger than a
     /// backend's transaction limit are split invisibly. A request that cannot be decided alone
-    /// (a bad key) answers [`ClaimOutcome::Failed`] and the others are decided.
+    /// (a bad key) answers [`ClaimOutcome::Failed`] and the others are decided; a request whose
+    /// task name fails [`crate::validate_task_name`] (such a name never has a life) answers
+    /// `Failed` or `Superseded { current: None }`, and never fails the batch.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a zero retention (nothing written);

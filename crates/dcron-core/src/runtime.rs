@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{until, Clock};
-use crate::dcron::{Config, Health, View};
+use crate::dcron::{Config, Health, Inner, View};
 use crate::engine::plan::{self, CatchUp, Fires, Pause};
 use crate::error::{Error, Result};
 use crate::event::DcronEvent;
@@ -265,17 +265,15 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    pub(crate) fn new(
-        node_id: Arc<str>,
-        cfg: Arc<Config>,
-        registry: Arc<dyn Registry>,
-        clock: Arc<dyn Clock>,
-        view: Arc<RwLock<View>>,
-        health: watch::Sender<Health>,
-        lease_slot: Arc<std::sync::Mutex<Option<Lease>>>,
-        events: broadcast::Sender<DcronEvent>,
-        commands: mpsc::UnboundedReceiver<Command>,
-    ) -> Self {
+    pub(crate) fn new(inner: &Inner, commands: mpsc::UnboundedReceiver<Command>) -> Self {
+        let node_id = inner.node_id.clone();
+        let cfg = inner.cfg.clone();
+        let registry = inner.registry.clone();
+        let clock = inner.clock.clone();
+        let view = inner.view.clone();
+        let health = inner.health.clone();
+        let lease_slot = inner.lease_slot.clone();
+        let events = inner.events.clone();
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let now = clock.now();
         let mut record = Node::new(node_id.to_string(), now);
@@ -417,7 +415,10 @@ impl Driver {
                     Some(ev) => self.task_event(ev),
                     None => { self.task_watch = None; self.retry_watches(); }
                 },
-                _ = renew.tick() => self.lifecycle(Input::RenewTick),
+                _ = renew.tick() => {
+                    let now = self.clock.monotonic();
+                    self.lifecycle(Input::RenewTick { now });
+                }
                 _ = poll.tick() => if self.is_active() { self.list_all() },
                 _ = status_tick.tick() => {
                     self.flush_status();
@@ -470,7 +471,7 @@ impl Driver {
                 let delay = if delay.is_zero() {
                     delay
                 } else {
-                    register_backoff(delay, self.register_failures, &self.node_id)
+                    register_backoff(delay, self.register_failures, self.jitter_seed())
                 };
                 if delay.is_zero() {
                     self.register(epoch);
@@ -655,7 +656,7 @@ impl Driver {
             Internal::Registered(epoch, Err(e)) => {
                 self.register_failures = self.register_failures.saturating_add(1);
                 let attempt = self.register_failures;
-                let delay = register_backoff(self.cfg.retry_backoff, attempt, &self.node_id);
+                let delay = register_backoff(self.cfg.retry_backoff, attempt, self.jitter_seed());
                 tracing::warn!(node = %self.node_id, error = %e, attempt, delay_ms = delay.as_millis() as u64, "registration failed; retrying");
                 metrics::counter!("dcron_register_retries_total").increment(1);
                 let _ = self.events.send(DcronEvent::RegisterRetry {
@@ -1617,6 +1618,13 @@ impl Driver {
             .max(cfg.claim_retention)
     }
 
+    /// The seed of this node's back-off jitter: its stable name when it has one (so that a
+    /// replayed simulation waits the same), else its id.
+    fn jitter_seed(&self) -> u64 {
+        let key = self.cfg.name.as_deref().unwrap_or(&self.node_id);
+        dcron_assign::stable_hash(key.as_bytes())
+    }
+
     /// The claimant this node claims as now: its id and its current registration epoch.
     fn claimant(&self) -> Option<Claimant> {
         self.lease
@@ -1711,6 +1719,7 @@ impl Driver {
                                     // Planned for a life that ended: the driver learns the new
                                     // one and plans its fires.
                                     metrics::counter!("dcron_fires_superseded_total").increment(1);
+                                    env.emit(|| DcronEvent::Superseded(env.info(&fire.key, fire.kind)));
                                     let _ = env.internal.send(Internal::Superseded(fire.key.task.clone()));
                                 }
                                 ClaimOutcome::Failed(e) => {
@@ -1741,12 +1750,13 @@ impl Driver {
                         break;
                     }
                 }
-                // Retry what is undecided while its deadline allows (a stop ends the retries:
-                // those fires are the new owners' to catch up).
+                // Retry what is undecided while its deadline allows. A stop lets them go on
+                // through its grace period (the claim may be this node's, and then nobody else
+                // may run the fire); only the end of the grace period gives up.
                 let mono = env.clock.monotonic();
                 pending = Vec::new();
                 for (fire, request) in retry {
-                    if mono > fire.deadline_at || env.stopping.is_cancelled() {
+                    if mono > fire.deadline_at || env.cancel.is_cancelled() {
                         report_missed(&env, &fire, "its claim could not be decided before its deadline");
                     } else {
                         pending.push((fire, request));
@@ -2201,7 +2211,7 @@ fn report_missed(env: &FireEnv, fire: &PendingFire, why: &'static str) {
 
 /// The wait before registration attempt `failures + 1`: `base × 2^(failures − 1)`, capped at
 /// [`MAX_REGISTER_BACKOFF`], spread over `[delay/2, delay]` by a jitter derived from the node.
-fn register_backoff(base: Duration, failures: u32, node_id: &str) -> Duration {
+fn register_backoff(base: Duration, failures: u32, seed: u64) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
     let delay = base
         .max(Duration::from_millis(50))
@@ -2209,7 +2219,7 @@ fn register_backoff(base: Duration, failures: u32, node_id: &str) -> Duration {
         .min(MAX_REGISTER_BACKOFF);
     let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
     let half = millis / 2;
-    let seed = dcron_assign::stable_hash(node_id.as_bytes()) ^ u64::from(failures);
+    let seed = seed ^ u64::from(failures);
     Duration::from_millis(half + crate::policy::splitmix(seed) % (millis - half + 1))
 }
 

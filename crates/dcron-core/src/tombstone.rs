@@ -13,19 +13,25 @@
 //! | `UpdateDynamic` | any | present | `Tombstoned` |
 //! | `UpdateDynamic` | absent | absent | `NotFound` |
 //! | `UpdateDynamic` | present | absent | write record (claims kept) |
-//! | `ForceAddDynamic` (`force_add_task_meta`) | any | any | write record, clear tombstone and claims, new life |
+//! | `ForceAddDynamic` (`force_add_task_meta`) | any | any | write record, clear tombstone, new life |
 //! | `AddStatic` (`add_task`, `add_func`, `add_one_shot_*`) | any | present | `Tombstoned` |
 //! | `AddStatic` | any | absent | nothing to write (static tasks live in code) |
-//! | `ForceAddStatic` (`force_add_task`, …; also `reuse_deleted_task`) | any | any | clear tombstone and claims, new life |
+//! | `ForceAddStatic` (`force_add_task`, …; also `reuse_deleted_task`) | any | any | clear tombstone, new life |
 //! | `MarkDeleted` (`mark_task_deleted`) | any | absent | write tombstone (record kept) |
 //! | `MarkDeleted` | any | present | nothing (first time kept) |
 //! | `Reuse` (`reuse_deleted_task`) | any | absent | `NotFound` (tombstone) |
 //! | `Reuse` | any | present | clear tombstone |
-//! | `Cleanup` (`cleanup_task`) | any | any | remove record, tombstone, claims and life |
+//! | `Cleanup` (`cleanup_task`) | any | any | remove record, tombstone and life |
 //!
 //! A *new life* has a generation greater than any the name had and starts at the instant of the
 //! request (the record's `created_at` for dynamic writes); `UpdateDynamic`, `MarkDeleted` and
 //! `Reuse` keep the life (see [`crate::Life`]).
+//!
+//! No request removes claims: a claim lives until its retention ends, whatever happens to its
+//! name. A fire claimed in a previous life therefore stays claimed in the next one, so no
+//! instant is ever run twice across a cleanup or a force-add, whatever the clocks of the nodes
+//! that start the new life say (a new life's live-since comes from a node's clock, which may be
+//! behind the instants the previous life already ran).
 //!
 //! `force_cleanup_all_tasks` is `Cleanup` for every name of the namespace.
 //! A local duplicate of a static task (`AlreadyExists`) is decided by the node before it asks.
@@ -51,12 +57,12 @@ pub enum Request<'a> {
     AddDynamic(&'a TaskMeta),
     /// Replace a live dynamic task record.
     UpdateDynamic(&'a TaskMeta),
-    /// Write a dynamic task record whatever is there, clearing tombstone and claims.
+    /// Write a dynamic task record whatever is there, clearing the tombstone; a new life.
     ForceAddDynamic(&'a TaskMeta),
     /// Add a static task: refused when the name is tombstoned.
     AddStatic,
-    /// Force-add a static task (or reuse a deleted one): clears the tombstone and claims and
-    /// starts a new life at the instant.
+    /// Force-add a static task (or reuse a deleted one): clears the tombstone and starts a new
+    /// life at the instant.
     ForceAddStatic(DateTime<Utc>),
     /// Mark the name deleted at an instant.
     MarkDeleted(DateTime<Utc>),
@@ -77,8 +83,6 @@ pub struct Effects {
     pub set_tombstone: Option<Tombstone>,
     /// Remove the tombstone.
     pub clear_tombstone: bool,
-    /// Remove every claim of the name.
-    pub clear_claims: bool,
     /// Start a new life with this live-since (the generation comes from the name's sequence).
     pub start_life: Option<DateTime<Utc>>,
     /// Remove the life.
@@ -132,7 +136,6 @@ pub fn decide(name: &str, state: NameState<'_>, request: Request<'_>) -> Result<
         Request::ForceAddDynamic(meta) => Ok(Effects {
             write_meta: Some(meta.clone()),
             clear_tombstone: state.tombstone.is_some(),
-            clear_claims: true,
             start_life: Some(live_since(meta)?),
             ..Effects::default()
         }),
@@ -145,7 +148,6 @@ pub fn decide(name: &str, state: NameState<'_>, request: Request<'_>) -> Result<
         }
         Request::ForceAddStatic(at) => Ok(Effects {
             clear_tombstone: state.tombstone.is_some(),
-            clear_claims: true,
             start_life: Some(at),
             ..Effects::default()
         }),
@@ -178,7 +180,6 @@ pub fn decide(name: &str, state: NameState<'_>, request: Request<'_>) -> Result<
         Request::Cleanup => Ok(Effects {
             remove_meta: state.meta.is_some(),
             clear_tombstone: state.tombstone.is_some(),
-            clear_claims: true,
             remove_life: true,
             ..Effects::default()
         }),
@@ -236,7 +237,7 @@ mod tests {
         let e = decide("t", st(None, None), Request::AddDynamic(&m)).expect("accepted");
         assert_eq!(e.start_life, m.created_at);
         assert_eq!(e.write_meta, Some(m));
-        assert!(!e.clear_claims && !e.clear_tombstone);
+        assert!(!e.clear_tombstone);
         let mut no_time = meta();
         no_time.created_at = None;
         assert!(matches!(
@@ -257,7 +258,7 @@ mod tests {
             Err(Error::NotFound { what: "task", .. })
         ));
         let e = decide("t", st(Some(&m), None), Request::UpdateDynamic(&m)).expect("ok");
-        assert!(e.write_meta.is_some() && !e.clear_claims);
+        assert!(e.write_meta.is_some());
         assert!(e.start_life.is_none() && !e.remove_life);
     }
 
@@ -272,7 +273,6 @@ mod tests {
         ] {
             let e = decide("t", st(mm, tt), Request::ForceAddDynamic(&m)).expect("always ok");
             assert_eq!(e.write_meta.as_ref(), Some(&m));
-            assert!(e.clear_claims);
             assert_eq!(e.start_life, m.created_at);
             assert_eq!(e.clear_tombstone, tt.is_some());
         }
@@ -291,11 +291,11 @@ mod tests {
     }
 
     #[test]
-    fn static_force_add_clears_tombstone_and_claims() {
+    fn static_force_add_clears_the_tombstone_and_starts_a_life() {
         let t = tomb();
         let at = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(9);
         let e = decide("t", st(None, Some(&t)), Request::ForceAddStatic(at)).expect("ok");
-        assert!(e.clear_tombstone && e.clear_claims && e.write_meta.is_none());
+        assert!(e.clear_tombstone && e.write_meta.is_none());
         assert_eq!(e.start_life, Some(at));
     }
 
@@ -339,9 +339,9 @@ mod tests {
     fn cleanup_removes_everything_and_is_idempotent() {
         let (m, t) = (meta(), tomb());
         let e = decide("t", st(Some(&m), Some(&t)), Request::Cleanup).expect("ok");
-        assert!(e.remove_meta && e.clear_tombstone && e.clear_claims && e.remove_life);
+        assert!(e.remove_meta && e.clear_tombstone && e.remove_life);
         let e = decide("t", st(None, None), Request::Cleanup).expect("ok");
-        assert!(!e.remove_meta && !e.clear_tombstone && e.clear_claims);
+        assert!(!e.remove_meta && !e.clear_tombstone && e.remove_life);
     }
 
     #[test]

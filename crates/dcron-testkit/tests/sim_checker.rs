@@ -7,7 +7,7 @@ use dcron_core::FireKey;
 use dcron_testkit::ledger::Execution;
 use dcron_testkit::sim::{
     check_run, ClaimLog, FinalNode, GrantedClaim, LifeEvent, RunRecord, SimParams, TaskChange,
-    TaskEvent, BASE, DYNAMIC_TASKS, STATIC_TASKS,
+    TaskEvent, BASE, DYNAMIC_TASKS, ONE_SHOT_TASKS, STATIC_TASKS,
 };
 
 const END_MS: u64 = 60_000;
@@ -45,6 +45,7 @@ fn clean() -> RunRecord {
         task_events: Vec::new(),
         crashed: BTreeSet::new(),
         claims: ClaimLog::new(),
+        freezes: 0,
         final_nodes: vec![FinalNode {
             label: "n0".into(),
             state: "working".into(),
@@ -106,7 +107,8 @@ fn a_missing_execution_is_a_miss_unless_its_winner_could_not_run_it() {
         },
     );
     assert_eq!(missed_of(&heard, "s-every-1s"), vec![fire.clone()]);
-    // Granted, but the reply was lost: lost in flight, not missed.
+    // Granted, but the reply was lost: the winner retries as the same claimant and learns
+    // it won, so this excuses nothing: still a miss.
     let mut lost = r.clone();
     lost.claims = ClaimLog::new();
     lost.claims.grant(
@@ -117,8 +119,8 @@ fn a_missing_execution_is_a_miss_unless_its_winner_could_not_run_it() {
             delivered: false,
         },
     );
-    assert!(missed_of(&lost, "s-every-1s").is_empty());
-    assert_eq!(check_run(&lost).lost_in_flight, vec![fire.clone()]);
+    assert_eq!(missed_of(&lost, "s-every-1s"), vec![fire.clone()]);
+    assert!(check_run(&lost).lost_in_flight.is_empty());
     // Granted to a node that crashed: lost in flight too.
     let mut crashed = r.clone();
     crashed.claims = ClaimLog::new();
@@ -132,6 +134,7 @@ fn a_missing_execution_is_a_miss_unless_its_winner_could_not_run_it() {
     );
     crashed.crashed.insert("n1".into());
     assert!(missed_of(&crashed, "s-every-1s").is_empty());
+    assert_eq!(check_run(&crashed).lost_in_flight, vec![fire.clone()]);
     // No node working around the instant: excused.
     let mut idle = r.clone();
     idle.lifecycle.push(LifeEvent {
@@ -153,12 +156,12 @@ fn a_fire_run_while_deleted_is_a_violation() {
     let (name, _) = DYNAMIC_TASKS[0];
     r.task_events = vec![
         TaskEvent {
-            task: 0,
+            task: name.into(),
             change: TaskChange::Added,
             at_ms: 1_000,
         },
         TaskEvent {
-            task: 0,
+            task: name.into(),
             change: TaskChange::Deleted,
             at_ms: 20_000,
         },
@@ -204,4 +207,93 @@ fn an_execution_off_the_schedule_is_a_violation() {
     });
     let v = check_run(&r);
     assert!(v.violations.iter().any(|l| l.contains("not an occurrence")));
+}
+
+fn unexpected_with(r: &RunRecord, extra: Execution) -> Vec<String> {
+    let mut r = r.clone();
+    r.executions.push(extra);
+    check_run(&r)
+        .violations
+        .into_iter()
+        .filter(|l| l.starts_with("invariant 5"))
+        .collect()
+}
+
+fn run(task: &str, instant_ms: i64, started_ms: i64) -> Execution {
+    Execution {
+        fire: FireKey::new(task, base() + chrono::Duration::milliseconds(instant_ms)),
+        node: "n0".into(),
+        token: 1_000,
+        started_at: base() + chrono::Duration::milliseconds(started_ms),
+    }
+}
+
+#[test]
+fn a_static_fire_from_before_the_run_is_unexpected() {
+    let r = clean();
+    assert!(check_run(&r).unexpected.is_empty());
+    // s-every-2s at -2 s: an instant before the task existed (the old catch-up bug).
+    let v = unexpected_with(&r, run("s-every-2s", -2_000, 500));
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].contains("before the task existed"), "{v:?}");
+}
+
+#[test]
+fn a_dynamic_fire_from_before_it_was_added_is_unexpected() {
+    let mut r = clean();
+    let (name, _) = DYNAMIC_TASKS[0];
+    r.task_events = vec![TaskEvent {
+        task: name.into(),
+        change: TaskChange::Added,
+        at_ms: 10_000,
+    }];
+    assert!(unexpected_with(&r, run(name, 12_000, 12_000)).is_empty());
+    assert_eq!(unexpected_with(&r, run(name, 8_000, 10_500)).len(), 1);
+}
+
+#[test]
+fn a_replay_of_an_ended_life_is_unexpected() {
+    let mut r = clean();
+    r.task_events = vec![TaskEvent {
+        task: "s-every-2s".into(),
+        change: TaskChange::NewLife,
+        at_ms: 30_000,
+    }];
+    // An instant of the old life started well after the new life began.
+    let v = unexpected_with(&r, run("s-every-2s", 20_000, 33_000));
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].contains("ended life"), "{v:?}");
+    // Near the change (a clock skew away) it may belong to either life.
+    assert!(unexpected_with(&r, run("s-every-2s", 28_000, 33_000)).is_empty());
+    // Started in time: fine.
+    assert!(unexpected_with(&r, run("s-every-2s", 20_000, 20_100)).is_empty());
+}
+
+#[test]
+fn a_one_shot_runs_its_first_instant_only() {
+    let r = clean();
+    let (name, _) = ONE_SHOT_TASKS[0];
+    // */7: its first instant from the start of the run is 00:00:00 itself.
+    assert!(unexpected_with(&r, run(name, 0, 10)).is_empty());
+    let v = unexpected_with(&r, run(name, 7_000, 7_010));
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].contains("one-shot"), "{v:?}");
+}
+
+#[test]
+fn a_task_nobody_defined_is_unexpected() {
+    let v = unexpected_with(&clean(), run("d-hostile", 1_000, 1_000));
+    assert_eq!(v.len(), 1, "{v:?}");
+}
+
+#[test]
+fn an_ended_process_still_registered_is_a_violation() {
+    let mut r = clean();
+    r.registered.push(("n7".into(), "working".into()));
+    let v = check_run(&r);
+    assert!(
+        v.violations.iter().any(|l| l.contains("n7 ended")),
+        "{:?}",
+        v.violations
+    );
 }

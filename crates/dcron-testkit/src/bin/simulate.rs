@@ -7,8 +7,10 @@
 //!                                                   # (and every node event with --journal)
 //! ```
 //!
-//! The last line is `summary seeds=<n> fires=<n> duplicates=<n> missed=<n> violations=<n>`; the
-//! exit status is 1 when any seed violated an invariant, 2 on bad arguments.
+//! The last line is `summary seeds=<n> fires=<n> duplicates=<n> missed=<n> unexpected=<n>
+//! violations=<n> lost_in_flight=<n> lost_replies=<n> freezes=<n>`; the exit status is 1 when
+//! any seed violated an invariant (a duplicate, a miss and an unexpected fire each are one), 2
+//! on bad arguments.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -107,12 +109,29 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The simulator makes nodes fail on purpose (a panicking clock): keep those panics quiet,
+    // report the others as usual.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("");
+        if !message.contains("simulated fatal failure") {
+            default_hook(info);
+        }
+    }));
     let started = Instant::now();
     let next = AtomicU64::new(args.from);
     let end = args.from + args.count;
     let fires = AtomicU64::new(0);
     let duplicates = AtomicU64::new(0);
     let missed = AtomicU64::new(0);
+    let unexpected = AtomicU64::new(0);
+    let lost_replies = AtomicU64::new(0);
+    let freezes = AtomicU64::new(0);
     let lost = AtomicU64::new(0);
     let expected = AtomicU64::new(0);
     let violations = AtomicUsize::new(0);
@@ -145,6 +164,9 @@ fn main() -> ExitCode {
                 fires.fetch_add(v.executions as u64, Ordering::SeqCst);
                 duplicates.fetch_add(v.duplicates.len() as u64, Ordering::SeqCst);
                 missed.fetch_add(v.missed.len() as u64, Ordering::SeqCst);
+                unexpected.fetch_add(v.unexpected.len() as u64, Ordering::SeqCst);
+                lost_replies.fetch_add(v.lost_replies, Ordering::SeqCst);
+                freezes.fetch_add(v.freezes as u64, Ordering::SeqCst);
                 lost.fetch_add(v.lost_in_flight.len() as u64, Ordering::SeqCst);
                 expected.fetch_add(v.expected as u64, Ordering::SeqCst);
                 let _g = print.lock();
@@ -153,11 +175,12 @@ fn main() -> ExitCode {
                 }
                 if args.verbose || args.single {
                     println!(
-                        "seed={seed} fires={} expected={} duplicates={} missed={} lost_in_flight={} excused={} processes={} violations={} digest={:016x} wall={}ms",
+                        "seed={seed} fires={} expected={} duplicates={} missed={} unexpected={} lost_in_flight={} excused={} processes={} violations={} digest={:016x} wall={}ms",
                         v.executions,
                         v.expected,
                         v.duplicates.len(),
                         v.missed.len(),
+                        v.unexpected.len(),
                         v.lost_in_flight.len(),
                         v.excused,
                         outcome.processes,
@@ -187,12 +210,16 @@ fn main() -> ExitCode {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "summary seeds={} fires={} duplicates={} missed={} violations={}",
+        "summary seeds={} fires={} duplicates={} missed={} unexpected={} violations={} lost_in_flight={} lost_replies={} freezes={}",
         args.count,
         fires.load(Ordering::SeqCst),
         duplicates.load(Ordering::SeqCst),
         missed.load(Ordering::SeqCst),
-        violations
+        unexpected.load(Ordering::SeqCst),
+        violations,
+        lost.load(Ordering::SeqCst),
+        lost_replies.load(Ordering::SeqCst),
+        freezes.load(Ordering::SeqCst),
     );
     if violations > 0 {
         ExitCode::FAILURE

@@ -3,10 +3,14 @@
 //! # What counts as expected, missed and lost
 //!
 //! A fire `(task, t)` is **expected** (invariant 2) when
-//! - the task was live at `t`: static tasks always; a dynamic task from 6 s after it was added
-//!   or revived (the largest clock skew plus a second, since a skewed owner may legitimately
-//!   skip the first instants) until [`SETTLE_MS`] before it was deleted (a fire closer to the
-//!   deletion may be caught up only after the tombstone, which then rightly refuses it);
+//! - the task was live at `t`: a static task from the start of the run (its life starts at
+//!   virtual 0), a dynamic task from 6 s after it was added, revived or force-written (the
+//!   largest clock skew plus a second, since a skewed owner may legitimately skip the first
+//!   instants), until [`SETTLE_MS`] before it was deleted or its life ended (a cleanup or a
+//!   force-write; a fire closer to it may be caught up only after it, which then rightly
+//!   refuses it); after a static task's cleanup, from [`SETTLE_MS`] after it (the new life
+//!   starts when a node first registers the name again); a one-shot's one fire is the first
+//!   instant of its schedule in its life;
 //! - some node was **working and stayed working** from at or before `t` until at least
 //!   [`SETTLE_MS`] after `t` (observed from the nodes' own lifecycle events; a process that
 //!   crashes ends its stretch). That is invariant 2's "at least one working node could reach
@@ -16,12 +20,20 @@
 //! - `t` is at least [`SETTLE_MS`] before the end of the run (every fault is healed
 //!   `settle_ms` before the end).
 //!
-//! An expected fire with no execution is **lost in flight** when the registry's claim log shows
-//! a winner that never ran it because it could not: the winner crashed, or the registry's reply
-//! to its claim was lost (the node then retries, is answered `Lost`, and correctly does not
-//! run it). This is the at-most-once edge of the design (a claim is the right to run, and
-//! nobody else may run a claimed fire); it is reported separately and is not a violation.
-//! Every other expected fire with no execution is **missed**: a violation.
+//! An expected fire with no execution is **lost in flight** when every claim the registry
+//! granted for it went to a process that **ended before it could start the fire**: it
+//! crashed, or its driver failed on purpose ([`super::Fault::PanicNode`]). This is the
+//! at-most-once edge of the design (a claim is the right to run, and nobody else may run a
+//! claimed fire); it is reported separately and is not a violation. A winner whose reply was
+//! lost retries as the same claimant and is answered `WonEarlier`, so a lost reply never
+//! excuses a fire. Every other expected fire with no execution is **missed**: a violation.
+//!
+//! An execution is **unexpected** (invariant 5) when its instant is not an occurrence of the
+//! task's schedule, precedes the task's first life (a static task's instants before the run
+//! started, a dynamic task's before it was added), belongs to an ended life (older than the
+//! next life's start minus the largest clock skew) but started more than [`REPLAY_SLACK_MS`]
+//! after the next life began (a replay of a previous life), is a
+//! second instant of a one-shot, or is of a task the run never defined (the hostile record).
 //!
 //! Violations: a fire executed twice (invariant 1); a missed fire (invariant 2); at the end, a
 //! node that is not `working`, or a live task without exactly one owner among the working
@@ -35,7 +47,7 @@ use chrono::{DateTime, Utc};
 use dcron_core::{FireKey, Schedule, SecondsField};
 
 use super::faulty::ClaimLog;
-use super::plan::{SimParams, DYNAMIC_TASKS, STATIC_TASKS};
+use super::plan::{SimParams, DYNAMIC_TASKS, ONE_SHOT_TASKS, STATIC_TASKS};
 use crate::ledger::{Duplicate, Execution};
 
 /// How long a node must stay working after an instant for the fire to be expected, and how
@@ -43,33 +55,41 @@ use crate::ledger::{Duplicate, Execution};
 /// (TTL) plus a poll plus claim retries, with room to spare.
 pub const SETTLE_MS: u64 = 15_000;
 
+/// How long after a new life began a fire of the previous life may still start (its claim was
+/// answered before the life changed, its reply delayed by latency).
+pub const REPLAY_SLACK_MS: u64 = 2_000;
+
 /// A lifecycle state a simulated process entered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LifeEvent {
     /// The process (`n2`, `n2.1`, …).
     pub label: String,
-    /// The state (`starting`, `working`, `lost`, `leaving`, `stopped`, or `crashed`).
+    /// The state (`starting`, `working`, `lost`, `leaving`, `stopped`, `failed`, or
+    /// `crashed`).
     pub state: String,
     /// When, in virtual milliseconds since the start.
     pub at_ms: u64,
 }
 
-/// What happened to a dynamic task.
+/// What happened to a task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TaskChange {
-    /// Stored in the registry.
+    /// Stored in the registry (a new life).
     Added,
     /// Marked deleted.
     Deleted,
-    /// Tombstone cleared.
+    /// Reused after a deletion (a new life).
     Revived,
+    /// A new life started over a live or deleted one: a force-write, or a static task's
+    /// cleanup.
+    NewLife,
 }
 
-/// A dynamic task change applied by the plan.
+/// A task change applied by the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskEvent {
-    /// Index into [`DYNAMIC_TASKS`].
-    pub task: usize,
+    /// The task name.
+    pub task: String,
     /// What happened.
     pub change: TaskChange,
     /// When, in virtual milliseconds since the start.
@@ -100,12 +120,14 @@ pub struct RunRecord {
     pub executions: Vec<Execution>,
     /// Lifecycle events of every process, in order.
     pub lifecycle: Vec<LifeEvent>,
-    /// Dynamic task changes, in order.
+    /// Task changes, in order.
     pub task_events: Vec<TaskEvent>,
-    /// Processes that crashed.
+    /// Processes that ended before the end of the run without leaving: crashed, or failed.
     pub crashed: BTreeSet<String>,
     /// Claims the registry granted.
     pub claims: ClaimLog,
+    /// Freezes injected.
+    pub freezes: usize,
     /// The processes still running at the end (not crashed, not left).
     pub final_nodes: Vec<FinalNode>,
     /// The node records in the registry at the end: `(process, status)`.
@@ -125,10 +147,16 @@ pub struct Verdict {
     pub duplicates: Vec<Duplicate>,
     /// Expected fires that never ran, with no excuse.
     pub missed: Vec<FireKey>,
-    /// Expected fires that never ran because their claim's winner could not run them.
+    /// Executions that should not have happened at all (invariant 5).
+    pub unexpected: Vec<Execution>,
+    /// Expected fires that never ran because their claim's winner ended before starting them.
     pub lost_in_flight: Vec<FireKey>,
     /// Scheduled instants not expected because no node was working throughout.
     pub excused: usize,
+    /// Replies lost after the registry had acted (claims included).
+    pub lost_replies: u64,
+    /// Freezes injected.
+    pub freezes: usize,
     /// Every invariant violation, one line each.
     pub violations: Vec<String>,
 }
@@ -144,10 +172,15 @@ fn at(base: DateTime<Utc>, ms: u64) -> DateTime<Utc> {
     base + chrono::Duration::milliseconds(ms as i64)
 }
 
+fn ms_of(base: DateTime<Utc>, t: DateTime<Utc>) -> i64 {
+    (t - base).num_milliseconds()
+}
+
 fn schedule_of(task: &str) -> Option<Schedule> {
     STATIC_TASKS
         .iter()
         .chain(DYNAMIC_TASKS.iter())
+        .chain(ONE_SHOT_TASKS.iter())
         .find(|(n, _)| *n == task)
         .and_then(|(_, expr)| Schedule::parse(expr, None, SecondsField::Optional).ok())
 }
@@ -155,42 +188,63 @@ fn schedule_of(task: &str) -> Option<Schedule> {
 /// Intervals of virtual milliseconds.
 type Spans = Vec<(u64, u64)>;
 
-/// The `[from, to]` virtual-millisecond intervals during which a dynamic task's fires are
-/// expected, and the `(deleted_at, revived_at)` intervals during which it must not run.
-fn dynamic_intervals(
+/// What the changes of one task mean for the checker.
+#[derive(Debug, Default)]
+struct TaskLives {
+    /// `[from, to]` during which its fires are expected.
+    live: Spans,
+    /// `(deleted_at, revived_at)` during which it must not run.
+    dead: Spans,
+    /// When each life began, in order (the first: when the task came to exist).
+    starts: Vec<u64>,
+}
+
+/// The lives of a task from its changes. A static task has a life from 0; after a cleanup its
+/// new life starts when a node registers the name again, so fires are expected only from
+/// [`SETTLE_MS`] after it.
+fn lives_of(
     events: &[TaskEvent],
-    task: usize,
+    task: &str,
+    is_static: bool,
     skew_ms: u64,
     end_ms: u64,
-) -> (Spans, Spans) {
+) -> TaskLives {
     let lead = skew_ms + 1_000;
-    let mut live = Vec::new();
-    let mut dead = Vec::new();
+    let mut out = TaskLives::default();
     let mut live_from: Option<u64> = None;
     let mut dead_from: Option<u64> = None;
+    if is_static {
+        out.starts.push(0);
+        live_from = Some(0);
+    }
     for e in events.iter().filter(|e| e.task == task) {
         match e.change {
-            TaskChange::Added | TaskChange::Revived => {
-                if let Some(d) = dead_from.take() {
-                    dead.push((d, e.at_ms));
+            TaskChange::Added | TaskChange::Revived | TaskChange::NewLife => {
+                if let Some(from) = live_from.take() {
+                    out.live.push((from, e.at_ms.saturating_sub(SETTLE_MS)));
                 }
-                live_from = Some(e.at_ms + lead);
+                if let Some(d) = dead_from.take() {
+                    out.dead.push((d, e.at_ms));
+                }
+                out.starts.push(e.at_ms);
+                let delay = if is_static { SETTLE_MS } else { lead };
+                live_from = Some(e.at_ms + delay);
             }
             TaskChange::Deleted => {
                 if let Some(from) = live_from.take() {
-                    live.push((from, e.at_ms.saturating_sub(SETTLE_MS)));
+                    out.live.push((from, e.at_ms.saturating_sub(SETTLE_MS)));
                 }
                 dead_from = Some(e.at_ms);
             }
         }
     }
     if let Some(from) = live_from {
-        live.push((from, end_ms));
+        out.live.push((from, end_ms));
     }
     if let Some(d) = dead_from {
-        dead.push((d, u64::MAX));
+        out.dead.push((d, u64::MAX));
     }
-    (live, dead)
+    out
 }
 
 /// Working stretches `[from, to)` of every process, from its lifecycle events.
@@ -210,10 +264,56 @@ fn stretches(record: &RunRecord) -> Vec<(u64, u64)> {
     out
 }
 
+/// Why an execution is unexpected, if it is (invariant 5).
+fn unexpected_reason(
+    record: &RunRecord,
+    lives: &BTreeMap<String, TaskLives>,
+    e: &Execution,
+) -> Option<String> {
+    let Some(schedule) = schedule_of(&e.fire.task) else {
+        return Some("a task the run never defined".into());
+    };
+    let previous = e.fire.instant - chrono::Duration::milliseconds(1);
+    if schedule.next_after(previous) != Some(e.fire.instant) {
+        return Some("not an occurrence of the schedule".into());
+    }
+    let instant_ms = ms_of(record.base, e.fire.instant);
+    let started_ms = ms_of(record.base, e.started_at);
+    let task_lives = lives.get(&e.fire.task)?;
+    let Some(first) = task_lives.starts.first() else {
+        return Some("the task was never added".into());
+    };
+    if instant_ms < *first as i64 {
+        return Some(format!("before the task existed (+{first}ms)"));
+    }
+    // A new life starts at the clock of the node that starts it, which may be up to the
+    // largest skew behind: only instants older than that are surely of the previous life.
+    let skew = record.params.max_skew_ms.unsigned_abs() as i64;
+    for later in task_lives.starts.iter().skip(1) {
+        let later = *later as i64;
+        if instant_ms < later - skew - 1_000 && started_ms > later + REPLAY_SLACK_MS as i64 {
+            return Some(format!(
+                "a fire of an ended life, started {}ms after the next life began",
+                started_ms - later
+            ));
+        }
+    }
+    if ONE_SHOT_TASKS.iter().any(|(n, _)| *n == e.fire.task) {
+        let first_fire =
+            schedule.next_after(at(record.base, *first) - chrono::Duration::milliseconds(1));
+        if first_fire != Some(e.fire.instant) {
+            return Some("a one-shot's second instant".into());
+        }
+    }
+    None
+}
+
 /// Checks one run's record against the invariants.
 pub fn check_run(record: &RunRecord) -> Verdict {
     let mut v = Verdict {
         executions: record.executions.len(),
+        lost_replies: record.claims.lost_replies(),
+        freezes: record.freezes,
         ..Verdict::default()
     };
     let p = &record.params;
@@ -224,6 +324,19 @@ pub fn check_run(record: &RunRecord) -> Verdict {
         work.iter()
             .any(|(from, to)| *from <= ms && *to >= ms + SETTLE_MS)
     };
+    let mut lives: BTreeMap<String, TaskLives> = BTreeMap::new();
+    for (name, _) in STATIC_TASKS.iter().chain(ONE_SHOT_TASKS.iter()) {
+        lives.insert(
+            name.to_string(),
+            lives_of(&record.task_events, name, true, skew_ms, record.end_ms),
+        );
+    }
+    for (name, _) in DYNAMIC_TASKS {
+        lives.insert(
+            name.to_string(),
+            lives_of(&record.task_events, name, false, skew_ms, record.end_ms),
+        );
+    }
 
     // Executions by fire.
     let mut by_fire: BTreeMap<FireKey, Vec<Execution>> = BTreeMap::new();
@@ -243,53 +356,57 @@ pub fn check_run(record: &RunRecord) -> Verdict {
                 executions: runs.clone(),
             });
         }
-        match schedule_of(&fire.task) {
-            None => v
-                .violations
-                .push(format!("execution of an unknown task: {fire}")),
-            Some(s) => {
-                let previous = fire.instant - chrono::Duration::milliseconds(1);
-                if s.next_after(previous) != Some(fire.instant) {
-                    v.violations.push(format!(
-                        "execution at an instant that is not an occurrence of the schedule: {fire}"
-                    ));
-                }
-            }
+    }
+    for e in &record.executions {
+        if let Some(reason) = unexpected_reason(record, &lives, e) {
+            v.violations.push(format!(
+                "invariant 5: unexpected execution of {} on {}: {reason}",
+                e.fire, e.node
+            ));
+            v.unexpected.push(e.clone());
         }
     }
 
     // Expected fires.
     let mut expected: BTreeSet<FireKey> = BTreeSet::new();
     let mut scheduled = 0usize;
-    let mut add_interval = |task: &str, from: u64, to: u64, expected: &mut BTreeSet<FireKey>| {
-        let Some(s) = schedule_of(task) else {
-            return;
-        };
-        let to = to.min(last);
-        if to <= from {
-            return;
-        }
-        let from_t = at(record.base, from) - chrono::Duration::milliseconds(1);
-        for instant in s.occurrences_in(from_t, at(record.base, to), 1_000_000) {
-            scheduled += 1;
-            let ms = (instant - record.base).num_milliseconds().max(0) as u64;
-            if covered(ms) {
-                expected.insert(FireKey::new(task, instant));
+    let mut add_instants =
+        |task: &str, instants: Vec<DateTime<Utc>>, expected: &mut BTreeSet<FireKey>| {
+            for instant in instants {
+                let ms = ms_of(record.base, instant).max(0) as u64;
+                if ms > last {
+                    continue;
+                }
+                scheduled += 1;
+                if covered(ms) {
+                    expected.insert(FireKey::new(task, instant));
+                }
             }
+        };
+    for (name, task_lives) in &lives {
+        let Some(s) = schedule_of(name) else {
+            continue;
+        };
+        if ONE_SHOT_TASKS.iter().any(|(n, _)| n == name) {
+            // One fire in its life: the first instant of the schedule from its start.
+            let first = task_lives.starts.first().copied().unwrap_or(0);
+            let one = s.next_after(at(record.base, first) - chrono::Duration::milliseconds(1));
+            add_instants(name, one.into_iter().collect(), &mut expected);
+            continue;
         }
-    };
-    for (name, _) in STATIC_TASKS {
-        add_interval(name, 0, record.end_ms, &mut expected);
-    }
-    for (i, (name, _)) in DYNAMIC_TASKS.iter().enumerate() {
-        let (live, dead) = dynamic_intervals(&record.task_events, i, skew_ms, record.end_ms);
-        for (from, to) in live {
-            add_interval(name, from, to, &mut expected);
+        for (from, to) in &task_lives.live {
+            let to = (*to).min(last);
+            if to <= *from {
+                continue;
+            }
+            let from_t = at(record.base, *from) - chrono::Duration::milliseconds(1);
+            let instants = s.occurrences_in(from_t, at(record.base, to), 1_000_000);
+            add_instants(name, instants, &mut expected);
         }
         // Invariant 4: nothing runs while deleted, past the deletion plus the skew.
-        for (deleted, revived) in dead {
+        for (deleted, revived) in &task_lives.dead {
             let limit = at(record.base, deleted + skew_ms + 500);
-            let revived_at = at(record.base, revived.min(record.end_ms + 1));
+            let revived_at = at(record.base, (*revived).min(record.end_ms + 1));
             for e in record.executions.iter().filter(|e| e.fire.task == *name) {
                 if e.fire.instant > limit && e.started_at < revived_at {
                     v.violations.push(format!(
@@ -308,10 +425,8 @@ pub fn check_run(record: &RunRecord) -> Verdict {
             continue;
         }
         let grants = record.claims.get(fire);
-        let excusable = !grants.is_empty()
-            && grants
-                .iter()
-                .all(|g| !g.delivered || record.crashed.contains(&g.node));
+        let excusable =
+            !grants.is_empty() && grants.iter().all(|g| record.crashed.contains(&g.node));
         if excusable {
             v.lost_in_flight.push(fire.clone());
         } else {
@@ -329,12 +444,15 @@ pub fn check_run(record: &RunRecord) -> Verdict {
     // Invariant 3: one owner per live task among the working nodes, after the settle period.
     let mut live_tasks: BTreeSet<String> =
         STATIC_TASKS.iter().map(|(n, _)| n.to_string()).collect();
-    for (i, (name, _)) in DYNAMIC_TASKS.iter().enumerate() {
+    for (name, _) in DYNAMIC_TASKS {
         let mut state = None;
-        for e in record.task_events.iter().filter(|e| e.task == i) {
+        for e in record.task_events.iter().filter(|e| e.task == name) {
             state = Some(e.change);
         }
-        if matches!(state, Some(TaskChange::Added | TaskChange::Revived)) {
+        if matches!(
+            state,
+            Some(TaskChange::Added | TaskChange::Revived | TaskChange::NewLife)
+        ) {
             live_tasks.insert(name.to_string());
         }
     }
@@ -362,9 +480,24 @@ pub fn check_run(record: &RunRecord) -> Verdict {
         }
     }
     for (t, o) in &owners {
-        if !live_tasks.contains(*t) {
+        // A one-shot may stay owned until its tombstone is seen; nothing else dead may.
+        let one_shot = ONE_SHOT_TASKS.iter().any(|(n, _)| n == t);
+        if !live_tasks.contains(*t) && !one_shot {
             v.violations
                 .push(format!("invariant 3: deleted task {t} is owned by {o:?}"));
+        }
+    }
+    // A process that ended (crashed, failed, left) is not registered at the end.
+    let running: BTreeSet<&str> = record
+        .final_nodes
+        .iter()
+        .map(|n| n.label.as_str())
+        .collect();
+    for (label, status) in &record.registered {
+        if !running.contains(label.as_str()) {
+            v.violations.push(format!(
+                "invariant 3: {label} ended but is still registered (`{status}`)"
+            ));
         }
     }
     v

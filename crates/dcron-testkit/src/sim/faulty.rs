@@ -43,6 +43,9 @@ pub struct SlotFaults {
     calls: AtomicU64,
     /// Bumped when the slot is cut off, so open watch streams end.
     cut: watch::Sender<u64>,
+    /// While set, the slot's process is frozen: every call it starts waits, before reaching
+    /// the registry, until the freeze ends (a GC pause, SIGSTOP, a VM freeze).
+    frozen: watch::Sender<bool>,
 }
 
 impl SlotFaults {
@@ -57,7 +60,19 @@ impl SlotFaults {
             fail_percent: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             cut: watch::Sender::new(0),
+            frozen: watch::Sender::new(false),
         }
+    }
+
+    /// Freezes (`true`) or thaws (`false`) the slot's process.
+    pub fn freeze(&self, on: bool) {
+        self.frozen.send_replace(on);
+    }
+
+    /// Waits while the slot is frozen.
+    async fn thawed(&self) {
+        let mut rx = self.frozen.subscribe();
+        let _ = rx.wait_for(|frozen| !*frozen).await;
     }
 
     /// Starts (`true`) or ends (`false`) one partition; partitions nest.
@@ -96,6 +111,7 @@ impl SlotFaults {
 
     /// Heals every fault of the slot.
     pub fn heal(&self) {
+        self.freeze(false);
         self.partitions.store(0, Ordering::SeqCst);
         self.set_latency_ms(0);
         self.set_drop_percent(0);
@@ -131,10 +147,12 @@ pub struct GrantedClaim {
     pub delivered: bool,
 }
 
-/// Every claim the registry granted during a run, by fire (several when claims are broken).
+/// Every claim the registry granted during a run, by fire (several when claims are broken),
+/// and how many replies the fault injector lost after the registry had acted.
 #[derive(Clone, Debug, Default)]
 pub struct ClaimLog {
     granted: Arc<Mutex<BTreeMap<FireKey, Vec<GrantedClaim>>>>,
+    lost_replies: Arc<AtomicU64>,
 }
 
 impl ClaimLog {
@@ -174,6 +192,11 @@ impl ClaimLog {
     /// Whether nothing was granted.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Replies lost after the registry had acted on the call (the request was applied).
+    pub fn lost_replies(&self) -> u64 {
+        self.lost_replies.load(Ordering::SeqCst)
     }
 }
 
@@ -236,6 +259,8 @@ impl FaultyRegistry {
     where
         F: std::future::Future<Output = Result<T>>,
     {
+        // A frozen process sends nothing until it thaws; then its request goes out as it was.
+        self.faults.thawed().await;
         if !self.reachable() {
             return (Err(self.down("registry unreachable")), false);
         }
@@ -251,6 +276,7 @@ impl FaultyRegistry {
             tokio::time::sleep(Duration::from_millis(latency - latency / 2)).await;
         }
         if !self.reachable() || self.faults.roll(&self.faults.drop_percent, 0xD409) {
+            self.claims.lost_replies.fetch_add(1, Ordering::SeqCst);
             return (Err(self.down("reply lost")), true);
         }
         (result, true)

@@ -31,6 +31,8 @@ pub use check::{
     check_run, FinalNode, LifeEvent, RunRecord, TaskChange, TaskEvent, Verdict, SETTLE_MS,
 };
 pub use faulty::{ClaimLog, FaultyRegistry, GrantedClaim, SlotFaults};
-pub use plan::{Fault, FaultPlan, SimParams, Step, DYNAMIC_TASKS, STATIC_TASKS};
+pub use plan::{
+    Fault, FaultPlan, SimParams, Step, DYNAMIC_TASKS, HOSTILE_TASK, ONE_SHOT_TASKS, STATIC_TASKS,
+};
 pub use rng::SimRng;
 pub use run::{run_seed, SeedOutcome, SimOptions, BASE};

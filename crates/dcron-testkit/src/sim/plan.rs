@@ -64,6 +64,15 @@ pub const STATIC_TASKS: [(&str, &str); 5] = [
     ("s-odd", "1-59/2 * * * * *"),
 ];
 
+/// One-shot static tasks: registered in code on every node; one fire in their life (the first
+/// instant of the schedule once the task exists), then marked deleted.
+pub const ONE_SHOT_TASKS: [(&str, &str); 1] = [("s-once", "*/7 * * * * *")];
+
+/// The name of the record a hostile client writes (a misfire window of `u64::MAX`
+/// milliseconds, a timeout and a retry delay far out of bounds): every node must report it as
+/// corrupt, skip it, and keep running the other tasks.
+pub const HOSTILE_TASK: &str = "d-hostile";
+
 /// Dynamic tasks: stored in the registry at run time by the plan, `(name, schedule)`.
 pub const DYNAMIC_TASKS: [(&str, &str); 3] = [
     ("d-every-1s", "* * * * * *"),
@@ -154,10 +163,37 @@ pub enum Fault {
         /// Index into [`DYNAMIC_TASKS`].
         task: usize,
     },
-    /// Clear dynamic task `task`'s tombstone.
+    /// Reuse deleted dynamic task `task` (`Dcron::reuse_deleted_task`: a new life).
     ReviveTask {
         /// Index into [`DYNAMIC_TASKS`].
         task: usize,
+    },
+    /// Force-write dynamic task `task` (`force_add_task_meta`: a new life, tombstone cleared).
+    ForceAddTask {
+        /// Index into [`DYNAMIC_TASKS`].
+        task: usize,
+    },
+    /// Clean static task `task` up (`cleanup_task`): its life ends, claims and all; the nodes
+    /// that run it start a new one.
+    CleanupStatic {
+        /// Index into [`STATIC_TASKS`].
+        task: usize,
+    },
+    /// Freeze the slot's process for `ms` (longer than a claim's retention): the calls it
+    /// starts meanwhile reach the registry only when it thaws.
+    Freeze {
+        /// The slot.
+        node: usize,
+        /// How long.
+        ms: u64,
+    },
+    /// A hostile client writes [`HOSTILE_TASK`], a record out of every bound.
+    HostileRecord,
+    /// The slot's scheduling driver panics (its assigner does): the node must fail, say so,
+    /// and unregister, and its tasks move. It does not come back.
+    PanicNode {
+        /// The slot.
+        node: usize,
     },
 }
 
@@ -213,6 +249,12 @@ impl FaultPlan {
             *s = SlotState::Up;
         }
         let mut tasks = [TaskState::Absent; DYNAMIC_TASKS.len()];
+        let mut froze = false;
+        let mut hostile = false;
+        let mut panicked = false;
+        // A freeze longer than any claim's retention (window + skew + TTL + the 30 s margin).
+        let freeze_ms =
+            params.window_ms + params.max_skew_ms.unsigned_abs() + params.ttl_ms + 35_000;
         let mut task_free_at = [0u64; DYNAMIC_TASKS.len()];
         // Per slot: until when a timed fault of each kind is in force (no overlap of a kind).
         let mut busy = vec![[0u64; 4]; slots_max];
@@ -280,10 +322,15 @@ impl FaultPlan {
                         })
                     }
                     50..=55 => Some(Fault::ExpireLease { node }),
-                    56..=61 => Some(Fault::ClockStep {
+                    56..=59 => Some(Fault::ClockStep {
                         node,
                         skew_ms: rng.range_i64(-skew, skew),
                     }),
+                    60..=61 if !froze && up.len() >= 2 && remaining > freeze_ms + 5_000 => {
+                        froze = true;
+                        let ms = freeze_ms + rng.range(0, 8_000);
+                        Some(Fault::Freeze { node, ms })
+                    }
                     62..=69 if up.len() >= 2 => {
                         let until = t + rng.range(1_000, 15_000);
                         slots[node] = SlotState::Down { until };
@@ -303,7 +350,27 @@ impl FaultPlan {
                         }
                         None => None,
                     },
-                    80..=99 => {
+                    94..=95 => {
+                        let task = rng.index(DYNAMIC_TASKS.len());
+                        (task_free_at[task] <= t).then(|| {
+                            task_free_at[task] = t + 8_000;
+                            tasks[task] = TaskState::Live;
+                            Fault::ForceAddTask { task }
+                        })
+                    }
+                    96 => Some(Fault::CleanupStatic {
+                        task: rng.index(STATIC_TASKS.len()),
+                    }),
+                    97 if !hostile => {
+                        hostile = true;
+                        Some(Fault::HostileRecord)
+                    }
+                    98 if !panicked && up.len() >= 2 => {
+                        panicked = true;
+                        slots[node] = SlotState::Gone;
+                        Some(Fault::PanicNode { node })
+                    }
+                    80..=93 => {
                         let task = rng.index(DYNAMIC_TASKS.len());
                         if task_free_at[task] > t {
                             None
@@ -350,6 +417,14 @@ impl FaultPlan {
         }
     }
 
+    /// How many freezes the plan has.
+    pub fn freezes(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s.fault, Fault::Freeze { .. }))
+            .count()
+    }
+
     /// How many steps of each family the plan has: `(partitions, crashes, other faults)`.
     pub fn counts(&self) -> (usize, usize, usize) {
         let mut partitions = 0;
@@ -394,6 +469,15 @@ impl fmt::Display for Fault {
             Fault::AddTask { task } => write!(f, "add task {}", DYNAMIC_TASKS[*task].0),
             Fault::DeleteTask { task } => write!(f, "delete task {}", DYNAMIC_TASKS[*task].0),
             Fault::ReviveTask { task } => write!(f, "revive task {}", DYNAMIC_TASKS[*task].0),
+            Fault::ForceAddTask { task } => {
+                write!(f, "force-add task {}", DYNAMIC_TASKS[*task].0)
+            }
+            Fault::CleanupStatic { task } => {
+                write!(f, "clean static task {} up", STATIC_TASKS[*task].0)
+            }
+            Fault::Freeze { node, ms } => write!(f, "freeze n{node} for {}", secs(*ms)),
+            Fault::HostileRecord => write!(f, "a hostile client writes {HOSTILE_TASK}"),
+            Fault::PanicNode { node } => write!(f, "the driver of n{node} panics"),
         }
     }
 }

@@ -8,15 +8,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dcron_core::memory::MemoryRegistry;
 use dcron_core::{
-    Clock, Dcron, DcronEvent, Error, FireContext, FireKey, MisfirePolicy, PutMode, Registry,
-    Strategy, TaskMeta, TokioClock,
+    Clock, Dcron, DcronEvent, Error, FireContext, FireKey, PutMode, Registry, Strategy, TaskMeta,
+    TokioClock,
 };
 use tokio::time::Instant;
 
 use super::assign::ByNodeName;
 use super::check::{check_run, FinalNode, LifeEvent, RunRecord, TaskChange, TaskEvent, Verdict};
 use super::faulty::{ClaimLog, FaultyRegistry, SlotFaults};
-use super::plan::{Fault, FaultPlan, SimParams, DYNAMIC_TASKS, STATIC_TASKS};
+use super::plan::{
+    Fault, FaultPlan, SimParams, DYNAMIC_TASKS, HOSTILE_TASK, ONE_SHOT_TASKS, STATIC_TASKS,
+};
 use crate::ledger::Ledger;
 
 /// The true wall time at the start of every simulated run.
@@ -101,7 +103,24 @@ struct Proc {
     node: Dcron,
     alive: Arc<AtomicBool>,
     label: String,
-    clock: TokioClock,
+    clock: FuseClock,
+}
+
+/// A node's clock that panics when its fuse is lit: the way the simulator makes a node's
+/// scheduling driver fail (it reads the clock all the time).
+#[derive(Clone, Debug)]
+struct FuseClock {
+    inner: TokioClock,
+    fuse: Arc<AtomicBool>,
+}
+
+impl Clock for FuseClock {
+    fn now(&self) -> DateTime<Utc> {
+        if self.fuse.load(Ordering::SeqCst) {
+            panic!("simulated fatal failure of the node");
+        }
+        self.inner.now()
+    }
 }
 
 struct Slot {
@@ -130,6 +149,9 @@ struct Sim {
     leaving: Vec<Dcron>,
     task_events: Vec<TaskEvent>,
     processes: usize,
+    /// Processes whose driver failed on purpose (kept alive, as a real one would be).
+    failed: Vec<Dcron>,
+    freezes: usize,
 }
 
 fn elapsed_ms(start: Instant) -> u64 {
@@ -166,7 +188,10 @@ impl Sim {
             self.claims.clone(),
             self.broken_claims,
         );
-        let clock = self.master.with_own_skew(s.skew_ms);
+        let clock = FuseClock {
+            inner: self.master.with_own_skew(s.skew_ms),
+            fuse: Arc::new(AtomicBool::new(false)),
+        };
         let p = &self.params;
         let record = {
             let ledger = self.ledger.clone();
@@ -193,7 +218,8 @@ impl Sim {
             .assigner(Arc::new(ByNodeName::new(Strategy::default().assigner())))
             .ttl(Duration::from_millis(p.ttl_ms))
             .poll_interval(Duration::from_millis(p.poll_ms))
-            .misfire_policy(MisfirePolicy::FireAll { max: 1000 })
+            // The default misfire policy (`FireOnce`): a handover is not a misfire, so every
+            // fire of an ownership gap must still be caught up.
             .misfire_window(Duration::from_millis(p.window_ms))
             .max_clock_skew(Duration::from_millis(p.max_skew_ms.unsigned_abs()))
             .grace_period(Duration::from_secs(2))
@@ -209,6 +235,20 @@ impl Sim {
                 async { Ok(()) }
             })
             .await?;
+        }
+        for (name, expr) in ONE_SHOT_TASKS {
+            let record = record.clone();
+            let added = node
+                .add_one_shot_func(name, expr, move |ctx| {
+                    record(&ctx);
+                    async { Ok(()) }
+                })
+                .await;
+            match added {
+                // Ran and deleted already: a process started later does not have it.
+                Ok(()) | Err(Error::Tombstoned { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         let mut events = node.events();
         let lifecycle = self.lifecycle.clone();
@@ -236,13 +276,27 @@ impl Sim {
                                 at_ms: elapsed_ms(start),
                             });
                     }
+                    Ok(DcronEvent::NodeFailed { .. }) => {
+                        lifecycle
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(LifeEvent {
+                                label: who.clone(),
+                                state: "failed".to_string(),
+                                at_ms: elapsed_ms(start),
+                            });
+                    }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
             }
         });
-        node.start().await?;
+        // A node started while cut off answers after its start timeout; it keeps trying.
+        match node.start().await {
+            Ok(()) | Err(Error::Unavailable { .. }) => {}
+            Err(e) => return Err(e),
+        }
         self.processes += 1;
         self.slots[slot].proc = Some(Proc {
             node,
@@ -301,7 +355,58 @@ impl Sim {
             Fault::ClockStep { node, skew_ms } => {
                 self.slots[node].skew_ms = skew_ms;
                 if let Some(p) = &self.slots[node].proc {
-                    p.clock.set_skew_ms(skew_ms);
+                    p.clock.inner.set_skew_ms(skew_ms);
+                }
+            }
+            Fault::Freeze { node, ms } => {
+                self.freezes += 1;
+                self.slots[node].faults.freeze(true);
+                self.timed(node, ms, |f| f.freeze(false));
+            }
+            Fault::PanicNode { node } => {
+                if let Some(p) = self.slots[node].proc.take() {
+                    // The process lives on (its in-flight handlers may finish, and its
+                    // supervisor unregisters it), but schedules nothing more.
+                    p.clock.fuse.store(true, Ordering::SeqCst);
+                    self.crashed.insert(p.label.clone());
+                    self.failed.push(p.node);
+                }
+            }
+            Fault::HostileRecord => {
+                let mut meta = TaskMeta::new(HOSTILE_TASK, "* * * * * *");
+                meta.created_at = Some(true_now);
+                meta.misfire_window_ms = Some(u64::MAX);
+                meta.timeout_ms = Some(u64::MAX);
+                meta.retry = Some(dcron_core::RetryPolicy::fixed(
+                    u32::MAX,
+                    Duration::from_secs(u64::MAX / 4),
+                ));
+                // Written straight to the store, as a client of the registry other than dcron.
+                let _ = self.store.put_task(&meta, PutMode::Force).await;
+            }
+            Fault::CleanupStatic { task } => {
+                let name = STATIC_TASKS[task].0;
+                // Straight on the store, at a known instant (a node's API could be frozen or
+                // cut off, and the run must not wait for it): the nodes learn of it when their
+                // next claim answers `Superseded`.
+                if self.store.cleanup_task(name).await.is_ok() {
+                    self.task_events.push(TaskEvent {
+                        task: name.to_string(),
+                        change: TaskChange::NewLife,
+                        at_ms: now_ms,
+                    });
+                }
+            }
+            Fault::ForceAddTask { task } => {
+                let (name, expr) = DYNAMIC_TASKS[task];
+                let mut meta = TaskMeta::new(name, expr);
+                meta.created_at = Some(true_now);
+                if self.store.put_task(&meta, PutMode::Force).await.is_ok() {
+                    self.task_events.push(TaskEvent {
+                        task: name.to_string(),
+                        change: TaskChange::NewLife,
+                        at_ms: now_ms,
+                    });
                 }
             }
             Fault::Crash { node } => self.crash(node),
@@ -336,7 +441,7 @@ impl Sim {
                     .is_ok()
                 {
                     self.task_events.push(TaskEvent {
-                        task,
+                        task: name.to_string(),
                         change: TaskChange::Added,
                         at_ms: now_ms,
                     });
@@ -346,7 +451,7 @@ impl Sim {
                 let name = DYNAMIC_TASKS[task].0;
                 if self.store.mark_deleted(name, true_now).await.is_ok() {
                     self.task_events.push(TaskEvent {
-                        task,
+                        task: name.to_string(),
                         change: TaskChange::Deleted,
                         at_ms: now_ms,
                     });
@@ -354,9 +459,18 @@ impl Sim {
             }
             Fault::ReviveTask { task } => {
                 let name = DYNAMIC_TASKS[task].0;
-                if self.store.clear_tombstone(name).await.is_ok() {
+                // As `Dcron::reuse_deleted_task` does it: a new life, now.
+                if self
+                    .store
+                    .get_tombstone(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                    && self.store.restart_life(name, true_now).await.is_ok()
+                {
                     self.task_events.push(TaskEvent {
-                        task,
+                        task: name.to_string(),
                         change: TaskChange::Revived,
                         at_ms: now_ms,
                     });
@@ -386,8 +500,16 @@ async fn simulate(opts: &SimOptions) -> Result<SeedOutcome, Error> {
     let base = base_time();
     let master = TokioClock::starting_at(base);
     let start = Instant::now();
+    // Half the seeds run on a registry with a clock of its own (late claims refused there),
+    // half on one without (the nodes' own deadline checks are all there is).
+    let store = MemoryRegistry::new().with_namespace("sim");
+    let store = if opts.seed % 2 == 1 {
+        store.with_clock(Arc::new(master.clone()))
+    } else {
+        store
+    };
     let mut sim = Sim {
-        store: MemoryRegistry::new().with_namespace("sim"),
+        store,
         master,
         base,
         start,
@@ -409,7 +531,17 @@ async fn simulate(opts: &SimOptions) -> Result<SeedOutcome, Error> {
         leaving: Vec::new(),
         task_events: Vec::new(),
         processes: 0,
+        failed: Vec::new(),
+        freezes: 0,
     };
+    // The static tasks exist from the start of the run: their lives start at virtual 0 (as the
+    // first node's first registration of them would).
+    let statics: Vec<(String, DateTime<Utc>)> = STATIC_TASKS
+        .iter()
+        .chain(ONE_SHOT_TASKS.iter())
+        .map(|(name, _)| (name.to_string(), base))
+        .collect();
+    sim.store.ensure_lives(&statics).await?;
     for (i, skew) in plan.initial_skews_ms.iter().enumerate() {
         sim.slots[i].skew_ms = *skew;
         sim.start_proc(i).await?;
@@ -477,6 +609,7 @@ async fn simulate(opts: &SimOptions) -> Result<SeedOutcome, Error> {
         task_events: sim.task_events.clone(),
         crashed: sim.crashed.clone(),
         claims: sim.claims.clone(),
+        freezes: sim.freezes,
         final_nodes,
         registered,
     };
@@ -494,6 +627,7 @@ async fn simulate(opts: &SimOptions) -> Result<SeedOutcome, Error> {
         fnv(&mut digest, node.as_bytes());
     }
     drop(sim.leaving);
+    drop(sim.failed);
     Ok(SeedOutcome {
         seed: opts.seed,
         plan,
