@@ -209,8 +209,9 @@ impl PostgresRegistry {
         self.query("ping", "SELECT 1", &[]).await.map(|_| ())
     }
 
-    /// Removes up to `limit` expired claims of the namespace now (the registry also does this by
-    /// itself, in bounded batches, after claim calls). Answers how many were removed.
+    /// Removes up to `limit` expired claims now, of any namespace in the schema (expired claims
+    /// are invisible already; the registry also removes them by itself, in bounded batches,
+    /// after claim calls). Answers how many were removed.
     ///
     /// # Errors
     /// The database's errors.
@@ -360,7 +361,7 @@ async fn purge_once(inner: &Inner, limit: i64) -> Result<u64> {
         .prepare_cached(&inner.sql.purge_claims)
         .await
         .map_err(|e| map_pg("purge claims", e))?;
-    let params: [&(dyn ToSql + Sync); 2] = [&inner.namespace, &limit];
+    let params: [&(dyn ToSql + Sync); 1] = [&limit];
     let fut = client.execute(&statement, &params);
     match tokio::time::timeout(inner.command_timeout, fut).await {
         Ok(r) => r.map_err(|e| map_pg("purge claims", e)),

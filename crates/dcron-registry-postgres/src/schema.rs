@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "tables and functions", V1)];
 const V1: &str = r#"
 CREATE SEQUENCE {s}.versions;
 
+-- Fencing tokens and generations of every name come from this one sequence (CACHE 1: values are
+-- handed out in increasing order across sessions), so they are distinct across names, and
+-- increase per name because every write of a name runs under its counter row's lock.
+CREATE SEQUENCE {s}.tokens CACHE 1;
+
 -- Node registrations. A node is live while `expires_at` (server time) is in the future.
 CREATE TABLE {s}.nodes (
     ns         text        NOT NULL,
@@ -64,8 +69,9 @@ CREATE TABLE {s}.lives (
     PRIMARY KEY (ns, name)
 );
 
--- One row per name ever used: the lock every write of the name takes first, and the sequence
--- of its generations and fencing tokens. Never deleted by cleanup, so numbers only grow.
+-- One row per name ever used: the lock every write of the name takes first, and the last
+-- generation or fencing token the name got (its numbers only grow, even if the `tokens`
+-- sequence were ever set back). Never deleted by cleanup.
 CREATE TABLE {s}.counters (
     ns   text   NOT NULL,
     name text   NOT NULL,
@@ -84,7 +90,8 @@ CREATE TABLE {s}.claims (
     expires_at timestamptz NOT NULL,
     PRIMARY KEY (ns, task, instant_ms)
 );
-CREATE INDEX claims_by_expiry ON {s}.claims (ns, expires_at);
+-- Expired claims are purged across namespaces (a namespace nobody uses any more still loses them).
+CREATE INDEX claims_by_expiry ON {s}.claims (expires_at);
 
 CREATE TABLE {s}.records (
     ns    text  NOT NULL,
@@ -122,13 +129,13 @@ LANGUAGE sql AS $$
     ON CONFLICT (ns, name) DO UPDATE SET last = c.last
 $$;
 
--- Starts a new life of a locked name: the next number of its sequence.
+-- Starts a new life of a locked name: the next number of the sequence, above any the name had.
 CREATE FUNCTION {s}.start_life(p_ns text, p_name text, p_at timestamptz) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     v_generation bigint;
 BEGIN
-    UPDATE {s}.counters SET last = last + 1
+    UPDATE {s}.counters SET last = GREATEST(last + 1, nextval('{s}.tokens'))
     WHERE ns = p_ns AND name = p_name
     RETURNING last INTO v_generation;
     INSERT INTO {s}.lives AS l (ns, name, generation, live_since)
@@ -139,7 +146,8 @@ BEGIN
 END
 $$;
 
--- put_task: create-only ('create'), update ('update') or force ('force'). Answers 'ok',
+-- put_task: create-only ('create'), update ('update') or force ('force'; clears the tombstone,
+-- keeps the claims). Answers 'ok',
 -- 'already_exists', 'tombstoned' or 'not_found'.
 CREATE FUNCTION {s}.put_task(p_ns text, p_name text, p_record bytea, p_mode text,
                              p_live_since timestamptz) RETURNS text
@@ -174,7 +182,6 @@ BEGIN
         IF FOUND THEN
             PERFORM {s}.notify(p_ns, 'd', nextval('{s}.versions'), p_name);
         END IF;
-        DELETE FROM {s}.claims WHERE ns = p_ns AND task = p_name;
     END IF;
     IF p_mode <> 'update' THEN
         PERFORM {s}.start_life(p_ns, p_name, p_live_since);
@@ -214,7 +221,8 @@ BEGIN
 END
 $$;
 
--- cleanup_task: record, tombstone, life and claims; the counter row stays.
+-- cleanup_task: record, tombstone and life. Claims end only with their retention, and the
+-- counter row stays.
 CREATE FUNCTION {s}.cleanup_task(p_ns text, p_name text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -228,12 +236,12 @@ BEGIN
         PERFORM {s}.notify(p_ns, 'd', nextval('{s}.versions'), p_name);
     END IF;
     DELETE FROM {s}.lives WHERE ns = p_ns AND name = p_name;
-    DELETE FROM {s}.claims WHERE ns = p_ns AND task = p_name;
 END
 $$;
 
--- cleanup_all: everything of the namespace but nodes and counters. Watchers get one event per
--- removed record and tombstone, or a single 'r' when there are more than p_max_events.
+-- cleanup_all: everything of the namespace but nodes, claims (they end only with their
+-- retention) and counters. Watchers get one event per removed record and tombstone, or a single
+-- 'r' when there are more than p_max_events.
 CREATE FUNCTION {s}.cleanup_all(p_ns text, p_max_events integer) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -256,7 +264,6 @@ BEGIN
         END LOOP;
     END IF;
     DELETE FROM {s}.lives WHERE ns = p_ns;
-    DELETE FROM {s}.claims WHERE ns = p_ns;
     DELETE FROM {s}.records WHERE ns = p_ns;
 END
 $$;
@@ -286,7 +293,7 @@ BEGIN
 END
 $$;
 
--- restart_life: clears the tombstone and the claims, keeps the record, starts a new life.
+-- restart_life: clears the tombstone, keeps the record and the claims, starts a new life.
 CREATE FUNCTION {s}.restart_life(p_ns text, p_name text, p_at timestamptz)
 RETURNS TABLE (generation bigint, live_since timestamptz)
 LANGUAGE plpgsql AS $$
@@ -297,7 +304,6 @@ BEGIN
     IF FOUND THEN
         PERFORM {s}.notify(p_ns, 'd', nextval('{s}.versions'), p_name);
     END IF;
-    DELETE FROM {s}.claims WHERE ns = p_ns AND task = p_name;
     PERFORM {s}.start_life(p_ns, p_name, p_at);
     RETURN QUERY SELECT l.generation, l.live_since FROM {s}.lives l
         WHERE l.ns = p_ns AND l.name = p_name;
@@ -354,19 +360,49 @@ BEGIN
         FROM decided d
         WHERE d.decision = 'write'
     ),
+    -- One number of the sequence per write (materialised once: nextval is volatile).
+    drawn AS (
+        SELECT w.task, nextval('{s}.tokens') AS seq FROM writes w
+    ),
+    ranked AS (
+        SELECT r.task, r.seq, row_number() OVER (PARTITION BY r.task ORDER BY r.seq) AS k
+        FROM drawn r
+    ),
+    per_task AS (
+        SELECT r.task, min(r.seq) AS min_seq, max(r.seq) AS max_seq, count(*) AS cnt
+        FROM drawn r
+        GROUP BY r.task
+    ),
+    -- The name's last number (its row is locked: this is current).
+    old AS (
+        SELECT n.name, n.last FROM {s}.counters n
+        JOIN per_task p ON n.ns = p_ns AND n.name = p.task
+    ),
     bumped AS (
-        UPDATE {s}.counters AS n SET last = n.last + w.cnt
-        FROM (SELECT task, count(*) AS cnt FROM writes GROUP BY task) AS w
-        WHERE n.ns = p_ns AND n.name = w.task
-        RETURNING n.name, n.last - w.cnt AS base
+        UPDATE {s}.counters AS n
+        SET last = CASE WHEN p.min_seq > o.last THEN p.max_seq ELSE o.last + p.cnt END
+        FROM per_task p
+        JOIN old o ON o.name = p.task
+        WHERE n.ns = p_ns AND n.name = p.task
+        RETURNING n.name
+    ),
+    -- The k-th write of a name gets its k-th smallest number (or, should the sequence have
+    -- been set back below the name's last number, the numbers after it).
+    tokens AS (
+        SELECT w.task, w.instant_ms, w.generation, w.retention_us,
+               CASE WHEN p.min_seq > o.last THEN r.seq ELSE o.last + w.k END AS token
+        FROM writes w
+        JOIN ranked r ON r.task = w.task AND r.k = w.k
+        JOIN per_task p ON p.task = w.task
+        JOIN old o ON o.name = w.task
     ),
     inserted AS (
         INSERT INTO {s}.claims AS c
             (ns, task, instant_ms, node_id, epoch, generation, token, expires_at)
-        SELECT p_ns, w.task, w.instant_ms, p_node, p_epoch, w.generation, b.base + w.k,
-               v_now + w.retention_us * interval '1 microsecond'
-        FROM writes w
-        JOIN bumped b ON b.name = w.task
+        SELECT p_ns, t.task, t.instant_ms, p_node, p_epoch, t.generation, t.token,
+               v_now + t.retention_us * interval '1 microsecond'
+        FROM tokens t
+        WHERE EXISTS (SELECT 1 FROM bumped b WHERE b.name = t.task)
         ON CONFLICT (ns, task, instant_ms) DO UPDATE
             SET node_id = excluded.node_id, epoch = excluded.epoch,
                 generation = excluded.generation, token = excluded.token,

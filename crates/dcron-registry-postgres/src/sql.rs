@@ -105,14 +105,16 @@ const LIST_CLAIMS: &str = "
 SELECT instant_ms, node_id, epoch, generation, token FROM {s}.claims
 WHERE ns = $1 AND task = $2 AND expires_at > clock_timestamp()";
 
-/// Removes up to `$2` expired claims of the namespace, skipping rows another call holds: never
-/// a scan of the table under a lock.
+/// Removes up to `$1` expired claims, of any namespace (they are invisible already; a namespace
+/// nobody claims in any more still loses them), skipping rows another call holds: never a scan
+/// of the table under a lock.
 const PURGE_CLAIMS: &str = "
 DELETE FROM {s}.claims
 WHERE ctid = ANY (ARRAY(
         SELECT ctid FROM {s}.claims
-        WHERE ns = $1 AND expires_at <= now()
-        LIMIT $2 FOR UPDATE SKIP LOCKED))
+        WHERE expires_at <= now()
+        ORDER BY expires_at
+        LIMIT $1 FOR UPDATE SKIP LOCKED))
   AND expires_at <= now()";
 
 const PUT_RECORDS: &str = "

@@ -7,4 +7,4 @@ mod common;
 
 use common::SharedServer;
 
-dcron_testkit::conformance_tests!(SharedServer::new());
+dcron_testkit::conformance_main!(SharedServer::new());

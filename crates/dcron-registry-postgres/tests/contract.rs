@@ -208,7 +208,11 @@ async fn tokens_and_generations_only_grow() {
     };
     for round in 0..4 {
         let g = life(&reg, "t").await;
-        let out = reg.claim(&me, &[request("t", 0, g)]).await.expect("claim");
+        // A new instant each round: claims outlive cleanup and new lives.
+        let out = reg
+            .claim(&me, &[request("t", round * 1000, g)])
+            .await
+            .expect("claim");
         let token = out[0].token().expect("won");
         check(g, token);
         match round {
@@ -291,7 +295,7 @@ async fn lives_follow_the_writes() {
     assert!(next.generation > kept.generation);
     assert_eq!(next.live_since, at(60));
     assert_eq!(reg.get_tombstone("static").await.expect("get"), None);
-    // restart_life clears the tombstone and the claims and keeps the record.
+    // restart_life clears the tombstone and keeps the record.
     reg.mark_deleted("dyn", at(0)).await.expect("mark");
     let restarted = reg.restart_life("dyn", at(70)).await.expect("restart");
     assert!(restarted.generation > first.generation);
@@ -299,6 +303,51 @@ async fn lives_follow_the_writes() {
     assert_eq!(reg.get_tombstone("dyn").await.expect("get"), None);
     assert!(reg.get_task("dyn").await.expect("get").is_some());
     reg.cleanup_all().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_outlive_cleanup_force_and_new_lives() {
+    let Some(reg) = fresh().await else { return };
+    let holder = Claimant::new("holder", 1);
+    let other = Claimant::new("other", 1);
+    let g = life(&reg, "t").await;
+    let won = reg
+        .claim(&holder, &[request("t", 0, g)])
+        .await
+        .expect("claim");
+    let token = won[0].token().expect("won");
+    let mut meta = TaskMeta::new("t", "@hourly");
+    meta.created_at = Some(at(1));
+    let steps: [&str; 4] = ["cleanup_task", "force", "restart_life", "cleanup_all"];
+    for step in steps {
+        match step {
+            "cleanup_task" => reg.cleanup_task("t").await.expect("cleanup"),
+            "force" => reg.put_task(&meta, PutMode::Force).await.expect("force"),
+            "restart_life" => {
+                reg.restart_life("t", at(2)).await.expect("restart");
+            }
+            _ => reg.cleanup_all().await.expect("cleanup all"),
+        }
+        // The fire stays claimed in the next life: its holder learns it, nobody else wins it.
+        let g = life(&reg, "t").await;
+        assert_eq!(
+            reg.claim(&holder, &[request("t", 0, g)])
+                .await
+                .expect("claim"),
+            vec![ClaimOutcome::WonEarlier { token }],
+            "after {step}"
+        );
+        assert_eq!(
+            reg.claim(&other, &[request("t", 0, g)])
+                .await
+                .expect("claim"),
+            vec![ClaimOutcome::Lost {
+                holder: Some("holder".into())
+            }],
+            "after {step}"
+        );
+        assert_eq!(reg.list_claims("t").await.expect("list").items.len(), 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use dcron_core::{Error, Lease, Registry};
 use dcron_registry_postgres::{PostgresRegistry, PostgresRegistryConfig, DEFAULT_SCHEMA};
-use dcron_testkit::{async_trait, RegistryFactory};
+use dcron_testkit::{async_trait, Hooks, RegistryFactory};
 
 /// Whether a missing server must fail the test instead of skipping it.
 pub fn required() -> bool {
@@ -122,6 +122,10 @@ impl SharedServer {
 impl RegistryFactory for SharedServer {
     fn name(&self) -> &'static str {
         "postgres"
+    }
+
+    fn hooks(&self) -> Option<Hooks> {
+        Some(Hooks::none().with_expire_lease().with_write_raw_task())
     }
 
     async fn open(&self, namespace: &str) -> dcron_core::Result<Arc<dyn Registry>> {
@@ -399,6 +403,15 @@ impl OwnedFactory {
 impl RegistryFactory for OwnedFactory {
     fn name(&self) -> &'static str {
         "postgres (harness-owned server)"
+    }
+
+    fn hooks(&self) -> Option<Hooks> {
+        Some(
+            Hooks::none()
+                .with_restart_server()
+                .with_expire_lease()
+                .with_write_raw_task(),
+        )
     }
 
     async fn open(&self, namespace: &str) -> dcron_core::Result<Arc<dyn Registry>> {
