@@ -9,6 +9,11 @@
 //! | `consul://host[:port]`, `consul+https://host[:port]` | Consul |
 //! | `postgres://[user[:password]@]host[:port][,…][/db][?sslmode=…&sslrootcert=…]` (also `postgresql://`) | PostgreSQL |
 //!
+//! A `consul://` URL may leave the host out: the agent is then `CONSUL_HTTP_ADDR` (default
+//! `127.0.0.1:8500`), and Consul's standard variables apply as in every Consul tool
+//! (`CONSUL_HTTP_TOKEN(_FILE)`, `CONSUL_HTTP_SSL`, `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
+//! `CONSUL_CLIENT_KEY`, `CONSUL_TLS_SERVER_NAME`; see `dcron_registry_consul::ConsulEnv`).
+//!
 //! Credentials come from, in order: the flags (`--user`, `--password`, `--token`), the
 //! environment, the URL. Nothing that holds a credential is ever printed: the target's
 //! `Display` and `Debug` show the URL without its user information.
@@ -87,8 +92,16 @@ enum Location {
     Redis { url: Secret },
     Etcd { endpoints: Vec<String> },
     ZooKeeper { connect: String },
-    Consul { address: String },
+    Consul { at: ConsulAt },
     Postgres { url: Secret },
+}
+
+/// Where a Consul agent is: the URL's address (`None`: `CONSUL_HTTP_ADDR`) and Consul's
+/// standard environment.
+#[derive(Clone, Debug)]
+struct ConsulAt {
+    address: Option<String>,
+    env: dcron_registry_consul::ConsulEnv,
 }
 
 /// A parsed, credential-resolved registry address. `Display` shows the URL without
@@ -419,14 +432,29 @@ impl RegistryTarget {
                         "--user/--password do not apply to consul; pass the ACL token with --token or {ENV_CONSUL_TOKEN}"
                     )));
                 }
-                let hosts = check_hosts(&url, parts.hosts, 8500, false)?;
-                let http = if parts.scheme == "consul+https" { "https" } else { "http" };
-                let address = format!("{http}://{}", hosts[0]);
-                let token = flag_token.or_else(|| env(ENV_CONSUL_TOKEN).map(Secret::new));
-                let display = format!("{}://{}", parts.scheme, hosts[0]);
+                let consul_env = dcron_registry_consul::ConsulEnv::read(&env)
+                    .map_err(|e| CliError::usage(format!("consul environment: {e}")))?;
+                let (address, shown) = if parts.hosts.trim().is_empty() {
+                    let shown = consul_env
+                        .http_addr
+                        .clone()
+                        .unwrap_or_else(|| "127.0.0.1:8500".into());
+                    (None, shown)
+                } else {
+                    let hosts = check_hosts(&url, parts.hosts, 8500, false)?;
+                    let http = if parts.scheme == "consul+https" { "https" } else { "http" };
+                    (Some(format!("{http}://{}", hosts[0])), hosts[0].clone())
+                };
+                let token = flag_token.or_else(|| consul_env.token().map(Secret::new));
+                let display = format!("{}://{shown}", parts.scheme);
                 (
                     Backend::Consul,
-                    Location::Consul { address },
+                    Location::Consul {
+                        at: ConsulAt {
+                            address,
+                            env: consul_env,
+                        },
+                    },
                     display,
                     None,
                     None,
@@ -578,9 +606,13 @@ impl RegistryTarget {
                 let registry = dcron_registry_zk::ZkRegistry::connect(cfg).await?;
                 Ok(Arc::new(registry))
             }
-            Location::Consul { address } => {
-                let mut cfg = dcron_registry_consul::ConsulRegistryConfig::new(address)
+            Location::Consul { at } => {
+                let mut cfg = dcron_registry_consul::ConsulRegistryConfig::default()
+                    .with_consul_env(&at.env)?
                     .with_request_timeout(timeout);
+                if let Some(address) = &at.address {
+                    cfg.address = address.clone();
+                }
                 cfg.connect_timeout = timeout;
                 if let Some(ns) = &self.namespace {
                     cfg = cfg.with_namespace(ns);
@@ -793,6 +825,65 @@ mod tests {
             ..ConnectArgs::default()
         };
         assert!(usage_message(resolve_with("consul://h", pw, &[])).contains("--token"));
+    }
+
+    #[test]
+    fn consul_reads_the_consul_environment() {
+        // The agent and its credentials from CONSUL_* alone.
+        let t = resolve_with(
+            "consul://",
+            ConnectArgs::default(),
+            &[
+                ("CONSUL_HTTP_ADDR", "https://consul.internal:8501"),
+                (ENV_CONSUL_TOKEN, "env-token"),
+                ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(t.backend(), Backend::Consul);
+        assert_eq!(t.to_string(), "consul://https://consul.internal:8501");
+        assert!(t.has_secret());
+        assert!(t.secrets().scrub("token env-token").contains("***"));
+        match &t.location {
+            Location::Consul { at } => {
+                assert_eq!(at.address, None);
+                let cfg = dcron_registry_consul::ConsulRegistryConfig::default()
+                    .with_consul_env(&at.env)
+                    .expect("config");
+                assert_eq!(cfg.address, "https://consul.internal:8501");
+                assert_eq!(cfg.tls_server_name.as_deref(), Some("server.dc1.consul"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without CONSUL_HTTP_ADDR: Consul's default address.
+        assert_eq!(
+            resolve("consul://").expect("valid").to_string(),
+            "consul://127.0.0.1:8500"
+        );
+        // A host in the URL wins; --token wins over the environment.
+        let t = resolve_with(
+            "consul://c:8600",
+            ConnectArgs {
+                token: Some(Secret::new("flag-token")),
+                ..ConnectArgs::default()
+            },
+            &[
+                ("CONSUL_HTTP_ADDR", "elsewhere:1"),
+                (ENV_CONSUL_TOKEN, "env-token"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(t.to_string(), "consul://c:8600");
+        assert_eq!(
+            t.token.as_ref().map(|t| t.expose().to_string()).as_deref(),
+            Some("flag-token")
+        );
+        assert!(usage_message(resolve_with(
+            "consul://",
+            ConnectArgs::default(),
+            &[("CONSUL_HTTP_SSL", "maybe")]
+        ))
+        .contains("CONSUL_HTTP_SSL"));
     }
 
     #[test]

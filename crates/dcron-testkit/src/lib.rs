@@ -467,10 +467,10 @@ macro_rules! __dcron_case_list {
                     "A failed attempt is retried on the claiming node with the same token; retries claim nothing.";
                 overlap_skip_holds_across_nodes: Records,
                     "With `OverlapPolicy::Skip`, a new owner starts no fire while the leaving owner's long run is in flight.";
-                backfill_runs_only_unclaimed_fires: None,
-                    "`backfill` over a range runs exactly the occurrences never claimed (none twice); a second backfill runs nothing.";
+                backfill_runs_only_unclaimed_fires: Records,
+                    "`backfill` over a range runs exactly the occurrences of the task's life never claimed (those of a pause), none twice; a second backfill runs nothing.";
                 schedule_once_runs_once_and_leaves_no_trace: None,
-                    "`schedule_once` runs the handler once after the delay, on one node, and leaves no record, tombstone or claim.";
+                    "`schedule_once` runs the handler once after the delay, on one node, and leaves no record or tombstone; its one claim stays until its retention ends.";
                 timeouts_cut_slow_handlers: None,
                     "A handler running past its timeout is cut on whichever node runs it: `Error::Timeout` reaches the error handler, the fire ran once, later fires still run.";
             }
