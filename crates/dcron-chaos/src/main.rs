@@ -11,7 +11,7 @@
 //! is healed, the cluster settles, the nodes are stopped, and the ledgers are merged:
 //!
 //! ```text
-//! summary backend=<b> seconds=<d> nodes=<k> kills=<n> partitions=<n> registry_restarts=<n> fires=<n> duplicates=<n> missed=<n> max_failover_ms=<n>
+//! summary backend=<b> seconds=<d> nodes=<k> kills=<n> partitions=<n> registry_restarts=<n> fires=<n> duplicates=<n> missed=<n> unexpected=<n> max_failover_ms=<n>
 //! ```
 //!
 //! Every fire of every task (each runs every second) from the end of the warm-up to a few
@@ -26,7 +26,7 @@
 //!       [--own-server] [--seed <n>] [--work-dir <dir>] [--keep]
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
@@ -643,11 +643,21 @@ async fn chaos(args: Args) -> Result<bool> {
     let ledgers: Vec<PathBuf> = (0..run.args.nodes).map(|s| run.ledger(s)).collect();
     let (entries, bad_lines) = read_ledgers(&ledgers)?;
     let tasks = task_names(run.args.tasks);
-    let mut a = analyze(&entries, &tasks, from_ms, to_ms, &run.kills);
-    // A missed fire whose claim a killed process holds was lost in flight.
-    let killed: BTreeSet<&str> = run.kills.iter().map(|k| k.node.as_str()).collect();
     let direct = run.args.backend.address(&upstream, &run.original);
     let registry = run.args.backend.connect(&direct, &run.namespace).await?;
+    // Each task's live-since, as the registry recorded it (the first registration by a node).
+    let asked: Vec<(String, chrono::DateTime<Utc>)> =
+        tasks.iter().map(|t| (t.clone(), Utc::now())).collect();
+    let live_since: BTreeMap<String, i64> = registry
+        .ensure_lives(&asked)
+        .await?
+        .into_iter()
+        .zip(&tasks)
+        .map(|(life, t)| (t.clone(), life.live_since.timestamp_millis()))
+        .collect();
+    let mut a = analyze(&entries, &tasks, &live_since, from_ms, to_ms, &run.kills);
+    // A missed fire whose claim a killed process holds was lost in flight.
+    let killed: BTreeSet<&str> = run.kills.iter().map(|k| k.node.as_str()).collect();
     let mut lost = Vec::new();
     let mut still_missed = Vec::new();
     for (task, instant) in std::mem::take(&mut a.missed) {
@@ -687,6 +697,9 @@ async fn chaos(args: Args) -> Result<bool> {
     for (t, i, h) in lost.iter().take(20) {
         println!("lost in flight: {t} @ {i} (claimed by killed {h})");
     }
+    for (t, i, why) in a.unexpected.iter().take(20) {
+        println!("UNEXPECTED {t} @ {i}: {why}");
+    }
     println!(
         "figures expected={} lost_in_flight={} unreadable_lines={bad_lines} window_ms={}",
         a.expected,
@@ -694,7 +707,7 @@ async fn chaos(args: Args) -> Result<bool> {
         to_ms - from_ms
     );
     println!(
-        "summary backend={} seconds={} nodes={} kills={} partitions={partitions} registry_restarts={restarts} fires={} duplicates={} missed={} max_failover_ms={}",
+        "summary backend={} seconds={} nodes={} kills={} partitions={partitions} registry_restarts={restarts} fires={} duplicates={} missed={} unexpected={} max_failover_ms={}",
         run.args.backend,
         run.args.seconds,
         run.args.nodes,
@@ -702,9 +715,10 @@ async fn chaos(args: Args) -> Result<bool> {
         a.fires,
         a.duplicates.len(),
         still_missed.len(),
+        a.unexpected.len(),
         a.max_failover_ms
     );
-    let clean = a.duplicates.is_empty() && still_missed.is_empty();
+    let clean = a.duplicates.is_empty() && still_missed.is_empty() && a.unexpected.is_empty();
     if !run.args.keep && clean && run.args.work_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
