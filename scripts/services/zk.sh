@@ -6,8 +6,10 @@
 #
 # Server settings the registry's tests rely on:
 #   tickTime=500, minSessionTimeout=1000  short sessions, so lease-expiry tests finish quickly;
-#   extendedTypesEnabled=true             TTL znodes (claims expire by themselves), checked
-#                                         every second (-Dznode.container.checkIntervalMs);
+#   extendedTypesEnabled=true             TTL znodes collect expired claims; the container
+#                                         check interval stays at ZooKeeper's default (60 s):
+#                                         the registry never relies on it (expired claims count
+#                                         as absent at once).
 #   admin server off, 4lw whitelist ruok/srvr.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -65,12 +67,7 @@ autopurge.purgeInterval=1
 autopurge.snapRetainCount=3
 EOF
   log "zk: starting ZooKeeper on $HOST:$PORT (log $ZK_DIR/zookeeper.log)"
-  # checkIntervalMs: TTL claims are removed within about a second of expiring (default 60 s).
-  # maxPerMinute: the container manager paces its deletions (default 10,000 a minute), so a
-  # backlog of a few thousand expired claims would delay every other expiry by seconds.
   nohup java -Xmx256m -Dzookeeper.jmx.log4j.disable=true \
-    -Dznode.container.checkIntervalMs=1000 \
-    -Dznode.container.maxPerMinute=6000000 \
     -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
     -cp "$CP" org.apache.zookeeper.server.quorum.QuorumPeerMain "$ZK_DIR/zoo.cfg" \
     >"$ZK_DIR/zookeeper.log" 2>&1 </dev/null &

@@ -7,6 +7,12 @@
 //! | `etcd://[user:password@]host[:port][,host[:port]…]` | etcd |
 //! | `zk://[user:password@]host[:port][,host[:port]…][/chroot]` (also `zookeeper://`) | ZooKeeper |
 //! | `consul://host[:port]`, `consul+https://host[:port]` | Consul |
+//! | `postgres://[user[:password]@]host[:port][,…][/db][?sslmode=…&sslrootcert=…]` (also `postgresql://`) | PostgreSQL |
+//!
+//! A `consul://` URL may leave the host out: the agent is then `CONSUL_HTTP_ADDR` (default
+//! `127.0.0.1:8500`), and Consul's standard variables apply as in every Consul tool
+//! (`CONSUL_HTTP_TOKEN(_FILE)`, `CONSUL_HTTP_SSL`, `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
+//! `CONSUL_CLIENT_KEY`, `CONSUL_TLS_SERVER_NAME`; see `dcron_registry_consul::ConsulEnv`).
 //!
 //! Credentials come from, in order: the flags (`--user`, `--password`, `--token`), the
 //! environment, the URL. Nothing that holds a credential is ever printed: the target's
@@ -64,6 +70,8 @@ pub enum Backend {
     ZooKeeper,
     /// Consul (`consul://`, `consul+https://`).
     Consul,
+    /// PostgreSQL (`postgres://`, `postgresql://`).
+    Postgres,
 }
 
 impl Backend {
@@ -74,6 +82,7 @@ impl Backend {
             Backend::Etcd => "etcd",
             Backend::ZooKeeper => "zookeeper",
             Backend::Consul => "consul",
+            Backend::Postgres => "postgres",
         }
     }
 }
@@ -83,7 +92,16 @@ enum Location {
     Redis { url: Secret },
     Etcd { endpoints: Vec<String> },
     ZooKeeper { connect: String },
-    Consul { address: String },
+    Consul { at: ConsulAt },
+    Postgres { url: Secret },
+}
+
+/// Where a Consul agent is: the URL's address (`None`: `CONSUL_HTTP_ADDR`) and Consul's
+/// standard environment.
+#[derive(Clone, Debug)]
+struct ConsulAt {
+    address: Option<String>,
+    env: dcron_registry_consul::ConsulEnv,
 }
 
 /// A parsed, credential-resolved registry address. `Display` shows the URL without
@@ -155,7 +173,7 @@ fn split_url(url: &str) -> CliResult<Parts<'_>> {
     let bad = |why: &str| CliError::usage(format!("bad registry URL `{}`: {why}", redact_url(url)));
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(bad(
-            "expected <scheme>://…, e.g. redis://127.0.0.1:6379 (schemes: redis, rediss, etcd, zk, consul)",
+            "expected <scheme>://…, e.g. redis://127.0.0.1:6379 (schemes: redis, rediss, etcd, zk, consul, postgres)",
         ));
     };
     let (rest, query) = match rest.split_once('?') {
@@ -414,28 +432,62 @@ impl RegistryTarget {
                         "--user/--password do not apply to consul; pass the ACL token with --token or {ENV_CONSUL_TOKEN}"
                     )));
                 }
-                let hosts = check_hosts(&url, parts.hosts, 8500, false)?;
-                let http = if parts.scheme == "consul+https" { "https" } else { "http" };
-                let address = format!("{http}://{}", hosts[0]);
-                let token = flag_token.or_else(|| env(ENV_CONSUL_TOKEN).map(Secret::new));
-                let display = format!("{}://{}", parts.scheme, hosts[0]);
+                let consul_env = dcron_registry_consul::ConsulEnv::read(&env)
+                    .map_err(|e| CliError::usage(format!("consul environment: {e}")))?;
+                let (address, shown) = if parts.hosts.trim().is_empty() {
+                    let shown = consul_env
+                        .http_addr
+                        .clone()
+                        .unwrap_or_else(|| "127.0.0.1:8500".into());
+                    (None, shown)
+                } else {
+                    let hosts = check_hosts(&url, parts.hosts, 8500, false)?;
+                    let http = if parts.scheme == "consul+https" { "https" } else { "http" };
+                    (Some(format!("{http}://{}", hosts[0])), hosts[0].clone())
+                };
+                let token = flag_token.or_else(|| consul_env.token().map(Secret::new));
+                let display = format!("{}://{shown}", parts.scheme);
                 (
                     Backend::Consul,
-                    Location::Consul { address },
+                    Location::Consul {
+                        at: ConsulAt {
+                            address,
+                            env: consul_env,
+                        },
+                    },
                     display,
                     None,
                     None,
                     token,
                 )
             }
+            "postgres" | "postgresql" => {
+                if flag_token.is_some() {
+                    return Err(CliError::usage("--token applies to consul:// registries only"));
+                }
+                let hosts = check_hosts(&url, parts.hosts, 5432, true)?;
+                let user = flag_user.or_else(|| env(ENV_USER));
+                let password = flag_password.or_else(|| env(ENV_PASSWORD).map(Secret::new));
+                let display = format!("{}://{}{}", parts.scheme, hosts.join(","), parts.path);
+                (
+                    Backend::Postgres,
+                    Location::Postgres {
+                        url: Secret::new(url.clone()),
+                    },
+                    display,
+                    user,
+                    password,
+                    None,
+                )
+            }
             "memory" => {
                 return Err(CliError::usage(
-                    "memory:// registries live inside one process and cannot be reached by dcronctl; use redis://, etcd://, zk:// or consul://",
+                    "memory:// registries live inside one process and cannot be reached by dcronctl; use redis://, etcd://, zk://, consul:// or postgres://",
                 ))
             }
             other => {
                 return Err(CliError::usage(format!(
-                    "unsupported registry scheme `{other}`; use redis://, rediss://, etcd://, zk:// or consul://"
+                    "unsupported registry scheme `{other}`; use redis://, rediss://, etcd://, zk://, consul:// or postgres://"
                 )))
             }
         };
@@ -554,9 +606,13 @@ impl RegistryTarget {
                 let registry = dcron_registry_zk::ZkRegistry::connect(cfg).await?;
                 Ok(Arc::new(registry))
             }
-            Location::Consul { address } => {
-                let mut cfg = dcron_registry_consul::ConsulRegistryConfig::new(address)
+            Location::Consul { at } => {
+                let mut cfg = dcron_registry_consul::ConsulRegistryConfig::default()
+                    .with_consul_env(&at.env)?
                     .with_request_timeout(timeout);
+                if let Some(address) = &at.address {
+                    cfg.address = address.clone();
+                }
                 cfg.connect_timeout = timeout;
                 if let Some(ns) = &self.namespace {
                     cfg = cfg.with_namespace(ns);
@@ -566,6 +622,22 @@ impl RegistryTarget {
                 }
                 let registry = dcron_registry_consul::ConsulRegistry::connect(cfg).await?;
                 Ok(Arc::new(registry))
+            }
+            Location::Postgres { url } => {
+                let mut cfg = dcron_registry_postgres::PostgresRegistryConfig::new(url.expose())
+                    .connect_timeout(timeout)
+                    .command_timeout(timeout)
+                    .pool_size(2);
+                if let Some(ns) = &self.namespace {
+                    cfg = cfg.namespace(ns);
+                }
+                if let Some(u) = &self.user {
+                    cfg = cfg.user(u);
+                }
+                if let Some(p) = &self.password {
+                    cfg = cfg.password(p.expose());
+                }
+                Ok(Arc::new(cfg.connect().await?))
             }
         }
     }
@@ -626,6 +698,18 @@ mod tests {
             let msg = usage_message(resolve(bad));
             assert!(msg.starts_with("bad registry URL"), "{bad}: {msg}");
         }
+    }
+
+    #[test]
+    fn postgres_urls() {
+        let t = resolve("postgres://app:pw-secret@db1,db2:6000/app?sslmode=verify-full")
+            .expect("valid");
+        assert_eq!(t.backend(), Backend::Postgres);
+        assert_eq!(t.to_string(), "postgres://db1:5432,db2:6000/app");
+        assert!(!format!("{t:?}").contains("pw-secret"));
+        let t = resolve("postgresql://localhost").expect("valid");
+        assert_eq!(t.to_string(), "postgresql://localhost:5432");
+        assert!(usage_message(resolve("postgres://h:port/db")).starts_with("bad registry URL"));
     }
 
     #[test]
@@ -741,6 +825,65 @@ mod tests {
             ..ConnectArgs::default()
         };
         assert!(usage_message(resolve_with("consul://h", pw, &[])).contains("--token"));
+    }
+
+    #[test]
+    fn consul_reads_the_consul_environment() {
+        // The agent and its credentials from CONSUL_* alone.
+        let t = resolve_with(
+            "consul://",
+            ConnectArgs::default(),
+            &[
+                ("CONSUL_HTTP_ADDR", "https://consul.internal:8501"),
+                (ENV_CONSUL_TOKEN, "env-token"),
+                ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(t.backend(), Backend::Consul);
+        assert_eq!(t.to_string(), "consul://https://consul.internal:8501");
+        assert!(t.has_secret());
+        assert!(t.secrets().scrub("token env-token").contains("***"));
+        match &t.location {
+            Location::Consul { at } => {
+                assert_eq!(at.address, None);
+                let cfg = dcron_registry_consul::ConsulRegistryConfig::default()
+                    .with_consul_env(&at.env)
+                    .expect("config");
+                assert_eq!(cfg.address, "https://consul.internal:8501");
+                assert_eq!(cfg.tls_server_name.as_deref(), Some("server.dc1.consul"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without CONSUL_HTTP_ADDR: Consul's default address.
+        assert_eq!(
+            resolve("consul://").expect("valid").to_string(),
+            "consul://127.0.0.1:8500"
+        );
+        // A host in the URL wins; --token wins over the environment.
+        let t = resolve_with(
+            "consul://c:8600",
+            ConnectArgs {
+                token: Some(Secret::new("flag-token")),
+                ..ConnectArgs::default()
+            },
+            &[
+                ("CONSUL_HTTP_ADDR", "elsewhere:1"),
+                (ENV_CONSUL_TOKEN, "env-token"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(t.to_string(), "consul://c:8600");
+        assert_eq!(
+            t.token.as_ref().map(|t| t.expose().to_string()).as_deref(),
+            Some("flag-token")
+        );
+        assert!(usage_message(resolve_with(
+            "consul://",
+            ConnectArgs::default(),
+            &[("CONSUL_HTTP_SSL", "maybe")]
+        ))
+        .contains("CONSUL_HTTP_SSL"));
     }
 
     #[test]

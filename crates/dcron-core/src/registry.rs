@@ -23,9 +23,10 @@
 //! Durations are kept within a documented tolerance, [`expiry_tolerance`]: a node lease granted
 //! `ttl` keeps its node listed for at least `ttl` after the start of the last successful
 //! `register` or `keep_alive` call, and removes it within `ttl + expiry_tolerance(ttl)` after
-//! keep-alives stop; a claim written with `retention` is kept for at least `retention` after the
-//! start of the `claim` call, and is gone (not listed, claimable by another claimant) within
-//! `retention + expiry_tolerance(retention)`. A watch delivers each change within
+//! keep-alives stop (counted from the return of the last of those calls); a claim written with
+//! `retention` is kept for at least `retention` after the start of the `claim` call, and is gone
+//! (not listed, claimable by another claimant) within `retention + expiry_tolerance(retention)`
+//! after the call returns. A watch delivers each change within
 //! [`MAX_WATCH_DELAY`].
 
 use std::time::Duration;
@@ -148,7 +149,7 @@ impl Capabilities {
 ///
 /// Implementations must be cheap to share (`Arc<dyn Registry>`), safe to call concurrently from
 /// many tasks, and must never hold a lock across an `.await` on their hot paths (`claim`,
-/// `keep_alive`). Run `dcron_testkit::conformance_tests!` against an implementation to prove it.
+/// `keep_alive`). Run `dcron_testkit::conformance_main!` against an implementation to prove it.
 #[async_trait]
 pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// The backend's short name (`memory`, `redis`, `etcd`, `consul`, `zookeeper`, …), used in
@@ -324,13 +325,16 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// Across all nodes and calls, at most one claimant holds a fire while its claim is
     /// retained. **Claims are removed only when their retention ends** (never by cleanup, a
     /// force write, a new life or `cleanup_all`): a claim of an earlier life answers `Lost` (or
-    /// `WonEarlier` to its holder) to a request of a later one. Tokens are non-zero and strictly greater than every token handed out before
-    /// for the same name in the namespace, across cleanup and new lives. A claim is not
+    /// `WonEarlier` to its holder) to a request of a later one. Tokens are non-zero, distinct
+    /// across all the claims of the namespace, and strictly greater than every token handed out
+    /// before for the same name, across cleanup and new lives. A claim is not
     /// released when the handler ends. A fire requested twice in one batch is decided once: the
     /// later copy answers as a retry would. The whole batch should cost one round trip
     /// (pipeline, script, transaction, or requests sent concurrently); batches larger than a
     /// backend's transaction limit are split invisibly. A request that cannot be decided alone
-    /// (a bad key) answers [`ClaimOutcome::Failed`] and the others are decided.
+    /// (a bad key) answers [`ClaimOutcome::Failed`] and the others are decided; a request whose
+    /// task name fails [`crate::validate_task_name`] (such a name never has a life) answers
+    /// `Failed` or `Superseded { current: None }`, and never fails the batch.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a zero retention (nothing written);

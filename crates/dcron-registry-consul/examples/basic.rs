@@ -5,8 +5,9 @@
 //! cargo run -p dcron-registry-consul --example basic -- http://127.0.0.1:8500
 //! ```
 //!
-//! The address is the first argument, else `DCRON_TEST_CONSUL_ADDR`, else
-//! `http://127.0.0.1:8500`; an ACL token is read from `DCRON_TEST_CONSUL_TOKEN`.
+//! The address is the first argument, else Consul's `CONSUL_HTTP_ADDR`, else
+//! `http://127.0.0.1:8500`; `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT` and the other standard
+//! variables apply.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,13 +21,12 @@ type Runs = Arc<Mutex<BTreeMap<DateTime<Utc>, Vec<String>>>>;
 
 #[tokio::main]
 async fn main() -> dcron_core::Result<()> {
-    let address = std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("DCRON_TEST_CONSUL_ADDR").ok())
-        .unwrap_or_else(|| "http://127.0.0.1:8500".to_string());
     let namespace = format!("dcron-examples-basic-{}", std::process::id());
-    let mut config = ConsulRegistryConfig::new(address.clone()).with_namespace(namespace.clone());
-    config.token = std::env::var("DCRON_TEST_CONSUL_TOKEN").ok();
+    let mut config = ConsulRegistryConfig::from_consul_env()?.with_namespace(namespace.clone());
+    if let Some(address) = std::env::args().nth(1) {
+        config.address = address;
+    }
+    let address = config.address.clone();
     println!("Consul {address} namespace {namespace}");
     let runs: Runs = Arc::default();
 

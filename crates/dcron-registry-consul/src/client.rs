@@ -1,6 +1,8 @@
 //! A small client for the parts of Consul's HTTP API dcron uses: `/v1/kv`, `/v1/session`,
-//! `/v1/txn` and blocking queries. Every failure becomes a `dcron_core::Error` here.
+//! `/v1/txn` and blocking queries. Every failure becomes a `dcron_core::Error` here, naming the
+//! registry operation that sent the request.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -11,17 +13,63 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConsulRegistryConfig;
+use crate::error::{AgentError, Failure};
 
-/// Characters kept as they are in a URL path built from a KV key (`/` separates segments).
-const PATH: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'/')
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+/// Characters kept as they are in a URL path built from a KV key (`/` separates segments). The
+/// registry's own keys only use `[A-Za-z0-9_/-]`; anything else is percent-encoded.
+const PATH: &AsciiSet = &NON_ALPHANUMERIC.remove(b'/').remove(b'-').remove(b'_');
 
 /// The backend name used in errors.
 pub(crate) const BACKEND: &str = "consul";
+
+/// The most operations Consul accepts in one transaction (`maxTxnOps`, 128 since 1.14; 64
+/// before). More is refused with 413.
+pub(crate) const MAX_TXN_OPS: usize = 128;
+
+/// The most bytes of `/v1/txn` body sent at once: Consul refuses bodies over `txn_max_req_len`
+/// (512 KiB by default) with 413; 8 KiB stay for the estimate's slack.
+pub(crate) const MAX_TXN_BODY: usize = 512 * 1024 - 8 * 1024;
+
+/// What a request is for, for error messages: the registry operation and its subject.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ctx<'a> {
+    pub operation: &'static str,
+    pub subject: &'a str,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(operation: &'static str, subject: &'a str) -> Self {
+        Ctx { operation, subject }
+    }
+
+    /// The error of a failed answer.
+    pub(crate) fn agent(self, status: Option<u16>, message: impl Into<String>) -> Error {
+        AgentError::new(self.operation, self.subject, status, message).into_error()
+    }
+
+    /// The error of one failed operation of a rolled-back transaction.
+    pub(crate) fn op_failed(self, op: &TxnKvOp, failure: &TxnFailure) -> Error {
+        self.agent(
+            Some(409),
+            format!(
+                "transaction operation {} ({} {}) failed: {}",
+                failure.op_index, op.verb, op.key, failure.what
+            ),
+        )
+    }
+
+    /// A transaction that failed without naming any of its operations.
+    pub(crate) fn rolled_back(self, failures: &[TxnFailure]) -> Error {
+        let what: Vec<String> = failures
+            .iter()
+            .map(|f| format!("{}: {}", f.op_index, f.what))
+            .collect();
+        self.agent(
+            Some(409),
+            format!("transaction rolled back: {}", what.join("; ")),
+        )
+    }
+}
 
 /// One KV entry as Consul returns it (`GET /v1/kv/…`, txn results).
 #[derive(Clone, Debug, Deserialize)]
@@ -84,6 +132,11 @@ impl TxnKvOp {
         }
     }
 
+    /// The key the operation works on.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
     /// `set`: writes the value.
     pub(crate) fn set(key: String, value: &[u8]) -> Self {
         TxnKvOp {
@@ -115,7 +168,7 @@ impl TxnKvOp {
         TxnKvOp::new("get", key)
     }
 
-    /// `get-tree`: reads every key with the prefix.
+    /// `get-tree`: reads every key with the prefix (never fails).
     pub(crate) fn get_tree(prefix: String) -> Self {
         TxnKvOp::new("get-tree", prefix)
     }
@@ -123,6 +176,14 @@ impl TxnKvOp {
     /// `check-not-exists`: fails the transaction when the key exists.
     pub(crate) fn check_not_exists(key: String) -> Self {
         TxnKvOp::new("check-not-exists", key)
+    }
+
+    /// `check-index`: fails the transaction unless the key exists with ModifyIndex `index`.
+    pub(crate) fn check_index(key: String, index: u64) -> Self {
+        TxnKvOp {
+            index,
+            ..TxnKvOp::new("check-index", key)
+        }
     }
 
     /// `check-session`: fails the transaction unless `session` holds the key's lock.
@@ -143,23 +204,14 @@ impl TxnKvOp {
         TxnKvOp::new("delete-tree", prefix)
     }
 
-    /// `delete-cas`: removes the key when its ModifyIndex is `index`.
+    /// `delete-cas`: removes the key when its ModifyIndex is `index` (a missing key is fine).
     pub(crate) fn delete_cas(key: String, index: u64) -> Self {
         TxnKvOp {
             index,
             ..TxnKvOp::new("delete-cas", key)
         }
     }
-}
 
-/// The most operations sent in one transaction (Consul's limit before 1.x raised it to 128).
-pub(crate) const MAX_TXN_OPS: usize = 64;
-
-/// The most bytes of `/v1/txn` body one transaction of records may take: Consul refuses bodies
-/// over 512 KiB (`txn_max_req_len`); 8 KiB stay for the JSON around the operations.
-pub(crate) const MAX_TXN_BODY: usize = 512 * 1024 - 8 * 1024;
-
-impl TxnKvOp {
     /// An estimate (from above) of the JSON size of this operation in a transaction body.
     pub(crate) fn body_size(&self) -> usize {
         // `{"KV":{"Verb":"…","Key":"…","Value":"…","Index":…,"Session":"…"}},`
@@ -170,13 +222,42 @@ impl TxnKvOp {
     }
 }
 
+/// Splits operations into consecutive groups that each fit one transaction: at most
+/// [`MAX_TXN_OPS`] operations and [`MAX_TXN_BODY`] bytes of body (a group holds at least one
+/// operation).
+pub(crate) fn txn_groups(ops: &[TxnKvOp]) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, op) in ops.iter().enumerate() {
+        let size = op.body_size();
+        if i > start && (i - start == MAX_TXN_OPS || bytes + size > MAX_TXN_BODY) {
+            groups.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < ops.len() {
+        groups.push(start..ops.len());
+    }
+    groups
+}
+
 /// A failed operation of a rolled-back transaction.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub(crate) struct TxnError {
+pub(crate) struct TxnFailure {
     pub op_index: usize,
     #[serde(default)]
     pub what: String,
+}
+
+impl TxnFailure {
+    /// How it failed.
+    pub(crate) fn kind(&self) -> Failure {
+        Failure::of(&self.what)
+    }
 }
 
 /// What a transaction did.
@@ -185,7 +266,28 @@ pub(crate) enum TxnOutcome {
     /// Applied: the KV entries returned by the operations that return one.
     Committed(Vec<KvEntry>),
     /// Rolled back: the failed operations.
-    RolledBack(Vec<TxnError>),
+    RolledBack(Vec<TxnFailure>),
+}
+
+impl TxnOutcome {
+    /// Whether the failures of a rollback are all conditions (no ACL refusal, no other error);
+    /// the first other failure as an error otherwise.
+    pub(crate) fn conditions_only(
+        failures: &[TxnFailure],
+        ops: &[TxnKvOp],
+        ctx: Ctx<'_>,
+    ) -> Result<()> {
+        match failures
+            .iter()
+            .find(|f| !matches!(f.kind(), Failure::Condition))
+        {
+            None => Ok(()),
+            Some(f) => Err(match ops.get(f.op_index) {
+                Some(op) => ctx.op_failed(op, f),
+                None => ctx.rolled_back(failures),
+            }),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -194,7 +296,7 @@ struct TxnResponse {
     #[serde(default)]
     results: Option<Vec<TxnResult>>,
     #[serde(default)]
-    errors: Option<Vec<TxnError>>,
+    errors: Option<Vec<TxnFailure>>,
 }
 
 #[derive(Deserialize)]
@@ -210,13 +312,50 @@ struct SessionCreated {
     id: String,
 }
 
+/// Resolves the TLS server name to the configured host, so that the certificate is checked
+/// against (and SNI names) `CONSUL_TLS_SERVER_NAME` while the connection goes to the address.
+struct ServerNameResolver {
+    server_name: String,
+    host: String,
+}
+
+impl reqwest::dns::Resolve for ServerNameResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = if name.as_str().eq_ignore_ascii_case(&self.server_name) {
+            self.host.clone()
+        } else {
+            name.as_str().to_string()
+        };
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Splits `scheme://host[:port]` into its parts (IPv6 brackets kept on the host).
+fn split_base(base: &str) -> Option<(&str, &str, Option<&str>)> {
+    let (scheme, rest) = base.split_once("://")?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = after.strip_prefix(':');
+        return Some((scheme, &authority[..host.len() + 2], port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((scheme, host, Some(port))),
+        None => Some((scheme, authority, None)),
+    }
+}
+
 /// The HTTP client: base address, token, datacenter and timeouts.
 #[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
-    base: String,
-    token: Option<String>,
-    datacenter: Option<String>,
+    base: Arc<str>,
+    token: Option<Arc<str>>,
+    datacenter: Option<Arc<str>>,
     request_timeout: Duration,
 }
 
@@ -250,6 +389,28 @@ impl Client {
             })?;
             builder = builder.identity(identity);
         }
+        let mut base = config.address.trim().trim_end_matches('/').to_string();
+        if let Some(server_name) = config.tls_server_name.as_deref().filter(|n| !n.is_empty()) {
+            let Some((scheme, host, port)) = split_base(&base) else {
+                return Err(Error::InvalidArgument(format!(
+                    "consul address `{base}` has no host"
+                )));
+            };
+            if scheme == "https" && !host.eq_ignore_ascii_case(server_name) {
+                let resolver = ServerNameResolver {
+                    server_name: server_name.to_string(),
+                    host: host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string(),
+                };
+                builder = builder.dns_resolver(Arc::new(resolver));
+                base = match port {
+                    Some(port) => format!("https://{server_name}:{port}"),
+                    None => format!("https://{server_name}"),
+                };
+            }
+        }
         let http = builder.build().map_err(|e| Error::Backend {
             backend: BACKEND,
             message: "building the HTTP client".into(),
@@ -257,11 +418,17 @@ impl Client {
         })?;
         Ok(Client {
             http,
-            base: config.address.trim().trim_end_matches('/').to_string(),
-            token: config.token.clone(),
-            datacenter: config.datacenter.clone(),
+            base: Arc::from(base),
+            token: config.token.as_deref().map(Arc::from),
+            datacenter: config.datacenter.as_deref().map(Arc::from),
             request_timeout: config.request_timeout,
         })
+    }
+
+    /// The base URL requests go to.
+    #[cfg(test)]
+    pub(crate) fn base(&self) -> &str {
+        &self.base
     }
 
     fn request(&self, method: Method, path: &str, timeout: Duration) -> RequestBuilder {
@@ -270,10 +437,10 @@ impl Client {
             .request(method, format!("{}{}", self.base, path))
             .timeout(timeout);
         if let Some(token) = &self.token {
-            req = req.header("X-Consul-Token", token);
+            req = req.header("X-Consul-Token", &**token);
         }
         if let Some(dc) = &self.datacenter {
-            req = req.query(&[("dc", dc)]);
+            req = req.query(&[("dc", &**dc)]);
         }
         req
     }
@@ -282,23 +449,23 @@ impl Client {
         format!("/v1/kv/{}", utf8_percent_encode(key, PATH))
     }
 
-    async fn send(&self, req: RequestBuilder, context: &str) -> Result<Response> {
-        req.send().await.map_err(|e| transport_error(e, context))
+    async fn send(&self, req: RequestBuilder, ctx: Ctx<'_>) -> Result<Response> {
+        req.send().await.map_err(|e| transport_error(e, ctx))
     }
 
     /// Reads one key; `None` when absent.
-    pub(crate) async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>> {
+    pub(crate) async fn kv_get(&self, key: &str, ctx: Ctx<'_>) -> Result<Option<KvEntry>> {
         let resp = self
             .send(
                 self.request(Method::GET, &Self::kv_path(key), self.request_timeout),
-                key,
+                ctx,
             )
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let resp = check_status(resp, key).await?;
-        let entries: Vec<KvEntry> = json_body(resp, key).await?;
+        let resp = check_status(resp, ctx).await?;
+        let entries: Vec<KvEntry> = json_body(resp, ctx).await?;
         Ok(entries.into_iter().find(|e| e.key == key))
     }
 
@@ -309,8 +476,10 @@ impl Client {
         &self,
         prefix: &str,
         block: Option<(u64, Duration)>,
+        ctx: Ctx<'_>,
     ) -> Result<(Vec<KvEntry>, u64)> {
         let timeout = match block {
+            // Consul adds up to wait/16 of jitter.
             Some((_, wait)) => self.request_timeout + wait + wait / 16,
             None => self.request_timeout,
         };
@@ -323,7 +492,7 @@ impl Client {
                 ("wait", format!("{}ms", wait.as_millis().max(1))),
             ]);
         }
-        let resp = self.send(req, prefix).await?;
+        let resp = self.send(req, ctx).await?;
         let index = resp
             .headers()
             .get("X-Consul-Index")
@@ -333,42 +502,51 @@ impl Client {
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok((Vec::new(), index));
         }
-        let resp = check_status(resp, prefix).await?;
-        let entries: Vec<KvEntry> = json_body(resp, prefix).await?;
+        let resp = check_status(resp, ctx).await?;
+        let entries: Vec<KvEntry> = json_body(resp, ctx).await?;
         Ok((entries, index))
     }
 
-    /// `PUT /v1/kv/<key>` with query flags (`cas`, `acquire`, …): Consul's `true`/`false`.
-    pub(crate) async fn kv_put(
+    /// The keys under `prefix`, cut after the first `separator` beyond it
+    /// (`GET /v1/kv/<prefix>?keys&separator=`): one entry per "directory".
+    pub(crate) async fn kv_keys(
         &self,
-        key: &str,
-        value: Vec<u8>,
-        query: &[(&str, String)],
-    ) -> Result<bool> {
+        prefix: &str,
+        separator: &str,
+        ctx: Ctx<'_>,
+    ) -> Result<Vec<String>> {
         let req = self
-            .request(Method::PUT, &Self::kv_path(key), self.request_timeout)
-            .query(query)
-            .body(value);
-        let resp = check_status(self.send(req, key).await?, key).await?;
-        json_body::<bool>(resp, key).await
+            .request(Method::GET, &Self::kv_path(prefix), self.request_timeout)
+            .query(&[("keys", ""), ("separator", separator)]);
+        let resp = self.send(req, ctx).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        let resp = check_status(resp, ctx).await?;
+        json_body(resp, ctx).await
     }
 
     /// Runs one transaction of at most [`MAX_TXN_OPS`] KV operations.
-    pub(crate) async fn txn(&self, ops: &[TxnKvOp], context: &str) -> Result<TxnOutcome> {
+    pub(crate) async fn txn(&self, ops: &[TxnKvOp], ctx: Ctx<'_>) -> Result<TxnOutcome> {
         if ops.len() > MAX_TXN_OPS {
             return Err(Error::InvalidArgument(format!(
-                "consul transaction of {} operations (at most {MAX_TXN_OPS})",
+                "consul {} `{}`: a transaction of {} operations (at most {MAX_TXN_OPS})",
+                ctx.operation,
+                ctx.subject,
                 ops.len()
             )));
         }
         let body: Vec<TxnOpJson<'_>> = ops.iter().map(|kv| TxnOpJson { kv }).collect();
+        // A transaction without writes is served by `Txn.Read`, which may be stale unless asked
+        // to be consistent (the leader then confirms it still leads); writes go through raft.
         let req = self
             .request(Method::PUT, "/v1/txn", self.request_timeout)
+            .query(&[("consistent", "")])
             .json(&body);
-        let resp = self.send(req, context).await?;
+        let resp = self.send(req, ctx).await?;
         let status = resp.status();
         if status == StatusCode::OK || status == StatusCode::CONFLICT {
-            let parsed: TxnResponse = json_body(resp, context).await?;
+            let parsed: TxnResponse = json_body(resp, ctx).await?;
             if status == StatusCode::OK {
                 let entries = parsed
                     .results
@@ -380,118 +558,95 @@ impl Client {
             }
             return Ok(TxnOutcome::RolledBack(parsed.errors.unwrap_or_default()));
         }
-        Err(check_status(resp, context)
+        Err(check_status(resp, ctx)
             .await
             .err()
-            .unwrap_or_else(|| unexpected(status, "", context)))
+            .unwrap_or_else(|| ctx.agent(Some(status.as_u16()), "unexpected status")))
     }
 
-    /// Creates a session with `behavior=delete`, lock-delay 0 and the given TTL.
-    pub(crate) async fn session_create(&self, name: &str, ttl: Duration) -> Result<String> {
+    /// Creates a session with `behavior=delete`, lock-delay 0, no health checks (so that the
+    /// TTL alone decides; without `NodeChecks: []` Consul attaches `serfHealth`) and `ttl`.
+    pub(crate) async fn session_create(
+        &self,
+        name: &str,
+        ttl: Duration,
+        ctx: Ctx<'_>,
+    ) -> Result<String> {
         let body = serde_json::json!({
             "Name": name,
             "TTL": format!("{}s", ttl.as_secs().max(1)),
             "Behavior": "delete",
             "LockDelay": "0s",
+            "NodeChecks": [],
+            "Checks": [],
         });
         let req = self
             .request(Method::PUT, "/v1/session/create", self.request_timeout)
             .json(&body);
-        let context = "session create";
-        let resp = check_status(self.send(req, context).await?, context).await?;
-        Ok(json_body::<SessionCreated>(resp, context).await?.id)
+        let resp = check_status(self.send(req, ctx).await?, ctx).await?;
+        Ok(json_body::<SessionCreated>(resp, ctx).await?.id)
     }
 
     /// Renews a session; `false` when Consul no longer knows it (404).
-    pub(crate) async fn session_renew(&self, id: &str) -> Result<bool> {
+    pub(crate) async fn session_renew(&self, id: &str, ctx: Ctx<'_>) -> Result<bool> {
         let path = format!("/v1/session/renew/{}", utf8_percent_encode(id, PATH));
-        let context = format!("session {id}");
         let resp = self
-            .send(
-                self.request(Method::PUT, &path, self.request_timeout),
-                &context,
-            )
+            .send(self.request(Method::PUT, &path, self.request_timeout), ctx)
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(false);
         }
-        let resp = check_status(resp, &context).await?;
+        let resp = check_status(resp, ctx).await?;
         // A renewed session comes back as a one-element list; an empty list means it is gone.
-        let sessions: Option<Vec<serde_json::Value>> = json_body(resp, &context).await?;
+        let sessions: Option<Vec<serde_json::Value>> = json_body(resp, ctx).await?;
         Ok(sessions.is_some_and(|s| !s.is_empty()))
     }
 
     /// Destroys a session (its `behavior=delete` keys go with it). Unknown ids are fine.
-    pub(crate) async fn session_destroy(&self, id: &str) -> Result<()> {
+    pub(crate) async fn session_destroy(&self, id: &str, ctx: Ctx<'_>) -> Result<()> {
         let path = format!("/v1/session/destroy/{}", utf8_percent_encode(id, PATH));
-        let context = format!("session {id}");
         let resp = self
-            .send(
-                self.request(Method::PUT, &path, self.request_timeout),
-                &context,
-            )
+            .send(self.request(Method::PUT, &path, self.request_timeout), ctx)
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(());
         }
-        check_status(resp, &context).await.map(|_| ())
+        check_status(resp, ctx).await.map(|_| ())
     }
 }
 
-/// Maps a transport failure (refused, reset, timeout, bad body stream) to `Unavailable`.
-fn transport_error(e: reqwest::Error, context: &str) -> Error {
+/// Maps a transport failure (refused, reset, timeout, reply lost) to `Unavailable`.
+fn transport_error(e: reqwest::Error, ctx: Ctx<'_>) -> Error {
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
-        "cannot connect"
+        "cannot connect to the agent"
     } else {
-        "request failed"
+        "request failed (the reply may be lost)"
     };
     Error::Unavailable {
-        message: format!("consul {what} at {context}"),
+        message: format!("consul {} `{}`: {what}", ctx.operation, ctx.subject),
         source: Some(Box::new(e.without_url())),
     }
 }
 
-fn unexpected(status: StatusCode, body: &str, context: &str) -> Error {
-    let body = body.trim();
-    let message = format!("{status} {body} at {context}");
-    match status {
-        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => {
-            Error::AccessDenied(format!("{body} at {context}"))
-        }
-        StatusCode::TOO_MANY_REQUESTS
-        | StatusCode::BAD_GATEWAY
-        | StatusCode::SERVICE_UNAVAILABLE
-        | StatusCode::GATEWAY_TIMEOUT => Error::Unavailable {
-            message: format!("consul answered {message}"),
-            source: None,
-        },
-        // Consul answers 500 while it has no leader or cannot reach its servers.
-        StatusCode::INTERNAL_SERVER_ERROR
-            if body.contains("No cluster leader") || body.contains("No known Consul servers") =>
-        {
-            Error::Unavailable {
-                message: format!("consul answered {message}"),
-                source: None,
-            }
-        }
-        _ => Error::Backend {
-            backend: BACKEND,
-            message,
-            source: None,
-        },
-    }
-}
-
 /// Passes a 2xx response through; maps every other status into an error.
-async fn check_status(resp: Response, context: &str) -> Result<Response> {
+async fn check_status(resp: Response, ctx: Ctx<'_>) -> Result<Response> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
     }
     let body = resp.text().await.unwrap_or_default();
-    Err(unexpected(status, &truncate(&body, 512), context))
+    let body = truncate(body.trim(), 512);
+    let message = if body.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("no message")
+            .to_string()
+    } else {
+        body
+    };
+    Err(ctx.agent(Some(status.as_u16()), message))
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -505,43 +660,15 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-async fn json_body<T: serde::de::DeserializeOwned>(resp: Response, context: &str) -> Result<T> {
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| transport_error(e, context))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Backend {
-        backend: BACKEND,
-        message: format!("unexpected answer at {context}: {e}"),
-        source: None,
-    })
+async fn json_body<T: serde::de::DeserializeOwned>(resp: Response, ctx: Ctx<'_>) -> Result<T> {
+    let bytes = resp.bytes().await.map_err(|e| transport_error(e, ctx))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ctx.agent(None, format!("the agent's answer does not decode: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn statuses_map_to_semantic_errors() {
-        assert!(matches!(
-            unexpected(StatusCode::FORBIDDEN, "Permission denied", "k"),
-            Error::AccessDenied(m) if m.contains("Permission denied")
-        ));
-        assert!(unexpected(StatusCode::SERVICE_UNAVAILABLE, "", "k").is_retryable());
-        assert!(
-            unexpected(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader", "k").is_retryable()
-        );
-        match unexpected(StatusCode::BAD_REQUEST, "Invalid TTL", "ns/x") {
-            Error::Backend {
-                backend, message, ..
-            } => {
-                assert_eq!(backend, "consul");
-                assert!(message.contains("400") && message.contains("Invalid TTL"));
-                assert!(message.contains("ns/x"));
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
 
     #[test]
     fn txn_ops_serialise_like_the_api() {
@@ -557,6 +684,12 @@ mod tests {
             json,
             serde_json::json!({"KV": {"Verb": "check-session", "Key": "k", "Session": "s"}})
         );
+        let op = TxnKvOp::check_index("k".into(), 7);
+        let json = serde_json::to_value(TxnOpJson { kv: &op }).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"KV": {"Verb": "check-index", "Key": "k", "Index": 7}})
+        );
     }
 
     #[test]
@@ -571,7 +704,55 @@ mod tests {
     }
 
     #[test]
-    fn key_paths_are_percent_encoded() {
-        assert_eq!(Client::kv_path("ns/tasks/a%20b"), "/v1/kv/ns/tasks/a%2520b");
+    fn key_paths_keep_the_registrys_characters() {
+        assert_eq!(
+            Client::kv_path("ns/tasks/meta/a_2Eb-c"),
+            "/v1/kv/ns/tasks/meta/a_2Eb-c"
+        );
+        assert_eq!(Client::kv_path("raw key%"), "/v1/kv/raw%20key%25");
+    }
+
+    #[test]
+    fn groups_split_by_operations_and_body_size() {
+        let small: Vec<TxnKvOp> = (0..300)
+            .map(|i| TxnKvOp::set(format!("ns/records/status/t{i}"), b"{}"))
+            .collect();
+        assert_eq!(txn_groups(&small), vec![0..128, 128..256, 256..300]);
+        let big = vec![b'x'; 300 * 1024];
+        let ops = vec![
+            TxnKvOp::set("a".into(), &big),
+            TxnKvOp::set("b".into(), b"1"),
+            TxnKvOp::set("c".into(), &big),
+        ];
+        assert_eq!(txn_groups(&ops), vec![0..2, 2..3]);
+        assert!(txn_groups(&[]).is_empty());
+    }
+
+    #[test]
+    fn base_addresses_split_into_parts() {
+        assert_eq!(
+            split_base("https://10.0.0.1:8501"),
+            Some(("https", "10.0.0.1", Some("8501")))
+        );
+        assert_eq!(
+            split_base("https://[::1]:8501"),
+            Some(("https", "[::1]", Some("8501")))
+        );
+        assert_eq!(
+            split_base("https://consul"),
+            Some(("https", "consul", None))
+        );
+        assert_eq!(split_base("consul"), None);
+    }
+
+    #[test]
+    fn a_tls_server_name_redirects_the_url_but_not_the_connection() {
+        let config = ConsulRegistryConfig::new("https://10.0.0.1:8501")
+            .with_tls_server_name("server.dc1.consul");
+        let client = Client::new(&config).expect("client");
+        assert_eq!(client.base(), "https://server.dc1.consul:8501");
+        let plain =
+            Client::new(&ConsulRegistryConfig::new("http://10.0.0.1:8500")).expect("client");
+        assert_eq!(plain.base(), "http://10.0.0.1:8500");
     }
 }

@@ -1,37 +1,95 @@
-//! The KV key layout of one namespace.
+//! The KV key layout of one namespace, and the escape that puts any name into a key.
 //!
 //! ```text
-//! <ns>/nodes/<node id>                 node record, acquired by the node's session
-//! <ns>/tasks/<task name>               TaskMeta
-//! <ns>/tombstones/<task name>          Tombstone
+//! <ns>/nodes/<node id>                 node record, locked by the node's session
+//! <ns>/tasks/meta/<task name>          TaskMeta
+//! <ns>/tasks/tomb/<task name>/         Tombstone
+//! <ns>/lives/<task name>/              the name's current life (generation = its ModifyIndex)
 //! <ns>/claims/<task name>/<instant>    claim of one fire (instant: 20 digits, see below)
-//! <ns>/records/<kind>/<record key>     record of a kind (pause, trigger, status): opaque bytes
+//! <ns>/records/<kind>/<record key>     record of a kind (pause, trigger, status, life)
 //! ```
 //!
-//! Every variable segment is escaped (see [`escape`]) so it never contains `/`: the namespace is
-//! one segment (namespaces `a` and `a/tasks` cannot overlap) and `…/claims/<task>/` holds exactly
-//! one task's claims (`delete-tree` on it is exact). Claim instants have a fixed width, so no
-//! claim key is a prefix of another: a `get-tree` on one claim key reads that key alone.
+//! # Escape
+//!
+//! Consul's plain KV endpoints accept only some characters in a key, and which ones changed
+//! between versions (1.21: `^[a-zA-Z0-9,_./\-?&=]+$` and no `..`; 1.22: `a-zA-Z0-9 ,-_./`, no
+//! `..` at either end or before a `/`, no key ending in a "suspicious" extension such as `.json`
+//! or `.com`). Transactions check nothing, so a key written by a transaction may be unreadable by
+//! a plain GET. Every variable segment (namespace, task name, node id, record key) is therefore
+//! escaped into `[A-Za-z0-9-]` plus `_` as the escape character: each byte outside
+//! `[A-Za-z0-9-]` (including `_` itself, `.`, `%`, `/` and every byte of a non-ASCII character)
+//! becomes `_` and two upper-case hex digits. An escaped segment never contains `.`, `%`, `/`
+//! or `..`, is never empty, and is accepted by every Consul version; the escape is injective, so
+//! two distinct names never share a key.
+//!
+//! Because escaped segments never contain `/`, the namespace is one segment (namespaces `a` and
+//! `a-b`, or `a` and `a/tasks`, cannot overlap) and `…/claims/<task>/` holds exactly one task's
+//! claims (`delete-tree` on it is exact). Claim instants have a fixed width, and tombstone and
+//! life keys end with `/`, so none of these keys is a prefix of another: a transaction's
+//! `get-tree` on one of them (the only read that does not fail on a missing key) reads that key
+//! alone, whatever other names share its beginning.
 
 use dcron_core::RecordKind;
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-/// Everything but `A-Z a-z 0-9 - _` is percent-encoded (so `/`, `%`, spaces, unicode…). Dots
-/// are encoded too: a segment `.` or `..` in a URL path would be normalised away by HTTP clients
-/// and servers before Consul saw the key.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_');
-
-/// Escapes one key segment (a namespace, task name or node id).
-pub(crate) fn escape(segment: &str) -> String {
-    utf8_percent_encode(segment, SEGMENT).to_string()
+/// Bytes kept as they are in a key segment.
+fn is_plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-'
 }
 
-/// Reverses [`escape`]; `None` when the result is not UTF-8.
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Escapes one key segment (a namespace, task name, node id or record key).
+///
+/// ```text
+/// billing.report-v2  ->  billing_2Ereport-v2
+/// a:b                ->  a_3Ab
+/// a..b               ->  a_2E_2Eb
+/// zürich             ->  z_C3_BCrich
+/// ```
+pub(crate) fn escape(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for &b in segment.as_bytes() {
+        if is_plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push('_');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0F)]));
+        }
+    }
+    out
+}
+
+/// Reverses [`escape`]; `None` for a segment [`escape`] cannot have produced.
 pub(crate) fn unescape(segment: &str) -> Option<String> {
-    percent_decode_str(segment)
-        .decode_utf8()
-        .ok()
-        .map(|s| s.into_owned())
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if is_plain(b) {
+            out.push(b);
+            i += 1;
+        } else if b == b'_' {
+            let hex = segment.get(i + 1..i + 3)?;
+            if !hex
+                .bytes()
+                .all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(&h))
+            {
+                return None;
+            }
+            let value = u8::from_str_radix(hex, 16).ok()?;
+            if is_plain(value) {
+                // `escape` never escapes these: not a segment it wrote.
+                return None;
+            }
+            out.push(value);
+            i += 3;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Encodes a fire instant (ms since the epoch, possibly negative) as 20 digits that sort like
@@ -60,23 +118,36 @@ impl Keys {
     }
 
     pub(crate) fn node(&self, node_id: &str) -> String {
-        format!("{}/nodes/{}", self.root, escape(node_id))
+        format!("{}{}", self.nodes_prefix(), escape(node_id))
     }
 
-    pub(crate) fn tasks_prefix(&self) -> String {
+    /// `<ns>/tasks/`: records and tombstones, watched together.
+    pub(crate) fn tasks_root(&self) -> String {
         format!("{}/tasks/", self.root)
     }
 
+    pub(crate) fn metas_prefix(&self) -> String {
+        format!("{}/tasks/meta/", self.root)
+    }
+
     pub(crate) fn task(&self, name: &str) -> String {
-        format!("{}/tasks/{}", self.root, escape(name))
+        format!("{}{}", self.metas_prefix(), escape(name))
     }
 
     pub(crate) fn tombstones_prefix(&self) -> String {
-        format!("{}/tombstones/", self.root)
+        format!("{}/tasks/tomb/", self.root)
     }
 
     pub(crate) fn tombstone(&self, name: &str) -> String {
-        format!("{}/tombstones/{}", self.root, escape(name))
+        format!("{}{}/", self.tombstones_prefix(), escape(name))
+    }
+
+    pub(crate) fn lives_prefix(&self) -> String {
+        format!("{}/lives/", self.root)
+    }
+
+    pub(crate) fn life(&self, name: &str) -> String {
+        format!("{}{}/", self.lives_prefix(), escape(name))
     }
 
     pub(crate) fn claims_root(&self) -> String {
@@ -84,14 +155,13 @@ impl Keys {
     }
 
     pub(crate) fn claims_prefix(&self, name: &str) -> String {
-        format!("{}/claims/{}/", self.root, escape(name))
+        format!("{}{}/", self.claims_root(), escape(name))
     }
 
     pub(crate) fn claim(&self, name: &str, instant_millis: i64) -> String {
         format!(
-            "{}/claims/{}/{}",
-            self.root,
-            escape(name),
+            "{}{}",
+            self.claims_prefix(name),
             instant_segment(instant_millis)
         )
     }
@@ -103,7 +173,7 @@ impl Keys {
 
     /// `<ns>/records/<kind>/`: the records of one kind.
     pub(crate) fn records_prefix(&self, kind: RecordKind) -> String {
-        format!("{}/records/{}/", self.root, kind.as_str())
+        format!("{}{}/", self.records_root(), kind.as_str())
     }
 
     /// The key of one record (its key escaped into one segment).
@@ -111,9 +181,11 @@ impl Keys {
         format!("{}{}", self.records_prefix(kind), escape(key))
     }
 
-    /// The unescaped last segment of a key under `prefix` (a task name or node id).
+    /// The unescaped last segment of a key under `prefix` (a task name, node id, record key),
+    /// with or without the closing `/` of tombstone and life keys.
     pub(crate) fn name_under(prefix: &str, key: &str) -> Option<String> {
         let rest = key.strip_prefix(prefix)?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.is_empty() || rest.contains('/') {
             return None;
         }
@@ -121,23 +193,88 @@ impl Keys {
     }
 }
 
+/// Whether a key passes the plain KV endpoint checks of every Consul version this crate knows
+/// (the intersection of the 1.21 and 1.22 rules).
+#[cfg(test)]
+pub(crate) fn portable_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('/')
+        && !key.contains("..")
+        && !key.contains('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const AWKWARD: [&str; 14] = [
+        "a",
+        "billing.report-v2",
+        "a:b",
+        "a..b",
+        "..",
+        ".",
+        "report:daily v2",
+        "ünï/cödé",
+        "100%",
+        "*?#@!~&=",
+        "a_5Fb",
+        "_",
+        "x.json",
+        "日本",
+    ];
+
     #[test]
-    fn names_round_trip_and_never_contain_a_slash() {
-        for name in [
-            "a",
-            "report:daily v2",
-            "ünï/cödé",
-            "100%",
-            "*?#@!~",
-            "a.b-c_d",
-        ] {
+    fn names_round_trip_and_every_key_is_portable() {
+        let k = Keys::new("ns.with:odd chars");
+        for name in AWKWARD {
             let e = escape(name);
-            assert!(!e.contains('/'), "{e}");
-            assert_eq!(unescape(&e).as_deref(), Some(name));
+            assert!(
+                !e.contains('/') && !e.contains('.') && !e.contains('%'),
+                "{e}"
+            );
+            assert_eq!(unescape(&e).as_deref(), Some(name), "{e}");
+            for key in [
+                k.node(name),
+                k.task(name),
+                k.tombstone(name),
+                k.life(name),
+                k.claim(name, -5),
+                k.claims_prefix(name),
+                k.record(RecordKind::Trigger, name),
+            ] {
+                assert!(portable_key(&key), "{key}");
+            }
+        }
+        assert_eq!(escape("billing.report-v2"), "billing_2Ereport-v2");
+        assert_eq!(escape("a:b"), "a_3Ab");
+        assert_eq!(escape("a..b"), "a_2E_2Eb");
+        assert_eq!(escape("zürich"), "z_C3_BCrich");
+    }
+
+    #[test]
+    fn escape_is_injective() {
+        let mut seen = std::collections::HashMap::new();
+        for name in AWKWARD {
+            if let Some(other) = seen.insert(escape(name), name) {
+                panic!("{name:?} and {other:?} share a key");
+            }
+        }
+        // The escape character itself is escaped, so `_` sequences cannot be forged.
+        assert_ne!(escape("a_2Eb"), escape("a.b"));
+    }
+
+    #[test]
+    fn segments_escape_did_not_write_are_refused() {
+        for bad in ["a.b", "a_2", "a_zz", "a_2e", "a_41", "a%20", "", "_C3"] {
+            if bad.is_empty() {
+                assert_eq!(unescape(bad).as_deref(), Some(""));
+                continue;
+            }
+            assert_eq!(unescape(bad), None, "{bad}");
         }
     }
 
@@ -155,34 +292,27 @@ mod tests {
     fn layout_is_prefix_free_across_names_and_namespaces() {
         let k = Keys::new("ns");
         assert!(!k.claim("a", 10).starts_with(&k.claim("a", 1)));
-        assert!(!k.claim("ab", 1).starts_with(&k.claim("a", 1)));
+        assert!(!k.claim("ab", 1).starts_with(&k.claims_prefix("a")));
         assert!(!k.claims_prefix("ab").starts_with(&k.claims_prefix("a")));
         let nested = Keys::new("ns/tasks");
-        assert!(!nested.task("x").starts_with(&k.tasks_prefix()));
+        assert!(!nested.task("x").starts_with(&k.tasks_root()));
+        let extended = Keys::new("ns-b");
+        assert!(!extended.task("x").starts_with(&k.tasks_root()));
+        assert!(k.task("x").starts_with(&k.tasks_root()));
+        assert!(k.tombstone("x").starts_with(&k.tasks_root()));
         assert_eq!(
-            Keys::name_under(&k.tasks_prefix(), &k.task("a b")).as_deref(),
+            Keys::name_under(&k.metas_prefix(), &k.task("a b")).as_deref(),
             Some("a b")
         );
-    }
-
-    #[test]
-    fn record_keys_are_one_segment_under_their_kind() {
-        let k = Keys::new("ns");
-        assert_eq!(k.record(RecordKind::Pause, ".."), "ns/records/pause/%2E%2E");
+        assert_eq!(Keys::name_under(&k.metas_prefix(), &k.tombstone("a")), None);
         assert_eq!(
-            k.record(RecordKind::Trigger, "a/b@1"),
-            "ns/records/trigger/a%2Fb%401"
+            Keys::name_under(&k.tombstones_prefix(), &k.tombstone("a.b")).as_deref(),
+            Some("a.b")
         );
-        assert!(k
-            .records_prefix(RecordKind::Status)
-            .starts_with(&k.records_root()));
-        assert_eq!(
-            Keys::name_under(
-                &k.records_prefix(RecordKind::Trigger),
-                &k.record(RecordKind::Trigger, "zürich 日本 *?#[]")
-            )
-            .as_deref(),
-            Some("zürich 日本 *?#[]")
-        );
+        // Point keys read with `get-tree` are not prefixes of any other key.
+        for (a, b) in [("a", "ab"), ("a", "a_2E"), ("x", "x.")] {
+            assert!(!k.tombstone(b).starts_with(&k.tombstone(a)), "{a} {b}");
+            assert!(!k.life(b).starts_with(&k.life(a)), "{a} {b}");
+        }
     }
 }

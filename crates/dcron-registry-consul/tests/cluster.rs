@@ -45,7 +45,7 @@ fn snapshot(runs: &Runs) -> BTreeMap<(String, DateTime<Utc>), Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_fire_runs_once_and_the_survivor_takes_over() {
-    let d = ConsulDouble::start().await;
+    let d = support::fast_double().await;
     let runs: Runs = Arc::default();
     let alpha = start_node(&d, "alpha", &runs).await;
     let beta = start_node(&d, "beta", &runs).await;

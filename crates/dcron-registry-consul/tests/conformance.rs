@@ -1,4 +1,5 @@
-//! The dcron-testkit conformance suite against the Consul test double (always) and against a
+//! The dcron-testkit conformance suite against the Consul test double (a `harness = false`
+//! target: skipped cases show as ignored, with the reason). `tests/agent.rs` runs it against a
 //! real agent when `DCRON_TEST_CONSUL_ADDR` is set.
 
 mod support;
@@ -6,45 +7,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dcron_core::{Error, Lease, Registry, Result};
+use dcron_core::{Lease, Registry, Result};
 use dcron_registry_consul::{ConsulRegistry, ConsulRegistryConfig};
 use dcron_testkit::async_trait;
 use support::double::ConsulDouble;
-
-/// Raw HTTP calls the hooks need (outside the registry's API).
-async fn raw_put(config: &ConsulRegistryConfig, path: &str, body: Vec<u8>) -> Result<()> {
-    let mut req = reqwest::Client::new()
-        .put(format!("{}{path}", config.address.trim_end_matches('/')))
-        .body(body);
-    if let Some(token) = &config.token {
-        req = req.header("X-Consul-Token", token);
-    }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| Error::unavailable(format!("consul hook request: {e}")))?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(Error::backend(
-            "consul",
-            format!("hook request {path}"),
-            format!("HTTP {}", resp.status()),
-        ))
-    }
-}
-
-fn kv_path(key: &str) -> String {
-    let mut out = String::from("/v1/kv/");
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+use support::{kv_path, raw_put};
 
 /// One double per test case, started on first use (inside the case's runtime).
 struct DoubleFactory {
@@ -59,7 +26,7 @@ impl DoubleFactory {
     }
 
     async fn double(&self) -> &ConsulDouble {
-        self.double.get_or_init(ConsulDouble::start).await
+        self.double.get_or_init(support::fast_double).await
     }
 
     async fn config(&self, namespace: &str) -> ConsulRegistryConfig {
@@ -73,8 +40,22 @@ impl dcron_testkit::RegistryFactory for DoubleFactory {
         "consul-double"
     }
 
+    fn min_ttl(&self) -> Duration {
+        // A 1 s session (the double's `session_ttl_min`) grants a 2 s lease.
+        Duration::from_secs(2)
+    }
+
     async fn open(&self, namespace: &str) -> Result<Arc<dyn Registry>> {
         Ok(Arc::new(ConsulRegistry::new(self.config(namespace).await)?))
+    }
+
+    fn hooks(&self) -> Option<dcron_testkit::Hooks> {
+        Some(
+            dcron_testkit::Hooks::none()
+                .with_restart_server()
+                .with_expire_lease()
+                .with_write_raw_task(),
+        )
     }
 
     async fn restart_server(&self) -> Result<()> {
@@ -99,69 +80,5 @@ impl dcron_testkit::RegistryFactory for DoubleFactory {
     }
 }
 
-mod on_double {
-    use super::*;
+dcron_testkit::conformance_main!(DoubleFactory::new());
 
-    dcron_testkit::conformance_tests!(DoubleFactory::new());
-}
-
-/// A real agent from `DCRON_TEST_CONSUL_ADDR` (and `DCRON_TEST_CONSUL_TOKEN`).
-struct AgentFactory {
-    config: ConsulRegistryConfig,
-}
-
-#[async_trait]
-impl dcron_testkit::RegistryFactory for AgentFactory {
-    fn name(&self) -> &'static str {
-        "consul"
-    }
-
-    async fn open(&self, namespace: &str) -> Result<Arc<dyn Registry>> {
-        let config = self.config.clone().with_namespace(namespace);
-        Ok(Arc::new(ConsulRegistry::connect(config).await?))
-    }
-
-    fn min_ttl(&self) -> Duration {
-        dcron_registry_consul::CONSUL_MIN_SESSION_TTL
-    }
-
-    fn expiry_slack(&self) -> Duration {
-        // Consul invalidates a session between 1× and 2× its TTL.
-        dcron_registry_consul::CONSUL_MIN_SESSION_TTL + Duration::from_secs(5)
-    }
-
-    async fn expire_lease(&self, _namespace: &str, lease: &Lease) -> Result<()> {
-        raw_put(
-            &self.config,
-            &format!("/v1/session/destroy/{}", lease.id),
-            Vec::new(),
-        )
-        .await
-    }
-
-    async fn write_raw_task(&self, namespace: &str, name: &str, bytes: &[u8]) -> Result<()> {
-        let config = self.config.clone().with_namespace(namespace);
-        let key = ConsulRegistry::new(config)?.task_key(name);
-        raw_put(&self.config, &kv_path(&key), bytes.to_vec()).await
-    }
-}
-
-/// The whole suite against a real agent; skipped (with the reason printed) when
-/// `DCRON_TEST_CONSUL_ADDR` is not set — no agent can be installed on this project's machines,
-/// so this is not required even under `DCRON_TEST_REQUIRE=1`.
-#[test]
-fn real_agent_conformance() {
-    let Some(config) = ConsulRegistryConfig::from_env() else {
-        println!("real_agent_conformance skipped: DCRON_TEST_CONSUL_ADDR is not set");
-        return;
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let summary = runtime.block_on(dcron_testkit::run_all(AgentFactory {
-        config: config.with_watch_wait(Duration::from_secs(5)),
-    }));
-    assert!(summary.is_success(), "{summary}");
-}

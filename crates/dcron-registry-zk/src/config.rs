@@ -37,8 +37,11 @@ pub struct ZkRegistryConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) digest: Option<(String, String)>,
     pub(crate) ttl_claims: bool,
+    pub(crate) require_ttl: bool,
+    pub(crate) world_readable: bool,
     pub(crate) sweep_interval: Duration,
     pub(crate) watch_buffer: usize,
+    pub(crate) faults: Option<crate::FaultInjector>,
 }
 
 impl std::fmt::Debug for ZkRegistryConfig {
@@ -51,8 +54,11 @@ impl std::fmt::Debug for ZkRegistryConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("digest_user", &self.digest.as_ref().map(|(u, _)| u))
             .field("ttl_claims", &self.ttl_claims)
+            .field("require_ttl", &self.require_ttl)
+            .field("world_readable", &self.world_readable)
             .field("sweep_interval", &self.sweep_interval)
             .field("watch_buffer", &self.watch_buffer)
+            .field("fault_injector", &self.faults.is_some())
             .finish()
     }
 }
@@ -79,8 +85,11 @@ impl ZkRegistryConfig {
             connect_timeout: Duration::from_secs(5),
             digest: None,
             ttl_claims: true,
+            require_ttl: false,
+            world_readable: false,
             sweep_interval: Duration::from_secs(10),
             watch_buffer: 1024,
+            faults: None,
         }
     }
 
@@ -114,10 +123,19 @@ impl ZkRegistryConfig {
     }
 
     /// Authenticates every connection with the `digest` scheme (`addauth digest user:password`)
-    /// and creates every znode with the ACL "all permissions for the creator's identity", so a
-    /// client without these credentials can neither read nor change the namespace.
+    /// and creates every znode with the ACL "all permissions for the creator's identity"
+    /// (`CREATOR_ALL_ACL`), so a client without these credentials can neither read nor change
+    /// the namespace (see [`ZkRegistryConfig::world_readable`] to let others read).
     pub fn digest_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.digest = Some((user.into(), password.into()));
+        self
+    }
+
+    /// With [`ZkRegistryConfig::digest_auth`]: also grant `world:anyone` the read permission on
+    /// every znode created, so that monitoring without the credentials can read (never change)
+    /// the namespace. Off by default; without credentials every znode is open anyway.
+    pub fn world_readable(mut self, readable: bool) -> Self {
+        self.world_readable = readable;
         self
     }
 
@@ -142,16 +160,34 @@ impl ZkRegistryConfig {
     }
 
     /// Whether claims are TTL znodes (`true`, the default; needs `extendedTypesEnabled=true` on
-    /// the server, and falls back to the sweeper when the server refuses them) or persistent
-    /// znodes removed by the sweeper (`false`).
+    /// the server: probed at connect, see [`ZkRegistryConfig::require_ttl`]) or persistent
+    /// znodes removed by the sweeper (`false`). Either way an expired claim counts as absent at
+    /// once (its expiry is judged against the server's clock); TTL znodes and the sweeper only
+    /// collect the garbage.
     pub fn ttl_claims(mut self, enabled: bool) -> Self {
         self.ttl_claims = enabled;
+        self
+    }
+
+    /// Whether a server without TTL znodes is an error at connect (`true`:
+    /// [`ZkRegistry::connect`](crate::ZkRegistry::connect) answers [`Error::Unsupported`]) or
+    /// falls back to the claim sweeper, announced by an event, a metric and a warning (`false`,
+    /// the default).
+    pub fn require_ttl(mut self, required: bool) -> Self {
+        self.require_ttl = required;
         self
     }
 
     /// Sets how often the claim sweeper runs when claims are not TTL znodes.
     pub fn sweep_interval(mut self, interval: Duration) -> Self {
         self.sweep_interval = interval;
+        self
+    }
+
+    /// Passes every request of the registry (all its sessions) through `faults`, for tests
+    /// that fail, or drop the reply of, one chosen request (see [`crate::FaultInjector`]).
+    pub fn fault_injector(mut self, faults: crate::FaultInjector) -> Self {
+        self.faults = Some(faults);
         self
     }
 

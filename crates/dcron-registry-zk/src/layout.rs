@@ -1,20 +1,21 @@
 //! Where things live under the namespace, and how names become znode names.
 //!
 //! ```text
-//! {root}/nodes/{escaped node id}            ephemeral, data = Node JSON
-//! {root}/tasks/{escaped task name}          persistent, data = TaskMeta JSON
-//! {root}/tombstones/{escaped task name}     persistent, data = Tombstone JSON
-//! {root}/claims/{escaped task name}         persistent directory of one task's claims
-//! {root}/claims/{escaped task name}/{ms}    TTL znode (or persistent + sweeper), data = Claim JSON
-//! {root}/sweeper                            ephemeral lock of the claim sweeper (fallback only)
-//! {root}/records                            persistent directory of records, created on demand
-//! {root}/records/{kind}                     persistent directory of one kind (pause, trigger, status)
-//! {root}/records/{kind}/{escaped key}       persistent, data = the record's opaque bytes
+//! {root}                                   the namespace marker (data `{"dcron_namespace":1}`)
+//! {root}/nodes/{node id}.{sequence}        ephemeral sequential, data = Node JSON
+//! {root}/tasks/{task name}                 persistent: the whole state of the name (see `state`)
+//! {root}/tasks/{task name}/{gen}_{ms}      a claim (TTL znode, or persistent + sweeper)
+//! {root}/tasks/{task name}/{gen}_{ms}/n    the claim that took the fire over after it expired
+//!                                          (and `/n/n`, … for each later takeover)
+//! {root}/clients/{uuid}                    ephemeral marker of one registry handle's session
+//! {root}/sweeper                           ephemeral lock of the claim sweeper (without TTL)
+//! {root}/records/{kind}/{record key}       persistent, data = the record's opaque bytes
 //! ```
 //!
 //! Escaping: every byte outside `[A-Za-z0-9_-]` becomes `%XX` (upper-case hex) — including `.`
-//! (so `.` and `..` cannot occur), `%` itself, and every byte of non-ASCII characters, which
-//! ZooKeeper restricts in path components. The mapping is one-to-one and reversible.
+//! (so `.` and `..` cannot occur, and `.` is free as the separator before a node's sequence
+//! number), `%` itself, and every byte of non-ASCII characters, which ZooKeeper restricts in
+//! path components. The mapping is one-to-one and reversible.
 
 use dcron_core::{Error, RecordKind, Result};
 
@@ -87,6 +88,47 @@ pub(crate) fn normalise_root(root: &str) -> Result<String> {
     Ok(trimmed.to_string())
 }
 
+/// The ancestors of a normalised root, outermost first (`/a/b/c` → `/a`, `/a/b`).
+pub(crate) fn ancestors(root: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut at = String::new();
+    let parts: Vec<&str> = root[1..].split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        at.push('/');
+        at.push_str(part);
+        out.push(at.clone());
+    }
+    out
+}
+
+/// The name of the claim znode of a fire: `{generation}_{instant ms}`.
+pub(crate) fn claim_name(generation: u64, instant_ms: i64) -> String {
+    format!("{generation}_{instant_ms}")
+}
+
+/// Reverses [`claim_name`].
+pub(crate) fn parse_claim_name(name: &str) -> Option<(u64, i64)> {
+    let (g, ms) = name.split_once('_')?;
+    Some((g.parse().ok()?, ms.parse().ok()?))
+}
+
+/// The child name of a node record: `{escaped id}.` followed by the server's sequence number.
+pub(crate) fn node_prefix(id: &str) -> String {
+    format!("{}.", escape(id))
+}
+
+/// Reverses a node record's child name into `(node id, sequence)`.
+pub(crate) fn parse_node_child(child: &str) -> Option<(String, u64)> {
+    let (id, seq) = child.rsplit_once('.')?;
+    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((unescape(id)?, seq.parse().ok()?))
+}
+
+/// The child a takeover of an expired claim creates under it.
+pub(crate) const SUCCESSOR: &str = "n";
+
 /// The paths of one namespace.
 #[derive(Clone, Debug)]
 pub(crate) struct Layout {
@@ -102,19 +144,12 @@ impl Layout {
         &self.root
     }
 
-    /// The directories created at connect time, parents first.
+    /// The directories under the root, created at connect time.
     pub(crate) fn directories(&self) -> Vec<String> {
-        let mut dirs = Vec::new();
-        let mut at = String::new();
-        for part in self.root[1..].split('/') {
-            at.push('/');
-            at.push_str(part);
-            dirs.push(at.clone());
-        }
-        for d in ["nodes", "tasks", "tombstones", "claims"] {
-            dirs.push(format!("{}/{d}", self.root));
-        }
-        dirs
+        ["nodes", "tasks", "clients", "records"]
+            .iter()
+            .map(|d| format!("{}/{d}", self.root))
+            .collect()
     }
 
     pub(crate) fn nodes_dir(&self) -> String {
@@ -123,11 +158,8 @@ impl Layout {
     pub(crate) fn tasks_dir(&self) -> String {
         format!("{}/tasks", self.root)
     }
-    pub(crate) fn tombstones_dir(&self) -> String {
-        format!("{}/tombstones", self.root)
-    }
-    pub(crate) fn claims_dir(&self) -> String {
-        format!("{}/claims", self.root)
+    pub(crate) fn client(&self, id: &str) -> String {
+        format!("{}/clients/{id}", self.root)
     }
     pub(crate) fn records_dir(&self) -> String {
         format!("{}/records", self.root)
@@ -141,21 +173,18 @@ impl Layout {
     pub(crate) fn sweeper_lock(&self) -> String {
         format!("{}/sweeper", self.root)
     }
-
-    pub(crate) fn node(&self, id: &str) -> String {
-        format!("{}/nodes/{}", self.root, escape(id))
-    }
+    /// The state znode of a task name.
     pub(crate) fn task(&self, name: &str) -> String {
         format!("{}/tasks/{}", self.root, escape(name))
     }
-    pub(crate) fn tombstone(&self, name: &str) -> String {
-        format!("{}/tombstones/{}", self.root, escape(name))
-    }
-    pub(crate) fn task_claims(&self, name: &str) -> String {
-        format!("{}/claims/{}", self.root, escape(name))
-    }
-    pub(crate) fn claim(&self, name: &str, instant_ms: i64) -> String {
-        format!("{}/claims/{}/{instant_ms}", self.root, escape(name))
+    /// The claim znode of a fire in a generation.
+    pub(crate) fn claim(&self, name: &str, generation: u64, instant_ms: i64) -> String {
+        format!(
+            "{}/tasks/{}/{}",
+            self.root,
+            escape(name),
+            claim_name(generation, instant_ms)
+        )
     }
 }
 
@@ -206,19 +235,14 @@ mod tests {
                 "{bad:?}"
             );
         }
+        assert_eq!(ancestors("/x/y/z"), vec!["/x", "/x/y"]);
+        assert!(ancestors("/x").is_empty());
         let l = Layout::new("/x/y".into());
         assert_eq!(
             l.directories(),
-            vec![
-                "/x",
-                "/x/y",
-                "/x/y/nodes",
-                "/x/y/tasks",
-                "/x/y/tombstones",
-                "/x/y/claims"
-            ]
+            vec!["/x/y/nodes", "/x/y/tasks", "/x/y/clients", "/x/y/records"]
         );
-        assert_eq!(l.claim("a b", -5), "/x/y/claims/a%20b/-5");
+        assert_eq!(l.claim("a b", 3, -5), "/x/y/tasks/a%20b/3_-5");
         assert_eq!(
             l.record(RecordKind::Trigger, "a b@1"),
             "/x/y/records/trigger/a%20b%401"
@@ -227,10 +251,17 @@ mod tests {
             l.record(RecordKind::Pause, ".."),
             "/x/y/records/pause/%2E%2E"
         );
-        assert_eq!(
-            l.records_kind_dir(RecordKind::Status),
-            "/x/y/records/status"
-        );
-        assert_eq!(l.records_dir(), "/x/y/records");
+    }
+
+    #[test]
+    fn child_names_parse_back() {
+        assert_eq!(parse_claim_name(&claim_name(7, -12)), Some((7, -12)));
+        assert_eq!(parse_claim_name("7"), None);
+        assert_eq!(parse_claim_name("x_1"), None);
+        let child = format!("{}0000000042", node_prefix("node.a b"));
+        assert_eq!(parse_node_child(&child), Some(("node.a b".to_string(), 42)));
+        assert_eq!(parse_node_child("plain"), None);
+        assert_eq!(parse_node_child("a."), None);
+        assert_eq!(parse_node_child("a.1x"), None);
     }
 }

@@ -2,12 +2,21 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod claims;
 mod config;
 mod conn;
+mod events;
+mod faults;
 mod layout;
+mod names;
+mod nodes;
+mod records;
 mod registry;
+mod state;
 mod sweeper;
 mod watcher;
 
 pub use config::{ZkRegistryConfig, DEFAULT_CONNECT, DEFAULT_NAMESPACE, MIN_SESSION_TIMEOUT};
+pub use events::ZkEvent;
+pub use faults::{Fault, FaultInjector};
 pub use registry::{ZkRegistry, MAX_VALUE_BYTES};

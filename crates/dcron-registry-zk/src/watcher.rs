@@ -1,13 +1,15 @@
-//! Watch streams: children **and** data watches on the registry's directories, re-armed after
-//! every trigger and after every reconnect.
+//! Watch streams: a children watch on one directory **and** a data watch on every child,
+//! re-armed after every trigger and after every reconnect.
 //!
-//! ZooKeeper watches fire once. For each watched directory the task keeps a children watch on
-//! the directory and a data watch on every child, and remembers each child's `mzxid`. A
-//! children trigger re-lists the directory (new children → a put, missing children → a
-//! removal); a data trigger re-reads that child (changed → a put, gone → a removal). After a
-//! reconnect (the client does not restore watches) or a failed re-arm, the stream yields a
-//! resync marker and everything is armed again. Events go through [`dcron_core::watch_channel`],
-//! so a slow reader never blocks anything: overflow becomes one resync.
+//! ZooKeeper watches fire once. The task keeps a children watch on the directory and a data
+//! watch on every child, and remembers each child's `mzxid`. A children trigger re-lists the
+//! directory; a data trigger re-reads that child. What a child's data means is up to a
+//! [`Model`], which turns the latest data of a child (or its disappearance) into events: it
+//! only ever sees a child's data with a greater `mzxid` than before, so one child's events
+//! never go back to an older state. After a reconnect (the client restores no watches) or a
+//! failed re-arm, the stream yields a resync marker and everything is armed again. Events go
+//! through [`dcron_core::watch_channel`], so a slow reader never blocks anything: overflow
+//! becomes one resync.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,20 +21,17 @@ use zookeeper_async::{WatchedEvent, ZkError};
 
 use crate::conn::Conn;
 
-/// A change seen in one watched directory.
-pub(crate) enum Change<'a> {
-    /// A child appeared or its data changed.
-    Put { child: &'a str, data: &'a [u8] },
-    /// A child is gone.
-    Gone { child: &'a str },
+/// Turns the children of one watched directory into events.
+pub(crate) trait Model<E>: Send + 'static {
+    /// `child` has this (newer) data.
+    fn put(&mut self, child: &str, data: &[u8], out: &mut Vec<E>);
+    /// `child` is gone.
+    fn gone(&mut self, child: &str, out: &mut Vec<E>);
 }
 
-/// Turns a directory change into the stream's event (`None`: nothing to report).
-pub(crate) type Mapper<E> = Box<dyn Fn(usize, Change<'_>) -> Option<E> + Send + Sync>;
-
 enum Trigger {
-    Children(usize),
-    Data(usize, String),
+    Children,
+    Data(String),
 }
 
 /// How long to wait before re-arming after a failure.
@@ -40,32 +39,32 @@ const RETRY: Duration = Duration::from_millis(500);
 
 struct Watcher<E: dcron_core::ResyncEvent> {
     conn: Arc<Conn>,
-    dirs: Vec<String>,
-    known: Vec<HashMap<String, i64>>,
+    dir: String,
+    known: HashMap<String, i64>,
     triggers: mpsc::UnboundedSender<Trigger>,
     out: WatchSender<E>,
-    map: Mapper<E>,
+    model: Box<dyn Model<E>>,
 }
 
-/// Starts watching `dirs`, feeding `out` until its receiver is dropped. Returns once the first
+/// Starts watching `dir`, feeding `out` until its receiver is dropped. Returns once the first
 /// arming succeeded (so changes made after the call returns are seen).
 pub(crate) async fn spawn<E>(
     conn: Arc<Conn>,
-    dirs: Vec<String>,
+    dir: String,
     out: WatchSender<E>,
-    map: Mapper<E>,
+    model: Box<dyn Model<E>>,
 ) -> Result<()>
 where
     E: dcron_core::ResyncEvent + Send + Unpin + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut w = Watcher {
-        known: vec![HashMap::new(); dirs.len()],
+        known: HashMap::new(),
         conn,
-        dirs,
+        dir,
         triggers: tx,
         out,
-        map,
+        model,
     };
     let reconnects = w.conn.reconnects();
     w.arm_all(false).await?;
@@ -109,8 +108,8 @@ where
                     self.arm_all(true).await
                 }
                 trigger = triggers.recv() => match trigger {
-                    Some(Trigger::Children(i)) => self.arm_children(i, true).await,
-                    Some(Trigger::Data(i, child)) => self.arm_data(i, &child, true).await,
+                    Some(Trigger::Children) => self.arm_children(true).await,
+                    Some(Trigger::Data(child)) => self.arm_data(&child, true).await,
                     None => return,
                 },
                 _ = tick.tick() => Ok(()),
@@ -123,66 +122,63 @@ where
         }
     }
 
-    /// Arms every directory; `report` says whether differences become events (not on the first
-    /// arming, where the consumer lists anyway).
+    /// Arms the directory and every child; `report` says whether differences become events
+    /// (not on the first arming, where the consumer lists anyway).
     async fn arm_all(&mut self, report: bool) -> Result<()> {
-        for i in 0..self.dirs.len() {
-            self.arm_children(i, report).await?;
-            let children: Vec<String> = self.known[i].keys().cloned().collect();
-            for child in children {
-                self.arm_data(i, &child, report).await?;
-            }
+        self.arm_children(report).await?;
+        let children: Vec<String> = self.known.keys().cloned().collect();
+        for child in children {
+            self.arm_data(&child, report).await?;
         }
         Ok(())
     }
 
-    async fn arm_children(&mut self, i: usize, report: bool) -> Result<()> {
-        let dir = self.dirs[i].clone();
+    async fn arm_children(&mut self, report: bool) -> Result<()> {
+        let dir = self.dir.clone();
         let tx = self.triggers.clone();
         let listed = self
             .conn
-            .call_or(&dir, &[ZkError::NoNode], |zk| {
+            .call_or("watch_children", &dir, &[ZkError::NoNode], |zk| {
                 let (dir, tx) = (dir.clone(), tx.clone());
                 async move {
                     zk.get_children_w(&dir, move |_: WatchedEvent| {
-                        let _ = tx.send(Trigger::Children(i));
+                        let _ = tx.send(Trigger::Children);
                     })
                     .await
                 }
             })
             .await?
             .unwrap_or_default();
-        let gone: Vec<String> = self.known[i]
+        let gone: Vec<String> = self
+            .known
             .keys()
             .filter(|k| !listed.contains(k))
             .cloned()
             .collect();
         for child in gone {
-            self.known[i].remove(&child);
-            if report {
-                self.emit(i, Change::Gone { child: &child });
-            }
+            self.known.remove(&child);
+            self.emit_gone(&child, report);
         }
         for child in listed {
-            if !self.known[i].contains_key(&child) {
-                self.known[i].insert(child.clone(), -1);
-                self.arm_data(i, &child, report).await?;
+            if !self.known.contains_key(&child) {
+                self.known.insert(child.clone(), -1);
+                self.arm_data(&child, report).await?;
             }
         }
         Ok(())
     }
 
-    async fn arm_data(&mut self, i: usize, child: &str, report: bool) -> Result<()> {
-        let path = format!("{}/{child}", self.dirs[i]);
+    async fn arm_data(&mut self, child: &str, report: bool) -> Result<()> {
+        let path = format!("{}/{child}", self.dir);
         let tx = self.triggers.clone();
         let owned = child.to_string();
         let read = self
             .conn
-            .call_or(&path, &[ZkError::NoNode], |zk| {
+            .call_or("watch_data", &path, &[ZkError::NoNode], |zk| {
                 let (path, tx, owned) = (path.clone(), tx.clone(), owned.clone());
                 async move {
                     zk.get_data_w(&path, move |_: WatchedEvent| {
-                        let _ = tx.send(Trigger::Data(i, owned));
+                        let _ = tx.send(Trigger::Data(owned));
                     })
                     .await
                 }
@@ -190,23 +186,35 @@ where
             .await?;
         match read {
             Ok((data, stat)) => {
-                let before = self.known[i].insert(child.to_string(), stat.mzxid);
-                if report && before != Some(stat.mzxid) {
-                    self.emit(i, Change::Put { child, data: &data });
+                let before = self.known.get(child).copied().unwrap_or(-1);
+                // Only a newer version of the child is news: never go back.
+                if stat.mzxid > before {
+                    self.known.insert(child.to_string(), stat.mzxid);
+                    let mut events = Vec::new();
+                    self.model.put(child, &data, &mut events);
+                    self.send(events, report);
                 }
             }
             Err(_) => {
-                if self.known[i].remove(child).is_some() && report {
-                    self.emit(i, Change::Gone { child });
+                if self.known.remove(child).is_some() {
+                    self.emit_gone(child, report);
                 }
             }
         }
         Ok(())
     }
 
-    fn emit(&self, i: usize, change: Change<'_>) {
-        if let Some(event) = (self.map)(i, change) {
-            self.out.send(event);
+    fn emit_gone(&mut self, child: &str, report: bool) {
+        let mut events = Vec::new();
+        self.model.gone(child, &mut events);
+        self.send(events, report);
+    }
+
+    fn send(&self, events: Vec<E>, report: bool) {
+        if report {
+            for event in events {
+                self.out.send(event);
+            }
         }
     }
 }

@@ -1,24 +1,30 @@
 //! This backend's own integration tests on a real ZooKeeper: what the conformance suite does not
-//! look at (ephemeral znodes, session loss and expiry through a proxy, digest ACLs, the sweeper,
-//! data watches on node status, claims across a server restart).
+//! look at (sequential ephemeral registrations, stale leases, session loss and expiry through a
+//! proxy, digest ACLs on every znode, nested namespaces, a server without TTL znodes, data
+//! watches on node status).
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use common::{eventually, shared_connect, shared_registry, shared_registry_with, unique, Proxy};
 use dcron_core::{
-    ClaimOutcome, Error, FireKey, Node, NodeEvent, NodeStatus, PutMode, Registry, TaskMeta,
-    TaskMetaEvent,
+    ClaimOutcome, ClaimRequest, Claimant, Error, FireKey, Node, NodeEvent, NodeStatus, PutMode,
+    Registry, TaskMeta, TaskMetaEvent,
 };
-use dcron_registry_zk::{ZkRegistry, ZkRegistryConfig};
+use dcron_registry_zk::{ZkEvent, ZkRegistry, ZkRegistryConfig};
 use futures::StreamExt;
-use zookeeper_async::{ZkError, ZooKeeper};
+use zookeeper_async::{Acl, CreateMode, ZkError, ZooKeeper};
 
 fn node(id: &str) -> Node {
     Node::new(id, Utc::now())
+}
+
+fn meta(name: &str) -> TaskMeta {
+    let mut m = TaskMeta::new(name, "@hourly");
+    m.created_at = Some(Utc::now());
+    m
 }
 
 async fn listed(reg: &ZkRegistry, id: &str) -> bool {
@@ -34,10 +40,55 @@ async fn raw_client(connect: &str) -> ZooKeeper {
         .expect("plain client")
 }
 
+/// Claims one fire in the name's current life for `node` (epoch 1).
+async fn claim(reg: &ZkRegistry, fire: &FireKey, node: &str, retention: Duration) -> ClaimOutcome {
+    let life = reg
+        .ensure_lives(&[(fire.task.clone(), Utc::now())])
+        .await
+        .expect("life")[0];
+    let request = ClaimRequest::new(
+        fire.clone(),
+        life.generation,
+        fire.instant + chrono::Duration::days(1),
+        retention,
+    );
+    reg.claim(&Claimant::new(node, 1), &[request])
+        .await
+        .expect("claim")
+        .remove(0)
+}
+
+fn fire(task: &str, ms: i64) -> FireKey {
+    FireKey::new(
+        task,
+        chrono::DateTime::from_timestamp_millis(1_900_000_000_000 + ms).expect("instant"),
+    )
+}
+
+async fn next_matching<T, S: futures::Stream<Item = T> + Unpin>(
+    stream: &mut S,
+    within: Duration,
+    mut pred: impl FnMut(&T) -> bool,
+) -> bool {
+    tokio::time::timeout(within, async {
+        while let Some(e) = stream.next().await {
+            if pred(&e) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registration_is_an_ephemeral_znode_of_its_own_session() {
+async fn registration_is_an_ephemeral_sequential_znode_of_its_own_session() {
     let ns = unique("ephemeral");
     let Some(reg) = shared_registry(&ns).await else {
+        return;
+    };
+    let Some(other) = shared_registry(&ns).await else {
         return;
     };
     let mut n = node("n1");
@@ -48,7 +99,11 @@ async fn registration_is_an_ephemeral_znode_of_its_own_session() {
     let session = reg.session_id(&lease).expect("session");
     assert_eq!(lease.id, format!("{session:016x}"));
     let raw = raw_client(&shared_connect()).await;
-    let path = format!("{}/nodes/n1", reg.root());
+    let dir = format!("{}/nodes", reg.root());
+    let children = raw.get_children(&dir, false).await.expect("children");
+    assert_eq!(children.len(), 1);
+    assert!(children[0].starts_with("n1."), "{children:?}");
+    let path = format!("{dir}/{}", children[0]);
     let stat = raw
         .exists(&path, false)
         .await
@@ -68,13 +123,14 @@ async fn registration_is_an_ephemeral_znode_of_its_own_session() {
         .expect("exists")
         .expect("present");
     assert_eq!(stat.ephemeral_owner, session);
-    assert!(stat.version >= 1);
-    let listed_node = reg.list_nodes().await.expect("list").items;
-    assert_eq!(listed_node, vec![n.clone()]);
+    assert_eq!(reg.list_nodes().await.expect("list").items, vec![n.clone()]);
 
-    // A second registration of the same id replaces the first; the old lease is lost.
-    let second = reg
-        .register(&n, Duration::from_secs(5))
+    // Another handle (another process) registers the same id: the older lease is lost and can
+    // neither renew nor overwrite the newer record, nor remove it.
+    let mut newer = n.clone();
+    newer.weight = 7;
+    let second = other
+        .register(&newer, Duration::from_secs(5))
         .await
         .expect("again");
     assert_ne!(second.id, lease.id);
@@ -82,9 +138,25 @@ async fn registration_is_an_ephemeral_znode_of_its_own_session() {
         reg.keep_alive(&lease).await,
         Err(Error::LeaseLost { .. })
     ));
-    reg.keep_alive(&second).await.expect("new lease alive");
-    reg.unregister(&second).await.expect("unregister");
-    assert!(raw.exists(&path, false).await.expect("exists").is_none());
+    assert!(matches!(
+        reg.update_node(&lease, &n).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    reg.unregister(&lease)
+        .await
+        .expect("a stale unregister is Ok");
+    assert_eq!(
+        other.list_nodes().await.expect("list").items,
+        vec![newer.clone()],
+        "the newer record is untouched"
+    );
+    other.keep_alive(&second).await.expect("new lease alive");
+    other.unregister(&second).await.expect("unregister");
+    assert!(raw
+        .get_children(&dir, false)
+        .await
+        .expect("children")
+        .is_empty());
     let _ = raw.close().await;
     reg.cleanup_all().await.expect("cleanup");
 }
@@ -102,9 +174,13 @@ async fn short_connection_loss_keeps_the_session() {
     let reg = ZkRegistry::connect(config)
         .await
         .expect("through the proxy");
+    let session = reg.session();
+    let mut zk_events = reg.events();
     let n = node("blip");
-    let ttl = Duration::from_secs(8);
-    let lease = reg.register(&n, ttl).await.expect("register");
+    let lease = reg
+        .register(&n, Duration::from_secs(8))
+        .await
+        .expect("register");
     let mut events = reg.watch_tasks().await.expect("watch");
 
     proxy.set_down(true);
@@ -112,10 +188,7 @@ async fn short_connection_loss_keeps_the_session() {
         matches!(reg.keep_alive(&lease).await, Err(Error::Unavailable { .. }))
     })
     .await;
-    assert!(
-        saw_outage,
-        "keep_alive must report the outage as Unavailable"
-    );
+    assert!(saw_outage, "keep_alive reports the outage as Unavailable");
     proxy.set_down(false);
     let back = eventually(Duration::from_secs(6), || async {
         reg.keep_alive(&lease).await.is_ok()
@@ -123,38 +196,44 @@ async fn short_connection_loss_keeps_the_session() {
     .await;
     assert!(back, "the same lease works again after reconnecting");
     assert!(listed(&observer, "blip").await, "the node never left");
-
-    // The watch says it may have missed something, and works again afterwards.
-    let resync = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(e) = events.next().await {
-            if e == TaskMetaEvent::Resync {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(resync, Ok(true), "a Resync after the reconnect");
+    assert!(
+        next_matching(&mut events, Duration::from_secs(10), |e| *e
+            == TaskMetaEvent::Resync)
+        .await,
+        "a Resync after the reconnect"
+    );
     observer
-        .put_task(&TaskMeta::new("after", "@every 1s"), PutMode::CreateOnly)
+        .put_task(&meta("after"), PutMode::CreateOnly)
         .await
         .expect("put");
-    let put = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(e) = events.next().await {
-            if matches!(&e, TaskMetaEvent::Put(m) if m.name == "after") {
-                return true;
+    assert!(
+        next_matching(&mut events, Duration::from_secs(10), |e| {
+            matches!(e, TaskMetaEvent::Put(m) if m.name == "after")
+        })
+        .await,
+        "watch re-armed after the reconnect"
+    );
+    assert_eq!(reg.session(), session, "the same session");
+    let reconnected = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match zk_events.recv().await {
+                Ok(ZkEvent::Reconnected { session: s }) => return s,
+                Ok(_) => {}
+                Err(_) => return 0,
             }
         }
-        false
     })
     .await;
-    assert_eq!(put, Ok(true), "watch re-armed after the reconnect");
+    assert_eq!(reconnected, Ok(session), "a Reconnected event");
     reg.unregister(&lease).await.expect("unregister");
     observer.cleanup_all().await.expect("cleanup");
 }
 
+/// The server expires every session of a registry (an outage longer than the session timeout):
+/// the shared session is renewed (event, marker, watches re-armed and delivering), the lease
+/// is lost, and registering again brings the node back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outage_longer_than_the_ttl_loses_the_lease_and_reregistering_recovers() {
+async fn session_expiry_renews_the_session_rearms_watches_and_loses_the_lease() {
     let ns = unique("expiry");
     let Some(observer) = shared_registry(&ns).await else {
         return;
@@ -162,24 +241,48 @@ async fn outage_longer_than_the_ttl_loses_the_lease_and_reregistering_recovers()
     let proxy = Proxy::start(&shared_connect()).await;
     let config = ZkRegistryConfig::new(proxy.connect())
         .namespace(common::root_of(&ns))
+        .session_timeout(Duration::from_secs(2))
         .operation_timeout(Duration::from_secs(1));
     let reg = ZkRegistry::connect(config)
         .await
         .expect("through the proxy");
+    let old_session = reg.session();
+    let mut zk_events = reg.events();
     let n = node("expiring");
     let lease = reg
         .register(&n, Duration::from_secs(2))
         .await
         .expect("register");
+    let mut tasks = reg.watch_tasks().await.expect("watch tasks");
+    let mut nodes = reg.watch_nodes().await.expect("watch nodes");
     assert!(listed(&observer, "expiring").await);
 
     proxy.set_down(true);
-    let gone = eventually(Duration::from_secs(10), || async {
+    let gone = eventually(Duration::from_secs(15), || async {
         !listed(&observer, "expiring").await
     })
     .await;
     assert!(gone, "the server expired the unreachable node's session");
     proxy.set_down(false);
+
+    let renewed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match zk_events.recv().await {
+                Ok(ZkEvent::SessionRenewed { old, new }) => return Some((old, new)),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let (old, new) = renewed.expect("a SessionRenewed event");
+    assert_eq!(old, old_session);
+    assert_ne!(new, old);
+    assert_eq!(reg.session(), new);
+
     let lost = eventually(Duration::from_secs(10), || async {
         matches!(reg.keep_alive(&lease).await, Err(Error::LeaseLost { .. }))
     })
@@ -190,18 +293,58 @@ async fn outage_longer_than_the_ttl_loses_the_lease_and_reregistering_recovers()
         Err(Error::LeaseLost { .. })
     ));
     assert!(!listed(&observer, "expiring").await, "not recreated");
+
+    // Both watches came back and deliver changes made by others.
+    observer
+        .put_task(&meta("after-expiry"), PutMode::CreateOnly)
+        .await
+        .expect("put");
+    assert!(
+        next_matching(&mut tasks, Duration::from_secs(10), |e| {
+            matches!(e, TaskMetaEvent::Put(m) if m.name == "after-expiry")
+        })
+        .await,
+        "the task watch is re-armed in the new session"
+    );
     let again = eventually(Duration::from_secs(10), || async {
         reg.register(&n, Duration::from_secs(4)).await.is_ok()
     })
     .await;
     assert!(again, "re-registering works once the server is back");
     assert!(listed(&observer, "expiring").await, "the node is back");
+    assert!(
+        next_matching(&mut nodes, Duration::from_secs(10), |e| {
+            matches!(e, NodeEvent::Put(x) if x.id == "expiring")
+        })
+        .await,
+        "the node watch is re-armed in the new session"
+    );
+    // Claims work in the new session.
+    assert!(
+        claim(&reg, &fire("after-expiry", 0), "x", Duration::from_secs(60))
+            .await
+            .is_won()
+    );
     reg.close().await;
     observer.cleanup_all().await.expect("cleanup");
 }
 
+/// Every znode of the namespace, depth first (root included).
+async fn every_znode(zk: &ZooKeeper, root: &str) -> Vec<String> {
+    let mut out = vec![root.to_string()];
+    let mut i = 0;
+    while i < out.len() {
+        let path = out[i].clone();
+        for c in zk.get_children(&path, false).await.expect("children") {
+            out.push(format!("{path}/{c}"));
+        }
+        i += 1;
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn digest_acl_keeps_other_clients_out() {
+async fn digest_acl_keeps_other_clients_out_of_every_znode() {
     let ns = unique("auth");
     let root = common::root_of(&ns);
     let owner_config = ZkRegistryConfig::new(shared_connect())
@@ -210,20 +353,33 @@ async fn digest_acl_keeps_other_clients_out() {
     let Some(owner) = shared_registry_with(owner_config).await else {
         return;
     };
+    // One of everything: record, tombstone, life, claim, node record, records.
     owner
-        .put_task(&TaskMeta::new("private", "@hourly"), PutMode::CreateOnly)
+        .put_task(&meta("private"), PutMode::CreateOnly)
         .await
         .expect("owner writes");
+    owner
+        .mark_deleted("dead", Utc::now())
+        .await
+        .expect("tombstone");
+    assert!(
+        claim(&owner, &fire("private", 0), "n", Duration::from_secs(60))
+            .await
+            .is_won()
+    );
     let lease = owner
         .register(&node("owner-node"), Duration::from_secs(5))
         .await
         .expect("owner registers");
-    assert_eq!(
-        owner.list_tasks().await.expect("owner lists").items.len(),
-        1
-    );
+    owner
+        .put_records(
+            dcron_core::RecordKind::Pause,
+            &[("private".into(), b"p".to_vec())],
+        )
+        .await
+        .expect("record");
 
-    // No credentials, or the wrong ones: the namespace can be neither read nor changed.
+    // No credentials, or the wrong ones: the registry refuses to connect.
     for config in [
         ZkRegistryConfig::new(shared_connect()).namespace(root.clone()),
         ZkRegistryConfig::new(shared_connect())
@@ -235,25 +391,57 @@ async fn digest_acl_keeps_other_clients_out() {
             other => panic!("expected AccessDenied, got {other:?}"),
         }
     }
-    let raw = raw_client(&shared_connect()).await;
-    let task = owner.task_path("private");
-    assert_eq!(
-        raw.get_data(&task, false).await.err(),
-        Some(ZkError::NoAuth)
-    );
-    assert_eq!(
-        raw.set_data(&task, b"{}".to_vec(), None).await.err(),
-        Some(ZkError::NoAuth)
-    );
-    assert_eq!(raw.delete(&task, None).await.err(), Some(ZkError::NoAuth));
-    assert_eq!(
-        raw.get_children(&format!("{root}/tasks"), false)
+    // A plain client with the credentials sees every znode; one without can change none.
+    let authed = raw_client(&shared_connect()).await;
+    authed
+        .add_auth("digest", b"dcron:s3cret".to_vec())
+        .await
+        .expect("auth");
+    let all = every_znode(&authed, &root).await;
+    assert!(all.len() >= 10, "{all:?}");
+    let stranger = raw_client(&shared_connect()).await;
+    for path in &all {
+        let (acl, _) = authed.get_acl(path).await.expect("acl");
+        assert_eq!(acl.len(), 1, "{path}: {acl:?}");
+        assert_eq!(acl[0].scheme, "digest", "{path}: {acl:?}");
+        assert_eq!(
+            stranger.get_data(path, false).await.err(),
+            Some(ZkError::NoAuth),
+            "{path}: read"
+        );
+        assert_eq!(
+            stranger.set_data(path, b"x".to_vec(), None).await.err(),
+            Some(ZkError::NoAuth),
+            "{path}: write"
+        );
+        let child = format!("{path}/intruder");
+        let created = stranger
+            .create(
+                &child,
+                Vec::new(),
+                Acl::open_unsafe().clone(),
+                CreateMode::Persistent,
+            )
             .await
-            .err(),
-        Some(ZkError::NoAuth)
-    );
-    let _ = raw.close().await;
-
+            .err();
+        assert!(
+            matches!(
+                created,
+                Some(ZkError::NoAuth | ZkError::NoChildrenForEphemerals)
+            ),
+            "{path}: create a child → {created:?}"
+        );
+        if path != &root {
+            // Deleting needs the parent's permission, which strangers lack.
+            assert_eq!(
+                stranger.delete(path, None).await.err(),
+                Some(ZkError::NoAuth),
+                "{path}: delete"
+            );
+        }
+    }
+    let _ = stranger.close().await;
+    let _ = authed.close().await;
     // The owner is unaffected.
     assert_eq!(
         owner
@@ -265,6 +453,78 @@ async fn digest_acl_keeps_other_clients_out() {
     );
     owner.unregister(&lease).await.expect("unregister");
     owner.cleanup_all().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn world_readable_lets_others_read_but_not_write() {
+    let ns = unique("readable");
+    let root = common::root_of(&ns);
+    let config = ZkRegistryConfig::new(shared_connect())
+        .namespace(root.clone())
+        .digest_auth("dcron", "s3cret")
+        .world_readable(true);
+    let Some(owner) = shared_registry_with(config).await else {
+        return;
+    };
+    owner
+        .put_task(&meta("shown"), PutMode::CreateOnly)
+        .await
+        .expect("write");
+    let stranger = raw_client(&shared_connect()).await;
+    let path = owner.task_path("shown");
+    assert!(stranger.get_data(&path, false).await.is_ok(), "readable");
+    assert_eq!(
+        stranger.set_data(&path, b"x".to_vec(), None).await.err(),
+        Some(ZkError::NoAuth)
+    );
+    let _ = stranger.close().await;
+    owner.cleanup_all().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_namespaces_are_refused() {
+    let ns = unique("nest");
+    let outer = common::root_of(&ns);
+    let Some(reg) =
+        shared_registry_with(ZkRegistryConfig::new(shared_connect()).namespace(outer.clone()))
+            .await
+    else {
+        return;
+    };
+    // A namespace inside another one (even at one of its own directories) is refused …
+    for inner in [format!("{outer}/tasks"), format!("{outer}/x/y")] {
+        match ZkRegistry::connect(ZkRegistryConfig::new(shared_connect()).namespace(inner.clone()))
+            .await
+        {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("nest"), "{m}"),
+            other => panic!("{inner}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    // … and so is one around another one.
+    let deep = format!("{}/{}", common::root_of(&unique("around")), "inner");
+    let inner =
+        ZkRegistry::connect(ZkRegistryConfig::new(shared_connect()).namespace(deep.clone()))
+            .await
+            .expect("a namespace under a plain znode");
+    let parent = deep
+        .rsplit_once('/')
+        .map(|(p, _)| p.to_string())
+        .expect("parent");
+    match ZkRegistry::connect(ZkRegistryConfig::new(shared_connect()).namespace(parent.clone()))
+        .await
+    {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("nest"), "{m}"),
+        other => panic!("{parent}: expected InvalidArgument, got {other:?}"),
+    }
+    // Siblings whose names extend one another are fine.
+    let sibling = ZkRegistry::connect(
+        ZkRegistryConfig::new(shared_connect()).namespace(format!("{outer}-tasks")),
+    )
+    .await
+    .expect("a sibling namespace");
+    sibling.cleanup_all().await.expect("cleanup");
+    inner.cleanup_all().await.expect("cleanup");
+    reg.cleanup_all().await.expect("cleanup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,299 +545,108 @@ async fn node_status_changes_are_watched() {
     for status in [NodeStatus::Working, NodeStatus::Leaving] {
         n.status = status;
         reg.update_node(&lease, &n).await.expect("update");
-        let seen = tokio::time::timeout(Duration::from_secs(5), async {
-            while let Some(e) = events.next().await {
-                if matches!(&e, NodeEvent::Put(x) if x.id == "watched" && x.status == status) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(seen, Ok(true), "status {status} delivered as a data change");
+        assert!(
+            next_matching(&mut events, Duration::from_secs(5), |e| {
+                matches!(e, NodeEvent::Put(x) if x.id == "watched" && x.status == status)
+            })
+            .await,
+            "status {status} delivered as a data change"
+        );
     }
     reg.unregister(&lease).await.expect("unregister");
-    let deleted = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(e) = events.next().await {
-            if e == (NodeEvent::Delete {
-                id: "watched".into(),
-            }) {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(deleted, Ok(true));
+    assert!(
+        next_matching(&mut events, Duration::from_secs(5), |e| *e
+            == NodeEvent::Delete {
+                id: "watched".into()
+            })
+        .await
+    );
+    reg.cleanup_all().await.expect("cleanup");
 }
 
+/// On a server without TTL znodes: `require_ttl` is a typed error; otherwise the sweeper is
+/// announced, expired claims count as absent at once, and the sweeper collects them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sweeper_removes_expired_claims_when_ttl_znodes_are_off() {
-    let ns = unique("sweeper");
-    let config = ZkRegistryConfig::new(shared_connect())
-        .namespace(common::root_of(&ns))
-        .ttl_claims(false)
-        .sweep_interval(Duration::from_millis(200));
-    let Some(reg) = shared_registry_with(config).await else {
+async fn server_without_ttl_znodes() {
+    let Some(server) = common::OwnedServer::start_with(false).await else {
         return;
     };
-    assert!(!reg.ttl_claims());
-    let fire = FireKey::new("swept", Utc.timestamp_millis_opt(1_000).unwrap());
-    let keep = FireKey::new("swept", Utc.timestamp_millis_opt(2_000).unwrap());
-    let won = reg
-        .claim(std::slice::from_ref(&fire), "a", Duration::from_millis(500))
+    let root = common::root_of(&unique("nottl"));
+    let base = || {
+        ZkRegistryConfig::new(server.connect())
+            .namespace(root.clone())
+            .operation_timeout(Duration::from_secs(3))
+    };
+    match ZkRegistry::connect(base().require_ttl(true)).await {
+        Err(Error::Unsupported { operation }) => {
+            assert!(operation.contains("extendedTypesEnabled"), "{operation}")
+        }
+        other => panic!("require_ttl on a server without TTL znodes: {other:?}"),
+    }
+    let reg = ZkRegistry::connect(base().sweep_interval(Duration::from_millis(200)))
         .await
-        .expect("claim");
-    assert!(won[0].is_won());
-    assert!(reg
-        .claim(std::slice::from_ref(&keep), "a", Duration::from_secs(600))
+        .expect("falls back to the sweeper");
+    assert!(!reg.ttl_claims(), "claims are persistent znodes");
+
+    let short = fire("swept", 0);
+    let keep = fire("swept", 1000);
+    assert!(claim(&reg, &short, "a", Duration::from_millis(1500))
         .await
-        .expect("claim")[0]
         .is_won());
-    let swept = eventually(Duration::from_secs(10), || async {
+    assert!(claim(&reg, &keep, "a", Duration::from_secs(600))
+        .await
+        .is_won());
+    // Expired: not listed and claimable by another at once, long before any sweep could help.
+    let expired = eventually(Duration::from_secs(5), || async {
         reg.list_claims("swept")
             .await
             .map(|l| l.items.len() == 1 && l.items[0].fire == keep)
             .unwrap_or(false)
     })
     .await;
-    assert!(swept, "the expired claim is swept, the retained one stays");
-    assert!(reg
-        .claim(&[fire], "b", Duration::from_secs(60))
+    assert!(expired, "the expired claim is no longer listed");
+    assert!(claim(&reg, &short, "b", Duration::from_secs(600))
         .await
-        .expect("claim")[0]
         .is_won());
-    assert_eq!(
-        reg.claim(&[keep], "b", Duration::from_secs(60))
-            .await
-            .expect("claim"),
-        vec![ClaimOutcome::Lost]
-    );
+    // The sweeper collects expired claim znodes (the takeover's parent once the chain is
+    // expired: here the 1.5 s claim, its successor still held keeps it).
+    let raw = raw_client(&server.connect()).await;
+    let dir = reg.task_path("swept");
+    let short2 = fire("swept", 2000);
+    assert!(claim(&reg, &short2, "a", Duration::from_millis(300))
+        .await
+        .is_won());
+    let swept = eventually(Duration::from_secs(15), || async {
+        let children = raw.get_children(&dir, false).await.unwrap_or_default();
+        !children.iter().any(|c| c.ends_with("_1900000002000"))
+    })
+    .await;
+    assert!(swept, "the sweeper deleted the expired claim znode");
+    assert!(matches!(
+        claim(&reg, &keep, "b", Duration::from_secs(60)).await,
+        ClaimOutcome::Lost { .. }
+    ));
+    let _ = raw.close().await;
     reg.cleanup_all().await.expect("cleanup");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claims_across_a_server_restart_are_never_won_twice() {
-    let Some(server) = common::OwnedServer::start().await else {
-        return;
-    };
-    let mut server = server;
-    let ns = common::root_of(&unique("restart"));
-    let open = |connect: String, ns: String| async move {
-        ZkRegistry::connect(
-            ZkRegistryConfig::new(connect)
-                .namespace(ns)
-                .operation_timeout(Duration::from_secs(2)),
-        )
-        .await
-        .expect("connect")
-    };
-    let regs: Vec<ZkRegistry> =
-        futures::future::join_all((0..4).map(|_| open(server.connect(), ns.clone()))).await;
-    let mut workers = Vec::new();
-    for (w, reg) in regs.iter().cloned().enumerate() {
-        workers.push(tokio::spawn(async move {
-            let mut won: Vec<i64> = Vec::new();
-            let mut round = 0i64;
-            let mut errors = 0u32;
-            // 200 rounds, each deciding 10 fires (a failed batch is retried).
-            while round < 200 {
-                // Every worker claims the same 10 fires per round, in its own order.
-                let mut fires: Vec<FireKey> = (0..10)
-                    .map(|i| FireKey::new("t", Utc.timestamp_millis_opt(round * 10 + i).unwrap()))
-                    .collect();
-                fires.rotate_left(w % 10);
-                match reg
-                    .claim(&fires, &format!("w{w}"), Duration::from_secs(600))
-                    .await
-                {
-                    Ok(outcomes) => {
-                        for (f, o) in fires.iter().zip(outcomes) {
-                            if o.is_won() {
-                                won.push(f.instant_millis());
-                            }
-                        }
-                        round += 1;
-                    }
-                    Err(e) => {
-                        assert!(e.is_retryable(), "only Unavailable during a restart: {e}");
-                        errors += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            (won, errors)
-        }));
-    }
-    // Restart once some rounds have been decided.
-    let progressed = eventually(Duration::from_secs(20), || async {
-        regs[0]
-            .list_claims("t")
-            .await
-            .map(|l| l.items.len() >= 100)
-            .unwrap_or(false)
-    })
-    .await;
-    assert!(progressed, "claims progress before the restart");
-    server.restart().await.expect("restart");
-    let mut all: HashMap<i64, usize> = HashMap::new();
-    let mut errors = 0;
-    for w in workers {
-        let (won, e) = tokio::time::timeout(Duration::from_secs(120), w)
-            .await
-            .expect("workers finish")
-            .expect("worker did not panic");
-        errors += e;
-        for f in won {
-            *all.entry(f).or_default() += 1;
-        }
-    }
-    let twice: Vec<_> = all.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "fires won twice: {twice:?}");
-    assert!(all.len() >= 1_900, "most fires decided: {}", all.len());
-    println!(
-        "restart: {} fires won once, {errors} retried batches",
-        all.len()
-    );
-    // The claims survived the restart: every won fire is listed with its winner.
-    let listed = regs[0].list_claims("t").await.expect("list").items;
-    assert_eq!(listed.len(), 2_000, "all claims retained");
-    for reg in &regs {
-        reg.close().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_without_ttl_znodes_falls_back_to_the_sweeper() {
-    let Some(server) = common::OwnedServer::start_with(false).await else {
-        return;
-    };
-    let reg = ZkRegistry::connect(
-        ZkRegistryConfig::new(server.connect())
-            .namespace("/fallback")
-            .sweep_interval(Duration::from_millis(200)),
-    )
-    .await
-    .expect("connect");
-    assert!(reg.ttl_claims(), "TTL claims are tried first");
-    let fire = FireKey::new("t", Utc.timestamp_millis_opt(7).unwrap());
-    let won = reg
-        .claim(std::slice::from_ref(&fire), "a", Duration::from_millis(300))
-        .await
-        .expect("claim");
-    assert!(won[0].is_won(), "the claim is still decided: {won:?}");
-    assert!(
-        !reg.ttl_claims(),
-        "the refusal switched claims to the sweeper"
-    );
-    assert_eq!(
-        reg.claim(std::slice::from_ref(&fire), "b", Duration::from_secs(60))
-            .await
-            .expect("claim"),
-        vec![ClaimOutcome::Lost]
-    );
-    let swept = eventually(Duration::from_secs(10), || async {
-        reg.list_claims("t")
-            .await
-            .map(|l| l.items.is_empty())
-            .unwrap_or(false)
-    })
-    .await;
-    assert!(swept, "the sweeper removed the claim after its retention");
     reg.close().await;
 }
 
 #[tokio::test]
 async fn unreachable_server_is_unavailable_quickly() {
-    // Port 1 on loopback: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
     let started = tokio::time::Instant::now();
-    let result = ZkRegistry::connect(
-        ZkRegistryConfig::new("127.0.0.1:1").connect_timeout(Duration::from_millis(800)),
+    let res = ZkRegistry::connect(
+        ZkRegistryConfig::new(format!("127.0.0.1:{port}"))
+            .connect_timeout(Duration::from_millis(800)),
     )
     .await;
-    assert!(
-        matches!(result, Err(Error::Unavailable { .. })),
-        "{result:?}"
-    );
+    assert!(matches!(res, Err(Error::Unavailable { .. })), "{res:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(matches!(
-        ZkRegistry::connect(ZkRegistryConfig::new("127.0.0.1:2181").namespace("/a/../b")).await,
+        ZkRegistry::connect(ZkRegistryConfig::new("not a host:xx")).await,
         Err(Error::InvalidArgument(_))
     ));
-    assert!(matches!(
-        ZkRegistry::connect(ZkRegistryConfig::new("no-such-host-name.invalid:2181")).await,
-        Err(Error::InvalidArgument(_) | Error::Unavailable { .. })
-    ));
-}
-
-/// A force-add of a tombstoned task while 8 clients keep claiming the same fire: before the
-/// force every answer is `Tombstoned`, after it exactly one client wins — never two, although
-/// the force deletes claims and the tombstone in separate steps.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn force_during_claims_never_lets_a_fire_win_twice() {
-    let ns = unique("force-race");
-    let Some(admin) = shared_registry(&ns).await else {
-        return;
-    };
-    let mut claimers = Vec::new();
-    for _ in 0..8 {
-        match shared_registry(&ns).await {
-            Some(r) => claimers.push(r),
-            None => return,
-        }
-    }
-    for round in 0..5i64 {
-        let name = format!("raced-{round}");
-        let fire = FireKey::new(name.as_str(), Utc.timestamp_millis_opt(round).unwrap());
-        admin
-            .mark_deleted(&name, Utc::now())
-            .await
-            .expect("tombstone");
-        let forced = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for (c, reg) in claimers.iter().cloned().enumerate() {
-            let (fire, forced, attempts) = (fire.clone(), forced.clone(), attempts.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut wins = 0;
-                let mut after = 0;
-                // Keep claiming until 20 attempts were made after the force finished.
-                while after < 20 {
-                    if forced.load(std::sync::atomic::Ordering::Acquire) {
-                        after += 1;
-                    }
-                    attempts.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                    let out = reg
-                        .claim(
-                            std::slice::from_ref(&fire),
-                            &format!("c{c}"),
-                            Duration::from_secs(600),
-                        )
-                        .await
-                        .expect("claim");
-                    if out[0].is_won() {
-                        wins += 1;
-                    }
-                }
-                wins
-            }));
-        }
-        // Force while the claimers are busy.
-        let busy = eventually(Duration::from_secs(10), || async {
-            attempts.load(std::sync::atomic::Ordering::Acquire) >= 40
-        })
-        .await;
-        assert!(busy, "claimers started");
-        admin
-            .put_task(&TaskMeta::new(name.as_str(), "@hourly"), PutMode::Force)
-            .await
-            .expect("force");
-        forced.store(true, std::sync::atomic::Ordering::Release);
-        let mut wins = 0;
-        for t in tasks {
-            wins += t.await.expect("claimer");
-        }
-        assert_eq!(wins, 1, "round {round}: the fire must be won exactly once");
-    }
-    admin.cleanup_all().await.expect("cleanup");
 }

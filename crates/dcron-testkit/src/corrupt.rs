@@ -20,7 +20,7 @@ const GARBAGE: [&[u8]; 4] = [
 pub async fn list_reports_corrupt_and_keeps_good(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     let good: Vec<TaskMeta> = (0..5)
-        .map(|i| TaskMeta::new(format!("good-{i}"), "@hourly"))
+        .map(|i| crate::harness::task_meta(format!("good-{i}"), "@hourly"))
         .collect();
     for m in &good {
         reg.put_task(m, PutMode::CreateOnly).await?;
@@ -53,7 +53,7 @@ pub async fn list_reports_corrupt_and_keeps_good(cx: &CaseContext) -> CaseResult
 /// `get_task` of an undecodable value answers `Error::Corrupt`; other names are unaffected.
 pub async fn get_corrupt_is_corrupt_error(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
-    let ok = TaskMeta::new("neighbour", "@hourly");
+    let ok = crate::harness::task_meta("neighbour", "@hourly");
     reg.put_task(&ok, PutMode::CreateOnly).await?;
     for (i, bytes) in GARBAGE.iter().enumerate() {
         let name = format!("bad-{i}");
@@ -73,7 +73,7 @@ pub async fn corrupt_record_blocks_nothing_else(cx: &CaseContext) -> CaseResult 
     let reg = cx.open().await?;
     cx.write_raw_task("broken", b"{").await?;
     match reg
-        .put_task(&TaskMeta::new("broken", "@hourly"), PutMode::CreateOnly)
+        .put_task(&crate::harness::task_meta("broken", "@hourly"), PutMode::CreateOnly)
         .await
     {
         Err(Error::AlreadyExists { .. } | Error::Corrupt { .. }) => {}
@@ -88,8 +88,13 @@ pub async fn corrupt_record_blocks_nothing_else(cx: &CaseContext) -> CaseResult 
         Error::Corrupt { .. },
         "the corrupt value is untouched by a refused create-only"
     );
-    let out = crate::harness::claim_fires(&*reg, "n", &[FireKey::new("broken", instant(0))], Duration::from_secs(600))
-        .await?;
+    let out = crate::harness::claim_fires(
+        &*reg,
+        "n",
+        &[FireKey::new("broken", instant(0))],
+        Duration::from_secs(600),
+    )
+    .await?;
     ensure!(out[0].is_won(), "a fire of the name is claimable: {out:?}");
     reg.mark_deleted("broken", now_millis()).await?;
     ensure!(
@@ -110,7 +115,7 @@ pub async fn corrupt_record_blocks_nothing_else(cx: &CaseContext) -> CaseResult 
 pub async fn force_put_repairs_corrupt(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     cx.write_raw_task("mended", b"\x00\x01garbage").await?;
-    let m = TaskMeta::new("mended", "@hourly").with_payload("fixed");
+    let m = crate::harness::task_meta("mended", "@hourly").with_payload("fixed");
     reg.put_task(&m, PutMode::Force).await?;
     ensure_eq!(
         reg.get_task("mended").await?,

@@ -19,11 +19,51 @@ pub fn servers_required() -> bool {
     std::env::var(REQUIRE_ENV).is_ok_and(|v| v.trim() == "1")
 }
 
+/// The fault-injection hooks a [`RegistryFactory`] offers, declared up front so that
+/// `conformance_main!` reports the cases needing a missing hook as ignored before running
+/// anything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Hooks {
+    /// [`RegistryFactory::restart_server`] is implemented.
+    pub restart_server: bool,
+    /// [`RegistryFactory::expire_lease`] is implemented.
+    pub expire_lease: bool,
+    /// [`RegistryFactory::write_raw_task`] is implemented.
+    pub write_raw_task: bool,
+}
+
+impl Hooks {
+    /// No hook.
+    pub fn none() -> Self {
+        Hooks::default()
+    }
+
+    /// These hooks and [`RegistryFactory::restart_server`].
+    pub fn with_restart_server(mut self) -> Self {
+        self.restart_server = true;
+        self
+    }
+
+    /// These hooks and [`RegistryFactory::expire_lease`].
+    pub fn with_expire_lease(mut self) -> Self {
+        self.expire_lease = true;
+        self
+    }
+
+    /// These hooks and [`RegistryFactory::write_raw_task`].
+    pub fn with_write_raw_task(mut self) -> Self {
+        self.write_raw_task = true;
+        self
+    }
+}
+
 /// Builds registry clients for the conformance suite, plus optional fault-injection hooks.
 ///
 /// Implement [`RegistryFactory::name`] and [`RegistryFactory::open`]; override the rest where the
-/// backend can offer it. A hook left at its default answers [`Error::Unsupported`] and the cases
-/// that need it are skipped with the reason printed.
+/// backend can offer it, and declare the hooks you implement in [`RegistryFactory::hooks`]. A
+/// hook left at its default answers [`Error::Unsupported`] and the cases that need it are
+/// skipped with the reason printed.
 #[async_trait]
 pub trait RegistryFactory: Send + Sync + 'static {
     /// The backend's name, printed in reports.
@@ -45,6 +85,16 @@ pub trait RegistryFactory: Send + Sync + 'static {
     /// Extra time after a TTL or retention before the expiry must have happened.
     fn expiry_slack(&self) -> Duration {
         Duration::from_secs(2)
+    }
+
+    /// The hooks this factory implements, or `None` (the default) when it does not say.
+    ///
+    /// `conformance_main!` reports a case needing an undeclared-missing hook as ignored without
+    /// running it. With `None` such cases run, and a hook answering [`Error::Unsupported`] is a
+    /// skip discovered at run time: reported as ignored, or a failure with
+    /// `DCRON_TEST_REQUIRE=1` (declare the hooks so that CI knows what must run).
+    fn hooks(&self) -> Option<Hooks> {
+        None
     }
 
     /// Restarts the server, keeping its persisted data; returns once the restart was initiated
@@ -171,6 +221,8 @@ pub struct CaseContext {
     namespace: String,
     other_namespace: String,
     other_used: AtomicBool,
+    /// Namespaces opened with [`CaseContext::open_derived`], cleaned up after the case.
+    derived: std::sync::Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for CaseContext {
@@ -202,6 +254,7 @@ impl CaseContext {
             namespace,
             other_namespace,
             other_used: AtomicBool::new(false),
+            derived: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -241,6 +294,26 @@ impl CaseContext {
     pub async fn open_other(&self) -> Result<Arc<dyn Registry>, CaseError> {
         self.other_used.store(true, Ordering::Release);
         open_client(self.factory.as_ref(), &self.other_namespace).await
+    }
+
+    /// Opens a client on the namespace `<namespace><suffix>` (e.g. `-x`, `/tasks`, `:tasks`),
+    /// cleaned up after the case: a namespace whose name extends this case's, to catch a
+    /// backend that matches keys by a bare prefix. `Ok(None)` when the factory refuses such a
+    /// namespace name with [`Error::InvalidArgument`] (it then cannot collide).
+    ///
+    /// # Errors
+    /// As [`CaseContext::open`].
+    pub async fn open_derived(&self, suffix: &str) -> Result<Option<Arc<dyn Registry>>, CaseError> {
+        let namespace = format!("{}{suffix}", self.namespace);
+        match self.factory.open(&namespace).await {
+            Err(Error::InvalidArgument(_)) => Ok(None),
+            opened => {
+                if let Ok(mut derived) = self.derived.lock() {
+                    derived.push(namespace);
+                }
+                opened_client(self.factory.as_ref(), opened).map(Some)
+            }
+        }
     }
 
     /// The smallest TTL the backend honours.
@@ -307,6 +380,12 @@ impl CaseContext {
                 let _ = reg.cleanup_all().await;
             }
         }
+        let derived = self.derived.lock().map(|d| d.clone()).unwrap_or_default();
+        for namespace in derived {
+            if let Ok(reg) = self.factory.open(&namespace).await {
+                let _ = reg.cleanup_all().await;
+            }
+        }
     }
 }
 
@@ -314,7 +393,16 @@ async fn open_client(
     factory: &dyn RegistryFactory,
     namespace: &str,
 ) -> Result<Arc<dyn Registry>, CaseError> {
-    match factory.open(namespace).await {
+    opened_client(factory, factory.open(namespace).await)
+}
+
+/// Maps the answer of [`RegistryFactory::open`] to a case result: unavailable is a skip (a
+/// failure when servers are required), any other error a failure.
+fn opened_client(
+    factory: &dyn RegistryFactory,
+    opened: dcron_core::Result<Arc<dyn Registry>>,
+) -> Result<Arc<dyn Registry>, CaseError> {
+    match opened {
         Ok(reg) => Ok(reg),
         Err(e @ Error::Unavailable { .. }) => {
             if servers_required() {
@@ -354,6 +442,15 @@ pub fn now_millis() -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
+/// A task record with a name and a schedule, created now (`created_at` set to
+/// [`now_millis`]): what a node writes, and what an exactly-once registry requires to start
+/// the task's life.
+pub fn task_meta(name: impl Into<String>, cron_format: impl Into<String>) -> dcron_core::TaskMeta {
+    let mut meta = dcron_core::TaskMeta::new(name, cron_format);
+    meta.created_at = Some(now_millis());
+    meta
+}
+
 /// A fixed instant `offset_ms` milliseconds after 2030-01-01T00:00:00Z, for fire keys.
 pub fn instant(offset_ms: i64) -> DateTime<Utc> {
     const BASE_MS: i64 = 1_893_456_000_000;
@@ -386,6 +483,30 @@ where
     }
 }
 
+/// Polls `condition` until `until`, answering `false` at the first poll where it does not hold,
+/// and `true` when it held at every poll, the last of which starts at or after `until`. For
+/// promises of the form "still there at least until": it never sleeps past the next poll.
+///
+/// # Errors
+/// The first error the condition returns.
+pub async fn holds_until<F, Fut>(until: Instant, mut condition: F) -> Result<bool, CaseError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, CaseError>>,
+{
+    loop {
+        let polled = Instant::now();
+        if !condition().await? {
+            return Ok(false);
+        }
+        if polled >= until {
+            return Ok(true);
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+    }
+}
+
 /// Whether a node id is in the registry's live node list.
 ///
 /// # Errors
@@ -403,6 +524,19 @@ pub async fn node_listed(reg: &dyn Registry, id: &str) -> Result<bool, CaseError
 pub async fn claim_fires(
     reg: &dyn Registry,
     node: &str,
+    fires: &[dcron_core::FireKey],
+    retention: Duration,
+) -> dcron_core::Result<Vec<dcron_core::ClaimOutcome>> {
+    claim_as(reg, &dcron_core::Claimant::new(node, 1), fires, retention).await
+}
+
+/// [`claim_fires`] for any claimant (a node id and an epoch).
+///
+/// # Errors
+/// The registry's errors.
+pub async fn claim_as(
+    reg: &dyn Registry,
+    claimant: &dcron_core::Claimant,
     fires: &[dcron_core::FireKey],
     retention: Duration,
 ) -> dcron_core::Result<Vec<dcron_core::ClaimOutcome>> {
@@ -433,6 +567,5 @@ pub async fn claim_fires(
             )
         })
         .collect();
-    reg.claim(&dcron_core::Claimant::new(node, 1), &requests)
-        .await
+    reg.claim(claimant, &requests).await
 }

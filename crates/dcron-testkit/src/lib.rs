@@ -9,6 +9,7 @@ pub mod corrupt;
 pub mod faults;
 pub mod harness;
 pub mod ledger;
+pub mod lives;
 pub mod membership;
 pub mod memory;
 pub mod namespace;
@@ -24,22 +25,85 @@ pub mod watch;
 pub use async_trait::async_trait;
 pub use clock::ManualClock;
 pub use harness::{
-    instant, node_listed, now_millis, servers_required, wait_until, CaseContext, CaseError,
-    CaseResult, RegistryFactory, REQUIRE_ENV,
+    claim_as, claim_fires, holds_until, instant, node_listed, now_millis, servers_required,
+    task_meta, wait_until, CaseContext, CaseError, CaseResult, Hooks, RegistryFactory, REQUIRE_ENV,
 };
 pub use ledger::{check, check_allowed, expected_fires, Duplicate, Execution, Ledger, Report};
 pub use memory::MemoryFactory;
 #[doc(hidden)]
 pub use runner::__private;
-pub use runner::{cases, run_all, run_case, Case, CaseFn, Requirement, Summary, CASE_TIMEOUT};
+pub use runner::{
+    cases, run_all, run_case, Case, CaseFn, Requirement, Summary, CASE_TIMEOUT,
+    MAX_PROBED_VALUE_BYTES,
+};
+
+/// Generates the `main` of a `harness = false` test target that runs every conformance case
+/// against a [`RegistryFactory`] expression: the recommended entry point.
+///
+/// Before running anything, it opens one client on a probe namespace and decides every skip up
+/// front: a server that cannot be reached makes every case *ignored* with the reason (a failure
+/// when `DCRON_TEST_REQUIRE=1`), and a case whose [`Requirement`] the registry's
+/// [`Capabilities`](dcron_core::Capabilities) or the factory's declared
+/// [`Hooks`](RegistryFactory::hooks) do not meet is reported `ignored (reason)`, never `ok`.
+/// The others run, one trial per case named `module::case` (so `cargo test --test x claims::`
+/// filters, `--exact` and `--list` work as with libtest), each on a fresh two-worker tokio
+/// runtime with a factory built from the expression, in a fresh namespace cleaned up
+/// afterwards. A case that discovers a skip only while running (a hook the factory did not
+/// declare answers `Unsupported`) is reported `ignored (skipped at run time: reason)`, or fails
+/// when `DCRON_TEST_REQUIRE=1`. The process exits like libtest: non-zero when a case failed.
+///
+/// The test target needs `harness = false`:
+///
+/// ```toml
+/// [[test]]
+/// name = "conformance"
+/// harness = false
+/// ```
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use dcron_testkit::{async_trait, Hooks, RegistryFactory};
+///
+/// struct MyFactory;
+///
+/// #[async_trait]
+/// impl RegistryFactory for MyFactory {
+///     fn name(&self) -> &'static str {
+///         "mine"
+///     }
+///     async fn open(&self, namespace: &str) -> dcron_core::Result<Arc<dyn dcron_core::Registry>> {
+///         # let _ = namespace;
+///         # Err(dcron_core::Error::unavailable("demo"))
+///         // connect a client to `namespace` here
+///     }
+///     fn hooks(&self) -> Option<Hooks> {
+///         Some(Hooks::none())
+///     }
+/// }
+///
+/// dcron_testkit::conformance_main!(MyFactory);
+/// ```
+#[macro_export]
+macro_rules! conformance_main {
+    ($factory:expr) => {
+        fn main() -> ::std::process::ExitCode {
+            $crate::__private::conformance_main(|| $factory)
+        }
+    };
+}
 
 /// Generates one `#[test]` per conformance case for a [`RegistryFactory`] expression.
+///
+/// Prefer [`conformance_main!`]: libtest cannot report a test as ignored once it runs, so here
+/// a skipped case prints its reason and shows `ok`.
 ///
 /// The tests are grouped in modules named after the case modules (`claims::…`,
 /// `membership::…`); each builds the factory from the expression on a fresh two-worker tokio
 /// runtime, runs its case in a fresh namespace, cleans the namespace up, and panics with the
 /// message when the case fails. A skipped case prints its reason and passes (it fails instead
 /// when the server is unreachable and `DCRON_TEST_REQUIRE=1`).
+///
+/// Kept for existing test targets; new ones use [`conformance_main!`].
 ///
 /// The expression is evaluated inside each generated module, which glob-imports its parent:
 /// anything in scope where the macro is invoked can be used.
@@ -163,6 +227,14 @@ macro_rules! __dcron_case_list {
                     "250 nodes registered concurrently by 5 clients are all listed, each once.";
                 reregister_replaces_the_old_lease: None,
                     "Registering a live node id again replaces its record (listed once) and the old lease is `LeaseLost`.";
+                granted_ttl_at_least_requested: None,
+                    "The granted TTL of a lease (`Lease::ttl`) is never smaller than the requested TTL.";
+                ttl_is_kept_within_tolerance: None,
+                    "Without keep-alives a node is still listed at 0.8 of its granted TTL and gone within TTL + `expiry_tolerance(TTL)` (6 s or `min_ttl`: half or double TTL fails).";
+                expired_nodes_are_never_listed: None,
+                    "Once short-lived nodes expire, `list_nodes` lists exactly the live node, once, and the expired leases are `LeaseLost`.";
+                stale_lease_leaves_the_newer_registration: None,
+                    "After a re-registration, the old lease's `keep_alive` and `update_node` are `LeaseLost` and change nothing; `unregister` with it is `Ok` and leaves the newer registration.";
             }
             tasks {
                 get_absent_is_none: None,
@@ -187,7 +259,7 @@ macro_rules! __dcron_case_list {
                     "Names with spaces, `:`, `*`, `?`, `#`, `@`, `%`, `.`, `..`, unicode and 200 bytes round-trip, stay distinct and are addressed exactly.";
                 one_mib_payload_round_trips_or_is_refused: None,
                     "A 1 MiB payload round-trips, or is refused with `InvalidArgument` (per `max_value_bytes`) and nothing is written.";
-                max_value_bytes_is_exact: None,
+                max_value_bytes_is_exact: SmallValues,
                     "A record of exactly `max_value_bytes` is stored; one byte more is `InvalidArgument` and changes nothing.";
             }
             tombstones {
@@ -197,8 +269,8 @@ macro_rules! __dcron_case_list {
                     "`mark_deleted` twice keeps the first time and the record.";
                 reuse_clears_the_tombstone: None,
                     "`clear_tombstone` makes the record live again; without a tombstone it is `NotFound`.";
-                cleanup_removes_every_trace: None,
-                    "`cleanup_task` removes record, tombstone and claims of the name, nothing of its neighbours, and frees the name.";
+                cleanup_removes_record_tombstone_and_life: None,
+                    "`cleanup_task` removes record, tombstone and life of the name and nothing of its neighbours; its claims stay until their retention ends.";
                 cleanup_is_idempotent: None,
                     "`cleanup_task` twice, or of a name that never existed, is `Ok`.";
                 concurrent_mark_deleted_keeps_one_time: None,
@@ -206,7 +278,7 @@ macro_rules! __dcron_case_list {
                 list_tombstones_lists_all: None,
                     "150 tombstones are all listed, each once, with their times.";
                 cleanup_all_empties_the_namespace: None,
-                    "`cleanup_all` removes every record, tombstone and claim of the namespace and keeps node registrations.";
+                    "`cleanup_all` removes every record and tombstone of the namespace and keeps node registrations and claims.";
             }
             claims {
                 sixteen_claimers_one_winner_per_fire: None,
@@ -215,16 +287,14 @@ macro_rules! __dcron_case_list {
                     "8 clients claim the same 50-fire batch at once, in different orders: one winner per fire.";
                 batch_mixed_outcomes_in_order: None,
                     "A batch answers one outcome per fire, in order: claimed fires `Lost`, new ones `Won`.";
-                duplicate_fire_in_batch_first_wins: None,
-                    "The same fire twice in one batch: the first is `Won`, the repeats `Lost`.";
                 empty_batch_answers_nothing: None,
                     "An empty batch answers an empty list.";
                 claims_outlive_the_handler: None,
-                    "A claim stays after its handler would have finished: listed, and every re-claim is `Lost`.";
+                    "A claim stays after its handler would have finished: listed, and every claim by another node is `Lost`.";
                 instants_are_independent: None,
                     "Different instants of one task (even 1 ms apart) are independent fires.";
                 tasks_are_independent: None,
-                    "Claims and cleanup of one task never affect another task (even one whose name extends it).";
+                    "Claims, tombstones and cleanup of one task never affect another task (even one whose name extends it).";
                 tombstoned_task_answers_tombstoned: None,
                     "A tombstoned task's fires answer `Tombstoned` and write nothing; the rest of the batch is unaffected.";
                 reuse_makes_fires_claimable: None,
@@ -237,50 +307,108 @@ macro_rules! __dcron_case_list {
                     "`list_claims` lists exactly the task's claims with the winning node ids.";
                 retention_expiry_allows_a_new_claim: None,
                     "A claim disappears after its retention (plus slack) and the fire can be won again; longer ones stay.";
-                cleanup_frees_claims: None,
-                    "`cleanup_task` removes the claims: the same fires can be won again.";
-                force_put_clears_claims_update_keeps_them: None,
-                    "A `Force` put removes the name's claims; an `Update` put keeps them.";
+                cleanup_keeps_claims: None,
+                    "`cleanup_task` keeps the claims until their retention ends: the fires claimed before are `Lost` in the next life; new ones are won.";
+                force_and_update_keep_claims: None,
+                    "`Update` and `Force` puts keep the name's claims: a fire held before a `Force` is still `Lost` to others in the new life.";
                 mark_deleted_races_claimers: None,
                     "Claims racing with `mark_deleted`: every claim sent after `mark_deleted` returned is `Tombstoned`.";
                 large_batch_of_500_fires: None,
                     "One batch of 500 fires over 25 tasks is decided completely: all `Won`, then all `Lost` from another client.";
+                zero_retention_is_refused: None,
+                    "A zero retention is `InvalidArgument`, alone or beside a valid request, and nothing of the batch is written.";
+                retention_is_kept_within_tolerance: None,
+                    "A claim is still listed and held at 0.9 of its retention and gone (unlisted, won by another, with a greater token) within retention + `expiry_tolerance` (half or double fails).";
+                per_request_retentions_in_one_batch: None,
+                    "Each request of a batch keeps its own retention: the short one expires within its bound while the long ones beside it stay.";
+                expired_claims_are_never_listed: None,
+                    "`list_claims` never lists an expired claim and lists each claim once, also a fire won again after its claim expired.";
+                fencing_tokens_increase_across_cleanup_and_force: None,
+                    "Tokens of one name increase strictly in claim order across `Update`, `Force` and `cleanup_task`; listed token, epoch and generation match.";
+                names_never_collide: None,
+                    "Claims of distinct names never collide (`a:b`, `a%3Ab`, `a.b`, `a..b`, `a b`, unicode, 200 bytes, prefixes): one claim each, tombstone and cleanup address one name.";
+                one_bad_request_fails_alone: None,
+                    "A request the registry cannot decide (an invalid name) fails alone: the call succeeds and the other fires of the batch are won.";
+                claimant_is_idempotent: ExactlyOnce,
+                    "The same claimant (node and epoch) claiming again gets `WonEarlier` with the same token; another epoch or node gets `Lost` naming the holder.";
+                lost_reply_retry_of_a_mixed_batch: ExactlyOnce,
+                    "Retrying a batch whose reply was lost answers `WonEarlier` with the same tokens, `Lost` for a fire won meanwhile, `Won` for a new one.";
+                fire_twice_in_one_batch_is_decided_once: ExactlyOnce,
+                    "A fire twice in one batch is decided once: `Won`, then `WonEarlier` with the same token; one claim retained.";
+                lost_names_the_holder: ExactlyOnce,
+                    "`Lost` names the node holding the fire, whoever asks.";
+                superseded_for_a_stale_generation_or_no_life: ExactlyOnce,
+                    "A claim without a life is `Superseded { current: None }`, of another generation `Superseded` with the current one; nothing is written.";
+                tombstone_precedes_won_earlier: ExactlyOnce,
+                    "Once a name is tombstoned, even the claimant holding a fire gets `Tombstoned`, not `WonEarlier`.";
+                claims_survive_new_lives: ExactlyOnce,
+                    "A claim ends only with its retention: after `cleanup_task`, `Force`, `restart_life` and `cleanup_all` its holder gets `WonEarlier` (same token) and others `Lost` naming it.";
+                tokens_and_generations_increase_across_lives: ExactlyOnce,
+                    "Tokens and generations of one name increase strictly across `restart_life`, `Force`, `cleanup_task` and `cleanup_all`; listings match.";
+                late_claims_are_refused: Clock,
+                    "A registry with a clock answers `Late` past the deadline and writes nothing, decides the rest of the batch, and answers a held fire (`WonEarlier`/`Lost`) after its deadline.";
+            }
+            lives {
+                ensure_lives_creates_once: ExactlyOnce,
+                    "`ensure_lives` starts a life once and answers it again, first live-since kept, from any client, in batch order.";
+                racing_clients_get_the_same_life: ExactlyOnce,
+                    "Eight clients racing to start one name's life all get the same life.";
+                tombstoned_name_gets_a_life: ExactlyOnce,
+                    "A tombstoned name gets a life; its claims stay `Tombstoned`.";
+                create_and_force_start_a_new_life: ExactlyOnce,
+                    "Create-only and `Force` puts start a new life at `created_at` with a greater generation (none without `created_at`); requests of the earlier life are `Superseded`.";
+                update_and_tombstones_keep_the_life: ExactlyOnce,
+                    "`Update`, `mark_deleted` and `clear_tombstone` keep the life; `clear_tombstone` keeps the claims.";
+                cleanup_removes_the_life: ExactlyOnce,
+                    "After `cleanup_task`, `ensure_lives` starts a new life with a greater generation.";
+                restart_life_starts_a_new_life: ExactlyOnce,
+                    "`restart_life` starts a new life (greater generation, its instant), clears the tombstone, keeps record and claims.";
+                cleanup_all_removes_lives: ExactlyOnce,
+                    "`cleanup_all` removes every life: later lives have greater generations and their own live-since.";
+                lives_are_per_namespace: ExactlyOnce,
+                    "A life in one namespace is invisible in another; restarting or cleaning one namespace leaves the other's.";
             }
             records {
-                records_round_trip: None,
+                record_capability_is_honest: None,
+                    "Records work, or every record call answers `Unsupported` as `capabilities.records` declares.";
+                records_round_trip: Records,
                     "`put_records` writes a batch whole; each record reads back exactly from another client; a second put replaces one.";
-                kinds_are_separate: None,
+                kinds_are_separate: Records,
                     "Pause, trigger and status are separate key spaces: one key in two kinds is two records.";
-                record_keys_every_character_class: None,
+                record_keys_every_character_class: Records,
                     "Record keys with spaces, `:`, `@`, `%`, `.`, unicode and 256 bytes round-trip and stay distinct; bad keys are `InvalidArgument` and their batch writes nothing.";
-                concurrent_delete_one_winner: None,
+                concurrent_delete_one_winner: Records,
                     "16 clients delete the same record at once: exactly one answers `true` (trigger-now runs once); a missing record answers `false`.";
-                record_value_size_is_exact: None,
+                record_value_size_is_exact: Records,
                     "A record of exactly `max_value_bytes` is stored; one byte more is `InvalidArgument` and writes nothing.";
-                list_five_hundred_records: None,
+                list_five_hundred_records: Records,
                     "500 records written in one batch are all listed, each once.";
-                cleanup_all_removes_records: None,
+                cleanup_all_removes_records: Records,
                     "`cleanup_all` removes every record of the namespace and none of another namespace.";
             }
             watch {
-                watch_capability_is_honest: Watch,
+                watch_capability_is_honest: None,
                     "Watches work, or both `watch_*` calls are `Unsupported` as `capabilities.watch` declares.";
                 node_put_and_delete_delivered: Watch,
-                    "Node register, status update and unregister are delivered (or a `Resync`) within 5 s.";
+                    "Node register, status update and unregister are delivered (or a `Resync`) within `MAX_WATCH_DELAY` (3 s).";
                 node_expiry_delivered: Watch,
-                    "A node whose lease expires is delivered as `Delete` within TTL + slack + 5 s.";
+                    "A node whose lease expires is delivered as `Delete` within TTL + `expiry_tolerance` + `MAX_WATCH_DELAY`.";
                 task_put_delivered: Watch,
-                    "Task create and update are delivered as `Put` with the new record within 5 s.";
+                    "Task create and update are delivered as `Put` with the new record within `MAX_WATCH_DELAY` (3 s).";
                 tombstone_events_delivered: Watch,
-                    "`mark_deleted` is delivered as `Tombstoned` and `clear_tombstone` as `TombstoneCleared` within 5 s.";
+                    "`mark_deleted` is delivered as `Tombstoned` and `clear_tombstone` as `TombstoneCleared` within `MAX_WATCH_DELAY` (3 s).";
                 task_removed_delivered: Watch,
-                    "`cleanup_task` of a record is delivered as `Removed` within 5 s.";
+                    "`cleanup_task` of a record is delivered as `Removed` within `MAX_WATCH_DELAY` (3 s).";
                 node_watch_converges: Watch,
                     "A node watcher that reads only after 100 registrations, updates and unregistrations converges to `list_nodes`.";
                 dropped_watchers_do_not_block: Watch,
                     "20 watch streams opened and dropped never block writers; a new watcher still receives events.";
                 cleanup_all_delivered: Watch,
                     "`cleanup_all` is delivered (per-name events or a `Resync`): the watcher's model ends empty.";
+                task_events_never_go_back: Watch,
+                    "Task events of one name arrive in the order of its changes: 20 quick versions of two tasks never go back (no stale duplicate).";
+                node_events_never_go_back: Watch,
+                    "Node events of one node arrive in the order of its changes: 20 quick record updates never go back (no stale duplicate).";
                 late_reader_converges: Watch,
                     "A watcher that reads only after 500 writes, and one reading all along, converge to the listings (re-list on `Resync`); writers are never blocked.";
             }
@@ -295,8 +423,10 @@ macro_rules! __dcron_case_list {
                     "Nodes registered in one namespace are not listed in another.";
                 cleanup_all_stays_in_its_namespace: None,
                     "`cleanup_all` in one namespace leaves another's records, tombstones, claims and nodes intact.";
+                prefix_namespaces_are_isolated: None,
+                    "Namespaces whose names extend one another (`ns`, `ns-b`, `ns-x`, `ns/tasks`, `ns:tasks`, `ns.tasks`) see only their own records, tombstones, lives, claims and nodes; `cleanup_all` stays in one.";
                 watches_are_isolated: Watch,
-                    "A watcher in one namespace sees no task or node event caused by writes in another.";
+                    "A watcher sees no task or node event of another namespace, from both sides, including namespaces whose names extend its own.";
             }
             corrupt {
                 list_reports_corrupt_and_keeps_good: RawWrites,
@@ -337,10 +467,10 @@ macro_rules! __dcron_case_list {
                     "A failed attempt is retried on the claiming node with the same token; retries claim nothing.";
                 overlap_skip_holds_across_nodes: Records,
                     "With `OverlapPolicy::Skip`, a new owner starts no fire while the leaving owner's long run is in flight.";
-                backfill_runs_only_unclaimed_fires: None,
-                    "`backfill` over a range runs exactly the occurrences never claimed (none twice); a second backfill runs nothing.";
+                backfill_runs_only_unclaimed_fires: Records,
+                    "`backfill` over a range runs exactly the occurrences of the task's life never claimed (those of a pause), none twice; a second backfill runs nothing.";
                 schedule_once_runs_once_and_leaves_no_trace: None,
-                    "`schedule_once` runs the handler once after the delay, on one node, and leaves no record, tombstone or claim.";
+                    "`schedule_once` runs the handler once after the delay, on one node, and leaves no record or tombstone; its one claim stays until its retention ends.";
                 timeouts_cut_slow_handlers: None,
                     "A handler running past its timeout is cut on whichever node runs it: `Error::Timeout` reaches the error handler, the fire ran once, later fires still run.";
             }

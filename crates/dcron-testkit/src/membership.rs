@@ -3,11 +3,14 @@
 use std::time::Duration;
 
 use chrono::TimeZone;
-use dcron_core::{Error, NodeStatus, Registry};
+use dcron_core::{expiry_tolerance, Error, NodeStatus, Registry};
 use tokio::time::Instant;
 
-use crate::harness::{node_listed, wait_until, CaseContext, CaseResult};
+use crate::harness::{holds_until, node_listed, wait_until, CaseContext, CaseResult};
 use crate::{ensure, ensure_eq, ensure_err};
+
+/// A TTL long enough to outlive any case.
+const LONG_TTL: Duration = Duration::from_secs(600);
 
 /// Waits until the node is gone from the list, within the expiry bound.
 async fn gone_within(
@@ -402,5 +405,179 @@ pub async fn list_many_nodes(cx: &CaseContext) -> CaseResult {
             reg.unregister(&lease).await?;
         }
     }
+    Ok(())
+}
+
+/// The TTL of the timing cases: long enough that half of it and twice it are told apart from
+/// the promise within [`expiry_tolerance`] (6 s, or the backend's smallest TTL if larger).
+fn timing_ttl(cx: &CaseContext) -> Duration {
+    cx.min_ttl().max(Duration::from_secs(6))
+}
+
+/// The granted TTL of a lease is never smaller than the requested one.
+pub async fn granted_ttl_at_least_requested(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let base = cx.min_ttl();
+    for requested in [
+        base,
+        base + Duration::from_millis(1500),
+        base * 3,
+        timing_ttl(cx) + Duration::from_millis(300),
+    ] {
+        let node = cx.node("granted");
+        let lease = reg.register(&node, requested).await?;
+        ensure!(
+            lease.ttl >= requested,
+            "requested TTL {requested:?}, granted {:?}",
+            lease.ttl
+        );
+        reg.unregister(&lease).await?;
+    }
+    Ok(())
+}
+
+/// A node stays listed at least its granted TTL without keep-alives (still listed at 0.8 of
+/// it) and is gone within TTL + `expiry_tolerance(TTL)`; once gone it is never listed again.
+pub async fn ttl_is_kept_within_tolerance(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let observer = cx.open().await?;
+    let node = cx.node("timed");
+    let started = Instant::now();
+    let lease = reg.register(&node, timing_ttl(cx)).await?;
+    let returned = Instant::now();
+    let ttl = lease.ttl;
+    let listed = holds_until(started + ttl.mul_f64(0.8), || {
+        node_listed(observer.as_ref(), &node.id)
+    })
+    .await?;
+    ensure!(
+        listed,
+        "a node granted TTL {ttl:?} disappeared after {:?} without keep-alives",
+        started.elapsed()
+    );
+    let bound = ttl + expiry_tolerance(ttl);
+    let gone = gone_within(
+        observer.as_ref(),
+        &node.id,
+        (returned + bound).saturating_duration_since(Instant::now()),
+    )
+    .await?;
+    ensure!(
+        gone,
+        "a node granted TTL {ttl:?} is still listed {:?} after registering (bound {bound:?})",
+        returned.elapsed()
+    );
+    let stays_gone = holds_until(Instant::now() + Duration::from_millis(500), || async {
+        Ok(!node_listed(observer.as_ref(), &node.id).await?)
+    })
+    .await?;
+    ensure!(stays_gone, "an expired node is listed again");
+    Ok(())
+}
+
+/// `list_nodes` never lists an expired node: after short-lived nodes expire, the listing is
+/// exactly the live ones, each once, and the expired leases are `LeaseLost`.
+pub async fn expired_nodes_are_never_listed(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let ttl = timing_ttl(cx);
+    let keeper = cx.node("keeper");
+    let kept = reg.register(&keeper, LONG_TTL.max(ttl * 10)).await?;
+    let mut short = Vec::new();
+    for i in 0..4 {
+        let node = cx.node(&format!("short-{i}"));
+        short.push((reg.register(&node, ttl).await?, node));
+    }
+    let granted = short.iter().map(|(l, _)| l.ttl).max().unwrap_or(ttl);
+    let bound = granted + expiry_tolerance(granted);
+    let only_keeper = wait_until(bound, || {
+        let reg = reg.clone();
+        let id = keeper.id.clone();
+        async move {
+            let items = reg.list_nodes().await?.items;
+            Ok(items.len() == 1 && items[0].id == id)
+        }
+    })
+    .await?;
+    ensure!(
+        only_keeper,
+        "{bound:?} after registering nodes granted {granted:?}, the listing still holds {:?}",
+        reg.list_nodes()
+            .await?
+            .items
+            .iter()
+            .map(|n| n.id.clone())
+            .collect::<Vec<_>>()
+    );
+    for (lease, node) in &short {
+        ensure_err!(
+            reg.keep_alive(lease).await,
+            Error::LeaseLost { .. },
+            "keep_alive of the expired {}",
+            node.id
+        );
+    }
+    reg.unregister(&kept).await?;
+    Ok(())
+}
+
+/// A lease replaced by a newer registration of its node is stale: its `keep_alive` and
+/// `update_node` are `LeaseLost` and leave the newer record unchanged, and `unregister` with it
+/// is `Ok` and leaves the newer registration listed.
+pub async fn stale_lease_leaves_the_newer_registration(cx: &CaseContext) -> CaseResult {
+    let reg = cx.open().await?;
+    let observer = cx.open().await?;
+    let mut node = cx.node("twice");
+    let ttl = cx.min_ttl() * 10;
+    node.weight = 1;
+    let stale = reg.register(&node, ttl).await?;
+    node.weight = 2;
+    node.status = NodeStatus::Working;
+    let fresh = reg.register(&node, ttl).await?;
+    let current = || async {
+        let items = observer.list_nodes().await?.items;
+        Ok::<_, crate::CaseError>(
+            items
+                .into_iter()
+                .filter(|n| n.id == node.id)
+                .collect::<Vec<_>>(),
+        )
+    };
+    ensure_err!(
+        reg.keep_alive(&stale).await,
+        Error::LeaseLost { .. },
+        "keep_alive with the stale lease"
+    );
+    let mut changed = node.clone();
+    changed.weight = 9;
+    changed.status = NodeStatus::Leaving;
+    ensure_err!(
+        reg.update_node(&stale, &changed).await,
+        Error::LeaseLost { .. },
+        "update_node with the stale lease"
+    );
+    ensure_eq!(
+        current().await?,
+        vec![node.clone()],
+        "the newer record after stale keep_alive and update_node"
+    );
+    reg.unregister(&stale).await?;
+    ensure_eq!(
+        current().await?,
+        vec![node.clone()],
+        "the newer registration after unregister with the stale lease"
+    );
+    reg.keep_alive(&fresh).await?;
+    changed.weight = 3;
+    reg.update_node(&fresh, &changed).await?;
+    ensure_eq!(
+        current().await?,
+        vec![changed],
+        "the newer lease still works"
+    );
+    reg.unregister(&fresh).await?;
+    ensure!(
+        current().await?.is_empty(),
+        "unregister with the newer lease removes the node"
+    );
     Ok(())
 }

@@ -6,15 +6,14 @@ use async_trait::async_trait;
 use dcron_core::memory::MemoryRegistry;
 use dcron_core::{Error, Lease, Registry};
 
-use crate::harness::RegistryFactory;
+use crate::harness::{Hooks, RegistryFactory};
 
 /// Opens [`MemoryRegistry`] clients that all share one in-process store, so several clients of
 /// one namespace see the same state; offers the `write_raw_task` and `expire_lease` hooks (there
 /// is no server to restart).
 ///
 /// ```no_run
-/// dcron_testkit::conformance_tests!(dcron_testkit::MemoryFactory::new());
-/// # fn main() {}
+/// dcron_testkit::conformance_main!(dcron_testkit::MemoryFactory::new());
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct MemoryFactory {
@@ -27,10 +26,18 @@ impl MemoryFactory {
         MemoryFactory::default()
     }
 
-    /// A factory on the store of an existing registry handle.
+    /// A factory on the store of an existing registry handle (and with its clock, if any).
     pub fn on_store(registry: &MemoryRegistry) -> Self {
         MemoryFactory {
             store: registry.clone(),
+        }
+    }
+
+    /// This factory's clients with a wall clock of their own, like a server's: they declare
+    /// [`dcron_core::Capabilities::clock`] and refuse late claims (the `Clock` cases run).
+    pub fn with_clock(self, clock: std::sync::Arc<dyn dcron_core::Clock>) -> Self {
+        MemoryFactory {
+            store: self.store.with_clock(clock),
         }
     }
 }
@@ -43,6 +50,10 @@ impl RegistryFactory for MemoryFactory {
 
     async fn open(&self, namespace: &str) -> dcron_core::Result<Arc<dyn Registry>> {
         Ok(Arc::new(self.store.with_namespace(namespace)))
+    }
+
+    fn hooks(&self) -> Option<Hooks> {
+        Some(Hooks::none().with_expire_lease().with_write_raw_task())
     }
 
     async fn expire_lease(&self, namespace: &str, lease: &Lease) -> dcron_core::Result<()> {

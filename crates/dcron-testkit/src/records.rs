@@ -271,3 +271,17 @@ pub async fn cleanup_all_removes_records(cx: &CaseContext) -> CaseResult {
     }
     Ok(())
 }
+
+/// Records work, or every record call answers `Unsupported` as `capabilities.records` declares.
+pub async fn record_capability_is_honest(cx: &CaseContext) -> CaseResult {
+    // An unreachable server is a skip; a declared-unsupported capability is checked below.
+    let reg = cx.open().await?;
+    if reg.capabilities().records {
+        return Ok(());
+    }
+    match records_client(cx).await {
+        // Declared unsupported, and the calls answer `Unsupported`: honest.
+        Ok(_) | Err(CaseError::Skipped(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -10,7 +10,7 @@ use crate::harness::{now_millis, CaseContext, CaseError, CaseResult};
 use crate::{ensure, ensure_eq, ensure_err};
 
 fn meta(name: &str) -> TaskMeta {
-    TaskMeta::new(name, "*/5 * * * * *")
+    crate::harness::task_meta(name, "*/5 * * * * *")
 }
 
 /// A record with every optional field set.

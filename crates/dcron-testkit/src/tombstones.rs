@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::Duration as ChronoDuration;
-use dcron_core::{ClaimOutcome, Error, FireKey, PutMode, TaskMeta, Tombstone};
+use dcron_core::{ClaimOutcome, Error, FireKey, PutMode, Tombstone};
 
 use crate::harness::{instant, node_listed, now_millis, CaseContext, CaseResult};
 use crate::{ensure, ensure_eq, ensure_err};
@@ -47,7 +47,7 @@ pub async fn mark_deleted_without_a_record(cx: &CaseContext) -> CaseResult {
 /// `mark_deleted` is idempotent: the first time is kept and the record is kept.
 pub async fn mark_deleted_is_idempotent(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
-    let m = TaskMeta::new("twice", "@hourly").with_payload("kept");
+    let m = crate::harness::task_meta("twice", "@hourly").with_payload("kept");
     reg.put_task(&m, PutMode::CreateOnly).await?;
     let first = now_millis() - ChronoDuration::seconds(30);
     reg.mark_deleted("twice", first).await?;
@@ -71,7 +71,7 @@ pub async fn reuse_clears_the_tombstone(cx: &CaseContext) -> CaseResult {
         Error::NotFound { .. },
         "clear_tombstone without a tombstone"
     );
-    let m = TaskMeta::new("reborn", "@daily");
+    let m = crate::harness::task_meta("reborn", "@daily");
     reg.put_task(&m, PutMode::CreateOnly).await?;
     reg.mark_deleted("reborn", now_millis()).await?;
     reg.clear_tombstone("reborn").await?;
@@ -82,7 +82,7 @@ pub async fn reuse_clears_the_tombstone(cx: &CaseContext) -> CaseResult {
     );
     ensure_eq!(reg.get_task("reborn").await?, Some(m), "record kept");
     reg.put_task(
-        &TaskMeta::new("reborn", "@daily").with_payload("v2"),
+        &crate::harness::task_meta("reborn", "@daily").with_payload("v2"),
         PutMode::Update,
     )
     .await?;
@@ -94,19 +94,25 @@ pub async fn reuse_clears_the_tombstone(cx: &CaseContext) -> CaseResult {
     // A name tombstoned without a record can be created again after reuse.
     reg.mark_deleted("fresh", now_millis()).await?;
     reg.clear_tombstone("fresh").await?;
-    reg.put_task(&TaskMeta::new("fresh", "@daily"), PutMode::CreateOnly)
-        .await?;
+    reg.put_task(
+        &crate::harness::task_meta("fresh", "@daily"),
+        PutMode::CreateOnly,
+    )
+    .await?;
     Ok(())
 }
 
-/// `cleanup_task` removes the record, the tombstone and the claims of the name, and nothing else.
-pub async fn cleanup_removes_every_trace(cx: &CaseContext) -> CaseResult {
+/// `cleanup_task` removes the record, the tombstone and the life of the name and nothing else;
+/// its claims stay until their retention ends.
+pub async fn cleanup_removes_record_tombstone_and_life(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     for name in ["doomed", "doomed-neighbour"] {
-        reg.put_task(&TaskMeta::new(name, "@hourly"), PutMode::CreateOnly)
-            .await?;
-        crate::harness::claim_fires(&*reg, "n", &[FireKey::new(name, instant(0))], LONG)
-            .await?;
+        reg.put_task(
+            &crate::harness::task_meta(name, "@hourly"),
+            PutMode::CreateOnly,
+        )
+        .await?;
+        crate::harness::claim_fires(&*reg, "n", &[FireKey::new(name, instant(0))], LONG).await?;
         reg.mark_deleted(name, now_millis()).await?;
     }
     reg.cleanup_task("doomed").await?;
@@ -116,9 +122,10 @@ pub async fn cleanup_removes_every_trace(cx: &CaseContext) -> CaseResult {
         None,
         "tombstone removed"
     );
-    ensure!(
-        reg.list_claims("doomed").await?.items.is_empty(),
-        "claims removed"
+    ensure_eq!(
+        reg.list_claims("doomed").await?.items.len(),
+        1,
+        "the claim stays until its retention ends"
     );
     ensure!(
         reg.get_task("doomed-neighbour").await?.is_some()
@@ -127,13 +134,24 @@ pub async fn cleanup_removes_every_trace(cx: &CaseContext) -> CaseResult {
         "the neighbour keeps its record, tombstone and claim"
     );
     // The name is free again.
-    reg.put_task(&TaskMeta::new("doomed", "@hourly"), PutMode::CreateOnly)
-        .await?;
-    let out = crate::harness::claim_fires(&*reg, "n", &[FireKey::new("doomed", instant(0))], LONG)
-        .await?;
+    reg.put_task(
+        &crate::harness::task_meta("doomed", "@hourly"),
+        PutMode::CreateOnly,
+    )
+    .await?;
+    let out = crate::harness::claim_fires(
+        &*reg,
+        "other",
+        &[
+            FireKey::new("doomed", instant(0)),
+            FireKey::new("doomed", instant(1000)),
+        ],
+        LONG,
+    )
+    .await?;
     ensure!(
-        matches!(out[..], [ClaimOutcome::Won { .. }]),
-        "fire claimable again: {out:?}"
+        matches!(out[..], [ClaimOutcome::Lost { .. }, ClaimOutcome::Won { .. }]),
+        "in the new life, the fire claimed before the cleanup is still held and a new one is won: {out:?}"
     );
     Ok(())
 }
@@ -142,8 +160,11 @@ pub async fn cleanup_removes_every_trace(cx: &CaseContext) -> CaseResult {
 pub async fn cleanup_is_idempotent(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     reg.cleanup_task("never-existed").await?;
-    reg.put_task(&TaskMeta::new("once", "@hourly"), PutMode::CreateOnly)
-        .await?;
+    reg.put_task(
+        &crate::harness::task_meta("once", "@hourly"),
+        PutMode::CreateOnly,
+    )
+    .await?;
     reg.cleanup_task("once").await?;
     reg.cleanup_task("once").await?;
     ensure_eq!(reg.get_task("once").await?, None, "record removed");
@@ -173,17 +194,20 @@ pub async fn list_tombstones_lists_all(cx: &CaseContext) -> CaseResult {
     Ok(())
 }
 
-/// `cleanup_all` removes every record, tombstone and claim of the namespace and keeps node registrations.
+/// `cleanup_all` removes every record and tombstone of the namespace and keeps node
+/// registrations and claims (until their retention ends).
 pub async fn cleanup_all_empties_the_namespace(cx: &CaseContext) -> CaseResult {
     let reg = cx.open().await?;
     let node = cx.node("survivor");
     let lease = reg.register(&node, cx.min_ttl() * 10).await?;
     for i in 0..30 {
         let name = format!("all-{i}");
-        reg.put_task(&TaskMeta::new(&name, "@hourly"), PutMode::CreateOnly)
-            .await?;
-        crate::harness::claim_fires(&*reg, "n", &[FireKey::new(&name, instant(0))], LONG)
-            .await?;
+        reg.put_task(
+            &crate::harness::task_meta(&name, "@hourly"),
+            PutMode::CreateOnly,
+        )
+        .await?;
+        crate::harness::claim_fires(&*reg, "n", &[FireKey::new(&name, instant(0))], LONG).await?;
         if i % 3 == 0 {
             reg.mark_deleted(&name, now_millis()).await?;
         }
@@ -199,9 +223,10 @@ pub async fn cleanup_all_empties_the_namespace(cx: &CaseContext) -> CaseResult {
         "tombstones remain"
     );
     for name in ["all-0", "all-1", "claims-only"] {
-        ensure!(
-            other.list_claims(name).await?.items.is_empty(),
-            "claims of {name} remain"
+        ensure_eq!(
+            other.list_claims(name).await?.items.len(),
+            1,
+            "the claim of {name} stays until its retention ends"
         );
     }
     ensure!(

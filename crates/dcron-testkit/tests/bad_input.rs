@@ -180,9 +180,9 @@ proptest! {
         let rt = runtime();
         rt.block_on(async {
             let reg = MemoryRegistry::new();
-            let keep = TaskMeta::new("kept", "@hourly").with_payload("intact");
+            let keep = dcron_testkit::task_meta("kept", "@hourly").with_payload("intact");
             reg.put_task(&keep, PutMode::CreateOnly).await.expect("seed record");
-            let meta = TaskMeta::new(name.clone(), cron).with_payload(payload);
+            let meta = dcron_testkit::task_meta(name.clone(), cron).with_payload(payload);
             match reg.put_task(&meta, PutMode::CreateOnly).await {
                 Ok(()) => {
                     prop_assert!(validate_task_name(&name).is_ok());
@@ -206,7 +206,7 @@ proptest! {
         let rt = runtime();
         rt.block_on(async {
             let reg = MemoryRegistry::new();
-            let keep = TaskMeta::new("kept", "@hourly");
+            let keep = dcron_testkit::task_meta("kept", "@hourly");
             reg.put_task(&keep, PutMode::CreateOnly).await.expect("seed record");
             reg.inject_raw_task("raw", bytes.clone());
             let decodes = TaskMeta::decode("raw", &bytes).is_ok();

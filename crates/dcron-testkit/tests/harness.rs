@@ -5,7 +5,7 @@ use std::sync::Arc;
 use dcron_core::{Error, Registry};
 use dcron_testkit::{
     async_trait, cases, run_all, run_case, servers_required, Case, CaseContext, CaseError,
-    CaseResult, MemoryFactory, RegistryFactory, Requirement,
+    CaseResult, Hooks, MemoryFactory, RegistryFactory, Requirement,
 };
 
 /// A factory whose server is never reachable.
@@ -72,7 +72,7 @@ fn failing(cx: &CaseContext) -> futures::future::BoxFuture<'_, CaseResult> {
     Box::pin(async move {
         let reg = cx.open().await?;
         reg.put_task(
-            &dcron_core::TaskMeta::new("left-behind", "@hourly"),
+            &dcron_testkit::task_meta("left-behind", "@hourly"),
             dcron_core::PutMode::CreateOnly,
         )
         .await?;
@@ -132,4 +132,49 @@ async fn namespaces_are_unique_per_case_run() {
     assert_ne!(a.namespace(), b.namespace());
     assert!(a.other_namespace().starts_with(a.namespace()));
     assert_ne!(a.other_namespace(), a.namespace());
+}
+
+#[test]
+fn requirements_follow_capabilities_and_declared_hooks() {
+    let caps = dcron_core::Capabilities::default();
+    assert_eq!(Requirement::None.unmet(&caps, Some(Hooks::none())), None);
+    assert!(Requirement::ExactlyOnce.unmet(&caps, None).is_some());
+    assert!(Requirement::Clock.unmet(&caps, None).is_some());
+    assert_eq!(Requirement::Watch.unmet(&caps, None), None);
+    let full = dcron_core::Capabilities::default()
+        .with_exactly_once()
+        .with_clock()
+        .with_records();
+    for req in [
+        Requirement::ExactlyOnce,
+        Requirement::Clock,
+        Requirement::Records,
+        Requirement::SmallValues,
+    ] {
+        assert_eq!(req.unmet(&full, None), None, "{req:?}");
+    }
+    let huge = dcron_core::Capabilities::with_max_value_bytes(512 * 1024 * 1024);
+    assert!(Requirement::SmallValues.unmet(&huge, None).is_some());
+    // Undeclared hooks are assumed present (found out at run time); declared ones decide.
+    assert_eq!(Requirement::Restart.unmet(&caps, None), None);
+    let reason = Requirement::Restart.unmet(&caps, Some(Hooks::none().with_expire_lease()));
+    assert!(reason.is_some_and(|r| r.contains("restart_server")));
+    assert_eq!(
+        Requirement::ExpireLease.unmet(&caps, Some(Hooks::none().with_expire_lease())),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmet_requirement_skips_before_the_case_runs() {
+    // The memory factory has no clock: the clock case is skipped without running.
+    let outcome = run_case(
+        Arc::new(MemoryFactory::new()),
+        &case("claims::late_claims_are_refused"),
+    )
+    .await;
+    match outcome {
+        Err(CaseError::Skipped(reason)) => assert!(reason.contains("clock"), "{reason}"),
+        other => panic!("expected a skip, got {other:?}"),
+    }
 }

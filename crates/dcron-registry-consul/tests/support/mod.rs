@@ -5,14 +5,22 @@ pub mod double;
 
 use std::time::Duration;
 
+use dcron_core::{Error, Result};
 use dcron_registry_consul::{ConsulRegistry, ConsulRegistryConfig};
+use double::{ConsulDouble, DoubleConfig};
 
-/// A registry on the double, in `namespace`, with short TTLs and blocking waits for tests.
-pub fn registry(double: &double::ConsulDouble, namespace: &str) -> ConsulRegistry {
+/// A double configured like an agent with `session_ttl_min = "1s"`, so leases can expire in
+/// seconds.
+pub async fn fast_double() -> ConsulDouble {
+    ConsulDouble::start_with(DoubleConfig::fast_sessions()).await
+}
+
+/// A registry on the double, in `namespace`, for an agent with `session_ttl_min = "1s"`.
+pub fn registry(double: &ConsulDouble, namespace: &str) -> ConsulRegistry {
     ConsulRegistry::new(config(&double.address(), namespace)).expect("valid config")
 }
 
-/// The test configuration for an address.
+/// The test configuration for an address (`session_ttl_min` 1 s, short waits).
 pub fn config(address: &str, namespace: &str) -> ConsulRegistryConfig {
     ConsulRegistryConfig::new(address)
         .with_namespace(namespace)
@@ -38,3 +46,39 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Raw HTTP calls the hooks need (outside the registry's API).
+pub async fn raw_put(config: &ConsulRegistryConfig, path: &str, body: Vec<u8>) -> Result<()> {
+    let mut req = reqwest::Client::new()
+        .put(format!("{}{path}", config.address.trim_end_matches('/')))
+        .body(body);
+    if let Some(token) = &config.token {
+        req = req.header("X-Consul-Token", token);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Error::unavailable(format!("consul hook request: {e}")))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(Error::backend(
+            "consul",
+            format!("hook request {path}"),
+            format!("HTTP {}", resp.status()),
+        ))
+    }
+}
+
+pub fn kv_path(key: &str) -> String {
+    let mut out = String::from("/v1/kv/");
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+

@@ -27,18 +27,17 @@ pub fn required() -> bool {
     dcron_testkit::servers_required()
 }
 
-/// The namespace root a test namespace maps to.
+/// The namespace root a test namespace maps to: one path component, escaped one-to-one, so
+/// that `ns/tasks`, `ns:tasks` and `ns.tasks` are three distinct siblings of `ns`.
 pub fn root_of(namespace: &str) -> String {
-    let clean: String = namespace
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut clean = String::new();
+    for b in namespace.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            clean.push(b as char);
+        } else {
+            clean.push_str(&format!("%{b:02X}"));
+        }
+    }
     format!("/dcron-test/{clean}")
 }
 
@@ -92,6 +91,34 @@ pub async fn write_raw(connect: &str, path: &str, bytes: &[u8]) -> Result<()> {
     let zk = ZooKeeper::connect(connect, Duration::from_secs(5), |_| {})
         .await
         .map_err(|e| Error::unavailable(format!("{e:?}")))?;
+    let res = write_raw_with(&zk, path, bytes).await;
+    let _ = zk.close().await;
+    res
+}
+
+/// Plants `bytes` as the task record in a state znode (`{header}\n{record}`), keeping the rest
+/// of the state (tombstone, life) as it is.
+pub async fn write_raw_record(connect: &str, path: &str, bytes: &[u8]) -> Result<()> {
+    let zk = ZooKeeper::connect(connect, Duration::from_secs(5), |_| {})
+        .await
+        .map_err(|e| Error::unavailable(format!("{e:?}")))?;
+    let current = zk.get_data(path, false).await.ok().map(|(d, _)| d);
+    let mut header = current
+        .as_deref()
+        .and_then(|d| d.split(|b| *b == b'\n').next())
+        .and_then(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .filter(|h| h.get("dcron_state").is_some())
+        .unwrap_or_else(|| serde_json::json!({ "dcron_state": 1 }));
+    header["record"] = serde_json::Value::Bool(true);
+    let mut data = serde_json::to_vec(&header).expect("json");
+    data.push(b'\n');
+    data.extend_from_slice(bytes);
+    let res = write_raw_with(&zk, path, &data).await;
+    let _ = zk.close().await;
+    res
+}
+
+async fn write_raw_with(zk: &ZooKeeper, path: &str, bytes: &[u8]) -> Result<()> {
     let res = match zk.set_data(path, bytes.to_vec(), None).await {
         Err(ZkError::NoNode) => zk
             .create(
@@ -104,7 +131,6 @@ pub async fn write_raw(connect: &str, path: &str, bytes: &[u8]) -> Result<()> {
             .map(|_| ()),
         other => other.map(|_| ()),
     };
-    let _ = zk.close().await;
     res.map_err(|e| Error::backend("zookeeper", path.to_string(), e))
 }
 
@@ -127,7 +153,12 @@ impl ZkFactory {
 
     /// On a server this factory starts and owns; `None` when no ZooKeeper can be started here.
     pub async fn owned() -> Option<Self> {
-        let server = OwnedServer::start().await?;
+        Self::owned_with(true).await
+    }
+
+    /// Like [`ZkFactory::owned`]; `extended_types` says whether the server offers TTL znodes.
+    pub async fn owned_with(extended_types: bool) -> Option<Self> {
+        let server = OwnedServer::start_with(extended_types).await?;
         Some(ZkFactory {
             connect: server.connect(),
             server: Some(Arc::new(tokio::sync::Mutex::new(server))),
@@ -166,13 +197,24 @@ impl RegistryFactory for ZkFactory {
         Ok(Arc::new(reg))
     }
 
+    fn hooks(&self) -> Option<dcron_testkit::Hooks> {
+        let hooks = dcron_testkit::Hooks::none()
+            .with_expire_lease()
+            .with_write_raw_task();
+        Some(if self.server.is_some() {
+            hooks.with_restart_server()
+        } else {
+            hooks
+        })
+    }
+
     /// ZooKeeper sessions shorter than 2 s are not used (see `MIN_SESSION_TIMEOUT`).
     fn min_ttl(&self) -> Duration {
         Duration::from_secs(2)
     }
 
-    /// Session expiry runs on the server's tick (500 ms here) and TTL znodes are checked every
-    /// second (`znode.container.checkIntervalMs=1000`).
+    /// Session expiry runs on the server's tick (500 ms here); claims expire by their stored
+    /// expiry against the server's clock, whatever the container check interval.
     fn expiry_slack(&self) -> Duration {
         Duration::from_secs(3)
     }
@@ -209,7 +251,7 @@ impl RegistryFactory for ZkFactory {
                 ZkRegistry::connect(config).await?
             }
         };
-        write_raw(&self.connect, &reg.task_path(name), bytes).await
+        write_raw_record(&self.connect, &reg.task_path(name), bytes).await
     }
 }
 
@@ -219,6 +261,7 @@ pub struct OwnedServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    fast_containers: bool,
 }
 
 const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
@@ -230,8 +273,15 @@ impl OwnedServer {
         Self::start_with(true).await
     }
 
-    /// Like [`OwnedServer::start`]; `extended_types` says whether TTL znodes are enabled.
+    /// Like [`OwnedServer::start`]; `extended_types` says whether TTL znodes are enabled. The
+    /// server keeps ZooKeeper's default container check interval (60 s).
     pub async fn start_with(extended_types: bool) -> Option<Self> {
+        Self::start_custom(extended_types, false).await
+    }
+
+    /// Like [`OwnedServer::start_with`]; `fast_containers` lowers the container (TTL) check
+    /// interval to one second.
+    pub async fn start_custom(extended_types: bool, fast_containers: bool) -> Option<Self> {
         if !std::path::Path::new(ZK_JAR).exists() {
             if required() {
                 panic!("{ZK_JAR} missing: run scripts/services/zk.sh");
@@ -258,6 +308,7 @@ impl OwnedServer {
             port,
             dir,
             child: None,
+            fast_containers,
         };
         server.spawn().await.expect("ZooKeeper starts");
         Some(server)
@@ -271,10 +322,14 @@ impl OwnedServer {
     async fn spawn(&mut self) -> Result<()> {
         let log = std::fs::File::create(self.dir.join("zookeeper.log"))
             .map_err(|e| Error::unavailable(format!("log file: {e}")))?;
-        let child = Command::new("java")
-            .arg("-Xmx192m")
-            .arg("-Dznode.container.checkIntervalMs=1000")
-            .arg("-Dznode.container.maxPerMinute=6000000")
+        let mut command = Command::new("java");
+        command.arg("-Xmx192m");
+        if self.fast_containers {
+            command
+                .arg("-Dznode.container.checkIntervalMs=1000")
+                .arg("-Dznode.container.maxPerMinute=6000000");
+        }
+        let child = command
             .arg("-Dzookeeper.jmx.log4j.disable=true")
             .arg("-cp")
             .arg(ZK_JAR)
