@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use dcron_core::{Error, TaskMeta};
+use dcron_core::{Error, Lease, TaskMeta};
 use dcron_registry_etcd::{EtcdRegistry, EtcdRegistryConfig};
 use tokio::time::Instant;
 
@@ -46,6 +46,32 @@ pub fn live_since() -> DateTime<Utc> {
 
 #[allow(unused_imports)] // not every test file claims
 pub use dcron_testkit::harness::claim_fires;
+
+/// etcd grants leases of at least 2 s (its minimum TTL with the default timing), in whole seconds.
+pub const MIN_TTL: Duration = Duration::from_secs(2);
+
+/// Revokes a lease from outside, as if the server had timed it out.
+pub async fn revoke(reg: &EtcdRegistry, lease: &Lease) -> dcron_core::Result<()> {
+    let id: i64 = lease
+        .id
+        .parse()
+        .map_err(|_| Error::InvalidArgument(format!("not an etcd lease id: {}", lease.id)))?;
+    match reg.client().clone().lease_revoke(id).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("lease not found") => Ok(()),
+        Err(e) => Err(Error::backend("etcd", "revoke lease", e)),
+    }
+}
+
+/// Stores raw bytes where the registry keeps the record of `name`.
+pub async fn raw_put(reg: &EtcdRegistry, name: &str, bytes: &[u8]) -> dcron_core::Result<()> {
+    reg.client()
+        .clone()
+        .put(reg.task_key(name), bytes.to_vec(), None)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::backend("etcd", "raw put", e))
+}
 
 /// A namespace nobody else uses.
 pub fn fresh_namespace(test: &str) -> String {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use dcron_core::{Error, Lease, Registry, TaskMeta};
 use dcron_registry_redis::{RedisKeys, RedisRegistry, RedisRegistryConfig};
-use dcron_testkit::{async_trait, RegistryFactory};
+use dcron_testkit::{async_trait, Hooks, RegistryFactory};
 use redis::AsyncCommands;
 
 /// Whether a missing server must fail the test instead of skipping it.
@@ -107,6 +107,10 @@ impl RegistryFactory for SharedServer {
 
     async fn open(&self, namespace: &str) -> dcron_core::Result<Arc<dyn Registry>> {
         Ok(Arc::new(open(&self.url, namespace).await?))
+    }
+
+    fn hooks(&self) -> Option<Hooks> {
+        Some(Hooks::none().with_expire_lease().with_write_raw_task())
     }
 
     async fn expire_lease(&self, namespace: &str, lease: &Lease) -> dcron_core::Result<()> {
@@ -278,6 +282,15 @@ impl RegistryFactory for OwnedFactory {
 
     async fn open(&self, namespace: &str) -> dcron_core::Result<Arc<dyn Registry>> {
         Ok(Arc::new(open(&self.url()?, namespace).await?))
+    }
+
+    fn hooks(&self) -> Option<Hooks> {
+        Some(
+            Hooks::none()
+                .with_restart_server()
+                .with_expire_lease()
+                .with_write_raw_task(),
+        )
     }
 
     async fn restart_server(&self) -> dcron_core::Result<()> {
