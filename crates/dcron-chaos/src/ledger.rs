@@ -144,7 +144,10 @@ pub fn analyze(
             Some("a task the run does not define")
         } else if e.instant_ms.rem_euclid(1000) != 0 {
             Some("not an instant of the schedule")
-        } else if live_since_ms.get(&e.task).is_some_and(|l| e.instant_ms < *l) {
+        } else if live_since_ms
+            .get(&e.task)
+            .is_some_and(|l| e.instant_ms < *l)
+        {
             Some("before the task's live-since")
         } else {
             None

@@ -10,7 +10,6 @@ use common::ZkFactory;
 use dcron_testkit::{cases, run_case, CaseError, RegistryFactory};
 use futures::StreamExt;
 
-
 /// The fault cases (`faults::*`) on a server this test starts, restarts and kills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_on_an_owned_server() {
