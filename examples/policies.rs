@@ -98,6 +98,7 @@ async fn main() -> dcron_core::Result<()> {
             let last = match s.last_result {
                 Some(LastResult::Ok) => "ok".to_string(),
                 Some(LastResult::Failed { error }) => format!("failed ({error})"),
+                Some(LastResult::NoHandler { node }) => format!("no handler on {node}"),
                 None => "-".to_string(),
             };
             println!(

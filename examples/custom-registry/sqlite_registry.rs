@@ -16,8 +16,23 @@
 //!   a power loss and the fire is not run again after a reboot.
 //! - **Tables** are keyed by namespace first: `nodes(ns, id, lease_id, ttl_ms, record,
 //!   expires_at_ms)`, `tasks(ns, name, bytes)`, `tombstones(ns, name, record)`,
-//!   `claims(ns, task, instant_ms, node, token, expires_at_ms)`, `tokens(ns, last)`,
-//!   `records(ns, kind, key, value)`. Namespaces are compared for equality, never by prefix.
+//!   `lives(ns, name, generation, live_since)`, `claims(ns, task, instant_ms, node, epoch,
+//!   generation, token, expires_at_ms)`, `tokens(ns, last)`, `records(ns, kind, key, value)`.
+//!   Namespaces are compared for equality, never by prefix. A database written by the earlier
+//!   version of this file is upgraded in place when opened (the claim columns are added).
+//! - **The exactly-once contract, natively** ([`Capabilities::exactly_once`]): every fencing
+//!   token and every generation is the next number of the namespace's sequence (`tokens.last`),
+//!   which no cleanup removes, so both strictly increase per name across cleanups and new lives.
+//!   Lives are started and removed by the effects [`dcron_core::tombstone::decide`] answers
+//!   (create-only and force writes, cleanups) in the same transaction as the rest of the write;
+//!   no write removes a claim (a claim lives until its retention ends, so a fire claimed in an
+//!   earlier life stays claimed in the next one);
+//!   `ensure_lives` and `restart_life` are one transaction each. A claim batch is one immediate
+//!   transaction deciding each fire with [`dcron_core::claim::decide_claim`], in the contract's
+//!   order; a fire whose stored claim does not read answers `Failed` alone.
+//! - **Clock**: every process on the host shares one wall clock, and a claim reads it inside its
+//!   transaction (after `BEGIN IMMEDIATE`, so no other writer runs between the check and the
+//!   write): this registry refuses a claim past its deadline ([`Capabilities::clock`]).
 //! - **Records** (pause markers, trigger-now requests, task status) are opaque bytes in
 //!   `records`, keyed by namespace, kind and key as given (a column needs no escaping). A batch
 //!   is one immediate transaction of upserts; `delete_record` answers whether its `DELETE`
@@ -46,12 +61,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
+use dcron_core::claim::{decide_claim, ClaimDecision, Holder};
 use dcron_core::tombstone::{decide, NameState, Request};
 use dcron_core::{
-    check_record_key, check_records, check_value_size, validate_task_name, watch_channel,
-    Capabilities, Claim, ClaimOutcome, CorruptEntry, Error, FireKey, Lease, Listing, Node,
-    NodeEvent, PutMode, RecordKind, Registry, Result, ResyncEvent, TaskMeta, TaskMetaEvent,
-    Tombstone, WatchSender, WatchStream,
+    check_claims, check_record_key, check_records, check_value_size, validate_task_name,
+    watch_channel, Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, Error,
+    FireKey, Lease, Life, Listing, Node, NodeEvent, PutMode, RecordKind, Registry, Result,
+    ResyncEvent, TaskMeta, TaskMetaEvent, Tombstone, WatchSender, WatchStream,
 };
 use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
@@ -91,8 +107,12 @@ CREATE TABLE IF NOT EXISTS tombstones (
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS claims (
     ns TEXT NOT NULL, task TEXT NOT NULL, instant_ms INTEGER NOT NULL, node TEXT NOT NULL,
-    token INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL, PRIMARY KEY (ns, task, instant_ms))
-    WITHOUT ROWID;
+    token INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0, generation INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (ns, task, instant_ms)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lives (
+    ns TEXT NOT NULL, name TEXT NOT NULL, generation INTEGER NOT NULL, live_since TEXT NOT NULL,
+    PRIMARY KEY (ns, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS claims_by_expiry ON claims (ns, expires_at_ms);
 CREATE TABLE IF NOT EXISTS tokens (ns TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
@@ -133,10 +153,14 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// A registry on a SQLite database file, shared by every handle (and process) that opens it.
 ///
-/// Clones share one connection; [`SqliteRegistry::open`] again for another one. Choices where
-/// the contract leaves room: records of at most 1 MiB; zero TTL or retention is
-/// [`Error::InvalidArgument`]; `put_task` and `mark_deleted` validate the name; `cleanup_all`
-/// logs one event per removed entry, or one `Resync` beyond [`WATCH_BUFFER`] of them.
+/// Clones share one connection; [`SqliteRegistry::open`] again for another one. It implements
+/// the whole exactly-once contract with a clock (the host's, read inside each claim's
+/// transaction). Choices where the contract leaves room: records of at most 1 MiB; zero TTL or
+/// retention is [`Error::InvalidArgument`]; a granted TTL is the requested one and retention is
+/// kept to the millisecond (rows past their deadline are treated as absent at once);
+/// `put_task` and `mark_deleted` validate the name; a life row that does not read is replaced by
+/// a new life in `ensure_lives`; `cleanup_all` logs one event per removed entry, or one `Resync`
+/// beyond [`WATCH_BUFFER`] of them.
 ///
 /// ```no_run
 /// # async fn demo() -> dcron_core::Result<()> {
@@ -277,12 +301,13 @@ impl SqliteRegistry {
 
     /// Decides `request` for `name` with the tombstone rules and applies the effects, all in one
     /// immediate transaction. `record` is the record a put writes, with its encoded bytes.
+    /// Answers the name's life afterwards.
     async fn decide_and_apply(
         &self,
         name: &str,
         request: RequestKind,
         record: Option<(TaskMeta, Vec<u8>)>,
-    ) -> Result<()> {
+    ) -> Result<Option<Life>> {
         let (ns, name) = (self.namespace.clone(), name.to_string());
         self.run(move |conn| {
             let tx = immediate(conn)?;
@@ -309,6 +334,7 @@ impl SqliteRegistry {
                 RequestKind::MarkDeleted(at) => Request::MarkDeleted(at),
                 RequestKind::Reuse => Request::Reuse,
                 RequestKind::Cleanup => Request::Cleanup,
+                RequestKind::RestartLife(at) => Request::ForceAddStatic(at),
             };
             let effects = decide(&name, state, request)?;
             if effects.write_meta.is_some() {
@@ -347,14 +373,19 @@ impl SqliteRegistry {
                 .map_err(sql("clear a tombstone"))?;
                 log(&tx, &ns, Topic::Tasks, Kind::TombstoneCleared, &name, None)?;
             }
-            if effects.clear_claims {
+            if effects.remove_life {
                 tx.execute(
-                    "DELETE FROM claims WHERE ns = ?1 AND task = ?2",
+                    "DELETE FROM lives WHERE ns = ?1 AND name = ?2",
                     params![ns, name],
                 )
-                .map_err(sql("clear claims"))?;
+                .map_err(sql("remove a life"))?;
             }
-            commit(tx)
+            if let Some(at) = effects.start_life {
+                start_life(&tx, &ns, &name, at)?;
+            }
+            let life = read_life(&tx, &ns, &name)?;
+            commit(tx)?;
+            Ok(life.and_then(|(life, _)| life))
         })
         .await
     }
@@ -366,6 +397,66 @@ enum RequestKind {
     MarkDeleted(DateTime<Utc>),
     Reuse,
     Cleanup,
+    RestartLife(DateTime<Utc>),
+}
+
+/// The next number of the namespace's sequence (fencing tokens and generations).
+fn next_number(tx: &Transaction<'_>, ns: &str) -> Result<i64> {
+    tx.query_row(
+        "INSERT INTO tokens (ns, last) VALUES (?1, 1)
+         ON CONFLICT (ns) DO UPDATE SET last = last + 1 RETURNING last",
+        params![ns],
+        |row| row.get(0),
+    )
+    .map_err(sql("take the next number of the sequence"))
+}
+
+/// Starts a new life of `name` at `at` (the next number of the sequence as its generation).
+fn start_life(tx: &Transaction<'_>, ns: &str, name: &str, at: DateTime<Utc>) -> Result<Life> {
+    let generation = next_number(tx, ns)?;
+    tx.execute(
+        "INSERT INTO lives (ns, name, generation, live_since) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (ns, name) DO UPDATE SET generation = excluded.generation,
+           live_since = excluded.live_since",
+        params![
+            ns,
+            name,
+            generation,
+            at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        ],
+    )
+    .map_err(sql("start a life"))?;
+    Ok(Life::new(u64::try_from(generation).unwrap_or(0), at))
+}
+
+/// Reads the life of `name`: `None` when there is none, `Some((None, _))` when the row does not
+/// hold a life (its generation, when readable, beside it).
+fn read_life(conn: &Connection, ns: &str, name: &str) -> Result<Option<(Option<Life>, i64)>> {
+    let row: Option<(rusqlite::types::Value, rusqlite::types::Value)> = conn
+        .query_row(
+            "SELECT generation, live_since FROM lives WHERE ns = ?1 AND name = ?2",
+            params![ns, name],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(sql("read a life"))?;
+    Ok(row.map(|(generation, since)| {
+        let generation = match generation {
+            rusqlite::types::Value::Integer(g) if g > 0 => g,
+            _ => 0,
+        };
+        let since = match since {
+            rusqlite::types::Value::Text(s) => DateTime::parse_from_rfc3339(&s)
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
+            _ => None,
+        };
+        let life = match (u64::try_from(generation).ok().filter(|g| *g > 0), since) {
+            (Some(g), Some(since)) => Some(Life::new(g, since)),
+            _ => None,
+        };
+        (life, generation)
+    }))
 }
 
 /// Sends `f` to a connection thread and awaits its answer.
@@ -417,7 +508,8 @@ fn connect(path: &Path) -> Result<Connection> {
         let setup = conn
             .pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
-            .and_then(|()| conn.execute_batch(SCHEMA));
+            .and_then(|()| conn.execute_batch(SCHEMA))
+            .and_then(|()| upgrade(&conn));
         match setup {
             Ok(()) => return Ok(conn),
             Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
@@ -426,6 +518,26 @@ fn connect(path: &Path) -> Result<Connection> {
             Err(e) => return Err(sql("prepare the database")(e)),
         }
     }
+}
+
+/// Adds the claim columns a database written by the earlier version of this file lacks.
+fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
+    let mut columns = Vec::new();
+    {
+        let mut stmt = conn.prepare("PRAGMA table_info(claims)")?;
+        let rows = stmt.query_map([], |row| row.get::<_, String>(1))?;
+        for row in rows {
+            columns.push(row?);
+        }
+    }
+    for column in ["epoch", "generation"] {
+        if !columns.iter().any(|c| c == column) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE claims ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+            ))?;
+        }
+    }
+    Ok(())
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -498,6 +610,59 @@ fn read_tombstone(conn: &Connection, ns: &str, name: &str) -> Result<Option<Tomb
             deleted_at: DateTime::<Utc>::UNIX_EPOCH,
         })
     }))
+}
+
+/// Reads the unexpired claim of a fire as `(node, epoch, token)`; a row whose columns do not
+/// read is [`Error::Corrupt`].
+fn read_claim(
+    conn: &Connection,
+    ns: &str,
+    task: &str,
+    instant_ms: i64,
+) -> Result<Option<(String, u64, u64)>> {
+    let row: Option<(
+        rusqlite::types::Value,
+        rusqlite::types::Value,
+        rusqlite::types::Value,
+    )> = conn
+        .query_row(
+            "SELECT node, epoch, token FROM claims
+             WHERE ns = ?1 AND task = ?2 AND instant_ms = ?3",
+            params![ns, task, instant_ms],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()
+        .map_err(sql("read a claim"))?;
+    let Some((node, epoch, token)) = row else {
+        return Ok(None);
+    };
+    match (
+        text(node),
+        unsigned(epoch),
+        unsigned(token).filter(|t| *t > 0),
+    ) {
+        (Some(node), Some(epoch), Some(token)) => Ok(Some((node, epoch, token))),
+        _ => Err(Error::Corrupt {
+            key: format!("{task}@{instant_ms}"),
+            reason: "the claim row does not hold a claim".into(),
+        }),
+    }
+}
+
+/// A non-empty text column.
+fn text(value: rusqlite::types::Value) -> Option<String> {
+    match value {
+        rusqlite::types::Value::Text(s) if !s.is_empty() => Some(s),
+        _ => None,
+    }
+}
+
+/// A non-negative integer column.
+fn unsigned(value: rusqlite::types::Value) -> Option<u64> {
+    match value {
+        rusqlite::types::Value::Integer(n) => u64::try_from(n).ok(),
+        _ => None,
+    }
 }
 
 /// Appends an event to the log, in the caller's transaction, and trims old events.
@@ -752,7 +917,10 @@ impl Registry for SqliteRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::default().with_records()
+        Capabilities::default()
+            .with_records()
+            .with_clock()
+            .with_exactly_once()
     }
 
     // ----- membership -----
@@ -910,6 +1078,7 @@ impl Registry for SqliteRegistry {
             Some((meta.clone(), bytes)),
         )
         .await
+        .map(drop)
     }
 
     async fn get_task(&self, name: &str) -> Result<Option<TaskMeta>> {
@@ -946,6 +1115,7 @@ impl Registry for SqliteRegistry {
         validate_task_name(name)?;
         self.decide_and_apply(name, RequestKind::MarkDeleted(at), None)
             .await
+            .map(drop)
     }
 
     async fn get_tombstone(&self, name: &str) -> Result<Option<Tombstone>> {
@@ -968,12 +1138,15 @@ impl Registry for SqliteRegistry {
     }
 
     async fn clear_tombstone(&self, name: &str) -> Result<()> {
-        self.decide_and_apply(name, RequestKind::Reuse, None).await
+        self.decide_and_apply(name, RequestKind::Reuse, None)
+            .await
+            .map(drop)
     }
 
     async fn cleanup_task(&self, name: &str) -> Result<()> {
         self.decide_and_apply(name, RequestKind::Cleanup, None)
             .await
+            .map(drop)
     }
 
     async fn cleanup_all(&self) -> Result<()> {
@@ -990,7 +1163,8 @@ impl Registry for SqliteRegistry {
             };
             let tasks = names("SELECT name FROM tasks WHERE ns = ?1")?;
             let tombstones = names("SELECT name FROM tombstones WHERE ns = ?1")?;
-            for table in ["tasks", "tombstones", "claims", "records"] {
+            // Claims are kept: they live until their retention ends.
+            for table in ["tasks", "tombstones", "lives", "records"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE ns = ?1"), params![ns])
                     .map_err(sql("cleanup"))?;
             }
@@ -1014,79 +1188,102 @@ impl Registry for SqliteRegistry {
 
     async fn claim(
         &self,
-        fires: &[FireKey],
-        node_id: &str,
-        retention: Duration,
+        claimant: &Claimant,
+        requests: &[ClaimRequest],
     ) -> Result<Vec<ClaimOutcome>> {
-        dcron_core::check_retention(retention)?;
-        if fires.is_empty() {
+        check_claims(requests)?;
+        if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let (ns, node, fires) = (self.namespace.clone(), node_id.to_string(), fires.to_vec());
-        let retention_ms = duration_ms(retention).max(1);
+        let (ns, claimant, requests) =
+            (self.namespace.clone(), claimant.clone(), requests.to_vec());
         self.run(move |conn| {
-            let now = now_ms();
             let tx = immediate(conn)?;
+            // The registry's clock, read inside the transaction: no writer runs between this
+            // check and the claim's write.
+            let now = Utc::now();
+            let now_ms = now.timestamp_millis();
             tx.execute(
                 "DELETE FROM claims WHERE ns = ?1 AND expires_at_ms <= ?2",
-                params![ns, now],
+                params![ns, now_ms],
             )
             .map_err(sql("purge claims"))?;
-            let mut last: i64 = tx
-                .query_row(
-                    "SELECT coalesce((SELECT last FROM tokens WHERE ns = ?1), 0)",
-                    params![ns],
-                    |row| row.get(0),
-                )
-                .map_err(sql("read the token counter"))?;
-            let mut outcomes = Vec::with_capacity(fires.len());
-            {
-                let mut tombstoned = tx
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM tombstones WHERE ns = ?1 AND name = ?2)",
-                    )
-                    .map_err(sql("claim"))?;
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO claims (ns, task, instant_ms, node, token, expires_at_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-                    )
-                    .map_err(sql("claim"))?;
-                for fire in &fires {
-                    let is_tombstoned: bool = tombstoned
-                        .query_row(params![ns, fire.task], |row| row.get(0))
-                        .map_err(sql("claim"))?;
-                    if is_tombstoned {
-                        outcomes.push(ClaimOutcome::Tombstoned);
-                        continue;
-                    }
-                    let token = last + 1;
-                    let won = insert
-                        .execute(params![
-                            ns,
-                            fire.task,
-                            fire.instant_millis(),
-                            node,
-                            token,
-                            now + retention_ms
-                        ])
-                        .map_err(sql("claim"))?;
-                    if won == 1 {
-                        last = token;
+            let mut outcomes = Vec::with_capacity(requests.len());
+            let mut tombstones: std::collections::HashMap<String, bool> = Default::default();
+            let mut lives: std::collections::HashMap<String, Option<Life>> = Default::default();
+            for request in &requests {
+                let task = &request.fire.task;
+                if let Err(e) = validate_task_name(task) {
+                    outcomes.push(ClaimOutcome::Failed(e));
+                    continue;
+                }
+                if !tombstones.contains_key(task) {
+                    let tombstoned = read_tombstone(&tx, &ns, task)?.is_some();
+                    tombstones.insert(task.clone(), tombstoned);
+                }
+                if !lives.contains_key(task) {
+                    let life = read_life(&tx, &ns, task)?.and_then(|(life, generation)| {
+                        // Claims only need the generation; a damaged live-since does not stop
+                        // them.
+                        life.or_else(|| {
+                            u64::try_from(generation)
+                                .ok()
+                                .filter(|g| *g > 0)
+                                .map(|g| Life::new(g, DateTime::<Utc>::UNIX_EPOCH))
+                        })
+                    });
+                    lives.insert(task.clone(), life);
+                }
+                let stored = read_claim(&tx, &ns, task, request.fire.instant_millis());
+                let holder = match &stored {
+                    Ok(Some((node, epoch, token))) => Some(Holder {
+                        node_id: node,
+                        epoch: *epoch,
+                        token: *token,
+                    }),
+                    Ok(None) => None,
+                    Err(_) => None,
+                };
+                let decision = decide_claim(
+                    tombstones[task],
+                    lives[task].as_ref(),
+                    holder,
+                    Some(now),
+                    &claimant,
+                    request,
+                );
+                match (decision, stored) {
+                    (ClaimDecision::Answer(outcome), _) => outcomes.push(outcome),
+                    // A stored claim that does not read: this fire alone cannot be decided.
+                    (ClaimDecision::Write, Err(e)) => outcomes.push(ClaimOutcome::Failed(e)),
+                    (ClaimDecision::Write, Ok(_)) => {
+                        let token = next_number(&tx, &ns)?;
+                        tx.execute(
+                            "INSERT INTO claims (ns, task, instant_ms, node, epoch, generation,
+                               token, expires_at_ms)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                             ON CONFLICT (ns, task, instant_ms) DO UPDATE SET
+                               node = excluded.node, epoch = excluded.epoch,
+                               generation = excluded.generation, token = excluded.token,
+                               expires_at_ms = excluded.expires_at_ms",
+                            params![
+                                ns,
+                                task,
+                                request.fire.instant_millis(),
+                                claimant.node_id,
+                                i64::try_from(claimant.epoch).unwrap_or(i64::MAX),
+                                i64::try_from(request.generation).unwrap_or(i64::MAX),
+                                token,
+                                now_ms.saturating_add(duration_ms(request.retention).max(1))
+                            ],
+                        )
+                        .map_err(sql("write a claim"))?;
                         outcomes.push(ClaimOutcome::Won {
                             token: u64::try_from(token).unwrap_or(u64::MAX),
                         });
-                    } else {
-                        outcomes.push(ClaimOutcome::Lost);
                     }
                 }
             }
-            tx.execute(
-                "INSERT INTO tokens (ns, last) VALUES (?1, ?2)
-                 ON CONFLICT (ns) DO UPDATE SET last = excluded.last",
-                params![ns, last],
-            )
-            .map_err(sql("write the token counter"))?;
             commit(tx)?;
             Ok(outcomes)
         })
@@ -1098,7 +1295,7 @@ impl Registry for SqliteRegistry {
         self.run(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT instant_ms, node, token FROM claims
+                    "SELECT instant_ms, node, epoch, generation, token FROM claims
                      WHERE ns = ?1 AND task = ?2 AND expires_at_ms > ?3",
                 )
                 .map_err(sql("list claims"))?;
@@ -1106,29 +1303,76 @@ impl Registry for SqliteRegistry {
                 .query_map(params![ns, task, now_ms()], |row| {
                     Ok((
                         row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, i64>(2)?,
+                        row.get::<_, rusqlite::types::Value>(1)?,
+                        row.get::<_, rusqlite::types::Value>(2)?,
+                        row.get::<_, rusqlite::types::Value>(3)?,
+                        row.get::<_, rusqlite::types::Value>(4)?,
                     ))
                 })
                 .map_err(sql("list claims"))?;
             let mut listing = Listing::default();
             for row in rows {
-                let (instant_ms, node_id, token) = row.map_err(sql("list claims"))?;
-                match Utc.timestamp_millis_opt(instant_ms).single() {
-                    Some(instant) => listing.items.push(Claim {
-                        fire: FireKey::new(task.clone(), instant),
-                        node_id,
-                        token: u64::try_from(token).unwrap_or_default(),
-                    }),
-                    None => listing.corrupt.push(CorruptEntry {
-                        key: format!("{task}@{instant_ms}"),
-                        reason: "the instant is out of range".into(),
+                let (instant_ms, node, epoch, generation, token) =
+                    row.map_err(sql("list claims"))?;
+                let key = format!("{task}@{instant_ms}");
+                let instant = Utc.timestamp_millis_opt(instant_ms).single();
+                let fields = (
+                    instant,
+                    text(node),
+                    unsigned(epoch),
+                    unsigned(generation),
+                    unsigned(token).filter(|t| *t > 0),
+                );
+                match fields {
+                    (Some(instant), Some(node_id), Some(epoch), Some(generation), Some(token)) => {
+                        listing.items.push(Claim {
+                            fire: FireKey::new(task.clone(), instant),
+                            node_id,
+                            epoch,
+                            generation,
+                            token,
+                        })
+                    }
+                    _ => listing.corrupt.push(CorruptEntry {
+                        key,
+                        reason: "not a claim (instant, node, epoch, generation, token)".into(),
                     }),
                 }
             }
             Ok(listing)
         })
         .await
+    }
+
+    // ----- lives -----
+
+    async fn ensure_lives(&self, names: &[(String, DateTime<Utc>)]) -> Result<Vec<Life>> {
+        for (name, _) in names {
+            validate_task_name(name)?;
+        }
+        let (ns, names) = (self.namespace.clone(), names.to_vec());
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            let mut out = Vec::with_capacity(names.len());
+            for (name, at) in &names {
+                // A row that does not hold a life is replaced by a new life.
+                let life = match read_life(&tx, &ns, name)? {
+                    Some((Some(life), _)) => life,
+                    _ => start_life(&tx, &ns, name, *at)?,
+                };
+                out.push(life);
+            }
+            commit(tx)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn restart_life(&self, name: &str, at: DateTime<Utc>) -> Result<Life> {
+        validate_task_name(name)?;
+        self.decide_and_apply(name, RequestKind::RestartLife(at), None)
+            .await?
+            .ok_or_else(|| Error::InvalidState(format!("no life for `{name}` after a restart")))
     }
 
     // ----- records -----

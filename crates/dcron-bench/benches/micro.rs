@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use dcron_core::{FireKey, Member, MemoryRegistry, Registry, Schedule, SecondsField, Strategy};
+use dcron_core::{
+    ClaimRequest, Claimant, FireKey, Member, MemoryRegistry, Registry, Schedule, SecondsField,
+    Strategy,
+};
 
 fn next_fire(c: &mut Criterion) {
     let mut g = c.benchmark_group("schedule/next_after");
@@ -75,6 +78,33 @@ fn claims(c: &mut Criterion) {
         .expect("runtime");
     let registry = MemoryRegistry::new();
     let retention = Duration::from_secs(1);
+    let claimant = Claimant::new("node-a", 1);
+    // Every task's life, once (as a node learns them when it gains its tasks).
+    let names: Vec<(String, chrono::DateTime<Utc>)> = (0..2_048)
+        .map(|i| (format!("task-{i:07}"), chrono::DateTime::<Utc>::UNIX_EPOCH))
+        .collect();
+    let generations: Vec<u64> = rt
+        .block_on(registry.ensure_lives(&names))
+        .expect("lives")
+        .iter()
+        .map(|l| l.generation)
+        .collect();
+    let requests = move |instant: i64, n: usize| -> Vec<ClaimRequest> {
+        let at = Utc
+            .timestamp_millis_opt(instant * 1000)
+            .single()
+            .expect("instant");
+        (0..n)
+            .map(|i| {
+                ClaimRequest::new(
+                    FireKey::new(format!("task-{i:07}"), at),
+                    generations[i],
+                    at + chrono::Duration::days(1),
+                    retention,
+                )
+            })
+            .collect()
+    };
     let mut g = c.benchmark_group("claim/memory");
     let mut instant = 0i64;
     for batch in [1usize, 64, 2_048] {
@@ -83,17 +113,11 @@ fn claims(c: &mut Criterion) {
             b.to_async(&rt).iter_batched(
                 || {
                     instant += 1;
-                    let at = Utc
-                        .timestamp_millis_opt(instant * 1000)
-                        .single()
-                        .expect("instant");
-                    (0..batch)
-                        .map(|i| FireKey::new(format!("task-{i:07}"), at))
-                        .collect::<Vec<_>>()
+                    requests(instant, batch)
                 },
-                |fires| {
-                    let registry = registry.clone();
-                    async move { registry.claim(&fires, "node-a", retention).await }
+                |batch| {
+                    let (registry, claimant) = (registry.clone(), claimant.clone());
+                    async move { registry.claim(&claimant, &batch).await }
                 },
                 BatchSize::SmallInput,
             )
@@ -105,19 +129,13 @@ fn claims(c: &mut Criterion) {
         b.to_async(&rt).iter_batched(
             || {
                 instant += 1;
-                let at = Utc
-                    .timestamp_millis_opt(instant * 1000)
-                    .single()
-                    .expect("instant");
-                (0..2_048)
-                    .map(|i| FireKey::new(format!("task-{i:07}"), at))
-                    .collect::<Vec<_>>()
+                requests(instant, 2_048)
             },
-            |fires| {
-                let registry = registry.clone();
+            |batch| {
+                let (registry, claimant) = (registry.clone(), claimant.clone());
                 async move {
-                    for fire in fires {
-                        let _ = registry.claim(&[fire], "node-a", retention).await;
+                    for request in batch {
+                        let _ = registry.claim(&claimant, &[request]).await;
                     }
                 }
             },

@@ -11,8 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
-    Capabilities, Claim, ClaimOutcome, FireKey, Lease, Listing, Node, NodeEvent, PutMode,
-    RecordKind, Registry, Result, TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
+    Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, Lease, Life, Listing, Node,
+    NodeEvent, PutMode, RecordKind, Registry, Result, TaskMeta, TaskMetaEvent, Tombstone,
+    WatchStream,
 };
 
 /// The registry operations that are counted.
@@ -50,6 +51,10 @@ pub enum Op {
     CleanupTask,
     /// `cleanup_all`
     CleanupAll,
+    /// `ensure_lives` (one call per batch)
+    EnsureLives,
+    /// `restart_life`
+    RestartLife,
     /// `claim` (one call per batch)
     Claim,
     /// `list_claims`
@@ -66,7 +71,7 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in a fixed order.
-    pub const ALL: [Op; 22] = [
+    pub const ALL: [Op; 24] = [
         Op::Register,
         Op::KeepAlive,
         Op::UpdateNode,
@@ -83,6 +88,8 @@ impl Op {
         Op::ClearTombstone,
         Op::CleanupTask,
         Op::CleanupAll,
+        Op::EnsureLives,
+        Op::RestartLife,
         Op::Claim,
         Op::ListClaims,
         Op::PutRecords,
@@ -110,6 +117,8 @@ impl Op {
             Op::ClearTombstone => "clear_tombstone",
             Op::CleanupTask => "cleanup_task",
             Op::CleanupAll => "cleanup_all",
+            Op::EnsureLives => "ensure_lives",
+            Op::RestartLife => "restart_life",
             Op::Claim => "claim",
             Op::ListClaims => "list_claims",
             Op::PutRecords => "put_records",
@@ -296,17 +305,26 @@ impl Registry for CountingRegistry {
         self.inner.cleanup_all().await
     }
 
+    async fn ensure_lives(&self, names: &[(String, DateTime<Utc>)]) -> Result<Vec<Life>> {
+        self.counters.bump(Op::EnsureLives);
+        self.inner.ensure_lives(names).await
+    }
+
+    async fn restart_life(&self, name: &str, at: DateTime<Utc>) -> Result<Life> {
+        self.counters.bump(Op::RestartLife);
+        self.inner.restart_life(name, at).await
+    }
+
     async fn claim(
         &self,
-        fires: &[FireKey],
-        node_id: &str,
-        retention: Duration,
+        claimant: &Claimant,
+        requests: &[ClaimRequest],
     ) -> Result<Vec<ClaimOutcome>> {
         self.counters.bump(Op::Claim);
         self.counters
             .claimed_fires
-            .fetch_add(fires.len() as u64, Ordering::Relaxed);
-        self.inner.claim(fires, node_id, retention).await
+            .fetch_add(requests.len() as u64, Ordering::Relaxed);
+        self.inner.claim(claimant, requests).await
     }
 
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>> {
@@ -346,23 +364,44 @@ mod tests {
         let reg = CountingRegistry::new(Arc::new(MemoryRegistry::new()), counters.clone());
         let before = counters.snapshot();
         let now = Utc::now();
-        let fires = [FireKey::new("a", now), FireKey::new("b", now)];
-        let won = reg
-            .claim(&fires, "n1", Duration::from_secs(60))
+        let lives = reg
+            .ensure_lives(&[("a".into(), now), ("b".into(), now)])
             .await
             .unwrap();
+        let requests: Vec<ClaimRequest> = ["a", "b"]
+            .iter()
+            .zip(&lives)
+            .map(|(task, life)| {
+                ClaimRequest::new(
+                    dcron_core::FireKey::new(*task, now),
+                    life.generation,
+                    now + chrono::Duration::seconds(60),
+                    Duration::from_secs(60),
+                )
+            })
+            .collect();
+        let won = reg.claim(&Claimant::new("n1", 1), &requests).await.unwrap();
         assert!(won.iter().all(|o| o.is_won()));
         let lost = reg
-            .claim(&fires[..1], "n2", Duration::from_secs(60))
+            .claim(&Claimant::new("n2", 1), &requests[..1])
             .await
             .unwrap();
-        assert_eq!(lost, vec![ClaimOutcome::Lost]);
+        assert_eq!(
+            lost,
+            vec![ClaimOutcome::Lost {
+                holder: Some("n1".into())
+            }]
+        );
+        let restarted = reg.restart_life("a", now).await.unwrap();
+        assert!(restarted.generation > lives[0].generation);
         assert!(reg.list_nodes().await.unwrap().items.is_empty());
         let d = counters.snapshot().since(&before);
+        assert_eq!(d.of(Op::EnsureLives), 1);
+        assert_eq!(d.of(Op::RestartLife), 1);
         assert_eq!(d.of(Op::Claim), 2);
         assert_eq!(d.claimed_fires, 3);
         assert_eq!(d.of(Op::ListNodes), 1);
-        assert_eq!(d.total(), 3);
+        assert_eq!(d.total(), 5);
         assert_eq!(reg.backend(), "memory");
     }
 }

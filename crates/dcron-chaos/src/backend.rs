@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use dcron_core::{Error, Registry, Result};
 use dcron_registry_etcd::{EtcdRegistry, EtcdRegistryConfig};
+use dcron_registry_postgres::PostgresRegistryConfig;
 use dcron_registry_redis::RedisRegistryConfig;
 use dcron_registry_zk::{ZkRegistry, ZkRegistryConfig};
 
@@ -19,6 +20,8 @@ pub enum Backend {
     Etcd,
     /// ZooKeeper (`host:port`).
     Zk,
+    /// PostgreSQL (`postgres://user@host:port/db`).
+    Postgres,
 }
 
 impl FromStr for Backend {
@@ -29,8 +32,9 @@ impl FromStr for Backend {
             "redis" => Ok(Backend::Redis),
             "etcd" => Ok(Backend::Etcd),
             "zk" | "zookeeper" => Ok(Backend::Zk),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
             other => Err(Error::InvalidArgument(format!(
-                "unknown backend `{other}` (redis, etcd, zk)"
+                "unknown backend `{other}` (redis, etcd, zk, postgres)"
             ))),
         }
     }
@@ -42,6 +46,7 @@ impl fmt::Display for Backend {
             Backend::Redis => "redis",
             Backend::Etcd => "etcd",
             Backend::Zk => "zk",
+            Backend::Postgres => "postgres",
         })
     }
 }
@@ -53,13 +58,14 @@ impl Backend {
             Backend::Redis => "DCRON_TEST_REDIS_URL",
             Backend::Etcd => "DCRON_TEST_ETCD_ENDPOINTS",
             Backend::Zk => "DCRON_TEST_ZK_CONNECT",
+            Backend::Postgres => "DCRON_TEST_POSTGRES_URL",
         }
     }
 
     /// The node lease TTL used in chaos runs (ZooKeeper leases are sessions, longer).
     pub fn ttl(self) -> Duration {
         match self {
-            Backend::Redis | Backend::Etcd => Duration::from_secs(3),
+            Backend::Redis | Backend::Etcd | Backend::Postgres => Duration::from_secs(3),
             Backend::Zk => Duration::from_secs(8),
         }
     }
@@ -85,12 +91,18 @@ impl Backend {
         }
     }
 
-    /// The address a node uses to reach a server at `host_port`.
-    pub fn address(self, host_port: &str) -> String {
+    /// The address a node uses to reach a server at `host_port`. `original` is the address
+    /// the run was given: a PostgreSQL address keeps its user, database and parameters, with
+    /// only its `host:port` replaced.
+    pub fn address(self, host_port: &str, original: &str) -> String {
         match self {
             Backend::Redis => format!("redis://{host_port}"),
             Backend::Etcd => format!("http://{host_port}"),
             Backend::Zk => host_port.to_string(),
+            Backend::Postgres => match self.host_port(original) {
+                Ok(old) => original.replacen(&old, host_port, 1),
+                Err(_) => format!("postgres://postgres@{host_port}/postgres"),
+            },
         }
     }
 
@@ -114,6 +126,15 @@ impl Backend {
                     ZkRegistryConfig::new(address).namespace(format!("/{namespace}")),
                 )
                 .await?,
+            ),
+            Backend::Postgres => Arc::new(
+                PostgresRegistryConfig::new(address)
+                    .namespace(namespace)
+                    .pool_size(4)
+                    .connect_timeout(Duration::from_secs(3))
+                    .command_timeout(Duration::from_secs(5))
+                    .connect()
+                    .await?,
             ),
         })
     }
@@ -142,7 +163,20 @@ mod tests {
             Some("127.0.0.1:7000".to_string())
         );
         assert!(Backend::Zk.host_port("nowhere").is_err());
-        assert_eq!(Backend::Etcd.address("127.0.0.1:1"), "http://127.0.0.1:1");
+        assert_eq!(
+            Backend::Etcd.address("127.0.0.1:1", "127.0.0.1:2379"),
+            "http://127.0.0.1:1"
+        );
+        let pg = "postgres://app@127.0.0.1:5432/db?sslmode=disable";
+        assert_eq!(
+            Backend::Postgres.host_port(pg).ok(),
+            Some("127.0.0.1:5432".to_string())
+        );
+        assert_eq!(
+            Backend::Postgres.address("127.0.0.1:40000", pg),
+            "postgres://app@127.0.0.1:40000/db?sslmode=disable"
+        );
+        assert_eq!("postgres".parse::<Backend>().ok(), Some(Backend::Postgres));
         assert!("mongo".parse::<Backend>().is_err());
         assert_eq!("zookeeper".parse::<Backend>().ok(), Some(Backend::Zk));
     }

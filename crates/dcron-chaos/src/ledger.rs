@@ -105,15 +105,22 @@ pub struct Analysis {
     pub duplicates: Vec<(String, i64)>,
     /// Expected fires never run: `(task, instant)`.
     pub missed: Vec<(String, i64)>,
+    /// Executions that should not have happened at all: of a task the run does not define, at
+    /// an instant that is not a whole second (the tasks' schedule), or before the task's
+    /// live-since (it did not exist yet): `(task, instant, why)`.
+    pub unexpected: Vec<(String, i64, &'static str)>,
     /// The longest time from a kill to the next execution of a task the killed process was
     /// running, in milliseconds.
     pub max_failover_ms: i64,
 }
 
-/// Checks the merged ledger: every second in `[from_ms, to_ms]` of every task once.
+/// Checks the merged ledger: every second in `[from_ms, to_ms]` of every task once, and
+/// nothing a task's schedule did not produce since its live-since (`live_since_ms`, by task;
+/// a task missing there is checked for its schedule only).
 pub fn analyze(
     entries: &[Entry],
     tasks: &[String],
+    live_since_ms: &BTreeMap<String, i64>,
     from_ms: i64,
     to_ms: i64,
     kills: &[Kill],
@@ -131,6 +138,24 @@ pub fn analyze(
         .filter(|(_, n)| **n > 1)
         .map(|((t, i), _)| (t.to_string(), *i))
         .collect();
+    let known: BTreeSet<&str> = tasks.iter().map(String::as_str).collect();
+    for e in entries {
+        let why = if !known.contains(e.task.as_str()) {
+            Some("a task the run does not define")
+        } else if e.instant_ms.rem_euclid(1000) != 0 {
+            Some("not an instant of the schedule")
+        } else if live_since_ms
+            .get(&e.task)
+            .is_some_and(|l| e.instant_ms < *l)
+        {
+            Some("before the task's live-since")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            a.unexpected.push((e.task.clone(), e.instant_ms, why));
+        }
+    }
     let first = from_ms.div_euclid(1000) + 1;
     let last = to_ms.div_euclid(1000);
     for t in tasks {
@@ -197,6 +222,30 @@ mod tests {
     }
 
     #[test]
+    fn unexpected_fires_are_found() {
+        let tasks = vec!["chaos-01".to_string()];
+        let live: BTreeMap<String, i64> = [("chaos-01".to_string(), 10_000)].into();
+        let mut off = e("chaos-01", 12, "n1");
+        off.instant_ms += 250;
+        let entries = vec![
+            e("chaos-01", 11, "n1"),
+            e("chaos-01", 9, "n1"),
+            off,
+            e("intruder", 11, "n2"),
+        ];
+        let a = analyze(&entries, &tasks, &live, 10_000, 11_000, &[]);
+        let why: Vec<&str> = a.unexpected.iter().map(|u| u.2).collect();
+        assert_eq!(
+            why,
+            [
+                "before the task's live-since",
+                "not an instant of the schedule",
+                "a task the run does not define"
+            ]
+        );
+    }
+
+    #[test]
     fn duplicates_misses_and_failover_are_found() {
         let tasks = vec!["a".to_string()];
         let mut entries: Vec<Entry> = (1..=10)
@@ -211,7 +260,7 @@ mod tests {
             node: "n0".into(),
             at_ms: 5_500,
         }];
-        let a = analyze(&entries, &tasks, 0, 10_000, &kills);
+        let a = analyze(&entries, &tasks, &BTreeMap::new(), 0, 10_000, &kills);
         assert_eq!(a.expected, 10);
         assert_eq!(a.duplicates, vec![("a".to_string(), 4000)]);
         assert_eq!(a.missed, vec![("a".to_string(), 6000)]);

@@ -1,14 +1,17 @@
-//! `chaos`: a multi-process chaos run of dcron against a real Redis, etcd or ZooKeeper.
+//! `chaos`: a multi-process chaos run of dcron against a real Redis, etcd, ZooKeeper or
+//! PostgreSQL.
 //!
 //! It starts `--nodes` `chaos-node` processes, each reaching the registry through its own
 //! loopback TCP proxy. For `--seconds` it then, at random (seeded) moments, SIGKILLs a node and
 //! restarts it a moment later, cuts one node's proxy for a few seconds (a partition), and, with
-//! `--own-server` (Redis only), kills the registry server with SIGKILL and starts it again on
-//! the same port and data (append-only file, fsync always, so claims survive). Then every fault
+//! `--own-server` (Redis and PostgreSQL), kills the registry server and starts it again on the
+//! same port and data (Redis: SIGKILL, append-only file with fsync always; PostgreSQL: a cluster
+//! `initdb`ed in the work directory, stopped with `pg_ctl stop -m immediate`, i.e. a crash; so
+//! claims survive). Then every fault
 //! is healed, the cluster settles, the nodes are stopped, and the ledgers are merged:
 //!
 //! ```text
-//! summary backend=<b> seconds=<d> nodes=<k> kills=<n> partitions=<n> registry_restarts=<n> fires=<n> duplicates=<n> missed=<n> max_failover_ms=<n>
+//! summary backend=<b> seconds=<d> nodes=<k> kills=<n> partitions=<n> registry_restarts=<n> fires=<n> duplicates=<n> missed=<n> unexpected=<n> max_failover_ms=<n>
 //! ```
 //!
 //! Every fire of every task (each runs every second) from the end of the warm-up to a few
@@ -19,11 +22,11 @@
 //! every wait is bounded.
 //!
 //! ```text
-//! chaos --backend redis|etcd|zk [--seconds 30] [--nodes 3] [--tasks 20] [--address <registry>]
+//! chaos --backend redis|etcd|zk|postgres [--seconds 30] [--nodes 3] [--tasks 20] [--address <registry>]
 //!       [--own-server] [--seed <n>] [--work-dir <dir>] [--keep]
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
@@ -92,9 +95,9 @@ fn parse() -> Result<Args> {
         }
     }
     args.backend = backend.ok_or_else(|| Error::InvalidArgument("--backend is required".into()))?;
-    if args.own_server && args.backend != Backend::Redis {
+    if args.own_server && !matches!(args.backend, Backend::Redis | Backend::Postgres) {
         return Err(Error::InvalidArgument(
-            "--own-server is supported for redis only".into(),
+            "--own-server is supported for redis and postgres only".into(),
         ));
     }
     Ok(args)
@@ -175,6 +178,195 @@ impl OwnRedis {
     }
 }
 
+/// A private PostgreSQL cluster on a free loopback port, `initdb`ed in the work directory (as
+/// the `postgres` user when run as root); "killed" with `pg_ctl stop -m immediate`, a crash
+/// that loses nothing committed.
+struct OwnPostgres {
+    port: u16,
+    bin: PathBuf,
+    data: PathBuf,
+    as_postgres: bool,
+}
+
+impl OwnPostgres {
+    async fn start(dir: &Path) -> Result<OwnPostgres> {
+        let bin = postgres_bin().ok_or_else(|| {
+            Error::InvalidState(
+                "no PostgreSQL binaries: set DCRON_TEST_POSTGRES_BIN or install postgresql".into(),
+            )
+        })?;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("free port"))?;
+            l.local_addr().map_err(io("free port"))?.port()
+        };
+        let data = dir.join("postgres");
+        std::fs::create_dir_all(&data).map_err(io("postgres dir"))?;
+        let as_postgres = command_output("id", &["-u"]).await.as_deref() == Some("0");
+        if as_postgres {
+            let uid = command_output("id", &["-u", "postgres"]).await;
+            let gid = command_output("id", &["-g", "postgres"]).await;
+            let (Some(uid), Some(gid)) = (
+                uid.and_then(|u| u.parse().ok()),
+                gid.and_then(|g| g.parse().ok()),
+            ) else {
+                return Err(Error::InvalidState(
+                    "running as root and there is no `postgres` user".into(),
+                ));
+            };
+            std::os::unix::fs::chown(&data, Some(uid), Some(gid)).map_err(io("chown"))?;
+        }
+        let mut pg = OwnPostgres {
+            port,
+            bin,
+            data,
+            as_postgres,
+        };
+        let data_arg = pg.data.to_string_lossy().to_string();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &data_arg,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+        )
+        .await?;
+        let conf = format!(
+            "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{data_arg}'\nmax_connections = 200\n"
+        );
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(pg.data.join("postgresql.conf"))
+            .and_then(|mut f| f.write_all(conf.as_bytes()))
+            .map_err(io("postgresql.conf"))?;
+        pg.spawn().await?;
+        Ok(pg)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    async fn run(&self, tool: &str, args: &[&str]) -> Result<()> {
+        let path = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        };
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            cmd.args(args).stdin(Stdio::null()).output(),
+        )
+        .await
+        .map_err(|_| Error::unavailable(format!("{tool} did not finish within 60 s")))?
+        .map_err(io("running a PostgreSQL tool"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::unavailable(format!(
+                "{tool} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let data = self.data.to_string_lossy().to_string();
+        let log = self.data.join("server.log").to_string_lossy().to_string();
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-w", "-t", "30", "start"],
+        )
+        .await
+    }
+
+    async fn kill(&mut self) {
+        let data = self.data.to_string_lossy().to_string();
+        let _ = self
+            .run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"])
+            .await;
+    }
+}
+
+/// The directory of the PostgreSQL binaries: `DCRON_TEST_POSTGRES_BIN`, else the newest
+/// `/usr/lib/postgresql/<version>/bin`.
+fn postgres_bin() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DCRON_TEST_POSTGRES_BIN") {
+        let dir = PathBuf::from(dir);
+        if dir.join("initdb").is_file() {
+            return Some(dir);
+        }
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// The trimmed standard output of a command that succeeded.
+async fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().await.ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8(out.stdout)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The registry server a run owns and restarts.
+enum OwnServer {
+    Redis(OwnRedis),
+    Postgres(OwnPostgres),
+}
+
+impl OwnServer {
+    async fn start(backend: Backend, dir: &Path) -> Result<OwnServer> {
+        Ok(match backend {
+            Backend::Postgres => OwnServer::Postgres(OwnPostgres::start(dir).await?),
+            _ => OwnServer::Redis(OwnRedis::start(dir).await?),
+        })
+    }
+
+    /// The address the run was "given": the server's own URL.
+    fn address(&self) -> String {
+        match self {
+            OwnServer::Redis(r) => format!("redis://127.0.0.1:{}", r.port),
+            OwnServer::Postgres(p) => p.url(),
+        }
+    }
+
+    async fn kill(&mut self) {
+        match self {
+            OwnServer::Redis(r) => r.kill().await,
+            OwnServer::Postgres(p) => p.kill().await,
+        }
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        match self {
+            OwnServer::Redis(r) => r.spawn().await,
+            OwnServer::Postgres(p) => p.spawn().await,
+        }
+    }
+}
+
 struct NodeProc {
     slot: usize,
     label: String,
@@ -186,6 +378,8 @@ struct Run {
     exe: PathBuf,
     dir: PathBuf,
     namespace: String,
+    /// The registry address the run was given (or its own server's).
+    original: String,
     proxies: Vec<Proxy>,
     incarnations: Vec<u32>,
     kills: Vec<Kill>,
@@ -212,7 +406,7 @@ impl Run {
         let address = self
             .args
             .backend
-            .address(&self.proxies[slot].addr().to_string());
+            .address(&self.proxies[slot].addr().to_string(), &self.original);
         let child = Command::new(&self.exe)
             .args(["--backend", &self.args.backend.to_string()])
             .args(["--address", &address, "--namespace", &self.namespace])
@@ -263,26 +457,24 @@ async fn chaos(args: Args) -> Result<bool> {
         )));
     }
     let mut own = if args.own_server {
-        Some(OwnRedis::start(&dir).await?)
+        Some(OwnServer::start(args.backend, &dir).await?)
     } else {
         None
     };
-    let upstream = match &own {
-        Some(o) => format!("127.0.0.1:{}", o.port),
-        None => {
-            let address = match &args.address {
-                Some(a) => a.clone(),
-                None => std::env::var(args.backend.env()).map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "give --address or set {} (eval \"$(bash scripts/services/{}.sh)\")",
-                        args.backend.env(),
-                        args.backend
-                    ))
-                })?,
-            };
-            args.backend.host_port(&address)?
-        }
+    let original = match &own {
+        Some(o) => o.address(),
+        None => match &args.address {
+            Some(a) => a.clone(),
+            None => std::env::var(args.backend.env()).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "give --address or set {} (eval \"$(bash scripts/services/{}.sh)\")",
+                    args.backend.env(),
+                    args.backend
+                ))
+            })?,
+        },
     };
+    let upstream = args.backend.host_port(&original)?;
     let mut proxies = Vec::new();
     for _ in 0..args.nodes {
         proxies.push(Proxy::start(upstream.clone()).await.map_err(io("proxy"))?);
@@ -301,6 +493,7 @@ async fn chaos(args: Args) -> Result<bool> {
         exe,
         dir: dir.clone(),
         namespace,
+        original: original.clone(),
         proxies,
         kills: Vec::new(),
     };
@@ -317,7 +510,7 @@ async fn chaos(args: Args) -> Result<bool> {
     let collector = {
         let seen = seen_claims.clone();
         let backend = run.args.backend;
-        let direct = backend.address(&upstream);
+        let direct = backend.address(&upstream, &original);
         let namespace = run.namespace.clone();
         let tasks = task_names(run.args.tasks);
         let rounds = run.args.seconds / 10 + 60;
@@ -450,11 +643,21 @@ async fn chaos(args: Args) -> Result<bool> {
     let ledgers: Vec<PathBuf> = (0..run.args.nodes).map(|s| run.ledger(s)).collect();
     let (entries, bad_lines) = read_ledgers(&ledgers)?;
     let tasks = task_names(run.args.tasks);
-    let mut a = analyze(&entries, &tasks, from_ms, to_ms, &run.kills);
+    let direct = run.args.backend.address(&upstream, &run.original);
+    let registry = run.args.backend.connect(&direct, &run.namespace).await?;
+    // Each task's live-since, as the registry recorded it (the first registration by a node).
+    let asked: Vec<(String, chrono::DateTime<Utc>)> =
+        tasks.iter().map(|t| (t.clone(), Utc::now())).collect();
+    let live_since: BTreeMap<String, i64> = registry
+        .ensure_lives(&asked)
+        .await?
+        .into_iter()
+        .zip(&tasks)
+        .map(|(life, t)| (t.clone(), life.live_since.timestamp_millis()))
+        .collect();
+    let mut a = analyze(&entries, &tasks, &live_since, from_ms, to_ms, &run.kills);
     // A missed fire whose claim a killed process holds was lost in flight.
     let killed: BTreeSet<&str> = run.kills.iter().map(|k| k.node.as_str()).collect();
-    let direct = run.args.backend.address(&upstream);
-    let registry = run.args.backend.connect(&direct, &run.namespace).await?;
     let mut lost = Vec::new();
     let mut still_missed = Vec::new();
     for (task, instant) in std::mem::take(&mut a.missed) {
@@ -494,6 +697,9 @@ async fn chaos(args: Args) -> Result<bool> {
     for (t, i, h) in lost.iter().take(20) {
         println!("lost in flight: {t} @ {i} (claimed by killed {h})");
     }
+    for (t, i, why) in a.unexpected.iter().take(20) {
+        println!("UNEXPECTED {t} @ {i}: {why}");
+    }
     println!(
         "figures expected={} lost_in_flight={} unreadable_lines={bad_lines} window_ms={}",
         a.expected,
@@ -501,7 +707,7 @@ async fn chaos(args: Args) -> Result<bool> {
         to_ms - from_ms
     );
     println!(
-        "summary backend={} seconds={} nodes={} kills={} partitions={partitions} registry_restarts={restarts} fires={} duplicates={} missed={} max_failover_ms={}",
+        "summary backend={} seconds={} nodes={} kills={} partitions={partitions} registry_restarts={restarts} fires={} duplicates={} missed={} unexpected={} max_failover_ms={}",
         run.args.backend,
         run.args.seconds,
         run.args.nodes,
@@ -509,9 +715,10 @@ async fn chaos(args: Args) -> Result<bool> {
         a.fires,
         a.duplicates.len(),
         still_missed.len(),
+        a.unexpected.len(),
         a.max_failover_ms
     );
-    let clean = a.duplicates.is_empty() && still_missed.is_empty();
+    let clean = a.duplicates.is_empty() && still_missed.is_empty() && a.unexpected.is_empty();
     if !run.args.keep && clean && run.args.work_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }

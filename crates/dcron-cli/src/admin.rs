@@ -27,11 +27,12 @@ fn map(registry: &dyn Registry, command: &str, e: Error) -> CliError {
     }
 }
 
-/// A short text for a last result: `ok` or `failed: <error>`.
+/// A short text for a last result: `ok`, `failed: <error>` or `no handler on <node>`.
 pub fn result_text(r: &LastResult) -> String {
     match r {
         LastResult::Ok => "ok".into(),
         LastResult::Failed { error } => format!("failed: {error}"),
+        LastResult::NoHandler { node } => format!("no handler on {node}"),
     }
 }
 
@@ -182,7 +183,7 @@ pub async fn forget(registry: &dyn Registry, name: &str) -> CliResult<()> {
 mod tests {
     use super::*;
     use crate::error::{EXIT_CONFLICT, EXIT_NOT_FOUND};
-    use dcron_core::{MemoryRegistry, PutMode, RecordKind, TaskMeta};
+    use dcron_core::{MemoryRegistry, PutMode, RecordKind};
 
     fn t0() -> DateTime<Utc> {
         DateTime::<Utc>::from_timestamp(1_800_000_000, 0).expect("valid")
@@ -191,7 +192,7 @@ mod tests {
     #[tokio::test]
     async fn pause_resume_trigger_through_the_registry() {
         let reg = MemoryRegistry::new();
-        reg.put_task(&TaskMeta::new("job", "@hourly"), PutMode::CreateOnly)
+        reg.put_task(&crate::testing::meta("job", "@hourly"), PutMode::CreateOnly)
             .await
             .expect("put");
         assert!(!pause(&reg, "job", false, t0()).await.expect("paused"));

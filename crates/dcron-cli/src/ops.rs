@@ -831,6 +831,8 @@ mod tests {
         let claim = Claim {
             fire: FireKey::new("every-5s", t0()),
             node_id: "n1".into(),
+            epoch: 1,
+            generation: 1,
             token: 7,
         };
         let last: HashMap<String, Claim> = [("every-5s".to_string(), claim)].into();
@@ -977,7 +979,7 @@ mod tests {
         let fires: Vec<FireKey> = (0..5)
             .map(|i| FireKey::new("c", t0() + chrono::Duration::seconds(i)))
             .collect();
-        reg.claim(&fires, "n1", std::time::Duration::from_secs(600))
+        crate::testing::claim(&reg, "n1", &fires, std::time::Duration::from_secs(600))
             .await
             .expect("claimed");
         let r = claims(&reg, "c", 3).await.expect("listed");

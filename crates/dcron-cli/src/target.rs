@@ -7,6 +7,7 @@
 //! | `etcd://[user:password@]host[:port][,host[:port]…]` | etcd |
 //! | `zk://[user:password@]host[:port][,host[:port]…][/chroot]` (also `zookeeper://`) | ZooKeeper |
 //! | `consul://host[:port]`, `consul+https://host[:port]` | Consul |
+//! | `postgres://[user[:password]@]host[:port][,…][/db][?sslmode=…&sslrootcert=…]` (also `postgresql://`) | PostgreSQL |
 //!
 //! A `consul://` URL may leave the host out: the agent is then `CONSUL_HTTP_ADDR` (default
 //! `127.0.0.1:8500`), and Consul's standard variables apply as in every Consul tool
@@ -69,6 +70,8 @@ pub enum Backend {
     ZooKeeper,
     /// Consul (`consul://`, `consul+https://`).
     Consul,
+    /// PostgreSQL (`postgres://`, `postgresql://`).
+    Postgres,
 }
 
 impl Backend {
@@ -79,6 +82,7 @@ impl Backend {
             Backend::Etcd => "etcd",
             Backend::ZooKeeper => "zookeeper",
             Backend::Consul => "consul",
+            Backend::Postgres => "postgres",
         }
     }
 }
@@ -89,6 +93,7 @@ enum Location {
     Etcd { endpoints: Vec<String> },
     ZooKeeper { connect: String },
     Consul { at: ConsulAt },
+    Postgres { url: Secret },
 }
 
 /// Where a Consul agent is: the URL's address (`None`: `CONSUL_HTTP_ADDR`) and Consul's
@@ -168,7 +173,7 @@ fn split_url(url: &str) -> CliResult<Parts<'_>> {
     let bad = |why: &str| CliError::usage(format!("bad registry URL `{}`: {why}", redact_url(url)));
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(bad(
-            "expected <scheme>://…, e.g. redis://127.0.0.1:6379 (schemes: redis, rediss, etcd, zk, consul)",
+            "expected <scheme>://…, e.g. redis://127.0.0.1:6379 (schemes: redis, rediss, etcd, zk, consul, postgres)",
         ));
     };
     let (rest, query) = match rest.split_once('?') {
@@ -456,14 +461,33 @@ impl RegistryTarget {
                     token,
                 )
             }
+            "postgres" | "postgresql" => {
+                if flag_token.is_some() {
+                    return Err(CliError::usage("--token applies to consul:// registries only"));
+                }
+                let hosts = check_hosts(&url, parts.hosts, 5432, true)?;
+                let user = flag_user.or_else(|| env(ENV_USER));
+                let password = flag_password.or_else(|| env(ENV_PASSWORD).map(Secret::new));
+                let display = format!("{}://{}{}", parts.scheme, hosts.join(","), parts.path);
+                (
+                    Backend::Postgres,
+                    Location::Postgres {
+                        url: Secret::new(url.clone()),
+                    },
+                    display,
+                    user,
+                    password,
+                    None,
+                )
+            }
             "memory" => {
                 return Err(CliError::usage(
-                    "memory:// registries live inside one process and cannot be reached by dcronctl; use redis://, etcd://, zk:// or consul://",
+                    "memory:// registries live inside one process and cannot be reached by dcronctl; use redis://, etcd://, zk://, consul:// or postgres://",
                 ))
             }
             other => {
                 return Err(CliError::usage(format!(
-                    "unsupported registry scheme `{other}`; use redis://, rediss://, etcd://, zk:// or consul://"
+                    "unsupported registry scheme `{other}`; use redis://, rediss://, etcd://, zk://, consul:// or postgres://"
                 )))
             }
         };
@@ -599,6 +623,22 @@ impl RegistryTarget {
                 let registry = dcron_registry_consul::ConsulRegistry::connect(cfg).await?;
                 Ok(Arc::new(registry))
             }
+            Location::Postgres { url } => {
+                let mut cfg = dcron_registry_postgres::PostgresRegistryConfig::new(url.expose())
+                    .connect_timeout(timeout)
+                    .command_timeout(timeout)
+                    .pool_size(2);
+                if let Some(ns) = &self.namespace {
+                    cfg = cfg.namespace(ns);
+                }
+                if let Some(u) = &self.user {
+                    cfg = cfg.user(u);
+                }
+                if let Some(p) = &self.password {
+                    cfg = cfg.password(p.expose());
+                }
+                Ok(Arc::new(cfg.connect().await?))
+            }
         }
     }
 }
@@ -658,6 +698,18 @@ mod tests {
             let msg = usage_message(resolve(bad));
             assert!(msg.starts_with("bad registry URL"), "{bad}: {msg}");
         }
+    }
+
+    #[test]
+    fn postgres_urls() {
+        let t = resolve("postgres://app:pw-secret@db1,db2:6000/app?sslmode=verify-full")
+            .expect("valid");
+        assert_eq!(t.backend(), Backend::Postgres);
+        assert_eq!(t.to_string(), "postgres://db1:5432,db2:6000/app");
+        assert!(!format!("{t:?}").contains("pw-secret"));
+        let t = resolve("postgresql://localhost").expect("valid");
+        assert_eq!(t.to_string(), "postgresql://localhost:5432");
+        assert!(usage_message(resolve("postgres://h:port/db")).starts_with("bad registry URL"));
     }
 
     #[test]

@@ -804,6 +804,8 @@ mod tests {
         let claim = |s: i64, token| Claim {
             fire: FireKey::new("static", t0() + chrono::Duration::seconds(s)),
             node_id: "n1".into(),
+            epoch: 1,
+            generation: 1,
             token,
         };
         assert!(tr.claims("static", &[claim(0, 1)], true).is_empty());
@@ -898,12 +900,17 @@ mod tests {
     #[tokio::test]
     async fn run_streams_task_and_fire_events_until_stopped() {
         let reg = MemoryRegistry::new();
-        reg.put_task(&TaskMeta::new("old", "@hourly"), PutMode::CreateOnly)
+        reg.put_task(&crate::testing::meta("old", "@hourly"), PutMode::CreateOnly)
             .await
             .expect("put");
-        reg.claim(&[FireKey::new("old", t0())], "n0", Duration::from_secs(600))
-            .await
-            .expect("claimed");
+        crate::testing::claim(
+            &reg,
+            "n0",
+            &[FireKey::new("old", t0())],
+            Duration::from_secs(600),
+        )
+        .await
+        .expect("claimed");
         let registry: Arc<dyn Registry> = Arc::new(reg.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -933,7 +940,7 @@ mod tests {
             'live: loop {
                 probe += 1;
                 reg.put_task(
-                    &TaskMeta::new(format!("probe-{probe}"), "@hourly"),
+                    &crate::testing::meta(&format!("probe-{probe}"), "@hourly"),
                     PutMode::CreateOnly,
                 )
                 .await
@@ -952,7 +959,7 @@ mod tests {
                     "no event in time: {got:?}"
                 );
             }
-            reg.put_task(&TaskMeta::new("new", "@hourly"), PutMode::CreateOnly)
+            reg.put_task(&crate::testing::meta("new", "@hourly"), PutMode::CreateOnly)
                 .await
                 .expect("put");
             while !got
@@ -965,9 +972,14 @@ mod tests {
                     .expect("open");
                 got.push(ev);
             }
-            reg.claim(&[FireKey::new("new", t0())], "n1", Duration::from_secs(600))
-                .await
-                .expect("claimed");
+            crate::testing::claim(
+                &reg,
+                "n1",
+                &[FireKey::new("new", t0())],
+                Duration::from_secs(600),
+            )
+            .await
+            .expect("claimed");
             loop {
                 let ev = tokio::time::timeout_at(deadline, ev_rx.recv())
                     .await

@@ -73,6 +73,11 @@ pub(crate) struct Config {
     pub(crate) hostname: String,
 }
 
+/// The default lead of a claim before its fire's instant ([`DcronBuilder::claim_ahead`]): long
+/// enough to take a registry round trip and a large instant's work out of the lateness on the
+/// machines measured (`docs/BENCHMARKS.md`), short enough that little can change meanwhile.
+pub const DEFAULT_CLAIM_AHEAD: Duration = Duration::from_millis(100);
+
 /// Builds a [`Dcron`] node. Every setting has a default; see each method.
 pub struct DcronBuilder {
     registry: Arc<dyn Registry>,
@@ -216,12 +221,14 @@ impl DcronBuilder {
         self
     }
 
-    /// How long before a fire's instant its claim is sent (default zero: at the instant). The
-    /// handler still starts at the instant: claiming ahead takes the registry round trip and
-    /// the driver's work for a large instant out of the lateness. The price: a fire claimed
-    /// ahead runs even if its task is deleted in the lead before its instant, and a node that
-    /// crashes between the claim and the instant loses that fire (as one crashing just after
-    /// winning it would). Keep the lead short (tens of milliseconds).
+    /// How long before a fire's instant its claim is sent (default [`DEFAULT_CLAIM_AHEAD`],
+    /// 100 ms; zero claims at the instant). The handler still starts at the instant: claiming
+    /// ahead takes the registry round trip and the driver's work for a large instant out of the
+    /// lateness. A fire claimed ahead whose task is deleted, paused, changed or starts a new life
+    /// before the instant does not start (reported as [`crate::SkipReason::Cancelled`]); its
+    /// claim stays, so no other node runs it either. A node that crashes between the claim and
+    /// the instant loses that fire, as one crashing just after winning it would: keep the lead
+    /// short (tens to hundreds of milliseconds).
     pub fn claim_ahead(mut self, lead: Duration) -> Self {
         self.cfg.claim_ahead = lead;
         self
@@ -393,7 +400,7 @@ impl Dcron {
                 status_interval: Duration::from_secs(2),
                 overdue_threshold: Duration::from_secs(1),
                 claim_retention: Duration::ZERO,
-                claim_ahead: Duration::ZERO,
+                claim_ahead: DEFAULT_CLAIM_AHEAD,
                 start_timeout: Duration::from_secs(10),
                 name: None,
                 weight: 1,

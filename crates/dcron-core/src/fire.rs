@@ -71,6 +71,9 @@ pub(crate) struct Launch {
     /// The fire's deadline on the monotonic clock: it does not start after it (none for a
     /// trigger-now request, which has no claim).
     pub(crate) deadline_at: Option<Instant>,
+    /// The task's stamp and its value when the fire was planned: when it moved (the task was
+    /// deleted, paused, changed or started a new life), the fire does not start.
+    pub(crate) stamp: Option<(Arc<std::sync::atomic::AtomicU64>, u64)>,
 }
 
 struct RunningEntry {
@@ -498,6 +501,20 @@ async fn run(env: Arc<FireEnv>, l: Launch, share: Share) {
     };
     // Boxed: tracked fires are the rare case, and their wait would double every fire's size.
     if tracked && !Box::pin(start_tracked(&env, &l, overlap, &cancel)).await {
+        return;
+    }
+    // A fire claimed ahead of its instant whose task was deleted, paused, changed or started a
+    // new life meanwhile does not start (its claim stays: nobody else runs it either).
+    let moved = l
+        .stamp
+        .as_ref()
+        .is_some_and(|(s, at)| s.load(std::sync::atomic::Ordering::Acquire) != *at);
+    if moved {
+        env.skipped(env.info(&l.key, l.kind), SkipReason::Cancelled);
+        if tracked {
+            env.running.end(&l.key.task, l.token, l.key.instant);
+            let _ = env.internal.send(Internal::RunningChanged);
+        }
         return;
     }
     // No fire starts after its deadline (a node frozen after the claim reply, a long overlap

@@ -27,7 +27,9 @@ pub mod watch;
 /// Re-exported for implementing [`Registry`] and [`layer::RegistryLayer`].
 pub use async_trait::async_trait;
 pub use clock::{Clock, SystemClock, TokioClock};
-pub use dcron::{BackfillReport, Dcron, DcronBuilder, IntoRegistry, TaskOptions};
+pub use dcron::{
+    BackfillReport, Dcron, DcronBuilder, IntoRegistry, TaskOptions, DEFAULT_CLAIM_AHEAD,
+};
 pub use dcron_assign::{Assigner, Member, Placement, Strategy};
 pub use error::{BoxError, Error, Result};
 pub use event::{DcronEvent, FireInfo};

@@ -196,6 +196,9 @@ pub enum SkipReason {
     Paused,
     /// The task is tombstoned.
     Tombstoned,
+    /// The fire was claimed ahead of its instant, and before the instant its task was deleted,
+    /// paused, changed or started a new life: it does not run (anywhere: its claim stays).
+    Cancelled,
 }
 
 impl SkipReason {
@@ -205,6 +208,7 @@ impl SkipReason {
             SkipReason::Overlap => "overlap",
             SkipReason::Paused => "paused",
             SkipReason::Tombstoned => "tombstoned",
+            SkipReason::Cancelled => "cancelled",
         }
     }
 }

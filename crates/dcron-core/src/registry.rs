@@ -325,8 +325,9 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// Across all nodes and calls, at most one claimant holds a fire while its claim is
     /// retained. **Claims are removed only when their retention ends** (never by cleanup, a
     /// force write, a new life or `cleanup_all`): a claim of an earlier life answers `Lost` (or
-    /// `WonEarlier` to its holder) to a request of a later one. Tokens are non-zero and strictly greater than every token handed out before
-    /// for the same name in the namespace, across cleanup and new lives. A claim is not
+    /// `WonEarlier` to its holder) to a request of a later one. Tokens are non-zero, distinct
+    /// across all the claims of the namespace, and strictly greater than every token handed out
+    /// before for the same name, across cleanup and new lives. A claim is not
     /// released when the handler ends. A fire requested twice in one batch is decided once: the
     /// later copy answers as a retry would. The whole batch should cost one round trip
     /// (pipeline, script, transaction, or requests sent concurrently); batches larger than a

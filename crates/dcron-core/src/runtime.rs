@@ -16,6 +16,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -148,6 +149,10 @@ struct Entry {
     life: Option<Life>,
     /// An `ensure_lives` call for this task is in flight.
     life_pending: bool,
+    /// Bumped whenever the task is deleted, paused, changed or starts a new life: a fire
+    /// claimed ahead of its instant compares it before it starts, and does not start when it
+    /// moved (the claim stays, so no other node runs that fire either).
+    stamp: Arc<AtomicU64>,
     /// Cancelled when the node stops owning the task (retries in flight stop). Created only
     /// for tasks that retry: the others never wait on it.
     owner: Option<CancellationToken>,
@@ -184,6 +189,8 @@ struct PendingFire {
     /// The least retention of its claim (a backfill keeps its claims as long as its range is
     /// old); zero for the others.
     min_retention: Duration,
+    /// The task's stamp and its value when the fire was planned (see [`Entry::stamp`]).
+    stamp: (Arc<AtomicU64>, u64),
 }
 
 /// What this node knows of one task's runs; counts are deltas until `base_loaded`.
@@ -1017,13 +1024,20 @@ impl Driver {
         // The life carries over when the record still belongs to it: a static task registered
         // again, or a dynamic record updated in place (same `created_at`). A force-write has a
         // new `created_at`: its life is read again.
-        let (was_owned, owner, life) = match self.tasks.get(&*name) {
+        let (was_owned, owner, life, stamp) = match self.tasks.get(&*name) {
             Some(e) => {
                 let same_life =
                     e.is_static == is_static && (is_static || e.meta.created_at == meta.created_at);
-                (e.owned, e.owner.clone(), e.life.filter(|_| same_life))
+                // The task changed: what was claimed ahead for its previous form does not run.
+                e.stamp.fetch_add(1, Ordering::AcqRel);
+                (
+                    e.owned,
+                    e.owner.clone(),
+                    e.life.filter(|_| same_life),
+                    e.stamp.clone(),
+                )
             }
-            None => (false, None, None),
+            None => (false, None, None, Arc::default()),
         };
         let new_name = !self.tasks.contains_key(&*name);
         let key: Arc<str> = Arc::from(name.as_str());
@@ -1039,6 +1053,7 @@ impl Driver {
                 generation,
                 life,
                 life_pending: false,
+                stamp,
                 owner,
             },
         );
@@ -1062,6 +1077,7 @@ impl Driver {
     fn remove_dynamic(&mut self, name: &str) {
         let is_dynamic = self.tasks.get(name).is_some_and(|e| !e.is_static);
         if is_dynamic {
+            self.invalidate(name);
             if let Some(t) = self.tasks.remove(name).and_then(|e| e.owner) {
                 t.cancel();
             }
@@ -1073,6 +1089,7 @@ impl Driver {
     }
 
     fn set_tombstone(&mut self, name: String) {
+        self.invalidate(&name);
         if let Some(e) = self.tasks.get_mut(&*name) {
             if e.owned {
                 if let Some(t) = e.owner.take() {
@@ -1094,6 +1111,7 @@ impl Driver {
                 if entry.life.take().is_some() {
                     self.next_generation += 1;
                     entry.generation = self.next_generation;
+                    entry.stamp.fetch_add(1, Ordering::AcqRel);
                 }
                 self.place(name, false);
             }
@@ -1344,9 +1362,11 @@ impl Driver {
             return false;
         }
         if entry.life.is_some() {
-            // Heap entries of the previous life are ignored from now on.
+            // Heap entries of the previous life are ignored from now on, and what was claimed
+            // ahead for it does not start.
             self.next_generation += 1;
             entry.generation = self.next_generation;
+            entry.stamp.fetch_add(1, Ordering::AcqRel);
         }
         entry.life = Some(life);
         entry.owned
@@ -1361,6 +1381,7 @@ impl Driver {
         if entry.life.take().is_some() {
             self.next_generation += 1;
             entry.generation = self.next_generation;
+            entry.stamp.fetch_add(1, Ordering::AcqRel);
         }
         if entry.owned && !entry.life_pending {
             entry.life_pending = true;
@@ -1427,6 +1448,7 @@ impl Driver {
                     }
                     let owner = owner_token(entry, &self.cfg);
                     let mono = self.clock.monotonic();
+                    let stamp = (entry.stamp.clone(), entry.stamp.load(Ordering::Acquire));
                     for instant in missed {
                         let deadline = plan::plus(instant, window);
                         catch_up.push(PendingFire {
@@ -1440,6 +1462,7 @@ impl Driver {
                             deadline,
                             deadline_at: mono + until(now, deadline),
                             min_retention: Duration::ZERO,
+                            stamp: stamp.clone(),
                         });
                     }
                 }
@@ -1544,6 +1567,7 @@ impl Driver {
             let task = entry.task.clone().or_else(|| self.cfg.task_run_fn.clone());
             let meta = entry.meta.clone();
             let owner = owner_token(entry, &self.cfg);
+            let stamp = (entry.stamp.clone(), entry.stamp.load(Ordering::Acquire));
             reschedule.push((name.clone(), instant));
             let paused = self.paused.get(&*name).is_some_and(|p| p.paused);
             if paused {
@@ -1583,6 +1607,7 @@ impl Driver {
                 deadline,
                 deadline_at: mono + until(now, deadline),
                 min_retention: Duration::ZERO,
+                stamp,
             });
             // A full batch goes out at once, the first of a burst sooner: its
             // handlers start while the rest is still being claimed.
@@ -1783,7 +1808,18 @@ impl Driver {
             .get(&record.task)
             .is_none_or(|old| old.changed_at <= record.changed_at);
         if newer {
+            let pausing = record.paused && !self.paused.get(&record.task).is_some_and(|p| p.paused);
+            if pausing {
+                self.invalidate(&record.task);
+            }
             self.paused.insert(record.task.clone(), record);
+        }
+    }
+
+    /// Moves a task's stamp: fires claimed ahead of their instant for it do not start.
+    fn invalidate(&self, name: &str) {
+        if let Some(e) = self.tasks.get(name) {
+            e.stamp.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -1813,6 +1849,7 @@ impl Driver {
                             window: window_of(&e.meta, self.cfg.misfire_window),
                             owner,
                             deadline_at: None,
+                            stamp: None,
                         })
                 }
                 _ => None,
@@ -1901,6 +1938,7 @@ impl Driver {
             let deadline = plan::plus(now, window);
             let deadline_at = self.clock.monotonic() + window;
             let age = until(from, now);
+            let stamp = (entry.stamp.clone(), entry.stamp.load(Ordering::Acquire));
             let fires: Vec<PendingFire> = instants
                 .into_iter()
                 .map(|instant| PendingFire {
@@ -1915,6 +1953,7 @@ impl Driver {
                     deadline,
                     deadline_at,
                     min_retention: age.saturating_add(window),
+                    stamp: stamp.clone(),
                 })
                 .collect();
             Ok(fires)
@@ -2187,6 +2226,7 @@ fn accept(env: &FireEnv, fire: PendingFire, token: u64) -> Accepted {
         window: fire.window,
         owner: fire.owner,
         deadline_at: Some(fire.deadline_at),
+        stamp: Some(fire.stamp),
     })
 }
 

@@ -14,6 +14,44 @@ use crate::types::TaskMeta;
 pub type TaskResult = Result<(), BoxError>;
 
 /// Everything a handler knows about the fire it runs.
+///
+/// # Fencing your own writes
+///
+/// A claim makes a fire run once, but a handler that stalls (a GC pause, a frozen VM) may
+/// still be writing when a later fire of the task runs elsewhere. [`FireContext::token`] is
+/// the claim's fencing token: it grows with every claim of the task, across nodes, cleanups and
+/// new lives. Hand it to the system you write to and let that system refuse a token lower than
+/// the highest it has seen:
+///
+/// ```
+/// use std::sync::Mutex;
+/// use dcron_core::FireContext;
+///
+/// /// A store that remembers the highest token that wrote to it.
+/// #[derive(Default)]
+/// struct FencedStore {
+///     last: Mutex<(u64, String)>,
+/// }
+///
+/// impl FencedStore {
+///     fn write(&self, token: u64, value: &str) -> Result<(), String> {
+///         let mut last = self.last.lock().map_err(|e| e.to_string())?;
+///         if token < last.0 {
+///             return Err(format!("stale writer: token {token} < {}", last.0));
+///         }
+///         *last = (token, value.to_string());
+///         Ok(())
+///     }
+/// }
+///
+/// async fn report(ctx: FireContext, store: &FencedStore) -> dcron_core::TaskResult {
+///     store.write(ctx.token, &format!("report for {}", ctx.scheduled))?;
+///     Ok(())
+/// }
+/// # let store = FencedStore::default();
+/// # assert!(store.write(7, "new").is_ok());
+/// # assert!(store.write(5, "stale").is_err());
+/// ```
 #[derive(Clone, Debug)]
 pub struct FireContext {
     /// The task record (for static tasks, one built from the name and schedule).

@@ -584,8 +584,9 @@ pub struct Claim {
     /// The generation of the life the fire belongs to (`generation`; 0 when unknown).
     #[serde(default)]
     pub generation: u64,
-    /// Fencing token (`token`): non-zero, and strictly greater than every token handed out
-    /// earlier for the same task name in the namespace, across cleanup and force-add.
+    /// Fencing token (`token`): non-zero, distinct across the claims of the namespace, and
+    /// strictly greater than every token handed out earlier for the same task name, across
+    /// cleanup and force-add.
     pub token: u64,
 }
 

@@ -979,3 +979,103 @@ async fn a_frozen_node_never_runs_a_fire_twice_on_a_registry_without_a_clock() {
 async fn a_frozen_node_never_runs_a_fire_twice_on_a_registry_with_a_clock() {
     frozen(true).await;
 }
+
+// ----- claims sent ahead of the instant -----
+
+/// What happens to a task between its fire's claim (sent 2 s ahead) and the fire's instant.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    Nothing,
+    Delete,
+    Pause,
+    Cleanup,
+    ForceAdd,
+}
+
+async fn claimed_ahead(change: Change) -> (Vec<DateTime<Utc>>, Vec<DcronEvent>) {
+    let c = Cluster::new();
+    let node = c
+        .builder("a", Arc::new(c.registry.clone()))
+        .claim_ahead(Duration::from_secs(2))
+        .build()
+        .expect("build");
+    c.add_static(&node, "a", "t", "*/5 * * * * *", false)
+        .await
+        .expect("add");
+    let mut events = node.events();
+    node.start().await.expect("start");
+    // The fire of +5 s is claimed at +3 s; the change lands at +4 s.
+    advance(Duration::from_secs(4)).await;
+    let (ledger, label) = (c.ledger.clone(), "a".to_string());
+    match change {
+        Change::Nothing => {}
+        Change::Delete => node.mark_task_deleted("t").await.expect("delete"),
+        Change::Pause => node.pause_task("t").await.expect("pause"),
+        Change::Cleanup => node.cleanup_task("t").await.expect("cleanup"),
+        Change::ForceAdd => node
+            .force_add_func("t", "*/5 * * * * *", move |ctx| {
+                let (ledger, label) = (ledger.clone(), label.clone());
+                async move {
+                    record(&ledger, &label, &ctx);
+                    Ok(())
+                }
+            })
+            .await
+            .expect("force-add"),
+    }
+    advance(Duration::from_secs(3)).await;
+    let runs = c.runs_of("t").into_iter().map(|(t, _)| t).collect();
+    let events = drain(&mut events);
+    node.stop().await.expect("stop");
+    (runs, events)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fire_claimed_ahead_runs_at_its_instant_when_nothing_changed() {
+    let (runs, _) = claimed_ahead(Change::Nothing).await;
+    assert!(
+        runs.contains(&(base() + chrono::Duration::seconds(5))),
+        "{runs:?}"
+    );
+}
+
+async fn cancelled_by(change: Change) {
+    let (runs, events) = claimed_ahead(change).await;
+    let five = base() + chrono::Duration::seconds(5);
+    assert!(
+        !runs.contains(&five),
+        "{change:?}: the fire claimed ahead ran: {runs:?}"
+    );
+    // Cancelled at its instant (a deletion may also be refused at the claim, if it was seen
+    // before the claim went out; here it is not).
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            DcronEvent::Skipped {
+                fire,
+                reason: dcron_core::SkipReason::Cancelled
+            } if fire.scheduled == five
+        )),
+        "{change:?}: no cancellation reported"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fire_claimed_ahead_does_not_run_when_its_task_is_deleted_before_the_instant() {
+    cancelled_by(Change::Delete).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fire_claimed_ahead_does_not_run_when_its_task_is_paused_before_the_instant() {
+    cancelled_by(Change::Pause).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fire_claimed_ahead_does_not_run_when_its_task_is_cleaned_up_before_the_instant() {
+    cancelled_by(Change::Cleanup).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fire_claimed_ahead_does_not_run_when_its_task_is_force_added_before_the_instant() {
+    cancelled_by(Change::ForceAdd).await;
+}

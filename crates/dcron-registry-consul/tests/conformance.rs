@@ -81,4 +81,3 @@ impl dcron_testkit::RegistryFactory for DoubleFactory {
 }
 
 dcron_testkit::conformance_main!(DoubleFactory::new());
-

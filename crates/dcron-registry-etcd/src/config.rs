@@ -15,6 +15,12 @@ pub const TEST_ENDPOINTS_ENV: &str = "DCRON_TEST_ETCD_ENDPOINTS";
 /// The endpoint [`EtcdRegistry::from_env`] uses when [`TEST_ENDPOINTS_ENV`] is not set.
 pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
 
+/// The default of [`EtcdRegistryConfig::max_txn_ops`]: etcd's own default `--max-txn-ops`.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+
+/// The smallest accepted [`EtcdRegistryConfig::max_txn_ops`].
+pub const MIN_TXN_OPS: usize = 8;
+
 /// TLS settings for the connection to etcd (endpoints then use `https://`).
 ///
 /// Without a CA certificate the server certificate is checked against the system's root
@@ -109,6 +115,7 @@ pub struct EtcdRegistryConfig {
     pub(crate) request_timeout: Duration,
     pub(crate) watch_buffer: usize,
     pub(crate) list_page_size: usize,
+    pub(crate) max_txn_ops: usize,
 }
 
 impl std::fmt::Debug for EtcdRegistryConfig {
@@ -123,6 +130,7 @@ impl std::fmt::Debug for EtcdRegistryConfig {
             .field("request_timeout", &self.request_timeout)
             .field("watch_buffer", &self.watch_buffer)
             .field("list_page_size", &self.list_page_size)
+            .field("max_txn_ops", &self.max_txn_ops)
             .finish()
     }
 }
@@ -144,6 +152,7 @@ impl EtcdRegistryConfig {
             request_timeout: Duration::from_secs(3),
             watch_buffer: 1024,
             list_page_size: 200,
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
         }
     }
 
@@ -211,6 +220,15 @@ impl EtcdRegistryConfig {
         self
     }
 
+    /// The server's `--max-txn-ops` (default 128, etcd's default): the most operations one
+    /// transaction may carry. Claim batches, life batches and record batches larger than fit are
+    /// split into several transactions, sent concurrently; set this when the server was started
+    /// with another value. At least [`MIN_TXN_OPS`].
+    pub fn max_txn_ops(mut self, ops: usize) -> Self {
+        self.max_txn_ops = ops;
+        self
+    }
+
     /// Checks the configuration.
     pub(crate) fn validate(&self) -> Result<()> {
         if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {
@@ -228,6 +246,12 @@ impl EtcdRegistryConfig {
             return Err(Error::InvalidArgument(
                 "etcd timeouts must be non-zero".into(),
             ));
+        }
+        if self.max_txn_ops < MIN_TXN_OPS {
+            return Err(Error::InvalidArgument(format!(
+                "etcd max_txn_ops must be at least {MIN_TXN_OPS} (a cleanup needs that many \
+                 operations in one transaction)"
+            )));
         }
         if self.list_page_size == 0 {
             return Err(Error::InvalidArgument(

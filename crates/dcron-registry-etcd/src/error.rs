@@ -120,6 +120,13 @@ pub(crate) fn is_compacted(e: &EtcdError) -> bool {
     status(e).is_some_and(|s| s.code() == Code::OutOfRange && s.message().contains("compacted"))
 }
 
+/// Whether the server refused a transaction with more operations than its `--max-txn-ops`.
+pub(crate) fn is_too_many_ops(e: &EtcdError) -> bool {
+    status(e).is_some_and(|s| {
+        s.code() == Code::InvalidArgument && s.message().contains("too many operations")
+    })
+}
+
 /// An error for a response that lacks what every etcd response carries.
 pub(crate) fn malformed(context: impl Display, what: &str) -> Error {
     Error::Backend {
@@ -196,6 +203,11 @@ mod tests {
             Code::Unauthenticated,
             "etcdserver: invalid auth token"
         )));
+        assert!(is_too_many_ops(&grpc(
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request"
+        )));
+        assert!(!is_too_many_ops(&grpc(Code::InvalidArgument, "other")));
         assert!(is_compacted(&grpc(
             Code::OutOfRange,
             "etcdserver: mvcc: required revision has been compacted"

@@ -4,6 +4,8 @@
 //! /{ns}/nodes/{node id}                 node record, attached to the node's lease
 //! /{ns}/tasks/{task name}               task record (TaskMeta JSON)
 //! /{ns}/tombstones/{task name}          tombstone (Tombstone JSON)
+//! /{ns}/lives/{task name}               the name's life: live-since (RFC 3339); its mod_revision
+//!                                       is the generation
 //! /{ns}/claims/{task name}/{instant ms} claim (Claim JSON), attached to a retention lease
 //! /{ns}/records/{kind}/{record key}     record of a kind (pause, trigger, status): opaque bytes
 //! ```
@@ -115,6 +117,15 @@ impl Keys {
 
     pub(crate) fn tombstone(&self, name: &str) -> String {
         format!("{}tombstones/{}", self.root, escape(name))
+    }
+
+    pub(crate) fn lives_prefix(&self) -> String {
+        format!("{}lives/", self.root)
+    }
+
+    /// The life of a name: its value is the live-since, its `mod_revision` the generation.
+    pub(crate) fn life(&self, name: &str) -> String {
+        format!("{}lives/{}", self.root, escape(name))
     }
 
     pub(crate) fn claims_prefix(&self) -> String {

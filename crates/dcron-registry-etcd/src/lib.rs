@@ -6,6 +6,7 @@ mod claims;
 mod config;
 mod error;
 mod keys;
+mod lives;
 mod watch;
 
 use std::future::Future;
@@ -16,8 +17,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
     check_record_key, check_records, check_value_size, validate_task_name, Capabilities, Claim,
-    ClaimOutcome, CorruptEntry, Error, FireKey, Lease, Listing, Node, NodeEvent, PutMode,
-    RecordKind, Registry, Result, TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
+    ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, Error, Lease, Life, Listing, Node,
+    NodeEvent, PutMode, RecordKind, Registry, Result, TaskMeta, TaskMetaEvent, Tombstone,
+    WatchStream,
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, Error as EtcdError, GetOptions,
@@ -26,7 +28,8 @@ use etcd_client::{
 use futures::StreamExt;
 
 pub use config::{
-    EtcdRegistryConfig, EtcdTls, DEFAULT_ENDPOINT, DEFAULT_NAMESPACE, TEST_ENDPOINTS_ENV,
+    EtcdRegistryConfig, EtcdTls, DEFAULT_ENDPOINT, DEFAULT_MAX_TXN_OPS, DEFAULT_NAMESPACE,
+    MIN_TXN_OPS, TEST_ENDPOINTS_ENV,
 };
 
 use crate::claims::RetentionLeases;
@@ -38,23 +41,23 @@ use crate::keys::{prefix_end, Keys};
 /// transaction around the value.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 
-/// The most operations one transaction carries (etcd's `--max-txn-ops` defaults to 128).
-const MAX_TXN_OPS: usize = 128;
-
 /// The most key and value bytes one record transaction carries, so that a transaction stays
 /// under etcd's default `--max-request-bytes` (1.5 MiB) while a single record of
 /// [`MAX_VALUE_BYTES`] still fits alone.
 const MAX_TXN_BYTES: usize = MAX_VALUE_BYTES + 64 * 1024;
 
-/// Splits a batch of `(key, value)` puts into groups that each fit one transaction
-/// ([`MAX_TXN_OPS`] operations, [`MAX_TXN_BYTES`] bytes; a group holds at least one record).
-fn txn_groups<'a, 'b>(puts: &'a [(String, &'b [u8])]) -> Vec<&'a [(String, &'b [u8])]> {
+/// Splits a batch of `(key, value)` puts into groups that each fit one transaction (`max_ops`
+/// operations, [`MAX_TXN_BYTES`] bytes; a group holds at least one record).
+fn txn_groups<'a, 'b>(
+    puts: &'a [(String, &'b [u8])],
+    max_ops: usize,
+) -> Vec<&'a [(String, &'b [u8])]> {
     let mut groups = Vec::new();
     let mut start = 0;
     let mut bytes = 0;
     for (i, (key, value)) in puts.iter().enumerate() {
         let size = key.len() + value.len();
-        if i > start && (i - start == MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES) {
+        if i > start && (i - start == max_ops || bytes + size > MAX_TXN_BYTES) {
             groups.push(&puts[start..i]);
             start = i;
             bytes = 0;
@@ -74,9 +77,12 @@ const MAX_DECODING_BYTES: usize = 512 * 1024 * 1024;
 /// A [`Registry`] on an etcd v3 cluster.
 ///
 /// Node records are attached to a lease kept alive by [`Registry::keep_alive`]; writes that must
-/// be atomic are etcd transactions comparing `create_revision`; claims are create-if-absent
-/// transactions attached to a shared retention lease; watches resume from the revision of the
-/// snapshot they follow. See the crate documentation for the key layout.
+/// be atomic are etcd transactions comparing `create_revision`; a task name's life is a key whose
+/// `mod_revision` is its generation; a claim batch is one transaction of nested create-if-absent
+/// transactions (one per fire) attached to a shared retention lease; watches resume from the
+/// revision of the snapshot they follow. It implements the exactly-once contract
+/// ([`Capabilities::exactly_once`]) without a registry clock (etcd cannot compare with the time;
+/// nodes check deadlines). See the crate documentation for the key layout.
 ///
 /// Cheap to clone: clones share one connection (one HTTP/2 channel per endpoint).
 #[derive(Clone)]
@@ -120,6 +126,10 @@ impl Failure {
 
     fn is_lease_not_found(&self) -> bool {
         matches!(self, Failure::Etcd(e) if error::is_lease_not_found(e))
+    }
+
+    fn is_too_many_ops(&self) -> bool {
+        matches!(self, Failure::Etcd(e) if error::is_too_many_ops(e))
     }
 }
 
@@ -495,7 +505,11 @@ impl Registry for EtcdRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES).with_records()
+        // No clock: an etcd transaction cannot compare with the time, so the node checks
+        // deadlines itself (see `claims`).
+        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES)
+            .with_records()
+            .with_exactly_once()
     }
 
     // ----- membership -----
@@ -646,8 +660,17 @@ impl Registry for EtcdRegistry {
         let name = meta.name.as_str();
         let task = self.keys().task(name);
         let tomb = self.keys().tombstone(name);
+        let life = self.keys().life(name);
         let put = TxnOp::put(task.as_str(), value, None);
         let count = || Some(GetOptions::new().with_count_only());
+        // Create-only and force writes start a new life in the same transaction: the life key
+        // written at the transaction's revision (its generation), valued the live-since.
+        let new_life = || match meta.created_at {
+            Some(at) => Ok(TxnOp::put(life.as_str(), lives::since_value(at), None)),
+            None => Err(Error::InvalidArgument(format!(
+                "task `{name}`: a create-only or force write needs `created_at` (its live-since)"
+            ))),
+        };
         match mode {
             PutMode::CreateOnly => {
                 let txn = Txn::new()
@@ -655,7 +678,7 @@ impl Registry for EtcdRegistry {
                         create_revision_is(&task, CompareOp::Equal),
                         create_revision_is(&tomb, CompareOp::Equal),
                     ])
-                    .and_then([put])
+                    .and_then([put, new_life()?])
                     .or_else([
                         TxnOp::get(task.as_str(), count()),
                         TxnOp::get(tomb.as_str(), count()),
@@ -687,12 +710,9 @@ impl Registry for EtcdRegistry {
                 }
             }
             PutMode::Force => {
-                let claims = self.keys().task_claims_prefix(name);
-                let txn = Txn::new().and_then([
-                    put,
-                    TxnOp::delete(tomb.as_str(), None),
-                    TxnOp::delete(claims.as_str(), Some(DeleteOptions::new().with_prefix())),
-                ]);
+                // Claims are kept: they live until their retention ends.
+                let txn =
+                    Txn::new().and_then([put, TxnOp::delete(tomb.as_str(), None), new_life()?]);
                 self.txn("put_task (force)", &task, txn).await?;
                 Ok(())
             }
@@ -775,11 +795,11 @@ impl Registry for EtcdRegistry {
 
     async fn cleanup_task(&self, name: &str) -> Result<()> {
         let task = self.keys().task(name);
-        let claims = self.keys().task_claims_prefix(name);
+        // Claims are kept: they live until their retention ends.
         let txn = Txn::new().and_then([
             TxnOp::delete(task.as_str(), None),
             TxnOp::delete(self.keys().tombstone(name).as_str(), None),
-            TxnOp::delete(claims.as_str(), Some(DeleteOptions::new().with_prefix())),
+            TxnOp::delete(self.keys().life(name).as_str(), None),
         ]);
         self.txn("cleanup_task", &task, txn).await?;
         Ok(())
@@ -787,10 +807,11 @@ impl Registry for EtcdRegistry {
 
     async fn cleanup_all(&self) -> Result<()> {
         let keys = self.keys();
+        // Claims are kept: they live until their retention ends.
         let prefixes = [
             keys.tasks_prefix(),
             keys.tombstones_prefix(),
-            keys.claims_prefix(),
+            keys.lives_prefix(),
             keys.records_root(),
         ];
         let txn = Txn::new().and_then(
@@ -807,26 +828,49 @@ impl Registry for EtcdRegistry {
 
     async fn claim(
         &self,
-        fires: &[FireKey],
-        node_id: &str,
-        retention: Duration,
+        claimant: &Claimant,
+        requests: &[ClaimRequest],
     ) -> Result<Vec<ClaimOutcome>> {
-        claims::claim_batch(self, fires, node_id, retention).await
+        claims::claim_batch(self, claimant, requests).await
     }
 
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>> {
+        validate_task_name(task)?;
         let prefix = self.keys().task_claims_prefix(task);
         let kvs = self.list_prefix("list_claims", &prefix).await?;
+        // Expired claims went with their lease: every listed one is retained.
         Ok(decode_all(kvs, |kv| {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let mut claim = Claim::decode(&key, kv.value()).map_err(|e| CorruptEntry {
+            claims::decode_claim(&key, kv).map_err(|e| CorruptEntry {
                 key: key.clone(),
                 reason: corrupt_reason(e),
-            })?;
-            // The fencing token is the revision that created the claim (see `claims`).
-            claim.token = u64::try_from(kv.create_revision()).unwrap_or(0);
-            Ok(claim)
+            })
         }))
+    }
+
+    // ----- lives -----
+
+    async fn ensure_lives(&self, names: &[(String, DateTime<Utc>)]) -> Result<Vec<Life>> {
+        lives::ensure_lives(self, names).await
+    }
+
+    async fn restart_life(&self, name: &str, at: DateTime<Utc>) -> Result<Life> {
+        validate_task_name(name)?;
+        let keys = self.keys();
+        let life = keys.life(name);
+        // One transaction: tombstone removed, the life written at its revision (the new
+        // generation); the record and the claims are kept.
+        let txn = Txn::new().and_then([
+            TxnOp::delete(keys.tombstone(name).as_str(), None),
+            TxnOp::put(life.as_str(), lives::since_value(at), None),
+        ]);
+        let resp = self.txn("restart_life", &life, txn).await?;
+        let generation = resp
+            .header()
+            .and_then(|h| u64::try_from(h.revision()).ok())
+            .filter(|r| *r > 0)
+            .ok_or_else(|| error::malformed(format!("restart_life {life}"), "no revision"))?;
+        Ok(Life::new(generation, at))
     }
 
     // ----- records -----
@@ -841,7 +885,7 @@ impl Registry for EtcdRegistry {
         // One transaction per group (etcd limits operations and bytes per request), the groups
         // sent concurrently: each record is written whole, the batch costs one round trip.
         let mut pending = futures::stream::FuturesUnordered::new();
-        for group in txn_groups(&puts) {
+        for group in txn_groups(&puts, self.inner.config.max_txn_ops) {
             let ops: Vec<TxnOp> = group
                 .iter()
                 .map(|(key, value)| TxnOp::put(key.as_str(), *value, None))
@@ -910,8 +954,8 @@ mod tests {
         let puts: Vec<(String, &[u8])> = (0..300)
             .map(|i| (format!("k{i}"), small.as_slice()))
             .collect();
-        let sizes: Vec<usize> = txn_groups(&puts).iter().map(|g| g.len()).collect();
-        assert_eq!(sizes, vec![MAX_TXN_OPS, MAX_TXN_OPS, 300 - 2 * MAX_TXN_OPS]);
+        let sizes: Vec<usize> = txn_groups(&puts, 128).iter().map(|g| g.len()).collect();
+        assert_eq!(sizes, vec![128, 128, 300 - 2 * 128]);
 
         let big = vec![0u8; MAX_VALUE_BYTES];
         let puts: Vec<(String, &[u8])> = vec![
@@ -919,12 +963,12 @@ mod tests {
             ("b".into(), small.as_slice()),
             ("c".into(), big.as_slice()),
         ];
-        let sizes: Vec<usize> = txn_groups(&puts).iter().map(|g| g.len()).collect();
+        let sizes: Vec<usize> = txn_groups(&puts, 128).iter().map(|g| g.len()).collect();
         assert_eq!(
             sizes,
             vec![2, 1],
             "a full-size record shares a txn only with small ones"
         );
-        assert!(txn_groups(&[]).is_empty());
+        assert!(txn_groups(&[], 128).is_empty());
     }
 }

@@ -271,6 +271,12 @@ mod tests {
     use dcron_core::{Error, PutMode, Registry};
     use futures::StreamExt;
 
+    fn meta(name: impl Into<String>) -> TaskMeta {
+        let mut meta = TaskMeta::new(name, "@hourly");
+        meta.created_at = Some(chrono::Utc::now());
+        meta
+    }
+
     async fn next_event(rx: &mut WatchStream<TaskMetaEvent>) -> Option<TaskMetaEvent> {
         tokio::time::timeout(Duration::from_secs(10), rx.next())
             .await
@@ -305,7 +311,7 @@ mod tests {
         let old = reg.current_revision().await.expect("revision");
         // Two writes, so that compacting at the second removes the revision of the first.
         for name in ["a", "a2"] {
-            reg.put_task(&TaskMeta::new(name, "@hourly"), PutMode::CreateOnly)
+            reg.put_task(&meta(name), PutMode::CreateOnly)
                 .await
                 .expect("put");
         }
@@ -332,7 +338,7 @@ mod tests {
         let mut seen = false;
         for i in 0..20 {
             let name = format!("b{i}");
-            reg.put_task(&TaskMeta::new(name.clone(), "@hourly"), PutMode::CreateOnly)
+            reg.put_task(&meta(name.clone()), PutMode::CreateOnly)
                 .await
                 .expect("put");
             let deadline = tokio::time::Instant::now() + Duration::from_millis(500);

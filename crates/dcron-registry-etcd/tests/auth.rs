@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use dcron_core::{Error, Node, PutMode, Registry, TaskMeta};
+use dcron_core::{Error, Node, PutMode, Registry};
 use dcron_registry_etcd::EtcdRegistry;
 use etcd_client::Permission;
 use tokio::time::Instant;
@@ -46,7 +46,7 @@ async fn enable_auth(server: &OwnedEtcd) {
 }
 
 async fn exercise(reg: &EtcdRegistry) {
-    reg.put_task(&TaskMeta::new("t", "@hourly"), PutMode::Force)
+    reg.put_task(&common::meta("t", "@hourly"), PutMode::Force)
         .await
         .expect("put");
     assert!(reg
@@ -61,14 +61,14 @@ async fn exercise(reg: &EtcdRegistry) {
         .await
         .expect("register");
     reg.keep_alive(&lease).await.expect("keep_alive");
-    assert!(reg
-        .claim(
-            &[dcron_core::FireKey::new("t", Utc::now())],
-            "n",
-            Duration::from_secs(60)
-        )
-        .await
-        .expect("claim")[0]
+    assert!(common::claim_fires(
+        reg,
+        "n",
+        &[dcron_core::FireKey::new("t", Utc::now())],
+        Duration::from_secs(60)
+    )
+    .await
+    .expect("claim")[0]
         .is_won());
     reg.unregister(&lease).await.expect("unregister");
 }
@@ -127,7 +127,7 @@ async fn credentials_right_wrong_and_missing() {
         .connect()
         .await
         .expect("app connects");
-    app.put_task(&TaskMeta::new("mine", "@hourly"), PutMode::CreateOnly)
+    app.put_task(&common::meta("mine", "@hourly"), PutMode::CreateOnly)
         .await
         .expect("put in its namespace");
     let other = server
@@ -138,7 +138,7 @@ async fn credentials_right_wrong_and_missing() {
     let denied = match other {
         Err(e) => e,
         Ok(reg) => reg
-            .put_task(&TaskMeta::new("theirs", "@hourly"), PutMode::CreateOnly)
+            .put_task(&common::meta("theirs", "@hourly"), PutMode::CreateOnly)
             .await
             .expect_err("refused outside its namespace"),
     };

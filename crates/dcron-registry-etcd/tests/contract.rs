@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use dcron_core::{
-    ClaimOutcome, Error, FireKey, Node, NodeStatus, PutMode, Registry, TaskMeta, TaskMetaEvent,
+    ClaimOutcome, Error, FireKey, Node, NodeStatus, PutMode, Registry, TaskMetaEvent,
 };
 use dcron_registry_etcd::{EtcdRegistry, EtcdRegistryConfig, MAX_VALUE_BYTES};
 use etcd_client::GetOptions;
@@ -119,7 +119,7 @@ async fn two_thousand_tasks_are_listed_completely() {
             let reg = reg.clone();
             async move {
                 reg.put_task(
-                    &TaskMeta::new(format!("task {i:05} ✓"), "@hourly"),
+                    &common::meta(format!("task {i:05} ✓"), "@hourly"),
                     PutMode::CreateOnly,
                 )
                 .await
@@ -153,7 +153,7 @@ async fn paging_with_one_key_per_page_lists_everything() {
     };
     for i in 0..5 {
         reg.put_task(
-            &TaskMeta::new(format!("t{i}"), "@hourly"),
+            &common::meta(format!("t{i}"), "@hourly"),
             PutMode::CreateOnly,
         )
         .await
@@ -184,7 +184,9 @@ async fn a_batch_shares_one_retention_lease_and_tokens_increase() {
         return;
     };
     let fires: Vec<FireKey> = (0..50).map(|i| fire(&format!("job-{i}"), 0)).collect();
-    let outcomes = reg.claim(&fires, "n", LONG).await.expect("claim");
+    let outcomes = common::claim_fires(&reg, "n", &fires, LONG)
+        .await
+        .expect("claim");
     assert!(outcomes.iter().all(ClaimOutcome::is_won));
     let prefix = format!("/{}/claims/", reg.namespace());
     let resp = reg
@@ -210,12 +212,11 @@ async fn a_batch_shares_one_retention_lease_and_tokens_increase() {
         })
         .max()
         .expect("tokens");
-    let later = reg
-        .claim(&[fire("job-0", 1)], "n", LONG)
+    let later = common::claim_fires(&reg, "n", &[fire("job-0", 1)], LONG)
         .await
         .expect("claim");
-    match later[0] {
-        ClaimOutcome::Won { token } => assert!(token > first_max),
+    match &later[0] {
+        ClaimOutcome::Won { token } => assert!(*token > first_max),
         other => panic!("expected a win, got {other:?}"),
     }
     let claims = reg.list_claims("job-0").await.expect("list");
@@ -236,7 +237,7 @@ async fn sixteen_clients_race_on_create_only_one_wins() {
     for round in 0..10 {
         let name = format!("contested-{round}");
         let results = futures::future::join_all(clients.iter().enumerate().map(|(i, reg)| {
-            let meta = TaskMeta::new(name.clone(), "@hourly").with_payload(i.to_string());
+            let meta = common::meta(name.clone(), "@hourly").with_payload(i.to_string());
             async move { reg.put_task(&meta, PutMode::CreateOnly).await }
         }))
         .await;
@@ -259,7 +260,7 @@ async fn create_only_and_mark_deleted_race_atomically() {
     };
     for i in 0..50 {
         let name = format!("t{i}");
-        let meta = TaskMeta::new(name.clone(), "@hourly");
+        let meta = common::meta(name.clone(), "@hourly");
         let (put, tomb) = tokio::join!(
             a.put_task(&meta, PutMode::CreateOnly),
             b.mark_deleted(&name, Utc::now())
@@ -292,7 +293,7 @@ async fn namespaces_with_slashes_and_prefixes_are_isolated() {
             return;
         };
         reg.put_task(
-            &TaskMeta::new("same", "@hourly").with_payload(ns.clone()),
+            &common::meta("same", "@hourly").with_payload(ns.clone()),
             PutMode::CreateOnly,
         )
         .await
@@ -326,10 +327,12 @@ async fn names_are_escaped_and_round_trip() {
     let names = ["report: daily ✓ 100%", "a*b?c", "%2F", "日本語", "x y", "x"];
     let mut stream = reg.watch_tasks().await.expect("watch");
     for name in names {
-        reg.put_task(&TaskMeta::new(name, "@hourly"), PutMode::CreateOnly)
+        reg.put_task(&common::meta(name, "@hourly"), PutMode::CreateOnly)
             .await
             .expect("put");
-        reg.claim(&[fire(name, 0)], "n", LONG).await.expect("claim");
+        common::claim_fires(&reg, "n", &[fire(name, 0)], LONG)
+            .await
+            .expect("claim");
     }
     let mut listed: Vec<String> = reg
         .list_tasks()
@@ -375,14 +378,14 @@ async fn a_record_under_another_name_is_corrupt() {
     let Some(reg) = shared("misplaced").await else {
         return;
     };
-    reg.put_task(&TaskMeta::new("good", "@hourly"), PutMode::CreateOnly)
+    reg.put_task(&common::meta("good", "@hourly"), PutMode::CreateOnly)
         .await
         .expect("put");
     reg.client()
         .clone()
         .put(
             reg.task_key("here"),
-            TaskMeta::new("elsewhere", "@hourly").encode(),
+            common::meta("elsewhere", "@hourly").encode(),
             None,
         )
         .await
@@ -403,14 +406,14 @@ async fn oversized_records_are_refused_before_writing() {
     let Some(reg) = shared("oversized").await else {
         return;
     };
-    let big = TaskMeta::new("big", "@hourly").with_payload("x".repeat(MAX_VALUE_BYTES));
+    let big = common::meta("big", "@hourly").with_payload("x".repeat(MAX_VALUE_BYTES));
     assert!(matches!(
         reg.put_task(&big, PutMode::Force).await,
         Err(Error::InvalidArgument(_))
     ));
     assert_eq!(reg.get_task("big").await.expect("get"), None);
     // Just under the limit is stored.
-    let fits = TaskMeta::new("fits", "@hourly").with_payload("x".repeat(MAX_VALUE_BYTES - 100));
+    let fits = common::meta("fits", "@hourly").with_payload("x".repeat(MAX_VALUE_BYTES - 100));
     reg.put_task(&fits, PutMode::CreateOnly).await.expect("put");
     assert_eq!(reg.get_task("fits").await.expect("get"), Some(fits));
     reg.cleanup_all().await.expect("cleanup");
@@ -467,7 +470,7 @@ async fn a_slow_watch_reader_gets_resync_not_a_stall() {
     let mut stream = small.watch_tasks().await.expect("watch");
     for i in 0..50 {
         reg.put_task(
-            &TaskMeta::new(format!("t{i}"), "@hourly"),
+            &common::meta(format!("t{i}"), "@hourly"),
             PutMode::CreateOnly,
         )
         .await
@@ -498,7 +501,7 @@ async fn credentials_on_a_server_without_authentication_are_accepted() {
         .connect()
         .await
         .expect("connect");
-    reg.put_task(&TaskMeta::new("t", "@hourly"), PutMode::CreateOnly)
+    reg.put_task(&common::meta("t", "@hourly"), PutMode::CreateOnly)
         .await
         .expect("put");
     reg.cleanup_all().await.expect("cleanup");

@@ -4,8 +4,8 @@
 //!
 //! | message | channel | meaning |
 //! |---|---|---|
-//! | `np:<node JSON>` | nodes | a node registered or changed |
-//! | `nd:<node id>` | nodes | a node unregistered |
+//! | `np:<version>:<node JSON>` | nodes | a node registered or changed |
+//! | `nd:<version>:<node id>` | nodes | a node unregistered |
 //! | `tp:<task JSON>` | tasks | a task record was written |
 //! | `tr:<name>` | tasks | a task record was removed |
 //! | `tt:<tombstone JSON>` | tasks | a name was marked deleted |
@@ -13,6 +13,10 @@
 //! | `ta:` | tasks | many records changed at once (`cleanup_all`): list again |
 //!
 //! A message that does not parse becomes a `Resync`: the consumer lists everything again.
+//!
+//! The `<version>` of a node message is the number the change took from the namespace's
+//! node-change counter (`<ns>:nodever`) in the same script; the node watch uses it to drop a
+//! message older than what it already reported (see `watch`).
 
 use dcron_core::{Node, NodeEvent, TaskMeta, TaskMetaEvent, Tombstone};
 
@@ -31,14 +35,26 @@ fn text(bytes: &[u8]) -> Option<String> {
     std::str::from_utf8(bytes).ok().map(str::to_owned)
 }
 
-/// Turns a message of the nodes channel into an event.
-pub(crate) fn node_event(channel: &str, payload: &[u8]) -> NodeEvent {
-    let parsed = split(payload).and_then(|(kind, body)| match kind {
-        b"np" => Node::decode(channel, body).ok().map(NodeEvent::Put),
-        b"nd" => text(body).map(|id| NodeEvent::Delete { id }),
-        _ => None,
+/// Splits `<version>:<rest>`.
+fn versioned(body: &[u8]) -> Option<(u64, &[u8])> {
+    let colon = body.iter().position(|&b| b == b':')?;
+    let version = std::str::from_utf8(&body[..colon]).ok()?.parse().ok()?;
+    Some((version, &body[colon + 1..]))
+}
+
+/// Turns a message of the nodes channel into an event and the version of the change (`None`
+/// with a `Resync` for a message that does not parse).
+pub(crate) fn node_event(channel: &str, payload: &[u8]) -> (Option<u64>, NodeEvent) {
+    let parsed = split(payload).and_then(|(kind, body)| {
+        let (version, rest) = versioned(body)?;
+        let event = match kind {
+            b"np" => Node::decode(channel, rest).ok().map(NodeEvent::Put),
+            b"nd" => text(rest).map(|id| NodeEvent::Delete { id }),
+            _ => None,
+        }?;
+        Some((Some(version), event))
     });
-    parsed.unwrap_or(NodeEvent::Resync)
+    parsed.unwrap_or((None, NodeEvent::Resync))
 }
 
 /// Turns a message of the tasks channel into an event.
@@ -63,15 +79,24 @@ mod tests {
     #[test]
     fn node_messages() {
         let node = Node::new("n:1", DateTime::<Utc>::UNIX_EPOCH);
-        let mut msg = b"np:".to_vec();
+        let mut msg = b"np:17:".to_vec();
         msg.extend(node.encode());
-        assert_eq!(node_event("c", &msg), NodeEvent::Put(node));
+        assert_eq!(node_event("c", &msg), (Some(17), NodeEvent::Put(node)));
         assert_eq!(
-            node_event("c", b"nd:n:1"),
-            NodeEvent::Delete { id: "n:1".into() }
+            node_event("c", b"nd:18:n:1"),
+            (Some(18), NodeEvent::Delete { id: "n:1".into() })
         );
-        for bad in [&b""[..], b"np", b"np:{", b"zz:x", b"nd:\xff"] {
-            assert_eq!(node_event("c", bad), NodeEvent::Resync, "{bad:?}");
+        for bad in [
+            &b""[..],
+            b"np",
+            b"np:{",
+            b"np:1:{",
+            b"zz:1:x",
+            b"nd:1:\xff",
+            b"nd:n:1",
+            b"nd:-1:n",
+        ] {
+            assert_eq!(node_event("c", bad), (None, NodeEvent::Resync), "{bad:?}");
         }
     }
 

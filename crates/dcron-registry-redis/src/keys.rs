@@ -6,13 +6,15 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `<ns>:node:<id>` | hash, `PX` TTL = lease TTL | `lease` (lease id), `node` ([`dcron_core::Node`] JSON) |
+//! | `<ns>:node:<id>` | hash, `PX` TTL = lease TTL | `lease` (lease id), `node` ([`dcron_core::Node`] JSON), `ver` (the record's version) |
 //! | `<ns>:nodes` | set | escaped ids of registered nodes (pruned when their key has expired) |
+//! | `<ns>:nodever` | string (integer) | the namespace's node-change counter: every register, update and unregister takes the next number as the record's version |
 //! | `<ns>:task:<name>` | string | [`dcron_core::TaskMeta`] JSON |
 //! | `<ns>:tomb:<name>` | string | [`dcron_core::Tombstone`] JSON |
-//! | `<ns>:claim:<name>:<millis>` | string, `PX` TTL = retention | [`dcron_core::Claim`] JSON |
+//! | `<ns>:life:<name>` | hash | the name's current [`dcron_core::Life`]: `gen` (generation), `since_s` and `since_ns` (live-since: seconds since the Unix epoch and nanoseconds) |
+//! | `<ns>:claim:<name>:<millis>` | string, `PX` TTL = the request's retention | `<token>:<generation>:<epoch>:<node id>`: the fencing token, the life's generation and the claimant (the node id last, as it may contain `:`) |
 //! | `<ns>:claims:<name>` | sorted set | claim index: member `<millis>`, score = expiry (server ms) |
-//! | `<ns>:token` | string (integer) | the namespace's fencing-token counter (`INCR`) |
+//! | `<ns>:token` | string (integer) | the namespace's sequence (`INCR`): every fencing token and every generation is its next number, so both increase per name across cleanups and new lives |
 //! | `<ns>:records:<kind>` | hash | records of one [`dcron_core::RecordKind`] (`pause`, `trigger`, `status`): field = record key (unescaped: hash fields are binary-safe and no glob), value = the opaque record bytes |
 //!
 //! Change notifications are published on `<ns>:events:db<db>:nodes` and
@@ -146,6 +148,11 @@ impl RedisKeys {
         format!("{}claim:{}:", self.prefix, escape(name))
     }
 
+    /// The life (hash: generation and live-since) of a name.
+    pub fn life(&self, name: &str) -> String {
+        format!("{}life:{}", self.prefix, escape(name))
+    }
+
     /// The claim index (sorted set) of a name.
     pub fn claim_index(&self, name: &str) -> String {
         format!("{}claims:{}", self.prefix, escape(name))
@@ -157,9 +164,14 @@ impl RedisKeys {
         format!("{}records:{}", self.prefix, kind.as_str())
     }
 
-    /// The fencing-token counter of the namespace.
+    /// The namespace's sequence: fencing tokens and generations are its next numbers.
     pub fn token(&self) -> String {
         format!("{}token", self.prefix)
+    }
+
+    /// The namespace's node-change counter (the version of every node record and removal).
+    pub fn node_version(&self) -> String {
+        format!("{}nodever", self.prefix)
     }
 
     /// The pub/sub channel of node changes.
@@ -173,13 +185,13 @@ impl RedisKeys {
     }
 
     /// Whether `key` (a key of this namespace) is removed by `cleanup_all`: task records,
-    /// tombstones, claims, claim indexes and the record hashes, but not node registrations or
-    /// the token counter.
+    /// tombstones, lives and the record hashes, but not node registrations, the node-change
+    /// counter, the token sequence or claims (they live until their retention ends).
     pub fn is_task_data(&self, key: impl AsRef<[u8]>) -> bool {
         key.as_ref()
             .strip_prefix(self.prefix.as_bytes())
             .is_some_and(|rest| {
-                [&b"task:"[..], b"tomb:", b"claim:", b"claims:", b"records:"]
+                [&b"task:"[..], b"tomb:", b"life:", b"records:"]
                     .iter()
                     .any(|p| rest.starts_with(p))
             })
@@ -228,13 +240,12 @@ mod tests {
     }
 
     #[test]
-    fn cleanup_keeps_nodes_and_the_token() {
+    fn cleanup_keeps_nodes_the_sequences_and_claims() {
         let k = RedisKeys::new("ns", 0);
         for key in [
             k.task("t"),
             k.tombstone("t"),
-            k.claim_index("t"),
-            format!("{}1", k.claim_prefix("t")),
+            k.life("t"),
             k.records(RecordKind::Pause),
             k.records(RecordKind::Trigger),
             k.records(RecordKind::Status),
@@ -244,7 +255,10 @@ mod tests {
         for key in [
             k.node("n"),
             k.node_index(),
+            k.node_version(),
             k.token(),
+            k.claim_index("t"),
+            format!("{}1", k.claim_prefix("t")),
             "other:task:t".into(),
         ] {
             assert!(!k.is_task_data(&key), "{key}");

@@ -7,12 +7,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
-    check_record_key, check_records, check_value_size, validate_task_name, Capabilities, Claim,
-    ClaimOutcome, CorruptEntry, Error, FireKey, Lease, Listing, Node, NodeEvent, PutMode,
-    RecordKind, Registry, Result, TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
+    check_claims, check_record_key, check_records, check_value_size, validate_task_name,
+    Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, Error, FireKey, Lease,
+    Life, Listing, Node, NodeEvent, PutMode, RecordKind, Registry, Result, TaskMeta, TaskMetaEvent,
+    Tombstone, WatchStream,
 };
 use deadpool_redis::{Connection, Pool, Runtime};
-use redis::{AsyncConnectionConfig, Client, FromRedisValue, IntoConnectionInfo, Script};
+use redis::{AsyncConnectionConfig, Client, FromRedisValue, IntoConnectionInfo, Script, Value};
 
 use crate::config::{redact_url, RedisRegistryConfig, DEFAULT_URL, TEST_URL_ENV};
 use crate::error::{from_pool, from_redis};
@@ -25,6 +26,10 @@ pub const MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// How many keys one `SCAN` step asks for, and how many values one `MGET`/`UNLINK` carries.
 const BATCH: usize = 1000;
+
+/// The most fires (or names) one script call decides: a larger batch is split into several
+/// calls sent concurrently, so that no single script keeps the server busy for long.
+const MAX_PER_SCRIPT: usize = 1000;
 
 /// A dcron registry on a Redis server (standalone or a primary; not Redis Cluster).
 ///
@@ -187,6 +192,118 @@ impl RedisRegistry {
     }
 }
 
+impl RedisRegistry {
+    /// One script call of [`Registry::ensure_lives`].
+    async fn ensure_lives_once(&self, names: &[(String, DateTime<Utc>)]) -> Result<Vec<Life>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = &self.core.keys;
+        let token = keys.token();
+        let life_keys: Vec<String> = names.iter().map(|(name, _)| keys.life(name)).collect();
+        let mut key_refs: Vec<&str> = Vec::with_capacity(names.len() + 1);
+        key_refs.push(&token);
+        key_refs.extend(life_keys.iter().map(String::as_str));
+        let since: Vec<String> = names
+            .iter()
+            .flat_map(|(_, at)| {
+                let (s, ns) = since_fields(*at);
+                [s, ns]
+            })
+            .collect();
+        let arg_refs: Vec<&[u8]> = since.iter().map(String::as_bytes).collect();
+        let context = format!("ensure the lives of {} task(s)", names.len());
+        let values: Vec<Value> = self
+            .core
+            .eval(&scripts::ENSURE_LIVES, &key_refs, &arg_refs, &context)
+            .await?;
+        if values.len() != names.len() * 3 {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                message: format!("{context}: {} values answered", values.len()),
+                source: None,
+            });
+        }
+        values
+            .chunks(3)
+            .zip(&life_keys)
+            .map(|(triple, key)| {
+                let generation = as_u64(&triple[0]).filter(|g| *g > 0);
+                let since = since_from_fields(&triple[1], &triple[2]);
+                match (generation, since) {
+                    (Some(generation), Some(since)) => Ok(Life::new(generation, since)),
+                    _ => Err(Error::Corrupt {
+                        key: key.clone(),
+                        reason: format!("not a life: {triple:?}"),
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// One script call of [`Registry::claim`] for requests with valid task names.
+    async fn claim_once(
+        &self,
+        claimant: &Claimant,
+        requests: &[(usize, &ClaimRequest)],
+    ) -> Result<Vec<ClaimOutcome>> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = &self.core.keys;
+        // Each task's tombstone, life and index go once; fires refer to their task by number.
+        let mut tasks: Vec<&str> = Vec::new();
+        let mut task_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut claim_keys = Vec::with_capacity(requests.len());
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(3 + requests.len() * 5);
+        args.push(claimant.node_id.as_bytes().to_vec());
+        args.push(claimant.epoch.to_string().into_bytes());
+        args.push(Vec::new()); // the number of tasks, known at the end
+        for (_, request) in requests {
+            let fire = &request.fire;
+            let task = *task_of.entry(fire.task.as_str()).or_insert_with(|| {
+                tasks.push(fire.task.as_str());
+                tasks.len()
+            });
+            let instant = fire.instant_millis().to_string();
+            claim_keys.push(format!("{}{instant}", keys.claim_prefix(&fire.task)));
+            args.push(task.to_string().into_bytes());
+            args.push(request.generation.to_string().into_bytes());
+            args.push(request.deadline.timestamp_micros().to_string().into_bytes());
+            args.push(millis(request.retention).to_string().into_bytes());
+            args.push(instant.into_bytes());
+        }
+        args[2] = tasks.len().to_string().into_bytes();
+        let mut key_list: Vec<String> = Vec::with_capacity(1 + tasks.len() * 3 + claim_keys.len());
+        key_list.push(keys.token());
+        for task in &tasks {
+            key_list.push(keys.tombstone(task));
+            key_list.push(keys.life(task));
+            key_list.push(keys.claim_index(task));
+        }
+        key_list.extend(claim_keys.iter().cloned());
+        let key_refs: Vec<&str> = key_list.iter().map(String::as_str).collect();
+        let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let context = format!("claim {} fire(s) for `{claimant}`", requests.len());
+        let answers: Vec<Value> = self
+            .core
+            .eval(&scripts::CLAIM, &key_refs, &arg_refs, &context)
+            .await?;
+        if answers.len() != requests.len() {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                message: format!("{context}: {} answers", answers.len()),
+                source: None,
+            });
+        }
+        Ok(answers
+            .into_iter()
+            .zip(&claim_keys)
+            .map(|(answer, key)| claim_outcome(answer, || key.clone()))
+            .collect())
+    }
+}
+
 impl Core {
     pub(crate) async fn conn(&self, context: &str) -> Result<Connection> {
         self.pool.get().await.map_err(|e| from_pool(e, context))
@@ -214,25 +331,48 @@ impl Core {
             .map_err(|e| from_redis(e, context))
     }
 
-    pub(crate) async fn list_nodes(&self) -> Result<Listing<Node>> {
+    /// The registered nodes with the version of each record, and the node-change counter at
+    /// the same instant (see `watch`).
+    pub(crate) async fn node_snapshot(&self) -> Result<NodeSnapshot> {
         let node_prefix = self.keys.node_prefix();
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = self
+        let values: Vec<Value> = self
             .eval(
                 &scripts::LIST_NODES,
-                &[&self.keys.node_index()],
+                &[&self.keys.node_index(), &self.keys.node_version()],
                 &[node_prefix.as_bytes()],
                 "list nodes",
             )
             .await?;
-        let mut listing = Listing::default();
-        for (member, bytes) in pairs {
-            let key = format!("{node_prefix}{}", String::from_utf8_lossy(&member));
-            match Node::decode(&key, &bytes) {
-                Ok(node) => listing.items.push(node),
-                Err(e) => listing.corrupt.push(corrupt_entry(key, e)),
+        let mut values = values.into_iter();
+        let version = values.next().and_then(|v| as_u64(&v)).unwrap_or(0);
+        let mut snapshot = NodeSnapshot {
+            version,
+            nodes: Vec::new(),
+            corrupt: Vec::new(),
+        };
+        while let (Some(member), Some(record), Some(node_version)) =
+            (values.next(), values.next(), values.next())
+        {
+            let key = format!(
+                "{node_prefix}{}",
+                String::from_utf8_lossy(&as_bytes(member))
+            );
+            match Node::decode(&key, &as_bytes(record)) {
+                Ok(node) => snapshot
+                    .nodes
+                    .push((node, as_u64(&node_version).unwrap_or(0))),
+                Err(e) => snapshot.corrupt.push(corrupt_entry(key, e)),
             }
         }
-        Ok(listing)
+        Ok(snapshot)
+    }
+
+    pub(crate) async fn list_nodes(&self) -> Result<Listing<Node>> {
+        let snapshot = self.node_snapshot().await?;
+        Ok(Listing {
+            items: snapshot.nodes.into_iter().map(|(node, _)| node).collect(),
+            corrupt: snapshot.corrupt,
+        })
     }
 
     /// Every key matching `pattern`, each once, with `SCAN` cursors followed until they wrap.
@@ -359,6 +499,141 @@ impl Core {
     }
 }
 
+/// The node list at one instant (see [`Core::node_snapshot`]).
+pub(crate) struct NodeSnapshot {
+    /// The node-change counter when the list was read: every change with a version up to it
+    /// is reflected.
+    pub(crate) version: u64,
+    /// Each listed node with the version of its record (0 for a record without one).
+    pub(crate) nodes: Vec<(Node, u64)>,
+    /// Records that do not decode.
+    pub(crate) corrupt: Vec<CorruptEntry>,
+}
+
+/// A stored claim: `<token>:<generation>:<epoch>:<node id>` (what the claim script writes).
+struct StoredClaim {
+    token: u64,
+    generation: u64,
+    epoch: u64,
+    node_id: String,
+}
+
+/// Parses a stored claim; `None` when the bytes are not one.
+fn parse_claim(bytes: &[u8]) -> Option<StoredClaim> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut parts = text.splitn(4, ':');
+    let token = parts.next()?.parse().ok().filter(|t| *t > 0)?;
+    let generation = parts.next()?.parse().ok()?;
+    let epoch = parts.next()?.parse().ok()?;
+    let node_id = parts.next().filter(|n| !n.is_empty())?.to_string();
+    Some(StoredClaim {
+        token,
+        generation,
+        epoch,
+        node_id,
+    })
+}
+
+/// The bytes of a bulk or simple string reply (empty for anything else).
+fn as_bytes(value: Value) -> Vec<u8> {
+    match value {
+        Value::BulkString(b) => b,
+        Value::SimpleString(s) => s.into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+/// An integer reply, or a string holding one.
+fn as_i64(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_u64(value: &Value) -> Option<u64> {
+    as_i64(value).and_then(|n| u64::try_from(n).ok())
+}
+
+/// A live-since instant as the two fields stored in a life hash: whole seconds since the Unix
+/// epoch and nanoseconds (a leap second's are capped, so they stay below one second).
+fn since_fields(at: DateTime<Utc>) -> (String, String) {
+    (
+        at.timestamp().to_string(),
+        at.timestamp_subsec_nanos().min(999_999_999).to_string(),
+    )
+}
+
+/// Reads the fields of [`since_fields`] back.
+fn since_from_fields(secs: &Value, nanos: &Value) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(as_i64(nanos)?).ok()?;
+    DateTime::from_timestamp(as_i64(secs)?, nanos)
+}
+
+/// A copy of an error for each fire of a batch that failed as a whole (errors are not `Clone`):
+/// the message, and whether it is retryable.
+fn copy_error(e: &Error) -> Error {
+    if e.is_retryable() {
+        Error::unavailable(e.to_string())
+    } else {
+        Error::Backend {
+            backend: BACKEND,
+            message: e.to_string(),
+            source: None,
+        }
+    }
+}
+
+/// Turns one answer of the claim script into an outcome; `key` names the claim in errors.
+fn claim_outcome(answer: Value, key: impl Fn() -> String) -> ClaimOutcome {
+    let unexpected = |what: &str| {
+        ClaimOutcome::Failed(Error::Backend {
+            backend: BACKEND,
+            message: format!("claim {}: unexpected script answer {what}", key()),
+            source: None,
+        })
+    };
+    let Value::Array(items) = answer else {
+        return unexpected(&format!("{answer:?}"));
+    };
+    let code = items.first().cloned().map(as_bytes).unwrap_or_default();
+    let token = || items.get(1).and_then(as_u64).filter(|t| *t > 0);
+    match code.as_slice() {
+        b"W" => token().map_or_else(
+            || unexpected("W without a token"),
+            |token| ClaimOutcome::Won { token },
+        ),
+        b"E" => token().map_or_else(
+            || unexpected("E without a token"),
+            |token| ClaimOutcome::WonEarlier { token },
+        ),
+        b"L" => ClaimOutcome::Lost {
+            holder: items
+                .get(1)
+                .cloned()
+                .map(as_bytes)
+                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+        },
+        b"T" => ClaimOutcome::Tombstoned,
+        b"S" => ClaimOutcome::Superseded {
+            current: items.get(1).and_then(as_u64),
+        },
+        b"D" => ClaimOutcome::Late,
+        b"F" => ClaimOutcome::Failed(Error::Corrupt {
+            key: key(),
+            reason: items
+                .get(1)
+                .cloned()
+                .map(as_bytes)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
+        }),
+        other => unexpected(&String::from_utf8_lossy(other)),
+    }
+}
+
 /// Maps the error of reading one value: a key of another type than string where a record
 /// belongs is damage ([`Error::Corrupt`]), not an outage.
 fn read_error(err: redis::RedisError, key: &str, context: &str) -> Error {
@@ -415,22 +690,6 @@ fn decode_tombstone(name: &str, key: &str, bytes: &[u8]) -> Result<Tombstone> {
     Ok(tomb)
 }
 
-/// The stored claim JSON up to and including `"token":`; the claim script appends the token
-/// and the closing brace. Built from the same serde types as [`Claim`], so it decodes as one.
-fn claim_prefix(fire: &FireKey, node_id: &str) -> Result<Vec<u8>> {
-    let fire =
-        serde_json::to_vec(fire).map_err(|e| Error::backend(BACKEND, "encoding a claim", e))?;
-    let node =
-        serde_json::to_vec(node_id).map_err(|e| Error::backend(BACKEND, "encoding a claim", e))?;
-    let mut out = Vec::with_capacity(fire.len() + node.len() + 32);
-    out.extend_from_slice(b"{\"fire\":");
-    out.extend_from_slice(&fire);
-    out.extend_from_slice(b",\"node_id\":");
-    out.extend_from_slice(&node);
-    out.extend_from_slice(b",\"token\":");
-    Ok(out)
-}
-
 #[async_trait]
 impl Registry for RedisRegistry {
     fn backend(&self) -> &'static str {
@@ -438,7 +697,10 @@ impl Registry for RedisRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES).with_records()
+        Capabilities::with_max_value_bytes(MAX_VALUE_BYTES)
+            .with_records()
+            .with_clock()
+            .with_exactly_once()
     }
 
     async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
@@ -455,7 +717,11 @@ impl Registry for RedisRegistry {
             .core
             .eval(
                 &scripts::REGISTER,
-                &[&keys.node(&node.id), &keys.node_index()],
+                &[
+                    &keys.node(&node.id),
+                    &keys.node_index(),
+                    &keys.node_version(),
+                ],
                 &[
                     lease.id.as_bytes(),
                     &node.encode(),
@@ -506,7 +772,10 @@ impl Registry for RedisRegistry {
             .core
             .eval(
                 &scripts::UPDATE_NODE,
-                &[&self.core.keys.node(&node.id)],
+                &[
+                    &self.core.keys.node(&node.id),
+                    &self.core.keys.node_version(),
+                ],
                 &[
                     lease.id.as_bytes(),
                     &node.encode(),
@@ -531,7 +800,11 @@ impl Registry for RedisRegistry {
             .core
             .eval(
                 &scripts::UNREGISTER,
-                &[&keys.node(&lease.node_id), &keys.node_index()],
+                &[
+                    &keys.node(&lease.node_id),
+                    &keys.node_index(),
+                    &keys.node_version(),
+                ],
                 &[
                     lease.id.as_bytes(),
                     member.as_bytes(),
@@ -563,6 +836,7 @@ impl Registry for RedisRegistry {
             PutMode::Update => b"update",
             PutMode::Force => b"force",
         };
+        let (since_s, since_ns) = meta.created_at.map(since_fields).unwrap_or_default();
         let answer: String = self
             .core
             .eval(
@@ -570,14 +844,16 @@ impl Registry for RedisRegistry {
                 &[
                     &keys.task(name),
                     &keys.tombstone(name),
-                    &keys.claim_index(name),
+                    &keys.life(name),
+                    &keys.token(),
                 ],
                 &[
                     mode_arg,
                     &encoded,
                     keys.task_channel().as_bytes(),
-                    keys.claim_prefix(name).as_bytes(),
                     name.as_bytes(),
+                    since_s.as_bytes(),
+                    since_ns.as_bytes(),
                 ],
                 &format!("put task `{name}`"),
             )
@@ -587,6 +863,9 @@ impl Registry for RedisRegistry {
             "exists" => Err(Error::AlreadyExists { name: name.clone() }),
             "tombstoned" => Err(Error::Tombstoned { name: name.clone() }),
             "notfound" => Err(Error::task_not_found(name.clone())),
+            "nosince" => Err(Error::InvalidArgument(format!(
+                "task `{name}`: a create-only or force write needs `created_at` (its live-since)"
+            ))),
             other => Err(Error::Backend {
                 backend: BACKEND,
                 message: format!("put task `{name}`: unexpected script answer `{other}`"),
@@ -681,16 +960,8 @@ impl Registry for RedisRegistry {
             .core
             .eval(
                 &scripts::CLEANUP_TASK,
-                &[
-                    &keys.task(name),
-                    &keys.tombstone(name),
-                    &keys.claim_index(name),
-                ],
-                &[
-                    keys.task_channel().as_bytes(),
-                    keys.claim_prefix(name).as_bytes(),
-                    name.as_bytes(),
-                ],
+                &[&keys.task(name), &keys.tombstone(name), &keys.life(name)],
+                &[keys.task_channel().as_bytes(), name.as_bytes()],
                 &format!("clean up task `{name}`"),
             )
             .await?;
@@ -737,59 +1008,99 @@ impl Registry for RedisRegistry {
         Ok(())
     }
 
+    async fn ensure_lives(&self, names: &[(String, DateTime<Utc>)]) -> Result<Vec<Life>> {
+        for (name, _) in names {
+            validate_task_name(name)?;
+        }
+        let calls = names
+            .chunks(MAX_PER_SCRIPT)
+            .map(|chunk| self.ensure_lives_once(chunk));
+        let mut lives = Vec::with_capacity(names.len());
+        for chunk in futures::future::join_all(calls).await {
+            lives.extend(chunk?);
+        }
+        Ok(lives)
+    }
+
+    async fn restart_life(&self, name: &str, at: DateTime<Utc>) -> Result<Life> {
+        validate_task_name(name)?;
+        let keys = &self.core.keys;
+        let (since_s, since_ns) = since_fields(at);
+        let generation: i64 = self
+            .core
+            .eval(
+                &scripts::RESTART_LIFE,
+                &[&keys.token(), &keys.tombstone(name), &keys.life(name)],
+                &[
+                    since_s.as_bytes(),
+                    since_ns.as_bytes(),
+                    keys.task_channel().as_bytes(),
+                    name.as_bytes(),
+                ],
+                &format!("restart the life of `{name}`"),
+            )
+            .await?;
+        let generation = u64::try_from(generation)
+            .ok()
+            .filter(|g| *g > 0)
+            .ok_or_else(|| Error::Corrupt {
+                key: keys.token(),
+                reason: format!("the sequence gave generation {generation}"),
+            })?;
+        Ok(Life::new(generation, at))
+    }
+
     async fn claim(
         &self,
-        fires: &[FireKey],
-        node_id: &str,
-        retention: Duration,
+        claimant: &Claimant,
+        requests: &[ClaimRequest],
     ) -> Result<Vec<ClaimOutcome>> {
-        if fires.is_empty() {
-            return Ok(Vec::new());
-        }
-        if retention.is_zero() {
-            return Err(Error::InvalidArgument(
-                "claim retention must be non-zero".into(),
-            ));
-        }
-        let keys = &self.core.keys;
-        let token_key = keys.token();
-        let mut key_list: Vec<String> = Vec::with_capacity(fires.len() * 3);
-        let mut arg_list: Vec<Vec<u8>> = Vec::with_capacity(fires.len() * 2 + 1);
-        arg_list.push(millis(retention).to_string().into_bytes());
-        for fire in fires {
-            validate_task_name(&fire.task)?;
-            let instant = fire.instant_millis().to_string();
-            key_list.push(keys.tombstone(&fire.task));
-            key_list.push(format!("{}{instant}", keys.claim_prefix(&fire.task)));
-            key_list.push(keys.claim_index(&fire.task));
-            arg_list.push(claim_prefix(fire, node_id)?);
-            arg_list.push(instant.into_bytes());
-        }
-        let mut key_refs: Vec<&str> = Vec::with_capacity(key_list.len() + 1);
-        key_refs.push(&token_key);
-        key_refs.extend(key_list.iter().map(String::as_str));
-        let arg_refs: Vec<&[u8]> = arg_list.iter().map(Vec::as_slice).collect();
-        let context = format!("claim {} fire(s) for node `{node_id}`", fires.len());
-        let answers: Vec<i64> = self
-            .core
-            .eval(&scripts::CLAIM, &key_refs, &arg_refs, &context)
-            .await?;
-        if answers.len() != fires.len() {
-            return Err(Error::Backend {
-                backend: BACKEND,
-                message: format!("{context}: {} answers", answers.len()),
-                source: None,
-            });
-        }
-        Ok(answers
-            .into_iter()
-            .map(|a| match a {
-                -1 => ClaimOutcome::Tombstoned,
-                token if token > 0 => ClaimOutcome::Won {
-                    token: token.unsigned_abs(),
-                },
-                _ => ClaimOutcome::Lost,
+        check_claims(requests)?;
+        // Fires with a name that cannot be a key are answered alone; the others are decided.
+        let mut outcomes: Vec<Option<ClaimOutcome>> = requests
+            .iter()
+            .map(|r| {
+                validate_task_name(&r.fire.task)
+                    .err()
+                    .map(ClaimOutcome::Failed)
             })
+            .collect();
+        let valid: Vec<(usize, &ClaimRequest)> = requests
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| outcomes[*i].is_none())
+            .collect();
+        let calls = valid
+            .chunks(MAX_PER_SCRIPT)
+            .map(|chunk| self.claim_once(claimant, chunk));
+        let answers = futures::future::join_all(calls).await;
+        let mut first_error = None;
+        let mut decided = 0usize;
+        for (chunk, answer) in valid.chunks(MAX_PER_SCRIPT).zip(answers) {
+            match answer {
+                Ok(answer) => {
+                    decided += chunk.len();
+                    for ((i, _), outcome) in chunk.iter().zip(answer) {
+                        outcomes[*i] = Some(outcome);
+                    }
+                }
+                Err(e) => {
+                    for (i, _) in chunk {
+                        outcomes[*i] = Some(ClaimOutcome::Failed(copy_error(&e)));
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        // Nothing could be decided: the batch failed as a whole.
+        if let Some(e) = first_error {
+            if decided == 0 {
+                return Err(e);
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(ClaimOutcome::Failed(Error::unavailable("not decided"))))
             .collect())
     }
 
@@ -797,7 +1108,7 @@ impl Registry for RedisRegistry {
         validate_task_name(task)?;
         let keys = &self.core.keys;
         let prefix = keys.claim_prefix(task);
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = self
+        let values: Vec<Value> = self
             .core
             .eval(
                 &scripts::LIST_CLAIMS,
@@ -807,11 +1118,26 @@ impl Registry for RedisRegistry {
             )
             .await?;
         let mut listing = Listing::default();
-        for (member, bytes) in pairs {
-            let key = format!("{prefix}{}", String::from_utf8_lossy(&member));
-            match Claim::decode(&key, &bytes) {
-                Ok(claim) => listing.items.push(claim),
-                Err(e) => listing.corrupt.push(corrupt_entry(key, e)),
+        let mut values = values.into_iter();
+        while let (Some(member), Some(value)) = (values.next(), values.next()) {
+            let member = String::from_utf8_lossy(&as_bytes(member)).into_owned();
+            let key = format!("{prefix}{member}");
+            let instant = member
+                .parse::<i64>()
+                .ok()
+                .and_then(DateTime::<Utc>::from_timestamp_millis);
+            match (instant, parse_claim(&as_bytes(value))) {
+                (Some(instant), Some(stored)) => listing.items.push(Claim {
+                    fire: FireKey::new(task, instant),
+                    node_id: stored.node_id,
+                    epoch: stored.epoch,
+                    generation: stored.generation,
+                    token: stored.token,
+                }),
+                _ => listing.corrupt.push(CorruptEntry {
+                    key,
+                    reason: "not a claim (`<token>:<generation>:<epoch>:<node id>`)".into(),
+                }),
             }
         }
         Ok(listing)
@@ -909,21 +1235,88 @@ mod tests {
     use chrono::TimeZone;
 
     #[test]
-    fn claim_prefix_plus_token_decodes_as_a_claim() {
-        let fire = FireKey::new(
-            "a:\"quoted\" ünï",
-            Utc.timestamp_millis_opt(1_700_000_000_123).unwrap(),
-        );
-        let mut bytes = claim_prefix(&fire, "node \"1\"").expect("encodes");
-        bytes.extend_from_slice(b"42}");
-        let claim = Claim::decode("k", &bytes).expect("decodes");
+    fn script_answers_become_outcomes() {
+        let key = || "k".to_string();
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let answer = |items: Vec<Value>| claim_outcome(Value::Array(items), key);
         assert_eq!(
-            claim,
-            Claim {
-                fire,
-                node_id: "node \"1\"".into(),
-                token: 42
+            answer(vec![bulk("W"), Value::Int(7)]),
+            ClaimOutcome::Won { token: 7 }
+        );
+        assert_eq!(
+            answer(vec![bulk("E"), Value::Int(7)]),
+            ClaimOutcome::WonEarlier { token: 7 }
+        );
+        assert_eq!(
+            answer(vec![bulk("L"), bulk("n 1")]),
+            ClaimOutcome::Lost {
+                holder: Some("n 1".into())
             }
+        );
+        assert_eq!(answer(vec![bulk("T")]), ClaimOutcome::Tombstoned);
+        assert_eq!(answer(vec![bulk("D")]), ClaimOutcome::Late);
+        assert_eq!(
+            answer(vec![bulk("S")]),
+            ClaimOutcome::Superseded { current: None }
+        );
+        assert_eq!(
+            answer(vec![bulk("S"), Value::Int(3)]),
+            ClaimOutcome::Superseded { current: Some(3) }
+        );
+        assert!(matches!(
+            answer(vec![bulk("F"), bulk("bad")]),
+            ClaimOutcome::Failed(Error::Corrupt { .. })
+        ));
+        for bad in [
+            Value::Nil,
+            Value::Array(vec![]),
+            Value::Array(vec![bulk("W")]),
+            Value::Array(vec![bulk("W"), Value::Int(0)]),
+            Value::Array(vec![bulk("?")]),
+        ] {
+            assert!(matches!(
+                claim_outcome(bad, key),
+                ClaimOutcome::Failed(Error::Backend { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn stored_claims_parse() {
+        let c = parse_claim(b"12:3:4:node:with:colons").expect("a claim");
+        assert_eq!(
+            (c.token, c.generation, c.epoch, c.node_id.as_str()),
+            (12, 3, 4, "node:with:colons")
+        );
+        for bad in [
+            &b""[..],
+            b"0:1:1:n",
+            b"1:1:1:",
+            b"x:1:1:n",
+            b"1:1:n",
+            b"\xff",
+        ] {
+            assert!(parse_claim(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn live_since_round_trips_through_its_fields() {
+        for at in [
+            DateTime::<Utc>::UNIX_EPOCH,
+            Utc.timestamp_opt(1_700_000_000, 123_456_789).unwrap(),
+            Utc.timestamp_opt(-5, 1).unwrap(),
+        ] {
+            let (s, ns) = since_fields(at);
+            let back = since_from_fields(
+                &Value::BulkString(s.into_bytes()),
+                &Value::BulkString(ns.into_bytes()),
+            );
+            assert_eq!(back, Some(at));
+        }
+        assert_eq!(
+            since_from_fields(&Value::BulkString(b"x".to_vec()), &Value::Int(0)),
+            None
         );
     }
 

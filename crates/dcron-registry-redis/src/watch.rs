@@ -5,7 +5,7 @@
 //!   writing script ──PUBLISH──▶ <ns>:events:db<N>:{nodes,tasks}
 //!                                          │ (own connection, not from the pool)
 //!   watcher task: ── message ─▶ parse ─▶ WatchSender ─▶ WatchStream (bounded; overflow → Resync)
-//!                 ── tick (1 s) ─▶ nodes only: list, diff against known ids ─▶ Put / Delete
+//!                 ── tick (1 s) ─▶ nodes only: snapshot, diff against what was reported ─▶ Put / Delete
 //!                 ── stream ends / ping fails ─▶ resubscribe with back-off ─▶ Resync
 //! ```
 //!
@@ -13,21 +13,20 @@
 //! [`crate::RedisRegistryConfig::node_check_interval`] and reports the ones that vanished. The
 //! watcher stops when the stream is dropped or the last clone of the registry is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dcron_core::{
-    watch_channel, Error, Node, NodeEvent, Result, ResyncEvent, TaskMetaEvent, WatchSender,
-    WatchStream,
+    watch_channel, Error, NodeEvent, Result, ResyncEvent, TaskMetaEvent, WatchSender, WatchStream,
 };
 use futures::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::time::Instant;
 
 use crate::error::from_redis;
-use crate::registry::Core;
+use crate::registry::{Core, NodeSnapshot};
 use crate::{events, RedisRegistry};
 
 /// How often an idle subscription is checked with a `PING`.
@@ -60,66 +59,127 @@ async fn subscribe(core: &Core, channel: &str) -> Result<Subscription> {
 trait Feed: Send + 'static {
     type Event: ResyncEvent + Send + Unpin + 'static;
 
-    /// Turns a published message into an event.
-    fn message(&mut self, channel: &str, payload: &[u8]) -> Self::Event;
+    /// Turns a published message into an event, or `None` to drop it.
+    fn message(&mut self, channel: &str, payload: &[u8]) -> Option<Self::Event>;
 
     /// Called after a resubscription, before the `Resync` is sent.
-    async fn resubscribed(&mut self, _core: &Core) {}
+    async fn resubscribed(&mut self, _core: &Core, _tx: &WatchSender<Self::Event>) {}
 
     /// Called on every tick while subscribed.
     async fn tick(&mut self, _core: &Core, _tx: &WatchSender<Self::Event>) {}
 }
 
-/// The node watch: knows which node ids it has reported, to notice expired registrations.
+/// The node watch. It reports what the pub/sub messages say, and on every tick compares a
+/// snapshot of the node list with what it reported, to notice expired registrations (expiry
+/// publishes nothing) and messages lost in a reconnection.
+///
+/// Messages and snapshots race: a message published just before a snapshot may be read after
+/// it. Every change carries a version from the namespace's node-change counter, and a snapshot
+/// the counter's value at the instant it was taken, so the feed keeps per node the version of
+/// the last event it reported and drops anything not newer: an event never arrives after a
+/// newer one of the same node.
 struct NodeFeed {
-    known: HashMap<String, Node>,
+    /// Listed nodes: id → version of the last event reported for it.
+    known: HashMap<String, u64>,
+    /// Nodes reported deleted since the last snapshot: id → version of that removal.
+    deleted: HashMap<String, u64>,
+    /// Every change up to this version is reflected in what was reported (the version of the
+    /// last snapshot applied).
+    floor: u64,
 }
 
-fn by_id(nodes: Vec<Node>) -> HashMap<String, Node> {
-    nodes.into_iter().map(|n| (n.id.clone(), n)).collect()
+impl NodeFeed {
+    fn new(snapshot: &NodeSnapshot) -> Self {
+        NodeFeed {
+            known: snapshot
+                .nodes
+                .iter()
+                .map(|(node, version)| (node.id.clone(), *version))
+                .collect(),
+            deleted: HashMap::new(),
+            floor: snapshot.version,
+        }
+    }
+
+    /// The version of the last event reported for `id` (the floor when none is remembered).
+    fn last(&self, id: &str) -> u64 {
+        self.known
+            .get(id)
+            .or_else(|| self.deleted.get(id))
+            .copied()
+            .unwrap_or(self.floor)
+    }
+
+    /// Reports what changed between the last events and `snapshot`, then moves the floor.
+    fn reconcile(&mut self, snapshot: NodeSnapshot, tx: &WatchSender<NodeEvent>) {
+        let listed: HashSet<&str> = snapshot.nodes.iter().map(|(n, _)| n.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .known
+            .keys()
+            .filter(|id| !listed.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.known.remove(&id);
+            self.deleted.insert(id.clone(), snapshot.version);
+            tx.send(NodeEvent::Delete { id });
+        }
+        for (node, version) in snapshot.nodes {
+            // A record without a version (written by an older release) is reported once.
+            let newer = version > self.last(&node.id)
+                || (version == 0 && !self.known.contains_key(&node.id));
+            if newer {
+                self.known.insert(node.id.clone(), version);
+                self.deleted.remove(&node.id);
+                tx.send(NodeEvent::Put(node));
+            }
+        }
+        self.floor = self.floor.max(snapshot.version);
+        let floor = self.floor;
+        self.deleted.retain(|_, version| *version > floor);
+    }
 }
 
 #[async_trait]
 impl Feed for NodeFeed {
     type Event = NodeEvent;
 
-    fn message(&mut self, channel: &str, payload: &[u8]) -> NodeEvent {
-        let event = events::node_event(channel, payload);
+    fn message(&mut self, channel: &str, payload: &[u8]) -> Option<NodeEvent> {
+        let (version, event) = events::node_event(channel, payload);
+        let Some(version) = version else {
+            return Some(event);
+        };
         match &event {
             NodeEvent::Put(node) => {
-                self.known.insert(node.id.clone(), node.clone());
+                if version <= self.last(&node.id) {
+                    return None;
+                }
+                self.known.insert(node.id.clone(), version);
+                self.deleted.remove(&node.id);
             }
             NodeEvent::Delete { id } => {
+                if version <= self.last(id) {
+                    return None;
+                }
                 self.known.remove(id);
+                self.deleted.insert(id.clone(), version);
             }
             NodeEvent::Resync => {}
         }
-        event
+        Some(event)
     }
 
-    async fn resubscribed(&mut self, core: &Core) {
-        if let Ok(listing) = core.list_nodes().await {
-            self.known = by_id(listing.items);
+    async fn resubscribed(&mut self, core: &Core, tx: &WatchSender<NodeEvent>) {
+        if let Ok(snapshot) = core.node_snapshot().await {
+            self.reconcile(snapshot, tx);
         }
     }
 
     async fn tick(&mut self, core: &Core, tx: &WatchSender<NodeEvent>) {
-        let Ok(listing) = core.list_nodes().await else {
-            // Unreachable: the subscription notices too, and resubscribing sends a Resync.
-            return;
-        };
-        let current = by_id(listing.items);
-        for id in self.known.keys() {
-            if !current.contains_key(id) {
-                tx.send(NodeEvent::Delete { id: id.clone() });
-            }
+        // Unreachable: the subscription notices too, and resubscribing sends a Resync.
+        if let Ok(snapshot) = core.node_snapshot().await {
+            self.reconcile(snapshot, tx);
         }
-        for (id, node) in &current {
-            if !self.known.contains_key(id) {
-                tx.send(NodeEvent::Put(node.clone()));
-            }
-        }
-        self.known = current;
     }
 }
 
@@ -129,27 +189,21 @@ struct TaskFeed;
 impl Feed for TaskFeed {
     type Event = TaskMetaEvent;
 
-    fn message(&mut self, channel: &str, payload: &[u8]) -> TaskMetaEvent {
-        events::task_event(channel, payload)
+    fn message(&mut self, channel: &str, payload: &[u8]) -> Option<TaskMetaEvent> {
+        Some(events::task_event(channel, payload))
     }
 }
 
 pub(crate) async fn watch_nodes(registry: &RedisRegistry) -> Result<WatchStream<NodeEvent>> {
     let core = registry.core.clone();
     let channel = core.keys.node_channel().to_string();
-    // Subscribe first, then list: a change between the two is seen twice, never missed.
+    // Subscribe first, then take a snapshot: a change between the two is in the snapshot and
+    // its message is dropped as not newer, never missed.
     let subscription = subscribe(&core, &channel).await?;
-    let known = by_id(core.list_nodes().await?.items);
+    let feed = NodeFeed::new(&core.node_snapshot().await?);
     let (tx, stream) = watch_channel(core.config.watch_buffer);
     let shutdown = registry.shutdown_rx.clone();
-    tokio::spawn(run(
-        core,
-        channel,
-        subscription,
-        tx,
-        NodeFeed { known },
-        shutdown,
-    ));
+    tokio::spawn(run(core, channel, subscription, tx, feed, shutdown));
     Ok(stream)
 }
 
@@ -180,7 +234,7 @@ async fn run<F: Feed>(
             message = subscription.stream.next() => match message {
                 Some(message) => {
                     let event = feed.message(message.get_channel_name(), message.get_payload_bytes());
-                    if !tx.send(event) {
+                    if event.is_some_and(|event| !tx.send(event)) {
                         return;
                     }
                     true
@@ -234,7 +288,7 @@ async fn resubscribe<F: Feed>(
         }
         match subscribe(core, channel).await {
             Ok(subscription) => {
-                feed.resubscribed(core).await;
+                feed.resubscribed(core, tx).await;
                 // Sent as an event rather than through `WatchSender::resync`, which only sets
                 // a flag and does not wake a receiver that is already waiting.
                 return tx.send(F::Event::resync()).then_some(subscription);

@@ -7,7 +7,10 @@ mod common;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use dcron_core::{Error, FireKey, Node, NodeStatus, PutMode, Registry, TaskMeta};
+use common::meta;
+use dcron_core::{
+    ClaimRequest, Claimant, Error, FireKey, Node, NodeStatus, PutMode, Registry, TaskMeta,
+};
 use dcron_registry_redis::{RedisKeys, RedisRegistry};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
@@ -87,14 +90,24 @@ async fn claims_expire_with_the_retention_and_are_indexed() {
         .single()
         .expect("instant");
     let fire = FireKey::new("job:a", instant);
-    let won = reg
-        .claim(std::slice::from_ref(&fire), "n1", Duration::from_secs(90))
-        .await
-        .expect("claim");
+    let won = common::claim_fires(
+        &reg,
+        "n1",
+        std::slice::from_ref(&fire),
+        Duration::from_secs(90),
+    )
+    .await
+    .expect("claim");
     assert!(won[0].is_won());
     let claim_key = format!("{}1893456000123", keys.claim_prefix("job:a"));
     let ttl = pttl(&mut raw, &claim_key).await;
     assert!(ttl > 85_000 && ttl <= 90_000, "claim ttl {ttl}");
+    // The claim names its token, the life's generation and the claimant (node id last).
+    let stored: String = raw.get(&claim_key).await.expect("get");
+    let life: std::collections::HashMap<String, String> =
+        raw.hgetall(keys.life("job:a")).await.expect("hgetall");
+    let token = won[0].token().expect("won");
+    assert_eq!(stored, format!("{token}:{}:1:n1", life["gen"]));
     let index: Vec<String> = raw
         .zrange(keys.claim_index("job:a"), 0, -1)
         .await
@@ -102,13 +115,37 @@ async fn claims_expire_with_the_retention_and_are_indexed() {
     assert_eq!(index, vec!["1893456000123".to_string()]);
     assert!(pttl(&mut raw, &keys.claim_index("job:a")).await > 85_000);
     reg.cleanup_task("job:a").await.expect("cleanup");
+    let life_left: bool = raw.exists(keys.life("job:a")).await.expect("exists");
+    assert!(!life_left, "cleanup removed the life");
+    // Claims stay until their retention ends, whatever happens to the name.
+    reg.cleanup_all().await.expect("cleanup all");
     let left: bool = raw.exists(&claim_key).await.expect("exists");
-    assert!(!left, "cleanup removed the claim through the index");
-    assert!(reg
-        .claim(&[fire], "n2", Duration::from_secs(90))
+    assert!(left, "cleanups keep the claim");
+    assert!(
+        pttl(&mut raw, &claim_key).await > 80_000,
+        "with its retention"
+    );
+    assert_eq!(
+        common::claim_fires(&reg, "n2", &[fire], Duration::from_secs(90))
+            .await
+            .expect("claim"),
+        vec![dcron_core::ClaimOutcome::Lost {
+            holder: Some("n1".into())
+        }]
+    );
+    let index: Vec<String> = raw
+        .zrange(keys.claim_index("job:a"), 0, -1)
         .await
-        .expect("claim")[0]
-        .is_won());
+        .expect("zrange");
+    assert_eq!(
+        index,
+        vec!["1893456000123".to_string()],
+        "the index is kept too"
+    );
+    let _: () = raw
+        .del(&[claim_key.clone(), keys.claim_index("job:a")])
+        .await
+        .expect("del");
     reg.cleanup_all().await.expect("cleanup all");
 }
 
@@ -127,12 +164,9 @@ async fn cleanup_all_keeps_nodes_and_other_namespaces() {
         .expect("register");
     for r in [&reg, &other] {
         for i in 0..1500 {
-            r.put_task(
-                &TaskMeta::new(format!("t{i}"), "@hourly"),
-                PutMode::CreateOnly,
-            )
-            .await
-            .expect("put");
+            r.put_task(&meta(&format!("t{i}"), "@hourly"), PutMode::CreateOnly)
+                .await
+                .expect("put");
         }
         r.mark_deleted("t1", Utc::now()).await.expect("mark");
     }
@@ -157,9 +191,8 @@ async fn keys_of_the_wrong_type_are_corrupt_not_fatal() {
         return;
     };
     let keys = RedisKeys::new(&ns, 0);
-    reg.put_task(&TaskMeta::new("good", "@hourly"), PutMode::CreateOnly)
-        .await
-        .expect("put");
+    let good = meta("good", "@hourly");
+    reg.put_task(&good, PutMode::CreateOnly).await.expect("put");
     let _: () = raw.hset(keys.task("hashed"), "f", "v").await.expect("hset");
     let _: () = raw
         .set(
@@ -177,7 +210,7 @@ async fn keys_of_the_wrong_type_are_corrupt_not_fatal() {
         Err(Error::Corrupt { .. })
     ));
     let listing = reg.list_tasks().await.expect("list");
-    assert_eq!(listing.items, vec![TaskMeta::new("good", "@hourly")]);
+    assert_eq!(listing.items, vec![good]);
     let mut bad: Vec<&str> = listing.corrupt.iter().map(|c| c.key.as_str()).collect();
     bad.sort();
     assert_eq!(bad, vec![keys.task("hashed"), keys.task("renamed")]);
@@ -212,13 +245,23 @@ async fn bad_arguments_are_typed_errors() {
         Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(
-        reg.put_task(&TaskMeta::new("a/b", "@hourly"), PutMode::CreateOnly)
+        reg.put_task(&meta("a/b", "@hourly"), PutMode::CreateOnly)
             .await,
         Err(Error::InvalidTaskName { .. })
     ));
-    let fire = FireKey::new("t", Utc::now());
+    // A create-only or force write needs its live-since.
+    for mode in [PutMode::CreateOnly, PutMode::Force] {
+        assert!(matches!(
+            reg.put_task(&TaskMeta::new("no-since", "@hourly"), mode)
+                .await,
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+    assert_eq!(reg.get_task("no-since").await.expect("get"), None);
+    let now = Utc::now();
+    let request = ClaimRequest::new(FireKey::new("t", now), 1, now, Duration::ZERO);
     assert!(matches!(
-        reg.claim(&[fire], "n", Duration::ZERO).await,
+        reg.claim(&Claimant::new("n", 1), &[request]).await,
         Err(Error::InvalidArgument(_))
     ));
     let lease = reg
@@ -238,14 +281,13 @@ async fn keys_that_are_not_utf8_are_corrupt_and_cleaned_up() {
     let Some((reg, mut raw, ns)) = setup("binary").await else {
         return;
     };
-    reg.put_task(&TaskMeta::new("fine", "@hourly"), PutMode::CreateOnly)
-        .await
-        .expect("put");
+    let fine = meta("fine", "@hourly");
+    reg.put_task(&fine, PutMode::CreateOnly).await.expect("put");
     let mut key = format!("{ns}:task:").into_bytes();
     key.extend_from_slice(b"\xff\xfe");
     let _: () = raw.set(&key, "{").await.expect("set");
     let listing = reg.list_tasks().await.expect("list despite a binary key");
-    assert_eq!(listing.items, vec![TaskMeta::new("fine", "@hourly")]);
+    assert_eq!(listing.items, vec![fine]);
     assert_eq!(listing.corrupt.len(), 1, "{:?}", listing.corrupt);
     reg.cleanup_all()
         .await
@@ -270,11 +312,11 @@ async fn databases_are_isolated_including_watches() {
     }
     let mut db0_events = db0.watch_tasks().await.expect("watch db0");
     let mut db1_events = db1.watch_tasks().await.expect("watch db1");
-    let in_db1 = TaskMeta::new("only-in-db1", "@hourly");
+    let in_db1 = meta("only-in-db1", "@hourly");
     db1.put_task(&in_db1, PutMode::CreateOnly)
         .await
         .expect("put");
-    let marker = TaskMeta::new("marker-in-db0", "@hourly");
+    let marker = meta("marker-in-db0", "@hourly");
     db0.put_task(&marker, PutMode::CreateOnly)
         .await
         .expect("put");

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use common::{OwnedFactory, OwnedServer};
+use common::{claim_fires, meta, OwnedFactory, OwnedServer};
 use dcron_core::{
-    ClaimOutcome, Error, FireKey, Node, PutMode, Registry, TaskMeta, TaskMetaEvent, WatchStream,
+    ClaimOutcome, ClaimRequest, Claimant, Error, FireKey, Node, PutMode, Registry, TaskMetaEvent,
+    WatchStream,
 };
 use dcron_registry_redis::{RedisRegistry, RedisRegistryConfig};
 use dcron_testkit::{cases, run_case, CaseError, RegistryFactory};
@@ -98,7 +99,7 @@ async fn race(clients: &[RedisRegistry], fires: &[FireKey]) -> HashMap<FireKey, 
     let answers = futures::future::join_all(clients.iter().enumerate().map(|(i, c)| {
         let fires = fires.to_vec();
         async move {
-            c.claim(&fires, &format!("client-{i}"), Duration::from_secs(600))
+            claim_fires(c, &format!("client-{i}"), &fires, Duration::from_secs(600))
                 .await
                 .expect("claim")
         }
@@ -127,12 +128,9 @@ async fn restart_recovers_keeps_tasks_and_never_wins_a_claim_twice() {
     }
     let reg = clients[0].clone();
     for i in 0..20 {
-        reg.put_task(
-            &TaskMeta::new(format!("t{i}"), "@every 1s"),
-            PutMode::CreateOnly,
-        )
-        .await
-        .expect("put");
+        reg.put_task(&meta(&format!("t{i}"), "@every 1s"), PutMode::CreateOnly)
+            .await
+            .expect("put");
     }
     reg.mark_deleted("t0", Utc::now()).await.expect("tombstone");
 
@@ -167,7 +165,7 @@ async fn restart_recovers_keeps_tasks_and_never_wins_a_claim_twice() {
         }
     }
     assert_eq!(
-        reg.claim(&[fire("t0", 1)], "x", Duration::from_secs(60))
+        claim_fires(&reg, "x", &[fire("t0", 1)], Duration::from_secs(60))
             .await
             .expect("claim"),
         vec![ClaimOutcome::Tombstoned]
@@ -210,11 +208,11 @@ async fn watch_resubscribes_after_a_lost_connection_and_a_restart() {
         .await,
         "a Resync after the subscription was killed"
     );
-    let meta = TaskMeta::new("after-kill", "@hourly");
-    reg.put_task(&meta, PutMode::CreateOnly).await.expect("put");
+    let task = meta("after-kill", "@hourly");
+    reg.put_task(&task, PutMode::CreateOnly).await.expect("put");
     assert!(
         next_task_event(&mut stream, Duration::from_secs(5), |e| {
-            *e == TaskMetaEvent::Put(meta.clone())
+            *e == TaskMetaEvent::Put(task.clone())
         })
         .await,
         "events flow again after resubscribing"
@@ -232,11 +230,11 @@ async fn watch_resubscribes_after_a_lost_connection_and_a_restart() {
         .await,
         "a Resync after the server restarted"
     );
-    let meta = TaskMeta::new("after-restart", "@hourly");
-    reg.put_task(&meta, PutMode::CreateOnly).await.expect("put");
+    let task = meta("after-restart", "@hourly");
+    reg.put_task(&task, PutMode::CreateOnly).await.expect("put");
     assert!(
         next_task_event(&mut stream, Duration::from_secs(5), |e| {
-            *e == TaskMetaEvent::Put(meta.clone())
+            *e == TaskMetaEvent::Put(task.clone())
         })
         .await,
         "events flow again after the restart"
@@ -281,11 +279,11 @@ async fn acl_user_works_and_wrong_credentials_are_access_denied_quickly() {
         .expect("config");
     reg.ping().await.expect("ping as app");
     let mut events = reg.watch_tasks().await.expect("watch as app");
-    let meta = TaskMeta::new("acl:task", "@hourly");
-    reg.put_task(&meta, PutMode::CreateOnly).await.expect("put");
+    let task = meta("acl:task", "@hourly");
+    reg.put_task(&task, PutMode::CreateOnly).await.expect("put");
     assert!(
         next_task_event(&mut events, Duration::from_secs(5), |e| {
-            *e == TaskMetaEvent::Put(meta.clone())
+            *e == TaskMetaEvent::Put(task.clone())
         })
         .await
     );
@@ -296,8 +294,7 @@ async fn acl_user_works_and_wrong_credentials_are_access_denied_quickly() {
         .expect("register");
     reg.keep_alive(&lease).await.expect("keep alive");
     assert_eq!(reg.list_nodes().await.expect("nodes").items, vec![node]);
-    let won = reg
-        .claim(&[fire("acl:task", 0)], "n1", Duration::from_secs(60))
+    let won = claim_fires(&reg, "n1", &[fire("acl:task", 0)], Duration::from_secs(60))
         .await
         .expect("claim");
     assert!(won[0].is_won());
@@ -309,7 +306,7 @@ async fn acl_user_works_and_wrong_credentials_are_access_denied_quickly() {
             .len(),
         1
     );
-    assert_eq!(reg.list_tasks().await.expect("list").items, vec![meta]);
+    assert_eq!(reg.list_tasks().await.expect("list").items, vec![task]);
     reg.mark_deleted("acl:task", Utc::now())
         .await
         .expect("mark");
@@ -321,7 +318,7 @@ async fn acl_user_works_and_wrong_credentials_are_access_denied_quickly() {
         .build()
         .expect("config");
     let refused = elsewhere
-        .put_task(&TaskMeta::new("x", "@hourly"), PutMode::CreateOnly)
+        .put_task(&meta("x", "@hourly"), PutMode::CreateOnly)
         .await;
     assert!(
         matches!(refused, Err(Error::AccessDenied(_))),
@@ -345,7 +342,7 @@ async fn acl_user_works_and_wrong_credentials_are_access_denied_quickly() {
             "{bad}: {ping:?}"
         );
         let put = reg
-            .put_task(&TaskMeta::new("x", "@hourly"), PutMode::CreateOnly)
+            .put_task(&meta("x", "@hourly"), PutMode::CreateOnly)
             .await;
         assert!(matches!(put, Err(Error::AccessDenied(_))), "{bad}: {put:?}");
         let watch = reg.watch_nodes().await.err();
@@ -374,9 +371,7 @@ async fn nothing_listening_is_unavailable_quickly() {
     let started = Instant::now();
     let ping = reg.ping().await;
     assert!(matches!(&ping, Err(e) if e.is_retryable()), "{ping:?}");
-    let claim = reg
-        .claim(&[fire("t", 0)], "n", Duration::from_secs(1))
-        .await;
+    let claim = claim_fires(&reg, "n", &[fire("t", 0)], Duration::from_secs(1)).await;
     assert!(
         matches!(&claim, Err(Error::Unavailable { .. })),
         "{claim:?}"
@@ -428,8 +423,15 @@ async fn a_batch_of_claims_is_one_script_call() {
     let Some(server) = owned(&[]) else { return };
     let reg = common::open(&server.url(), "batch").await.expect("open");
     let mut raw = common::raw(&server.url()).await.expect("raw");
-    // The first call loads the script (NOSCRIPT, SCRIPT LOAD, EVALSHA); later ones do not.
-    reg.claim(&[fire("warm-up", 0)], "n", Duration::from_secs(60))
+    // The first call loads the scripts (NOSCRIPT, SCRIPT LOAD, EVALSHA); later ones do not.
+    let fires: Vec<FireKey> = (0..300)
+        .map(|i| fire(&format!("task {}", i % 7), i))
+        .collect();
+    let mut tasks: Vec<(String, chrono::DateTime<Utc>)> =
+        (0..7).map(|t| (format!("task {t}"), Utc::now())).collect();
+    tasks.push(("warm-up".into(), Utc::now()));
+    let lives = reg.ensure_lives(&tasks).await.expect("lives");
+    claim_fires(&reg, "n", &[fire("warm-up", 0)], Duration::from_secs(60))
         .await
         .expect("claim");
     let _: () = redis::cmd("CONFIG")
@@ -437,11 +439,20 @@ async fn a_batch_of_claims_is_one_script_call() {
         .query_async(&mut raw)
         .await
         .expect("resetstat");
-    let fires: Vec<FireKey> = (0..300)
-        .map(|i| fire(&format!("task {}", i % 7), i))
+    let requests: Vec<ClaimRequest> = fires
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            ClaimRequest::new(
+                f.clone(),
+                lives[i % 7].generation,
+                f.instant + chrono::Duration::days(1),
+                Duration::from_secs(60),
+            )
+        })
         .collect();
     let outcomes = reg
-        .claim(&fires, "n", Duration::from_secs(60))
+        .claim(&Claimant::new("n", 1), &requests)
         .await
         .expect("claim");
     assert!(outcomes.iter().all(ClaimOutcome::is_won));
@@ -453,6 +464,11 @@ async fn a_batch_of_claims_is_one_script_call() {
     assert_eq!(calls(&info, "evalsha"), 1, "{info}");
     assert_eq!(calls(&info, "eval"), 0, "{info}");
     assert_eq!(calls(&info, "script|load"), 0, "{info}");
-    // Inside the script: one SET per fire, nothing sent one by one from the client.
+    // Inside the script: one SET per won fire, nothing sent one by one from the client.
     assert_eq!(calls(&info, "set"), 300, "{info}");
+    assert_eq!(calls(&info, "incrby"), 1, "{info}");
+    // Each task's tombstone is read and its index written once, not once per fire.
+    assert_eq!(calls(&info, "exists"), 7, "{info}");
+    assert_eq!(calls(&info, "zadd"), 7, "{info}");
+    assert_eq!(calls(&info, "get"), 0, "{info}");
 }

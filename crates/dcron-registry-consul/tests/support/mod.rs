@@ -81,4 +81,3 @@ pub fn kv_path(key: &str) -> String {
     }
     out
 }
-

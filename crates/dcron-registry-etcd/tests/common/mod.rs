@@ -2,12 +2,15 @@
 //! servers owned by a test (own ports, own data directory, killed on drop).
 #![allow(dead_code)] // each test binary uses a part of it
 
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dcron_core::Error;
+use chrono::{DateTime, TimeZone, Utc};
+use dcron_core::{Error, Lease, TaskMeta};
 use dcron_registry_etcd::{EtcdRegistry, EtcdRegistryConfig};
 use tokio::time::Instant;
 
@@ -24,6 +27,50 @@ pub fn skip<T>(test: &str, reason: impl std::fmt::Display) -> Option<T> {
     println!("{test}: skipped: {reason}");
     eprintln!("{test}: skipped: {reason}");
     None
+}
+
+/// A task record as a node writes it: `created_at` (its live-since) set, to a fixed instant so
+/// that records built apart compare equal.
+pub fn meta(name: impl Into<String>, cron: &str) -> TaskMeta {
+    let mut meta = TaskMeta::new(name, cron);
+    meta.created_at = Some(live_since());
+    meta
+}
+
+/// The live-since of [`meta`]'s records: 2030-01-01T00:00:00Z.
+pub fn live_since() -> DateTime<Utc> {
+    Utc.timestamp_opt(1_893_456_000, 0)
+        .single()
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+#[allow(unused_imports)] // not every test file claims
+pub use dcron_testkit::harness::claim_fires;
+
+/// etcd grants leases of at least 2 s (its minimum TTL with the default timing), in whole seconds.
+pub const MIN_TTL: Duration = Duration::from_secs(2);
+
+/// Revokes a lease from outside, as if the server had timed it out.
+pub async fn revoke(reg: &EtcdRegistry, lease: &Lease) -> dcron_core::Result<()> {
+    let id: i64 = lease
+        .id
+        .parse()
+        .map_err(|_| Error::InvalidArgument(format!("not an etcd lease id: {}", lease.id)))?;
+    match reg.client().clone().lease_revoke(id).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("lease not found") => Ok(()),
+        Err(e) => Err(Error::backend("etcd", "revoke lease", e)),
+    }
+}
+
+/// Stores raw bytes where the registry keeps the record of `name`.
+pub async fn raw_put(reg: &EtcdRegistry, name: &str, bytes: &[u8]) -> dcron_core::Result<()> {
+    reg.client()
+        .clone()
+        .put(reg.task_key(name), bytes.to_vec(), None)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::backend("etcd", "raw put", e))
 }
 
 /// A namespace nobody else uses.
@@ -97,6 +144,7 @@ pub struct OwnedEtcd {
     dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    extra: Vec<String>,
     child: std::sync::Mutex<Option<Child>>,
 }
 
@@ -112,6 +160,11 @@ impl std::fmt::Debug for OwnedEtcd {
 impl OwnedEtcd {
     /// Starts a server and waits until it answers; `None` (skip) when there is no etcd binary.
     pub async fn start(test: &str) -> Option<OwnedEtcd> {
+        OwnedEtcd::start_with(test, &[]).await
+    }
+
+    /// [`OwnedEtcd::start`] with more `etcd` arguments (e.g. `--max-txn-ops`).
+    pub async fn start_with(test: &str, extra: &[&str]) -> Option<OwnedEtcd> {
         let Some(binary) = etcd_binary() else {
             return skip(
                 test,
@@ -129,6 +182,7 @@ impl OwnedEtcd {
             dir,
             client_port: free_port().expect("a free port"),
             peer_port: free_port().expect("a free port"),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             child: std::sync::Mutex::new(None),
         };
         server.spawn();
@@ -174,6 +228,7 @@ impl OwnedEtcd {
             .arg(format!("owned={peer}"))
             .arg("--initial-cluster-state")
             .arg("new")
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log)

@@ -3,15 +3,18 @@
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dcron_core::{Error, Lease, Registry};
+use chrono::Utc;
+use dcron_core::{Error, Lease, Registry, TaskMeta};
 use dcron_registry_redis::{RedisKeys, RedisRegistry, RedisRegistryConfig};
-use dcron_testkit::{async_trait, RegistryFactory};
+use dcron_testkit::{async_trait, Hooks, RegistryFactory};
 use redis::AsyncCommands;
 
 /// Whether a missing server must fail the test instead of skipping it.
@@ -25,6 +28,16 @@ pub fn skip(reason: &str) {
     eprintln!("skipped: {reason}");
     println!("skipped: {reason}");
 }
+
+/// A task record as a node writes it: `created_at` (its live-since) set to now.
+pub fn meta(name: &str, cron: &str) -> TaskMeta {
+    let mut meta = TaskMeta::new(name, cron);
+    meta.created_at = Some(Utc::now());
+    meta
+}
+
+#[allow(unused_imports)] // not every test file claims
+pub use dcron_testkit::harness::claim_fires;
 
 /// Builds a registry on `url` in `namespace` and checks that the server answers.
 pub async fn open(url: &str, namespace: &str) -> dcron_core::Result<RedisRegistry> {
@@ -94,6 +107,10 @@ impl RegistryFactory for SharedServer {
 
     async fn open(&self, namespace: &str) -> dcron_core::Result<Arc<dyn Registry>> {
         Ok(Arc::new(open(&self.url, namespace).await?))
+    }
+
+    fn hooks(&self) -> Option<Hooks> {
+        Some(Hooks::none().with_expire_lease().with_write_raw_task())
     }
 
     async fn expire_lease(&self, namespace: &str, lease: &Lease) -> dcron_core::Result<()> {
@@ -265,6 +282,15 @@ impl RegistryFactory for OwnedFactory {
 
     async fn open(&self, namespace: &str) -> dcron_core::Result<Arc<dyn Registry>> {
         Ok(Arc::new(open(&self.url()?, namespace).await?))
+    }
+
+    fn hooks(&self) -> Option<Hooks> {
+        Some(
+            Hooks::none()
+                .with_restart_server()
+                .with_expire_lease()
+                .with_write_raw_task(),
+        )
     }
 
     async fn restart_server(&self) -> dcron_core::Result<()> {

@@ -22,7 +22,9 @@
 //!
 //! An expected fire with no execution is **lost in flight** when every claim the registry
 //! granted for it went to a process that **ended before it could start the fire**: it
-//! crashed, or its driver failed on purpose ([`super::Fault::PanicNode`]). This is the
+//! crashed, its driver failed on purpose ([`super::Fault::PanicNode`]), or it was asked to stop
+//! while cut off from the registry (it cannot learn, within its grace period, that a claim it
+//! sent was applied). This is the
 //! at-most-once edge of the design (a claim is the right to run, and nobody else may run a
 //! claimed fire); it is reported separately and is not a violation. A winner whose reply was
 //! lost retries as the same claimant and is answered `WonEarlier`, so a lost reply never
@@ -122,7 +124,9 @@ pub struct RunRecord {
     pub lifecycle: Vec<LifeEvent>,
     /// Task changes, in order.
     pub task_events: Vec<TaskEvent>,
-    /// Processes that ended before the end of the run without leaving: crashed, or failed.
+    /// Processes that ended before the end of the run unable to finish their claims in flight:
+    /// crashed, failed, or asked to stop while cut off from the registry (partitioned, losing
+    /// replies or calls, frozen).
     pub crashed: BTreeSet<String>,
     /// Claims the registry granted.
     pub claims: ClaimLog,

@@ -120,7 +120,8 @@ impl SlotFaults {
 
     /// Whether a fault that changes call outcomes is in force (latency alone does not count).
     pub fn disturbed(&self) -> bool {
-        self.partitioned()
+        *self.frozen.borrow()
+            || self.partitioned()
             || self.drop_percent.load(Ordering::SeqCst) > 0
             || self.fail_percent.load(Ordering::SeqCst) > 0
     }

@@ -417,6 +417,11 @@ impl Sim {
             }
             Fault::Leave { node } => {
                 if let Some(p) = self.slots[node].proc.take() {
+                    // A process asked to stop while cut off from the registry (or frozen)
+                    // cannot learn the fate of its claims in flight before its grace ends.
+                    if self.slots[node].faults.disturbed() {
+                        self.crashed.insert(p.label.clone());
+                    }
                     let n = p.node.clone();
                     self.leaving.push(p.node);
                     tokio::spawn(async move {

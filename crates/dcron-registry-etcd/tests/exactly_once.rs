@@ -1,0 +1,890 @@
+//! The exactly-once contract on etcd: lives and generations (revisions), the claim rules in
+//! order, one outcome per fire, batches split by `--max-txn-ops`, tokens across cleanups,
+//! retention and lease bounds, stale leases, watch order and isolation, and a claim whose reply
+//! is lost. On the shared server (`DCRON_TEST_ETCD_ENDPOINTS`), and on servers the tests own
+//! where they need one. Unreachable → skipped with the reason printed (fails under
+//! `DCRON_TEST_REQUIRE=1`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use common::{eventually, fresh_namespace, meta, proxy::Proxy, shared, shared_in, OwnedEtcd};
+use dcron_core::{
+    expiry_tolerance, ClaimOutcome, ClaimRequest, Claimant, Error, FireKey, Life, Node, NodeEvent,
+    PutMode, Registry, TaskMetaEvent, MAX_WATCH_DELAY,
+};
+use dcron_registry_etcd::{EtcdRegistry, EtcdRegistryConfig};
+use futures::StreamExt;
+use tokio::time::Instant;
+
+const LONG: Duration = Duration::from_secs(600);
+
+fn at(offset_ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(1_893_456_000_000 + offset_ms)
+        .single()
+        .expect("valid instant")
+}
+
+fn fire(task: &str, i: i64) -> FireKey {
+    FireKey::new(task, at(i * 1000))
+}
+
+/// A request for `fire` in `life` whose deadline is a day away.
+fn request(fire: &FireKey, life: &Life) -> ClaimRequest {
+    ClaimRequest::new(
+        fire.clone(),
+        life.generation,
+        fire.instant + chrono::Duration::days(1),
+        LONG,
+    )
+}
+
+async fn life_of(reg: &EtcdRegistry, name: &str) -> Life {
+    reg.ensure_lives(&[(name.to_string(), Utc::now())])
+        .await
+        .expect("ensure_lives")[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_callers_get_the_same_lives_in_one_call_each() {
+    let Some(reg) = shared("lives_race").await else {
+        return;
+    };
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(
+            shared_in("lives_race", reg.namespace())
+                .await
+                .expect("connect"),
+        );
+    }
+    // More names than one transaction holds: the batch is split, invisibly.
+    let names: Vec<String> = (0..300).map(|i| format!("static:{i} ✓")).collect();
+    let calls = clients.iter().enumerate().map(|(c, client)| {
+        let asked: Vec<(String, DateTime<Utc>)> = names
+            .iter()
+            .map(|n| (n.clone(), at(c as i64 * 1000)))
+            .collect();
+        async move { client.ensure_lives(&asked).await.expect("ensure_lives") }
+    });
+    let answers = futures::future::join_all(calls).await;
+    for answer in &answers {
+        assert_eq!(answer.len(), names.len(), "one life per name, in order");
+        assert_eq!(answer, &answers[0], "every caller gets the same lives");
+    }
+    assert!(answers[0].iter().all(|l| l.generation > 0));
+    for life in &answers[0] {
+        assert!(
+            (0..8).any(|c| life.live_since == at(c * 1000)),
+            "live-since is one caller's instant: {life:?}"
+        );
+    }
+    let twice = reg
+        .ensure_lives(&[("dup".into(), at(1)), ("dup".into(), at(2))])
+        .await
+        .expect("ensure_lives");
+    assert_eq!(twice[0], twice[1]);
+    assert_eq!(twice[0].live_since, at(1));
+    let precise = Utc
+        .timestamp_opt(1_900_000_000, 123_456_789)
+        .single()
+        .expect("instant");
+    let life = reg
+        .ensure_lives(&[("precise".into(), precise)])
+        .await
+        .expect("ensure_lives")[0];
+    assert_eq!(life.live_since, precise);
+    reg.cleanup_all().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_start_keep_and_remove_lives() {
+    let Some(reg) = shared("life_writes").await else {
+        return;
+    };
+    let mut task = meta("dyn", "@hourly");
+    task.created_at = Some(at(0));
+    reg.put_task(&task, PutMode::CreateOnly).await.expect("put");
+    let first = life_of(&reg, "dyn").await;
+    assert_eq!(first.live_since, at(0), "create-only starts the life");
+
+    reg.put_task(&task.clone().with_payload("v2"), PutMode::Update)
+        .await
+        .expect("update");
+    reg.mark_deleted("dyn", Utc::now()).await.expect("mark");
+    reg.clear_tombstone("dyn").await.expect("clear");
+    assert_eq!(
+        life_of(&reg, "dyn").await,
+        first,
+        "update, mark-deleted and clear keep the life"
+    );
+
+    task.created_at = Some(at(5000));
+    reg.put_task(&task, PutMode::Force).await.expect("force");
+    let forced = life_of(&reg, "dyn").await;
+    assert!(
+        forced.generation > first.generation,
+        "force starts a new life"
+    );
+    assert_eq!(forced.live_since, at(5000));
+
+    reg.cleanup_task("dyn").await.expect("cleanup");
+    let after = reg
+        .ensure_lives(&[("dyn".into(), at(9000))])
+        .await
+        .expect("ensure_lives")[0];
+    assert!(after.generation > forced.generation, "cleanup removed it");
+    assert_eq!(after.live_since, at(9000));
+
+    reg.mark_deleted("gone", Utc::now()).await.expect("mark");
+    assert!(life_of(&reg, "gone").await.generation > 0);
+    reg.cleanup_all().await.expect("cleanup");
+    assert!(life_of(&reg, "gone").await.generation > after.generation);
+
+    // A create-only or force write needs its live-since; nothing is written without it.
+    for mode in [PutMode::CreateOnly, PutMode::Force] {
+        assert!(matches!(
+            reg.put_task(&dcron_core::TaskMeta::new("no-since", "@hourly"), mode)
+                .await,
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+    assert_eq!(reg.get_task("no-since").await.expect("get"), None);
+    reg.cleanup_all().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_life_clears_tombstone_and_claims_and_keeps_the_record() {
+    let Some(reg) = shared("restart_life").await else {
+        return;
+    };
+    let task = meta("reused", "@hourly");
+    reg.put_task(&task, PutMode::CreateOnly).await.expect("put");
+    let old = life_of(&reg, "reused").await;
+    let me = Claimant::new("a", 1);
+    let f = fire("reused", 0);
+    assert!(reg.claim(&me, &[request(&f, &old)]).await.expect("claim")[0].is_won());
+    reg.mark_deleted("reused", Utc::now()).await.expect("mark");
+    let mut events = reg.watch_tasks().await.expect("watch");
+
+    let new = reg.restart_life("reused", at(7)).await.expect("restart");
+    assert!(new.generation > old.generation);
+    assert_eq!(new.live_since, at(7));
+    assert_eq!(life_of(&reg, "reused").await, new);
+    assert_eq!(reg.get_tombstone("reused").await.expect("get"), None);
+    assert_eq!(reg.get_task("reused").await.expect("get"), Some(task));
+    assert_eq!(
+        reg.list_claims("reused").await.expect("list").items.len(),
+        1,
+        "claims are kept"
+    );
+    let event = tokio::time::timeout(MAX_WATCH_DELAY, events.next()).await;
+    assert_eq!(
+        event.ok().flatten(),
+        Some(TaskMetaEvent::TombstoneCleared {
+            name: "reused".into()
+        })
+    );
+    // The old life's requests are refused; in the new life the instant claimed in the old one
+    // stays claimed, and other instants are claimable.
+    assert_eq!(
+        reg.claim(&me, &[request(&f, &old)]).await.expect("claim")[0],
+        ClaimOutcome::Superseded {
+            current: Some(new.generation)
+        }
+    );
+    assert_eq!(
+        reg.claim(&Claimant::new("b", 1), &[request(&f, &new)])
+            .await
+            .expect("claim")[0],
+        ClaimOutcome::Lost {
+            holder: Some("a".into())
+        }
+    );
+    assert!(reg
+        .claim(&me, &[request(&fire("reused", 1), &new)])
+        .await
+        .expect("claim")[0]
+        .is_won());
+    reg.cleanup_all().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_rules_apply_in_order_without_a_clock() {
+    let Some(reg) = shared("claim_rules").await else {
+        return;
+    };
+    assert!(reg.capabilities().exactly_once);
+    assert!(
+        !reg.capabilities().clock,
+        "an etcd transaction cannot compare with the time"
+    );
+    let life = life_of(&reg, "t").await;
+    let me = Claimant::new("node-a", 1);
+    let f0 = fire("t", 0);
+
+    let out = reg
+        .claim(&me, &[request(&fire("lifeless", 0), &life)])
+        .await
+        .expect("claim");
+    assert_eq!(out, vec![ClaimOutcome::Superseded { current: None }]);
+    // Generation 0 is no life: refused with or without a life for the name.
+    let zero = Life::new(0, life.live_since);
+    assert_eq!(
+        reg.claim(
+            &me,
+            &[
+                request(&fire("lifeless", 1), &zero),
+                request(&fire("t", 99), &zero)
+            ]
+        )
+        .await
+        .expect("claim"),
+        vec![
+            ClaimOutcome::Superseded { current: None },
+            ClaimOutcome::Superseded {
+                current: Some(life.generation)
+            }
+        ]
+    );
+    let stale = Life::new(life.generation + 1000, life.live_since);
+    assert_eq!(
+        reg.claim(&me, &[request(&f0, &stale)])
+            .await
+            .expect("claim"),
+        vec![ClaimOutcome::Superseded {
+            current: Some(life.generation)
+        }]
+    );
+    assert!(reg.list_claims("t").await.expect("list").items.is_empty());
+
+    // No clock: a deadline in the past is the node's to check; the claim is decided as usual.
+    let past = ClaimRequest::new(
+        f0.clone(),
+        life.generation,
+        Utc::now() - chrono::Duration::seconds(5),
+        LONG,
+    );
+    let won = reg
+        .claim(&me, std::slice::from_ref(&past))
+        .await
+        .expect("claim");
+    let token = won[0].token().expect("won");
+    assert_eq!(won[0], ClaimOutcome::Won { token });
+    assert_eq!(
+        reg.claim(&me, &[request(&f0, &life)]).await.expect("claim"),
+        vec![ClaimOutcome::WonEarlier { token }]
+    );
+    for other in [Claimant::new("node-b", 1), Claimant::new("node-a", 2)] {
+        assert_eq!(
+            reg.claim(&other, &[request(&f0, &life)])
+                .await
+                .expect("claim"),
+            vec![ClaimOutcome::Lost {
+                holder: Some("node-a".into())
+            }],
+            "{other}"
+        );
+    }
+    let listed = reg.list_claims("t").await.expect("list");
+    assert_eq!(listed.items.len(), 1);
+    let claim = &listed.items[0];
+    assert_eq!(
+        (
+            claim.fire.clone(),
+            claim.claimant(),
+            claim.generation,
+            claim.token
+        ),
+        (f0.clone(), me.clone(), life.generation, token)
+    );
+
+    // A fire twice in one batch is decided once: the copy answers as a retry would.
+    let f1 = fire("t", 1);
+    let out = reg
+        .claim(&me, &[request(&f1, &life), request(&f1, &life)])
+        .await
+        .expect("claim");
+    let t1 = out[0].token().expect("won");
+    assert_eq!(
+        out,
+        vec![
+            ClaimOutcome::Won { token: t1 },
+            ClaimOutcome::WonEarlier { token: t1 }
+        ]
+    );
+
+    reg.mark_deleted("t", Utc::now()).await.expect("mark");
+    for r in [request(&f0, &life), request(&fire("t", 9), &stale)] {
+        assert_eq!(
+            reg.claim(&me, &[r]).await.expect("claim"),
+            vec![ClaimOutcome::Tombstoned]
+        );
+    }
+    assert!(reg.claim(&me, &[]).await.expect("empty batch").is_empty());
+    let zero = ClaimRequest::new(f0, life.generation, at(0), Duration::ZERO);
+    assert!(matches!(
+        reg.claim(&me, &[zero]).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    reg.cleanup_all().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_key_fails_one_fire() {
+    let Some(reg) = shared("bad_key").await else {
+        return;
+    };
+    let life = life_of(&reg, "good").await;
+    let damaged = fire("good", 1);
+    let claim_key = format!(
+        "/{}/claims/good/{}",
+        reg.namespace(),
+        damaged.instant_millis()
+    );
+    reg.client()
+        .clone()
+        .put(claim_key.clone(), "junk", None)
+        .await
+        .expect("raw put");
+    let me = Claimant::new("n", 1);
+    let batch = vec![
+        request(&fire("good", 0), &life),
+        request(&damaged, &life),
+        request(&FireKey::new("a/b", at(0)), &life),
+        request(&fire("good", 2), &life),
+    ];
+    let out = reg.claim(&me, &batch).await.expect("the batch is decided");
+    assert_eq!(out.len(), batch.len());
+    assert!(out[0].is_won(), "{out:?}");
+    assert!(
+        matches!(&out[1], ClaimOutcome::Failed(Error::Corrupt { key, .. }) if *key == claim_key),
+        "{out:?}"
+    );
+    assert!(
+        matches!(out[2], ClaimOutcome::Failed(Error::InvalidTaskName { .. })),
+        "{out:?}"
+    );
+    assert!(out[3].is_won(), "{out:?}");
+    let listed = reg.list_claims("good").await.expect("list");
+    assert_eq!(listed.items.len(), 2);
+    assert_eq!(listed.corrupt.len(), 1);
+
+    // A life whose value is damaged is replaced by a new life.
+    let life_key = format!("/{}/lives/broken", reg.namespace());
+    let before = life_of(&reg, "broken").await;
+    reg.client()
+        .clone()
+        .put(life_key, "junk", None)
+        .await
+        .expect("raw put");
+    let repaired = reg
+        .ensure_lives(&[("broken".into(), at(5))])
+        .await
+        .expect("lives")[0];
+    assert!(repaired.generation > before.generation);
+    assert_eq!(repaired.live_since, at(5));
+    assert!(reg
+        .claim(&me, &[request(&fire("broken", 0), &repaired)])
+        .await
+        .expect("claim")[0]
+        .is_won());
+    reg.cleanup_all().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_generations_grow_across_cleanup_force_and_cleanup_all() {
+    let Some(reg) = shared("tokens").await else {
+        return;
+    };
+    let me = Claimant::new("n", 1);
+    let mut last_token = 0;
+    let mut last_generation = 0;
+    let mut check = |life: Life, outcomes: Vec<ClaimOutcome>| {
+        assert!(
+            life.generation > last_generation,
+            "generation {life:?} after {last_generation}"
+        );
+        last_generation = life.generation;
+        let mut tokens = Vec::new();
+        for o in outcomes {
+            let token = o.token().expect("won");
+            assert!(token > last_token, "token {token} after {last_token}");
+            tokens.push(token);
+        }
+        let distinct: BTreeSet<u64> = tokens.iter().copied().collect();
+        assert_eq!(distinct.len(), tokens.len(), "distinct tokens in a batch");
+        last_token = tokens.into_iter().max().unwrap_or(last_token);
+    };
+    // Each call claims other instants: claims outlive cleanups and new lives.
+    let mut calls = 0;
+    let mut batch = |life: Life| -> Vec<ClaimRequest> {
+        calls += 1;
+        (0..20)
+            .map(|i| request(&fire("fenced", calls * 100 + i), &life))
+            .collect()
+    };
+    for round in 0..3 {
+        let life = life_of(&reg, "fenced").await;
+        let out = reg.claim(&me, &batch(life)).await.expect("claim");
+        check(life, out);
+        match round {
+            0 => reg.cleanup_task("fenced").await.expect("cleanup"),
+            1 => reg.cleanup_all().await.expect("cleanup all"),
+            _ => {}
+        }
+    }
+    let mut task = meta("fenced", "@hourly");
+    reg.put_task(&task, PutMode::Force).await.expect("force");
+    let life = life_of(&reg, "fenced").await;
+    check(life, reg.claim(&me, &batch(life)).await.expect("claim"));
+    task.created_at = Some(Utc::now());
+    reg.put_task(&task, PutMode::Force).await.expect("force");
+    let life = life_of(&reg, "fenced").await;
+    check(life, reg.claim(&me, &batch(life)).await.expect("claim"));
+    let life = reg
+        .restart_life("fenced", Utc::now())
+        .await
+        .expect("restart");
+    check(life, reg.claim(&me, &batch(life)).await.expect("claim"));
+    reg.cleanup_all().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_kept_for_their_retention_and_gone_within_the_tolerance() {
+    let Some(reg) = shared("retention").await else {
+        return;
+    };
+    let retention = Duration::from_secs(2);
+    let life = life_of(&reg, "kept").await;
+    let short = fire("kept", 0);
+    let long = fire("kept", 1);
+    let started = Instant::now();
+    let out = reg
+        .claim(
+            &Claimant::new("a", 1),
+            &[
+                ClaimRequest::new(
+                    short.clone(),
+                    life.generation,
+                    at(0) + chrono::Duration::days(1),
+                    retention,
+                ),
+                request(&long, &life),
+            ],
+        )
+        .await
+        .expect("claim");
+    assert!(out.iter().all(ClaimOutcome::is_won), "{out:?}");
+    let other = Claimant::new("b", 1);
+    loop {
+        let probe = reg
+            .claim(&other, &[request(&short, &life)])
+            .await
+            .expect("claim");
+        let elapsed = started.elapsed();
+        if elapsed >= retention.mul_f64(0.9) {
+            break;
+        }
+        assert!(
+            matches!(probe[0], ClaimOutcome::Lost { .. }),
+            "claim gone after {elapsed:?} of {retention:?}: {probe:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bound = retention + expiry_tolerance(retention);
+    let gone = eventually(bound.saturating_sub(started.elapsed()), || async {
+        let listed = reg.list_claims("kept").await.expect("list");
+        !listed.items.iter().any(|c| c.fire == short)
+    })
+    .await;
+    assert!(
+        gone,
+        "a claim with retention {retention:?} still listed after {bound:?}"
+    );
+    assert!(reg
+        .claim(&other, &[request(&short, &life)])
+        .await
+        .expect("claim")[0]
+        .is_won());
+    assert_eq!(
+        reg.claim(&other, &[request(&long, &life)])
+            .await
+            .expect("claim"),
+        vec![ClaimOutcome::Lost {
+            holder: Some("a".into())
+        }]
+    );
+    reg.cleanup_all().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_leases_are_kept_for_their_ttl_and_end_within_the_tolerance() {
+    let Some(reg) = shared("node_ttl").await else {
+        return;
+    };
+    let ttl = Duration::from_secs(2);
+    let mut watch = reg.watch_nodes().await.expect("watch");
+    let lease = reg
+        .register(&Node::new("short", Utc::now()), ttl)
+        .await
+        .expect("register");
+    assert!(lease.ttl >= ttl, "granted {:?} for {ttl:?}", lease.ttl);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let renewed = Instant::now();
+    reg.keep_alive(&lease).await.expect("keep alive");
+    while renewed.elapsed() < lease.ttl.mul_f64(0.9) {
+        assert!(
+            reg.list_nodes()
+                .await
+                .expect("list")
+                .items
+                .iter()
+                .any(|n| n.id == "short"),
+            "node gone {:?} after its keep-alive (TTL {:?})",
+            renewed.elapsed(),
+            lease.ttl
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bound = lease.ttl + expiry_tolerance(lease.ttl);
+    let gone = eventually(bound.saturating_sub(renewed.elapsed()), || async {
+        !reg.list_nodes()
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .any(|n| n.id == "short")
+    })
+    .await;
+    assert!(
+        gone,
+        "node still listed {bound:?} after its last keep-alive"
+    );
+    let deadline = renewed + bound + MAX_WATCH_DELAY;
+    let mut deleted = false;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, watch.next()).await {
+        if event == (NodeEvent::Delete { id: "short".into() }) {
+            deleted = true;
+            break;
+        }
+    }
+    assert!(deleted, "no Delete for the expired node");
+    assert!(matches!(
+        reg.keep_alive(&lease).await,
+        Err(Error::LeaseLost { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_lease_can_neither_update_nor_remove_the_newer_registration() {
+    let Some(reg) = shared("stale_lease").await else {
+        return;
+    };
+    let mut node = Node::new("n", Utc::now());
+    let old = reg.register(&node, LONG).await.expect("register");
+    node.hostname = "newer".into();
+    let new = reg.register(&node, LONG).await.expect("register again");
+    assert_ne!(old.id, new.id);
+    let mut stale = node.clone();
+    stale.hostname = "stale".into();
+    assert!(matches!(
+        reg.update_node(&old, &stale).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        reg.keep_alive(&old).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    reg.unregister(&old)
+        .await
+        .expect("a stale unregister is Ok");
+    assert_eq!(
+        reg.list_nodes().await.expect("list").items,
+        vec![node.clone()]
+    );
+    reg.keep_alive(&new).await.expect("the newer lease lives");
+    reg.unregister(&new).await.expect("unregister");
+    assert!(reg.list_nodes().await.expect("list").items.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_events_never_go_back_in_time() {
+    let Some(reg) = shared("node_order").await else {
+        return;
+    };
+    let mut watch = reg.watch_nodes().await.expect("watch");
+    const UPDATES: u32 = 100;
+    for round in 0..3u32 {
+        let mut node = Node::new("racer", Utc::now());
+        node.weight = round * 1000;
+        let lease = reg.register(&node, LONG).await.expect("register");
+        for i in 1..=UPDATES {
+            node.weight = round * 1000 + i;
+            reg.update_node(&lease, &node).await.expect("update");
+        }
+        reg.unregister(&lease).await.expect("unregister");
+    }
+    let mut events = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), watch.next()).await
+    {
+        events.push(event);
+    }
+    let mut last: Option<u32> = None;
+    let mut deleted_after: Option<u32> = None;
+    for (i, event) in events.iter().enumerate() {
+        match event {
+            NodeEvent::Put(node) => {
+                if let Some(last) = last {
+                    assert!(
+                        node.weight > last,
+                        "event {i}: weight {} after {last}",
+                        node.weight
+                    );
+                }
+                if let Some(d) = deleted_after {
+                    assert!(
+                        node.weight / 1000 > d / 1000,
+                        "event {i}: weight {} after the Delete that followed {d}",
+                        node.weight
+                    );
+                }
+                last = Some(node.weight);
+                deleted_after = None;
+            }
+            NodeEvent::Delete { .. } => deleted_after = last,
+            NodeEvent::Resync => panic!("event {i}: a Resync on a healthy watch"),
+        }
+    }
+    assert_eq!(
+        events.last(),
+        Some(&NodeEvent::Delete { id: "racer".into() })
+    );
+    assert_eq!(last, Some(2000 + UPDATES), "the last update reported");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_of_a_namespace_that_is_a_prefix_of_another_see_only_their_own() {
+    let base = fresh_namespace("prefix");
+    let mut regs = Vec::new();
+    for ns in [base.clone(), format!("{base}-b"), format!("{base}/b")] {
+        let Some(reg) = shared_in("prefix", &ns).await else {
+            return;
+        };
+        regs.push(reg);
+    }
+    let mut task_watches = Vec::new();
+    let mut node_watches = Vec::new();
+    for reg in &regs {
+        task_watches.push(reg.watch_tasks().await.expect("watch"));
+        node_watches.push(reg.watch_nodes().await.expect("watch"));
+    }
+    let mut leases = Vec::new();
+    for (i, reg) in regs.iter().enumerate() {
+        reg.put_task(&meta(format!("task-{i}"), "@hourly"), PutMode::CreateOnly)
+            .await
+            .expect("put");
+        leases.push(
+            reg.register(&Node::new(format!("node-{i}"), Utc::now()), LONG)
+                .await
+                .expect("register"),
+        );
+    }
+    for (i, (tasks, nodes)) in task_watches.iter_mut().zip(&mut node_watches).enumerate() {
+        let got = tokio::time::timeout(MAX_WATCH_DELAY, tasks.next())
+            .await
+            .ok()
+            .flatten();
+        assert!(
+            matches!(&got, Some(TaskMetaEvent::Put(m)) if m.name == format!("task-{i}")),
+            "namespace {i}: {got:?}"
+        );
+        let got = tokio::time::timeout(MAX_WATCH_DELAY, nodes.next())
+            .await
+            .ok()
+            .flatten();
+        assert!(
+            matches!(&got, Some(NodeEvent::Put(n)) if n.id == format!("node-{i}")),
+            "namespace {i}: {got:?}"
+        );
+        let more = tokio::time::timeout(Duration::from_millis(300), tasks.next()).await;
+        assert!(more.is_err(), "namespace {i}: unexpected {more:?}");
+        let more = tokio::time::timeout(Duration::from_millis(300), nodes.next()).await;
+        assert!(more.is_err(), "namespace {i}: unexpected {more:?}");
+    }
+    for (reg, lease) in regs.iter().zip(&leases) {
+        reg.unregister(lease).await.expect("unregister");
+        reg.cleanup_all().await.expect("cleanup");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_reply_is_lost_is_answered_won_earlier_on_retry() {
+    let Some(direct) = shared("lost_reply").await else {
+        return;
+    };
+    let upstream = std::env::var(dcron_registry_etcd::TEST_ENDPOINTS_ENV)
+        .ok()
+        .and_then(|v| v.split(',').next().map(str::trim).map(String::from))
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| dcron_registry_etcd::DEFAULT_ENDPOINT.to_string());
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    let proxy = Proxy::start(&upstream).await.expect("proxy");
+    let through = EtcdRegistryConfig::new([proxy.addr().to_string()])
+        .namespace(direct.namespace())
+        .request_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("connect through the proxy");
+    let life = life_of(&through, "lossy").await;
+    let me = Claimant::new("winner", 3);
+    // Warm up: the retention lease exists, so the lost call is the claim transaction alone.
+    assert!(through
+        .claim(&me, &[request(&fire("lossy", 0), &life)])
+        .await
+        .expect("claim")[0]
+        .is_won());
+
+    let f = fire("lossy", 1);
+    let claim_key = format!(
+        "/{}/claims/lossy/{}",
+        direct.namespace(),
+        f.instant_millis()
+    );
+    proxy.swallow_replies_after(claim_key.as_bytes());
+    let lost = through.claim(&me, &[request(&f, &life)]).await;
+    assert!(
+        proxy.triggered(),
+        "the claim request went through the proxy"
+    );
+    assert!(matches!(&lost, Err(e) if e.is_retryable()), "{lost:?}");
+    let applied = eventually(Duration::from_secs(5), || async {
+        direct
+            .list_claims("lossy")
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .any(|c| c.fire == f)
+    })
+    .await;
+    assert!(applied, "the claim was not applied");
+    let stored = direct
+        .list_claims("lossy")
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .find(|c| c.fire == f)
+        .expect("listed");
+    assert_eq!(stored.claimant(), me);
+    proxy.disarm();
+    proxy.cut();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let retried = loop {
+        match through.claim(&me, &[request(&f, &life)]).await {
+            Ok(out) => break out,
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("retry failed: {e}"),
+        }
+    };
+    assert_eq!(
+        retried,
+        vec![ClaimOutcome::WonEarlier {
+            token: stored.token
+        }]
+    );
+    assert_eq!(
+        direct
+            .claim(&Claimant::new("other", 1), &[request(&f, &life)])
+            .await
+            .expect("claim"),
+        vec![ClaimOutcome::Lost {
+            holder: Some("winner".into())
+        }]
+    );
+    direct.cleanup_all().await.expect("cleanup");
+}
+
+/// A server started with `--max-txn-ops 16`: with the limit configured, claim, life and record
+/// batches much larger than 16 operations are split invisibly; a client left at the default
+/// (128) halves a refused claim transaction until it fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_split_by_the_servers_txn_limit() {
+    let Some(server) = OwnedEtcd::start_with("max_txn_ops", &["--max-txn-ops", "16"]).await else {
+        return;
+    };
+    let namespace = fresh_namespace("max_txn_ops");
+    let reg = server
+        .config(&namespace)
+        .max_txn_ops(16)
+        .connect()
+        .await
+        .expect("connect");
+    let names: Vec<(String, DateTime<Utc>)> =
+        (0..100).map(|i| (format!("wide-{i}"), at(0))).collect();
+    let lives = reg.ensure_lives(&names).await.expect("lives");
+    assert_eq!(lives.len(), 100);
+    let mut batch: Vec<ClaimRequest> = (0..300)
+        .map(|i| {
+            request(
+                &fire(&format!("wide-{}", i % 100), i),
+                &lives[i as usize % 100],
+            )
+        })
+        .collect();
+    // A repeated fire spanning two transactions is still decided once.
+    batch.push(batch[3].clone());
+    let out = reg
+        .claim(&Claimant::new("a", 1), &batch)
+        .await
+        .expect("claim");
+    assert_eq!(out.len(), batch.len());
+    let tokens: BTreeSet<u64> = out[..300].iter().map(|o| o.token().expect("won")).collect();
+    assert_eq!(tokens.len(), 300, "distinct tokens");
+    assert_eq!(
+        out[300],
+        ClaimOutcome::WonEarlier {
+            token: out[3].token().expect("won")
+        }
+    );
+    let again = reg
+        .claim(&Claimant::new("b", 1), &batch[..300])
+        .await
+        .expect("claim");
+    assert!(again.iter().all(|o| *o
+        == ClaimOutcome::Lost {
+            holder: Some("a".into())
+        }));
+    let records: Vec<(String, Vec<u8>)> = (0..50).map(|i| (format!("r{i}"), vec![1])).collect();
+    reg.put_records(dcron_core::RecordKind::Status, &records)
+        .await
+        .expect("records");
+    assert_eq!(
+        reg.list_records(dcron_core::RecordKind::Status)
+            .await
+            .expect("list")
+            .len(),
+        50
+    );
+
+    // Not told about the limit: the refused transactions are halved until they fit.
+    let unaware = server.config(&namespace).connect().await.expect("connect");
+    let out = unaware
+        .claim(&Claimant::new("c", 1), &batch[..200])
+        .await
+        .expect("claim");
+    assert_eq!(out.len(), 200);
+    assert!(out.iter().all(|o| *o
+        == ClaimOutcome::Lost {
+            holder: Some("a".into())
+        }));
+    let again = unaware.ensure_lives(&names).await.expect("lives");
+    assert_eq!(again, lives);
+}
