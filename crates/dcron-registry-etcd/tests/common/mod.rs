@@ -199,8 +199,8 @@ impl OwnedEtcd {
     pub fn config(&self, namespace: &str) -> EtcdRegistryConfig {
         EtcdRegistryConfig::new([self.endpoint()])
             .namespace(namespace)
-            .connect_timeout(Duration::from_secs(1))
-            .request_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(2))
+            .request_timeout(Duration::from_secs(5))
     }
 
     fn spawn(&self) {
