@@ -11,9 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
-    Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, Lease, Life, Listing, Node,
-    NodeEvent, PutMode, RecordKind, Registry, Result, TaskMeta, TaskMetaEvent, Tombstone,
-    WatchStream,
+    Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, FireKey, Lease, Life, Listing, Node,
+    NodeEvent, PutMode, RecordKind, Registry, Result, SlotOutcome, TaskMeta, TaskMetaEvent,
+    Tombstone, WatchStream,
 };
 
 /// The registry operations that are counted.
@@ -59,6 +59,10 @@ pub enum Op {
     Claim,
     /// `list_claims`
     ListClaims,
+    /// `acquire_slot`
+    AcquireSlot,
+    /// `release_slot`
+    ReleaseSlot,
     /// `put_records` (one call per batch)
     PutRecords,
     /// `get_record`
@@ -71,7 +75,7 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in a fixed order.
-    pub const ALL: [Op; 24] = [
+    pub const ALL: [Op; 26] = [
         Op::Register,
         Op::KeepAlive,
         Op::UpdateNode,
@@ -92,6 +96,8 @@ impl Op {
         Op::RestartLife,
         Op::Claim,
         Op::ListClaims,
+        Op::AcquireSlot,
+        Op::ReleaseSlot,
         Op::PutRecords,
         Op::GetRecord,
         Op::ListRecords,
@@ -121,6 +127,8 @@ impl Op {
             Op::RestartLife => "restart_life",
             Op::Claim => "claim",
             Op::ListClaims => "list_claims",
+            Op::AcquireSlot => "acquire_slot",
+            Op::ReleaseSlot => "release_slot",
             Op::PutRecords => "put_records",
             Op::GetRecord => "get_record",
             Op::ListRecords => "list_records",
@@ -330,6 +338,16 @@ impl Registry for CountingRegistry {
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>> {
         self.counters.bump(Op::ListClaims);
         self.inner.list_claims(task).await
+    }
+
+    async fn acquire_slot(&self, lease: &Lease, fire: &FireKey) -> Result<SlotOutcome> {
+        self.counters.bump(Op::AcquireSlot);
+        self.inner.acquire_slot(lease, fire).await
+    }
+
+    async fn release_slot(&self, lease: &Lease, fire: &FireKey) -> Result<()> {
+        self.counters.bump(Op::ReleaseSlot);
+        self.inner.release_slot(lease, fire).await
     }
 
     async fn put_records(&self, kind: RecordKind, records: &[(String, Vec<u8>)]) -> Result<()> {

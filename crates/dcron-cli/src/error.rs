@@ -143,9 +143,10 @@ impl From<dcron_core::Error> for CliError {
                 name,
             } => CliError::not_found(format!("task `{name}` is not marked deleted")),
             E::NotFound { what, name } => CliError::not_found(format!("{what} `{name}` not found")),
-            e @ (E::InvalidSchedule { .. } | E::InvalidTaskName { .. } | E::InvalidArgument(_)) => {
-                CliError::usage(e.to_string())
-            }
+            e @ (E::InvalidSchedule { .. }
+            | E::InvalidTimeZone { .. }
+            | E::InvalidTaskName { .. }
+            | E::InvalidArgument(_)) => CliError::usage(e.to_string()),
             E::Unavailable { message, .. } => {
                 CliError::unreachable(format!("registry unreachable: {message}"))
             }
@@ -179,6 +180,12 @@ mod tests {
                 Error::InvalidSchedule {
                     expr: "x".into(),
                     reason: "bad".into(),
+                },
+                EXIT_USAGE,
+            ),
+            (
+                Error::InvalidTimeZone {
+                    zone: "Mars/Olympus".into(),
                 },
                 EXIT_USAGE,
             ),

@@ -44,13 +44,23 @@ pub enum Error {
         /// The node id.
         node: String,
     },
-    /// The schedule expression does not parse, or names an unknown time zone.
-    #[error("invalid schedule `{expr}`: {reason}")]
+    /// The schedule expression does not parse. The reason names the field and the rule it
+    /// breaks, e.g. `invalid schedule "0 61 * * *": minute 61 is out of range 0–59`.
+    #[error("invalid schedule \"{expr}\": {reason}")]
     InvalidSchedule {
         /// The expression as given.
         expr: String,
         /// Why it was refused.
         reason: String,
+    },
+    /// The time zone is not a known IANA zone name.
+    #[error(
+        "unknown time zone \"{zone}\": use an IANA zone name such as \"Europe/Berlin\", \
+         \"America/New_York\" or \"UTC\""
+    )]
+    InvalidTimeZone {
+        /// The zone as given.
+        zone: String,
     },
     /// The task name breaks the naming rules (non-empty, at most 200 bytes, no control
     /// characters, no `/`).

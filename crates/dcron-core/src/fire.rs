@@ -30,6 +30,10 @@ use crate::types::{FireKey, TaskMeta};
 /// How often a queued fire looks again whether the running one ended.
 const QUEUE_POLL: Duration = Duration::from_millis(100);
 
+/// Attempts at releasing a running slot (with a growing wait between them) before leaving it
+/// to end with the lease.
+const RELEASE_ATTEMPTS: u32 = 8;
+
 /// Fires per runtime worker below which a pool is not shared with another worker.
 const GATE_MIN: usize = 256;
 
@@ -193,6 +197,11 @@ pub(crate) struct FireEnv {
     pub(crate) stopping: CancellationToken,
     pub(crate) internal: mpsc::UnboundedSender<Internal>,
     pub(crate) running: Arc<RunningSet>,
+    /// The node's lease in force (none between registrations): running slots are held under it.
+    pub(crate) lease: Arc<Mutex<Option<crate::registry::Lease>>>,
+    /// Whether the registry keeps running slots ([`crate::Capabilities::slots`]): the
+    /// cluster-wide overlap check is then its atomic slot, not the published markers alone.
+    pub(crate) slots: bool,
     /// Fires that ended, for the task status, drained by the driver when it writes or
     /// reports status (not one driver message per fire, so a burst of fires does not wake
     /// the driver once per fire).
@@ -500,8 +509,13 @@ async fn run(env: Arc<FireEnv>, l: Launch, share: Share) {
         share.cancel.clone()
     };
     // Boxed: tracked fires are the rare case, and their wait would double every fire's size.
-    if tracked && !Box::pin(start_tracked(&env, &l, overlap, &cancel)).await {
-        return;
+    // `slot`: the lease under which this fire holds its task's running slot in the registry.
+    let mut slot = None;
+    if tracked {
+        match Box::pin(start_tracked(&env, &l, overlap, &cancel)).await {
+            Some(held) => slot = held,
+            None => return,
+        }
     }
     // A fire claimed ahead of its instant whose task was deleted, paused, changed or started a
     // new life meanwhile does not start (its claim stays: nobody else runs it either).
@@ -512,8 +526,7 @@ async fn run(env: Arc<FireEnv>, l: Launch, share: Share) {
     if moved {
         env.skipped(env.info(&l.key, l.kind), SkipReason::Cancelled);
         if tracked {
-            env.running.end(&l.key.task, l.token, l.key.instant);
-            let _ = env.internal.send(Internal::RunningChanged);
+            end_tracked(&env, &l, slot);
         }
         return;
     }
@@ -526,27 +539,26 @@ async fn run(env: Arc<FireEnv>, l: Launch, share: Share) {
             .events
             .send(DcronEvent::Missed(env.info(&l.key, l.kind)));
         if tracked {
-            env.running.end(&l.key.task, l.token, l.key.instant);
-            let _ = env.internal.send(Internal::RunningChanged);
+            end_tracked(&env, &l, slot);
         }
         return;
     }
     let error = attempts(&env, &l, cancel, tracked, &share).await;
     if tracked {
-        env.running.end(&l.key.task, l.token, l.key.instant);
-        let _ = env.internal.send(Internal::RunningChanged);
+        end_tracked(&env, &l, slot);
     }
     finish(&env, &l, error).await;
 }
 
-/// Registers a tracked fire in the running set per its overlap policy; `false` when it must
-/// not run (reported as skipped).
+/// Registers a tracked fire in the running set per its overlap policy and, with a registry
+/// that keeps running slots, takes the task's slot: `None` when it must not run (reported as
+/// skipped or missed), else the lease holding the slot (none without slots).
 async fn start_tracked(
     env: &FireEnv,
     l: &Launch,
     overlap: OverlapPolicy,
     cancel: &CancellationToken,
-) -> bool {
+) -> Option<Option<crate::registry::Lease>> {
     let mut entry = RunningEntry {
         fire: RunningFire {
             task: l.key.task.clone(),
@@ -556,15 +568,15 @@ async fn start_tracked(
         overlap,
         cancel: cancel.clone(),
     };
+    let deadline = l.key.instant
+        + chrono::Duration::from_std(l.window).unwrap_or_else(|_| chrono::Duration::zero());
     // Start now, wait in the queue, or skip.
     if let Err(back) = env.running.try_start(entry) {
         entry = back;
         if overlap != OverlapPolicy::Queue || !env.running.take_queue_slot(&l.key.task) {
             env.skipped(env.info(&l.key, l.kind), SkipReason::Overlap);
-            return false;
+            return None;
         }
-        let deadline = l.key.instant
-            + chrono::Duration::from_std(l.window).unwrap_or_else(|_| chrono::Duration::zero());
         let started = loop {
             if env.stopping.is_cancelled() || env.clock.now() > deadline {
                 break false;
@@ -578,11 +590,104 @@ async fn start_tracked(
         env.running.release_queue_slot(&l.key.task);
         if !started {
             env.skipped(env.info(&l.key, l.kind), SkipReason::Overlap);
-            return false;
+            return None;
         }
     }
     let _ = env.internal.send(Internal::RunningChanged);
-    true
+    if !env.slots {
+        return Some(None);
+    }
+    // The registry's slot is the cluster-wide check: atomic, so two nodes never both start.
+    match take_slot(env, l, overlap, deadline).await {
+        SlotTaken::Yes(lease) => Some(Some(lease)),
+        SlotTaken::Held => {
+            env.running.end(&l.key.task, l.token, l.key.instant);
+            let _ = env.internal.send(Internal::RunningChanged);
+            env.skipped(env.info(&l.key, l.kind), SkipReason::Overlap);
+            None
+        }
+        SlotTaken::Unknown => {
+            env.running.end(&l.key.task, l.token, l.key.instant);
+            let _ = env.internal.send(Internal::RunningChanged);
+            tracing::warn!(fire = %l.key, "the running slot could not be taken before the deadline: not run");
+            metrics::counter!("dcron_fires_missed_total").increment(1);
+            let _ = env
+                .events
+                .send(DcronEvent::Missed(env.info(&l.key, l.kind)));
+            None
+        }
+    }
+}
+
+/// How taking a running slot ended.
+enum SlotTaken {
+    /// Held under this lease.
+    Yes(crate::registry::Lease),
+    /// Another fire holds it (and the policy does not wait, or the wait ran out).
+    Held,
+    /// No answer before the deadline (registry unreachable, no lease).
+    Unknown,
+}
+
+/// Takes the task's running slot for `l`: at once, or for `Queue` by waiting until it is free.
+/// Unanswered calls are retried (the same call again is safe) until the fire's deadline.
+async fn take_slot(
+    env: &FireEnv,
+    l: &Launch,
+    overlap: OverlapPolicy,
+    deadline: DateTime<Utc>,
+) -> SlotTaken {
+    let mut held = false;
+    loop {
+        let lease = env.lease.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(lease) = lease {
+            match env.registry.acquire_slot(&lease, &l.key).await {
+                Ok(crate::types::SlotOutcome::Taken) => return SlotTaken::Yes(lease),
+                Ok(_) if overlap != OverlapPolicy::Queue => return SlotTaken::Held,
+                Ok(_) => held = true,
+                Err(e) => {
+                    tracing::debug!(fire = %l.key, error = %e, "taking the running slot failed; retried");
+                    held = false;
+                }
+            }
+        }
+        if env.stopping.is_cancelled() || env.clock.now() > deadline {
+            return if held {
+                SlotTaken::Held
+            } else {
+                SlotTaken::Unknown
+            };
+        }
+        tokio::time::sleep(QUEUE_POLL).await;
+    }
+}
+
+/// A tracked fire ended (or did not start after all): off the running set, and its running
+/// slot released in the background (retried a while; it ends with the lease in any case).
+fn end_tracked(env: &FireEnv, l: &Launch, slot: Option<crate::registry::Lease>) {
+    env.running.end(&l.key.task, l.token, l.key.instant);
+    let _ = env.internal.send(Internal::RunningChanged);
+    let Some(lease) = slot else {
+        return;
+    };
+    let registry = env.registry.clone();
+    let key = l.key.clone();
+    env.handlers.spawn(async move {
+        let mut wait = QUEUE_POLL;
+        for attempt in 1..=RELEASE_ATTEMPTS {
+            match registry.release_slot(&lease, &key).await {
+                Ok(()) => return,
+                Err(e) if attempt == RELEASE_ATTEMPTS || !e.is_retryable() => {
+                    tracing::error!(fire = %key, error = %e, "releasing the running slot failed; it ends with the lease");
+                    return;
+                }
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    });
 }
 
 /// After the last attempt: status, the error handler, one-shot bookkeeping.

@@ -16,8 +16,8 @@ use tracing::Instrument;
 use crate::error::{Error, Result};
 use crate::registry::{Capabilities, Lease, PutMode, RecordKind, Registry, WatchStream};
 use crate::types::{
-    Claim, ClaimOutcome, ClaimRequest, Claimant, Life, Listing, Node, NodeEvent, TaskMeta,
-    TaskMetaEvent, Tombstone,
+    Claim, ClaimOutcome, ClaimRequest, Claimant, FireKey, Life, Listing, Node, NodeEvent,
+    SlotOutcome, TaskMeta, TaskMetaEvent, Tombstone,
 };
 
 /// A registry that records metrics and a tracing span for each call to the one it wraps.
@@ -69,6 +69,7 @@ pub fn error_kind(e: &Error) -> &'static str {
         Error::NotFound { .. } => "not_found",
         Error::LeaseLost { .. } => "lease_lost",
         Error::InvalidSchedule { .. } => "invalid_schedule",
+        Error::InvalidTimeZone { .. } => "invalid_time_zone",
         Error::InvalidTaskName { .. } => "invalid_task_name",
         Error::InvalidArgument(_) => "invalid_argument",
         Error::Unavailable { .. } => "unavailable",
@@ -189,6 +190,16 @@ impl Registry for InstrumentedRegistry {
 
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>> {
         self.call("list_claims", 1, self.inner.list_claims(task))
+            .await
+    }
+
+    async fn acquire_slot(&self, lease: &Lease, fire: &FireKey) -> Result<SlotOutcome> {
+        self.call("acquire_slot", 1, self.inner.acquire_slot(lease, fire))
+            .await
+    }
+
+    async fn release_slot(&self, lease: &Lease, fire: &FireKey) -> Result<()> {
+        self.call("release_slot", 1, self.inner.release_slot(lease, fire))
             .await
     }
 

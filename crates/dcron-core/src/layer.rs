@@ -47,8 +47,8 @@ use chrono::{DateTime, Utc};
 use crate::error::Result;
 use crate::registry::{Capabilities, Lease, PutMode, RecordKind, Registry, WatchStream};
 use crate::types::{
-    Claim, ClaimOutcome, ClaimRequest, Claimant, Life, Listing, Node, NodeEvent, TaskMeta,
-    TaskMetaEvent, Tombstone,
+    Claim, ClaimOutcome, ClaimRequest, Claimant, FireKey, Life, Listing, Node, NodeEvent,
+    SlotOutcome, TaskMeta, TaskMetaEvent, Tombstone,
 };
 
 /// A registry wrapper: names the registry it wraps; every method forwards to it unless
@@ -172,6 +172,16 @@ pub trait RegistryLayer: Send + Sync + std::fmt::Debug + 'static {
         self.inner().list_claims(task).await
     }
 
+    /// Takes a running slot (see [`Registry::acquire_slot`]).
+    async fn acquire_slot(&self, lease: &Lease, fire: &FireKey) -> Result<SlotOutcome> {
+        self.inner().acquire_slot(lease, fire).await
+    }
+
+    /// Frees a running slot (see [`Registry::release_slot`]).
+    async fn release_slot(&self, lease: &Lease, fire: &FireKey) -> Result<()> {
+        self.inner().release_slot(lease, fire).await
+    }
+
     /// Writes records (see [`Registry::put_records`]).
     async fn put_records(&self, kind: RecordKind, records: &[(String, Vec<u8>)]) -> Result<()> {
         self.inner().put_records(kind, records).await
@@ -289,6 +299,14 @@ impl<L: RegistryLayer> Registry for Layered<L> {
 
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>> {
         self.0.list_claims(task).await
+    }
+
+    async fn acquire_slot(&self, lease: &Lease, fire: &FireKey) -> Result<SlotOutcome> {
+        self.0.acquire_slot(lease, fire).await
+    }
+
+    async fn release_slot(&self, lease: &Lease, fire: &FireKey) -> Result<()> {
+        self.0.release_slot(lease, fire).await
     }
 
     async fn put_records(&self, kind: RecordKind, records: &[(String, Vec<u8>)]) -> Result<()> {

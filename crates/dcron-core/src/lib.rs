@@ -41,7 +41,7 @@ pub use policy::{
     TaskStatus, TriggerRecord,
 };
 pub use registry::{
-    check_claims, check_record_key, check_records, check_registration, check_retention,
+    check_claims, check_record_key, check_records, check_registration, check_retention, check_slot,
     check_value_size, ensure_lives_in_records, expiry_tolerance, restart_life_in_records,
     Capabilities, Lease, PutMode, RecordKind, Registry, WatchStream, MAX_RECORD_KEY_BYTES,
     MAX_WATCH_DELAY,
@@ -50,7 +50,7 @@ pub use schedule::{Schedule, SecondsField};
 pub use task::{ErrorHandler, FireContext, Task, TaskResult};
 pub use types::{
     limits, validate_task_name, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, FireKey,
-    Life, Listing, MisfirePolicy, Node, NodeEvent, NodeStatus, ResyncEvent, TaskMeta,
-    TaskMetaEvent, Tombstone, DEFAULT_MISFIRE_WINDOW, MAX_TASK_NAME_BYTES,
+    Life, Listing, MisfirePolicy, Node, NodeEvent, NodeStatus, ResyncEvent, SlotOutcome,
+    SlotRecord, TaskMeta, TaskMetaEvent, Tombstone, DEFAULT_MISFIRE_WINDOW, MAX_TASK_NAME_BYTES,
 };
 pub use watch::{watch_channel, WatchSender};

@@ -39,13 +39,13 @@ use crate::claim::{decide_claim, ClaimDecision, Holder};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::registry::{
-    check_claims, check_record_key, check_records, check_value_size, Capabilities, Lease, PutMode,
-    RecordKind, Registry, WatchStream,
+    check_claims, check_record_key, check_records, check_slot, check_value_size, Capabilities,
+    Lease, PutMode, RecordKind, Registry, WatchStream,
 };
 use crate::tombstone::{decide, Effects, NameState, Request};
 use crate::types::{
     validate_task_name, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, FireKey, Life,
-    Listing, Node, NodeEvent, ResyncEvent, TaskMeta, TaskMetaEvent, Tombstone,
+    Listing, Node, NodeEvent, ResyncEvent, SlotOutcome, TaskMeta, TaskMetaEvent, Tombstone,
 };
 use crate::watch::{watch_channel, WatchSender};
 
@@ -428,6 +428,8 @@ struct Namespace {
     last_token: u64,
     /// Records by kind and key.
     records: HashMap<(RecordKind, String), Vec<u8>>,
+    /// Running slots by task name: the holder's lease id and fire.
+    slots: HashMap<String, (u64, FireKey)>,
     node_watchers: Vec<WatchSender<NodeEvent>>,
     task_watchers: Vec<WatchSender<TaskMetaEvent>>,
 }
@@ -581,7 +583,8 @@ impl Registry for MemoryRegistry {
     fn capabilities(&self) -> Capabilities {
         let caps = Capabilities::with_max_value_bytes(MAX_VALUE_BYTES)
             .with_records()
-            .with_exactly_once();
+            .with_exactly_once()
+            .with_slots();
         if self.clock.is_some() {
             caps.with_clock()
         } else {
@@ -789,6 +792,7 @@ impl Registry for MemoryRegistry {
             let tombstones = std::mem::take(&mut ns.tombstones);
             ns.lives.clear();
             ns.records.clear();
+            ns.slots.clear();
             if changes > WATCH_BUFFER {
                 // More than a watcher could buffer anyway: ask for one full list instead.
                 ns.task_watchers.retain(WatchSender::resync);
@@ -929,6 +933,55 @@ impl Registry for MemoryRegistry {
                 .unwrap_or_default();
             Listing::of(items)
         }))
+    }
+
+    // ----- running slots -----
+
+    async fn acquire_slot(&self, lease: &Lease, fire: &FireKey) -> Result<SlotOutcome> {
+        check_slot(lease, fire)?;
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        state.expire_due(now);
+        let id = self.live_lease(&state, lease)?;
+        let holder = state
+            .namespace(&self.namespace)
+            .slots
+            .get(&fire.task)
+            .cloned();
+        if let Some((held_by, held_fire)) = holder {
+            if held_by == id && held_fire == *fire {
+                return Ok(SlotOutcome::Taken);
+            }
+            // A holder whose lease ended (expired, unregistered, replaced) holds nothing.
+            if let Some(entry) = state.leases.get(&held_by) {
+                return Ok(SlotOutcome::Held {
+                    node_id: entry.node_id.clone(),
+                    fire: held_fire,
+                });
+            }
+        }
+        state
+            .namespace(&self.namespace)
+            .slots
+            .insert(fire.task.clone(), (id, fire.clone()));
+        Ok(SlotOutcome::Taken)
+    }
+
+    async fn release_slot(&self, lease: &Lease, fire: &FireKey) -> Result<()> {
+        check_slot(lease, fire)?;
+        let Some(id) = self.parse_lease_id(lease) else {
+            return Ok(());
+        };
+        self.with_namespace_state(|ns, _| {
+            if ns
+                .slots
+                .get(&fire.task)
+                .is_some_and(|(held_by, held_fire)| *held_by == id && held_fire == fire)
+            {
+                ns.slots.remove(&fire.task);
+            }
+        });
+        Ok(())
     }
 
     // ----- records -----

@@ -37,8 +37,8 @@ use futures::stream::BoxStream;
 
 use crate::error::{Error, Result};
 use crate::types::{
-    Claim, ClaimOutcome, ClaimRequest, Claimant, Life, Listing, Node, NodeEvent, TaskMeta,
-    TaskMetaEvent, Tombstone,
+    Claim, ClaimOutcome, ClaimRequest, Claimant, FireKey, Life, Listing, Node, NodeEvent,
+    SlotOutcome, TaskMeta, TaskMetaEvent, Tombstone,
 };
 
 /// A stream of watch events. It ends when the registry side stops (connection lost, registry
@@ -102,6 +102,12 @@ pub struct Capabilities {
     /// contract the node keeps lives in records (see the default methods), with weaker
     /// guarantees, and the conformance suite skips the cases of the newer contract, saying so.
     pub exactly_once: bool,
+    /// Whether the registry keeps running slots ([`Registry::acquire_slot`],
+    /// [`Registry::release_slot`]): the cluster-wide, atomic guarantee that two fires of a task
+    /// whose overlap policy is `Skip` or `Queue` never run at once. Off by default: the node then
+    /// falls back to the running markers published in node records, which two nodes can both
+    /// miss when they start within one publication delay of each other.
+    pub slots: bool,
 }
 
 impl Default for Capabilities {
@@ -112,6 +118,7 @@ impl Default for Capabilities {
             records: false,
             clock: false,
             exactly_once: false,
+            slots: false,
         }
     }
 }
@@ -141,6 +148,12 @@ impl Capabilities {
     /// idempotent claims).
     pub fn with_exactly_once(mut self) -> Self {
         self.exactly_once = true;
+        self
+    }
+
+    /// These capabilities with running slots declared ([`Registry::acquire_slot`]).
+    pub fn with_slots(mut self) -> Self {
+        self.slots = true;
         self
     }
 }
@@ -350,6 +363,48 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// Lists the retained, unexpired claims of one task, each once, in any order.
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>>;
 
+    // ----- running slots -----
+
+    /// Takes the running slot of `fire.task` for `fire`, held under `lease`, atomically: the
+    /// slot is free (no holder, or a holder whose lease has ended or was replaced by a newer
+    /// registration) → it is written and [`SlotOutcome::Taken`]; held by this same lease for
+    /// this same fire → `Taken` again (a retry after a lost reply); held by anyone else (another
+    /// node, or another fire under this lease) → [`SlotOutcome::Held`] naming the holder,
+    /// nothing written.
+    ///
+    /// Across all nodes, at most one fire holds a task's slot at a time. The slot lives with
+    /// the lease: it is free once the lease ends (expiry within the granted TTL plus
+    /// [`expiry_tolerance`] after the last keep-alive, `unregister`, or a new registration of
+    /// the node). It needs no renewal of its own. `cleanup_all` frees every slot of the
+    /// namespace; `cleanup_task` may leave a slot (it ends with its lease or its release).
+    ///
+    /// The node takes the slot right before a fire of a `Skip` or `Queue` task starts, after
+    /// the fire's claim was won, and releases it when the fire ends. It is not folded into
+    /// [`Registry::claim`]: claims are decided ahead of the instant and in batches, while the
+    /// slot belongs to the moment a fire starts (a queued fire waits for it).
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when `lease` has ended (nothing written);
+    /// [`Error::Unavailable`] when unreachable (the slot may or may not have been taken; the
+    /// same call again answers `Taken` if it was); [`Error::Unsupported`] for a registry
+    /// without slots ([`Capabilities::slots`] off), the default.
+    async fn acquire_slot(&self, lease: &Lease, fire: &FireKey) -> Result<SlotOutcome> {
+        let _ = (lease, fire);
+        Err(slots_unsupported(self.backend()))
+    }
+
+    /// Frees the running slot of `fire.task` when it is held by `lease` for `fire`; does
+    /// nothing otherwise (a slot that already ended with its lease, or was taken since by
+    /// another fire, is left alone). Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when unreachable (the slot may or may not have been freed);
+    /// [`Error::Unsupported`] for a registry without slots, the default.
+    async fn release_slot(&self, lease: &Lease, fire: &FireKey) -> Result<()> {
+        let _ = (lease, fire);
+        Err(slots_unsupported(self.backend()))
+    }
+
     // ----- records -----
     //
     // Small per-task documents beside the task itself: pause markers, trigger-now requests and
@@ -490,11 +545,33 @@ pub fn check_records(
     Ok(())
 }
 
+fn slots_unsupported(backend: &'static str) -> Error {
+    tracing::debug!(backend, "registry without running slots");
+    Error::Unsupported {
+        operation: "running slots",
+    }
+}
+
 fn records_unsupported(backend: &'static str) -> Error {
     tracing::debug!(backend, "registry without record support");
     Error::Unsupported {
         operation: "records (pause, trigger-now, task status)",
     }
+}
+
+/// Checks the arguments of [`Registry::acquire_slot`] and [`Registry::release_slot`]: a
+/// valid task name and a lease naming a node. Backends call it first.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an invalid task name or an empty node id.
+pub fn check_slot(lease: &Lease, fire: &FireKey) -> Result<()> {
+    crate::types::validate_task_name(&fire.task)?;
+    if lease.node_id.is_empty() {
+        return Err(Error::InvalidArgument(
+            "a running slot needs a lease naming a node".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the arguments of [`Registry::register`]: a non-zero TTL and a non-empty node id.

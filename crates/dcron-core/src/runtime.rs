@@ -308,6 +308,8 @@ impl Driver {
             stopping: stopping.clone(),
             internal: internal_tx.clone(),
             running: running.clone(),
+            lease: lease_slot.clone(),
+            slots: registry.capabilities().slots,
             ended: ended.clone(),
             waiting: Arc::default(),
             launched: Arc::default(),

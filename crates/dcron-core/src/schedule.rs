@@ -146,9 +146,11 @@ impl Schedule {
     /// # Errors
     ///
     /// [`Error::InvalidSchedule`] naming the expression and the reason: an empty expression, a
-    /// wrong number of fields for `seconds`, a bad field, an unknown macro, an unknown time zone,
-    /// an `@every` interval that is malformed, zero, shorter than a second or longer than
-    /// 36,600 days, or an `@at` instant that is not RFC 3339.
+    /// wrong number of fields for `seconds`, a bad field (the reason names the field and the
+    /// rule, e.g. `minute 61 is out of range 0–59`), an unknown macro, an `@every` interval
+    /// that is malformed, zero, shorter than a second or longer than 36,600 days, or an `@at`
+    /// instant that is not RFC 3339. [`Error::InvalidTimeZone`] for a zone that is not an IANA
+    /// name.
     ///
     /// # Example
     ///
@@ -169,9 +171,9 @@ impl Schedule {
         };
         let tz = match zone {
             None => Tz::UTC,
-            Some(name) => name
-                .parse::<Tz>()
-                .map_err(|_| invalid(format!("unknown time zone `{name}`")))?,
+            Some(name) => name.parse::<Tz>().map_err(|_| Error::InvalidTimeZone {
+                zone: name.to_owned(),
+            })?,
         };
         let kind = parse_kind(expr.trim(), seconds).map_err(invalid)?;
         Ok(Schedule {
@@ -503,7 +505,10 @@ fn parse_cron(expr: &str, seconds: SecondsField) -> std::result::Result<Kind, St
             SecondsField::Required => "6 or 7 fields (the seconds field is required)",
             SecondsField::Disallowed => "5 fields (the seconds field is not allowed)",
         };
-        return Err(format!("expected {expected}, got {n}"));
+        return Err(format!(
+            "expected {expected}, got {n}: the fields are [second] minute hour day-of-month \
+             month day-of-week [year]"
+        ));
     }
     if let Some(field) = fields
         .iter()
@@ -511,7 +516,224 @@ fn parse_cron(expr: &str, seconds: SecondsField) -> std::result::Result<Kind, St
     {
         return Err(format!("empty list element in field `{field}`"));
     }
-    compile_cron(&fields.join(" "))
+    compile_cron(&fields.join(" ")).map_err(|parser| explain_cron(&fields, &parser))
+}
+
+/// One cron field: its name, its range and the names it accepts for values.
+struct FieldSpec {
+    name: &'static str,
+    lo: u32,
+    hi: u32,
+    names: &'static [&'static str],
+    /// Letters allowed besides names: `L`, `W`, `#`, `?`.
+    specials: &'static str,
+}
+
+const SECOND: FieldSpec = FieldSpec {
+    name: "second",
+    lo: 0,
+    hi: 59,
+    names: &[],
+    specials: "",
+};
+const MINUTE: FieldSpec = FieldSpec {
+    name: "minute",
+    lo: 0,
+    hi: 59,
+    names: &[],
+    specials: "",
+};
+const HOUR: FieldSpec = FieldSpec {
+    name: "hour",
+    lo: 0,
+    hi: 23,
+    names: &[],
+    specials: "",
+};
+const DAY_OF_MONTH: FieldSpec = FieldSpec {
+    name: "day-of-month",
+    lo: 1,
+    hi: 31,
+    names: &[],
+    specials: "LW?",
+};
+const MONTH: FieldSpec = FieldSpec {
+    name: "month",
+    lo: 1,
+    hi: 12,
+    names: &[
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+    ],
+    specials: "",
+};
+const DAY_OF_WEEK: FieldSpec = FieldSpec {
+    name: "day-of-week",
+    lo: 0,
+    hi: 7,
+    names: &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"],
+    specials: "L#?",
+};
+const YEAR: FieldSpec = FieldSpec {
+    name: "year",
+    lo: 1,
+    hi: 5000,
+    names: &[],
+    specials: "",
+};
+
+/// Says which field of a cron expression the parser refused and why, in the user's terms
+/// (`minute 61 is out of range 0–59`), falling back to the parser's own words with the field
+/// layout when no field rule explains it.
+fn explain_cron(fields: &[&str], parser: &str) -> String {
+    let specs: &[&FieldSpec] = match fields.len() {
+        5 => &[&MINUTE, &HOUR, &DAY_OF_MONTH, &MONTH, &DAY_OF_WEEK],
+        6 => &[&SECOND, &MINUTE, &HOUR, &DAY_OF_MONTH, &MONTH, &DAY_OF_WEEK],
+        _ => &[
+            &SECOND,
+            &MINUTE,
+            &HOUR,
+            &DAY_OF_MONTH,
+            &MONTH,
+            &DAY_OF_WEEK,
+            &YEAR,
+        ],
+    };
+    for (field, spec) in fields.iter().zip(specs) {
+        for part in field.split(',') {
+            if let Err(reason) = check_part(part, spec) {
+                return reason;
+            }
+        }
+    }
+    format!(
+        "not a valid cron expression ({parser}); the fields are [second] minute hour \
+         day-of-month month day-of-week [year]"
+    )
+}
+
+/// Checks one comma-separated element (`*/5`, `1-10/2`, `MON`, `15W`, `5#2`, …) of a field.
+fn check_part(part: &str, spec: &FieldSpec) -> std::result::Result<(), String> {
+    let name = spec.name;
+    let mut pieces = part.split('/');
+    let base = pieces.next().unwrap_or_default();
+    if let Some(step) = pieces.next() {
+        if pieces.next().is_some() {
+            return Err(format!("{name} `{part}` has more than one `/`"));
+        }
+        match step.parse::<u32>() {
+            Ok(0) => return Err(format!("{name} `{part}`: the step must be at least 1")),
+            Ok(n) if n > spec.hi => {
+                return Err(format!(
+                    "{name} `{part}`: the step {n} is larger than the range {}–{}",
+                    spec.lo, spec.hi
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(format!(
+                    "{name} `{part}`: the step `{step}` is not a positive number"
+                ))
+            }
+        }
+    }
+    if base == "*" {
+        return Ok(());
+    }
+    if base == "?" {
+        return if spec.specials.contains('?') {
+            Ok(())
+        } else {
+            Err(format!(
+                "`?` is only allowed in day-of-month and day-of-week, not in {name}"
+            ))
+        };
+    }
+    let values: Vec<&str> = match base.split_once('-') {
+        Some((a, b)) => vec![a, b],
+        None => vec![base],
+    };
+    let mut numbers = Vec::with_capacity(2);
+    for value in values {
+        numbers.push(check_value(value, part, spec)?);
+    }
+    if let [Some(a), Some(b)] = numbers[..] {
+        if a > b {
+            return Err(format!(
+                "{name} range `{base}` runs backwards: write the smaller value first"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks one value of a field; returns its number when it is a plain number or name.
+fn check_value(
+    value: &str,
+    part: &str,
+    spec: &FieldSpec,
+) -> std::result::Result<Option<u32>, String> {
+    let name = spec.name;
+    if value.is_empty() {
+        return Err(format!("{name} `{part}` has an empty value"));
+    }
+    if let Ok(n) = value.parse::<u64>() {
+        if n < u64::from(spec.lo) || n > u64::from(spec.hi) {
+            return Err(format!(
+                "{name} {n} is out of range {}–{}",
+                spec.lo, spec.hi
+            ));
+        }
+        return Ok(u32::try_from(n).ok());
+    }
+    let upper = value.to_ascii_uppercase();
+    if let Some(i) = spec.names.iter().position(|n| *n == upper) {
+        return Ok(u32::try_from(i).ok().map(|i| i + spec.lo));
+    }
+    // `5#2` / `MON#2`: the second Friday / Monday of the month.
+    if let Some((day, nth)) = upper
+        .split_once('#')
+        .filter(|_| spec.specials.contains('#'))
+    {
+        check_value(day, part, spec)?;
+        return match nth.parse::<u64>() {
+            Ok(n) if (1..=5).contains(&n) => Ok(None),
+            Ok(n) => Err(format!(
+                "{name} `{value}`: the occurrence {n} is out of range 1–5"
+            )),
+            Err(_) => Err(format!(
+                "{name} `{value}`: the occurrence `{nth}` is not a number 1–5"
+            )),
+        };
+    }
+    // `L`, `LW`, `15W`, `5L`: the digits in them must still be in range.
+    let special = upper.chars().any(|c| c.is_ascii_alphabetic())
+        && upper
+            .chars()
+            .all(|c| c.is_ascii_digit() || (c != '#' && spec.specials.contains(c)));
+    if special {
+        let digits: String = upper.chars().filter(char::is_ascii_digit).collect();
+        if let Ok(n) = digits.parse::<u64>() {
+            if n < u64::from(spec.lo) || n > u64::from(spec.hi) {
+                return Err(format!(
+                    "{name} `{value}`: the value {n} is out of range {}–{}",
+                    spec.lo, spec.hi
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let hint = if spec.names.is_empty() {
+        format!("a number {}–{}", spec.lo, spec.hi)
+    } else {
+        format!(
+            "a number {}–{} or a name {}–{}",
+            spec.lo,
+            spec.hi,
+            spec.names.first().copied().unwrap_or_default(),
+            spec.names.last().copied().unwrap_or_default()
+        )
+    };
+    Err(format!("{name} `{value}` is not {hint}"))
 }
 
 /// Parsed cron rules shared by every schedule with the same fields: a parsed rule holds a few
@@ -1519,30 +1741,101 @@ mod tests {
 
     #[test]
     fn invalid_expressions_name_the_expression_and_reason() {
+        // Each refused expression pins the whole reason: the field, the rule and the fix.
         let cases = [
-            ("", "empty"),
-            ("   ", "empty"),
-            ("61 * * * *", "out of bounds"),
-            ("* 24 * * *", "out of bounds"),
-            ("* * 0 * *", "out of bounds"),
-            ("* * * 13 *", "out of bounds"),
-            ("* * * * 8", "out of bounds"),
-            ("*/0 * * * *", "zero"),
-            ("5-1 * * * *", "out of bounds"),
-            ("1,,2 * * * *", "empty list element"),
-            ("* * * * * ,", "empty list element"),
-            ("x * * * *", "illegal character"),
-            ("* * * * MON#6", "out of bounds"),
-            ("@ * * * *", "unknown macro"),
+            ("", "empty expression"),
+            ("   ", "empty expression"),
+            ("61 * * * *", "minute 61 is out of range 0–59"),
+            ("61 * * * * *", "second 61 is out of range 0–59"),
+            ("* 24 * * *", "hour 24 is out of range 0–23"),
+            ("* * 0 * *", "day-of-month 0 is out of range 1–31"),
+            ("* * * 13 *", "month 13 is out of range 1–12"),
+            ("* * * * 8", "day-of-week 8 is out of range 0–7"),
+            ("0 0 * * * * 5001", "year 5001 is out of range 1–5000"),
+            ("*/0 * * * *", "minute `*/0`: the step must be at least 1"),
+            (
+                "*/x * * * *",
+                "minute `*/x`: the step `x` is not a positive number",
+            ),
+            ("1/2/3 * * * *", "minute `1/2/3` has more than one `/`"),
+            (
+                "5-1 * * * *",
+                "minute range `5-1` runs backwards: write the smaller value first",
+            ),
+            ("1,,2 * * * *", "empty list element in field `1,,2`"),
+            ("* * * * * ,", "empty list element in field `,`"),
+            ("x * * * *", "minute `x` is not a number 0–59"),
+            (
+                "* * * FOO *",
+                "month `FOO` is not a number 1–12 or a name JAN–DEC",
+            ),
+            (
+                "* * * * FUN",
+                "day-of-week `FUN` is not a number 0–7 or a name SUN–SAT",
+            ),
+            (
+                "? * * * *",
+                "`?` is only allowed in day-of-month and day-of-week, not in minute",
+            ),
+            (
+                "* * * * MON#6",
+                "day-of-week `MON#6`: the occurrence 6 is out of range 1–5",
+            ),
+            ("* * * * 9#2", "day-of-week 9 is out of range 0–7"),
+            (
+                "* * 32W * *",
+                "day-of-month `32W`: the value 32 is out of range 1–31",
+            ),
+            (
+                "* * * *",
+                "expected 5, 6 or 7 fields, got 4: the fields are [second] minute hour \
+                 day-of-month month day-of-week [year]",
+            ),
+            ("@ * * * *", "unknown macro `@`"),
         ];
-        for (expr, why) in cases {
-            let reason = invalid_reason(expr, None, SecondsField::Optional);
-            assert!(reason.to_lowercase().contains(why), "{expr:?}: {reason}");
+        for (expr, want) in cases {
+            assert_eq!(
+                invalid_reason(expr, None, SecondsField::Optional),
+                want,
+                "{expr:?}"
+            );
         }
-        let reason = invalid_reason("@daily", Some("Mars/Olympus"), SecondsField::Optional);
-        assert!(reason.contains("Mars/Olympus"), "{reason}");
-        let err = Schedule::parse("* * *", None, SecondsField::Optional).unwrap_err();
-        assert!(err.to_string().contains("* * *"), "{err}");
+        let err = Schedule::parse("0 61 * * *", None, SecondsField::Optional).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid schedule \"0 61 * * *\": hour 61 is out of range 0–23"
+        );
+        let err =
+            Schedule::parse("@daily", Some("Mars/Olympus"), SecondsField::Optional).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidTimeZone { zone } if zone == "Mars/Olympus"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "unknown time zone \"Mars/Olympus\": use an IANA zone name such as \
+             \"Europe/Berlin\", \"America/New_York\" or \"UTC\""
+        );
+    }
+
+    #[test]
+    fn special_fields_still_parse() {
+        // The field checks only explain a refusal; they never refuse what the parser accepts.
+        for expr in [
+            "0 0 L * *",
+            "0 0 15W * *",
+            "0 0 * * 5L",
+            "0 0 * * MON#2",
+            "0 0 ? * MON-FRI",
+            "0 0 1 JAN-MAR ?",
+            "*/15 0-23/2 1-31 * SUN,SAT",
+            "0 0 0 1 1 * 2030",
+        ] {
+            assert!(
+                Schedule::parse(expr, None, SecondsField::Optional).is_ok(),
+                "{expr}"
+            );
+        }
     }
 
     #[test]

@@ -610,6 +610,80 @@ impl Claim {
     }
 }
 
+/// The answer of [`crate::Registry::acquire_slot`]: whether the caller now holds its task's
+/// running slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SlotOutcome {
+    /// The caller holds the slot for its fire: taken now, or already held by the same lease
+    /// for the same fire (a retried call whose reply was lost).
+    Taken,
+    /// Another fire holds the slot (of another node, or another fire of this node's lease):
+    /// the caller's fire must not start now.
+    Held {
+        /// The holder's node id.
+        node_id: String,
+        /// The fire that holds the slot.
+        fire: FireKey,
+    },
+}
+
+impl SlotOutcome {
+    /// Whether the caller holds the slot.
+    pub fn is_taken(&self) -> bool {
+        matches!(self, SlotOutcome::Taken)
+    }
+}
+
+/// The stored value of a running slot: who holds it (node id and backend lease id) for which
+/// fire. Backends that keep the slot as one opaque value use this encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRecord {
+    /// The holder's node id (`node_id`).
+    pub node_id: String,
+    /// The holder's [`crate::Lease::id`] (`lease`).
+    pub lease: String,
+    /// The fire holding the slot (`fire`).
+    pub fire: FireKey,
+}
+
+impl SlotRecord {
+    /// The record of `fire` held under `lease`.
+    pub fn new(lease: &crate::Lease, fire: &FireKey) -> Self {
+        SlotRecord {
+            node_id: lease.node_id.clone(),
+            lease: lease.id.clone(),
+            fire: fire.clone(),
+        }
+    }
+
+    /// Whether this record was written by `lease` for `fire`.
+    pub fn is(&self, lease: &crate::Lease, fire: &FireKey) -> bool {
+        self.node_id == lease.node_id && self.lease == lease.id && self.fire == *fire
+    }
+
+    /// The outcome for a caller that finds this record held by someone else.
+    pub fn held(&self) -> SlotOutcome {
+        SlotOutcome::Held {
+            node_id: self.node_id.clone(),
+            fire: self.fire.clone(),
+        }
+    }
+
+    /// Encodes the record as stored (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_json(self)
+    }
+
+    /// Decodes stored bytes; `key` names the value in the error.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the bytes are not a slot record.
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self> {
+        decode_json(key, bytes)
+    }
+}
+
 /// The answer for one fire of a batch claim: exactly one per requested fire, in order.
 #[derive(Debug)]
 #[non_exhaustive]

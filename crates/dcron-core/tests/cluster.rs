@@ -418,7 +418,7 @@ async fn bad_input_is_refused_with_typed_errors() {
     assert!(matches!(
         node.add_task_meta(TaskMeta::new("zone", "* * * * *").with_time_zone("Mars/Olympus"))
             .await,
-        Err(Error::InvalidSchedule { .. })
+        Err(Error::InvalidTimeZone { .. })
     ));
 }
 

@@ -111,7 +111,7 @@ proptest! {
                     prop_assert!(latest <= base());
                 }
             }
-            Err(Error::InvalidSchedule { .. }) => {}
+            Err(Error::InvalidSchedule { .. } | Error::InvalidTimeZone { .. }) => {}
             Err(other) => prop_assert!(false, "unexpected error {other:?}"),
         }
     }
@@ -244,7 +244,7 @@ proptest! {
                     prop_assert!(Schedule::parse(&cron, zone.as_deref(), SecondsField::Optional).is_ok());
                 }
                 Err(Error::InvalidTaskName { .. }) => prop_assert!(validate_task_name(&name).is_err()),
-                Err(Error::InvalidSchedule { .. }) => {
+                Err(Error::InvalidSchedule { .. } | Error::InvalidTimeZone { .. }) => {
                     prop_assert!(Schedule::parse(&cron, zone.as_deref(), SecondsField::Optional).is_err());
                 }
                 Err(other) => prop_assert!(false, "unexpected error {other:?}"),

@@ -22,8 +22,8 @@ use chrono::{DateTime, Utc};
 use dcron_core::memory::MemoryRegistry;
 use dcron_core::{
     Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, Error, FireKey, Lease, Life,
-    Listing, Node, NodeEvent, PutMode, RecordKind, Registry, Result, TaskMeta, TaskMetaEvent,
-    Tombstone, WatchStream,
+    Listing, Node, NodeEvent, PutMode, RecordKind, Registry, Result, SlotOutcome, TaskMeta,
+    TaskMetaEvent, Tombstone, WatchStream,
 };
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -466,6 +466,14 @@ impl Registry for FaultyRegistry {
 
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>> {
         self.call(self.inner.list_claims(task)).await.0
+    }
+
+    async fn acquire_slot(&self, lease: &Lease, fire: &FireKey) -> Result<SlotOutcome> {
+        self.call(self.inner.acquire_slot(lease, fire)).await.0
+    }
+
+    async fn release_slot(&self, lease: &Lease, fire: &FireKey) -> Result<()> {
+        self.call(self.inner.release_slot(lease, fire)).await.0
     }
 
     async fn put_records(&self, kind: RecordKind, records: &[(String, Vec<u8>)]) -> Result<()> {
