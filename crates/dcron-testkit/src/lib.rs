@@ -18,6 +18,7 @@ pub mod records;
 pub mod runner;
 /// The deterministic cluster simulator (virtual time, injected faults, invariant checks).
 pub mod sim;
+pub mod slots;
 pub mod tasks;
 pub mod tombstones;
 pub mod watch;
@@ -437,6 +438,24 @@ macro_rules! __dcron_case_list {
                     "A corrupt record blocks nothing: create-only never overwrites it; claims, tombstone and cleanup of its name work.";
                 force_put_repairs_corrupt: RawWrites,
                     "A `Force` put over a corrupt value repairs it.";
+            }
+            slots {
+                slot_capability_is_honest: None,
+                    "Running slots work, or both slot calls answer `Unsupported`, as `capabilities.slots` declares.";
+                one_holder_per_task: Slots,
+                    "A free slot is taken; the holder retrying its fire gets `Taken`; every other fire (another node's or the holder's own) gets `Held` naming holder and fire; tasks are independent.";
+                release_frees_only_its_own: Slots,
+                    "`release_slot` frees the slot only for its holder and fire; others' releases and a second release change nothing.";
+                racing_nodes_one_winner_per_task: Slots,
+                    "16 nodes race for the slots of 20 tasks: exactly one `Taken` per task, every loser sees the winner.";
+                slot_ends_with_the_lease: Slots,
+                    "A slot ends with its holder's lease (unregister, re-registration, expiry within TTL + tolerance) and not before 0.8 of the TTL; a new lease inherits nothing.";
+                keep_alive_keeps_the_slot: Slots,
+                    "Keep-alives keep a slot held past twice the TTL.";
+                ended_lease_cannot_take_a_slot: Slots,
+                    "`acquire_slot` with an ended lease is `LeaseLost` and writes nothing.";
+                cleanup_all_frees_slots_of_its_namespace: Slots,
+                    "`cleanup_all` frees the namespace's slots and leaves another namespace's.";
             }
             faults {
                 restart_keeps_records: Restart,

@@ -36,6 +36,8 @@ pub enum Requirement {
     /// The whole exactly-once contract: lives, generations, idempotent claims naming the
     /// holder ([`dcron_core::Capabilities::exactly_once`]).
     ExactlyOnce,
+    /// Running slots ([`dcron_core::Capabilities::slots`]): the atomic overlap guarantee.
+    Slots,
     /// A [`dcron_core::Capabilities::max_value_bytes`] of at most 8 MiB, the largest limit the
     /// suite probes byte for byte.
     SmallValues,
@@ -56,6 +58,7 @@ impl Requirement {
             Requirement::Records => "records",
             Requirement::Clock => "clock",
             Requirement::ExactlyOnce => "exactly_once",
+            Requirement::Slots => "slots",
             Requirement::SmallValues => "max_value_bytes <= 8 MiB",
         }
     }
@@ -79,6 +82,9 @@ impl Requirement {
                 .then(|| "capabilities.clock is false (the registry has no clock)".into()),
             Requirement::ExactlyOnce => (!caps.exactly_once).then(|| {
                 "capabilities.exactly_once is false (a registry of the earlier contract)".into()
+            }),
+            Requirement::Slots => (!caps.slots).then(|| {
+                "capabilities.slots is false (overlap falls back to published markers)".into()
             }),
             Requirement::SmallValues => {
                 (caps.max_value_bytes > MAX_PROBED_VALUE_BYTES).then(|| {

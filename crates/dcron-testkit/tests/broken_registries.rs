@@ -15,9 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dcron_core::memory::MemoryRegistry;
 use dcron_core::{
-    validate_task_name, Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, Error, Lease,
-    Life, Listing, Node, NodeEvent, PutMode, Registry, TaskMeta, TaskMetaEvent, Tombstone,
-    WatchStream, MAX_WATCH_DELAY,
+    validate_task_name, Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, Error, FireKey,
+    Lease, Life, Listing, Node, NodeEvent, PutMode, Registry, SlotOutcome, TaskMeta, TaskMetaEvent,
+    Tombstone, WatchStream, MAX_WATCH_DELAY,
 };
 use dcron_testkit::{
     async_trait, cases, run_case, CaseError, Hooks, MemoryFactory, RegistryFactory, Requirement,
@@ -126,6 +126,36 @@ enum Fault {
     LostHidesHolder,
     /// A tombstoned name gets no life (`ensure_lives` answers `Tombstoned`).
     NoLifeForTombstoned,
+    // ----- running slots (kept in the broken registry's own table) -----
+    /// The broken registry's own slot table, without a fault (the control: it passes).
+    SlotTable,
+    /// A slot is read, then written in a second step: racing nodes can both take it.
+    SlotNotAtomic,
+    /// A slot outlives its holder's lease (unregister, re-registration, expiry).
+    SlotOutlivesLease,
+    /// Anyone's release frees the slot.
+    SlotReleasedByAnyone,
+    /// The holder retrying its own fire gets `Held`.
+    SlotRetryHeld,
+    /// `cleanup_all` leaves the slots.
+    SlotSurvivesCleanupAll,
+    /// Declares slots but answers `Unsupported`.
+    SlotsDeclaredButUnsupported,
+}
+
+impl Fault {
+    /// Whether the fault is one of the running-slot faults (served from the broken table).
+    fn slots(self) -> bool {
+        matches!(
+            self,
+            Fault::SlotTable
+                | Fault::SlotNotAtomic
+                | Fault::SlotOutlivesLease
+                | Fault::SlotReleasedByAnyone
+                | Fault::SlotRetryHeld
+                | Fault::SlotSurvivesCleanupAll
+        )
+    }
 }
 
 const BIG: u64 = 1 << 40;
@@ -147,7 +177,12 @@ struct Shadow {
     namespaces: Mutex<Vec<String>>,
     /// Claims forgotten, by namespace, task and instant.
     forgotten: Mutex<std::collections::HashSet<(String, String, i64)>>,
+    /// Running slots of the slot faults, by namespace and task: holder node, lease id, fire.
+    slots: Mutex<HashMap<(String, String), SlotHolder>>,
 }
+
+/// A slot holder in the broken table: node id, lease id, fire.
+type SlotHolder = (String, String, FireKey);
 
 #[derive(Debug)]
 struct Broken {
@@ -298,6 +333,58 @@ impl Broken {
             fire.task.clone(),
             fire.instant_millis(),
         ))
+    }
+
+    /// Whether `lease` is its node's current, unexpired lease (the broken slot table's view).
+    async fn lease_alive(&self, node_id: &str, lease_id: &str) -> dcron_core::Result<bool> {
+        let current = lock(&self.shadow.latest)
+            .get(&(self.namespace.clone(), node_id.to_string()))
+            .is_some_and(|l| l.id == lease_id);
+        Ok(current
+            && self
+                .inner
+                .list_nodes()
+                .await?
+                .items
+                .iter()
+                .any(|n| n.id == node_id))
+    }
+
+    /// `acquire_slot` of the slot faults, from the broken table.
+    async fn broken_acquire(
+        &self,
+        lease: &Lease,
+        fire: &FireKey,
+    ) -> dcron_core::Result<SlotOutcome> {
+        if !self.lease_alive(&lease.node_id, &lease.id).await? {
+            return Err(Error::LeaseLost {
+                node: lease.node_id.clone(),
+            });
+        }
+        let key = (self.namespace.clone(), fire.task.clone());
+        let held = lock(&self.shadow.slots).get(&key).cloned();
+        if let Some((node, lease_id, held_fire)) = held {
+            let mine = lease_id == lease.id && held_fire == *fire;
+            if mine && self.fault != Fault::SlotRetryHeld {
+                return Ok(SlotOutcome::Taken);
+            }
+            let alive = self.fault == Fault::SlotOutlivesLease
+                || self.lease_alive(&node, &lease_id).await?;
+            if alive {
+                return Ok(SlotOutcome::Held {
+                    node_id: node,
+                    fire: held_fire,
+                });
+            }
+        }
+        if self.fault == Fault::SlotNotAtomic {
+            // The read above and the write below are two steps.
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        lock(&self.shadow.slots)
+            .insert(key, (lease.node_id.clone(), lease.id.clone(), fire.clone()));
+        Ok(SlotOutcome::Taken)
     }
 
     async fn claim_one(
@@ -580,7 +667,42 @@ impl Registry for Broken {
     }
 
     async fn cleanup_all(&self) -> dcron_core::Result<()> {
+        if self.fault.slots() && self.fault != Fault::SlotSurvivesCleanupAll {
+            lock(&self.shadow.slots).retain(|(ns, _), _| *ns != self.namespace);
+        }
         self.inner.cleanup_all().await
+    }
+
+    async fn acquire_slot(&self, lease: &Lease, fire: &FireKey) -> dcron_core::Result<SlotOutcome> {
+        if self.fault == Fault::SlotsDeclaredButUnsupported {
+            return Err(Error::Unsupported {
+                operation: "running slots",
+            });
+        }
+        if self.fault.slots() {
+            return self.broken_acquire(lease, fire).await;
+        }
+        self.inner.acquire_slot(lease, fire).await
+    }
+
+    async fn release_slot(&self, lease: &Lease, fire: &FireKey) -> dcron_core::Result<()> {
+        if self.fault == Fault::SlotsDeclaredButUnsupported {
+            return Err(Error::Unsupported {
+                operation: "running slots",
+            });
+        }
+        if self.fault.slots() {
+            let key = (self.namespace.clone(), fire.task.clone());
+            let mut slots = lock(&self.shadow.slots);
+            let mine = slots
+                .get(&key)
+                .is_some_and(|(_, lease_id, f)| *lease_id == lease.id && f == fire);
+            if mine || self.fault == Fault::SlotReleasedByAnyone {
+                slots.remove(&key);
+            }
+            return Ok(());
+        }
+        self.inner.release_slot(lease, fire).await
     }
 
     async fn ensure_lives(
@@ -1196,6 +1318,42 @@ async fn more_broken_promises_are_caught() {
         &["lives::tombstoned_name_gets_a_life"],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_running_slots_are_caught() {
+    must_fail(
+        Fault::SlotNotAtomic,
+        &["slots::racing_nodes_one_winner_per_task"],
+    )
+    .await;
+    must_fail(
+        Fault::SlotOutlivesLease,
+        &["slots::slot_ends_with_the_lease"],
+    )
+    .await;
+    must_fail(
+        Fault::SlotReleasedByAnyone,
+        &["slots::release_frees_only_its_own"],
+    )
+    .await;
+    must_fail(Fault::SlotRetryHeld, &["slots::one_holder_per_task"]).await;
+    must_fail(
+        Fault::SlotSurvivesCleanupAll,
+        &["slots::cleanup_all_frees_slots_of_its_namespace"],
+    )
+    .await;
+    must_fail(
+        Fault::SlotsDeclaredButUnsupported,
+        &["slots::slot_capability_is_honest"],
+    )
+    .await;
+    // The broken registry's table without a fault passes every slot case: the faults above are
+    // what the cases catch.
+    for case in cases().iter().filter(|c| c.module == "slots") {
+        let outcome = run_case(Arc::new(broken(Fault::SlotTable)), case).await;
+        assert_eq!(outcome, Ok(()), "{}", case.path());
+    }
 }
 
 #[tokio::test(start_paused = true)]
