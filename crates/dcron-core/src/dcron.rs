@@ -295,6 +295,7 @@ impl DcronBuilder {
             view,
             health: watch::Sender::new(Health::default()),
             lease_slot: Arc::new(Mutex::new(None)),
+            lease_until: Arc::new(watch::Sender::new(None)),
             events,
         };
         Ok(Dcron {
@@ -331,6 +332,9 @@ pub(crate) struct Inner {
     pub(crate) view: Arc<RwLock<View>>,
     pub(crate) health: watch::Sender<Health>,
     pub(crate) lease_slot: Arc<Mutex<Option<Lease>>>,
+    /// Until when the lease in force is known to live (see `Driver`), watched by the fires
+    /// holding running slots; the supervisor clears it when the driver fails.
+    pub(crate) lease_until: Arc<watch::Sender<Option<tokio::time::Instant>>>,
     pub(crate) events: broadcast::Sender<DcronEvent>,
 }
 
@@ -1015,6 +1019,7 @@ impl Dcron {
             self.inner.registry.clone(),
             self.inner.health.clone(),
             self.inner.lease_slot.clone(),
+            self.inner.lease_until.clone(),
             self.inner.events.clone(),
         ));
         let timeout = self.inner.cfg.start_timeout;
@@ -1070,6 +1075,7 @@ async fn supervise(
     registry: Arc<dyn Registry>,
     health: watch::Sender<Health>,
     lease_slot: Arc<Mutex<Option<Lease>>>,
+    lease_until: Arc<watch::Sender<Option<tokio::time::Instant>>>,
     events: broadcast::Sender<DcronEvent>,
 ) {
     let Err(e) = driver.await else {
@@ -1093,6 +1099,8 @@ async fn supervise(
         node: node_id.to_string(),
         reason,
     });
+    // Fires holding running slots stop before the slots end with the lease.
+    lease_until.send_replace(None);
     let lease = lease_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(lease) = lease {
         if let Err(e) = registry.unregister(&lease).await {

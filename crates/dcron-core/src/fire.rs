@@ -199,6 +199,10 @@ pub(crate) struct FireEnv {
     pub(crate) running: Arc<RunningSet>,
     /// The node's lease in force (none between registrations): running slots are held under it.
     pub(crate) lease: Arc<Mutex<Option<crate::registry::Lease>>>,
+    /// Until when the lease is known to live (the last keep-alive's send plus the TTL): a fire
+    /// holding a running slot is cancelled when it passes, before the slot can end with the
+    /// lease in the registry.
+    pub(crate) lease_until: Arc<tokio::sync::watch::Sender<Option<Instant>>>,
     /// Whether the registry keeps running slots ([`crate::Capabilities::slots`]): the
     /// cluster-wide overlap check is then its atomic slot, not the published markers alone.
     pub(crate) slots: bool,
@@ -543,7 +547,16 @@ async fn run(env: Arc<FireEnv>, l: Launch, share: Share) {
         }
         return;
     }
+    // A fire holding a running slot must not outlive the lease the slot lives with: a watchdog
+    // cancels it (its handler sees `ctx.cancel`) once the lease is no longer known to live.
+    let watchdog = slot.is_some().then(|| {
+        env.handlers
+            .spawn(lease_watchdog(env.clone(), cancel.clone()))
+    });
     let error = attempts(&env, &l, cancel, tracked, &share).await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     if tracked {
         end_tracked(&env, &l, slot);
     }
@@ -615,6 +628,34 @@ async fn start_tracked(
                 .events
                 .send(DcronEvent::Missed(env.info(&l.key, l.kind)));
             None
+        }
+    }
+}
+
+/// Cancels `cancel` when the node's lease is no longer known to live (no keep-alive sent
+/// within the TTL succeeded, or the lease is gone).
+async fn lease_watchdog(env: Arc<FireEnv>, cancel: CancellationToken) {
+    let mut rx = env.lease_until.subscribe();
+    loop {
+        let until = *rx.borrow_and_update();
+        match until {
+            Some(until) if env.clock.monotonic() < until => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => {}
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            cancel.cancel();
+                            return;
+                        }
+                    }
+                    () = cancel.cancelled() => return,
+                }
+            }
+            _ => {
+                tracing::warn!("the lease is no longer known to live: a fire holding a running slot is cancelled");
+                cancel.cancel();
+                return;
+            }
         }
     }
 }

@@ -101,8 +101,12 @@ pub(crate) enum Command {
 
 /// Replies and timers fed back into the loop.
 pub(crate) enum Internal {
-    Registered(u64, Result<Lease>),
-    Renewed(u64, Result<()>),
+    /// A registration ended; the instant is when it was sent (the lease cannot have started
+    /// earlier).
+    Registered(u64, Result<Lease>, Instant),
+    /// A keep-alive ended; the instant is when it was sent: the lease is known to live until
+    /// that instant plus the TTL, and no longer.
+    Renewed(u64, Result<()>, Instant),
     StatusWritten(u64, Result<()>),
     Nodes(Result<Listing<Node>>),
     Tasks(Result<(Listing<TaskMeta>, Listing<Tombstone>)>),
@@ -214,6 +218,9 @@ pub(crate) struct Driver {
     /// The lease in force, shared with the supervisor (which unregisters it if the driver
     /// fails).
     lease_slot: Arc<std::sync::Mutex<Option<Lease>>>,
+    /// Until when the lease in force is known to live (last keep-alive sent + TTL), shared with
+    /// the fires holding running slots: they are cancelled when it passes unrenewed.
+    lease_until: Arc<watch::Sender<Option<Instant>>>,
     /// Registration failures in a row (the back-off grows with them).
     register_failures: u32,
     events: broadcast::Sender<DcronEvent>,
@@ -280,6 +287,7 @@ impl Driver {
         let view = inner.view.clone();
         let health = inner.health.clone();
         let lease_slot = inner.lease_slot.clone();
+        let lease_until = inner.lease_until.clone();
         let events = inner.events.clone();
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let now = clock.now();
@@ -309,6 +317,7 @@ impl Driver {
             internal: internal_tx.clone(),
             running: running.clone(),
             lease: lease_slot.clone(),
+            lease_until: lease_until.clone(),
             slots: registry.capabilities().slots,
             ended: ended.clone(),
             waiting: Arc::default(),
@@ -322,6 +331,7 @@ impl Driver {
             view,
             health,
             lease_slot,
+            lease_until,
             register_failures: 0,
             events,
             commands,
@@ -505,9 +515,10 @@ impl Driver {
                 };
                 let registry = self.registry.clone();
                 let tx = self.internal_tx.clone();
+                let sent = self.clock.monotonic();
                 tokio::spawn(async move {
                     let r = registry.keep_alive(&lease).await;
-                    let _ = tx.send(Internal::Renewed(epoch, r));
+                    let _ = tx.send(Internal::Renewed(epoch, r, sent));
                 });
             }
             Action::Activate => {
@@ -520,6 +531,7 @@ impl Driver {
             Action::Deactivate => {
                 self.drop_ownership();
                 if matches!(self.state, State::Lost { .. }) {
+                    self.set_lease_until(None);
                     for fire in self.running.lease_lost() {
                         tracing::warn!(task = %fire.task, scheduled = %fire.instant, "lease lost while a non-overlapping fire runs; its cancellation token is cancelled");
                         let _ = self.events.send(DcronEvent::LeaseLostWhileRunning {
@@ -549,6 +561,7 @@ impl Driver {
                 if let Ok(mut slot) = self.lease_slot.lock() {
                     *slot = None;
                 }
+                self.set_lease_until(None);
                 if let Some(lease) = self.lease_for(epoch) {
                     let registry = self.registry.clone();
                     let waiters = std::mem::take(&mut self.stop_waiters);
@@ -570,6 +583,25 @@ impl Driver {
         }
     }
 
+    /// Sets until when the lease is known to live: `sent` (a registration's send) plus the
+    /// TTL, or none without a lease.
+    fn set_lease_until(&self, sent: Option<Instant>) {
+        let until = sent.map(|s| s + self.cfg.ttl);
+        self.lease_until.send_replace(until);
+    }
+
+    /// A keep-alive sent at `sent` succeeded: the lease lives at least until `sent` + TTL.
+    fn extend_lease_until(&self, sent: Instant) {
+        let until = sent + self.cfg.ttl;
+        self.lease_until.send_if_modified(|current| {
+            let later = current.is_some_and(|c| c < until);
+            if later {
+                *current = Some(until);
+            }
+            later
+        });
+    }
+
     fn lease_for(&self, epoch: u64) -> Option<Lease> {
         match &self.lease {
             Some((e, lease)) if *e == epoch => Some(lease.clone()),
@@ -584,9 +616,10 @@ impl Driver {
         record.status = NodeStatus::Starting;
         record.last_alive = self.clock.now();
         let ttl = self.cfg.ttl;
+        let sent = self.clock.monotonic();
         tokio::spawn(async move {
             let r = registry.register(&record, ttl).await;
-            let _ = tx.send(Internal::Registered(epoch, r));
+            let _ = tx.send(Internal::Registered(epoch, r, sent));
         });
     }
 
@@ -645,7 +678,7 @@ impl Driver {
         let now = self.clock.monotonic();
         let status_write = matches!(msg, Internal::StatusWritten(..));
         match msg {
-            Internal::Registered(epoch, Ok(lease)) => {
+            Internal::Registered(epoch, Ok(lease), sent) => {
                 if matches!(self.state, State::Starting { epoch: e } | State::Lost { epoch: e } if e == epoch)
                 {
                     self.register_failures = 0;
@@ -653,7 +686,8 @@ impl Driver {
                         *slot = Some(lease.clone());
                     }
                     self.lease = Some((epoch, lease));
-                    self.lifecycle(Input::Registered { epoch, now });
+                    self.set_lease_until(Some(sent));
+                    self.lifecycle(Input::Registered { epoch, now: sent });
                 } else {
                     // A late registration for an abandoned epoch: release it.
                     let registry = self.registry.clone();
@@ -662,7 +696,7 @@ impl Driver {
                     });
                 }
             }
-            Internal::Registered(epoch, Err(e)) => {
+            Internal::Registered(epoch, Err(e), _) => {
                 self.register_failures = self.register_failures.saturating_add(1);
                 let attempt = self.register_failures;
                 let delay = register_backoff(self.cfg.retry_backoff, attempt, self.jitter_seed());
@@ -684,8 +718,13 @@ impl Driver {
                     self.register(epoch);
                 }
             }
-            Internal::Renewed(epoch, Ok(())) => {
-                self.lifecycle(Input::Renewed { epoch, now });
+            Internal::Renewed(epoch, Ok(()), sent) => {
+                // The lease is known to live a TTL from when the keep-alive was sent, not from
+                // when its (possibly late) reply came back.
+                if self.lease.as_ref().is_some_and(|(e, _)| *e == epoch) {
+                    self.extend_lease_until(sent);
+                }
+                self.lifecycle(Input::Renewed { epoch, now: sent });
                 // Keep the informational `last_alive` of the record fresh (liveness itself is
                 // the lease): one record write every LAST_ALIVE_REFRESH.
                 let stale = (self.clock.now() - self.record.last_alive)
@@ -696,7 +735,7 @@ impl Driver {
                     self.publish_markers();
                 }
             }
-            Internal::Renewed(epoch, Err(e)) | Internal::StatusWritten(epoch, Err(e)) => {
+            Internal::Renewed(epoch, Err(e), _) | Internal::StatusWritten(epoch, Err(e)) => {
                 let lease_lost = matches!(e, Error::LeaseLost { .. } | Error::NotFound { .. });
                 if status_write {
                     // The record (its status) did not reach the registry: write it again at the
