@@ -8,6 +8,8 @@
 //!                                       is the generation
 //! /{ns}/claims/{task name}/{instant ms} claim (Claim JSON), attached to a retention lease
 //! /{ns}/records/{kind}/{record key}     record of a kind (pause, trigger, status): opaque bytes
+//! /{ns}/slots/{task name}               running slot (SlotRecord JSON), attached to the
+//!                                       holder node's lease
 //! ```
 //!
 //! Every variable segment is escaped with [`escape`], so it never contains `/`: the namespace is
@@ -154,6 +156,16 @@ impl Keys {
     /// The key of one record (its key escaped into one segment).
     pub(crate) fn record(&self, kind: RecordKind, key: &str) -> String {
         format!("{}{}", self.records_prefix(kind), escape(key))
+    }
+
+    /// `/{ns}/slots/`: every running slot of the namespace (removed by `cleanup_all`).
+    pub(crate) fn slots_prefix(&self) -> String {
+        format!("{}slots/", self.root)
+    }
+
+    /// The running slot of a task.
+    pub(crate) fn slot(&self, name: &str) -> String {
+        format!("{}{}", self.slots_prefix(), escape(name))
     }
 
     /// The unescaped last segment of `key` when it lies directly under `prefix`.

@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod keys;
 mod lives;
+mod slots;
 mod watch;
 
 use std::future::Future;
@@ -17,9 +18,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
     check_record_key, check_records, check_value_size, validate_task_name, Capabilities, Claim,
-    ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, Error, Lease, Life, Listing, Node,
-    NodeEvent, PutMode, RecordKind, Registry, Result, TaskMeta, TaskMetaEvent, Tombstone,
-    WatchStream,
+    ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, Error, FireKey, Lease, Life, Listing, Node,
+    NodeEvent, PutMode, RecordKind, Registry, Result, SlotOutcome, TaskMeta, TaskMetaEvent,
+    Tombstone, WatchStream,
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, Error as EtcdError, GetOptions,
@@ -80,9 +81,10 @@ const MAX_DECODING_BYTES: usize = 512 * 1024 * 1024;
 /// be atomic are etcd transactions comparing `create_revision`; a task name's life is a key whose
 /// `mod_revision` is its generation; a claim batch is one transaction of nested create-if-absent
 /// transactions (one per fire) attached to a shared retention lease; watches resume from the
-/// revision of the snapshot they follow. It implements the exactly-once contract
-/// ([`Capabilities::exactly_once`]) without a registry clock (etcd cannot compare with the time;
-/// nodes check deadlines). See the crate documentation for the key layout.
+/// revision of the snapshot they follow; a task's running slot is a key attached to its holder
+/// node's lease. It implements the exactly-once contract ([`Capabilities::exactly_once`]) and
+/// running slots ([`Capabilities::slots`]) without a registry clock (etcd cannot compare with
+/// the time; nodes check deadlines). See the crate documentation for the key layout.
 ///
 /// Cheap to clone: clones share one connection (one HTTP/2 channel per endpoint).
 #[derive(Clone)]
@@ -510,6 +512,7 @@ impl Registry for EtcdRegistry {
         Capabilities::with_max_value_bytes(MAX_VALUE_BYTES)
             .with_records()
             .with_exactly_once()
+            .with_slots()
     }
 
     // ----- membership -----
@@ -807,7 +810,7 @@ impl Registry for EtcdRegistry {
 
     async fn cleanup_all(&self) -> Result<()> {
         let keys = self.keys();
-        // Claims are kept: they live until their retention ends.
+        // Claims are kept: they live until their retention ends. Running slots are freed.
         let prefixes = [
             keys.tasks_prefix(),
             keys.tombstones_prefix(),
@@ -818,6 +821,7 @@ impl Registry for EtcdRegistry {
             prefixes
                 .iter()
                 .map(|p| TxnOp::delete(p.as_str(), Some(DeleteOptions::new().with_prefix())))
+                .chain([slots::delete_all(keys)])
                 .collect::<Vec<_>>(),
         );
         self.txn("cleanup_all", keys.root(), txn).await?;
@@ -846,6 +850,16 @@ impl Registry for EtcdRegistry {
                 reason: corrupt_reason(e),
             })
         }))
+    }
+
+    // ----- running slots -----
+
+    async fn acquire_slot(&self, lease: &Lease, fire: &FireKey) -> Result<SlotOutcome> {
+        slots::acquire(self, lease, fire).await
+    }
+
+    async fn release_slot(&self, lease: &Lease, fire: &FireKey) -> Result<()> {
+        slots::release(self, lease, fire).await
     }
 
     // ----- lives -----
