@@ -15,6 +15,7 @@
 //! | `<ns>:claim:<name>:<millis>` | string, `PX` TTL = the request's retention | `<token>:<generation>:<epoch>:<node id>`: the fencing token, the life's generation and the claimant (the node id last, as it may contain `:`) |
 //! | `<ns>:claims:<name>` | sorted set | claim index: member `<millis>`, score = expiry (server ms) |
 //! | `<ns>:token` | string (integer) | the namespace's sequence (`INCR`): every fencing token and every generation is its next number, so both increase per name across cleanups and new lives |
+//! | `<ns>:slot:<name>` | hash | the task's running slot: `lease` (the holder's lease id), `nkey` (the holder's node key), `rec` ([`dcron_core::SlotRecord`] JSON); held while `nkey` carries that lease id |
 //! | `<ns>:records:<kind>` | hash | records of one [`dcron_core::RecordKind`] (`pause`, `trigger`, `status`): field = record key (unescaped: hash fields are binary-safe and no glob), value = the opaque record bytes |
 //!
 //! Change notifications are published on `<ns>:events:db<db>:nodes` and
@@ -158,6 +159,11 @@ impl RedisKeys {
         format!("{}claims:{}", self.prefix, escape(name))
     }
 
+    /// The running slot (hash: holder's lease id, node key and record) of a task.
+    pub fn slot(&self, name: &str) -> String {
+        format!("{}slot:{}", self.prefix, escape(name))
+    }
+
     /// The hash holding every record of `kind` (`<ns>:records:<kind>`); its fields are the
     /// record keys as given (hash fields are binary-safe and never matched as globs).
     pub fn records(&self, kind: RecordKind) -> String {
@@ -185,13 +191,13 @@ impl RedisKeys {
     }
 
     /// Whether `key` (a key of this namespace) is removed by `cleanup_all`: task records,
-    /// tombstones, lives and the record hashes, but not node registrations, the node-change
-    /// counter, the token sequence or claims (they live until their retention ends).
+    /// tombstones, lives, running slots and the record hashes, but not node registrations, the
+    /// node-change counter, the token sequence or claims (they live until their retention ends).
     pub fn is_task_data(&self, key: impl AsRef<[u8]>) -> bool {
         key.as_ref()
             .strip_prefix(self.prefix.as_bytes())
             .is_some_and(|rest| {
-                [&b"task:"[..], b"tomb:", b"life:", b"records:"]
+                [&b"task:"[..], b"tomb:", b"life:", b"slot:", b"records:"]
                     .iter()
                     .any(|p| rest.starts_with(p))
             })
@@ -246,6 +252,7 @@ mod tests {
             k.task("t"),
             k.tombstone("t"),
             k.life("t"),
+            k.slot("t"),
             k.records(RecordKind::Pause),
             k.records(RecordKind::Trigger),
             k.records(RecordKind::Status),

@@ -7,10 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
-    check_claims, check_record_key, check_records, check_value_size, validate_task_name,
-    Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, Error, FireKey, Lease,
-    Life, Listing, Node, NodeEvent, PutMode, RecordKind, Registry, Result, TaskMeta, TaskMetaEvent,
-    Tombstone, WatchStream,
+    check_claims, check_record_key, check_records, check_slot, check_value_size,
+    validate_task_name, Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry,
+    Error, FireKey, Lease, Life, Listing, Node, NodeEvent, PutMode, RecordKind, Registry, Result,
+    SlotOutcome, SlotRecord, TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
 };
 use deadpool_redis::{Connection, Pool, Runtime};
 use redis::{AsyncConnectionConfig, Client, FromRedisValue, IntoConnectionInfo, Script, Value};
@@ -634,6 +634,37 @@ fn claim_outcome(answer: Value, key: impl Fn() -> String) -> ClaimOutcome {
     }
 }
 
+/// Turns the answer of the slot script into an outcome; `key` names the slot in errors.
+fn slot_outcome(answer: Value, key: &str, lease: &Lease, context: &str) -> Result<SlotOutcome> {
+    let unexpected = |what: &str| Error::Backend {
+        backend: BACKEND,
+        message: format!("{context}: unexpected script answer {what}"),
+        source: None,
+    };
+    let Value::Array(items) = answer else {
+        return Err(unexpected(&format!("{answer:?}")));
+    };
+    let mut items = items.into_iter().map(as_bytes);
+    let code = items.next().unwrap_or_default();
+    match code.as_slice() {
+        b"T" => Ok(SlotOutcome::Taken),
+        b"X" => Err(Error::LeaseLost {
+            node: lease.node_id.clone(),
+        }),
+        b"H" => {
+            let record = items
+                .next()
+                .ok_or_else(|| unexpected("H without a record"))?;
+            Ok(SlotRecord::decode(key, &record)?.held())
+        }
+        b"F" => Err(Error::Corrupt {
+            key: key.to_string(),
+            reason: String::from_utf8_lossy(&items.next().unwrap_or_default()).into_owned(),
+        }),
+        other => Err(unexpected(&String::from_utf8_lossy(other))),
+    }
+}
+
 /// Maps the error of reading one value: a key of another type than string where a record
 /// belongs is damage ([`Error::Corrupt`]), not an outage.
 fn read_error(err: redis::RedisError, key: &str, context: &str) -> Error {
@@ -701,6 +732,7 @@ impl Registry for RedisRegistry {
             .with_records()
             .with_clock()
             .with_exactly_once()
+            .with_slots()
     }
 
     async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
@@ -1141,6 +1173,39 @@ impl Registry for RedisRegistry {
             }
         }
         Ok(listing)
+    }
+
+    async fn acquire_slot(&self, lease: &Lease, fire: &FireKey) -> Result<SlotOutcome> {
+        check_slot(lease, fire)?;
+        let keys = &self.core.keys;
+        let slot = keys.slot(&fire.task);
+        let record = SlotRecord::new(lease, fire).encode();
+        let context = format!("take the running slot of `{}` for {fire}", fire.task);
+        let answer: Value = self
+            .core
+            .eval(
+                &scripts::ACQUIRE_SLOT,
+                &[&keys.node(&lease.node_id), &slot],
+                &[lease.id.as_bytes(), &record],
+                &context,
+            )
+            .await?;
+        slot_outcome(answer, &slot, lease, &context)
+    }
+
+    async fn release_slot(&self, lease: &Lease, fire: &FireKey) -> Result<()> {
+        check_slot(lease, fire)?;
+        let record = SlotRecord::new(lease, fire).encode();
+        let _: i64 = self
+            .core
+            .eval(
+                &scripts::RELEASE_SLOT,
+                &[&self.core.keys.slot(&fire.task)],
+                &[&record],
+                &format!("release the running slot of `{}` for {fire}", fire.task),
+            )
+            .await?;
+        Ok(())
     }
 
     async fn put_records(&self, kind: RecordKind, records: &[(String, Vec<u8>)]) -> Result<()> {

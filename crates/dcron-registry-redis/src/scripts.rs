@@ -375,3 +375,50 @@ return out
 "#,
     )
 });
+
+/// Takes a running slot.
+///
+/// KEYS: the caller's node key, the slot key. ARGV: the caller's lease id, the slot record
+/// (`dcron_core::SlotRecord` JSON of the caller's lease and fire). Returns `{'X'}` when the
+/// caller's lease has ended (nothing written); `{'T'}` when the slot is now held by the caller
+/// (free, its holder's lease ended, or already held by the same lease for the same fire);
+/// `{'H', record}` when another fire holds it; `{'F', reason}` when the slot key does not hold
+/// a slot.
+///
+/// A slot is a hash: `lease` (the holder's lease id), `nkey` (the holder's node key) and `rec`
+/// (the record). It is held while the holder's node key still carries that lease id, so it
+/// ends with the lease (expiry, unregistration or a newer registration) without a TTL of its
+/// own.
+pub(crate) static ACQUIRE_SLOT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if lease_of(KEYS[1]) ~= ARGV[1] then return {'X'} end
+local t = key_type(KEYS[2])
+if t == 'hash' then
+  local h = redis.call('HMGET', KEYS[2], 'lease', 'nkey', 'rec')
+  if not h[1] or not h[2] or not h[3] then return {'F', 'the slot hash lacks a field'} end
+  if h[3] == ARGV[2] then return {'T'} end
+  if lease_of(h[2]) == h[1] then return {'H', h[3]} end
+elseif t ~= 'none' then
+  return {'F', 'the slot key holds a ' .. t}
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'lease', ARGV[1], 'nkey', KEYS[1], 'rec', ARGV[2])
+return {'T'}
+"#,
+    )
+});
+
+/// Frees a running slot held by the caller for its fire.
+///
+/// KEYS: the slot key. ARGV: the slot record of the caller's lease and fire. Returns 1 when
+/// freed, 0 when the slot is not held by that lease for that fire (nothing changes).
+pub(crate) static RELEASE_SLOT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if key_type(KEYS[1]) ~= 'hash' then return 0 end
+if redis.call('HGET', KEYS[1], 'rec') ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"#,
+    )
+});

@@ -345,3 +345,75 @@ async fn next_event(
         .await
         .expect("an event within 5 s")
 }
+
+#[tokio::test]
+async fn slots_are_hashes_held_by_the_node_key_and_damage_is_corrupt() {
+    let Some((reg, mut raw, ns)) = setup("slot").await else {
+        return;
+    };
+    let keys = RedisKeys::new(&ns, 0);
+    let lease = reg
+        .register(&Node::new("n:1", Utc::now()), Duration::from_secs(30))
+        .await
+        .expect("register");
+    let fire = FireKey::new("job:x", Utc.timestamp_opt(1_700_000_000, 0).unwrap());
+    assert!(reg
+        .acquire_slot(&lease, &fire)
+        .await
+        .expect("acquire")
+        .is_taken());
+    let slot = keys.slot("job:x");
+    assert_eq!(slot, format!("{ns}:slot:job%3Ax"));
+    let (held_lease, node_key, record): (String, String, Vec<u8>) = redis::cmd("HMGET")
+        .arg(&slot)
+        .arg("lease")
+        .arg("nkey")
+        .arg("rec")
+        .query_async(&mut raw)
+        .await
+        .expect("hmget");
+    assert_eq!(held_lease, lease.id);
+    assert_eq!(node_key, keys.node("n:1"));
+    assert!(dcron_core::SlotRecord::decode(&slot, &record)
+        .expect("a slot record")
+        .is(&lease, &fire));
+    // No TTL of its own: the slot lives as long as the lease on the node key.
+    assert_eq!(pttl(&mut raw, &slot).await, -1);
+
+    // Damaged slots answer Corrupt to a caller that would otherwise take or see them.
+    let other = FireKey::new("job:x", Utc.timestamp_opt(1_700_000_060, 0).unwrap());
+    let _: () = raw
+        .hset(&slot, "rec", "not json")
+        .await
+        .expect("damage the record");
+    assert!(matches!(
+        reg.acquire_slot(&lease, &other).await,
+        Err(Error::Corrupt { ref key, .. }) if *key == slot
+    ));
+    let _: () = raw.hdel(&slot, "nkey").await.expect("drop a field");
+    assert!(matches!(
+        reg.acquire_slot(&lease, &other).await,
+        Err(Error::Corrupt { ref key, .. }) if *key == slot
+    ));
+    let _: () = raw.del(&slot).await.expect("del");
+    let _: () = raw.set(&slot, "x").await.expect("set a string");
+    assert!(matches!(
+        reg.acquire_slot(&lease, &other).await,
+        Err(Error::Corrupt { ref key, .. }) if *key == slot
+    ));
+    // A release never touches what it does not hold.
+    reg.release_slot(&lease, &other).await.expect("release");
+    let left: String = raw.get(&slot).await.expect("get");
+    assert_eq!(left, "x");
+    // cleanup_all frees it.
+    reg.cleanup_all().await.expect("cleanup");
+    let exists: bool = raw.exists(&slot).await.expect("exists");
+    assert!(!exists);
+    assert!(reg
+        .acquire_slot(&lease, &other)
+        .await
+        .expect("acquire")
+        .is_taken());
+    let _: () = raw.del(&slot).await.expect("del");
+    reg.unregister(&lease).await.expect("unregister");
+}
