@@ -11,6 +11,8 @@
 //! {root}/clients/{uuid}                    ephemeral marker of one registry handle's session
 //! {root}/sweeper                           ephemeral lock of the claim sweeper (without TTL)
 //! {root}/records/{kind}/{record key}       persistent, data = the record's opaque bytes
+//! {root}/slots/{task name}                 persistent, never deleted: the running slot of the
+//!                                          name (holder, or empty when free; see `slots`)
 //! ```
 //!
 //! Escaping: every byte outside `[A-Za-z0-9_-]` becomes `%XX` (upper-case hex) — including `.`
@@ -156,7 +158,7 @@ impl Layout {
 
     /// The directories under the root, created at connect time.
     pub(crate) fn directories(&self) -> Vec<String> {
-        ["nodes", "tasks", "clients", "records"]
+        ["nodes", "tasks", "clients", "records", "slots"]
             .iter()
             .map(|d| format!("{}/{d}", self.root))
             .collect()
@@ -179,6 +181,13 @@ impl Layout {
     }
     pub(crate) fn record(&self, kind: RecordKind, key: &str) -> String {
         format!("{}/records/{}/{}", self.root, kind.as_str(), escape(key))
+    }
+    pub(crate) fn slots_dir(&self) -> String {
+        format!("{}/slots", self.root)
+    }
+    /// The running slot znode of a task name.
+    pub(crate) fn slot(&self, name: &str) -> String {
+        format!("{}/slots/{}", self.root, escape(name))
     }
     pub(crate) fn sweeper_lock(&self) -> String {
         format!("{}/sweeper", self.root)
@@ -250,8 +259,15 @@ mod tests {
         let l = Layout::new("/x/y".into());
         assert_eq!(
             l.directories(),
-            vec!["/x/y/nodes", "/x/y/tasks", "/x/y/clients", "/x/y/records"]
+            vec![
+                "/x/y/nodes",
+                "/x/y/tasks",
+                "/x/y/clients",
+                "/x/y/records",
+                "/x/y/slots"
+            ]
         );
+        assert_eq!(l.slot("a b"), "/x/y/slots/a%20b");
         assert_eq!(l.claim("a b", -5), "/x/y/tasks/a%20b/-5");
         assert_eq!(
             l.record(RecordKind::Trigger, "a b@1"),

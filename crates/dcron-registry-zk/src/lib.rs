@@ -12,6 +12,7 @@ mod names;
 mod nodes;
 mod records;
 mod registry;
+mod slots;
 mod state;
 mod sweeper;
 mod watcher;

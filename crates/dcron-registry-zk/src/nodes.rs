@@ -42,7 +42,7 @@ pub(crate) struct LeaseSession {
 }
 
 impl LeaseSession {
-    fn is_lost(&self) -> bool {
+    pub(crate) fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire) || self.conn.session_ended()
     }
 
@@ -80,7 +80,7 @@ impl LeaseSession {
     }
 }
 
-fn lease_lost(lease: &Lease) -> Error {
+pub(crate) fn lease_lost(lease: &Lease) -> Error {
     Error::LeaseLost {
         node: lease.node_id.clone(),
     }
@@ -100,7 +100,7 @@ impl ZkRegistry {
     }
 
     /// Forgets and ends a lease found lost; answers `LeaseLost`.
-    async fn drop_lease(&self, id: &str, s: &LeaseSession) -> Error {
+    pub(crate) async fn drop_lease(&self, id: &str, s: &LeaseSession) -> Error {
         self.forget(id);
         s.end().await;
         s.lease_lost()

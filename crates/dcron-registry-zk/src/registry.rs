@@ -1,5 +1,5 @@
 //! [`ZkRegistry`]: connecting, the namespace, the shared session, and the `Registry` impl that
-//! hands each operation to its module (`names`, `claims`, `nodes`, `records`).
+//! hands each operation to its module (`names`, `claims`, `nodes`, `records`, `slots`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -9,9 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
-    Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, Error, Lease, Life,
-    Listing, Node, NodeEvent, PutMode, RecordKind, Registry, Result, TaskMeta, TaskMetaEvent,
-    Tombstone, WatchStream,
+    Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, Error, FireKey, Lease,
+    Life, Listing, Node, NodeEvent, PutMode, RecordKind, Registry, Result, SlotOutcome, TaskMeta,
+    TaskMetaEvent, Tombstone, WatchStream,
 };
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::broadcast;
@@ -35,7 +35,7 @@ pub(crate) const CONCURRENCY: usize = 64;
 const NAMESPACE_MARKER: &[u8] = b"{\"dcron_namespace\":1}";
 
 /// The children a namespace root of an earlier version of this crate may have.
-const KNOWN_CHILDREN: [&str; 7] = [
+const KNOWN_CHILDREN: [&str; 8] = [
     "nodes",
     "tasks",
     "tombstones",
@@ -43,6 +43,7 @@ const KNOWN_CHILDREN: [&str; 7] = [
     "records",
     "clients",
     "sweeper",
+    "slots",
 ];
 
 /// A dcron registry on ZooKeeper.
@@ -587,6 +588,7 @@ impl Registry for ZkRegistry {
         Capabilities::with_max_value_bytes(MAX_VALUE_BYTES)
             .with_records()
             .with_exactly_once()
+            .with_slots()
     }
 
     // ----- membership -----
@@ -656,7 +658,10 @@ impl Registry for ZkRegistry {
     }
 
     async fn cleanup_all(&self) -> Result<()> {
-        self.cleanup_namespace().await
+        // Both are tried; the first failure is reported.
+        let names = self.cleanup_namespace().await;
+        let slots = self.free_all_slots().await;
+        names.and(slots)
     }
 
     // ----- lives -----
@@ -681,6 +686,16 @@ impl Registry for ZkRegistry {
 
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>> {
         self.list_fire_claims(task).await
+    }
+
+    // ----- running slots -----
+
+    async fn acquire_slot(&self, lease: &Lease, fire: &FireKey) -> Result<SlotOutcome> {
+        self.acquire_task_slot(lease, fire).await
+    }
+
+    async fn release_slot(&self, lease: &Lease, fire: &FireKey) -> Result<()> {
+        self.release_task_slot(lease, fire).await
     }
 
     // ----- records -----
