@@ -7,6 +7,8 @@
 //! <ns>/lives/<task name>/              the name's current life (generation = its ModifyIndex)
 //! <ns>/claims/<task name>/<instant>    claim of one fire (instant: 20 digits, see below)
 //! <ns>/records/<kind>/<record key>     record of a kind (pause, trigger, status, life)
+//! <ns>/slots/<task name>/held          running slot: SlotRecord, locked by the holder's session
+//! <ns>/slots/<task name>/fire/<instant> the holder's fire (empty), locked by the same session
 //! ```
 //!
 //! # Escape
@@ -181,6 +183,30 @@ impl Keys {
         format!("{}{}", self.records_prefix(kind), escape(key))
     }
 
+    /// `<ns>/slots/`: every running slot (removed by `cleanup_all`).
+    pub(crate) fn slots_root(&self) -> String {
+        format!("{}/slots/", self.root)
+    }
+
+    /// The running slot of a task: its holder's `SlotRecord`, locked by the holder's session.
+    pub(crate) fn slot(&self, name: &str) -> String {
+        format!("{}{}/held", self.slots_root(), escape(name))
+    }
+
+    /// `<ns>/slots/<task>/fire/`: the fire marker of a task's slot (one key at most).
+    pub(crate) fn slot_fires(&self, name: &str) -> String {
+        format!("{}{}/fire/", self.slots_root(), escape(name))
+    }
+
+    /// The fire marker of `name`'s slot held for the fire at `instant_millis`.
+    pub(crate) fn slot_fire(&self, name: &str, instant_millis: i64) -> String {
+        format!(
+            "{}{}",
+            self.slot_fires(name),
+            instant_segment(instant_millis)
+        )
+    }
+
     /// The unescaped last segment of a key under `prefix` (a task name, node id, record key),
     /// with or without the closing `/` of tombstone and life keys.
     pub(crate) fn name_under(prefix: &str, key: &str) -> Option<String> {
@@ -245,6 +271,8 @@ mod tests {
                 k.claim(name, -5),
                 k.claims_prefix(name),
                 k.record(RecordKind::Trigger, name),
+                k.slot(name),
+                k.slot_fire(name, -5),
             ] {
                 assert!(portable_key(&key), "{key}");
             }
@@ -309,6 +337,13 @@ mod tests {
             Keys::name_under(&k.tombstones_prefix(), &k.tombstone("a.b")).as_deref(),
             Some("a.b")
         );
+        // A task's slot keys are apart from every other task's, and `delete-tree` of one task's
+        // fire markers touches no other key.
+        assert!(!k.slot("ab").starts_with(&format!("{}a/", k.slots_root())));
+        assert!(!k.slot_fires("ab").starts_with(&k.slot_fires("a")));
+        assert!(!k.slot("a").starts_with(&k.slot_fires("a")));
+        assert!(k.slot_fire("a", 1).starts_with(&k.slot_fires("a")));
+        assert!(!extended.slot("x").starts_with(&k.slots_root()));
         // Point keys read with `get-tree` are not prefixes of any other key.
         for (a, b) in [("a", "ab"), ("a", "a_2E"), ("x", "x.")] {
             assert!(!k.tombstone(b).starts_with(&k.tombstone(a)), "{a} {b}");

@@ -8,6 +8,7 @@ mod config;
 mod error;
 mod keys;
 mod registry;
+mod slots;
 mod watch;
 
 pub use config::{

@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
     check_record_key, check_records, check_value_size, validate_task_name, Capabilities, Claim,
-    ClaimOutcome, ClaimRequest, Claimant, Clock, CorruptEntry, Error, Lease, Life, Listing, Node,
-    NodeEvent, PutMode, RecordKind, Registry, Result, SystemClock, TaskMeta, TaskMetaEvent,
-    Tombstone, WatchStream,
+    ClaimOutcome, ClaimRequest, Claimant, Clock, CorruptEntry, Error, FireKey, Lease, Life,
+    Listing, Node, NodeEvent, PutMode, RecordKind, Registry, Result, SlotOutcome, SystemClock,
+    TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -391,6 +391,7 @@ impl Registry for ConsulRegistry {
         Capabilities::with_max_value_bytes(MAX_VALUE_BYTES)
             .with_records()
             .with_exactly_once()
+            .with_slots()
     }
 
     // ----- membership -----
@@ -761,6 +762,8 @@ impl Registry for ConsulRegistry {
             TxnKvOp::delete_tree(keys.tasks_root()),
             TxnKvOp::delete_tree(keys.lives_prefix()),
             TxnKvOp::delete_tree(keys.records_root()),
+            // Running slots go too: their holders' sessions live on, the slots are free.
+            TxnKvOp::delete_tree(keys.slots_root()),
         ];
         let root = keys.tasks_root();
         let ctx = Ctx::new("cleanup_all", &root);
@@ -911,6 +914,16 @@ impl Registry for ConsulRegistry {
             }
         }
         Ok(found.listing)
+    }
+
+    // ----- running slots -----
+
+    async fn acquire_slot(&self, lease: &Lease, fire: &FireKey) -> Result<SlotOutcome> {
+        crate::slots::acquire(self.client(), self.keys(), lease, fire).await
+    }
+
+    async fn release_slot(&self, lease: &Lease, fire: &FireKey) -> Result<()> {
+        crate::slots::release(self.client(), self.keys(), lease, fire).await
     }
 
     // ----- records -----

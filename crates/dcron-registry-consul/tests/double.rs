@@ -903,6 +903,106 @@ async fn txn_locks_and_session_checks() {
     );
 }
 
+/// What running slots rely on (agent/consul/state/kvs.go `kvsLockTxn`,
+/// `kvsCheckSessionTxn`; state/session.go `deleteSessionTxn`): keys locked in transactions
+/// belong to the session; another session's `lock` fails while they are held; a `lock` needs
+/// a live session ("invalid session"); destroying a `behavior=delete` session deletes every key
+/// it holds in one write.
+#[tokio::test]
+async fn keys_locked_in_transactions_go_with_their_session() {
+    let d = ConsulDouble::start().await;
+    let body = json!({"TTL": "10s", "Behavior": "delete", "LockDelay": "0s"});
+    let s = session(&d, body.clone()).await;
+    let o = session(&d, body).await;
+    let take = |who: &str, fire: &str| {
+        json!([
+            {"KV": {"Verb": "check-not-exists", "Key": "a/held"}},
+            {"KV": {"Verb": "delete-tree", "Key": "a/fire/"}},
+            {"KV": {"Verb": "lock", "Key": "a/held", "Value": b64(who), "Session": who}},
+            {"KV": {"Verb": "lock", "Key": format!("a/fire/{fire}"), "Value": "", "Session": who}},
+        ])
+    };
+    let taken = txn(&d, take(&s, "1")).await;
+    assert_eq!(taken.status, 200, "{}", taken.text());
+    let results = taken.json()["Results"].as_array().expect("results").clone();
+    assert_eq!(results.len(), 2, "one entry per lock");
+    for r in &results {
+        assert_eq!(r["KV"]["Session"], Value::String(s.clone()));
+        assert_eq!(r["KV"]["LockIndex"], 1);
+        assert_eq!(r["KV"]["Value"], Value::Null, "values only for reads");
+    }
+    let rival = txn(&d, take(&o, "2")).await;
+    assert_eq!(rival.status, 409);
+    let errors: Vec<(u64, String)> = rival.json()["Errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| {
+            (
+                e["OpIndex"].as_u64().expect("op"),
+                e["What"].as_str().expect("what").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (0, "key \"a/held\" exists".to_string()),
+            (
+                2,
+                "failed to lock key \"a/held\", lock is already held".to_string()
+            ),
+        ]
+    );
+    assert_eq!(
+        d.keys("a/"),
+        ["a/fire/1", "a/held"],
+        "nothing of the rival applied"
+    );
+    let check = txn(
+        &d,
+        json!([{"KV": {"Verb": "check-session", "Key": "a/fire/1", "Session": o}}]),
+    )
+    .await;
+    assert_eq!(
+        check.json()["Errors"][0]["What"],
+        format!("failed session check for key \"a/fire/1\", current session \"{s}\" != \"{o}\"")
+    );
+
+    let before = d.index();
+    put(&d, &format!("/v1/session/destroy/{s}"), "").await;
+    assert!(d.keys("a/").is_empty(), "every key of the session deleted");
+    assert_eq!(d.index(), before + 1, "in one write");
+    let listing = get(&d, "/v1/kv/a/?recurse").await;
+    assert_eq!((listing.status, listing.index), (404, Some(before + 1)));
+
+    let late = txn(&d, take(&s, "1")).await;
+    assert_eq!(late.status, 409);
+    let whats: Vec<String> = late.json()["Errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["What"].as_str().expect("what").to_string())
+        .collect();
+    assert_eq!(
+        whats,
+        [
+            format!("invalid session \"{s}\""),
+            format!("invalid session \"{s}\""),
+        ],
+        "a destroyed session cannot lock"
+    );
+    let gone = txn(
+        &d,
+        json!([{"KV": {"Verb": "check-session", "Key": "a/held", "Session": s}}]),
+    )
+    .await;
+    assert_eq!(
+        gone.json()["Errors"][0]["What"],
+        "failed to check session, key \"a/held\" doesn't exist"
+    );
+}
+
 /// Txn.Apply's preCheck: an ACL refusal names its operation (409, `Permission denied…`) and
 /// nothing is applied; the plain endpoints answer 403.
 #[tokio::test]

@@ -12,12 +12,12 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use dcron_core::{
     ClaimOutcome, ClaimRequest, Claimant, Error, FireKey, Life, Node, NodeEvent, NodeStatus,
-    PutMode, RecordKind, Registry, TaskMeta, TaskMetaEvent,
+    PutMode, RecordKind, Registry, SlotOutcome, TaskMeta, TaskMetaEvent,
 };
 use dcron_registry_consul::{AgentError, ConsulRegistry, ConsulRegistryConfig, MAX_VALUE_BYTES};
 use futures::StreamExt;
 use support::double::{ConsulDouble, DoubleConfig, KeyRules};
-use support::{config, eventually, fast_double, registry};
+use support::{config, eventually, fast_double, raw_put, registry};
 
 const LONG: Duration = Duration::from_secs(600);
 
@@ -1198,4 +1198,108 @@ async fn claims_of_removed_names_are_swept_when_they_expire() {
         reg.list_claims("gone-1").await.expect("list").items.len(),
         1
     );
+}
+
+/// Running slots are two keys locked by the holder's node session (so Consul deletes them with
+/// it): a free slot costs one transaction, a held one a transaction and a read, a release one
+/// transaction; a committed acquire whose reply is lost is `Taken` on retry; a slot key without
+/// a session is free; a bad record is `Corrupt`; an ACL refusal is `AccessDenied`.
+#[tokio::test]
+async fn running_slots_live_on_the_node_session() {
+    let d = fast_double().await;
+    let a = registry(&d, "ns");
+    let b = registry(&d, "ns");
+    let la = a.register(&node("a"), LONG).await.expect("register");
+    let lb = b.register(&node("b"), LONG).await.expect("register");
+    let job = fire("job", 0);
+    let txns = || d.txns().len();
+
+    let before = txns();
+    assert_eq!(
+        a.acquire_slot(&la, &job).await.expect("acquire"),
+        SlotOutcome::Taken
+    );
+    assert_eq!(txns(), before + 1, "a free slot: one round trip");
+    let keys = d.keys("ns/slots/");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for key in &keys {
+        assert!(portable(key), "{key}");
+        assert_eq!(d.key_session(key), Some(Some(la.id.clone())), "{key}");
+    }
+
+    let before = txns();
+    let held = b.acquire_slot(&lb, &fire("job", 1)).await.expect("acquire");
+    assert_eq!(
+        held,
+        SlotOutcome::Held {
+            node_id: "a".into(),
+            fire: job.clone()
+        }
+    );
+    assert_eq!(txns(), before + 2, "a held slot: the write and one read");
+
+    let before = txns();
+    b.release_slot(&lb, &job).await.expect("release");
+    a.release_slot(&la, &fire("job", 1)).await.expect("release");
+    assert_eq!(txns(), before + 2, "a release: one round trip");
+    assert_eq!(d.count_keys("ns/slots/"), 2, "not the holder's fire: kept");
+    a.release_slot(&la, &job).await.expect("release");
+    assert_eq!(d.count_keys("ns/slots/"), 0, "released");
+
+    // The reply of a committed acquire is lost: the retry finds the slot held for it.
+    d.drop_next_txn_replies(1);
+    let lost = a.acquire_slot(&la, &job).await;
+    assert!(matches!(lost, Err(Error::Unavailable { .. })), "{lost:?}");
+    assert_eq!(
+        a.acquire_slot(&la, &job).await.expect("retry"),
+        SlotOutcome::Taken
+    );
+    assert_eq!(
+        b.acquire_slot(&lb, &fire("job", 1)).await.expect("acquire"),
+        SlotOutcome::Held {
+            node_id: "a".into(),
+            fire: job.clone()
+        }
+    );
+
+    // A slot key without a session holds nothing; a held one that does not decode is corrupt.
+    let cfg = config(&d.address(), "ns");
+    raw_put(&cfg, "/v1/kv/ns/slots/loose/held", b"left over".to_vec())
+        .await
+        .expect("raw put");
+    assert_eq!(
+        b.acquire_slot(&lb, &fire("loose", 0))
+            .await
+            .expect("acquire"),
+        SlotOutcome::Taken
+    );
+    assert_eq!(
+        d.key_session("ns/slots/loose/held"),
+        Some(Some(lb.id.clone()))
+    );
+    raw_put(
+        &cfg,
+        &format!("/v1/kv/ns/slots/bad/held?acquire={}", lb.id),
+        b"not a record".to_vec(),
+    )
+    .await
+    .expect("raw put");
+    let corrupt = a.acquire_slot(&la, &fire("bad", 0)).await;
+    assert!(matches!(corrupt, Err(Error::Corrupt { .. })), "{corrupt:?}");
+
+    d.deny_prefix("ns/slots/denied/");
+    let denied = a.acquire_slot(&la, &fire("denied", 0)).await;
+    assert!(matches!(denied, Err(Error::AccessDenied(_))), "{denied:?}");
+    let denied = a.release_slot(&la, &fire("denied", 0)).await;
+    assert!(matches!(denied, Err(Error::AccessDenied(_))), "{denied:?}");
+
+    // The slot keys go with the session.
+    a.unregister(&la).await.expect("unregister");
+    assert!(
+        d.keys("ns/slots/job/").is_empty(),
+        "{:?}",
+        d.keys("ns/slots/")
+    );
+    let lost = a.acquire_slot(&la, &job).await;
+    assert!(matches!(lost, Err(Error::LeaseLost { .. })), "{lost:?}");
 }
