@@ -6,10 +6,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dcron_core::{
-    check_claims, check_record_key, check_records, check_registration, check_value_size,
-    validate_task_name, Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry,
-    Error, FireKey, Lease, Life, Listing, Node, NodeEvent, PutMode, RecordKind, Registry, Result,
-    TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
+    check_claims, check_record_key, check_records, check_registration, check_slot,
+    check_value_size, validate_task_name, Capabilities, Claim, ClaimOutcome, ClaimRequest,
+    Claimant, CorruptEntry, Error, FireKey, Lease, Life, Listing, Node, NodeEvent, PutMode,
+    RecordKind, Registry, Result, SlotOutcome, TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::time::Instant;
@@ -442,6 +442,7 @@ impl Registry for PostgresRegistry {
             .with_records()
             .with_clock()
             .with_exactly_once()
+            .with_slots()
     }
 
     // ----- membership -----
@@ -710,6 +711,80 @@ impl Registry for PostgresRegistry {
             "cleanup_all",
             &self.inner.sql.cleanup_all,
             &[&self.ns(), &CLEANUP_EVENT_LIMIT],
+        )
+        .await?;
+        Ok(())
+    }
+
+    // ----- running slots -----
+
+    async fn acquire_slot(&self, lease: &Lease, fire: &FireKey) -> Result<SlotOutcome> {
+        check_slot(lease, fire)?;
+        if lease.node_id.contains('\0') || lease.id.contains('\0') {
+            // `register` refuses such ids: no live lease has one.
+            return Err(lease_lost(lease));
+        }
+        let rows = self
+            .query(
+                "acquire_slot",
+                &self.inner.sql.acquire_slot,
+                &[
+                    &self.ns(),
+                    &fire.task,
+                    &lease.node_id,
+                    &lease.id,
+                    &fire.instant_millis(),
+                ],
+            )
+            .await?;
+        let key = format!("running slot of `{}`", fire.task);
+        let row = match rows.as_slice() {
+            [row] => row,
+            _ => {
+                return Err(Error::Backend {
+                    backend: BACKEND,
+                    message: format!("acquire_slot answered {} rows", rows.len()),
+                    source: None,
+                })
+            }
+        };
+        let outcome: String = row.try_get(0).map_err(|e| corrupt(&key, e.to_string()))?;
+        match outcome.as_str() {
+            "taken" => Ok(SlotOutcome::Taken),
+            "lease_lost" => Err(lease_lost(lease)),
+            "held" => {
+                let node_id: String = row.try_get(1).map_err(|e| corrupt(&key, e.to_string()))?;
+                let ms: i64 = row.try_get(2).map_err(|e| corrupt(&key, e.to_string()))?;
+                let instant = DateTime::<Utc>::from_timestamp_millis(ms)
+                    .ok_or_else(|| corrupt(&key, format!("instant {ms} ms out of range")))?;
+                Ok(SlotOutcome::Held {
+                    node_id,
+                    fire: FireKey::new(fire.task.clone(), instant),
+                })
+            }
+            other => Err(Error::Backend {
+                backend: BACKEND,
+                message: format!("acquire_slot answered `{other}`"),
+                source: None,
+            }),
+        }
+    }
+
+    async fn release_slot(&self, lease: &Lease, fire: &FireKey) -> Result<()> {
+        check_slot(lease, fire)?;
+        if lease.node_id.contains('\0') || lease.id.contains('\0') {
+            return Ok(());
+        }
+        self.query(
+            "release_slot",
+            &self.inner.sql.release_slot,
+            &[
+                &self.ns(),
+                &fire.task,
+                &lease.node_id,
+                &lease.id,
+                &fire.instant_millis(),
+            ],
         )
         .await?;
         Ok(())

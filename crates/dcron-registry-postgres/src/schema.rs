@@ -11,13 +11,14 @@ use deadpool_postgres::Client;
 use crate::error::map_pg;
 
 /// The version the crate's statements need.
-pub(crate) const LATEST: i32 = 1;
+pub(crate) const LATEST: i32 = 2;
 
 /// Magic first key of the advisory lock (`'dcrn'`), the second is `hashtext(schema)`.
 const LOCK_CLASS: i32 = 0x6463_726e;
 
 /// The migrations, in order: `(version, description, SQL)`.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "tables and functions", V1)];
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "tables and functions", V1), (2, "running slots", V2)];
 
 /// Schema version 1.
 ///
@@ -424,6 +425,99 @@ BEGIN
     JOIN decided d ON d.task = q.task AND d.instant_ms = q.instant_ms
     LEFT JOIN inserted i ON i.task = q.task AND i.instant_ms = q.instant_ms
     ORDER BY q.idx;
+END
+$$;
+"#;
+
+/// Schema version 2: running slots.
+///
+/// A slot row names its holder's node and lease id and the fire (instant in milliseconds, as
+/// claims). It is held while that node's row still carries that lease id and has not expired
+/// by the server's `now()` — the clock every lease decision uses — so it ends with the lease
+/// (expiry, unregistration, a newer registration) without a renewal of its own. `cleanup_all`
+/// is redefined to free the namespace's slots too.
+const V2: &str = r#"
+CREATE TABLE {s}.slots (
+    ns         text   NOT NULL,
+    task       text   NOT NULL,
+    node_id    text   NOT NULL,
+    lease_id   text   NOT NULL,
+    instant_ms bigint NOT NULL,
+    PRIMARY KEY (ns, task)
+);
+
+-- acquire_slot: 'lease_lost' (the caller's lease has ended; nothing written), 'taken' (free, its
+-- holder's lease ended, or already held by this lease for this fire) or 'held' with the holder's
+-- node id and instant. The INSERT .. ON CONFLICT DO UPDATE locks the slot row and judges its
+-- latest version, so among concurrent callers exactly one takes a free slot; a caller that does
+-- not take it reads the holder with a fresh snapshot (READ COMMITTED: this statement sees the
+-- winner that made it wait), and tries again should the slot have been freed in between.
+CREATE FUNCTION {s}.acquire_slot(p_ns text, p_task text, p_node text, p_lease text,
+                                 p_instant_ms bigint)
+RETURNS TABLE (outcome text, holder text, holder_instant_ms bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_holder  text;
+    v_instant bigint;
+BEGIN
+    PERFORM 1 FROM {s}.nodes
+    WHERE ns = p_ns AND node_id = p_node AND lease_id = p_lease AND expires_at > now();
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'lease_lost'::text, NULL::text, NULL::bigint;
+        RETURN;
+    END IF;
+    LOOP
+        INSERT INTO {s}.slots AS s (ns, task, node_id, lease_id, instant_ms)
+        VALUES (p_ns, p_task, p_node, p_lease, p_instant_ms)
+        ON CONFLICT (ns, task) DO UPDATE
+            SET node_id = excluded.node_id, lease_id = excluded.lease_id,
+                instant_ms = excluded.instant_ms
+            WHERE (s.node_id = excluded.node_id AND s.lease_id = excluded.lease_id
+                   AND s.instant_ms = excluded.instant_ms)
+               OR NOT EXISTS (
+                   SELECT 1 FROM {s}.nodes n
+                   WHERE n.ns = s.ns AND n.node_id = s.node_id AND n.lease_id = s.lease_id
+                     AND n.expires_at > now());
+        IF FOUND THEN
+            RETURN QUERY SELECT 'taken'::text, NULL::text, NULL::bigint;
+            RETURN;
+        END IF;
+        SELECT s.node_id, s.instant_ms INTO v_holder, v_instant
+        FROM {s}.slots s WHERE s.ns = p_ns AND s.task = p_task;
+        IF FOUND THEN
+            RETURN QUERY SELECT 'held'::text, v_holder, v_instant;
+            RETURN;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- cleanup_all (version 1's, and the namespace's running slots).
+CREATE OR REPLACE FUNCTION {s}.cleanup_all(p_ns text, p_max_events integer) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_changes bigint;
+    v_row record;
+BEGIN
+    PERFORM 1 FROM {s}.counters WHERE ns = p_ns ORDER BY name FOR UPDATE;
+    v_changes := (SELECT count(*) FROM {s}.tasks WHERE ns = p_ns)
+               + (SELECT count(*) FROM {s}.tombstones WHERE ns = p_ns);
+    IF v_changes > p_max_events THEN
+        DELETE FROM {s}.tasks WHERE ns = p_ns;
+        DELETE FROM {s}.tombstones WHERE ns = p_ns;
+        PERFORM {s}.notify(p_ns, 'r', 0, '');
+    ELSE
+        FOR v_row IN DELETE FROM {s}.tasks WHERE ns = p_ns RETURNING name LOOP
+            PERFORM {s}.notify(p_ns, 't', nextval('{s}.versions'), v_row.name);
+        END LOOP;
+        FOR v_row IN DELETE FROM {s}.tombstones WHERE ns = p_ns RETURNING name LOOP
+            PERFORM {s}.notify(p_ns, 'd', nextval('{s}.versions'), v_row.name);
+        END LOOP;
+    END IF;
+    DELETE FROM {s}.lives WHERE ns = p_ns;
+    DELETE FROM {s}.records WHERE ns = p_ns;
+    DELETE FROM {s}.slots WHERE ns = p_ns;
 END
 $$;
 "#;

@@ -24,6 +24,8 @@ pub(crate) struct Statements {
     pub(crate) restart_life: String,
     pub(crate) claim: String,
     pub(crate) list_claims: String,
+    pub(crate) acquire_slot: String,
+    pub(crate) release_slot: String,
     pub(crate) purge_claims: String,
     pub(crate) put_records: String,
     pub(crate) get_record: String,
@@ -105,6 +107,15 @@ const LIST_CLAIMS: &str = "
 SELECT instant_ms, node_id, epoch, generation, token FROM {s}.claims
 WHERE ns = $1 AND task = $2 AND expires_at > clock_timestamp()";
 
+/// Takes a running slot (schema function `acquire_slot`, one transaction).
+const ACQUIRE_SLOT: &str =
+    "SELECT outcome, holder, holder_instant_ms FROM {s}.acquire_slot($1, $2, $3, $4, $5)";
+
+/// Frees a running slot held by this lease for this fire; anything else is left alone.
+const RELEASE_SLOT: &str = "
+DELETE FROM {s}.slots
+WHERE ns = $1 AND task = $2 AND node_id = $3 AND lease_id = $4 AND instant_ms = $5";
+
 /// Removes up to `$1` expired claims, of any namespace (they are invisible already; a namespace
 /// nobody claims in any more still loses them), skipping rows another call holds: never a scan
 /// of the table under a lock.
@@ -162,6 +173,8 @@ impl Statements {
             restart_life: r(RESTART_LIFE),
             claim: r(CLAIM),
             list_claims: r(LIST_CLAIMS),
+            acquire_slot: r(ACQUIRE_SLOT),
+            release_slot: r(RELEASE_SLOT),
             purge_claims: r(PURGE_CLAIMS),
             put_records: r(PUT_RECORDS),
             get_record: r(GET_RECORD),

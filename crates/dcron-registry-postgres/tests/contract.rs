@@ -592,3 +592,86 @@ async fn credentials_are_never_printed() {
     let reg: Arc<dyn Registry> = Arc::new(reg);
     assert!(!format!("{reg:?}").contains("hunter2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_are_rows_judged_by_the_server_clock() {
+    let Some(reg) = fresh().await else { return };
+    let ns = reg.namespace().to_string();
+    let client = common::raw(&PostgresRegistry::env_url())
+        .await
+        .expect("raw");
+    let long = Duration::from_secs(600);
+    let a = reg
+        .register(&Node::new("a", Utc::now()), long)
+        .await
+        .expect("a");
+    let b = reg
+        .register(&Node::new("b", Utc::now()), long)
+        .await
+        .expect("b");
+    let first = FireKey::new("job", at(1_500));
+    assert!(reg
+        .acquire_slot(&a, &first)
+        .await
+        .expect("acquire")
+        .is_taken());
+    let row = client
+        .query_one(
+            "SELECT node_id, lease_id, instant_ms FROM dcron.slots WHERE ns = $1 AND task = 'job'",
+            &[&ns],
+        )
+        .await
+        .expect("the slot row");
+    assert_eq!(row.get::<_, String>(0), "a");
+    assert_eq!(row.get::<_, String>(1), a.id);
+    assert_eq!(row.get::<_, i64>(2), first.instant_millis());
+
+    // The holder's row expired by the server's clock (its client never said anything): the
+    // slot is free, whatever the holder's own TTL said, and the holder has lost its lease.
+    let second = FireKey::new("job", at(2_500));
+    let held = reg.acquire_slot(&b, &second).await.expect("acquire");
+    assert_eq!(
+        held,
+        dcron_core::SlotOutcome::Held {
+            node_id: "a".into(),
+            fire: first.clone()
+        }
+    );
+    client
+        .execute(
+            "UPDATE dcron.nodes SET expires_at = now() - interval '1 millisecond'
+             WHERE ns = $1 AND node_id = 'a'",
+            &[&ns],
+        )
+        .await
+        .expect("expire a");
+    assert!(reg
+        .acquire_slot(&b, &second)
+        .await
+        .expect("acquire")
+        .is_taken());
+    assert!(matches!(
+        reg.acquire_slot(&a, &first).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    // A node id or lease id no registration can have is simply not live.
+    let bad = dcron_core::Lease {
+        node_id: "n\0".into(),
+        id: "x".into(),
+        ttl: long,
+    };
+    assert!(matches!(
+        reg.acquire_slot(&bad, &first).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    reg.release_slot(&bad, &first).await.expect("a no-op");
+
+    // cleanup_all removes the namespace's slot rows.
+    reg.cleanup_all().await.expect("cleanup");
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM dcron.slots WHERE ns = $1", &[&ns])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0);
+}
