@@ -687,7 +687,7 @@ impl Driver {
                     }
                     self.lease = Some((epoch, lease));
                     self.set_lease_until(Some(sent));
-                    self.lifecycle(Input::Registered { epoch, now: sent });
+                    self.lifecycle(Input::Registered { epoch, now });
                 } else {
                     // A late registration for an abandoned epoch: release it.
                     let registry = self.registry.clone();
@@ -721,10 +721,12 @@ impl Driver {
             Internal::Renewed(epoch, Ok(()), sent) => {
                 // The lease is known to live a TTL from when the keep-alive was sent, not from
                 // when its (possibly late) reply came back.
+                // (Slot-holding fires watch that bound; the lifecycle keeps judging renewals by
+                // their replies, as its TTL check of hung renewals always did.)
                 if self.lease.as_ref().is_some_and(|(e, _)| *e == epoch) {
                     self.extend_lease_until(sent);
                 }
-                self.lifecycle(Input::Renewed { epoch, now: sent });
+                self.lifecycle(Input::Renewed { epoch, now });
                 // Keep the informational `last_alive` of the record fresh (liveness itself is
                 // the lease): one record write every LAST_ALIVE_REFRESH.
                 let stale = (self.clock.now() - self.record.last_alive)
