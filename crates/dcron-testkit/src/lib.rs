@@ -447,7 +447,7 @@ macro_rules! __dcron_case_list {
                 release_frees_only_its_own: Slots,
                     "`release_slot` frees the slot only for its holder and fire; others' releases and a second release change nothing.";
                 racing_nodes_one_winner_per_task: Slots,
-                    "16 nodes race for the slots of 20 tasks: exactly one `Taken` per task, every loser sees the winner.";
+                    "16 nodes race, all at once, for 20 slots: free, just released, and held by ended leases; exactly one `Taken` per task each time, every loser sees the winner.";
                 slot_ends_with_the_lease: Slots,
                     "A slot ends with its holder's lease (unregister, re-registration, expiry within TTL + tolerance) and not before 0.8 of the TTL; a new lease inherits nothing.";
                 keep_alive_keeps_the_slot: Slots,

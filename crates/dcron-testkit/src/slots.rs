@@ -130,8 +130,70 @@ pub async fn release_frees_only_its_own(cx: &CaseContext) -> CaseResult {
     Ok(())
 }
 
-/// 16 nodes race for the slots of 20 tasks, each with its own fire: exactly one `Taken` per
-/// task, every other answer `Held` naming that winner.
+/// `(task, node, fire, answer)` of every racer's call.
+type RaceAnswers = Vec<(String, String, FireKey, dcron_core::Result<SlotOutcome>)>;
+
+/// Every member calls `acquire_slot` for every task at once (a barrier before each call), each
+/// with its own fire (`round` keeps the fires of different rounds apart); checks one `Taken`
+/// per task and that every loser sees the winner. Answers the winners by task.
+async fn race(
+    members: &[(Arc<dyn Registry>, Lease)],
+    tasks: &[String],
+    round: i64,
+) -> Result<std::collections::BTreeMap<String, (usize, FireKey)>, CaseError> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(members.len()));
+    let runs = members.iter().enumerate().map(|(i, (reg, lease))| {
+        let (reg, lease, tasks, barrier) =
+            (reg.clone(), lease.clone(), tasks.to_vec(), barrier.clone());
+        tokio::spawn(async move {
+            let mut out: RaceAnswers = Vec::new();
+            for task in &tasks {
+                let f = FireKey::new(task.as_str(), instant(round * 100_000 + i as i64 * 1000));
+                // Everyone calls for this slot at the same moment.
+                barrier.wait().await;
+                let got = reg.acquire_slot(&lease, &f).await;
+                out.push((task.clone(), lease.node_id.clone(), f, got));
+            }
+            (i, out)
+        })
+    });
+    let mut winners: std::collections::BTreeMap<String, (usize, FireKey)> = Default::default();
+    let mut holders: std::collections::BTreeMap<String, String> = Default::default();
+    let mut answers = Vec::new();
+    for joined in join_all(runs).await {
+        let (i, rows) = joined.map_err(|e| CaseError::Failed(format!("a racer panicked: {e}")))?;
+        for (task, node, f, got) in rows {
+            match got? {
+                SlotOutcome::Taken => {
+                    if let Some(other) = holders.insert(task.clone(), node.clone()) {
+                        return Err(CaseError::Failed(format!(
+                            "round {round}: slot of {task} taken by both {other} and {node}"
+                        )));
+                    }
+                    winners.insert(task.clone(), (i, f));
+                }
+                held => answers.push((task, held)),
+            }
+        }
+    }
+    ensure_eq!(
+        winners.len(),
+        tasks.len(),
+        "round {round}: every task's slot is taken by someone"
+    );
+    for (task, held) in answers {
+        let (node, f) = (&holders[&task], &winners[&task].1);
+        ensure!(
+            held_by(&held, node, f),
+            "round {round}, {task}: a loser must see the winner {node} ({f}), got {held:?}"
+        );
+    }
+    Ok(winners)
+}
+
+/// 16 nodes race, all at once, for the slots of 20 tasks: free slots, then the same slots
+/// just released by their holders, then the same slots whose holders unregistered. Each time
+/// exactly one `Taken` per task, and every loser sees the winner.
 pub async fn racing_nodes_one_winner_per_task(cx: &CaseContext) -> CaseResult {
     const NODES: usize = 16;
     const TASKS: usize = 20;
@@ -140,50 +202,27 @@ pub async fn racing_nodes_one_winner_per_task(cx: &CaseContext) -> CaseResult {
         members.push(member(cx, &format!("racer{i}")).await?);
     }
     let tasks: Vec<String> = (0..TASKS).map(|t| format!("race-{t}")).collect();
-    let runs = members.into_iter().enumerate().map(|(i, (reg, lease))| {
-        let tasks = tasks.clone();
-        tokio::spawn(async move {
-            let mut out = Vec::new();
-            for k in 0..tasks.len() {
-                // Each node walks the tasks from its own start, so every slot is contended by
-                // calls in flight at once.
-                let task = &tasks[(k + i * 3) % tasks.len()];
-                let f = FireKey::new(task.as_str(), instant(i as i64 * 1000));
-                let got = reg.acquire_slot(&lease, &f).await;
-                out.push((task.clone(), lease.node_id.clone(), f, got));
-            }
-            out
-        })
-    });
-    let mut winners: std::collections::BTreeMap<String, (String, FireKey)> = Default::default();
-    let mut answers = Vec::new();
-    for joined in join_all(runs).await {
-        let rows = joined.map_err(|e| CaseError::Failed(format!("a racer panicked: {e}")))?;
-        for (task, node, f, got) in rows {
-            match got? {
-                SlotOutcome::Taken => {
-                    if let Some((other, _)) = winners.insert(task.clone(), (node.clone(), f)) {
-                        return Err(CaseError::Failed(format!(
-                            "slot of {task} taken by both {other} and {node}"
-                        )));
-                    }
-                }
-                held => answers.push((task, held)),
-            }
-        }
+    // Free slots.
+    let winners = race(&members, &tasks, 0).await?;
+    // Just released.
+    for (i, f) in winners.values() {
+        let (reg, lease) = &members[*i];
+        reg.release_slot(lease, f).await?;
     }
-    ensure_eq!(
-        winners.len(),
-        TASKS,
-        "every task's slot is taken by someone"
+    let winners = race(&members, &tasks, 1).await?;
+    // Holders whose leases ended: they leave the race.
+    let mut gone: Vec<usize> = winners.values().map(|(i, _)| *i).collect();
+    gone.sort_unstable();
+    gone.dedup();
+    for i in gone.iter().rev() {
+        let (reg, lease) = members.remove(*i);
+        reg.unregister(&lease).await?;
+    }
+    ensure!(
+        members.len() >= 2,
+        "at least two racers must remain for the third round"
     );
-    for (task, held) in answers {
-        let (node, f) = &winners[&task];
-        ensure!(
-            held_by(&held, node, f),
-            "{task}: a loser must see the winner {node} ({f}), got {held:?}"
-        );
-    }
+    race(&members, &tasks, 2).await?;
     Ok(())
 }
 

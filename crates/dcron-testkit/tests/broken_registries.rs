@@ -362,29 +362,36 @@ impl Broken {
             });
         }
         let key = (self.namespace.clone(), fire.task.clone());
-        let held = lock(&self.shadow.slots).get(&key).cloned();
-        if let Some((node, lease_id, held_fire)) = held {
-            let mine = lease_id == lease.id && held_fire == *fire;
-            if mine && self.fault != Fault::SlotRetryHeld {
+        loop {
+            let held = lock(&self.shadow.slots).get(&key).cloned();
+            if let Some((node, lease_id, held_fire)) = &held {
+                let mine = *lease_id == lease.id && held_fire == fire;
+                if mine && self.fault != Fault::SlotRetryHeld {
+                    return Ok(SlotOutcome::Taken);
+                }
+                let alive = self.fault == Fault::SlotOutlivesLease
+                    || self.lease_alive(node, lease_id).await?;
+                if alive {
+                    return Ok(SlotOutcome::Held {
+                        node_id: node.clone(),
+                        fire: held_fire.clone(),
+                    });
+                }
+            }
+            let mine = (lease.node_id.clone(), lease.id.clone(), fire.clone());
+            if self.fault == Fault::SlotNotAtomic {
+                // The read above and the write below are two steps.
+                tokio::task::yield_now().await;
+                lock(&self.shadow.slots).insert(key, mine);
                 return Ok(SlotOutcome::Taken);
             }
-            let alive = self.fault == Fault::SlotOutlivesLease
-                || self.lease_alive(&node, &lease_id).await?;
-            if alive {
-                return Ok(SlotOutcome::Held {
-                    node_id: node,
-                    fire: held_fire,
-                });
+            // Written only if the slot is still what was judged above (compare and set).
+            let mut slots = lock(&self.shadow.slots);
+            if slots.get(&key) == held.as_ref() {
+                slots.insert(key, mine);
+                return Ok(SlotOutcome::Taken);
             }
         }
-        if self.fault == Fault::SlotNotAtomic {
-            // The read above and the write below are two steps.
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        lock(&self.shadow.slots)
-            .insert(key, (lease.node_id.clone(), lease.id.clone(), fire.clone()));
-        Ok(SlotOutcome::Taken)
     }
 
     async fn claim_one(
