@@ -334,7 +334,7 @@ pub(crate) struct Inner {
     pub(crate) lease_slot: Arc<Mutex<Option<Lease>>>,
     /// Until when the lease in force is known to live (see `Driver`), watched by the fires
     /// holding running slots; the supervisor clears it when the driver fails.
-    pub(crate) lease_until: Arc<watch::Sender<Option<tokio::time::Instant>>>,
+    pub(crate) lease_until: Arc<watch::Sender<crate::fire::LeaseBound>>,
     pub(crate) events: broadcast::Sender<DcronEvent>,
 }
 
@@ -1075,7 +1075,7 @@ async fn supervise(
     registry: Arc<dyn Registry>,
     health: watch::Sender<Health>,
     lease_slot: Arc<Mutex<Option<Lease>>>,
-    lease_until: Arc<watch::Sender<Option<tokio::time::Instant>>>,
+    lease_until: Arc<watch::Sender<crate::fire::LeaseBound>>,
     events: broadcast::Sender<DcronEvent>,
 ) {
     let Err(e) = driver.await else {

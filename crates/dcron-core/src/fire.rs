@@ -27,6 +27,10 @@ use crate::runtime::Internal;
 use crate::task::{FireContext, Task};
 use crate::types::{FireKey, TaskMeta};
 
+/// The lease in force (its [`crate::Lease::id`]) and until when it is known to live; none
+/// without a lease.
+pub(crate) type LeaseBound = Option<(Arc<str>, Instant)>;
+
 /// How often a queued fire looks again whether the running one ended.
 const QUEUE_POLL: Duration = Duration::from_millis(100);
 
@@ -202,7 +206,7 @@ pub(crate) struct FireEnv {
     /// Until when the lease is known to live (the last keep-alive's send plus the TTL): a fire
     /// holding a running slot is cancelled when it passes, before the slot can end with the
     /// lease in the registry.
-    pub(crate) lease_until: Arc<tokio::sync::watch::Sender<Option<Instant>>>,
+    pub(crate) lease_until: Arc<tokio::sync::watch::Sender<LeaseBound>>,
     /// Whether the registry keeps running slots ([`crate::Capabilities::slots`]): the
     /// cluster-wide overlap check is then its atomic slot, not the published markers alone.
     pub(crate) slots: bool,
@@ -549,9 +553,12 @@ async fn run(env: Arc<FireEnv>, l: Launch, share: Share) {
     }
     // A fire holding a running slot must not outlive the lease the slot lives with: a watchdog
     // cancels it (its handler sees `ctx.cancel`) once the lease is no longer known to live.
-    let watchdog = slot.is_some().then(|| {
-        env.handlers
-            .spawn(lease_watchdog(env.clone(), cancel.clone()))
+    let watchdog = slot.as_ref().map(|lease| {
+        env.handlers.spawn(lease_watchdog(
+            env.clone(),
+            Arc::from(lease.id.as_str()),
+            cancel.clone(),
+        ))
     });
     let error = attempts(&env, &l, cancel, tracked, &share).await;
     if let Some(w) = watchdog {
@@ -632,14 +639,14 @@ async fn start_tracked(
     }
 }
 
-/// Cancels `cancel` when the node's lease is no longer known to live (no keep-alive sent
-/// within the TTL succeeded, or the lease is gone).
-async fn lease_watchdog(env: Arc<FireEnv>, cancel: CancellationToken) {
+/// Cancels `cancel` when the lease `held_under` is no longer known to live: no keep-alive sent
+/// within the TTL succeeded, the lease is gone, or another lease replaced it.
+async fn lease_watchdog(env: Arc<FireEnv>, held_under: Arc<str>, cancel: CancellationToken) {
     let mut rx = env.lease_until.subscribe();
     loop {
-        let until = *rx.borrow_and_update();
-        match until {
-            Some(until) if env.clock.monotonic() < until => {
+        let bound = rx.borrow_and_update().clone();
+        match bound {
+            Some((id, until)) if id == held_under && env.clock.monotonic() < until => {
                 tokio::select! {
                     () = tokio::time::sleep_until(until) => {}
                     changed = rx.changed() => {
@@ -658,6 +665,11 @@ async fn lease_watchdog(env: Arc<FireEnv>, cancel: CancellationToken) {
             }
         }
     }
+}
+
+/// Whether the lease `id` is the lease in force and known to live now.
+fn lease_known_alive(env: &FireEnv, id: &str) -> bool {
+    matches!(&*env.lease_until.borrow(), Some((held, until)) if **held == *id && env.clock.monotonic() < *until)
 }
 
 /// How taking a running slot ended.
@@ -683,7 +695,15 @@ async fn take_slot(
         let lease = env.lease.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(lease) = lease {
             match env.registry.acquire_slot(&lease, &l.key).await {
-                Ok(crate::types::SlotOutcome::Taken) => return SlotTaken::Yes(lease),
+                // A reply that took longer than the lease is known to live may grant a slot
+                // that ended with the lease meanwhile (and that another node took since).
+                Ok(crate::types::SlotOutcome::Taken) if lease_known_alive(env, &lease.id) => {
+                    return SlotTaken::Yes(lease)
+                }
+                Ok(crate::types::SlotOutcome::Taken) => {
+                    tracing::warn!(fire = %l.key, "the running slot was granted after the lease was last known to live: not run");
+                    return SlotTaken::Unknown;
+                }
                 Ok(_) if overlap != OverlapPolicy::Queue => return SlotTaken::Held,
                 Ok(_) => held = true,
                 Err(e) => {

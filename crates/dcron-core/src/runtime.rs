@@ -220,7 +220,7 @@ pub(crate) struct Driver {
     lease_slot: Arc<std::sync::Mutex<Option<Lease>>>,
     /// Until when the lease in force is known to live (last keep-alive sent + TTL), shared with
     /// the fires holding running slots: they are cancelled when it passes unrenewed.
-    lease_until: Arc<watch::Sender<Option<Instant>>>,
+    lease_until: Arc<watch::Sender<crate::fire::LeaseBound>>,
     /// Registration failures in a row (the back-off grows with them).
     register_failures: u32,
     events: broadcast::Sender<DcronEvent>,
@@ -585,20 +585,20 @@ impl Driver {
 
     /// Sets until when the lease is known to live: `sent` (a registration's send) plus the
     /// TTL, or none without a lease.
-    fn set_lease_until(&self, sent: Option<Instant>) {
-        let until = sent.map(|s| s + self.cfg.ttl);
-        self.lease_until.send_replace(until);
+    fn set_lease_until(&self, sent: Option<(&Lease, Instant)>) {
+        let bound = sent.map(|(lease, s)| (Arc::<str>::from(lease.id.as_str()), s + self.cfg.ttl));
+        self.lease_until.send_replace(bound);
     }
 
     /// A keep-alive sent at `sent` succeeded: the lease lives at least until `sent` + TTL.
     fn extend_lease_until(&self, sent: Instant) {
         let until = sent + self.cfg.ttl;
-        self.lease_until.send_if_modified(|current| {
-            let later = current.is_some_and(|c| c < until);
-            if later {
-                *current = Some(until);
+        self.lease_until.send_if_modified(|current| match current {
+            Some((_, c)) if *c < until => {
+                *c = until;
+                true
             }
-            later
+            _ => false,
         });
     }
 
@@ -685,8 +685,8 @@ impl Driver {
                     if let Ok(mut slot) = self.lease_slot.lock() {
                         *slot = Some(lease.clone());
                     }
+                    self.set_lease_until(Some((&lease, sent)));
                     self.lease = Some((epoch, lease));
-                    self.set_lease_until(Some(sent));
                     self.lifecycle(Input::Registered { epoch, now });
                 } else {
                     // A late registration for an abandoned epoch: release it.
