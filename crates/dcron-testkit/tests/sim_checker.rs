@@ -7,7 +7,7 @@ use dcron_core::FireKey;
 use dcron_testkit::ledger::Execution;
 use dcron_testkit::sim::{
     check_run, ClaimLog, FinalNode, GrantedClaim, LifeEvent, RunRecord, SimParams, TaskChange,
-    TaskEvent, BASE, DYNAMIC_TASKS, ONE_SHOT_TASKS, STATIC_TASKS,
+    TaskEvent, BASE, DYNAMIC_TASKS, ONE_SHOT_TASKS, OVERLAP_TASK, SETTLE_MS, STATIC_TASKS,
 };
 
 const END_MS: u64 = 60_000;
@@ -49,9 +49,16 @@ fn clean() -> RunRecord {
         final_nodes: vec![FinalNode {
             label: "n0".into(),
             state: "working".into(),
-            owned: STATIC_TASKS.iter().map(|(n, _)| n.to_string()).collect(),
+            owned: STATIC_TASKS
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .chain(std::iter::once(OVERLAP_TASK.0.to_string()))
+                .collect(),
         }],
         registered: vec![("n0".into(), "working".into())],
+        overlap_runs: vec![("n0".into(), 0, 5_000), ("n0".into(), 6_000, 11_000)],
+        revocations: Vec::new(),
+        frozen: Vec::new(),
     }
 }
 
@@ -295,5 +302,119 @@ fn an_ended_process_still_registered_is_a_violation() {
         v.violations.iter().any(|l| l.contains("n7 ended")),
         "{:?}",
         v.violations
+    );
+}
+
+#[test]
+fn overlapping_skip_runs_on_two_processes_are_violations() {
+    assert_eq!(check_run(&clean()).overlaps, 0);
+    let mut r = clean();
+    // Back to back on two processes: fine.
+    r.overlap_runs.push(("n1".into(), 11_000, 16_000));
+    let v = check_run(&r);
+    assert_eq!(v.overlaps, 0, "{:?}", v.violations);
+    // One millisecond of overlap is one violation.
+    r.overlap_runs.push(("n2".into(), 15_999, 20_000));
+    let v = check_run(&r);
+    assert_eq!(v.overlaps, 1, "{:?}", v.violations);
+    assert!(
+        v.violations.iter().any(|l| l.contains("invariant 6")),
+        "{:?}",
+        v.violations
+    );
+}
+
+#[test]
+fn an_overlap_after_a_revoked_lease_is_excused_only_within_a_ttl() {
+    let ttl = SimParams::default().ttl_ms;
+    let mut r = clean();
+    r.overlap_runs = vec![("n0".into(), 0, 3_000), ("n1".into(), 2_000, 7_000)];
+    assert_eq!(check_run(&r).overlaps, 1, "no revocation: a violation");
+    // n0's lease revoked at 1.5 s, after its run started and before n1's: excused, counted.
+    r.revocations = vec![("n0".into(), 1_500)];
+    let v = check_run(&r);
+    assert_eq!(
+        (v.overlaps, v.overlaps_after_revocation),
+        (0, 1),
+        "{:?}",
+        v.violations
+    );
+    // The revoked run went on longer than a TTL after the revocation: a violation.
+    r.overlap_runs[0].2 = 1_500 + ttl + 1;
+    r.overlap_runs[1].2 = 1_500 + ttl + 5_000;
+    let v = check_run(&r);
+    assert_eq!(v.overlaps, 1, "{:?}", v.violations);
+    // A revocation of the other node, or one after the later run started, excuses nothing.
+    r.overlap_runs = vec![("n0".into(), 0, 3_000), ("n1".into(), 2_000, 7_000)];
+    r.revocations = vec![("n1".into(), 1_500), ("n0".into(), 2_500)];
+    assert_eq!(check_run(&r).overlaps, 1);
+}
+
+#[test]
+fn a_fire_won_by_a_node_frozen_through_its_deadline_is_frozen_in_flight_and_nothing_else() {
+    let p = SimParams::default();
+    let mut r = clean();
+    r.executions.retain(|e| e.started_at != at(30_000));
+    let fire = FireKey::new(STATIC_TASKS[0].0, at(30_000));
+    r.claims.grant(
+        fire.clone(),
+        GrantedClaim {
+            node: "n0".into(),
+            token: 31,
+            delivered: false,
+        },
+    );
+    // Frozen from before the instant until past its deadline: excused as frozen in flight.
+    let mut frozen = r.clone();
+    frozen.frozen = vec![("n0".into(), 29_900, 30_000 + p.window_ms + 1_000)];
+    assert!(missed_of(&frozen, "s-every-1s").is_empty());
+    assert_eq!(check_run(&frozen).frozen_in_flight, vec![fire.clone()]);
+    // Thawed well before the deadline: the winner could have run it, a miss.
+    let mut short = r.clone();
+    short.frozen = vec![("n0".into(), 29_900, 31_000)];
+    assert_eq!(missed_of(&short, "s-every-1s"), vec![fire.clone()]);
+    assert!(check_run(&short).frozen_in_flight.is_empty());
+    // Frozen only after the instant had long passed: a miss.
+    let mut late = r.clone();
+    late.frozen = vec![("n0".into(), 30_000 + p.max_skew_ms as u64 + 1_000, 200_000)];
+    assert_eq!(missed_of(&late, "s-every-1s"), vec![fire.clone()]);
+    // Another node was frozen, not the winner: a miss.
+    let mut other = r.clone();
+    other.frozen = vec![("n1".into(), 29_900, 200_000)];
+    assert_eq!(missed_of(&other, "s-every-1s"), vec![fire]);
+}
+
+#[test]
+fn a_static_task_cleaned_up_is_expected_again_from_its_new_life_only() {
+    let name = STATIC_TASKS[0].0;
+    let mut r = clean();
+    r.task_events = vec![TaskEvent {
+        task: name.into(),
+        change: TaskChange::NewLife,
+        at_ms: 5_000,
+    }];
+    // Nothing ran after the cleanup.
+    r.executions.retain(|e| e.started_at < at(5_000));
+    // The registry gave the new life a live-since of 40 s (its first node came late).
+    r.claims.record_lives(
+        &[(name.to_string(), at(39_000))],
+        &[dcron_core::Life::new(7, at(40_000))],
+    );
+    let missed = missed_of(&r, name);
+    assert!(
+        missed.iter().all(|f| f.instant >= at(40_000)),
+        "nothing before the new life is expected: {missed:?}"
+    );
+    assert!(
+        missed.contains(&FireKey::new(name, at(40_000))),
+        "the new life's fires are: {missed:?}"
+    );
+    // Without the recorded life, the settle period alone decides (from 5 s + SETTLE_MS).
+    let mut unknown = r.clone();
+    unknown.claims = ClaimLog::new();
+    let missed = missed_of(&unknown, name);
+    assert!(
+        missed.contains(&FireKey::new(name, at(5_000 + SETTLE_MS))),
+        "{missed:?}"
     );
 }

@@ -8,9 +8,10 @@
 //! ```
 //!
 //! The last line is `summary seeds=<n> fires=<n> duplicates=<n> missed=<n> unexpected=<n>
-//! violations=<n> lost_in_flight=<n> lost_replies=<n> freezes=<n>`; the exit status is 1 when
-//! any seed violated an invariant (a duplicate, a miss and an unexpected fire each are one), 2
-//! on bad arguments.
+//! violations=<n> lost_in_flight=<n> lost_replies=<n> freezes=<n> frozen_in_flight=<n>
+//! overlap_runs=<n> overlaps=<n> overlaps_after_revocation=<n>`;
+//! the exit status is 1 when any seed violated an invariant (a duplicate, a miss, an unexpected
+//! fire and two overlapping runs of the `Skip` task each are one), 2 on bad arguments.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -132,7 +133,11 @@ fn main() -> ExitCode {
     let unexpected = AtomicU64::new(0);
     let lost_replies = AtomicU64::new(0);
     let freezes = AtomicU64::new(0);
+    let overlap_runs = AtomicU64::new(0);
+    let overlaps = AtomicU64::new(0);
+    let revoked = AtomicU64::new(0);
     let lost = AtomicU64::new(0);
+    let frozen_lost = AtomicU64::new(0);
     let expected = AtomicU64::new(0);
     let violations = AtomicUsize::new(0);
     let errors = AtomicUsize::new(0);
@@ -167,7 +172,11 @@ fn main() -> ExitCode {
                 unexpected.fetch_add(v.unexpected.len() as u64, Ordering::SeqCst);
                 lost_replies.fetch_add(v.lost_replies, Ordering::SeqCst);
                 freezes.fetch_add(v.freezes as u64, Ordering::SeqCst);
+                overlap_runs.fetch_add(v.overlap_runs as u64, Ordering::SeqCst);
+                overlaps.fetch_add(v.overlaps as u64, Ordering::SeqCst);
+                revoked.fetch_add(v.overlaps_after_revocation as u64, Ordering::SeqCst);
                 lost.fetch_add(v.lost_in_flight.len() as u64, Ordering::SeqCst);
+                frozen_lost.fetch_add(v.frozen_in_flight.len() as u64, Ordering::SeqCst);
                 expected.fetch_add(v.expected as u64, Ordering::SeqCst);
                 let _g = print.lock();
                 if args.single {
@@ -210,7 +219,7 @@ fn main() -> ExitCode {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "summary seeds={} fires={} duplicates={} missed={} unexpected={} violations={} lost_in_flight={} lost_replies={} freezes={}",
+        "summary seeds={} fires={} duplicates={} missed={} unexpected={} violations={} lost_in_flight={} lost_replies={} freezes={} frozen_in_flight={} overlap_runs={} overlaps={} overlaps_after_revocation={}",
         args.count,
         fires.load(Ordering::SeqCst),
         duplicates.load(Ordering::SeqCst),
@@ -220,6 +229,10 @@ fn main() -> ExitCode {
         lost.load(Ordering::SeqCst),
         lost_replies.load(Ordering::SeqCst),
         freezes.load(Ordering::SeqCst),
+        frozen_lost.load(Ordering::SeqCst),
+        overlap_runs.load(Ordering::SeqCst),
+        overlaps.load(Ordering::SeqCst),
+        revoked.load(Ordering::SeqCst),
     );
     if violations > 0 {
         ExitCode::FAILURE

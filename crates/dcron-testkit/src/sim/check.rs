@@ -136,6 +136,12 @@ pub struct RunRecord {
     pub final_nodes: Vec<FinalNode>,
     /// The node records in the registry at the end: `(process, status)`.
     pub registered: Vec<(String, String)>,
+    /// Runs of [`super::plan::OVERLAP_TASK`]: `(process, start, end)` in virtual milliseconds.
+    pub overlap_runs: Vec<(String, u64, u64)>,
+    /// Leases expired from outside (an operator's revoke): `(process, virtual ms)`.
+    pub revocations: Vec<(String, u64)>,
+    /// Freezes: `(process, from, to)` in virtual milliseconds.
+    pub frozen: Vec<(String, u64, u64)>,
 }
 
 /// What the checker found.
@@ -155,12 +161,25 @@ pub struct Verdict {
     pub unexpected: Vec<Execution>,
     /// Expected fires that never ran because their claim's winner ended before starting them.
     pub lost_in_flight: Vec<FireKey>,
+    /// Expected fires that never ran because every process granted their claim was frozen
+    /// from before the fire's instant until after its deadline (a won claim is the only
+    /// right to run it; the winner drops it, past its deadline, when it thaws).
+    pub frozen_in_flight: Vec<FireKey>,
     /// Scheduled instants not expected because no node was working throughout.
     pub excused: usize,
     /// Replies lost after the registry had acted (claims included).
     pub lost_replies: u64,
     /// Freezes injected.
     pub freezes: usize,
+    /// Runs of the `Skip` task on different processes that overlapped in time.
+    pub overlaps: usize,
+    /// Overlaps excused because the earlier run's lease was revoked from outside after it
+    /// started and before the later run started, and the earlier run ended within a TTL of
+    /// the revocation (its node learns of it at its next keep-alive and cancels the run; no
+    /// lease-based lock can stop a holder sooner).
+    pub overlaps_after_revocation: usize,
+    /// Runs of the `Skip` task.
+    pub overlap_runs: usize,
     /// Every invariant violation, one line each.
     pub violations: Vec<String>,
 }
@@ -205,13 +224,15 @@ struct TaskLives {
 
 /// The lives of a task from its changes. A static task has a life from 0; after a cleanup its
 /// new life starts when a node registers the name again, so fires are expected only from
-/// [`SETTLE_MS`] after it.
+/// [`SETTLE_MS`] after it, and not before the live-since the registry gave that life
+/// (`recorded`: the live-since of every life answered, by generation, as virtual ms).
 fn lives_of(
     events: &[TaskEvent],
     task: &str,
     is_static: bool,
     skew_ms: u64,
     end_ms: u64,
+    recorded: &[(u64, u64)],
 ) -> TaskLives {
     let lead = skew_ms + 1_000;
     let mut out = TaskLives::default();
@@ -232,7 +253,19 @@ fn lives_of(
                 }
                 out.starts.push(e.at_ms);
                 let delay = if is_static { SETTLE_MS } else { lead };
-                live_from = Some(e.at_ms + delay);
+                let mut from = e.at_ms + delay;
+                if is_static && e.change == TaskChange::NewLife {
+                    // The first life answered after the cleanup (lives answered before it
+                    // started earlier than it, less the skew of the node that started them).
+                    let next = recorded
+                        .iter()
+                        .filter(|(_, since)| *since + skew_ms >= e.at_ms)
+                        .min_by_key(|(generation, _)| *generation);
+                    if let Some((_, since)) = next {
+                        from = from.max(*since);
+                    }
+                }
+                live_from = Some(from);
             }
             TaskChange::Deleted => {
                 if let Some(from) = live_from.take() {
@@ -329,16 +362,38 @@ pub fn check_run(record: &RunRecord) -> Verdict {
             .any(|(from, to)| *from <= ms && *to >= ms + SETTLE_MS)
     };
     let mut lives: BTreeMap<String, TaskLives> = BTreeMap::new();
+    let recorded = |name: &str| -> Vec<(u64, u64)> {
+        record
+            .claims
+            .lives_of(name)
+            .into_iter()
+            .map(|(g, since)| (g, ms_of(record.base, since).max(0) as u64))
+            .collect()
+    };
     for (name, _) in STATIC_TASKS.iter().chain(ONE_SHOT_TASKS.iter()) {
         lives.insert(
             name.to_string(),
-            lives_of(&record.task_events, name, true, skew_ms, record.end_ms),
+            lives_of(
+                &record.task_events,
+                name,
+                true,
+                skew_ms,
+                record.end_ms,
+                &recorded(name),
+            ),
         );
     }
     for (name, _) in DYNAMIC_TASKS {
         lives.insert(
             name.to_string(),
-            lives_of(&record.task_events, name, false, skew_ms, record.end_ms),
+            lives_of(
+                &record.task_events,
+                name,
+                false,
+                skew_ms,
+                record.end_ms,
+                &recorded(name),
+            ),
         );
     }
 
@@ -431,8 +486,19 @@ pub fn check_run(record: &RunRecord) -> Verdict {
         let grants = record.claims.get(fire);
         let excusable =
             !grants.is_empty() && grants.iter().all(|g| record.crashed.contains(&g.node));
+        let instant_ms = ms_of(record.base, fire.instant).max(0) as u64;
+        let frozen_through = |node: &str| {
+            record.frozen.iter().any(|(n, from, to)| {
+                n == node
+                    && *from <= instant_ms + skew_ms
+                    && *to >= (instant_ms + p.window_ms).saturating_sub(skew_ms)
+            })
+        };
+        let frozen = !grants.is_empty() && grants.iter().all(|g| frozen_through(&g.node));
         if excusable {
             v.lost_in_flight.push(fire.clone());
+        } else if frozen {
+            v.frozen_in_flight.push(fire.clone());
         } else {
             v.missed.push(fire.clone());
             let who: Vec<String> = grants
@@ -446,8 +512,11 @@ pub fn check_run(record: &RunRecord) -> Verdict {
     }
 
     // Invariant 3: one owner per live task among the working nodes, after the settle period.
-    let mut live_tasks: BTreeSet<String> =
-        STATIC_TASKS.iter().map(|(n, _)| n.to_string()).collect();
+    let mut live_tasks: BTreeSet<String> = STATIC_TASKS
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .chain(std::iter::once(super::plan::OVERLAP_TASK.0.to_string()))
+        .collect();
     for (name, _) in DYNAMIC_TASKS {
         let mut state = None;
         for e in record.task_events.iter().filter(|e| e.task == name) {
@@ -502,6 +571,37 @@ pub fn check_run(record: &RunRecord) -> Verdict {
             v.violations.push(format!(
                 "invariant 3: {label} ended but is still registered (`{status}`)"
             ));
+        }
+    }
+    // Invariant 6: a task whose overlap policy is `Skip` never runs on two processes at once.
+    let runs = &record.overlap_runs;
+    v.overlap_runs = runs.len();
+    let revoked_between = |node: &str, first_start: u64, first_end: u64, second_start: u64| {
+        record.revocations.iter().any(|(n, at)| {
+            n == node
+                && first_start <= *at
+                && *at <= second_start
+                && first_end <= at.saturating_add(p.ttl_ms)
+        })
+    };
+    for (i, (n1, s1, e1)) in runs.iter().enumerate() {
+        for (n2, s2, e2) in &runs[i + 1..] {
+            if n1 != n2 && s1 < e2 && s2 < e1 {
+                let excused = if s1 <= s2 {
+                    revoked_between(n1, *s1, *e1, *s2)
+                } else {
+                    revoked_between(n2, *s2, *e2, *s1)
+                };
+                if excused {
+                    v.overlaps_after_revocation += 1;
+                    continue;
+                }
+                v.overlaps += 1;
+                v.violations.push(format!(
+                    "invariant 6: {} ran on {n1} ({s1}–{e1} ms) and {n2} ({s2}–{e2} ms) at once",
+                    super::plan::OVERLAP_TASK.0
+                ));
+            }
         }
     }
     v

@@ -154,7 +154,12 @@ pub struct GrantedClaim {
 pub struct ClaimLog {
     granted: Arc<Mutex<BTreeMap<FireKey, Vec<GrantedClaim>>>>,
     lost_replies: Arc<AtomicU64>,
+    /// Every life the registry answered, by task and generation: its live-since.
+    lives: Arc<Mutex<LiveSince>>,
 }
+
+/// The live-since of every life answered, by task and generation.
+type LiveSince = BTreeMap<(String, u64), DateTime<Utc>>;
 
 impl ClaimLog {
     /// An empty log.
@@ -170,6 +175,27 @@ impl ClaimLog {
             .entry(fire)
             .or_default()
             .push(claim);
+    }
+
+    /// Records lives the registry answered (whether or not the reply reached the node).
+    pub fn record_lives(&self, names: &[(String, DateTime<Utc>)], lives: &[Life]) {
+        let mut known = self.lives.lock().unwrap_or_else(PoisonError::into_inner);
+        for ((name, _), life) in names.iter().zip(lives) {
+            known
+                .entry((name.clone(), life.generation))
+                .or_insert(life.live_since);
+        }
+    }
+
+    /// The live-since of every life of `task` the registry answered, by generation.
+    pub fn lives_of(&self, task: &str) -> Vec<(u64, DateTime<Utc>)> {
+        self.lives
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|((t, _), _)| t == task)
+            .map(|((_, g), since)| (*g, *since))
+            .collect()
     }
 
     /// The claims granted for `fire`.
@@ -385,11 +411,28 @@ impl Registry for FaultyRegistry {
     }
 
     async fn ensure_lives(&self, names: &[(String, DateTime<Utc>)]) -> Result<Vec<Life>> {
-        self.call(self.inner.ensure_lives(names)).await.0
+        self.call(async {
+            let r = self.inner.ensure_lives(names).await;
+            if let Ok(lives) = &r {
+                self.claims.record_lives(names, lives);
+            }
+            r
+        })
+        .await
+        .0
     }
 
     async fn restart_life(&self, name: &str, at: DateTime<Utc>) -> Result<Life> {
-        self.call(self.inner.restart_life(name, at)).await.0
+        self.call(async {
+            let r = self.inner.restart_life(name, at).await;
+            if let Ok(life) = &r {
+                self.claims
+                    .record_lives(&[(name.to_string(), at)], std::slice::from_ref(life));
+            }
+            r
+        })
+        .await
+        .0
     }
 
     async fn claim(

@@ -32,7 +32,8 @@ pub use check::{
 };
 pub use faulty::{ClaimLog, FaultyRegistry, GrantedClaim, SlotFaults};
 pub use plan::{
-    Fault, FaultPlan, SimParams, Step, DYNAMIC_TASKS, HOSTILE_TASK, ONE_SHOT_TASKS, STATIC_TASKS,
+    Fault, FaultPlan, SimParams, Step, DYNAMIC_TASKS, HOSTILE_TASK, ONE_SHOT_TASKS, OVERLAP_RUN_MS,
+    OVERLAP_TASK, STATIC_TASKS,
 };
 pub use rng::SimRng;
 pub use run::{run_seed, SeedOutcome, SimOptions, BASE};

@@ -68,6 +68,16 @@ pub const STATIC_TASKS: [(&str, &str); 5] = [
 /// instant of the schedule once the task exists), then marked deleted.
 pub const ONE_SHOT_TASKS: [(&str, &str); 1] = [("s-once", "*/7 * * * * *")];
 
+/// A static task with `OverlapPolicy::Skip` whose runs last [`OVERLAP_RUN_MS`], longer than its
+/// period: its fires are not counted as expected (skipping is its policy); the checker verifies
+/// that no two of its runs on different processes overlap in time, through handovers, crashes,
+/// partitions and freezes.
+pub const OVERLAP_TASK: (&str, &str) = ("s-overlap-skip", "*/2 * * * * *");
+
+/// How long a run of [`OVERLAP_TASK`] lasts unless cancelled (its node lost its lease or is
+/// stopping) or its process crashed.
+pub const OVERLAP_RUN_MS: u64 = 5_000;
+
 /// The name of the record a hostile client writes (a misfire window of `u64::MAX`
 /// milliseconds, a timeout and a retry delay far out of bounds): every node must report it as
 /// corrupt, skip it, and keep running the other tasks.

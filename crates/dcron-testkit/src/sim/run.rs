@@ -8,8 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dcron_core::memory::MemoryRegistry;
 use dcron_core::{
-    Clock, Dcron, DcronEvent, Error, FireContext, FireKey, PutMode, Registry, Strategy, TaskMeta,
-    TokioClock,
+    Clock, Dcron, DcronEvent, Error, FireContext, FireKey, OverlapPolicy, PutMode, Registry,
+    Strategy, TaskMeta, TaskOptions, TokioClock,
 };
 use tokio::time::Instant;
 
@@ -17,7 +17,8 @@ use super::assign::ByNodeName;
 use super::check::{check_run, FinalNode, LifeEvent, RunRecord, TaskChange, TaskEvent, Verdict};
 use super::faulty::{ClaimLog, FaultyRegistry, SlotFaults};
 use super::plan::{
-    Fault, FaultPlan, SimParams, DYNAMIC_TASKS, HOSTILE_TASK, ONE_SHOT_TASKS, STATIC_TASKS,
+    Fault, FaultPlan, SimParams, DYNAMIC_TASKS, HOSTILE_TASK, ONE_SHOT_TASKS, OVERLAP_RUN_MS,
+    OVERLAP_TASK, STATIC_TASKS,
 };
 use crate::ledger::Ledger;
 
@@ -152,7 +153,16 @@ struct Sim {
     /// Processes whose driver failed on purpose (kept alive, as a real one would be).
     failed: Vec<Dcron>,
     freezes: usize,
+    /// Runs of [`OVERLAP_TASK`]: `(process, start, end)` in virtual milliseconds.
+    overlap_runs: OverlapRuns,
+    /// Leases expired from outside: `(process, virtual ms)`.
+    revocations: Vec<(String, u64)>,
+    /// Freezes: `(process, from, to)` in virtual ms.
+    frozen: Vec<(String, u64, u64)>,
 }
+
+/// Runs of [`OVERLAP_TASK`], shared with the handlers (an end of `None` while running).
+type OverlapRuns = Arc<Mutex<Vec<(String, u64, Option<u64>)>>>;
 
 fn elapsed_ms(start: Instant) -> u64 {
     Instant::now().saturating_duration_since(start).as_millis() as u64
@@ -234,6 +244,48 @@ impl Sim {
                 record(&ctx);
                 async { Ok(()) }
             })
+            .await?;
+        }
+        {
+            let (runs, alive, label, start) = (
+                self.overlap_runs.clone(),
+                alive.clone(),
+                label.clone(),
+                self.start,
+            );
+            node.add_func_with(
+                OVERLAP_TASK.0,
+                OVERLAP_TASK.1,
+                TaskOptions::new().overlap(OverlapPolicy::Skip),
+                move |ctx| {
+                    let (runs, alive, label) = (runs.clone(), alive.clone(), label.clone());
+                    async move {
+                        if !alive.load(Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                        let i = {
+                            let mut r = runs.lock().unwrap_or_else(PoisonError::into_inner);
+                            r.push((label, elapsed_ms(start), None));
+                            r.len() - 1
+                        };
+                        // Runs until its time is up, its node cancels it (lease lost, stop), or
+                        // its process crashes (a crashed process runs nothing further).
+                        let until = Instant::now() + Duration::from_millis(OVERLAP_RUN_MS);
+                        while Instant::now() < until
+                            && !ctx.cancel.is_cancelled()
+                            && alive.load(Ordering::SeqCst)
+                        {
+                            tokio::select! {
+                                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                                () = ctx.cancel.cancelled() => {}
+                            }
+                        }
+                        runs.lock().unwrap_or_else(PoisonError::into_inner)[i].2 =
+                            Some(elapsed_ms(start));
+                        Ok(())
+                    }
+                },
+            )
             .await?;
         }
         for (name, expr) in ONE_SHOT_TASKS {
@@ -349,6 +401,8 @@ impl Sim {
             }
             Fault::ExpireLease { node } => {
                 if let Some(p) = &self.slots[node].proc {
+                    self.revocations
+                        .push((p.label.clone(), elapsed_ms(self.start)));
                     self.store.expire_lease(p.node.node_id());
                 }
             }
@@ -360,6 +414,10 @@ impl Sim {
             }
             Fault::Freeze { node, ms } => {
                 self.freezes += 1;
+                if let Some(p) = &self.slots[node].proc {
+                    let from = elapsed_ms(self.start);
+                    self.frozen.push((p.label.clone(), from, from + ms));
+                }
                 self.slots[node].faults.freeze(true);
                 self.timed(node, ms, |f| f.freeze(false));
             }
@@ -538,6 +596,9 @@ async fn simulate(opts: &SimOptions) -> Result<SeedOutcome, Error> {
         processes: 0,
         failed: Vec::new(),
         freezes: 0,
+        overlap_runs: Arc::default(),
+        revocations: Vec::new(),
+        frozen: Vec::new(),
     };
     // The static tasks exist from the start of the run: their lives start at virtual 0 (as the
     // first node's first registration of them would).
@@ -617,6 +678,15 @@ async fn simulate(opts: &SimOptions) -> Result<SeedOutcome, Error> {
         freezes: sim.freezes,
         final_nodes,
         registered,
+        overlap_runs: sim
+            .overlap_runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(n, s, e)| (n.clone(), *s, e.unwrap_or(end_ms)))
+            .collect(),
+        revocations: sim.revocations.clone(),
+        frozen: sim.frozen.clone(),
     };
     let verdict = check_run(&record);
     let mut runs: Vec<(String, i64, String)> = record
