@@ -17,7 +17,8 @@ use tokio::time::Instant;
 
 use crate::cli::RedisArgs;
 use crate::counting::{Counters, CountingRegistry, Op};
-use crate::latency::{count_fires, sleep_until_wall_ms, task_name, EVERY_SECOND};
+use crate::exactly::{ExactlyOnce, Expected, Plan};
+use crate::latency::{sleep_until_wall_ms, task_name, EVERY_SECOND};
 use crate::recorder::{in_window, now_us, Recorder};
 use crate::stats::Distribution;
 use crate::summary::{ms, Summary};
@@ -64,9 +65,9 @@ fn unreachable(url: &str, why: &str) -> crate::BenchError {
 /// When Redis is unreachable or the cluster does not form in time.
 pub fn run(args: &RedisArgs, out: &mut dyn Write) -> Result<()> {
     let rt = crate::runtime()?;
-    let summary = rt.block_on(cluster(args))?;
+    let (summary, counts) = rt.block_on(cluster(args))?;
     writeln!(out, "{summary}")?;
-    Ok(())
+    counts.verdict("redis")
 }
 
 /// Waits until `nodes` are all `Working` in the registry and own `n` tasks together, twice in
@@ -114,7 +115,7 @@ pub async fn wait_cluster(
     }
 }
 
-async fn cluster(args: &RedisArgs) -> Result<Summary> {
+async fn cluster(args: &RedisArgs) -> Result<(Summary, ExactlyOnce)> {
     let url = redis_url(args.url.as_deref());
     let namespace = format!("dcron-bench-{}", uuid::Uuid::new_v4().simple());
     let admin = connect_redis(&url, &namespace).await?;
@@ -128,6 +129,7 @@ async fn cluster(args: &RedisArgs) -> Result<Summary> {
         Arc::new((0..args.nodes).map(|_| AtomicU64::new(0)).collect());
     let mut nodes = Vec::new();
     let t0 = Instant::now();
+    let since_ms = now_us().div_euclid(1000);
     for k in 0..args.nodes {
         let registry: Arc<dyn Registry> = Arc::new(CountingRegistry::new(
             connect_redis(&url, &namespace).await?,
@@ -178,34 +180,42 @@ async fn cluster(args: &RedisArgs) -> Result<Summary> {
     shutdown(&nodes, &admin).await;
 
     let fires = in_window(&recorder.fires(), w0, w1);
-    let counts = count_fires(&fires);
-    let expected = args.tasks as u64 * seconds as u64;
+    let counts = ExactlyOnce::check(
+        recorder.fires().iter().map(|f| (f.tag, f.scheduled_ms)),
+        &Expected {
+            plan: Plan::EverySecond,
+            tasks: args.tasks,
+            since_ms,
+            window: (w0, w1),
+        },
+    );
+    let in_window_fires = fires.len() as u64;
     let dist = Distribution::new(fires.iter().map(|f| f.lateness_us).collect());
     let calls = calls_b.since(&calls_a);
-    let executed = counts.distinct.max(1) as f64;
+    let executed = in_window_fires.max(1) as f64;
     let per_node_rate: Vec<String> = node_a
         .iter()
         .zip(&node_b)
         .map(|(a, b)| format!("{:.0}", (b - a) as f64 / seconds as f64))
         .collect();
     let q = |p: f64| ms(dist.quantile(p).unwrap_or(0) as f64);
-    Ok(Summary::new("redis")
+    let summary = Summary::new("redis")
         .field("nodes", args.nodes)
         .field("tasks", args.tasks)
         .field("seconds", seconds)
-        .field("fires", counts.distinct)
-        .field("expected", expected)
-        .field("missed", expected.saturating_sub(counts.distinct))
-        .field("duplicates", counts.duplicates)
+        .field("fires", in_window_fires)
+        .field("expected", counts.expected);
+    let summary = counts
+        .fields(summary)
         .field(
             "claimed_fires_per_s",
-            format!("{:.0}", counts.distinct as f64 / seconds as f64),
+            format!("{:.0}", in_window_fires as f64 / seconds as f64),
         )
         .field(
             "claimed_fires_per_s_per_node",
             format!(
                 "{:.0}",
-                counts.distinct as f64 / seconds as f64 / args.nodes as f64
+                in_window_fires as f64 / seconds as f64 / args.nodes as f64
             ),
         )
         .field("per_node_fires_per_s", per_node_rate.join(","))
@@ -233,7 +243,8 @@ async fn cluster(args: &RedisArgs) -> Result<Summary> {
             ),
         )
         .field("setup_s", format!("{:.3}", setup.as_secs_f64()))
-        .field("overflow", recorder.overflow()))
+        .field("overflow", recorder.overflow());
+    Ok((summary, counts))
 }
 
 /// Stops every node (bounded) and removes the run's keys.

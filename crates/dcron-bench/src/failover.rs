@@ -20,6 +20,7 @@ use tokio::runtime::Runtime;
 
 use crate::cli::{Backend, FailoverArgs};
 use crate::cluster::{connect_redis, redis_url, wait_cluster};
+use crate::exactly::{ExactlyOnce, Expected, Plan};
 use crate::latency::{task_name, EVERY_SECOND};
 use crate::recorder::now_us;
 use crate::stats::Distribution;
@@ -54,9 +55,9 @@ struct Member {
 /// When the registry is unreachable, the cluster does not form, or the dead node's tasks are
 /// not taken over within the TTL plus a minute.
 pub fn run(args: &FailoverArgs, out: &mut dyn Write) -> Result<()> {
-    let summary = failover(args)?;
+    let (summary, counts) = failover(args)?;
     writeln!(out, "{summary}")?;
-    Ok(())
+    counts.verdict("failover")
 }
 
 fn node_runtime(k: usize) -> Result<Runtime> {
@@ -75,7 +76,7 @@ fn sleep_until_wall_ms(ms: i64) {
     }
 }
 
-fn failover(args: &FailoverArgs) -> Result<Summary> {
+fn failover(args: &FailoverArgs) -> Result<(Summary, ExactlyOnce)> {
     let admin_rt = crate::runtime()?;
     let memory = MemoryRegistry::new();
     let url = redis_url(args.url.as_deref());
@@ -91,6 +92,7 @@ fn failover(args: &FailoverArgs) -> Result<Summary> {
     };
     let admin = connect(&admin_rt)?;
     let ledger: Ledger = Arc::new(Mutex::new(Vec::new()));
+    let since_ms = now_us().div_euclid(1000);
     let mut members = Vec::new();
     for k in 0..NODES {
         let rt = node_runtime(k)?;
@@ -128,7 +130,7 @@ fn failover(args: &FailoverArgs) -> Result<Summary> {
             node: Some(node),
         });
     }
-    let result = measure(args, &admin_rt, &admin, &mut members, &ledger);
+    let result = measure(args, since_ms, &admin_rt, &admin, &mut members, &ledger);
     // Stop the survivors and clean up, whatever the outcome.
     for m in &mut members {
         if let (Some(rt), Some(node)) = (m.rt.as_ref(), m.node.take()) {
@@ -222,11 +224,12 @@ async fn connect_zk(_address: Option<&str>, _namespace: &str) -> Result<Arc<dyn 
 
 fn measure(
     args: &FailoverArgs,
+    since_ms: i64,
     admin_rt: &Runtime,
     admin: &Arc<dyn Registry>,
     members: &mut [Member],
     ledger: &Ledger,
-) -> Result<Summary> {
+) -> Result<(Summary, ExactlyOnce)> {
     let refs: Vec<&Dcron> = members.iter().filter_map(|m| m.node.as_ref()).collect();
     admin_rt.block_on(wait_cluster(
         admin,
@@ -304,29 +307,12 @@ fn measure(
     sleep_until_wall_ms(w_end + 2_000);
 
     let execs = ledger.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut runs: HashMap<(usize, i64), usize> = HashMap::new();
-    for e in execs
-        .iter()
-        .filter(|e| e.scheduled_ms >= w_start && e.scheduled_ms < w_end)
-    {
-        *runs.entry((e.task, e.scheduled_ms)).or_default() += 1;
-    }
-    let instants = ((w_end - w_start) / 1000) as usize;
-    let expected = instants * args.tasks;
-    let mut missed = 0;
-    for task in 0..args.tasks {
-        for s in 0..instants {
-            if !runs.contains_key(&(task, w_start + s as i64 * 1000)) {
-                missed += 1;
-            }
-        }
-    }
-    let duplicates: usize = runs.values().map(|c| c - 1).sum();
+    let counts = judge(&execs, args.tasks, since_ms, (w_start, w_end));
     let catch_ups = execs
         .iter()
         .filter(|e| e.catch_up && e.node != victim && e.started_us > kill_us)
         .count();
-    Ok(Summary::new("failover")
+    let summary = Summary::new("failover")
         .field("backend", args.backend.name())
         .field("nodes", NODES)
         .field("tasks", args.tasks)
@@ -340,8 +326,60 @@ fn measure(
         )
         .field("takeover_ms", ms(delays.max().unwrap_or(0) as f64))
         .field("caught_up_fires", catch_ups)
-        .field("expected", expected)
-        .field("executed", runs.len())
-        .field("missed", missed)
-        .field("duplicates", duplicates))
+        .field("expected", counts.expected)
+        .field("executed", counts.executed);
+    Ok((counts.fields(summary), counts))
+}
+
+/// The exactly-once counts of the failover ledger: every execution of the run (before and
+/// after the kill, on any node) against every-second instants since the tasks were added;
+/// each instant of `window` must have run once.
+fn judge(execs: &[Exec], tasks: usize, since_ms: i64, window: (i64, i64)) -> ExactlyOnce {
+    ExactlyOnce::check(
+        execs.iter().map(|e| (e.task as i64, e.scheduled_ms)),
+        &Expected {
+            plan: Plan::EverySecond,
+            tasks,
+            since_ms,
+            window,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(task: usize, scheduled_ms: i64, node: usize) -> Exec {
+        Exec {
+            task,
+            scheduled_ms,
+            node,
+            started_us: scheduled_ms * 1000,
+            catch_up: false,
+        }
+    }
+
+    #[test]
+    fn the_ledger_counts_each_kind_of_fault() {
+        // Two tasks added at 1000 ms, window [2000, 4000); a takeover at 3000 by node 1.
+        let clean = vec![
+            exec(0, 2_000, 0),
+            exec(1, 2_000, 0),
+            exec(0, 3_000, 1),
+            exec(1, 3_000, 1),
+        ];
+        let counts = |execs: &[Exec]| {
+            let c = judge(execs, 2, 1_000, (2_000, 4_000));
+            (c.duplicates, c.missed, c.unexpected)
+        };
+        assert_eq!(counts(&clean), (0, 0, 0));
+        let mut dup = clean.clone();
+        dup.push(exec(0, 3_000, 2)); // the dead owner's fire run again by a survivor
+        assert_eq!(counts(&dup), (1, 0, 0));
+        assert_eq!(counts(&clean[1..]), (0, 1, 0));
+        let mut early = clean.clone();
+        early.push(exec(1, 0, 1)); // an instant from before the tasks existed
+        assert_eq!(counts(&early), (0, 0, 1));
+    }
 }

@@ -17,7 +17,6 @@
 //!   last instants (so it spans exactly `seconds` bursts); memory per task is the resident set
 //!   growth from before the tasks were created to just before the window, divided by n.
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -30,7 +29,8 @@ use tokio::time::Instant;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::cli::{ChildArgs, LatencyArgs, System};
-use crate::recorder::{in_window, now_us, Fire, Recorder};
+use crate::exactly::{verdict_of, ExactlyOnce, Expected, Plan};
+use crate::recorder::{in_window, now_us, Recorder};
 use crate::stats::Distribution;
 use crate::summary::{ms, ratio, Summary};
 use crate::sys::{cpu_time, rss_bytes};
@@ -85,17 +85,15 @@ pub fn run(args: &LatencyArgs, out: &mut dyn Write) -> Result<()> {
             writeln!(out, "{line}")?;
         }
         out.flush()?;
-        if !output.status.success() {
-            return Err(err(format!(
-                "the {} run failed ({})",
+        // A child that printed its summary and then failed its exactly-once verdict is judged
+        // below, after every system ran; one that printed nothing failed to run at all.
+        let summary = stdout.lines().find_map(Summary::parse).ok_or_else(|| {
+            err(format!(
+                "the {} run printed no summary ({})",
                 system.name(),
                 output.status
-            )));
-        }
-        let summary = stdout
-            .lines()
-            .find_map(Summary::parse)
-            .ok_or_else(|| err(format!("the {} run printed no summary", system.name())))?;
+            ))
+        })?;
         let lateness = read_samples(&samples)?;
         results.push((system, summary, Distribution::new(lateness)));
     }
@@ -150,7 +148,16 @@ pub fn run(args: &LatencyArgs, out: &mut dyn Write) -> Result<()> {
         )?;
         writeln!(out, "# plot written to {}", path.display())?;
     }
-    Ok(())
+    // Every system's line carries exactly-once counts; any that is not 0 fails the run.
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|(_, s, _)| verdict_of(s).err().map(|e| e.to_string()))
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(err(failures.join("; ")))
+    }
 }
 
 fn read_samples(path: &Path) -> Result<Vec<i64>> {
@@ -209,6 +216,7 @@ async fn child(args: &ChildArgs) -> Result<Summary> {
     recorder.keep_from(i64::MAX);
     let rss0 = rss_bytes()?;
     let t0 = Instant::now();
+    let since_ms = now_us().div_euclid(1000);
     let running = match args.system {
         System::Dcron => Running::Dcron(start_dcron(n, &recorder, args.claim_ahead_ms).await?),
         System::TokioCronScheduler => Running::Tcs(start_tcs(n, &recorder).await?),
@@ -237,19 +245,28 @@ async fn child(args: &ChildArgs) -> Result<Summary> {
         std::fs::write(path, text)
             .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
     }
-    let counts = count_fires(&fires);
-    let expected = n as u64 * seconds as u64;
+    // Judged on every fire kept (the window and the drain after it), against the window.
+    let counts = ExactlyOnce::check(
+        recorder.fires().iter().map(|f| (f.tag, f.scheduled_ms)),
+        &Expected {
+            plan: Plan::EverySecond,
+            tasks: n,
+            since_ms,
+            window: (w0, w1),
+        },
+    );
+    let in_window_fires = fires.len() as u64;
     let dist = Distribution::new(fires.iter().map(|f| f.lateness_us).collect());
     let cpu_us = (cpu_b.saturating_sub(cpu_a)).as_micros() as f64;
     let q = |p: f64| ms(dist.quantile(p).unwrap_or(0) as f64);
-    Ok(Summary::new("latency")
+    let summary = Summary::new("latency")
         .field("system", args.system.name())
         .field("tasks", n)
         .field("seconds", seconds)
-        .field("fires", counts.distinct)
-        .field("expected", expected)
-        .field("missed", expected.saturating_sub(counts.distinct))
-        .field("duplicates", counts.duplicates)
+        .field("fires", in_window_fires)
+        .field("expected", counts.expected);
+    Ok(counts
+        .fields(summary)
         .field("min_ms", q(0.0))
         .field("p50_ms", q(0.5))
         .field("p90_ms", q(0.9))
@@ -259,7 +276,7 @@ async fn child(args: &ChildArgs) -> Result<Summary> {
         .field("mean_ms", ms(dist.mean()))
         .field(
             "cpu_us_per_fire",
-            format!("{:.2}", cpu_us / counts.distinct.max(1) as f64),
+            format!("{:.2}", cpu_us / in_window_fires.max(1) as f64),
         )
         .field("cpu_cores", format!("{:.3}", cpu_us / 1e6 / seconds as f64))
         .field(
@@ -268,29 +285,6 @@ async fn child(args: &ChildArgs) -> Result<Summary> {
         )
         .field("setup_s", format!("{:.3}", setup.as_secs_f64()))
         .field("overflow", recorder.overflow()))
-}
-
-/// Distinct `(task, instant)` fires and the extra executions of a fire already seen.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FireCounts {
-    /// Distinct fires.
-    pub distinct: u64,
-    /// Executions beyond the first of a fire.
-    pub duplicates: u64,
-}
-
-/// Counts distinct fires (by task tag and instant) and duplicates.
-pub fn count_fires(fires: &[Fire]) -> FireCounts {
-    let mut seen = HashSet::with_capacity(fires.len());
-    let mut counts = FireCounts::default();
-    for f in fires {
-        if seen.insert((f.tag, f.scheduled_ms)) {
-            counts.distinct += 1;
-        } else {
-            counts.duplicates += 1;
-        }
-    }
-    counts
 }
 
 /// Sleeps until the wall clock reads `ms` (milliseconds since the epoch); returns at once if
@@ -396,27 +390,5 @@ pub async fn wait_owned(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_distinct_and_duplicate_fires() {
-        let f = |tag, scheduled_ms| Fire {
-            scheduled_ms,
-            lateness_us: 0,
-            tag,
-        };
-        let c = count_fires(&[f(1, 1000), f(2, 1000), f(1, 1000), f(1, 2000)]);
-        assert_eq!(
-            c,
-            FireCounts {
-                distinct: 3,
-                duplicates: 1
-            }
-        );
     }
 }

@@ -10,6 +10,8 @@
 //! - [`scale`]: one node with up to millions of tasks;
 //! - [`failover`]: the owner of tasks dies; how long until another node fires them, and whether
 //!   any fire was lost;
+//! - [`exactly`]: the exactly-once verdict of a run's own ledger (`duplicates`, `missed`,
+//!   `unexpected`; a run whose counts are not all 0 exits non-zero);
 //! - [`counting`]: a `Registry` wrapper that counts calls (registry round trips per fire);
 //! - [`recorder`], [`stats`], [`sys`], [`summary`], [`plot`]: measurement and reporting.
 //!
@@ -18,6 +20,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod counting;
+pub mod exactly;
 pub mod failover;
 pub mod latency;
 pub mod plot;
@@ -77,7 +80,7 @@ pub fn run(command: cli::Command, out: &mut dyn Write) -> Result<()> {
         cli::Command::LatencyChild(args) => {
             let summary = latency::run_child(&args)?;
             writeln!(out, "{summary}")?;
-            Ok(())
+            exactly::verdict_of(&summary)
         }
         cli::Command::Redis(args) => cluster::run(&args, out),
         cli::Command::Scale(args) => scale::run(&args, out),

@@ -4,10 +4,10 @@
 //! Task `i` fires once an hour, at second `i % 60` of minute `(i / 60) % 60`, so a million tasks
 //! make about 278 fires per second spread over every second of the hour: steady state is the
 //! scheduler's own cost plus a realistic trickle of fires, not a burst test (that is
-//! `latency`).
+//! `latency`). Every fire is kept in a ledger (task, instant) and judged exactly once against
+//! the hourly schedule: `duplicates`, `missed` (in the window) and `unexpected`.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +15,9 @@ use dcron_core::{Dcron, MemoryRegistry, SecondsField};
 use tokio::time::Instant;
 
 use crate::cli::ScaleArgs;
+use crate::exactly::{ExactlyOnce, Expected, Plan};
 use crate::latency::{sleep_until_wall_ms, task_name, wait_owned};
-use crate::recorder::now_us;
+use crate::recorder::{now_us, Recorder};
 use crate::summary::Summary;
 use crate::sys::{cpu_time, rss_bytes};
 use crate::Result;
@@ -32,15 +33,25 @@ pub fn spread_hourly(i: usize) -> String {
 /// When the node does not own every task within the timeout, or `/proc` cannot be read.
 pub fn run(args: &ScaleArgs, out: &mut dyn Write) -> Result<()> {
     let rt = crate::runtime()?;
-    let summary = rt.block_on(scale(args))?;
+    let (summary, counts) = rt.block_on(scale(args))?;
     writeln!(out, "{summary}")?;
-    Ok(())
+    counts.verdict("scale")
 }
 
-async fn scale(args: &ScaleArgs) -> Result<Summary> {
+/// How long after the window late fires are still waited for before the node stops.
+const DRAIN_MS: i64 = 1_500;
+
+async fn scale(args: &ScaleArgs) -> Result<(Summary, ExactlyOnce)> {
     let n = args.tasks;
-    let fires = Arc::new(AtomicU64::new(0));
+    // The ledger: room for every fire of the window and the drain (one per task and hour,
+    // spread over the hour), allocated before the memory baseline is read.
+    let per_second = n.div_ceil(3_600);
+    let fires = Arc::new(Recorder::with_capacity(
+        per_second.saturating_mul(args.seconds as usize + 8),
+    ));
+    fires.keep_from(i64::MAX);
     let rss0 = rss_bytes()?;
+    let since_ms = now_us().div_euclid(1000);
     let cpu0 = cpu_time()?;
     let t0 = Instant::now();
     let node = Dcron::builder(MemoryRegistry::new())
@@ -48,10 +59,10 @@ async fn scale(args: &ScaleArgs) -> Result<Summary> {
         .build()?;
     for i in 0..n {
         let fires = fires.clone();
-        node.add_func(&task_name(i), &spread_hourly(i), move |_ctx| {
+        node.add_func(&task_name(i), &spread_hourly(i), move |ctx| {
             let fires = fires.clone();
             async move {
-                fires.fetch_add(1, Ordering::Relaxed);
+                fires.record(ctx.scheduled.timestamp_micros(), now_us(), i as i64);
                 Ok(())
             }
         })
@@ -81,19 +92,29 @@ async fn scale(args: &ScaleArgs) -> Result<Summary> {
     // Steady state: from the next whole second after a one-second settle, for `seconds`.
     let w0 = (now_us() / 1000 / 1000 + 2) * 1000;
     let w1 = w0 + args.seconds as i64 * 1000;
+    fires.keep_from(w0);
     sleep_until_wall_ms(w0).await;
     let cpu_a = cpu_time()?;
-    let fires_a = fires.load(Ordering::Relaxed);
     sleep_until_wall_ms(w1).await;
     let cpu_b = cpu_time()?;
-    let fires_b = fires.load(Ordering::Relaxed);
     let rss2 = rss_bytes()?;
+    sleep_until_wall_ms(w1 + DRAIN_MS).await;
     let t2 = Instant::now();
     node.stop().await?;
     let stopped = t2.elapsed();
 
     let secs = args.seconds as f64;
-    Ok(Summary::new("scale")
+    let counts = ExactlyOnce::check(
+        fires.fires().iter().map(|f| (f.tag, f.scheduled_ms)),
+        &Expected {
+            plan: Plan::SpreadHourly,
+            tasks: n,
+            since_ms,
+            window: (w0, w1),
+        },
+    );
+    let in_window = crate::recorder::in_window(&fires.fires(), w0, w1).len();
+    let summary = Summary::new("scale")
         .field("tasks", n)
         .field("add_s", format!("{:.3}", added.as_secs_f64()))
         .field("start_s", format!("{:.3}", started.as_secs_f64()))
@@ -112,10 +133,7 @@ async fn scale(args: &ScaleArgs) -> Result<Summary> {
             rss2.saturating_sub(rss0) / n as u64,
         )
         .field("seconds", args.seconds)
-        .field(
-            "fires_per_s",
-            format!("{:.1}", (fires_b - fires_a) as f64 / secs),
-        )
+        .field("fires_per_s", format!("{:.1}", in_window as f64 / secs))
         .field(
             "cpu_ms_per_s",
             format!(
@@ -123,5 +141,8 @@ async fn scale(args: &ScaleArgs) -> Result<Summary> {
                 cpu_b.saturating_sub(cpu_a).as_secs_f64() * 1000.0 / secs
             ),
         )
-        .field("stop_s", format!("{:.3}", stopped.as_secs_f64())))
+        .field("stop_s", format!("{:.3}", stopped.as_secs_f64()))
+        .field("expected", counts.expected)
+        .field("overflow", fires.overflow());
+    Ok((counts.fields(summary), counts))
 }
