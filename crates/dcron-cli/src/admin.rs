@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use dcron_core::{admin, Error, LastResult, Registry, TaskStatus, TriggerRecord};
+use dcron_core::{
+    admin, Error, LastResult, NodeStatus, RecordKind, Registry, TaskStatus, TriggerRecord,
+};
 
 use crate::error::{CliError, CliResult};
 use crate::ops::{CorruptRecord, TaskExtras};
@@ -70,6 +72,24 @@ pub async fn extras(registry: &dyn Registry) -> CliResult<TaskExtras> {
         status,
         corrupt,
     })
+}
+
+/// The names with a life record: registries without native lives keep each task's life as a
+/// [`RecordKind::Life`] record, static tasks included. Empty for other registries.
+///
+/// # Errors
+/// The registry's errors.
+pub async fn life_names(registry: &dyn Registry) -> CliResult<Vec<String>> {
+    let caps = registry.capabilities();
+    if !caps.records || caps.exactly_once {
+        return Ok(Vec::new());
+    }
+    Ok(registry
+        .list_records(RecordKind::Life)
+        .await?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
 }
 
 /// Whether the registry knows the name: a dynamic record, a tombstone, retained claims, a
@@ -153,7 +173,20 @@ async fn set_paused(
     Ok(was)
 }
 
-/// `dcronctl trigger`: asks the task's owner to run it once now.
+/// The answer of `dcronctl trigger`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Triggered {
+    /// The request written.
+    pub record: TriggerRecord,
+    /// Set when no node can consume the request now (no working node with a weight): it then
+    /// stays in the registry until an owner appears, or until a node drops it after
+    /// [`admin::TRIGGER_EXPIRY`].
+    pub warning: Option<String>,
+}
+
+/// `dcronctl trigger`: asks the task's owner to run it once now. The owner deletes the request
+/// when it takes it (one atomic delete: only the node whose delete succeeds runs it), so a
+/// request with a working owner leaves nothing behind; one nobody can take yet is reported.
 ///
 /// # Errors
 /// As [`pause`]; a conflict (exit code 5) when the task is marked deleted.
@@ -162,11 +195,26 @@ pub async fn trigger(
     name: &str,
     allow_unknown: bool,
     now: DateTime<Utc>,
-) -> CliResult<TriggerRecord> {
+) -> CliResult<Triggered> {
     require_known(registry, name, allow_unknown).await?;
-    admin::trigger_task(registry, name, now)
+    let record = admin::trigger_task(registry, name, now)
         .await
-        .map_err(|e| map(registry, "trigger", e))
+        .map_err(|e| map(registry, "trigger", e))?;
+    let owners = registry
+        .list_nodes()
+        .await?
+        .items
+        .iter()
+        .filter(|n| n.status == NodeStatus::Working && n.weight > 0)
+        .count();
+    let warning = (owners == 0).then(|| {
+        format!(
+            "no working node can run `{name}` now: the request waits in the registry until one \
+             does, or is dropped unrun {} after it was made",
+            crate::duration::format_duration(admin::TRIGGER_EXPIRY)
+        )
+    });
+    Ok(Triggered { record, warning })
 }
 
 /// Removes the pause, status and trigger records of a task (part of `cleanup`, as
@@ -204,6 +252,8 @@ mod tests {
         assert!(extras(&reg).await.expect("extras").paused.is_empty());
 
         let t = trigger(&reg, "job", false, t0()).await.expect("triggered");
+        assert!(t.warning.expect("no node").contains("no working node"));
+        let t = t.record;
         assert_eq!(t.task, "job");
         assert_eq!(
             admin::pending_triggers(&reg).await.expect("list").items,

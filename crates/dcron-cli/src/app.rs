@@ -140,7 +140,7 @@ pub async fn execute(
     let now = Utc::now();
     let printed = match command {
         Command::Nodes(s) => {
-            let r = ops::nodes(registry, s.strategy).await?;
+            let r = ops::nodes(registry, s.strategy, now).await?;
             let mut warnings = render::corrupt_warnings(&r.corrupt);
             warnings.extend(r.warning.clone().map(|w| format!("warning: {w}")));
             Printed {
@@ -251,20 +251,28 @@ pub async fn execute(
             })
         }
         Command::Trigger(n) => {
-            let t = crate::admin::trigger(registry, &n.name, n.allow_static, now).await?;
-            Printed::out(if json {
-                to_json(&json!({
-                    "action": "triggered",
-                    "task": t.task,
-                    "id": t.id,
-                    "requested_at": t.requested_at,
-                }))
-            } else {
-                format!(
-                    "triggered task `{}` (request {}): its owner runs it once within a poll interval\n",
-                    t.task, t.id
-                )
-            })
+            let triggered = crate::admin::trigger(registry, &n.name, n.allow_static, now).await?;
+            let t = &triggered.record;
+            Printed {
+                stdout: if json {
+                    to_json(&json!({
+                        "action": "triggered",
+                        "task": t.task,
+                        "id": t.id,
+                        "requested_at": t.requested_at,
+                    }))
+                } else {
+                    format!(
+                        "triggered task `{}` (request {}): its owner runs it once within a poll interval and removes the request\n",
+                        t.task, t.id
+                    )
+                },
+                warnings: triggered
+                    .warning
+                    .map(|w| format!("warning: {w}"))
+                    .into_iter()
+                    .collect(),
+            }
         }
         Command::Claims(c) => {
             let r = ops::claims(registry, &c.name, c.limit).await?;

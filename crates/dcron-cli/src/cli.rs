@@ -68,7 +68,7 @@ pub struct GlobalArgs {
 pub enum Command {
     /// List live nodes: id, host, status, last alive, number of owned tasks
     Nodes(StrategyArg),
-    /// List dynamic and deleted tasks: schedule, zone, state, next fire, owner, last fire
+    /// List dynamic tasks, the static ones the registry knows of, and deleted names
     Tasks(StrategyArg),
     /// Add a dynamic task (refused when the name exists or is marked deleted)
     Add(AddArgs),

@@ -3,10 +3,11 @@
 //!
 //! Ownership is computed the way nodes compute it: the members are the `working` nodes (id and
 //! weight), the assigner is the strategy's default one, and strategies that depend on the task
-//! list get the sorted names of the live (not tombstoned) tasks. `dcronctl` only sees dynamic
-//! tasks: static tasks live in the nodes' code, so with `range` or `round-robin` (whose owners
-//! depend on the whole task list) the owners shown can differ from the nodes' when static tasks
-//! exist too.
+//! list get the sorted names of the live (not tombstoned) tasks. Nodes do not publish what they
+//! own, so the task names are the dynamic records plus the static tasks the registry knows of
+//! (see [`Snapshot::static_names`]): a static task that never ran, was never paused and has no
+//! running fire is invisible to `dcronctl`, and with `range` or `round-robin` (whose owners
+//! depend on the whole task list) the owners shown can differ from the nodes' until it ran once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -48,6 +49,13 @@ pub struct Snapshot {
     pub tasks: Vec<TaskMeta>,
     /// Tombstones.
     pub tombstones: Vec<Tombstone>,
+    /// Static tasks (defined in the nodes' code, so without a record) that the registry knows
+    /// of: names with a status record (written by the owner after a run), a pause, a life record
+    /// (registries without native lives) or a running fire in a node record, and no dynamic
+    /// record. Tombstoned ones included.
+    pub static_names: BTreeSet<String>,
+    /// Pause flags and status records.
+    pub extras: TaskExtras,
     /// Values that did not decode.
     pub corrupt: Vec<CorruptRecord>,
 }
@@ -58,35 +66,61 @@ impl Snapshot {
     /// # Errors
     /// The registry's errors.
     pub async fn load(registry: &dyn Registry) -> CliResult<Self> {
-        let (nodes, tasks, tombstones) = tokio::try_join!(
-            registry.list_nodes(),
-            registry.list_tasks(),
-            registry.list_tombstones()
+        let cli = |e: dcron_core::Error| CliError::from(e);
+        let (nodes, tasks, tombstones, extras, lives) = tokio::try_join!(
+            async { registry.list_nodes().await.map_err(cli) },
+            async { registry.list_tasks().await.map_err(cli) },
+            async { registry.list_tombstones().await.map_err(cli) },
+            crate::admin::extras(registry),
+            crate::admin::life_names(registry),
         )?;
-        let corrupt = corrupt_of(&nodes)
+        let mut corrupt: Vec<CorruptRecord> = corrupt_of(&nodes)
             .chain(corrupt_of(&tasks))
             .chain(corrupt_of(&tombstones))
             .collect();
-        Ok(Snapshot {
+        corrupt.extend(extras.corrupt.iter().cloned());
+        let mut snap = Snapshot {
             nodes: nodes.items,
             tasks: tasks.items,
             tombstones: tombstones.items,
+            static_names: BTreeSet::new(),
+            extras,
             corrupt,
-        })
+        };
+        snap.static_names = snap.static_names_from(lives);
+        Ok(snap)
     }
 
-    /// Names of the task records that are not tombstoned, sorted.
+    /// The static names this snapshot's records reveal, beside `lives` (names with a life).
+    fn static_names_from(&self, lives: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+        let dynamic: BTreeSet<&str> = self.tasks.iter().map(|t| t.name.as_str()).collect();
+        let running = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.running.iter().map(|r| r.task.clone()));
+        self.extras
+            .status
+            .keys()
+            .cloned()
+            .chain(self.extras.paused.iter().cloned())
+            .chain(running)
+            .chain(lives)
+            .filter(|n| !dynamic.contains(n.as_str()))
+            .collect()
+    }
+
+    /// Names of the tasks that are not tombstoned (dynamic records and known static tasks),
+    /// sorted: the task list the nodes assign.
     pub fn live_task_names(&self) -> Vec<String> {
         let dead: BTreeSet<&str> = self.tombstones.iter().map(|t| t.name.as_str()).collect();
-        let mut names: Vec<String> = self
+        let names: BTreeSet<String> = self
             .tasks
             .iter()
-            .filter(|t| !dead.contains(t.name.as_str()))
             .map(|t| t.name.clone())
+            .chain(self.static_names.iter().cloned())
+            .filter(|n| !dead.contains(n.as_str()))
             .collect();
-        names.sort();
-        names.dedup();
-        names
+        names.into_iter().collect()
     }
 }
 
@@ -167,11 +201,16 @@ pub struct NodeRow {
     pub status: String,
     /// Weight.
     pub weight: u32,
-    /// Last time the node wrote its record.
+    /// Last time the node wrote its record (`last_alive` of the record: nodes rewrite it about
+    /// every 30 s; liveness itself is the registration lease).
     pub last_alive: DateTime<Utc>,
+    /// How long before the listing `last_alive` was (`12s`; `0ms` when the node's clock is
+    /// ahead).
+    pub last_alive_age: String,
     /// When it registered.
     pub created: DateTime<Utc>,
-    /// How many dynamic tasks it owns under the strategy.
+    /// How many tasks it owns under the strategy: dynamic ones and the static ones the registry
+    /// knows of (see [`Snapshot::static_names`]).
     pub owned_tasks: usize,
 }
 
@@ -189,11 +228,15 @@ pub struct NodesReport {
     pub warning: Option<String>,
 }
 
-/// `dcronctl nodes`.
+/// `dcronctl nodes`; `now` is the reference for the ages.
 ///
 /// # Errors
 /// The registry's errors.
-pub async fn nodes(registry: &dyn Registry, strategy: Strategy) -> CliResult<NodesReport> {
+pub async fn nodes(
+    registry: &dyn Registry,
+    strategy: Strategy,
+    now: DateTime<Utc>,
+) -> CliResult<NodesReport> {
     let snap = Snapshot::load(registry).await?;
     let own = compute_ownership(&snap.nodes, &snap.live_task_names(), strategy);
     let mut rows: Vec<NodeRow> = snap
@@ -207,6 +250,9 @@ pub async fn nodes(registry: &dyn Registry, strategy: Strategy) -> CliResult<Nod
             status: n.status.to_string(),
             weight: n.weight,
             last_alive: n.last_alive,
+            last_alive_age: crate::duration::format_duration(
+                (now - n.last_alive).to_std().unwrap_or_default(),
+            ),
             created: n.create_time,
             owned_tasks: own.count_for(&n.id),
         })
@@ -264,15 +310,37 @@ impl From<&Claim> for FireRow {
     }
 }
 
+/// Where a task is defined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskOrigin {
+    /// A record in the registry (added through the API or `dcronctl add`).
+    Dynamic,
+    /// The nodes' code: the registry has no record, only its traces (status, pause, claims,
+    /// tombstone), so its schedule and zone are unknown here.
+    Static,
+}
+
+impl TaskOrigin {
+    /// The origin's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskOrigin::Dynamic => "dynamic",
+            TaskOrigin::Static => "static",
+        }
+    }
+}
+
 /// One line of `dcronctl tasks`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TaskRow {
     /// Task name.
     pub name: String,
-    /// Schedule expression (`None` for a tombstone without a dynamic record, e.g. a deleted
-    /// static task).
+    /// `dynamic` or `static`.
+    pub origin: TaskOrigin,
+    /// Schedule expression (`None` for a static task: it lives in the nodes' code).
     pub schedule: Option<String>,
-    /// Time zone (`UTC` when the record sets none).
+    /// Time zone (`UTC` when the record sets none, `-` for a static task).
     pub zone: String,
     /// Whether it runs once.
     pub one_shot: bool,
@@ -282,7 +350,8 @@ pub struct TaskRow {
     pub state: TaskState,
     /// When it was marked deleted.
     pub deleted_at: Option<DateTime<Utc>>,
-    /// Next scheduled fire (none when deleted, paused, or the schedule has no more instants).
+    /// Next scheduled fire (none when deleted, paused, static, or the schedule has no more
+    /// instants).
     pub next_fire: Option<DateTime<Utc>>,
     /// The node that owns it under the strategy (none when deleted or no node works).
     pub owner: Option<String>,
@@ -400,6 +469,7 @@ pub fn task_rows(
             meta.name.clone(),
             TaskRow {
                 name: meta.name.clone(),
+                origin: TaskOrigin::Dynamic,
                 schedule: Some(meta.cron_format.clone()),
                 zone: meta.time_zone.clone().unwrap_or_else(|| "UTC".to_string()),
                 one_shot: meta.one_shot,
@@ -417,23 +487,44 @@ pub fn task_rows(
             },
         );
     }
-    for t in &snap.tombstones {
-        rows.entry(t.name.clone()).or_insert_with(|| TaskRow {
-            name: t.name.clone(),
-            schedule: None,
-            zone: "UTC".to_string(),
-            one_shot: false,
-            payload: String::new(),
-            state: TaskState::Deleted,
-            deleted_at: Some(t.deleted_at),
-            next_fire: None,
-            owner: None,
-            last_fire: last.get(&t.name).map(FireRow::from),
-            last_result: last_result(extras, &t.name),
-            run_count: extras.status.get(&t.name).map(|s| s.run_count),
-            failure_count: extras.status.get(&t.name).map(|s| s.failure_count),
-            created_at: None,
-            error: None,
+    let statics = snap
+        .static_names
+        .iter()
+        .map(|n| (n.as_str(), tombs.get(n.as_str()).map(|t| t.deleted_at)))
+        .chain(
+            snap.tombstones
+                .iter()
+                .map(|t| (t.name.as_str(), Some(t.deleted_at))),
+        );
+    for (name, deleted_at) in statics {
+        rows.entry(name.to_string()).or_insert_with(|| {
+            let state = match (deleted_at, extras.paused.contains(name)) {
+                (Some(_), _) => TaskState::Deleted,
+                (None, true) => TaskState::Paused,
+                (None, false) => TaskState::Active,
+            };
+            TaskRow {
+                name: name.to_string(),
+                origin: TaskOrigin::Static,
+                schedule: None,
+                zone: "-".to_string(),
+                one_shot: false,
+                payload: String::new(),
+                state,
+                deleted_at,
+                next_fire: None,
+                owner: if state == TaskState::Deleted {
+                    None
+                } else {
+                    own.owners.get(name).cloned().flatten()
+                },
+                last_fire: last.get(name).map(FireRow::from),
+                last_result: last_result(extras, name),
+                run_count: extras.status.get(name).map(|s| s.run_count),
+                failure_count: extras.status.get(name).map(|s| s.failure_count),
+                created_at: None,
+                error: None,
+            }
         });
     }
     rows.into_values().collect()
@@ -450,22 +541,20 @@ pub async fn tasks(
 ) -> CliResult<TasksReport> {
     let snap = Snapshot::load(registry).await?;
     let own = compute_ownership(&snap.nodes, &snap.live_task_names(), strategy);
-    let mut names: Vec<String> = snap
+    let names: Vec<String> = snap
         .tasks
         .iter()
         .map(|t| t.name.clone())
         .chain(snap.tombstones.iter().map(|t| t.name.clone()))
+        .chain(snap.static_names.iter().cloned())
+        .collect::<BTreeSet<String>>()
+        .into_iter()
         .collect();
-    names.sort();
-    names.dedup();
     let last = last_fires(registry, &names).await?;
-    let extras = crate::admin::extras(registry).await?;
-    let mut corrupt = snap.corrupt.clone();
-    corrupt.extend(extras.corrupt.iter().cloned());
     Ok(TasksReport {
         strategy: strategy.name().to_string(),
-        tasks: task_rows(&snap, &own, &last, &extras, now),
-        corrupt,
+        tasks: task_rows(&snap, &own, &last, &snap.extras, now),
+        corrupt: snap.corrupt.clone(),
         warning: own.warning,
     })
 }
@@ -819,7 +908,8 @@ mod tests {
                     deleted_at: t0(),
                 },
             ],
-            corrupt: vec![],
+            static_names: ["in-code".to_string()].into(),
+            ..Snapshot::default()
         };
         let own = compute_ownership(&snap.nodes, &snap.live_task_names(), Strategy::Consistent);
         let mut extras = TaskExtras::default();
@@ -847,9 +937,17 @@ mod tests {
                 "every-5s",
                 "gone",
                 "held",
+                "in-code",
                 "static-only"
             ]
         );
+        let s = by["in-code"];
+        assert_eq!(
+            (s.origin, s.state, s.schedule.as_deref(), s.owner.as_deref()),
+            (TaskOrigin::Static, TaskState::Active, None, Some("n1"))
+        );
+        assert_eq!(by["static-only"].origin, TaskOrigin::Static);
+        assert_eq!(by["every-5s"].origin, TaskOrigin::Dynamic);
         let e = by["every-5s"];
         assert_eq!(e.state, TaskState::Active);
         assert_eq!(e.next_fire, Some(t0() + chrono::Duration::seconds(5)));

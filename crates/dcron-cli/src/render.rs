@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 
 use crate::duration::{format_instant, relative};
-use crate::ops::{AssignmentReport, ClaimsReport, CorruptRecord, NodesReport, TasksReport};
+use crate::ops::{
+    AssignmentReport, ClaimsReport, CorruptRecord, NodesReport, TaskOrigin, TasksReport,
+};
 
 /// A text table: a header row and data rows, columns padded to their widest cell.
 #[derive(Clone, Debug, Default)]
@@ -121,7 +123,7 @@ pub fn nodes(report: &NodesReport, now: DateTime<Utc>) -> String {
 /// `dcronctl tasks` as a table.
 pub fn tasks(report: &TasksReport, now: DateTime<Utc>) -> String {
     if report.tasks.is_empty() {
-        return "no dynamic tasks in this namespace\n".into();
+        return "no tasks in this namespace\n".into();
     }
     let mut t = Table::new(&[
         "NAME",
@@ -134,10 +136,12 @@ pub fn tasks(report: &TasksReport, now: DateTime<Utc>) -> String {
         "LAST RESULT",
     ]);
     for r in &report.tasks {
-        let schedule = match (&r.schedule, r.one_shot) {
-            (Some(s), true) => format!("{s} (once)"),
-            (Some(s), false) => s.clone(),
-            (None, _) => "-".into(),
+        // A static task's schedule lives in the nodes' code.
+        let schedule = match (&r.schedule, r.one_shot, r.origin) {
+            (Some(s), true, _) => format!("{s} (once)"),
+            (Some(s), false, _) => s.clone(),
+            (None, _, TaskOrigin::Static) => TaskOrigin::Static.name().into(),
+            (None, _, TaskOrigin::Dynamic) => "-".into(),
         };
         let next = match (&r.error, r.next_fire) {
             (Some(_), _) => "invalid schedule".to_string(),
@@ -255,6 +259,7 @@ mod tests {
                 status: "working".into(),
                 weight: 2,
                 last_alive: now() - chrono::Duration::seconds(4),
+                last_alive_age: "4s".into(),
                 created: now(),
                 owned_tasks: 3,
             }],
@@ -277,6 +282,7 @@ mod tests {
     fn tasks_table_shows_dashes_for_unknowns() {
         let row = TaskRow {
             name: "report".into(),
+            origin: TaskOrigin::Dynamic,
             schedule: Some("*/5 * * * * *".into()),
             zone: "UTC".into(),
             one_shot: false,
@@ -298,6 +304,8 @@ mod tests {
         };
         let gone = TaskRow {
             name: "old".into(),
+            origin: TaskOrigin::Static,
+            zone: "-".into(),
             schedule: None,
             state: TaskState::Deleted,
             next_fire: None,
@@ -324,7 +332,7 @@ mod tests {
             "{out}"
         );
         assert!(
-            lines[2].starts_with("old     -              UTC   deleted  -"),
+            lines[2].starts_with("old     static         -     deleted  -"),
             "{out}"
         );
         assert!(lines[2].ends_with('-'), "{out}");

@@ -490,3 +490,183 @@ async fn unreachable_registry_is_exit_3_without_credentials() {
     expect_code(&out, 3, "unreachable with --password");
     assert!(!text(&out.stderr).contains(secret));
 }
+
+/// The pending trigger requests of the namespace, read straight from the registry.
+async fn pending_triggers(registry: &RedisRegistry) -> Vec<dcron_core::TriggerRecord> {
+    dcron_core::admin::pending_triggers(registry)
+        .await
+        .expect("trigger records listed")
+        .items
+}
+
+/// Waits until the node ran a fire whose fencing token is `token` (a trigger's request id).
+async fn wait_run(runs: &Mutex<Vec<(String, u64)>>, token: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !runs.lock().expect("runs").iter().any(|(_, t)| *t == token) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the triggered run did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_tasks_owners_freshness_and_consumed_triggers() {
+    const STATIC: &str = "e2e-static-every-second";
+    const DYNAMIC: &str = "e2e-dynamic-hourly";
+    let Some(url) = redis_url() else { return };
+    let ns = format!("dcronctl-e2e-{}", uuid::Uuid::new_v4().simple());
+    let base = ["--registry", url.as_str(), "--namespace", ns.as_str()];
+    let with =
+        |args: &[&str]| -> Vec<String> { base.iter().chain(args).map(|s| s.to_string()).collect() };
+    let admin = RedisRegistry::builder(url.as_str())
+        .namespace(ns.as_str())
+        .build()
+        .expect("registry");
+
+    // A trigger nobody can take yet is written, and the operator is told it waits.
+    expect_code(
+        &run(&with(&["add", DYNAMIC, "--cron", "@hourly"])).await,
+        0,
+        "add",
+    );
+    let early = run(&with(&["trigger", DYNAMIC, "--json"])).await;
+    let early_id = json(&early, "trigger without nodes")["id"]
+        .as_u64()
+        .expect("id");
+    assert!(
+        text(&early.stderr).contains("no working node can run"),
+        "{}",
+        text(&early.stderr)
+    );
+    assert_eq!(pending_triggers(&admin).await.len(), 1);
+
+    // A node with a static task and a handler for dynamic ones.
+    let runs: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let registry = RedisRegistry::builder(url.as_str())
+        .namespace(ns.as_str())
+        .build()
+        .expect("registry");
+    let seen = runs.clone();
+    let node = Dcron::builder(registry)
+        .node_name("e2e-static")
+        .ttl(Duration::from_secs(3))
+        .poll_interval(Duration::from_millis(300))
+        .status_interval(Duration::from_millis(300))
+        .task_run_fn(move |ctx| {
+            let seen = seen.clone();
+            async move {
+                if let Ok(mut runs) = seen.lock() {
+                    runs.push((ctx.name().to_string(), ctx.token));
+                }
+                Ok(())
+            }
+        })
+        .build()
+        .expect("node");
+    let seen = runs.clone();
+    node.add_func(STATIC, "*/1 * * * * *", move |ctx| {
+        let seen = seen.clone();
+        async move {
+            if let Ok(mut runs) = seen.lock() {
+                runs.push((ctx.name().to_string(), ctx.token));
+            }
+            Ok(())
+        }
+    })
+    .await
+    .expect("static task");
+    node.start().await.expect("started");
+    let id = node.node_id().to_string();
+
+    // The waiting request is consumed by the owner: run once, and gone from the registry.
+    wait_run(&runs, early_id, "the trigger made before any node").await;
+    assert_eq!(pending_triggers(&admin).await, vec![]);
+
+    // `tasks` lists the static task (once it ran, the registry knows it), marked static.
+    let tasks = poll_json(
+        &with(&["tasks", "--json"]),
+        Duration::from_secs(30),
+        "the static task is listed",
+        |v| task_row(v, STATIC).is_some_and(|r| r["last_result"] == "ok"),
+    )
+    .await;
+    let row = task_row(&tasks, STATIC).expect("listed");
+    assert_eq!(
+        (
+            &row["origin"],
+            &row["state"],
+            &row["owner"],
+            &row["schedule"]
+        ),
+        (
+            &Value::from("static"),
+            &Value::from("active"),
+            &Value::from(id.as_str()),
+            &Value::Null
+        ),
+        "{row:#}"
+    );
+    assert_eq!(
+        task_row(&tasks, DYNAMIC).expect("listed")["origin"],
+        "dynamic"
+    );
+    let table = text(&run(&with(&["tasks"])).await.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(STATIC))
+        .unwrap_or_else(|| panic!("no static line: {table}"));
+    assert!(line.contains("static") && line.contains(&id), "{table}");
+
+    // `nodes` counts the static task too, and shows the record's last_alive and its age.
+    let before = dcron_core::Registry::list_nodes(&admin)
+        .await
+        .expect("nodes")
+        .items;
+    let nodes = json(&run(&with(&["nodes", "--json"])).await, "nodes");
+    let after = dcron_core::Registry::list_nodes(&admin)
+        .await
+        .expect("nodes")
+        .items;
+    let row = nodes["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["id"] == id.as_str()))
+        .unwrap_or_else(|| panic!("node listed: {nodes:#}"));
+    assert_eq!(
+        row["owned_tasks"], 2,
+        "the dynamic and the static task: {row:#}"
+    );
+    let shown: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(row["last_alive"].clone()).expect("an instant");
+    assert!(
+        before
+            .iter()
+            .chain(&after)
+            .any(|n| n.id == id && n.last_alive == shown),
+        "last_alive {shown} is the record's ({before:?} / {after:?})"
+    );
+    assert!(row["last_alive_age"].is_string(), "{row:#}");
+    let table = text(&run(&with(&["nodes"])).await.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("no node line: {table}"));
+    // The age reads `(4s ago)`, or `(now)` within a second of a write.
+    assert!(
+        line.ends_with("  2") && (line.contains(" ago)") || line.contains("(now)")),
+        "{table}"
+    );
+
+    // Triggering the static task through the binary: it runs once and leaves no record.
+    let triggered = json(&run(&with(&["trigger", STATIC, "--json"])).await, "trigger");
+    let trigger_id = triggered["id"].as_u64().expect("id");
+    wait_run(&runs, trigger_id, "the static task's trigger").await;
+    // The owner deletes the request before it starts the run: nothing is left now.
+    assert_eq!(pending_triggers(&admin).await, vec![]);
+
+    node.stop().await.expect("stopped");
+    dcron_core::Registry::cleanup_all(&admin)
+        .await
+        .expect("cleaned");
+}
