@@ -974,6 +974,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn static_names_come_from_the_registrys_traces() {
+        let reg = MemoryRegistry::new();
+        reg.put_task(&crate::testing::meta("dyn", "@hourly"), PutMode::CreateOnly)
+            .await
+            .expect("put");
+        let status = |name: &str| (name.to_string(), TaskStatus::new(name, t0()).encode());
+        reg.put_records(
+            dcron_core::RecordKind::Status,
+            &[status("dyn"), status("ran"), status("gone")],
+        )
+        .await
+        .expect("status");
+        dcron_core::admin::pause_task(&reg, "held", t0())
+            .await
+            .expect("paused");
+        reg.mark_deleted("gone", t0()).await.expect("deleted");
+        let mut n = node("n1", NodeStatus::Working, 1);
+        n.running.push(dcron_core::RunningFire {
+            task: "busy".into(),
+            instant: t0(),
+            token: 1,
+        });
+        reg.register(&n, std::time::Duration::from_secs(60))
+            .await
+            .expect("registered");
+
+        let snap = Snapshot::load(&reg).await.expect("loaded");
+        let names: Vec<&str> = snap.static_names.iter().map(String::as_str).collect();
+        assert_eq!(names, ["busy", "gone", "held", "ran"]);
+        assert_eq!(snap.live_task_names(), ["busy", "dyn", "held", "ran"]);
+        let own = compute_ownership(&snap.nodes, &snap.live_task_names(), Strategy::Range);
+        assert_eq!(own.count_for("n1"), 4);
+    }
+
+    #[tokio::test]
     async fn mutations_follow_the_dcron_rules() {
         let reg = MemoryRegistry::new();
         let req = AddRequest {
