@@ -1897,10 +1897,20 @@ impl Driver {
                 }
                 _ => None,
             };
+            // The owner cannot run it (the task is tombstoned, or it has no handler here): no
+            // other node will either, so it is dropped now rather than at its expiry.
+            let unrunnable = launch.is_none() && self.tasks.get(&*t.task).is_some_and(|e| e.owned);
             let expired = t.requested_at + expiry < now;
-            if launch.is_none() && !expired {
+            if launch.is_none() && !expired && !unrunnable {
                 continue;
             }
+            let why = if tombstoned {
+                "the task is deleted"
+            } else if unrunnable {
+                "the owner has no handler for it"
+            } else {
+                "no node ran it before it expired"
+            };
             self.triggers_inflight.insert(key.clone());
             let env = self.env.clone();
             tokio::spawn(async move {
@@ -1914,7 +1924,7 @@ impl Driver {
                             env.launch_all(vec![launch]);
                         }
                         None => {
-                            tracing::warn!(trigger = %key, "trigger-now request for a task no node ran expired; dropped");
+                            tracing::warn!(trigger = %key, reason = why, "trigger-now request dropped unrun");
                         }
                     },
                     Ok(false) => {}

@@ -863,3 +863,41 @@ async fn a_working_node_keeps_last_alive_fresh() {
     );
     node.stop().await.expect("stops");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_trigger_its_owner_cannot_run_is_dropped_at_once_not_at_its_expiry() {
+    use dcron_core::{Clock, PutMode};
+    let reg = MemoryRegistry::new();
+    let clock = TokioClock::starting_at(base() + chrono::Duration::hours(1));
+    // No handler for dynamic tasks on this node.
+    let node = builder(&reg, &clock, "a").build().expect("valid");
+    node.start().await.expect("started");
+    let mut meta = TaskMeta::new("orphan", "@daily");
+    meta.created_at = Some(clock.now());
+    reg.put_task(&meta, PutMode::CreateOnly)
+        .await
+        .expect("another node's add");
+    advance(Duration::from_secs(3)).await;
+    admin::trigger_task(&reg, "orphan", clock.now())
+        .await
+        .expect("triggers");
+    // Dropped within a few polls (the expiry is 10 minutes away).
+    let mut gone = false;
+    for _ in 0..100 {
+        advance(Duration::from_millis(100)).await;
+        if admin::pending_triggers(&reg)
+            .await
+            .expect("lists")
+            .items
+            .is_empty()
+        {
+            gone = true;
+            break;
+        }
+    }
+    assert!(
+        gone,
+        "the unrunnable trigger request is still pending after 10 s"
+    );
+    node.stop().await.expect("stop");
+}
