@@ -146,6 +146,7 @@ impl Op {
 pub struct Counters {
     calls: [AtomicU64; Op::ALL.len()],
     claimed_fires: AtomicU64,
+    claim_busy_ns: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -155,6 +156,8 @@ pub struct Snapshot {
     pub calls: [u64; Op::ALL.len()],
     /// Fires sent in `claim` batches.
     pub claimed_fires: u64,
+    /// Time spent inside `claim` calls, summed over calls (overlapping calls count twice), ns.
+    pub claim_busy_ns: u64,
 }
 
 impl Snapshot {
@@ -177,6 +180,7 @@ impl Snapshot {
         Snapshot {
             calls,
             claimed_fires: self.claimed_fires.saturating_sub(earlier.claimed_fires),
+            claim_busy_ns: self.claim_busy_ns.saturating_sub(earlier.claim_busy_ns),
         }
     }
 }
@@ -200,6 +204,7 @@ impl Counters {
         Snapshot {
             calls,
             claimed_fires: self.claimed_fires.load(Ordering::Relaxed),
+            claim_busy_ns: self.claim_busy_ns.load(Ordering::Relaxed),
         }
     }
 }
@@ -332,7 +337,11 @@ impl Registry for CountingRegistry {
         self.counters
             .claimed_fires
             .fetch_add(requests.len() as u64, Ordering::Relaxed);
-        self.inner.claim(claimant, requests).await
+        let started = std::time::Instant::now();
+        let outcome = self.inner.claim(claimant, requests).await;
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.counters.claim_busy_ns.fetch_add(ns, Ordering::Relaxed);
+        outcome
     }
 
     async fn list_claims(&self, task: &str) -> Result<Listing<Claim>> {
@@ -418,6 +427,7 @@ mod tests {
         assert_eq!(d.of(Op::RestartLife), 1);
         assert_eq!(d.of(Op::Claim), 2);
         assert_eq!(d.claimed_fires, 3);
+        assert!(d.claim_busy_ns > 0);
         assert_eq!(d.of(Op::ListNodes), 1);
         assert_eq!(d.total(), 5);
         assert_eq!(reg.backend(), "memory");

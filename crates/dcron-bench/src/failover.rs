@@ -151,7 +151,7 @@ fn failover(args: &FailoverArgs) -> Result<(Summary, ExactlyOnce)> {
 }
 
 /// Connects to etcd or ZooKeeper (when built with the feature), checked to answer.
-async fn connect_other(
+pub(crate) async fn connect_other(
     backend: Backend,
     address: Option<&str>,
     namespace: &str,

@@ -12,6 +12,8 @@
 //!   any fire was lost;
 //! - [`exactly`]: the exactly-once verdict of a run's own ledger (`duplicates`, `missed`,
 //!   `unexpected`; a run whose counts are not all 0 exits non-zero);
+//! - [`registry`]: the largest burst one node holds on a real backend, beside the raw speed of
+//!   the backend's bare primitive measured in the same run;
 //! - [`counting`]: a `Registry` wrapper that counts calls (registry round trips per fire);
 //! - [`recorder`], [`stats`], [`sys`], [`summary`], [`plot`]: measurement and reporting.
 //!
@@ -25,6 +27,7 @@ pub mod failover;
 pub mod latency;
 pub mod plot;
 pub mod recorder;
+pub mod registry;
 pub mod scale;
 pub mod stats;
 pub mod summary;
@@ -85,6 +88,7 @@ pub fn run(command: cli::Command, out: &mut dyn Write) -> Result<()> {
         cli::Command::Redis(args) => cluster::run(&args, out),
         cli::Command::Scale(args) => scale::run(&args, out),
         cli::Command::Failover(args) => failover::run(&args, out),
+        cli::Command::Registry(args) => registry::run(&args, out),
     }
 }
 

@@ -125,3 +125,23 @@ fn a_backend_left_out_of_the_build_is_a_clear_error() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--features etcd"), "{stderr}");
 }
+
+#[test]
+fn registry_refuses_consul_and_names_a_missing_feature() {
+    let output = bench()
+        .args(["registry", "--backend", "consul"])
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no real Consul agent"), "{stderr}");
+    if cfg!(not(feature = "postgres")) {
+        let output = bench()
+            .args(["registry", "--backend", "postgres"])
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("--features postgres"), "{stderr}");
+    }
+}
