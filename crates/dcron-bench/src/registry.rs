@@ -56,6 +56,8 @@ const INSTANTS: i64 = 2;
 const WARMUP_MS: i64 = 1_500;
 /// How long after the last measured instant its fires are waited for, at most, in ms.
 const DRAIN_MS: i64 = 5_000;
+/// The part of the budget a step's setup leaves for its measurement and the raw one.
+const RESERVE: Duration = Duration::from_secs(20);
 
 /// One step of the search.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,7 +133,13 @@ async fn registry(args: &RegistryArgs, out: &mut dyn Write) -> Result<(Summary, 
     let mut burst = FIRST_BURST.min(args.max_burst);
     loop {
         let namespace = format!("dcron-bench-registry-{run_id}-{burst}");
-        let remaining = args.budget.saturating_sub(t0.elapsed());
+        // A step's setup may use what the budget leaves after its measurement (at most
+        // WARMUP_MS + INSTANTS s + DRAIN_MS) and the raw measurement: RESERVE.
+        let remaining = args
+            .budget
+            .saturating_sub(t0.elapsed())
+            .saturating_sub(RESERVE)
+            .max(Duration::from_secs(1));
         let step = match measure_step(args, &namespace, burst, remaining).await {
             Ok(step) => step,
             // A later step that cannot be set up in the budget ends the search; the first is
