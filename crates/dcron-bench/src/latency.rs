@@ -148,9 +148,12 @@ pub fn run(args: &LatencyArgs, out: &mut dyn Write) -> Result<()> {
         )?;
         writeln!(out, "# plot written to {}", path.display())?;
     }
-    // Every system's line carries exactly-once counts; any that is not 0 fails the run.
+    // Every system's line carries exactly-once counts; dcron's failing any fails the run. A
+    // baseline's are printed for comparison only: a third-party scheduler that misses a fire on
+    // a loaded machine says something about it, not about dcron.
     let failures: Vec<String> = results
         .iter()
+        .filter(|(system, _, _)| *system == System::Dcron)
         .filter_map(|(_, s, _)| verdict_of(s).err().map(|e| e.to_string()))
         .collect();
     if failures.is_empty() {
