@@ -10,7 +10,7 @@ pub const USAGE: &str = "\
 usage: dcron-bench <command> [options]
 
 commands (each prints `summary key=value ...` lines):
-  latency  --tasks <n> --seconds <s> [--plot <file.svg>] [--claim-ahead-ms <ms>]
+  latency  --tasks <n> --seconds <s> [--plot <file.svg>] [--claim-ahead-ms <ms, default 100>]
            n every-second tasks on one node (MemoryRegistry), then the same workload on
            tokio-cron-scheduler and on bare tokio timers (one task per job, the floor),
            each in a child process; then the ratios
@@ -102,7 +102,8 @@ pub struct LatencyArgs {
     pub seconds: u64,
     /// Where to write the SVG plot of both lateness distributions.
     pub plot: Option<PathBuf>,
-    /// dcron's `claim_ahead` in milliseconds (0, the default, claims at the instant).
+    /// dcron's `claim_ahead` in milliseconds (default: dcron's own default,
+    /// [`dcron_core::DEFAULT_CLAIM_AHEAD`]; 0 claims at the instant).
     pub claim_ahead_ms: u64,
 }
 
@@ -374,7 +375,12 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 tasks: tasks(&o, None)?,
                 seconds: seconds(&o, None)?,
                 plot: o.text("plot")?.map(PathBuf::from),
-                claim_ahead_ms: o.count("claim-ahead-ms", Some(0), 0, 1000)?,
+                claim_ahead_ms: o.count(
+                    "claim-ahead-ms",
+                    Some(default_claim_ahead_ms()),
+                    0,
+                    1000,
+                )?,
             }))
         }
         "latency-child" => {
@@ -398,7 +404,12 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 tasks: tasks(&o, None)?,
                 seconds: seconds(&o, None)?,
                 samples: o.text("samples")?.map(PathBuf::from),
-                claim_ahead_ms: o.count("claim-ahead-ms", Some(0), 0, 1000)?,
+                claim_ahead_ms: o.count(
+                    "claim-ahead-ms",
+                    Some(default_claim_ahead_ms()),
+                    0,
+                    1000,
+                )?,
             }))
         }
         "redis" => {
@@ -482,6 +493,12 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
     }
 }
 
+/// dcron's default claim-ahead in milliseconds: `latency` with no flags measures dcron as a
+/// user gets it.
+fn default_claim_ahead_ms() -> u64 {
+    u64::try_from(dcron_core::DEFAULT_CLAIM_AHEAD.as_millis()).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,7 +527,7 @@ mod tests {
                 tasks: 10_000,
                 seconds: 10,
                 plot: Some(PathBuf::from("x.svg")),
-                claim_ahead_ms: 0,
+                claim_ahead_ms: 100,
             })
         );
         assert!(matches!(
