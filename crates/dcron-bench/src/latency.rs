@@ -299,11 +299,12 @@ pub async fn sleep_until_wall_ms(ms: i64) {
     }
 }
 
-async fn start_dcron(n: usize, recorder: &Arc<Recorder>, claim_ahead_ms: u64) -> Result<Dcron> {
-    let node = Dcron::builder(MemoryRegistry::new())
-        .seconds(SecondsField::Required)
-        .claim_ahead(Duration::from_millis(claim_ahead_ms))
-        .build()?;
+/// Adds `n` every-second tasks (`task_name(0..n)`) to `node`, each recording its fires'
+/// lateness in `recorder`.
+///
+/// # Errors
+/// When a task cannot be added.
+pub async fn add_recording_tasks(node: &Dcron, n: usize, recorder: &Arc<Recorder>) -> Result<()> {
     for i in 0..n {
         let rec = recorder.clone();
         node.add_func(&task_name(i), EVERY_SECOND, move |ctx| {
@@ -315,6 +316,15 @@ async fn start_dcron(n: usize, recorder: &Arc<Recorder>, claim_ahead_ms: u64) ->
         })
         .await?;
     }
+    Ok(())
+}
+
+async fn start_dcron(n: usize, recorder: &Arc<Recorder>, claim_ahead_ms: u64) -> Result<Dcron> {
+    let node = Dcron::builder(MemoryRegistry::new())
+        .seconds(SecondsField::Required)
+        .claim_ahead(Duration::from_millis(claim_ahead_ms))
+        .build()?;
+    add_recording_tasks(&node, n, recorder).await?;
     let mut events = node.events();
     node.start().await?;
     wait_owned(&node, &mut events, n, SETUP_LIMIT).await?;

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use crate::cli::{RegistryArgs, RegistryBackend};
 use crate::counting::{Counters, CountingRegistry};
 use crate::exactly::{ExactlyOnce, Expected, Plan};
-use crate::latency::{sleep_until_wall_ms, task_name, wait_owned, EVERY_SECOND};
+use crate::latency::{add_recording_tasks, sleep_until_wall_ms, wait_owned};
 use crate::recorder::{in_window, now_us, Recorder};
 use crate::stats::Distribution;
 use crate::summary::{ms, ratio, Summary};
@@ -222,17 +222,7 @@ async fn measure_step(
         .seconds(SecondsField::Required)
         .node_name(format!("bench-registry-{burst}"))
         .build()?;
-    for i in 0..burst {
-        let rec = recorder.clone();
-        node.add_func(&task_name(i), EVERY_SECOND, move |ctx| {
-            let rec = rec.clone();
-            async move {
-                rec.record(ctx.scheduled.timestamp_micros(), now_us(), i as i64);
-                Ok(())
-            }
-        })
-        .await?;
-    }
+    add_recording_tasks(&node, burst, &recorder).await?;
     let mut events = node.events();
     node.start().await?;
     let owned = wait_owned(&node, &mut events, burst, limit).await;
