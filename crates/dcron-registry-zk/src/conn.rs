@@ -316,6 +316,20 @@ impl Conn {
             .map_err(|e| map_err(e, op, path))
     }
 
+    /// Creates the empty persistent znode `path` (a directory) unless it exists.
+    pub(crate) async fn ensure_dir(&self, path: &str) -> Result<()> {
+        self.create(
+            path,
+            Vec::new(),
+            CreateMode::Persistent,
+            None,
+            &[ZkError::NodeExists],
+        )
+        .await?
+        .ok();
+        Ok(())
+    }
+
     /// Creates a znode with the connection's ACL (a TTL znode when `ttl` is given); answers its
     /// `Stat`.
     pub(crate) async fn create(

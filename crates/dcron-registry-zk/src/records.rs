@@ -42,15 +42,7 @@ impl ZkRegistry {
                         self.layout().records_dir(),
                         self.layout().records_kind_dir(kind),
                     ] {
-                        conn.create(
-                            &dir,
-                            Vec::new(),
-                            CreateMode::Persistent,
-                            None,
-                            &[ZkError::NodeExists],
-                        )
-                        .await?
-                        .ok();
+                        conn.ensure_dir(&dir).await?;
                     }
                 }
             }

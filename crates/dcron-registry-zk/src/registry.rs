@@ -273,16 +273,7 @@ impl ZkRegistry {
         self.check_ancestors(&root).await?;
         let mut created_root = false;
         for dir in ancestors(&root) {
-            self.conn()
-                .create(
-                    &dir,
-                    Vec::new(),
-                    CreateMode::Persistent,
-                    None,
-                    &[ZkError::NodeExists],
-                )
-                .await?
-                .ok();
+            self.conn().ensure_dir(&dir).await?;
         }
         match self
             .conn()
@@ -314,16 +305,7 @@ impl ZkRegistry {
             return Err(e);
         }
         for dir in self.layout().directories() {
-            self.conn()
-                .create(
-                    &dir,
-                    Vec::new(),
-                    CreateMode::Persistent,
-                    None,
-                    &[ZkError::NodeExists],
-                )
-                .await?
-                .ok();
+            self.conn().ensure_dir(&dir).await?;
         }
         // Creating an existing directory is answered NodeExists even without permission: a
         // read proves the namespace is ours.

@@ -160,16 +160,7 @@ impl ZkRegistry {
             Ok(()) => Ok(Round::Done(SlotOutcome::Taken)),
             Err(ZkError::NoNode) => {
                 // The slots directory is missing (removed by hand): put it back.
-                s.conn
-                    .create(
-                        &self.layout().slots_dir(),
-                        Vec::new(),
-                        CreateMode::Persistent,
-                        None,
-                        &[ZkError::NodeExists],
-                    )
-                    .await?
-                    .ok();
+                s.conn.ensure_dir(&self.layout().slots_dir()).await?;
                 Ok(Round::Again)
             }
             Err(_) => Ok(Round::Again),
