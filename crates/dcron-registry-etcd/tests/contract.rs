@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use dcron_core::{
     ClaimOutcome, Error, FireKey, Node, NodeStatus, PutMode, Registry, TaskMetaEvent,
 };
@@ -17,18 +17,9 @@ use etcd_client::GetOptions;
 use futures::stream::{self, StreamExt};
 use tokio::time::Instant;
 
-use common::{eventually, fresh_namespace, shared, shared_in};
+use common::{eventually, fire, fresh_namespace, shared, shared_in};
 
 const LONG: Duration = Duration::from_secs(600);
-
-fn fire(task: &str, offset_ms: i64) -> FireKey {
-    FireKey::new(
-        task,
-        Utc.timestamp_millis_opt(1_893_456_000_000 + offset_ms)
-            .single()
-            .expect("valid instant"),
-    )
-}
 
 /// The lease of the node key, read directly.
 async fn node_key_lease(reg: &EtcdRegistry, node_id: &str) -> Option<i64> {

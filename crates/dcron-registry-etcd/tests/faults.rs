@@ -7,26 +7,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use dcron_core::{
     ClaimOutcome, Error, FireKey, Node, NodeStatus, PutMode, Registry, TaskMetaEvent,
 };
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use common::{eventually, fresh_namespace, OwnedEtcd};
+use common::{eventually, fire, fresh_namespace, OwnedEtcd};
 
 const LONG: Duration = Duration::from_secs(600);
 const RECOVERY: Duration = Duration::from_secs(60);
-
-fn fire(task: &str, offset_ms: i64) -> FireKey {
-    FireKey::new(
-        task,
-        Utc.timestamp_millis_opt(1_893_456_000_000 + offset_ms)
-            .single()
-            .expect("valid instant"),
-    )
-}
 
 /// Four claimers walk the same 300 fires while the server is killed and restarted: no fire is
 /// won twice, every fire ends with exactly one claim and exactly one claimer that knows it won

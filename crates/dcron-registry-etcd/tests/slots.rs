@@ -8,24 +8,15 @@ mod common;
 
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use dcron_core::{Error, FireKey, Lease, Node, Registry, SlotOutcome, SlotRecord};
 use dcron_registry_etcd::EtcdRegistry;
 use etcd_client::PutOptions;
 use futures::future::join_all;
 
-use common::{shared, shared_in};
+use common::{fire, shared, shared_in};
 
 const LONG: Duration = Duration::from_secs(600);
-
-fn fire(task: &str, offset_ms: i64) -> FireKey {
-    FireKey::new(
-        task,
-        Utc.timestamp_millis_opt(1_893_456_000_000 + offset_ms)
-            .single()
-            .expect("valid instant"),
-    )
-}
 
 fn slot_key(reg: &EtcdRegistry, task: &str) -> String {
     format!("/{}/slots/{task}", reg.namespace())

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use dcron_core::{Error, Lease, TaskMeta};
+use dcron_core::{Error, FireKey, Lease, TaskMeta};
 use dcron_registry_etcd::{EtcdRegistry, EtcdRegistryConfig};
 use tokio::time::Instant;
 
@@ -304,4 +304,14 @@ impl Drop for OwnedEtcd {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The fire of `task` `offset_ms` after a fixed instant in 2030.
+pub fn fire(task: &str, offset_ms: i64) -> FireKey {
+    FireKey::new(
+        task,
+        Utc.timestamp_millis_opt(1_893_456_000_000 + offset_ms)
+            .single()
+            .expect("valid instant"),
+    )
 }
