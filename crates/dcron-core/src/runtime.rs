@@ -14,8 +14,7 @@
 //! fire due at that instant in one batch, and spawns the handlers of the fires it won.
 //! Ownership changes are applied as a diff; a task gained is caught up over its misfire window.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -30,7 +29,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{until, Clock};
 use crate::dcron::{Config, Health, Inner, View};
-use crate::engine::plan::{self, CatchUp, Fires, Pause};
+use crate::engine::backoff::register_backoff;
+use crate::engine::claims::{self, window_of, ClaimTiming, Due, Verdict, MAX_BATCH};
+use crate::engine::control::{self, Pauses, Trigger, TriggerSeen};
+use crate::engine::ownership::{self, Placed};
+use crate::engine::plan::{self, CatchUp, Fires};
+use crate::engine::status::StatusLocal;
+use crate::engine::timers::{self, Timers};
 use crate::error::{Error, Result};
 use crate::event::DcronEvent;
 use crate::fire::{FireEnv, FireKind, Launch, RunningSet};
@@ -40,27 +45,15 @@ use crate::registry::{Lease, RecordKind, Registry, WatchStream};
 use crate::schedule::Schedule;
 use crate::task::Task;
 use crate::types::{
-    ClaimOutcome, ClaimRequest, Claimant, FireKey, Life, Listing, Node, NodeEvent, NodeStatus,
-    TaskMeta, TaskMetaEvent, Tombstone,
+    ClaimRequest, Claimant, FireKey, Life, Listing, Node, NodeEvent, NodeStatus, TaskMeta,
+    TaskMetaEvent, Tombstone,
 };
-
-/// The most fires sent in one claim call (larger sets are split into several batches).
-const MAX_BATCH: usize = 2048;
-
-/// The first claim batch of a burst: small, so its handlers start early.
-const FIRST_BATCH: usize = 256;
 
 /// How often a working node rewrites its record to refresh `last_alive`.
 const LAST_ALIVE_REFRESH: Duration = Duration::from_secs(30);
 
-/// The longest wait between two registration attempts.
-const MAX_REGISTER_BACKOFF: Duration = Duration::from_secs(30);
-
 /// The most task names in one `ensure_lives` call.
 const LIFE_BATCH: usize = 1000;
-
-/// The most occurrences one backfill call runs.
-const MAX_BACKFILL: usize = 10_000;
 
 /// The longest the API's view (`all_tasks`, `my_running_tasks`) lags the driver.
 const VIEW_FLUSH: Duration = Duration::from_millis(50);
@@ -197,16 +190,6 @@ struct PendingFire {
     stamp: (Arc<AtomicU64>, u64),
 }
 
-/// What this node knows of one task's runs; counts are deltas until `base_loaded`.
-#[derive(Default)]
-struct StatusLocal {
-    base_loaded: bool,
-    run_count: u64,
-    failure_count: u64,
-    last_fire: Option<DateTime<Utc>>,
-    last_result: Option<LastResult>,
-}
-
 pub(crate) struct Driver {
     node_id: Arc<str>,
     cfg: Arc<Config>,
@@ -238,7 +221,7 @@ pub(crate) struct Driver {
     placement: Option<Box<dyn Placement>>,
     tasks: HashMap<Arc<str>, Entry>,
     tombstones: HashSet<String>,
-    heap: BinaryHeap<Reverse<(i64, u64, Arc<str>)>>,
+    heap: Timers,
     next_generation: u64,
 
     node_watch: Option<WatchStream<NodeEvent>>,
@@ -261,7 +244,7 @@ pub(crate) struct Driver {
     running: Arc<RunningSet>,
     markers_inflight: bool,
     markers_dirty: bool,
-    paused: HashMap<String, PauseRecord>,
+    paused: Pauses,
     triggers_inflight: HashSet<String>,
     statuses: HashMap<String, StatusLocal>,
     status_dirty: HashSet<String>,
@@ -346,7 +329,7 @@ impl Driver {
             placement: None,
             tasks: HashMap::new(),
             tombstones: HashSet::new(),
-            heap: BinaryHeap::new(),
+            heap: Timers::default(),
             next_generation: 1,
             node_watch: None,
             task_watch: None,
@@ -363,7 +346,7 @@ impl Driver {
             running,
             markers_inflight: false,
             markers_dirty: false,
-            paused: HashMap::new(),
+            paused: Pauses::default(),
             triggers_inflight: HashSet::new(),
             statuses: HashMap::new(),
             status_dirty: HashSet::new(),
@@ -853,11 +836,7 @@ impl Driver {
                     Ok(bases) => {
                         for (name, (runs, failures)) in bases {
                             if let Some(st) = self.statuses.get_mut(&name) {
-                                if !st.base_loaded {
-                                    st.base_loaded = true;
-                                    st.run_count += runs;
-                                    st.failure_count += failures;
-                                }
+                                st.load_base(runs, failures);
                             }
                         }
                     }
@@ -1170,16 +1149,12 @@ impl Driver {
     // ----- assignment -----
 
     fn rebalance(&mut self) {
-        let mut members: Vec<Member> = self
-            .nodes
-            .values()
-            .filter(|n| n.status == NodeStatus::Working && *n.id != *self.node_id)
-            .map(|n| Member::new(n.id.clone(), n.weight))
-            .collect();
-        if self.is_active() {
-            members.push(Member::new(self.node_id.to_string(), self.cfg.weight));
-        }
-        members.sort();
+        let members = ownership::members(
+            self.nodes.values(),
+            &self.node_id,
+            self.is_active(),
+            self.cfg.weight,
+        );
         if members == self.members && self.placement.is_some() {
             return;
         }
@@ -1195,28 +1170,27 @@ impl Driver {
     }
 
     fn rebalance_all(&mut self) {
-        let names: Vec<Arc<str>> = self.tasks.keys().cloned().collect();
         let before = self.tasks.values().filter(|e| e.owned).count();
-        let mut gained = Vec::new();
-        let mut lost = 0usize;
         let sorted = self.sorted_names();
-        for name in names {
-            let should = self.should_own(&name, &sorted);
+        let refs: Vec<&str> = sorted.iter().map(String::as_str).collect();
+        let view = self.ownership_view(&refs);
+        let ownership::Diff { gained, lost } = ownership::diff(self.tasks.values().map(|e| {
+            let should = view.owns(&e.name, self.tombstones.contains(&*e.name));
+            (e.name.clone(), e.owned, should)
+        }));
+        let lost_count = lost.len();
+        for name in lost {
             let Some(entry) = self.tasks.get_mut(&*name) else {
                 continue;
             };
-            if should && !entry.owned {
-                gained.push(name);
-            } else if !should && entry.owned {
-                entry.owned = false;
-                if let Some(t) = entry.owner.take() {
-                    t.cancel();
-                }
-                self.next_generation += 1;
-                entry.generation = self.next_generation;
-                lost += 1;
+            entry.owned = false;
+            if let Some(t) = entry.owner.take() {
+                t.cancel();
             }
+            self.next_generation += 1;
+            entry.generation = self.next_generation;
         }
+        let lost = lost_count;
         let count_gained = gained.len();
         self.gain(gained);
         if count_gained > 0 || lost > 0 {
@@ -1235,44 +1209,42 @@ impl Driver {
     }
 
     fn sorted_names(&self) -> Vec<String> {
-        if !self.cfg.assigner.depends_on_task_list() {
-            return Vec::new();
-        }
-        let mut names: Vec<String> = self
-            .tasks
-            .keys()
-            .filter(|n| !self.tombstones.contains(&***n))
-            .map(|n| n.to_string())
-            .collect();
-        names.sort();
-        names
+        ownership::sorted_names(
+            self.cfg.assigner.depends_on_task_list(),
+            self.tasks.keys(),
+            |n| self.tombstones.contains(n),
+        )
     }
 
-    fn should_own(&self, name: &str, sorted: &[String]) -> bool {
-        if !self.is_active() || self.tombstones.contains(name) {
-            return false;
+    /// What ownership is judged from; `sorted` comes from [`Driver::sorted_names`].
+    fn ownership_view<'a>(&'a self, sorted: &'a [&'a str]) -> ownership::View<'a> {
+        ownership::View {
+            me: &self.node_id,
+            active: self.is_active(),
+            placement: self.placement.as_deref(),
+            sorted,
         }
-        let Some(placement) = &self.placement else {
-            return false;
-        };
-        let refs: Vec<&str> = sorted.iter().map(String::as_str).collect();
-        placement.owner(name, &refs) == Some(&*self.node_id)
     }
 
     /// Places one task after it was added or changed.
     fn place(&mut self, name: &str, was_owned: bool) {
         let sorted = self.sorted_names();
-        let should = self.should_own(name, &sorted);
-        if should {
-            let life_known = self.tasks.get(name).is_some_and(|e| e.life.is_some());
-            if was_owned && life_known {
+        let refs: Vec<&str> = sorted.iter().map(String::as_str).collect();
+        let should = self
+            .ownership_view(&refs)
+            .owns(name, self.tombstones.contains(name));
+        let life_known = self.tasks.get(name).is_some_and(|e| e.life.is_some());
+        match ownership::place(should, was_owned, life_known) {
+            Placed::Elsewhere => {}
+            Placed::Reschedule => {
                 // Schedule changed on an owned task in the same life: no catch-up, just the
                 // next occurrence.
                 if let Some(e) = self.tasks.get_mut(name) {
                     e.owned = true;
                 }
                 self.schedule_next(name, self.clock.now());
-            } else {
+            }
+            Placed::Gain => {
                 let key = self.tasks.get(name).map(|e| e.name.clone());
                 self.gain(key.into_iter().collect());
             }
@@ -1437,13 +1409,12 @@ impl Driver {
     /// after it that nobody claimed fell in an ownership gap and are all caught up. Node
     /// records carry their creation on their own clock: the largest skew is allowed for.
     fn gap_floor(&self) -> Option<DateTime<Utc>> {
-        let others = self
-            .nodes
-            .values()
-            .filter(|n| n.status == NodeStatus::Working && *n.id != *self.node_id)
-            .map(|n| n.create_time);
-        let earliest = others.chain(self.working_since).min()?;
-        Some(plan::minus(earliest, self.cfg.max_clock_skew))
+        ownership::gap_floor(
+            self.nodes.values(),
+            &self.node_id,
+            self.working_since,
+            self.cfg.max_clock_skew,
+        )
     }
 
     /// Catches up and schedules owned tasks whose lives are known.
@@ -1455,11 +1426,7 @@ impl Driver {
         let gap_floor = self.gap_floor();
         let mut catch_up = Vec::new();
         for name in names {
-            let pause = match self.paused.get(&*name) {
-                Some(p) if p.paused => Pause::Paused,
-                Some(p) => Pause::ResumedAt(p.changed_at),
-                None => Pause::None,
-            };
+            let pause = self.paused.state(&name);
             let Some(entry) = self.tasks.get_mut(&*name) else {
                 continue;
             };
@@ -1546,32 +1513,19 @@ impl Driver {
             return;
         }
         if let Some(next) = entry.fires().and_then(|f| f.next_after(after)) {
-            self.heap.push(Reverse((
-                next.timestamp_millis(),
-                entry.generation,
-                entry.name.clone(),
-            )));
+            self.heap.push(next, entry.generation, entry.name.clone());
         }
     }
 
     // ----- firing -----
 
     fn next_deadline(&mut self) -> Option<Instant> {
-        // Drop stale heap tops so the timer targets a live entry.
-        while let Some(Reverse((_, generation, name))) = self.heap.peek() {
-            let live = self
-                .tasks
-                .get(&**name)
-                .is_some_and(|e| e.owned && e.generation == *generation);
-            if live {
-                break;
-            }
-            self.heap.pop();
-        }
-        let Reverse((ms, _, _)) = self.heap.peek()?;
+        let tasks = &self.tasks;
+        let ms = self
+            .heap
+            .earliest(|name, generation| is_live(tasks, name, generation))?;
         // Claims go out `claim_ahead` before the instant; the handlers start at the instant.
-        let target =
-            DateTime::<Utc>::from_timestamp_millis(ms.saturating_sub(self.claim_ahead_ms()))?;
+        let target = timers::wake_at(ms, self.cfg.claim_ahead)?;
         Some(self.clock.monotonic() + until(self.clock.now(), target))
     }
 
@@ -1581,59 +1535,61 @@ impl Driver {
         }
         let now = self.clock.now();
         let mono = self.clock.monotonic();
-        let horizon_ms = now.timestamp_millis().saturating_add(self.claim_ahead_ms());
+        let horizon_ms = timers::horizon_ms(now, self.cfg.claim_ahead);
         let mut batch = Vec::new();
         let mut reschedule = Vec::new();
         let mut sent = 0;
-        while let Some(Reverse((ms, generation, _))) = self.heap.peek() {
-            if *ms > horizon_ms {
-                break;
-            }
-            let (ms, generation) = (*ms, *generation);
-            let Some(Reverse((_, _, name))) = self.heap.pop() else {
+        loop {
+            let tasks = &self.tasks;
+            let Some(due) = self.heap.pop_due(horizon_ms, |name, generation| {
+                is_live(tasks, name, generation)
+            }) else {
                 break;
             };
+            let name = due.name.clone();
             let Some(entry) = self.tasks.get_mut(&*name) else {
                 continue;
             };
-            if !entry.owned || entry.generation != generation {
-                continue;
-            }
             let Some(life) = entry.life else {
                 continue;
             };
-            let Some(instant) = DateTime::<Utc>::from_timestamp_millis(ms) else {
+            let Some(instant) = due.instant() else {
                 continue;
             };
             let window = window_of(&entry.meta, self.cfg.misfire_window);
-            let deadline = plan::plus(instant, window);
             let task = entry.task.clone().or_else(|| self.cfg.task_run_fn.clone());
             let meta = entry.meta.clone();
             let owner = owner_token(entry, &self.cfg);
             let stamp = (entry.stamp.clone(), entry.stamp.load(Ordering::Acquire));
             reschedule.push((name.clone(), instant));
-            let paused = self.paused.get(&*name).is_some_and(|p| p.paused);
-            if paused {
-                let key = FireKey::new(&*name, instant);
-                let info = self.env.info(&key, FireKind::Scheduled);
-                metrics::counter!("dcron_fires_skipped_total", "reason" => SkipReason::Paused.as_str()).increment(1);
-                let _ = self.events.send(DcronEvent::Skipped {
-                    fire: info,
-                    reason: SkipReason::Paused,
-                });
-                continue;
-            }
-            if now > deadline {
-                let key = FireKey::new(&*name, instant);
-                tracing::warn!(task = %name, scheduled = %instant, "fire later than its misfire window: not claimed");
-                metrics::counter!("dcron_fires_missed_total").increment(1);
-                let _ = self
-                    .events
-                    .send(DcronEvent::Missed(self.env.info(&key, FireKind::Scheduled)));
-                continue;
-            }
+            let paused = self.paused.is_paused(&name);
+            let deadline = match claims::judge_due(now, instant, window, paused, task.is_some()) {
+                Due::Paused => {
+                    let key = FireKey::new(&*name, instant);
+                    let info = self.env.info(&key, FireKind::Scheduled);
+                    metrics::counter!("dcron_fires_skipped_total", "reason" => SkipReason::Paused.as_str()).increment(1);
+                    let _ = self.events.send(DcronEvent::Skipped {
+                        fire: info,
+                        reason: SkipReason::Paused,
+                    });
+                    continue;
+                }
+                Due::Missed => {
+                    let key = FireKey::new(&*name, instant);
+                    tracing::warn!(task = %name, scheduled = %instant, "fire later than its misfire window: not claimed");
+                    metrics::counter!("dcron_fires_missed_total").increment(1);
+                    let _ = self
+                        .events
+                        .send(DcronEvent::Missed(self.env.info(&key, FireKind::Scheduled)));
+                    continue;
+                }
+                Due::NoHandler => {
+                    self.no_handler(&name);
+                    continue;
+                }
+                Due::Claim { deadline } => deadline,
+            };
             let Some(task) = task else {
-                self.no_handler(&name);
                 continue;
             };
             let key = FireKey::new(&*name, instant);
@@ -1654,8 +1610,7 @@ impl Driver {
             });
             // A full batch goes out at once, the first of a burst sooner: its
             // handlers start while the rest is still being claimed.
-            let limit = if sent == 0 { FIRST_BATCH } else { MAX_BATCH };
-            if batch.len() >= limit {
+            if batch.len() >= claims::batch_limit(sent) {
                 sent += batch.len();
                 self.claim_batch(std::mem::take(&mut batch));
             }
@@ -1670,20 +1625,14 @@ impl Driver {
         }
     }
 
-    fn claim_ahead_ms(&self) -> i64 {
-        i64::try_from(self.cfg.claim_ahead.as_millis()).unwrap_or(0)
-    }
-
-    /// The retention of the claim of a fire whose deadline is `deadline`: at least the time
-    /// left to the deadline plus the largest clock skew plus the lease TTL (a stale claimer
-    /// always meets the winner's claim), plus a margin, and never less than the configured
-    /// least retention.
-    fn retention_for(cfg: &Config, now: DateTime<Utc>, deadline: DateTime<Utc>) -> Duration {
-        until(now, deadline)
-            .saturating_add(cfg.max_clock_skew)
-            .saturating_add(cfg.ttl)
-            .saturating_add(cfg.claim_margin)
-            .max(cfg.claim_retention)
+    /// The settings a claim's retention depends on.
+    fn claim_timing(cfg: &Config) -> ClaimTiming {
+        ClaimTiming {
+            max_clock_skew: cfg.max_clock_skew,
+            ttl: cfg.ttl,
+            claim_margin: cfg.claim_margin,
+            claim_retention: cfg.claim_retention,
+        }
     }
 
     /// The seed of this node's back-off jitter: its stable name when it has one (so that a
@@ -1715,8 +1664,8 @@ impl Driver {
             return;
         };
         let env = self.env.clone();
-        let cfg = self.cfg.clone();
-        let backoff = self.cfg.retry_backoff.max(Duration::from_millis(50));
+        let timing = Driver::claim_timing(&self.cfg);
+        let backoff = claims::first_backoff(self.cfg.retry_backoff);
         // Tracked with the handlers: a stop waits for claims in flight, and a fire that was
         // won still runs (nobody else can run it once it is claimed).
         let tracker = self.handlers.clone();
@@ -1726,7 +1675,7 @@ impl Driver {
                 .into_iter()
                 .map(|f| {
                     let retention =
-                        Driver::retention_for(&cfg, now, f.deadline).max(f.min_retention);
+                        timing.retention(now, f.deadline).max(f.min_retention);
                     let request = ClaimRequest::new(f.key.clone(), f.life, f.deadline, retention);
                     (f, request)
                 })
@@ -1746,34 +1695,32 @@ impl Driver {
                     Ok(outcomes) if outcomes.len() == requests.len() => {
                         let mut launches = Vec::with_capacity(pending.len());
                         for ((fire, request), outcome) in pending.into_iter().zip(outcomes) {
-                            match outcome {
+                            match claims::judge_outcome(outcome, first_attempt) {
                                 // Held by this node since an earlier call of another path (a
                                 // catch-up of an instant it claimed before, a backfill of one
                                 // it ran): started already; not started again.
-                                ClaimOutcome::WonEarlier { .. } if first_attempt => lost += 1,
+                                Verdict::HeldAlready => lost += 1,
                                 // A retry learning the claim it made when its reply was lost
                                 // (`WonEarlier`), or a fresh win.
-                                ClaimOutcome::Won { token } | ClaimOutcome::WonEarlier { token } => {
-                                    match accept(&env, fire, token) {
-                                        Accepted::Launch(launch) => {
-                                            won += 1;
-                                            launches.push(launch);
-                                        }
-                                        // Started here before: for a backfill, that is
-                                        // "already claimed".
-                                        Accepted::AlreadyStarted => lost += 1,
-                                        Accepted::Late => {}
+                                Verdict::Start { token } => match accept(&env, fire, token) {
+                                    Accepted::Launch(launch) => {
+                                        won += 1;
+                                        launches.push(launch);
                                     }
-                                }
-                                ClaimOutcome::Lost { .. } => {
+                                    // Started here before: for a backfill, that is "already
+                                    // claimed".
+                                    Accepted::AlreadyStarted => lost += 1,
+                                    Accepted::Late => {}
+                                },
+                                Verdict::Lost => {
                                     lost += 1;
                                     metrics::counter!("dcron_fires_lost_total").increment(1);
                                     env.emit(|| DcronEvent::LostClaim(env.info(&fire.key, fire.kind)));
                                 }
-                                ClaimOutcome::Late => {
+                                Verdict::Late => {
                                     report_missed(&env, &fire, "the registry refused the claim past its deadline");
                                 }
-                                ClaimOutcome::Tombstoned => {
+                                Verdict::Tombstoned => {
                                     tombstoned += 1;
                                     metrics::counter!("dcron_fires_skipped_total", "reason" => "tombstoned")
                                         .increment(1);
@@ -1783,20 +1730,17 @@ impl Driver {
                                         done: true,
                                     });
                                 }
-                                ClaimOutcome::Superseded { .. } => {
+                                Verdict::Superseded => {
                                     // Planned for a life that ended: the driver learns the new
                                     // one and plans its fires.
                                     metrics::counter!("dcron_fires_superseded_total").increment(1);
                                     env.emit(|| DcronEvent::Superseded(env.info(&fire.key, fire.kind)));
                                     let _ = env.internal.send(Internal::Superseded(fire.key.task.clone()));
                                 }
-                                ClaimOutcome::Failed(e) => {
-                                    if e.is_retryable() {
-                                        retry.push((fire, request));
-                                    } else {
-                                        tracing::error!(error = %e, fire = %fire.key, "claim of one fire failed");
-                                        report_missed(&env, &fire, "the claim failed");
-                                    }
+                                Verdict::Retry => retry.push((fire, request)),
+                                Verdict::Failed(e) => {
+                                    tracing::error!(error = %e, fire = %fire.key, "claim of one fire failed");
+                                    report_missed(&env, &fire, "the claim failed");
                                 }
                             }
                         }
@@ -1824,7 +1768,7 @@ impl Driver {
                 let mono = env.clock.monotonic();
                 pending = Vec::new();
                 for (fire, request) in retry {
-                    if mono > fire.deadline_at || env.cancel.is_cancelled() {
+                    if claims::gives_up(mono, fire.deadline_at, env.cancel.is_cancelled()) {
                         report_missed(&env, &fire, "its claim could not be decided before its deadline");
                     } else {
                         pending.push((fire, request));
@@ -1833,7 +1777,7 @@ impl Driver {
                 if !pending.is_empty() {
                     first_attempt = false;
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    delay = claims::next_backoff(delay);
                 }
             }
             metrics::counter!("dcron_fires_claimed_total").increment(won as u64);
@@ -1846,16 +1790,9 @@ impl Driver {
     // ----- pause, trigger, backfill -----
 
     fn apply_pause(&mut self, record: PauseRecord) {
-        let newer = self
-            .paused
-            .get(&record.task)
-            .is_none_or(|old| old.changed_at <= record.changed_at);
-        if newer {
-            let pausing = record.paused && !self.paused.get(&record.task).is_some_and(|p| p.paused);
-            if pausing {
-                self.invalidate(&record.task);
-            }
-            self.paused.insert(record.task.clone(), record);
+        let task = record.task.clone();
+        if self.paused.apply(record) {
+            self.invalidate(&task);
         }
     }
 
@@ -1870,60 +1807,57 @@ impl Driver {
     /// whose delete succeeds runs the fire) and drops requests nobody knows after they expire.
     fn handle_triggers(&mut self, triggers: Vec<TriggerRecord>) {
         let now = self.clock.now();
-        let expiry = chrono::Duration::from_std(crate::admin::TRIGGER_EXPIRY).unwrap_or_default();
         for t in triggers {
             let key = t.key();
             if self.triggers_inflight.contains(&key) {
                 continue;
             }
             let tombstoned = self.tombstones.contains(&t.task);
-            let launch = match self.tasks.get_mut(&*t.task) {
-                Some(e) if e.owned && !tombstoned => {
-                    let owner = owner_token(e, &self.cfg);
-                    e.task
-                        .clone()
-                        .or_else(|| self.cfg.task_run_fn.clone())
-                        .map(|task| Launch {
-                            key: FireKey::new(t.task.clone(), t.requested_at),
-                            meta: e.meta.clone(),
-                            task,
-                            token: t.id,
-                            kind: FireKind::Trigger,
-                            window: window_of(&e.meta, self.cfg.misfire_window),
-                            owner,
-                            deadline_at: None,
-                            stamp: None,
-                        })
-                }
-                _ => None,
+            let entry = self.tasks.get(&*t.task);
+            let seen = TriggerSeen {
+                tombstoned,
+                owned: entry.is_some_and(|e| e.owned),
+                has_handler: entry.is_some_and(|e| e.task.is_some())
+                    || self.cfg.task_run_fn.is_some(),
+                requested_at: t.requested_at,
             };
-            // The owner cannot run it (the task is tombstoned, or it has no handler here): no
-            // other node will either, so it is dropped now rather than at its expiry.
-            let unrunnable = launch.is_none() && self.tasks.get(&*t.task).is_some_and(|e| e.owned);
-            let expired = t.requested_at + expiry < now;
-            if launch.is_none() && !expired && !unrunnable {
-                continue;
-            }
-            let why = if tombstoned {
-                "the task is deleted"
-            } else if unrunnable {
-                "the owner has no handler for it"
-            } else {
-                "no node ran it before it expired"
+            let launch = match control::judge_trigger(&seen, now, crate::admin::TRIGGER_EXPIRY) {
+                Trigger::Leave => continue,
+                Trigger::Drop(why) => Err(why),
+                Trigger::Run => {
+                    let Some(e) = self.tasks.get_mut(&*t.task) else {
+                        continue;
+                    };
+                    let owner = owner_token(e, &self.cfg);
+                    let Some(task) = e.task.clone().or_else(|| self.cfg.task_run_fn.clone()) else {
+                        continue;
+                    };
+                    Ok(Launch {
+                        key: FireKey::new(t.task.clone(), t.requested_at),
+                        meta: e.meta.clone(),
+                        task,
+                        token: t.id,
+                        kind: FireKind::Trigger,
+                        window: window_of(&e.meta, self.cfg.misfire_window),
+                        owner,
+                        deadline_at: None,
+                        stamp: None,
+                    })
+                }
             };
             self.triggers_inflight.insert(key.clone());
             let env = self.env.clone();
             tokio::spawn(async move {
                 match env.registry.delete_record(RecordKind::Trigger, &key).await {
                     Ok(true) => match launch {
-                        Some(launch) => {
+                        Ok(launch) => {
                             let info = env.info(&launch.key, FireKind::Trigger);
                             tracing::info!(task = %info.task, id = launch.token, "trigger-now request consumed");
                             metrics::counter!("dcron_fires_triggered_total").increment(1);
                             let _ = env.events.send(DcronEvent::Triggered(info));
                             env.launch_all(vec![launch]);
                         }
-                        None => {
+                        Err(why) => {
                             tracing::warn!(trigger = %key, reason = why, "trigger-now request dropped unrun");
                         }
                     },
@@ -1945,13 +1879,8 @@ impl Driver {
         reply: oneshot::Sender<Result<crate::dcron::BackfillReport>>,
     ) {
         let now = self.clock.now();
-        let to = to.min(now);
         let prepared = (|| {
-            if from >= to {
-                return Err(Error::InvalidArgument(format!(
-                    "backfill of `{name}`: the range [{from}, {to}) is empty or in the future"
-                )));
-            }
+            let range = claims::backfill_range(&name, from, to, now)?;
             if self.tombstones.contains(&name) {
                 return Err(Error::Tombstoned { name: name.clone() });
             }
@@ -1971,28 +1900,13 @@ impl Driver {
                     "backfill of `{name}`: the task's life is not known on this node yet; try again"
                 ))
             })?;
-            // Nothing before the task's live-since is a fire of it.
-            let mut instants = fires.between(
-                from - chrono::Duration::milliseconds(1),
-                to,
-                MAX_BACKFILL + 1,
-            );
-            instants.retain(|t| *t >= from && *t < to);
-            let life = fires.life.generation;
-            if instants.len() > MAX_BACKFILL {
-                return Err(Error::InvalidArgument(format!(
-                    "backfill of `{name}`: more than {MAX_BACKFILL} occurrences in the range; split it"
-                )));
-            }
             let window = window_of(&entry.meta, self.cfg.misfire_window);
-            // A backfill is a deliberate late run: each fire's deadline is the request's time
-            // plus the window, and its claim is kept as long as the range is old, so a second
-            // backfill of the same range finds it.
-            let deadline = plan::plus(now, window);
+            let life = fires.life.generation;
+            let plan = claims::plan_backfill(&name, &fires, range, now, window)?;
             let deadline_at = self.clock.monotonic() + window;
-            let age = until(from, now);
             let stamp = (entry.stamp.clone(), entry.stamp.load(Ordering::Acquire));
-            let fires: Vec<PendingFire> = instants
+            let fires: Vec<PendingFire> = plan
+                .instants
                 .into_iter()
                 .map(|instant| PendingFire {
                     key: FireKey::new(name.clone(), instant),
@@ -2003,9 +1917,9 @@ impl Driver {
                     // A backfill is not bound to ownership (it runs where it was asked).
                     owner: None,
                     life,
-                    deadline,
+                    deadline: plan.deadline,
                     deadline_at,
-                    min_retention: age.saturating_add(window),
+                    min_retention: plan.min_retention,
                     stamp: stamp.clone(),
                 })
                 .collect();
@@ -2054,12 +1968,7 @@ impl Driver {
 
     /// Rebuilds the set of tasks other nodes publish as running.
     fn refresh_remote_running(&mut self) {
-        let remote: HashSet<String> = self
-            .nodes
-            .values()
-            .filter(|n| *n.id != *self.node_id)
-            .flat_map(|n| n.running.iter().map(|r| r.task.clone()))
-            .collect();
+        let remote = ownership::remote_running(self.nodes.values(), &self.node_id);
         self.running.set_remote(remote);
     }
 
@@ -2113,36 +2022,15 @@ impl Driver {
             Some(st) => st,
             None => self.statuses.entry(name.to_string()).or_default(),
         };
-        st.run_count += 1;
-        if error.is_some() {
-            st.failure_count += 1;
-        }
-        if st.last_fire.is_none_or(|t| t <= scheduled) {
-            st.last_fire = Some(scheduled);
-            st.last_result = Some(match error {
-                None => LastResult::Ok,
-                Some(e) => LastResult::Failed { error: e },
-            });
-        }
+        st.fire_ended(scheduled, error);
         if !self.status_dirty.contains(name) {
             self.status_dirty.insert(name.to_string());
         }
     }
 
     fn status_record(&self, name: &str, st: &StatusLocal) -> TaskStatus {
-        let now = self.clock.now();
-        let mut out = TaskStatus::new(name, now);
-        out.owner = self
-            .tasks
-            .get(name)
-            .filter(|e| e.owned)
-            .map(|_| self.node_id.to_string());
-        out.last_fire = st.last_fire;
-        out.last_node = st.last_fire.map(|_| self.node_id.to_string());
-        out.last_result = st.last_result.clone();
-        out.run_count = st.run_count;
-        out.failure_count = st.failure_count;
-        out
+        let owned = self.tasks.get(name).is_some_and(|e| e.owned);
+        st.record(name, &self.node_id, owned, self.clock.now())
     }
 
     /// Writes the status of tasks whose fires ended since the last flush, in one batch; the
@@ -2302,20 +2190,6 @@ fn report_missed(env: &FireEnv, fire: &PendingFire, why: &'static str) {
         .send(DcronEvent::Missed(env.info(&fire.key, fire.kind)));
 }
 
-/// The wait before registration attempt `failures + 1`: `base × 2^(failures − 1)`, capped at
-/// [`MAX_REGISTER_BACKOFF`], spread over `[delay/2, delay]` by a jitter derived from the node.
-fn register_backoff(base: Duration, failures: u32, seed: u64) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    let delay = base
-        .max(Duration::from_millis(50))
-        .saturating_mul(1u32 << exp)
-        .min(MAX_REGISTER_BACKOFF);
-    let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-    let half = millis / 2;
-    let seed = seed ^ u64::from(failures);
-    Duration::from_millis(half + crate::policy::splitmix(seed) % (millis - half + 1))
-}
-
 /// The token that tells a fire's retries the node lost the task: only tasks that retry get one.
 fn owner_token(entry: &mut Entry, cfg: &Config) -> Option<CancellationToken> {
     (crate::fire::retry_of(&entry.meta, cfg).max_attempts > 1).then(|| {
@@ -2326,10 +2200,12 @@ fn owner_token(entry: &mut Entry, cfg: &Config) -> Option<CancellationToken> {
     })
 }
 
-fn window_of(meta: &TaskMeta, default: Duration) -> Duration {
-    meta.misfire_window_ms
-        .map(Duration::from_millis)
-        .unwrap_or(default)
+/// Whether a timer entry of `name` at `generation` still counts: the task is owned and did
+/// not move since it was scheduled.
+fn is_live(tasks: &HashMap<Arc<str>, Entry>, name: &str, generation: u64) -> bool {
+    tasks
+        .get(name)
+        .is_some_and(|e| e.owned && e.generation == generation)
 }
 
 fn state_name(state: &State) -> &'static str {
