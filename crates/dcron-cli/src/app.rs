@@ -2,17 +2,17 @@
 //! answer the exit code.
 
 use std::future::Future;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::{AddArgs, Cli, Command};
+use crate::cli::{AddArgs, Cli, Command, ConfirmArgs};
 use crate::duration::{format_instant, relative};
 use crate::error::{CliError, CliResult, EXIT_OK};
-use crate::ops::{self, AddRequest};
+use crate::ops::{self, AddRequest, Plan};
 use crate::render;
 use crate::target::{ConnectArgs, RegistryTarget};
 use crate::watch::{self, WatchOptions};
@@ -80,11 +80,12 @@ fn read_add_request(args: &AddArgs) -> CliResult<AddRequest> {
 fn precheck(command: &Command) -> CliResult<()> {
     let now = Utc::now();
     match command {
-        Command::Add(a) | Command::ForceAdd(a) => {
+        Command::Add(a) | Command::ForceAdd(crate::cli::ForceAddArgs { task: a, .. }) => {
             ops::build_meta(&read_add_request(a)?, now)?;
         }
         Command::Delete(d) => dcron_core::validate_task_name(&d.name)?,
-        Command::Reuse(n) | Command::Cleanup(n) => dcron_core::validate_task_name(&n.name)?,
+        Command::Reuse(n) => dcron_core::validate_task_name(&n.name)?,
+        Command::Cleanup(c) => dcron_core::validate_task_name(&c.name)?,
         Command::Pause(n) | Command::Resume(n) | Command::Trigger(n) => {
             dcron_core::validate_task_name(&n.name)?
         }
@@ -128,7 +129,123 @@ fn added_message(
     )
 }
 
-/// Runs a command that answers once (every command but `watch`).
+/// Where the confirmation of a destructive command comes from.
+pub trait Confirmer: Send {
+    /// Whether a person can answer (standard input is a terminal).
+    fn interactive(&self) -> bool;
+    /// Reads one answer line; `None` at the end of the input.
+    ///
+    /// # Errors
+    /// The input's errors.
+    fn read_answer(&mut self) -> std::io::Result<Option<String>>;
+}
+
+/// The process's standard input: interactive when it is a terminal.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdinConfirmer;
+
+impl Confirmer for StdinConfirmer {
+    fn interactive(&self) -> bool {
+        std::io::stdin().is_terminal()
+    }
+
+    fn read_answer(&mut self) -> std::io::Result<Option<String>> {
+        let mut line = String::new();
+        let read = std::io::stdin().read_line(&mut line)?;
+        Ok((read > 0).then_some(line))
+    }
+}
+
+/// The plan of a destructive command and how it is confirmed; `None` for other commands.
+///
+/// # Errors
+/// The plan's errors (unknown task, bad input, registry errors).
+pub async fn plan(
+    registry: &dyn dcron_core::Registry,
+    command: &Command,
+) -> CliResult<Option<(Plan, ConfirmArgs)>> {
+    Ok(match command {
+        Command::Delete(d) => Some((
+            ops::plan_delete(registry, &d.name, d.allow_static).await?,
+            d.confirm,
+        )),
+        Command::Cleanup(c) => Some((ops::plan_cleanup(registry, &c.name).await?, c.confirm)),
+        Command::ForceAdd(f) => Some((
+            ops::plan_force_add(registry, &read_add_request(&f.task)?, Utc::now()).await?,
+            f.confirm,
+        )),
+        _ => None,
+    })
+}
+
+/// Whether a planned command may go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Apply the change.
+    Apply,
+    /// Stop without changing anything, successfully (`--dry-run`).
+    Stop,
+}
+
+/// Shows `plan` and decides whether to apply it: `--dry-run` prints it on `stdout` (as JSON
+/// with `json`) and stops; otherwise it goes to `stderr` (so `stdout` stays the result) and the
+/// command applies with `--yes`, asks when `confirmer` is interactive, and is refused when not.
+/// A plan without changes applies at once (nothing that exists is touched).
+///
+/// # Errors
+/// A usage error when confirmation is needed and nobody can give it (not a terminal, no
+/// `--yes`); a failure when the answer is not yes.
+pub fn gate(
+    plan: &Plan,
+    confirm: ConfirmArgs,
+    json: bool,
+    confirmer: &mut dyn Confirmer,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> CliResult<Gate> {
+    if confirm.dry_run {
+        let text = if json {
+            to_json(&json!({"dry_run": true, "plan": plan}))
+        } else {
+            let mut t = render::plan(plan);
+            t.push_str("dry run: nothing was changed\n");
+            t
+        };
+        let _ = stdout.write_all(text.as_bytes());
+        return Ok(Gate::Stop);
+    }
+    if plan.changes.is_empty() {
+        return Ok(Gate::Apply);
+    }
+    let _ = stderr.write_all(render::plan(plan).as_bytes());
+    if confirm.yes {
+        return Ok(Gate::Apply);
+    }
+    if !confirmer.interactive() {
+        return Err(CliError::usage(format!(
+            "refusing to {} task `{}` without confirmation: standard input is not a terminal; pass --yes to apply the plan above (or --dry-run to only show it)",
+            plan.action, plan.task
+        )));
+    }
+    let _ = write!(stderr, "apply these changes? [y/N] ");
+    let _ = stderr.flush();
+    let answer = confirmer
+        .read_answer()
+        .map_err(|e| CliError::failed(format!("cannot read the answer: {e}")))?;
+    if answer.is_none() {
+        let _ = writeln!(stderr);
+    }
+    match answer.as_deref().map(|a| a.trim().to_ascii_lowercase()) {
+        Some(a) if a == "y" || a == "yes" => Ok(Gate::Apply),
+        _ => Err(CliError::failed(format!(
+            "{} of task `{}` cancelled: nothing was changed",
+            plan.action, plan.task
+        ))),
+    }
+}
+
+/// Runs a command that answers once (every command but `watch`). Destructive commands act
+/// at once here: [`run`] shows their [`plan`] and asks first.
 ///
 /// # Errors
 /// The command's [`CliError`].
@@ -136,6 +253,17 @@ pub async fn execute(
     registry: &dyn dcron_core::Registry,
     command: &Command,
     json: bool,
+) -> CliResult<Printed> {
+    execute_planned(registry, command, json, None).await
+}
+
+/// [`execute`] after `plan` was shown: a `force-add` whose plan found nothing to replace only
+/// creates, so a record written since the plan is not replaced unseen.
+async fn execute_planned(
+    registry: &dyn dcron_core::Registry,
+    command: &Command,
+    json: bool,
+    plan: Option<&Plan>,
 ) -> CliResult<Printed> {
     let now = Utc::now();
     let printed = match command {
@@ -165,9 +293,24 @@ pub async fn execute(
                 warnings,
             }
         }
-        Command::Add(a) | Command::ForceAdd(a) => {
+        Command::Add(a) | Command::ForceAdd(crate::cli::ForceAddArgs { task: a, .. }) => {
             let force = matches!(command, Command::ForceAdd(_));
-            let meta = ops::add(registry, &read_add_request(a)?, force, now).await?;
+            let mode = match (force, plan) {
+                (false, _) => dcron_core::PutMode::CreateOnly,
+                (true, Some(p)) if p.changes.is_empty() => dcron_core::PutMode::CreateOnly,
+                (true, _) => dcron_core::PutMode::Force,
+            };
+            let request = read_add_request(a)?;
+            let meta = match ops::put(registry, &request, mode, now).await {
+                Err(e) if force && mode == dcron_core::PutMode::CreateOnly => {
+                    return Err(CliError::conflict(format!(
+                        "task `{}` changed since the plan was made ({}); nothing was written, run force-add again",
+                        request.name,
+                        e.message()
+                    )))
+                }
+                other => other?,
+            };
             let (verb, action) = if force {
                 ("force-added", "force_added")
             } else {
@@ -338,13 +481,30 @@ pub async fn stop_signal(limit: Option<Duration>) {
 }
 
 /// Runs a parsed command line against the environment `env`, writing to `stdout`/`stderr`,
-/// and answers the exit code. `stop` ends `watch` (pass [`stop_signal`]).
+/// and answers the exit code. `stop` ends `watch` (pass [`stop_signal`]). Destructive commands
+/// are confirmed on the process's standard input (see [`run_with`]).
 pub async fn run<F>(
     cli: Cli,
     env: &dyn Fn(&str) -> Option<String>,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
     stop: impl FnOnce(Option<Duration>) -> F,
+) -> i32
+where
+    F: Future<Output = ()>,
+{
+    run_with(cli, env, stdout, stderr, stop, &mut StdinConfirmer).await
+}
+
+/// [`run`] with the confirmation of destructive commands read from `confirmer` (see
+/// [`gate`]).
+pub async fn run_with<F>(
+    cli: Cli,
+    env: &dyn Fn(&str) -> Option<String>,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    stop: impl FnOnce(Option<Duration>) -> F,
+    confirmer: &mut dyn Confirmer,
 ) -> i32
 where
     F: Future<Output = ()>,
@@ -395,7 +555,23 @@ where
             Err(e) => report_error(stderr, &e.scrubbed(&secrets)),
         };
     }
-    match execute(registry.as_ref(), &cli.command, g.json).await {
+    let planned = match plan(registry.as_ref(), &cli.command).await {
+        Ok(p) => p,
+        Err(e) => return report_error(stderr, &e.scrubbed(&secrets)),
+    };
+    if let Some((p, confirm)) = &planned {
+        // The plan holds names, schedules and instants, never a credential.
+        match gate(p, *confirm, g.json, confirmer, stdout, stderr) {
+            Ok(Gate::Apply) => {}
+            Ok(Gate::Stop) => {
+                let _ = stdout.flush();
+                return EXIT_OK;
+            }
+            Err(e) => return report_error(stderr, &e.scrubbed(&secrets)),
+        }
+    }
+    let plan = planned.as_ref().map(|(p, _)| p);
+    match execute_planned(registry.as_ref(), &cli.command, g.json, plan).await {
         Ok(p) => {
             for w in &p.warnings {
                 let _ = writeln!(stderr, "dcronctl: {}", secrets.scrub(w));
@@ -406,5 +582,133 @@ where
             EXIT_OK
         }
         Err(e) => report_error(stderr, &e.scrubbed(&secrets)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::PlannedChange;
+
+    /// Answers from a script, as a terminal would.
+    struct Scripted {
+        interactive: bool,
+        answers: Vec<&'static str>,
+    }
+
+    impl Confirmer for Scripted {
+        fn interactive(&self) -> bool {
+            self.interactive
+        }
+        fn read_answer(&mut self) -> std::io::Result<Option<String>> {
+            Ok(if self.answers.is_empty() {
+                None
+            } else {
+                Some(self.answers.remove(0).to_string())
+            })
+        }
+    }
+
+    fn plan(changes: usize) -> Plan {
+        Plan {
+            action: "cleanup",
+            task: "t".into(),
+            changes: (0..changes)
+                .map(|_| PlannedChange {
+                    op: "remove",
+                    kind: "claims",
+                    count: 2,
+                    detail: "2 retained claims".into(),
+                })
+                .collect(),
+            undoable: false,
+        }
+    }
+
+    fn gated(
+        plan: &Plan,
+        confirm: ConfirmArgs,
+        interactive: bool,
+        answers: Vec<&'static str>,
+    ) -> (CliResult<Gate>, String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut who = Scripted {
+            interactive,
+            answers,
+        };
+        let r = gate(plan, confirm, false, &mut who, &mut out, &mut err);
+        (
+            r,
+            String::from_utf8(out).expect("utf-8"),
+            String::from_utf8(err).expect("utf-8"),
+        )
+    }
+
+    const ASK: ConfirmArgs = ConfirmArgs {
+        yes: false,
+        dry_run: false,
+    };
+
+    #[test]
+    fn the_gate_shows_the_plan_then_asks_or_refuses() {
+        let p = plan(1);
+        let dry = ConfirmArgs {
+            dry_run: true,
+            yes: true,
+        };
+        let (r, out, err) = gated(&p, dry, true, vec!["y"]);
+        assert_eq!(
+            r,
+            Ok(Gate::Stop),
+            "a dry run never applies, even with --yes"
+        );
+        assert!(
+            out.starts_with("cleanup task `t` will change 2 records:"),
+            "{out}"
+        );
+        assert!(out.ends_with("dry run: nothing was changed\n") && err.is_empty());
+
+        let yes = ConfirmArgs {
+            yes: true,
+            dry_run: false,
+        };
+        let (r, out, err) = gated(&p, yes, false, vec![]);
+        assert_eq!(r, Ok(Gate::Apply));
+        assert!(out.is_empty() && err.contains("2 retained claims"), "{err}");
+
+        let (r, _, err) = gated(&p, ASK, false, vec!["y"]);
+        let e = r.expect_err("refused");
+        assert_eq!(e.kind(), crate::ErrorKind::Usage);
+        assert!(e.message().contains("pass --yes"), "{e}");
+        assert!(!err.contains("[y/N]"), "nobody is asked: {err}");
+
+        for yes in ["y\n", "YES\n", " yes "] {
+            let (r, _, err) = gated(&p, ASK, true, vec![yes]);
+            assert_eq!(r, Ok(Gate::Apply), "{yes:?}");
+            assert!(err.ends_with("apply these changes? [y/N] "), "{err}");
+        }
+        for no in [vec!["n\n"], vec!["\n"], vec!["yep\n"], vec![]] {
+            let (r, _, _) = gated(&p, ASK, true, no.clone());
+            let e = r.expect_err("cancelled");
+            assert_eq!(e.kind(), crate::ErrorKind::Failed, "{no:?}");
+            assert!(e.message().contains("nothing was changed"), "{e}");
+        }
+    }
+
+    #[test]
+    fn nothing_to_change_needs_no_confirmation() {
+        let (r, out, err) = gated(&plan(0), ASK, false, vec![]);
+        assert_eq!(r, Ok(Gate::Apply));
+        assert!(out.is_empty() && err.is_empty());
+        let dry = ConfirmArgs {
+            dry_run: true,
+            yes: false,
+        };
+        let (r, out, _) = gated(&plan(0), dry, false, vec![]);
+        assert_eq!(r, Ok(Gate::Stop));
+        assert!(
+            out.starts_with("cleanup task `t`: nothing to change"),
+            "{out}"
+        );
     }
 }

@@ -72,14 +72,17 @@ pub enum Command {
     Tasks(StrategyArg),
     /// Add a dynamic task (refused when the name exists or is marked deleted)
     Add(AddArgs),
-    /// Add or replace a dynamic task whatever exists, clearing its tombstone and claims
-    ForceAdd(AddArgs),
+    /// Add or replace a dynamic task whatever exists, clearing its deletion mark
+    /// (asks first when it replaces something; --yes, --dry-run)
+    ForceAdd(ForceAddArgs),
     /// Mark a task deleted: it fires nowhere until reused, force-added or cleaned up
+    /// (asks first; --yes, --dry-run)
     Delete(DeleteArgs),
     /// Clear a task's deletion mark so it is scheduled again
     Reuse(NameArg),
-    /// Remove every trace of a task: record, deletion mark and claims
-    Cleanup(NameArg),
+    /// Remove every trace of a task: record, deletion mark, claims, pause, status and trigger
+    /// records (asks first; --yes, --dry-run)
+    Cleanup(CleanupArgs),
     /// Pause a task everywhere until resumed (its fires are skipped)
     Pause(AdminArgs),
     /// Resume a paused task (fires skipped while paused are not caught up)
@@ -145,6 +148,32 @@ pub struct AddArgs {
     pub one_shot: bool,
 }
 
+/// `--yes` and `--dry-run`: how a command that changes or removes what exists is confirmed.
+///
+/// Such a command first prints what it will change. Then it acts when `--yes` is given, asks
+/// when standard input is a terminal, and otherwise refuses (a script must say `--yes`);
+/// `--dry-run` only prints the plan.
+#[derive(Args, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConfirmArgs {
+    /// Do not ask: apply the change (required when standard input is not a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Only print what would change; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `force-add`.
+#[derive(Args, Clone, Debug)]
+pub struct ForceAddArgs {
+    /// The task to write.
+    #[command(flatten)]
+    pub task: AddArgs,
+    /// Confirmation.
+    #[command(flatten)]
+    pub confirm: ConfirmArgs,
+}
+
 /// `delete`.
 #[derive(Args, Clone, Debug)]
 pub struct DeleteArgs {
@@ -154,6 +183,20 @@ pub struct DeleteArgs {
     /// Mark the name deleted even without a dynamic record (a static task defined in code)
     #[arg(long = "static")]
     pub allow_static: bool,
+    /// Confirmation.
+    #[command(flatten)]
+    pub confirm: ConfirmArgs,
+}
+
+/// `cleanup`.
+#[derive(Args, Clone, Debug)]
+pub struct CleanupArgs {
+    /// The task name
+    #[arg(value_name = "TASK")]
+    pub name: String,
+    /// Confirmation.
+    #[command(flatten)]
+    pub confirm: ConfirmArgs,
 }
 
 /// `claims`.

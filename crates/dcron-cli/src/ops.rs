@@ -604,14 +604,33 @@ pub async fn add(
     force: bool,
     now: DateTime<Utc>,
 ) -> CliResult<TaskMeta> {
-    let meta = build_meta(req, now)?;
     let mode = if force {
         PutMode::Force
     } else {
         PutMode::CreateOnly
     };
+    put(registry, req, mode, now).await
+}
+
+/// Checks `req` and writes it with `mode`.
+///
+/// # Errors
+/// Usage errors for bad input; the errors of [`PutMode`]; the registry's errors.
+pub async fn put(
+    registry: &dyn Registry,
+    req: &AddRequest,
+    mode: PutMode,
+    now: DateTime<Utc>,
+) -> CliResult<TaskMeta> {
+    let meta = build_meta(req, now)?;
     registry.put_task(&meta, mode).await?;
     Ok(meta)
+}
+
+fn unknown_for_delete(name: &str) -> CliError {
+    CliError::not_found(format!(
+        "unknown task `{name}` (pass --static to mark a task defined in code that has not run yet deleted)"
+    ))
 }
 
 fn check_name(name: &str) -> CliResult<()> {
@@ -651,9 +670,7 @@ pub async fn delete(
         });
     }
     if !allow_static && !crate::admin::known(registry, name).await? {
-        return Err(CliError::not_found(format!(
-            "unknown task `{name}` (pass --static to mark a task defined in code that has not run yet deleted)"
-        )));
+        return Err(unknown_for_delete(name));
     }
     registry.mark_deleted(name, now).await?;
     let deleted_at = registry
@@ -701,6 +718,217 @@ pub async fn cleanup(registry: &dyn Registry, name: &str) -> CliResult<()> {
     registry.cleanup_task(name).await?;
     crate::admin::forget(registry, name).await?;
     Ok(())
+}
+
+/// One record a destructive command would write or remove.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedChange {
+    /// `write`, `replace` or `remove`.
+    pub op: &'static str,
+    /// The kind of record: `task`, `tombstone`, `claims`, `pause`, `status` or `trigger`.
+    pub kind: &'static str,
+    /// How many records of that kind.
+    pub count: usize,
+    /// What exactly, for people.
+    pub detail: String,
+}
+
+/// What a destructive command (`delete`, `cleanup`, `force-add` over an existing task) will
+/// change, read from the registry before anything is written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// The command: `delete`, `cleanup` or `force-add`.
+    pub action: &'static str,
+    /// The task name.
+    pub task: String,
+    /// The records it changes; empty when it changes nothing that exists (then it needs no
+    /// confirmation).
+    pub changes: Vec<PlannedChange>,
+    /// Whether `reuse`/`force-add` can undo it (`false` for `cleanup`).
+    pub undoable: bool,
+}
+
+impl Plan {
+    /// How many records the command changes.
+    pub fn record_count(&self) -> usize {
+        self.changes.iter().map(|c| c.count).sum()
+    }
+}
+
+fn change(op: &'static str, kind: &'static str, count: usize, detail: String) -> PlannedChange {
+    PlannedChange {
+        op,
+        kind,
+        count,
+        detail,
+    }
+}
+
+fn describe(meta: &TaskMeta) -> String {
+    let zone = meta.time_zone.as_deref().unwrap_or("UTC");
+    let once = if meta.one_shot { ", once" } else { "" };
+    format!(
+        "`{}` in {zone}{once}, payload {} bytes",
+        meta.cron_format,
+        meta.payload.len()
+    )
+}
+
+/// The plan of `dcronctl delete`: the tombstone it writes, and what it stops.
+///
+/// # Errors
+/// As [`delete`]: usage error for a bad name, not found for an unknown one (unless
+/// `allow_static`); the registry's errors.
+pub async fn plan_delete(
+    registry: &dyn Registry,
+    name: &str,
+    allow_static: bool,
+) -> CliResult<Plan> {
+    check_name(name)?;
+    let mut plan = Plan {
+        action: "delete",
+        task: name.to_string(),
+        changes: Vec::new(),
+        undoable: true,
+    };
+    if registry.get_tombstone(name).await?.is_some() {
+        return Ok(plan);
+    }
+    let record = registry.get_task(name).await?;
+    if record.is_none() && !allow_static && !crate::admin::known(registry, name).await? {
+        return Err(unknown_for_delete(name));
+    }
+    let what = match &record {
+        Some(meta) => format!("dynamic task ({})", describe(meta)),
+        None => "static task (defined in the nodes' code)".to_string(),
+    };
+    plan.changes.push(change(
+        "write",
+        "tombstone",
+        1,
+        format!("deletion mark on the {what}: it fires on no node until reused, force-added or cleaned up"),
+    ));
+    Ok(plan)
+}
+
+/// The plan of `dcronctl cleanup`: every record of the name it removes, counted.
+///
+/// # Errors
+/// As [`cleanup`]: usage error for a bad name, not found for an unknown one; the registry's
+/// errors.
+pub async fn plan_cleanup(registry: &dyn Registry, name: &str) -> CliResult<Plan> {
+    check_name(name)?;
+    if !crate::admin::known(registry, name).await? {
+        return Err(CliError::not_found(format!("unknown task `{name}`")));
+    }
+    let mut changes = Vec::new();
+    if let Some(meta) = registry.get_task(name).await? {
+        changes.push(change(
+            "remove",
+            "task",
+            1,
+            format!("task record ({})", describe(&meta)),
+        ));
+    }
+    if let Some(t) = registry.get_tombstone(name).await? {
+        changes.push(change(
+            "remove",
+            "tombstone",
+            1,
+            format!(
+                "deletion mark (set {})",
+                crate::duration::format_instant(t.deleted_at)
+            ),
+        ));
+    }
+    let claims = registry.list_claims(name).await?.items.len();
+    if claims > 0 {
+        changes.push(change(
+            "remove",
+            "claims",
+            claims,
+            format!("{claims} retained claims"),
+        ));
+    }
+    if registry.capabilities().records {
+        if dcron_core::admin::is_paused(registry, name).await? {
+            changes.push(change("remove", "pause", 1, "pause record".into()));
+        }
+        if let Some(s) = dcron_core::admin::task_status(registry, name).await? {
+            changes.push(change(
+                "remove",
+                "status",
+                1,
+                format!(
+                    "status record ({} runs, {} failures)",
+                    s.run_count, s.failure_count
+                ),
+            ));
+        }
+        let triggers = dcron_core::admin::pending_triggers(registry)
+            .await?
+            .items
+            .iter()
+            .filter(|t| t.task == name)
+            .count();
+        if triggers > 0 {
+            changes.push(change(
+                "remove",
+                "trigger",
+                triggers,
+                format!("{triggers} pending trigger requests"),
+            ));
+        }
+    }
+    Ok(Plan {
+        action: "cleanup",
+        task: name.to_string(),
+        changes,
+        undoable: false,
+    })
+}
+
+/// The plan of `dcronctl force-add`: the record it replaces and the deletion mark it clears
+/// (no changes when the name is free: then it is a plain add).
+///
+/// # Errors
+/// Usage errors for bad input; the registry's errors.
+pub async fn plan_force_add(
+    registry: &dyn Registry,
+    req: &AddRequest,
+    now: DateTime<Utc>,
+) -> CliResult<Plan> {
+    let meta = build_meta(req, now)?;
+    let mut changes = Vec::new();
+    if let Some(old) = registry.get_task(&req.name).await? {
+        changes.push(change(
+            "replace",
+            "task",
+            1,
+            format!(
+                "task record: {} becomes {} (a new life: fires restart from the new schedule)",
+                describe(&old),
+                describe(&meta)
+            ),
+        ));
+    }
+    if let Some(t) = registry.get_tombstone(&req.name).await? {
+        changes.push(change(
+            "remove",
+            "tombstone",
+            1,
+            format!(
+                "deletion mark (set {}): the task fires again",
+                crate::duration::format_instant(t.deleted_at)
+            ),
+        ));
+    }
+    Ok(Plan {
+        action: "force-add",
+        task: req.name.clone(),
+        changes,
+        undoable: false,
+    })
 }
 
 /// The answer of `dcronctl claims`.

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use crate::duration::{format_instant, relative};
 use crate::ops::{
-    AssignmentReport, ClaimsReport, CorruptRecord, NodesReport, TaskOrigin, TasksReport,
+    AssignmentReport, ClaimsReport, CorruptRecord, NodesReport, Plan, TaskOrigin, TasksReport,
 };
 
 /// A text table: a header row and data rows, columns padded to their widest cell.
@@ -93,6 +93,27 @@ pub fn corrupt_warnings(corrupt: &[CorruptRecord]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// What a destructive command will change, one line per record kind.
+pub fn plan(plan: &Plan) -> String {
+    if plan.changes.is_empty() {
+        return format!("{} task `{}`: nothing to change\n", plan.action, plan.task);
+    }
+    let n = plan.record_count();
+    let mut out = format!(
+        "{} task `{}` will change {n} record{}:\n",
+        plan.action,
+        plan.task,
+        if n == 1 { "" } else { "s" }
+    );
+    for c in &plan.changes {
+        out.push_str(&format!("  {:<8} {}\n", c.op, c.detail));
+    }
+    if !plan.undoable {
+        out.push_str("this cannot be undone\n");
+    }
+    out
 }
 
 /// `dcronctl nodes` as a table.

@@ -334,7 +334,7 @@ async fn operate_a_task_through_the_binary() {
     assert_eq!(task_row(&tasks, TASK).expect("listed")["state"], "active");
 
     // Delete: tombstoned everywhere, shown as deleted; deleting again is fine.
-    let deleted = ctl!("delete", TASK);
+    let deleted = ctl!("delete", TASK, "--yes");
     expect_code(&deleted, 0, "delete");
     assert!(text(&deleted.stdout).starts_with(&format!("marked task `{TASK}` deleted")));
     let tasks = json(&ctl!("tasks", "--json"), "tasks after delete");
@@ -362,7 +362,8 @@ async fn operate_a_task_through_the_binary() {
             "--cron",
             "@hourly",
             "--zone",
-            "Europe/Berlin"
+            "Europe/Berlin",
+            "--yes"
         ),
         0,
         "force-add",
@@ -382,7 +383,7 @@ async fn operate_a_task_through_the_binary() {
         .expect("nodes")
         .iter()
         .any(|n| n["id"] == id.as_str()));
-    expect_code(&ctl!("cleanup", TASK), 0, "cleanup");
+    expect_code(&ctl!("cleanup", TASK, "-y"), 0, "cleanup");
     let tasks = json(&ctl!("tasks", "--json"), "tasks after cleanup");
     assert!(task_row(&tasks, TASK).is_none(), "{tasks:#}");
 
@@ -489,6 +490,212 @@ async fn unreachable_registry_is_exit_3_without_credentials() {
     let out = cmd.output().await.expect("ran");
     expect_code(&out, 3, "unreachable with --password");
     assert!(!text(&out.stderr).contains(secret));
+}
+
+/// Runs `dcronctl` under a pseudo-terminal (util-linux `script`), so that its standard input
+/// is a terminal, typing `answer`. `None` when `script` is not installed.
+async fn run_on_terminal(args: &[String], answer: &str) -> Option<Output> {
+    let probe = Command::new("script").arg("--version").output().await;
+    if !matches!(probe, Ok(ref o) if o.status.success()) {
+        eprintln!("skipping the terminal case: util-linux `script` is not installed");
+        return None;
+    }
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let line = std::iter::once(env!("CARGO_BIN_EXE_dcronctl").to_string())
+        .chain(args.iter().cloned())
+        .map(|a| quote(&a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = Command::new("script");
+    for var in CLI_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("script started");
+    let mut stdin = child.stdin.take().expect("stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, answer.as_bytes())
+        .await
+        .expect("answer typed");
+    // Keep the terminal open until dcronctl is done: `script` ends the session at end of input.
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("dcronctl under script finished in 60 s")
+        .expect("script ran");
+    drop(stdin);
+    Some(out)
+}
+
+fn last_line(bytes: &[u8]) -> String {
+    text(bytes)
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// `delete`, `cleanup` and `force-add` over an existing task: `--dry-run` prints the plan and
+/// changes nothing; without `--yes` and without a terminal they refuse and change nothing;
+/// with `--yes` they act; on a terminal they ask.
+#[tokio::test]
+async fn destructive_commands_show_the_plan_and_need_confirmation() {
+    const GUARDED: &str = "e2e-guarded";
+    let Some(url) = redis_url() else { return };
+    let ns = format!("dcronctl-e2e-{}", uuid::Uuid::new_v4().simple());
+    let base = ["--registry", url.as_str(), "--namespace", ns.as_str()];
+    let with =
+        |args: &[&str]| -> Vec<String> { base.iter().chain(args).map(|s| s.to_string()).collect() };
+    macro_rules! ctl {
+        ($($a:expr),* $(,)?) => {
+            run(&with(&[$($a),*])).await
+        };
+    }
+    let registry = RedisRegistry::builder(url.as_str())
+        .namespace(ns.as_str())
+        .build()
+        .expect("registry");
+    let reg: &dyn dcron_core::Registry = &registry;
+    let refused = |out: &Output, action: &str, what: &str| {
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", text(&out.stderr));
+        assert!(out.stdout.is_empty(), "{what}: {}", text(&out.stdout));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{action} task `{GUARDED}` will change")),
+            "{what}: the plan is shown: {stderr}"
+        );
+        let last = last_line(&out.stderr);
+        assert!(
+            last.starts_with(&format!("dcronctl: refusing to {action} task `{GUARDED}`"))
+                && last.contains("pass --yes"),
+            "{what}: {last}"
+        );
+    };
+
+    expect_code(
+        &ctl!("add", GUARDED, "--cron", "@hourly", "--payload", "p"),
+        0,
+        "add",
+    );
+    dcron_core::admin::pause_task(reg, GUARDED, chrono::Utc::now())
+        .await
+        .expect("paused");
+
+    // delete
+    let out = ctl!("delete", GUARDED, "--dry-run");
+    expect_code(&out, 0, "delete --dry-run");
+    let plan = text(&out.stdout);
+    assert!(
+        plan.starts_with(&format!("delete task `{GUARDED}` will change 1 record:\n"))
+            && plan.contains("dynamic task (`@hourly` in UTC")
+            && plan.ends_with("dry run: nothing was changed\n"),
+        "{plan}"
+    );
+    let dry = json(
+        &ctl!("delete", GUARDED, "--dry-run", "--json"),
+        "delete --dry-run --json",
+    );
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["plan"]["changes"][0]["kind"], "tombstone");
+    assert!(reg.get_tombstone(GUARDED).await.expect("read").is_none());
+    refused(&ctl!("delete", GUARDED), "delete", "delete without --yes");
+    assert!(reg.get_tombstone(GUARDED).await.expect("read").is_none());
+    let out = ctl!("delete", GUARDED, "--yes");
+    expect_code(&out, 0, "delete --yes");
+    assert!(text(&out.stderr).contains("will change 1 record"));
+    assert!(reg.get_tombstone(GUARDED).await.expect("read").is_some());
+    // Nothing left to change: no confirmation needed.
+    expect_code(&ctl!("delete", GUARDED), 0, "delete a deleted task");
+
+    // force-add over the existing (deleted) task
+    let force = ["force-add", GUARDED, "--cron", "*/7 * * * * *"];
+    let out = run(&with(&[&force[..], &["--dry-run"]].concat())).await;
+    expect_code(&out, 0, "force-add --dry-run");
+    let plan = text(&out.stdout);
+    assert!(
+        plan.starts_with(&format!(
+            "force-add task `{GUARDED}` will change 2 records:\n"
+        )) && plan.contains("`@hourly` in UTC")
+            && plan.contains("`*/7 * * * * *` in UTC")
+            && plan.contains("deletion mark"),
+        "{plan}"
+    );
+    let unchanged = |meta: Option<dcron_core::TaskMeta>| {
+        assert_eq!(meta.expect("record kept").cron_format, "@hourly");
+    };
+    unchanged(reg.get_task(GUARDED).await.expect("read"));
+    refused(
+        &run(&with(&force)).await,
+        "force-add",
+        "force-add without --yes",
+    );
+    unchanged(reg.get_task(GUARDED).await.expect("read"));
+    assert!(reg.get_tombstone(GUARDED).await.expect("read").is_some());
+    expect_code(
+        &run(&with(&[&force[..], &["--yes"]].concat())).await,
+        0,
+        "force-add --yes",
+    );
+    let meta = reg.get_task(GUARDED).await.expect("read").expect("record");
+    assert_eq!(meta.cron_format, "*/7 * * * * *");
+    assert!(reg.get_tombstone(GUARDED).await.expect("read").is_none());
+    // force-add of a free name replaces nothing: no confirmation needed.
+    expect_code(
+        &ctl!("force-add", "e2e-free", "--cron", "@daily"),
+        0,
+        "force-add of a new name",
+    );
+
+    // cleanup
+    let out = ctl!("cleanup", GUARDED, "--dry-run");
+    expect_code(&out, 0, "cleanup --dry-run");
+    let plan = text(&out.stdout);
+    assert!(
+        plan.starts_with(&format!(
+            "cleanup task `{GUARDED}` will change 2 records:\n"
+        )) && plan.contains("task record (`*/7 * * * * *` in UTC")
+            && plan.contains("pause record")
+            && plan.contains("this cannot be undone"),
+        "{plan}"
+    );
+    assert!(reg.get_task(GUARDED).await.expect("read").is_some());
+    refused(
+        &ctl!("cleanup", GUARDED),
+        "cleanup",
+        "cleanup without --yes",
+    );
+    assert!(reg.get_task(GUARDED).await.expect("read").is_some());
+    assert!(dcron_core::admin::is_paused(reg, GUARDED)
+        .await
+        .expect("read"));
+
+    // On a terminal it asks: anything but yes cancels, yes applies.
+    if let Some(out) = run_on_terminal(&with(&["cleanup", GUARDED]), "n\n").await {
+        let all = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "answered no: {all}");
+        assert!(
+            all.contains("apply these changes? [y/N]") && all.contains("cancelled"),
+            "{all}"
+        );
+        assert!(reg.get_task(GUARDED).await.expect("read").is_some());
+        let out = run_on_terminal(&with(&["cleanup", GUARDED]), "y\n")
+            .await
+            .expect("script");
+        let all = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "answered yes: {all}");
+        assert!(all.contains("removed every trace"), "{all}");
+    } else {
+        expect_code(&ctl!("cleanup", GUARDED, "--yes"), 0, "cleanup --yes");
+    }
+    assert!(reg.get_task(GUARDED).await.expect("read").is_none());
+    assert!(!dcron_core::admin::is_paused(reg, GUARDED)
+        .await
+        .expect("read"));
+
+    reg.cleanup_all().await.expect("cleaned");
 }
 
 /// The pending trigger requests of the namespace, read straight from the registry.
