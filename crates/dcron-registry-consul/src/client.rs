@@ -334,21 +334,6 @@ impl reqwest::dns::Resolve for ServerNameResolver {
     }
 }
 
-/// Splits `scheme://host[:port]` into its parts (IPv6 brackets kept on the host).
-fn split_base(base: &str) -> Option<(&str, &str, Option<&str>)> {
-    let (scheme, rest) = base.split_once("://")?;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        let port = after.strip_prefix(':');
-        return Some((scheme, &authority[..host.len() + 2], port));
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) => Some((scheme, host, Some(port))),
-        None => Some((scheme, authority, None)),
-    }
-}
-
 /// The HTTP client: base address, token, datacenter and timeouts.
 #[derive(Clone)]
 pub(crate) struct Client {
@@ -368,14 +353,25 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// reqwest is built without a crypto provider of its own (its default would add aws-lc, a
+/// second TLS stack beside the *ring* one every other dcron crate uses), so the process
+/// needs a rustls default provider: install *ring* unless the application already chose one.
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // A concurrent install by another thread is as good as ours: ignore the error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 impl Client {
     /// Builds the client (no request is sent).
     pub(crate) fn new(config: &ConsulRegistryConfig) -> Result<Self> {
         config.validate()?;
+        install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
-            .use_rustls_tls();
+            .tls_backend_rustls();
         if let Some(pem) = &config.ca_cert_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
                 Error::InvalidArgument(format!("consul CA certificate does not parse: {e}"))
@@ -391,24 +387,30 @@ impl Client {
         }
         let mut base = config.address.trim().trim_end_matches('/').to_string();
         if let Some(server_name) = config.tls_server_name.as_deref().filter(|n| !n.is_empty()) {
-            let Some((scheme, host, port)) = split_base(&base) else {
-                return Err(Error::InvalidArgument(format!(
-                    "consul address `{base}` has no host"
-                )));
+            let mut url = reqwest::Url::parse(&base).map_err(|e| {
+                Error::InvalidArgument(format!("consul address `{base}` is not a URL: {e}"))
+            })?;
+            let host = match url.host() {
+                Some(url::Host::Domain(d)) => d.to_string(),
+                Some(url::Host::Ipv4(ip)) => ip.to_string(),
+                Some(url::Host::Ipv6(ip)) => ip.to_string(),
+                None => {
+                    return Err(Error::InvalidArgument(format!(
+                        "consul address `{base}` has no host"
+                    )))
+                }
             };
-            if scheme == "https" && !host.eq_ignore_ascii_case(server_name) {
-                let resolver = ServerNameResolver {
+            if url.scheme() == "https" && !host.eq_ignore_ascii_case(server_name) {
+                url.set_host(Some(server_name)).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "consul TLS server name `{server_name}` is not a host name: {e}"
+                    ))
+                })?;
+                builder = builder.dns_resolver(Arc::new(ServerNameResolver {
                     server_name: server_name.to_string(),
-                    host: host
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_string(),
-                };
-                builder = builder.dns_resolver(Arc::new(resolver));
-                base = match port {
-                    Some(port) => format!("https://{server_name}:{port}"),
-                    None => format!("https://{server_name}"),
-                };
+                    host,
+                }));
+                base = url.as_str().trim_end_matches('/').to_string();
             }
         }
         let http = builder.build().map_err(|e| Error::Backend {
@@ -729,23 +731,6 @@ mod tests {
     }
 
     #[test]
-    fn base_addresses_split_into_parts() {
-        assert_eq!(
-            split_base("https://10.0.0.1:8501"),
-            Some(("https", "10.0.0.1", Some("8501")))
-        );
-        assert_eq!(
-            split_base("https://[::1]:8501"),
-            Some(("https", "[::1]", Some("8501")))
-        );
-        assert_eq!(
-            split_base("https://consul"),
-            Some(("https", "consul", None))
-        );
-        assert_eq!(split_base("consul"), None);
-    }
-
-    #[test]
     fn a_tls_server_name_redirects_the_url_but_not_the_connection() {
         let config = ConsulRegistryConfig::new("https://10.0.0.1:8501")
             .with_tls_server_name("server.dc1.consul");
@@ -754,5 +739,10 @@ mod tests {
         let plain =
             Client::new(&ConsulRegistryConfig::new("http://10.0.0.1:8500")).expect("client");
         assert_eq!(plain.base(), "http://10.0.0.1:8500");
+        let v6 = ConsulRegistryConfig::new("https://[::1]:8501").with_tls_server_name("consul");
+        assert_eq!(Client::new(&v6).expect("client").base(), "https://consul:8501");
+        let bad = ConsulRegistryConfig::new("https://10.0.0.1:8501").with_tls_server_name("a b");
+        let err = Client::new(&bad).expect_err("a server name with a space is refused");
+        assert!(err.to_string().contains("`a b`"), "{err}");
     }
 }

@@ -991,7 +991,7 @@ async fn corrupt_values_are_reported_not_fatal() {
     reg.put_task(&meta("good"), PutMode::CreateOnly)
         .await
         .expect("put");
-    reqwest::Client::new()
+    support::http()
         .put(format!("{}/v1/kv/{}", d.address(), reg.task_key("bad")))
         .body("{not json")
         .send()
@@ -1019,7 +1019,7 @@ async fn corrupt_values_are_reported_not_fatal() {
             format!("{shifted:020}")
         }),
     );
-    reqwest::Client::new()
+    support::http()
         .put(format!("{}/v1/kv/{claim_key}", d.address()))
         .body("garbage")
         .send()

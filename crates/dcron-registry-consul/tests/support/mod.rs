@@ -9,6 +9,16 @@ use dcron_core::{Error, Result};
 use dcron_registry_consul::{ConsulRegistry, ConsulRegistryConfig};
 use double::{ConsulDouble, DoubleConfig};
 
+/// A plain HTTP client for raw calls. reqwest is built without a crypto provider of its own
+/// (see the crate's client), so install *ring* as the process default first, as the
+/// registry does.
+pub fn http() -> reqwest::Client {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    reqwest::Client::new()
+}
+
 /// A double configured like an agent with `session_ttl_min = "1s"`, so leases can expire in
 /// seconds.
 pub async fn fast_double() -> ConsulDouble {
@@ -49,7 +59,7 @@ where
 
 /// Raw HTTP calls the hooks need (outside the registry's API).
 pub async fn raw_put(config: &ConsulRegistryConfig, path: &str, body: Vec<u8>) -> Result<()> {
-    let mut req = reqwest::Client::new()
+    let mut req = http()
         .put(format!("{}{path}", config.address.trim_end_matches('/')))
         .body(body);
     if let Some(token) = &config.token {
