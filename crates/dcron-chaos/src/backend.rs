@@ -91,6 +91,48 @@ impl Backend {
         }
     }
 
+    /// Every `host:port` of a registry address: each member of a comma-separated etcd or
+    /// ZooKeeper list (`h1:p1,h2:p2`), the one server of the other backends.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when an element has no `host:port`.
+    pub fn host_ports(self, address: &str) -> Result<Vec<String>> {
+        match self {
+            Backend::Etcd | Backend::Zk => address
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| self.host_port(a))
+                .collect::<Result<Vec<_>>>()
+                .and_then(|v| {
+                    if v.is_empty() {
+                        Err(Error::InvalidArgument(format!(
+                            "no host:port in registry address `{address}`"
+                        )))
+                    } else {
+                        Ok(v)
+                    }
+                }),
+            Backend::Redis | Backend::Postgres => Ok(vec![self.host_port(address)?]),
+        }
+    }
+
+    /// The address a node uses to reach the servers at `host_ports` (every member of a
+    /// cluster; only the first counts for Redis and PostgreSQL). `original` is as in
+    /// [`Backend::address`].
+    pub fn addresses(self, host_ports: &[String], original: &str) -> String {
+        match self {
+            Backend::Etcd | Backend::Zk => host_ports
+                .iter()
+                .map(|hp| self.address(hp, original))
+                .collect::<Vec<_>>()
+                .join(","),
+            Backend::Redis | Backend::Postgres => {
+                self.address(host_ports.first().map_or("", String::as_str), original)
+            }
+        }
+    }
+
     /// The address a node uses to reach a server at `host_port`. `original` is the address
     /// the run was given: a PostgreSQL address keeps its user, database and parameters, with
     /// only its `host:port` replaced.
@@ -106,7 +148,8 @@ impl Backend {
         }
     }
 
-    /// Connects to the registry at `address` under `namespace`.
+    /// Connects to the registry at `address` under `namespace` (for etcd and ZooKeeper, a
+    /// comma-separated list of members).
     ///
     /// # Errors
     /// The backend's connection errors.
@@ -118,8 +161,10 @@ impl Backend {
                     .build()?,
             ),
             Backend::Etcd => Arc::new(
-                EtcdRegistry::connect(EtcdRegistryConfig::new([address]).namespace(namespace))
-                    .await?,
+                EtcdRegistry::connect(
+                    EtcdRegistryConfig::new(address.split(',').map(str::trim)).namespace(namespace),
+                )
+                .await?,
             ),
             Backend::Zk => Arc::new(
                 ZkRegistry::connect(
@@ -163,6 +208,26 @@ mod tests {
             Some("127.0.0.1:7000".to_string())
         );
         assert!(Backend::Zk.host_port("nowhere").is_err());
+        let members = Backend::Etcd
+            .host_ports("http://127.0.0.1:1, 127.0.0.1:2")
+            .unwrap_or_default();
+        assert_eq!(members, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(
+            Backend::Etcd.addresses(&members, ""),
+            "http://127.0.0.1:1,http://127.0.0.1:2"
+        );
+        assert_eq!(
+            Backend::Zk.addresses(&members, ""),
+            "127.0.0.1:1,127.0.0.1:2"
+        );
+        assert!(Backend::Zk.host_ports(",").is_err());
+        assert!(Backend::Zk.host_ports("127.0.0.1:1,nowhere").is_err());
+        assert_eq!(
+            Backend::Redis
+                .host_ports("redis://127.0.0.1:6379")
+                .unwrap_or_default(),
+            ["127.0.0.1:6379"]
+        );
         assert_eq!(
             Backend::Etcd.address("127.0.0.1:1", "127.0.0.1:2379"),
             "http://127.0.0.1:1"

@@ -3,14 +3,16 @@
 //! Two programs: `chaos-node` joins a cluster on a registry and appends every execution to a
 //! ledger file; `chaos` starts several of them as separate processes, kills and restarts them,
 //! cuts one off from the registry through a TCP proxy it controls, restarts the registry server
-//! when it owns it, and finally merges the ledgers and checks that every fire ran exactly once.
-//! This library holds what both share: the backends, the ledger format and the analysis, and
-//! the proxy.
+//! when it owns it (or, with `--cluster`, kills and restarts the leader and a follower of the
+//! 3-member etcd cluster or ZooKeeper ensemble it runs), and finally merges the ledgers and
+//! checks that every fire ran exactly once. This library holds what both share: the backends,
+//! the registry clusters, the ledger format and the analysis, and the proxy.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod cluster;
 pub mod ledger;
 pub mod proxy;
 
@@ -22,21 +24,43 @@ pub fn task_names(count: usize) -> Vec<String> {
 /// The schedule of every chaos task: every second.
 pub const EVERY_SECOND: &str = "* * * * * *";
 
-/// The value following a command-line flag.
+/// Parses a duration given on the command line: a [`humantime`] duration (`90s`, `2m`,
+/// `1h 30m`, `1500ms`) or, as the flags have always taken, a bare whole number of seconds
+/// (`120`).
 ///
 /// # Errors
-/// [`dcron_core::Error::InvalidArgument`] when the flag is the last argument.
-pub fn flag_value(flag: &str, value: Option<String>) -> dcron_core::Result<String> {
-    value.ok_or_else(|| dcron_core::Error::InvalidArgument(format!("{flag} needs a value")))
+/// [`dcron_core::Error::InvalidArgument`] naming the input when it is neither.
+pub fn parse_duration(text: &str) -> dcron_core::Result<std::time::Duration> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| {
+        dcron_core::Error::InvalidArgument(format!(
+            "invalid duration `{text}`: {e} (write seconds, `120`, or a duration, `2m`, `90s`)"
+        ))
+    })
 }
 
-/// The whole number following a command-line flag.
-///
-/// # Errors
-/// As [`flag_value`], and [`dcron_core::Error::InvalidArgument`] for a value that is not a
-/// whole number.
-pub fn flag_number(flag: &str, value: Option<String>) -> dcron_core::Result<u64> {
-    let v = flag_value(flag, value)?;
-    v.parse()
-        .map_err(|_| dcron_core::Error::InvalidArgument(format!("{flag}: `{v}` is not a number")))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_as_seconds_or_humantime() {
+        assert_eq!(parse_duration("120").ok(), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("2m").ok(), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m 30s").ok(), Some(Duration::from_secs(90)));
+        assert_eq!(
+            parse_duration("1500ms").ok(),
+            Some(Duration::from_millis(1500))
+        );
+        let err = parse_duration("soon").err().map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("`soon`")),
+            "{err:?}"
+        );
+        assert!(parse_duration("-3").is_err());
+    }
 }

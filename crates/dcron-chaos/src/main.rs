@@ -1,29 +1,36 @@
 //! `chaos`: a multi-process chaos run of dcron against a real Redis, etcd, ZooKeeper or
 //! PostgreSQL.
 //!
-//! It starts `--nodes` `chaos-node` processes, each reaching the registry through its own
-//! loopback TCP proxy. For `--seconds` it then, at random (seeded) moments, SIGKILLs a node and
-//! restarts it a moment later, cuts one node's proxy for a few seconds (a partition), and, with
-//! `--own-server` (Redis and PostgreSQL), kills the registry server and starts it again on the
-//! same port and data (Redis: SIGKILL, append-only file with fsync always; PostgreSQL: a cluster
-//! `initdb`ed in the work directory, stopped with `pg_ctl stop -m immediate`, i.e. a crash; so
-//! claims survive). Then every fault
-//! is healed, the cluster settles, the nodes are stopped, and the ledgers are merged:
+//! It starts `--nodes` `chaos-node` processes, each reaching every registry server through its
+//! own loopback TCP proxy. For `--seconds` it then, at random (seeded) moments, SIGKILLs a node
+//! and restarts it a moment later, cuts one node's proxies for a few seconds (a partition),
+//! and, with `--own-server` (Redis and PostgreSQL), kills the registry server and starts it
+//! again on the same port and data (Redis: SIGKILL, append-only file with fsync always;
+//! PostgreSQL: a cluster `initdb`ed in the work directory, stopped with `pg_ctl stop -m
+//! immediate`, i.e. a crash; so claims survive). With `--cluster` (etcd and ZooKeeper) the run
+//! starts its own 3-member etcd cluster or 3-server ZooKeeper ensemble on loopback, gives the
+//! nodes every member, and every `--member-kill-every` SIGKILLs a member (the leader and a
+//! follower in turn, found with etcd's status API or ZooKeeper's `srvr`), restarting it on the
+//! same ports and data after about `--member-down`. Then every fault is healed, the cluster
+//! settles, the nodes are stopped, and the ledgers are merged:
 //!
 //! ```text
-//! summary backend=<b> seconds=<d> nodes=<k> kills=<n> partitions=<n> registry_restarts=<n> fires=<n> duplicates=<n> missed=<n> unexpected=<n> max_failover_ms=<n>
+//! summary backend=<b> seconds=<d> nodes=<k> kills=<n> partitions=<n> registry_restarts=<n> member_kills=<n> leader_kills=<n> fires=<n> duplicates=<n> missed=<n> unexpected=<n> max_failover_ms=<n> max_delay_ms=<n>
 //! ```
 //!
 //! Every fire of every task (each runs every second) from the end of the warm-up to a few
 //! seconds before the stop is expected exactly once. A fire that never ran but whose claim the
 //! registry still holds for a killed process was lost in flight (the process died between its
-//! claim and its handler): reported as `lost_in_flight`, not as missed. The exit status is 1 on
-//! any duplicate or miss, 2 on bad arguments or a failure to run. All traffic stays on loopback;
-//! every wait is bounded.
+//! claim and its handler): reported as `lost_in_flight`, not as missed. `max_delay_ms` is the
+//! longest time from a fire's scheduled instant to its handler's start. The exit status is 1 on
+//! any duplicate, miss or unexpected fire (and, with `--cluster`, when no leader or no follower
+//! was killed), 2 on bad arguments or a failure to run. All traffic stays on loopback; every
+//! wait is bounded.
 //!
 //! ```text
-//! chaos --backend redis|etcd|zk|postgres [--seconds 30] [--nodes 3] [--tasks 20] [--address <registry>]
-//!       [--own-server] [--seed <n>] [--work-dir <dir>] [--keep]
+//! chaos --backend redis|etcd|zk|postgres [--seconds 30|2m] [--nodes 3] [--tasks 20]
+//!       [--address <registry>] [--own-server | --cluster [--member-kill-every 12s]
+//!       [--member-down 4s]] [--seed <n>] [--work-dir <dir>] [--keep]
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,7 +40,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use clap::{CommandFactory, Parser};
 use dcron_chaos::backend::Backend;
+use dcron_chaos::cluster::{Cluster, Role};
 use dcron_chaos::ledger::{analyze, read_ledgers, Kill};
 use dcron_chaos::proxy::Proxy;
 use dcron_chaos::task_names;
@@ -49,58 +58,102 @@ const SETTLE: Duration = Duration::from_secs(20);
 /// Fires closer than this to the stop are not expected.
 const TAIL_MS: i64 = 8_000;
 
+/// A multi-process chaos run of dcron against a real registry; exits 0 only when every fire ran
+/// exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "chaos", version)]
 struct Args {
+    /// The registry: redis, etcd, zk (zookeeper) or postgres (postgresql).
+    #[arg(long)]
     backend: Backend,
-    seconds: u64,
-    nodes: usize,
-    tasks: usize,
+    /// How long faults are injected: seconds (`120`) or a duration (`2m`, `90s`), 5 s to 7 days.
+    #[arg(long = "seconds", value_name = "DURATION", default_value = "30", value_parser = chaos_span)]
+    span: Duration,
+    /// How many node processes run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=16))]
+    nodes: u16,
+    /// How many tasks (each fires every second).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=200))]
+    tasks: u16,
+    /// The registry address (else the backend's `DCRON_TEST_*` variable); etcd and ZooKeeper
+    /// take a comma-separated list of members.
+    #[arg(long, conflicts_with_all = ["own_server", "cluster"])]
     address: Option<String>,
+    /// Run a private server and kill and restart it during the run (redis and postgres).
+    #[arg(long, conflicts_with = "cluster")]
     own_server: bool,
-    seed: u64,
+    /// Run a private 3-member cluster on loopback and kill and restart its leader and a
+    /// follower during the run (etcd and zk).
+    #[arg(long)]
+    cluster: bool,
+    /// With --cluster: the time from one member kill to the next (`12s`, `1m`).
+    #[arg(long, value_name = "DURATION", default_value = "12s", value_parser = member_duration)]
+    member_kill_every: Duration,
+    /// With --cluster: about how long a killed member stays down before its restart (each
+    /// time between half and one and a half times this).
+    #[arg(long, value_name = "DURATION", default_value = "4s", value_parser = member_duration)]
+    member_down: Duration,
+    /// The seed of the fault schedule (default: the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where ledgers and logs go (default: a fresh directory under the temp dir, removed after
+    /// a clean run).
+    #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Keep the work directory after a clean run.
+    #[arg(long)]
     keep: bool,
 }
 
-fn parse() -> Result<Args> {
-    let mut it = std::env::args().skip(1);
-    let mut args = Args {
-        backend: Backend::Redis,
-        seconds: 30,
-        nodes: 3,
-        tasks: 20,
-        address: None,
-        own_server: false,
-        seed: Utc::now().timestamp_millis().unsigned_abs(),
-        work_dir: None,
-        keep: false,
+impl Args {
+    fn nodes(&self) -> usize {
+        usize::from(self.nodes)
+    }
+
+    fn tasks(&self) -> usize {
+        usize::from(self.tasks)
+    }
+}
+
+/// `--seconds`: a duration of 5 s to 7 days.
+fn chaos_span(text: &str) -> Result<Duration> {
+    let d = dcron_chaos::parse_duration(text)?;
+    if (Duration::from_secs(5)..=Duration::from_secs(7 * 86_400)).contains(&d) {
+        Ok(d)
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "`{text}` is out of range: from 5 s to 7 days"
+        )))
+    }
+}
+
+/// `--member-*`: a duration of 1 s to 1 hour.
+fn member_duration(text: &str) -> Result<Duration> {
+    let d = dcron_chaos::parse_duration(text)?;
+    if (Duration::from_secs(1)..=Duration::from_secs(3_600)).contains(&d) {
+        Ok(d)
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "`{text}` is out of range: from 1 s to 1 hour"
+        )))
+    }
+}
+
+/// The arguments, or the process exits with status 2 and clap's message.
+fn parse() -> Args {
+    let args = Args::parse();
+    let conflict = |msg: &str| {
+        Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, msg)
+            .exit()
     };
-    let mut backend = None;
-    let (need, num) = (dcron_chaos::flag_value, dcron_chaos::flag_number);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--backend" => backend = Some(need(&a, it.next())?.parse::<Backend>()?),
-            "--seconds" => args.seconds = num(&a, it.next())?.clamp(5, 7 * 86_400),
-            "--nodes" => args.nodes = num(&a, it.next())?.clamp(2, 16) as usize,
-            "--tasks" => args.tasks = num(&a, it.next())?.clamp(1, 200) as usize,
-            "--address" => args.address = Some(need(&a, it.next())?),
-            "--own-server" => args.own_server = true,
-            "--seed" => args.seed = num(&a, it.next())?,
-            "--work-dir" => args.work_dir = Some(PathBuf::from(need(&a, it.next())?)),
-            "--keep" => args.keep = true,
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown argument `{other}`"
-                )))
-            }
-        }
-    }
-    args.backend = backend.ok_or_else(|| Error::InvalidArgument("--backend is required".into()))?;
     if args.own_server && !matches!(args.backend, Backend::Redis | Backend::Postgres) {
-        return Err(Error::InvalidArgument(
-            "--own-server is supported for redis and postgres only".into(),
-        ));
+        conflict("--own-server is supported for redis and postgres only");
     }
-    Ok(args)
+    if args.cluster && !matches!(args.backend, Backend::Etcd | Backend::Zk) {
+        conflict("--cluster is supported for etcd and zk only");
+    }
+    args
 }
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -378,9 +431,10 @@ struct Run {
     exe: PathBuf,
     dir: PathBuf,
     namespace: String,
-    /// The registry address the run was given (or its own server's).
+    /// The registry address the run was given (or its own server's or cluster's).
     original: String,
-    proxies: Vec<Proxy>,
+    /// By node slot: one proxy per registry server (per member of a cluster).
+    proxies: Vec<Vec<Proxy>>,
     incarnations: Vec<u32>,
     kills: Vec<Kill>,
 }
@@ -403,17 +457,21 @@ impl Run {
             .append(true)
             .open(self.dir.join(format!("n{slot}.log")))
             .map_err(io("node log"))?;
-        let address = self
-            .args
-            .backend
-            .address(&self.proxies[slot].addr().to_string(), &self.original);
+        let through: Vec<String> = self.proxies[slot]
+            .iter()
+            .map(|p| p.addr().to_string())
+            .collect();
+        let address = self.args.backend.addresses(&through, &self.original);
         let child = Command::new(&self.exe)
             .args(["--backend", &self.args.backend.to_string()])
             .args(["--address", &address, "--namespace", &self.namespace])
             .arg("--ledger")
             .arg(self.ledger(slot))
             .args(["--name", &label, "--tasks", &self.args.tasks.to_string()])
-            .args(["--max-seconds", &(self.args.seconds + 300).to_string()])
+            .args([
+                "--max-seconds",
+                &(self.args.span.as_secs() + 300).to_string(),
+            ])
             .stdout(Stdio::from(log.try_clone().map_err(io("node log"))?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
@@ -421,6 +479,121 @@ impl Run {
             .map_err(io("cannot start chaos-node"))?;
         Ok(NodeProc { slot, label, child })
     }
+}
+
+/// The member faults of a `--cluster` run: one member down at a time (a majority always
+/// runs), the leader and a follower in turn, each killed only when every member runs and the
+/// cluster has a leader.
+struct MemberFaults {
+    cluster: Cluster,
+    every: Duration,
+    down: Duration,
+    next_kill: Instant,
+    leader_next: bool,
+    /// The member that is down and when it is restarted.
+    down_member: Option<(Instant, usize)>,
+    kills: u64,
+    leader_kills: u64,
+    postponed: bool,
+}
+
+impl MemberFaults {
+    fn new(cluster: Cluster, args: &Args) -> MemberFaults {
+        MemberFaults {
+            cluster,
+            every: args.member_kill_every,
+            down: args.member_down,
+            // The first kill comes early, so that even a short run kills a leader.
+            next_kill: Instant::now() + args.member_kill_every.min(Duration::from_secs(4)),
+            leader_next: true,
+            down_member: None,
+            kills: 0,
+            leader_kills: 0,
+            postponed: false,
+        }
+    }
+
+    /// Restarts the down member when due, else kills the next one when due.
+    async fn step(&mut self, rng: &mut SimRng, from_ms: i64) -> Result<()> {
+        let now = Instant::now();
+        if let Some((at, i)) = self.down_member {
+            if at <= now {
+                self.cluster.spawn(i)?;
+                self.down_member = None;
+                println!("chaos: t={:>5.1}s restart member m{i}", secs(from_ms));
+            }
+            return Ok(());
+        }
+        if now < self.next_kill {
+            return Ok(());
+        }
+        let roles = self.cluster.roles().await;
+        let leaders: Vec<usize> = (0..roles.len())
+            .filter(|i| roles[*i] == Some(Role::Leader))
+            .collect();
+        let followers: Vec<usize> = (0..roles.len())
+            .filter(|i| roles[*i] == Some(Role::Follower))
+            .collect();
+        if leaders.len() != 1 || leaders.len() + followers.len() != self.cluster.len() {
+            if !self.postponed {
+                println!(
+                    "chaos: t={:>5.1}s member kill postponed: the cluster is not whole yet ({})",
+                    secs(from_ms),
+                    roles_text(&roles)
+                );
+                self.postponed = true;
+            }
+            return Ok(());
+        }
+        self.postponed = false;
+        let (victim, role) = if self.leader_next {
+            (leaders[0], Role::Leader)
+        } else {
+            (followers[rng.index(followers.len())], Role::Follower)
+        };
+        self.cluster.kill(victim).await;
+        self.kills += 1;
+        if role == Role::Leader {
+            self.leader_kills += 1;
+        }
+        self.leader_next = !self.leader_next;
+        let down_ms = ms(self.down);
+        let down_ms = rng.range(down_ms / 2, down_ms + down_ms / 2);
+        println!(
+            "chaos: t={:>5.1}s kill -9 member m{victim} ({role}), down for {down_ms} ms",
+            secs(from_ms)
+        );
+        self.down_member = Some((Instant::now() + Duration::from_millis(down_ms), victim));
+        self.next_kill = now + self.every;
+        Ok(())
+    }
+
+    /// Restarts a down member and waits until the cluster is whole again.
+    async fn heal(&mut self) -> Result<()> {
+        if let Some((_, i)) = self.down_member.take() {
+            self.cluster.spawn(i)?;
+        }
+        self.cluster
+            .wait_formed(Instant::now() + Duration::from_secs(90))
+            .await
+    }
+}
+
+fn roles_text(roles: &[Option<Role>]) -> String {
+    roles
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match r {
+            Some(r) => format!("m{i}={r}"),
+            None => format!("m{i}=down"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whole milliseconds of a (small) duration.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn terminate(mut p: NodeProc) {
@@ -461,9 +634,16 @@ async fn chaos(args: Args) -> Result<bool> {
     } else {
         None
     };
-    let original = match &own {
-        Some(o) => o.address(),
-        None => match &args.address {
+    let mut members = if args.cluster {
+        let cluster = Cluster::start(args.backend, &dir).await?;
+        Some(MemberFaults::new(cluster, &args))
+    } else {
+        None
+    };
+    let original = match (&own, &members) {
+        (Some(o), _) => o.address(),
+        (None, Some(m)) => args.backend.addresses(&m.cluster.endpoints(), ""),
+        (None, None) => match &args.address {
             Some(a) => a.clone(),
             None => std::env::var(args.backend.env()).map_err(|_| {
                 Error::InvalidArgument(format!(
@@ -474,21 +654,29 @@ async fn chaos(args: Args) -> Result<bool> {
             })?,
         },
     };
-    let upstream = args.backend.host_port(&original)?;
+    let upstreams = args.backend.host_ports(&original)?;
     let mut proxies = Vec::new();
-    for _ in 0..args.nodes {
-        proxies.push(Proxy::start(upstream.clone()).await.map_err(io("proxy"))?);
+    for _ in 0..args.nodes() {
+        let mut own_proxies = Vec::new();
+        for upstream in &upstreams {
+            own_proxies.push(Proxy::start(upstream.clone()).await.map_err(io("proxy"))?);
+        }
+        proxies.push(own_proxies);
     }
     let namespace = format!("chaos-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let seed = args
+        .seed
+        .unwrap_or_else(|| Utc::now().timestamp_millis().unsigned_abs());
     println!(
-        "chaos: backend={} upstream={upstream} namespace={namespace} seed={} work_dir={}",
+        "chaos: backend={} upstream={} namespace={namespace} seed={seed} work_dir={}",
         args.backend,
-        args.seed,
+        upstreams.join(","),
         dir.display()
     );
-    let mut rng = SimRng::new(args.seed);
+    let mut rng = SimRng::new(seed);
+    let direct = args.backend.addresses(&upstreams, &original);
     let mut run = Run {
-        incarnations: vec![0; args.nodes],
+        incarnations: vec![0; args.nodes()],
         args,
         exe,
         dir: dir.clone(),
@@ -498,7 +686,7 @@ async fn chaos(args: Args) -> Result<bool> {
         kills: Vec::new(),
     };
     let mut alive: Vec<Option<NodeProc>> = Vec::new();
-    for slot in 0..run.args.nodes {
+    for slot in 0..run.args.nodes() {
         alive.push(Some(run.spawn_node(slot)?));
     }
     sleep(WARMUP).await;
@@ -510,10 +698,10 @@ async fn chaos(args: Args) -> Result<bool> {
     let collector = {
         let seen = seen_claims.clone();
         let backend = run.args.backend;
-        let direct = backend.address(&upstream, &original);
+        let direct = direct.clone();
         let namespace = run.namespace.clone();
-        let tasks = task_names(run.args.tasks);
-        let rounds = run.args.seconds / 10 + 60;
+        let tasks = task_names(run.args.tasks());
+        let rounds = run.args.span.as_secs() / 10 + 60;
         tokio::spawn(async move {
             let mut client = None;
             for _ in 0..rounds {
@@ -545,9 +733,9 @@ async fn chaos(args: Args) -> Result<bool> {
             }
         })
     };
-    let chaos_end = Instant::now() + Duration::from_secs(run.args.seconds);
+    let chaos_end = Instant::now() + run.args.span;
     let (mut partitions, mut restarts) = (0u64, 0u64);
-    let max_events = run.args.seconds; // at most one event per second of chaos
+    let max_events = run.args.span.as_secs(); // at most one event per second of chaos
     let mut events = 0u64;
     let mut pending_restarts: Vec<(Instant, usize)> = Vec::new();
     let mut partition_until: Option<(Instant, usize)> = None;
@@ -569,12 +757,15 @@ async fn chaos(args: Args) -> Result<bool> {
         }
         if let Some((until, slot)) = partition_until {
             if until <= now {
-                run.proxies[slot].restore();
+                run.proxies[slot].iter().for_each(Proxy::restore);
                 partition_until = None;
             }
         }
         if now >= chaos_end {
             break;
+        }
+        if let Some(m) = members.as_mut() {
+            m.step(&mut rng, from_ms).await?;
         }
         let up: Vec<usize> = (0..alive.len()).filter(|i| alive[*i].is_some()).collect();
         match rng.range(0, 9) {
@@ -600,7 +791,7 @@ async fn chaos(args: Args) -> Result<bool> {
             5..=7 if partition_until.is_none() && !up.is_empty() => {
                 let slot = up[rng.index(up.len())];
                 let ms = rng.range(2_000, 8_000);
-                run.proxies[slot].cut();
+                run.proxies[slot].iter().for_each(Proxy::cut);
                 partitions += 1;
                 println!(
                     "chaos: t={:>5.1}s partition n{slot} for {ms} ms",
@@ -626,9 +817,12 @@ async fn chaos(args: Args) -> Result<bool> {
             _ => {}
         }
     }
-    // Heal: restore the network, bring every node back, let the cluster settle.
-    for p in &run.proxies {
+    // Heal: restore the network and the cluster, bring every node back, let the cluster settle.
+    for p in run.proxies.iter().flatten() {
         p.restore();
+    }
+    if let Some(m) = members.as_mut() {
+        m.heal().await?;
     }
     for (_, slot) in std::mem::take(&mut pending_restarts) {
         if alive[slot].is_none() {
@@ -640,10 +834,9 @@ async fn chaos(args: Args) -> Result<bool> {
     for p in alive.into_iter().flatten() {
         terminate(p).await;
     }
-    let ledgers: Vec<PathBuf> = (0..run.args.nodes).map(|s| run.ledger(s)).collect();
+    let ledgers: Vec<PathBuf> = (0..run.args.nodes()).map(|s| run.ledger(s)).collect();
     let (entries, bad_lines) = read_ledgers(&ledgers)?;
-    let tasks = task_names(run.args.tasks);
-    let direct = run.args.backend.address(&upstream, &run.original);
+    let tasks = task_names(run.args.tasks());
     let registry = run.args.backend.connect(&direct, &run.namespace).await?;
     // Each task's live-since, as the registry recorded it (the first registration by a node).
     let asked: Vec<(String, chrono::DateTime<Utc>)> =
@@ -688,6 +881,13 @@ async fn chaos(args: Args) -> Result<bool> {
     if let Some(o) = own.as_mut() {
         o.kill().await;
     }
+    let (member_kills, leader_kills) = match members.as_mut() {
+        Some(m) => {
+            m.cluster.stop().await;
+            (m.kills, m.leader_kills)
+        }
+        None => (0, 0),
+    };
     for (t, i) in a.duplicates.iter().take(20) {
         println!("DUPLICATE {t} @ {i}");
     }
@@ -700,25 +900,41 @@ async fn chaos(args: Args) -> Result<bool> {
     for (t, i, why) in a.unexpected.iter().take(20) {
         println!("UNEXPECTED {t} @ {i}: {why}");
     }
+    // A cluster run that never killed a leader or a follower did not test what it claims to.
+    let members_faulted = !run.args.cluster || (leader_kills > 0 && member_kills > leader_kills);
+    if !members_faulted {
+        println!(
+            "FAILED: the run killed {leader_kills} leader(s) and {} follower(s); give it more --seconds",
+            member_kills - leader_kills
+        );
+    }
+    let max_delay_fire = a
+        .max_delay_fire
+        .as_ref()
+        .map_or_else(|| "none".to_string(), |(t, i)| format!("{t}@{i}"));
     println!(
-        "figures expected={} lost_in_flight={} unreadable_lines={bad_lines} window_ms={}",
+        "figures expected={} lost_in_flight={} unreadable_lines={bad_lines} window_ms={} max_delay_fire={max_delay_fire}",
         a.expected,
         lost.len(),
         to_ms - from_ms
     );
     println!(
-        "summary backend={} seconds={} nodes={} kills={} partitions={partitions} registry_restarts={restarts} fires={} duplicates={} missed={} unexpected={} max_failover_ms={}",
+        "summary backend={} seconds={} nodes={} kills={} partitions={partitions} registry_restarts={restarts} member_kills={member_kills} leader_kills={leader_kills} fires={} duplicates={} missed={} unexpected={} max_failover_ms={} max_delay_ms={}",
         run.args.backend,
-        run.args.seconds,
+        run.args.span.as_secs(),
         run.args.nodes,
         run.kills.len(),
         a.fires,
         a.duplicates.len(),
         still_missed.len(),
         a.unexpected.len(),
-        a.max_failover_ms
+        a.max_failover_ms,
+        a.max_delay_ms
     );
-    let clean = a.duplicates.is_empty() && still_missed.is_empty() && a.unexpected.is_empty();
+    let clean = a.duplicates.is_empty()
+        && still_missed.is_empty()
+        && a.unexpected.is_empty()
+        && members_faulted;
     if !run.args.keep && clean && run.args.work_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -731,15 +947,14 @@ fn secs(from_ms: i64) -> f64 {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("chaos: {e}");
-            return ExitCode::from(2);
-        }
+    let args = parse();
+    // A hard deadline over the whole run: cluster start, chaos, heal, settle, stops, analysis.
+    let cluster_time = if args.cluster {
+        Duration::from_secs(180)
+    } else {
+        Duration::ZERO
     };
-    // A hard deadline over the whole run: chaos, settle, stops, analysis.
-    let deadline = Duration::from_secs(args.seconds) + WARMUP + SETTLE + Duration::from_secs(180);
+    let deadline = args.span + WARMUP + SETTLE + Duration::from_secs(180) + cluster_time;
     match tokio::time::timeout(deadline, chaos(args)).await {
         Ok(Ok(true)) => ExitCode::SUCCESS,
         Ok(Ok(false)) => ExitCode::FAILURE,
@@ -750,6 +965,64 @@ async fn main() -> ExitCode {
         Err(_) => {
             eprintln!("chaos: the run overran its deadline of {deadline:?}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_scripts_test_passes_parse() {
+        let a = Args::try_parse_from(["chaos", "--backend", "zk", "--seconds", "30"]);
+        let a = a.map_err(|e| e.to_string());
+        assert_eq!(a.as_ref().map(|a| a.span), Ok(Duration::from_secs(30)));
+        let a = Args::try_parse_from([
+            "chaos",
+            "--backend",
+            "redis",
+            "--own-server",
+            "--seconds",
+            "30",
+        ]);
+        assert!(a.is_ok_and(|a| a.own_server && a.backend == Backend::Redis));
+        let a = Args::try_parse_from([
+            "chaos",
+            "--backend",
+            "etcd",
+            "--cluster",
+            "--seconds",
+            "2m",
+            "--member-down",
+            "1500ms",
+        ]);
+        let a = a.map_err(|e| e.to_string());
+        assert_eq!(
+            a.as_ref().map(|a| (a.cluster, a.span, a.member_down)),
+            Ok((true, Duration::from_secs(120), Duration::from_millis(1500)))
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        for bad in [
+            &["chaos", "--seconds", "30"][..],
+            &["chaos", "--backend", "mongo"],
+            &["chaos", "--backend", "redis", "--seconds", "soon"],
+            &["chaos", "--backend", "redis", "--seconds", "1"],
+            &["chaos", "--backend", "redis", "--nodes", "1"],
+            &["chaos", "--backend", "etcd", "--cluster", "--own-server"],
+            &[
+                "chaos",
+                "--backend",
+                "etcd",
+                "--cluster",
+                "--member-down",
+                "0s",
+            ],
+        ] {
+            assert!(Args::try_parse_from(bad).is_err(), "{bad:?} was accepted");
         }
     }
 }

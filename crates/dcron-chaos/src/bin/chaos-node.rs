@@ -3,66 +3,79 @@
 //! gracefully on SIGTERM or SIGINT, and by itself after `--max-seconds`.
 //!
 //! ```text
-//! chaos-node --backend redis|etcd|zk --address <registry> --namespace <ns> --ledger <file>
-//!            --name <process name> [--tasks 20] [--ttl-ms <ms>] [--max-seconds 3600]
+//! chaos-node --backend redis|etcd|zk|postgres --address <registry> --namespace <ns>
+//!            --ledger <file> --name <process name> [--tasks 20] [--ttl 3s]
+//!            [--max-seconds 3600|1h]
 //! ```
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use clap::Parser;
 use dcron_chaos::backend::Backend;
 use dcron_chaos::ledger::Entry;
-use dcron_chaos::{task_names, EVERY_SECOND};
+use dcron_chaos::{parse_duration, task_names, EVERY_SECOND};
 use dcron_core::{Dcron, Error, MisfirePolicy, Result};
 
+/// One dcron node of a chaos run: runs the chaos tasks and appends every execution to a ledger.
+#[derive(Debug, Parser)]
+#[command(name = "chaos-node", version)]
 struct Args {
+    /// The registry: redis, etcd, zk (zookeeper) or postgres (postgresql).
+    #[arg(long)]
     backend: Backend,
+    /// The registry address (etcd and ZooKeeper: a comma-separated list of members).
+    #[arg(long)]
     address: String,
+    /// The namespace every node of the run shares.
+    #[arg(long)]
     namespace: String,
-    ledger: String,
+    /// The ledger file executions are appended to.
+    #[arg(long)]
+    ledger: PathBuf,
+    /// The process name (`n1`, `n1.2`), written in the ledger.
+    #[arg(long)]
     name: String,
-    tasks: usize,
+    /// How many tasks (each fires every second).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    tasks: u16,
+    /// The node lease TTL (default: the backend's chaos TTL), at least 1 s.
+    #[arg(long, value_name = "DURATION", value_parser = ttl, conflicts_with = "ttl_ms")]
     ttl: Option<Duration>,
-    max_seconds: u64,
+    /// The node lease TTL in milliseconds (the older spelling of --ttl).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1000..))]
+    ttl_ms: Option<u64>,
+    /// Stop by itself after this long: seconds (`3600`) or a duration (`1h`), at most a day.
+    #[arg(long, value_name = "DURATION", default_value = "3600", value_parser = max_run)]
+    max_seconds: Duration,
 }
 
-fn parse() -> Result<Args> {
-    let mut it = std::env::args().skip(1);
-    let (mut backend, mut address, mut namespace, mut ledger, mut name) =
-        (None, None, None, None, None);
-    let (mut tasks, mut ttl, mut max_seconds) = (20usize, None, 3600u64);
-    let (need, num) = (dcron_chaos::flag_value, dcron_chaos::flag_number);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--backend" => backend = Some(need(&a, it.next())?.parse::<Backend>()?),
-            "--address" => address = Some(need(&a, it.next())?),
-            "--namespace" => namespace = Some(need(&a, it.next())?),
-            "--ledger" => ledger = Some(need(&a, it.next())?),
-            "--name" => name = Some(need(&a, it.next())?),
-            "--tasks" => tasks = num(&a, it.next())?.clamp(1, 1000) as usize,
-            "--ttl-ms" => ttl = Some(Duration::from_millis(num(&a, it.next())?.max(1000))),
-            "--max-seconds" => max_seconds = num(&a, it.next())?.clamp(1, 86_400),
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown argument `{other}`"
-                )))
-            }
-        }
+/// `--ttl`: a duration of at least 1 s.
+fn ttl(text: &str) -> Result<Duration> {
+    let d = parse_duration(text)?;
+    if d >= Duration::from_secs(1) {
+        Ok(d)
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "`{text}` is too short: a TTL is at least 1 s"
+        )))
     }
-    let missing = |f: &str| Error::InvalidArgument(format!("{f} is required"));
-    Ok(Args {
-        backend: backend.ok_or_else(|| missing("--backend"))?,
-        address: address.ok_or_else(|| missing("--address"))?,
-        namespace: namespace.ok_or_else(|| missing("--namespace"))?,
-        ledger: ledger.ok_or_else(|| missing("--ledger"))?,
-        name: name.ok_or_else(|| missing("--name"))?,
-        tasks,
-        ttl,
-        max_seconds,
-    })
+}
+
+/// `--max-seconds`: a duration of 1 s to 1 day.
+fn max_run(text: &str) -> Result<Duration> {
+    let d = parse_duration(text)?;
+    if (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&d) {
+        Ok(d)
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "`{text}` is out of range: from 1 s to 1 day"
+        )))
+    }
 }
 
 fn append(file: &Mutex<File>, entry: &Entry) {
@@ -79,7 +92,7 @@ async fn run(args: Args) -> Result<()> {
         .create(true)
         .append(true)
         .open(&args.ledger)
-        .map_err(|e| Error::InvalidArgument(format!("ledger {}: {e}", args.ledger)))?;
+        .map_err(|e| Error::InvalidArgument(format!("ledger {}: {e}", args.ledger.display())))?;
     let file = Arc::new(Mutex::new(file));
     // The registry may be restarting or cut off: try for up to 60 s.
     let mut registry = None;
@@ -99,14 +112,18 @@ async fn run(args: Args) -> Result<()> {
     let registry = registry.ok_or_else(|| Error::unavailable("registry unreachable for 60 s"))?;
     let node = Dcron::builder(registry)
         .node_name(args.name.clone())
-        .ttl(args.ttl.unwrap_or_else(|| args.backend.ttl()))
+        .ttl(
+            args.ttl
+                .or(args.ttl_ms.map(Duration::from_millis))
+                .unwrap_or_else(|| args.backend.ttl()),
+        )
         .poll_interval(Duration::from_secs(1))
         .misfire_policy(MisfirePolicy::FireAll { max: 120 })
         .misfire_window(Duration::from_secs(30))
         .max_clock_skew(Duration::from_secs(1))
         .grace_period(Duration::from_secs(3))
         .build()?;
-    for task in task_names(args.tasks) {
+    for task in task_names(usize::from(args.tasks)) {
         let file = file.clone();
         let name = args.name.clone();
         node.add_func(&task, EVERY_SECOND, move |ctx| {
@@ -130,7 +147,7 @@ async fn run(args: Args) -> Result<()> {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-        _ = tokio::time::sleep(Duration::from_secs(args.max_seconds)) => {}
+        _ = tokio::time::sleep(args.max_seconds) => {}
     }
     match tokio::time::timeout(Duration::from_secs(15), node.stop()).await {
         Ok(r) => r,
@@ -140,13 +157,8 @@ async fn run(args: Args) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("chaos-node: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    // Bad arguments: clap prints why and exits with status 2.
+    let args = Args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
