@@ -15,7 +15,7 @@
 //! Ownership changes are applied as a diff; a task gained is caught up over its misfire window.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -33,8 +33,9 @@ use crate::engine::backoff::register_backoff;
 use crate::engine::claims::{self, window_of, ClaimTiming, Due, Verdict, MAX_BATCH};
 use crate::engine::control::{self, Pauses, Trigger, TriggerSeen};
 use crate::engine::ownership::{self, Placed};
-use crate::engine::plan::{self, CatchUp, Fires};
+use crate::engine::plan::{self, CatchUp};
 use crate::engine::status::StatusLocal;
+use crate::engine::tasks::{Entry, Gain, Tasks};
 use crate::engine::timers::{self, Timers};
 use crate::error::{Error, Result};
 use crate::event::DcronEvent;
@@ -131,42 +132,6 @@ pub(crate) enum Internal {
     Superseded(String),
 }
 
-struct Entry {
-    /// The name, shared with the heap and the API view (one allocation per task).
-    name: Arc<str>,
-    meta: Arc<TaskMeta>,
-    schedule: Schedule,
-    /// Static handler; dynamic tasks use the node's `task_run_fn`.
-    task: Option<Arc<dyn Task>>,
-    is_static: bool,
-    owned: bool,
-    /// Bumped whenever heap entries for this task must be ignored.
-    generation: u64,
-    /// The task's current life in the registry, once known (nothing is scheduled before).
-    life: Option<Life>,
-    /// An `ensure_lives` call for this task is in flight.
-    life_pending: bool,
-    /// Bumped whenever the task is deleted, paused, changed or starts a new life: a fire
-    /// claimed ahead of its instant compares it before it starts, and does not start when it
-    /// moved (the claim stays, so no other node runs that fire either).
-    stamp: Arc<AtomicU64>,
-    /// Cancelled when the node stops owning the task (retries in flight stop). Created only
-    /// for tasks that retry: the others never wait on it.
-    owner: Option<CancellationToken>,
-}
-
-impl Entry {
-    /// The task's fires in its current life (`None` until the life is known).
-    fn fires(&self) -> Option<Fires<'_>> {
-        Some(Fires {
-            schedule: &self.schedule,
-            life: self.life?,
-            one_shot: self.meta.one_shot,
-            run_if_past: self.meta.run_if_past,
-        })
-    }
-}
-
 /// One fire on its way to the registry.
 #[derive(Clone)]
 struct PendingFire {
@@ -219,10 +184,11 @@ pub(crate) struct Driver {
     nodes: HashMap<String, Node>,
     members: Vec<Member>,
     placement: Option<Box<dyn Placement>>,
-    tasks: HashMap<Arc<str>, Entry>,
-    tombstones: HashSet<String>,
+    tasks: Tasks,
+    /// Per owned task that retries: cancelled when the node stops owning it (retries in flight
+    /// stop). The others never wait on one.
+    owners: HashMap<Arc<str>, CancellationToken>,
     heap: Timers,
-    next_generation: u64,
 
     node_watch: Option<WatchStream<NodeEvent>>,
     task_watch: Option<WatchStream<TaskMetaEvent>>,
@@ -327,10 +293,9 @@ impl Driver {
             nodes: HashMap::new(),
             members: Vec::new(),
             placement: None,
-            tasks: HashMap::new(),
-            tombstones: HashSet::new(),
+            tasks: Tasks::default(),
+            owners: HashMap::new(),
             heap: Timers::default(),
-            next_generation: 1,
             node_watch: None,
             task_watch: None,
             watch_retry_pending: false,
@@ -630,7 +595,7 @@ impl Driver {
             Command::PauseChanged(record) => self.apply_pause(record),
             Command::LifeStarted(name, life) => {
                 if self.set_life(&name, life) {
-                    let key: Option<Arc<str>> = self.tasks.get(&*name).map(|e| e.name.clone());
+                    let key: Option<Arc<str>> = self.tasks.get(&name).map(|e| e.name.clone());
                     self.plan_gained(key.into_iter().collect());
                 }
             }
@@ -775,15 +740,7 @@ impl Driver {
             Internal::Lives(names, r) => self.lives_read(names, r),
             Internal::RetryLives => {
                 self.lives_retry_pending = false;
-                let unknown: Vec<Arc<str>> = self
-                    .tasks
-                    .values_mut()
-                    .filter(|e| e.owned && e.life.is_none() && !e.life_pending)
-                    .map(|e| {
-                        e.life_pending = true;
-                        e.name.clone()
-                    })
-                    .collect();
+                let unknown = self.tasks.take_unread_lives();
                 self.ensure_lives(unknown);
             }
             Internal::Superseded(name) => {
@@ -968,9 +925,14 @@ impl Driver {
         self.report_corrupt(&tasks.corrupt);
         self.report_corrupt(&tombstones.corrupt);
         let new_tombs: HashSet<String> = tombstones.items.into_iter().map(|t| t.name).collect();
-        let cleared: Vec<String> = self.tombstones.difference(&new_tombs).cloned().collect();
+        let cleared: Vec<String> = self
+            .tasks
+            .tombstones()
+            .difference(&new_tombs)
+            .cloned()
+            .collect();
         for name in new_tombs
-            .difference(&self.tombstones)
+            .difference(self.tasks.tombstones())
             .cloned()
             .collect::<Vec<_>>()
         {
@@ -982,9 +944,9 @@ impl Driver {
         let listed: HashSet<String> = tasks.items.iter().map(|m| m.name.clone()).collect();
         let gone: Vec<Arc<str>> = self
             .tasks
-            .iter()
-            .filter(|(name, e)| !e.is_static && !listed.contains(&***name))
-            .map(|(name, _)| name.clone())
+            .values()
+            .filter(|e| !e.is_static && !listed.contains(&*e.name))
+            .map(|e| e.name.clone())
             .collect();
         for name in gone {
             self.remove_dynamic(&name);
@@ -997,7 +959,7 @@ impl Driver {
     // ----- task set -----
 
     fn upsert_dynamic(&mut self, meta: Arc<TaskMeta>) {
-        if let Some(existing) = self.tasks.get(&*meta.name) {
+        if let Some(existing) = self.tasks.get(&meta.name) {
             if existing.is_static {
                 tracing::warn!(task = %meta.name, "dynamic task has the name of a static task on this node; the static task wins here");
                 return;
@@ -1042,67 +1004,28 @@ impl Driver {
         task: Option<Arc<dyn Task>>,
         is_static: bool,
     ) {
-        let generation = self.bump();
-        // The life carries over when the record still belongs to it: a static task registered
-        // again, or a dynamic record updated in place (same `created_at`). A force-write has a
-        // new `created_at`: its life is read again.
-        let (was_owned, owner, life, stamp) = match self.tasks.get(&*name) {
-            Some(e) => {
-                let same_life =
-                    e.is_static == is_static && (is_static || e.meta.created_at == meta.created_at);
-                // The task changed: what was claimed ahead for its previous form does not run.
-                e.stamp.fetch_add(1, Ordering::AcqRel);
-                (
-                    e.owned,
-                    e.owner.clone(),
-                    e.life.filter(|_| same_life),
-                    e.stamp.clone(),
-                )
-            }
-            None => (false, None, None, Arc::default()),
-        };
-        let new_name = !self.tasks.contains_key(&*name);
-        let key: Arc<str> = Arc::from(name.as_str());
-        self.tasks.insert(
-            key.clone(),
-            Entry {
-                name: key,
-                meta,
-                schedule,
-                task,
-                is_static,
-                owned: false,
-                generation,
-                life,
-                life_pending: false,
-                stamp,
-                owner,
-            },
-        );
-        if new_name && self.cfg.assigner.depends_on_task_list() {
+        let up = self.tasks.upsert(&name, meta, schedule, task, is_static);
+        if up.new_name && self.cfg.assigner.depends_on_task_list() {
             self.rebalance_all();
         } else {
-            self.place(&name, was_owned);
+            self.place(&name, up.was_owned);
         }
-        if was_owned {
-            if let Some(e) = self.tasks.get_mut(&*name) {
-                if !e.owned {
-                    if let Some(t) = e.owner.take() {
-                        t.cancel();
-                    }
-                }
-            }
+        if up.was_owned && !self.tasks.get(&name).is_some_and(|e| e.owned) {
+            self.disown(&name);
         }
         self.publish_view();
     }
 
+    /// Cancels the owner token of a task this node stopped owning (or forgot).
+    fn disown(&mut self, name: &str) {
+        if let Some(t) = self.owners.remove(name) {
+            t.cancel();
+        }
+    }
+
     fn remove_dynamic(&mut self, name: &str) {
-        let is_dynamic = self.tasks.get(name).is_some_and(|e| !e.is_static);
-        if is_dynamic {
-            self.invalidate(name);
-            if let Some(t) = self.tasks.remove(name).and_then(|e| e.owner) {
-                t.cancel();
-            }
+        if self.tasks.remove_dynamic(name) {
+            self.disown(name);
             if self.cfg.assigner.depends_on_task_list() {
                 self.rebalance_all();
             }
@@ -1111,39 +1034,19 @@ impl Driver {
     }
 
     fn set_tombstone(&mut self, name: String) {
-        self.invalidate(&name);
-        if let Some(e) = self.tasks.get_mut(&*name) {
-            if e.owned {
-                if let Some(t) = e.owner.take() {
-                    t.cancel();
-                }
-            }
-            e.owned = false;
-            e.generation = self.next_generation;
-            self.next_generation += 1;
+        if self.tasks.tombstone(name.clone()) {
+            self.disown(&name);
         }
-        self.tombstones.insert(name);
         self.publish_view();
     }
 
     fn clear_tombstone(&mut self, name: &str) {
-        if self.tombstones.remove(name) {
-            if let Some(entry) = self.tasks.get_mut(name) {
-                // A reuse starts a new life: read it before planning anything.
-                if entry.life.take().is_some() {
-                    self.next_generation += 1;
-                    entry.generation = self.next_generation;
-                    entry.stamp.fetch_add(1, Ordering::AcqRel);
-                }
+        if self.tasks.clear_tombstone(name) {
+            if self.tasks.get(name).is_some() {
                 self.place(name, false);
             }
             self.publish_view();
         }
-    }
-
-    fn bump(&mut self) -> u64 {
-        self.next_generation += 1;
-        self.next_generation
     }
 
     // ----- assignment -----
@@ -1170,25 +1073,19 @@ impl Driver {
     }
 
     fn rebalance_all(&mut self) {
-        let before = self.tasks.values().filter(|e| e.owned).count();
+        let before = self.tasks.owned_count();
         let sorted = self.sorted_names();
         let refs: Vec<&str> = sorted.iter().map(String::as_str).collect();
         let view = self.ownership_view(&refs);
         let ownership::Diff { gained, lost } = ownership::diff(self.tasks.values().map(|e| {
-            let should = view.owns(&e.name, self.tombstones.contains(&*e.name));
+            let should = view.owns(&e.name, self.tasks.is_tombstoned(&e.name));
             (e.name.clone(), e.owned, should)
         }));
         let lost_count = lost.len();
         for name in lost {
-            let Some(entry) = self.tasks.get_mut(&*name) else {
-                continue;
-            };
-            entry.owned = false;
-            if let Some(t) = entry.owner.take() {
-                t.cancel();
+            if self.tasks.lose(&name) {
+                self.disown(&name);
             }
-            self.next_generation += 1;
-            entry.generation = self.next_generation;
         }
         let lost = lost_count;
         let count_gained = gained.len();
@@ -1211,8 +1108,8 @@ impl Driver {
     fn sorted_names(&self) -> Vec<String> {
         ownership::sorted_names(
             self.cfg.assigner.depends_on_task_list(),
-            self.tasks.keys(),
-            |n| self.tombstones.contains(n),
+            self.tasks.names(),
+            |n| self.tasks.is_tombstoned(n),
         )
     }
 
@@ -1232,16 +1129,14 @@ impl Driver {
         let refs: Vec<&str> = sorted.iter().map(String::as_str).collect();
         let should = self
             .ownership_view(&refs)
-            .owns(name, self.tombstones.contains(name));
+            .owns(name, self.tasks.is_tombstoned(name));
         let life_known = self.tasks.get(name).is_some_and(|e| e.life.is_some());
         match ownership::place(should, was_owned, life_known) {
             Placed::Elsewhere => {}
             Placed::Reschedule => {
                 // Schedule changed on an owned task in the same life: no catch-up, just the
                 // next occurrence.
-                if let Some(e) = self.tasks.get_mut(name) {
-                    e.owned = true;
-                }
+                self.tasks.keep(name);
                 self.schedule_next(name, self.clock.now());
             }
             Placed::Gain => {
@@ -1252,18 +1147,8 @@ impl Driver {
     }
 
     fn drop_ownership(&mut self) {
-        for e in self.tasks.values_mut() {
-            if e.owned {
-                if let Some(t) = e.owner.take() {
-                    t.cancel();
-                }
-            }
-            e.owned = false;
-        }
-        self.next_generation += 1;
-        let floor = self.next_generation;
-        for e in self.tasks.values_mut() {
-            e.generation = e.generation.max(floor);
+        for name in self.tasks.lose_all() {
+            self.disown(&name);
         }
         self.heap.clear();
         self.members.clear();
@@ -1286,15 +1171,10 @@ impl Driver {
                     *st = StatusLocal::default();
                 }
             }
-            let Some(entry) = self.tasks.get_mut(&*name) else {
-                continue;
-            };
-            entry.owned = true;
-            if entry.life.is_some() {
-                known.push(name);
-            } else if !entry.life_pending {
-                entry.life_pending = true;
-                unknown.push(name);
+            match self.tasks.gain(&name) {
+                Gain::Plan => known.push(name),
+                Gain::ReadLife => unknown.push(name),
+                Gain::Pending | Gain::Unknown => {}
             }
         }
         self.plan_gained(known);
@@ -1348,11 +1228,7 @@ impl Driver {
             }
             Err(e) => {
                 tracing::warn!(node = %self.node_id, error = %e, tasks = names.len(), "reading task lives failed; retrying");
-                for name in &names {
-                    if let Some(entry) = self.tasks.get_mut(&**name) {
-                        entry.life_pending = false;
-                    }
-                }
+                self.tasks.life_unread(&names);
                 if !self.lives_retry_pending {
                     self.lives_retry_pending = true;
                     let tx = self.internal_tx.clone();
@@ -1369,38 +1245,13 @@ impl Driver {
     /// Records a task's life; answers whether the task is owned and must be (re)planned: its
     /// life is new to this node. A changed life drops what was scheduled for the old one.
     fn set_life(&mut self, name: &str, life: Life) -> bool {
-        let Some(entry) = self.tasks.get_mut(name) else {
-            return false;
-        };
-        entry.life_pending = false;
-        if entry.life == Some(life) {
-            return false;
-        }
-        if entry.life.is_some() {
-            // Heap entries of the previous life are ignored from now on, and what was claimed
-            // ahead for it does not start.
-            self.next_generation += 1;
-            entry.generation = self.next_generation;
-            entry.stamp.fetch_add(1, Ordering::AcqRel);
-        }
-        entry.life = Some(life);
-        entry.owned
+        self.tasks.set_life(name, life)
     }
 
     /// Forgets a task's life (it changed or ended in the registry) and, when the task is owned,
     /// reads it again.
     fn life_stale(&mut self, name: &str) {
-        let Some(entry) = self.tasks.get_mut(name) else {
-            return;
-        };
-        if entry.life.take().is_some() {
-            self.next_generation += 1;
-            entry.generation = self.next_generation;
-            entry.stamp.fetch_add(1, Ordering::AcqRel);
-        }
-        if entry.owned && !entry.life_pending {
-            entry.life_pending = true;
-            let key = entry.name.clone();
+        if let Some(key) = self.tasks.life_stale(name) {
             self.ensure_lives(vec![key]);
         }
     }
@@ -1427,7 +1278,7 @@ impl Driver {
         let mut catch_up = Vec::new();
         for name in names {
             let pause = self.paused.state(&name);
-            let Some(entry) = self.tasks.get_mut(&*name) else {
+            let Some(entry) = self.tasks.get_mut(&name) else {
                 continue;
             };
             if !entry.owned {
@@ -1456,9 +1307,9 @@ impl Driver {
                         metrics::counter!("dcron_catch_up_fires_total")
                             .increment(missed.len() as u64);
                     }
-                    let owner = owner_token(entry, &self.cfg);
+                    let owner = owner_token(&mut self.owners, entry, &self.cfg);
                     let mono = self.clock.monotonic();
-                    let stamp = (entry.stamp.clone(), entry.stamp.load(Ordering::Acquire));
+                    let stamp = entry.stamp_now();
                     for instant in missed {
                         let deadline = plan::plus(instant, window);
                         catch_up.push(PendingFire {
@@ -1523,7 +1374,7 @@ impl Driver {
         let tasks = &self.tasks;
         let ms = self
             .heap
-            .earliest(|name, generation| is_live(tasks, name, generation))?;
+            .earliest(|name, generation| tasks.is_live(name, generation))?;
         // Claims go out `claim_ahead` before the instant; the handlers start at the instant.
         let target = timers::wake_at(ms, self.cfg.claim_ahead)?;
         Some(self.clock.monotonic() + until(self.clock.now(), target))
@@ -1542,12 +1393,12 @@ impl Driver {
         loop {
             let tasks = &self.tasks;
             let Some(due) = self.heap.pop_due(horizon_ms, |name, generation| {
-                is_live(tasks, name, generation)
+                tasks.is_live(name, generation)
             }) else {
                 break;
             };
             let name = due.name.clone();
-            let Some(entry) = self.tasks.get_mut(&*name) else {
+            let Some(entry) = self.tasks.get_mut(&name) else {
                 continue;
             };
             let Some(life) = entry.life else {
@@ -1559,8 +1410,8 @@ impl Driver {
             let window = window_of(&entry.meta, self.cfg.misfire_window);
             let task = entry.task.clone().or_else(|| self.cfg.task_run_fn.clone());
             let meta = entry.meta.clone();
-            let owner = owner_token(entry, &self.cfg);
-            let stamp = (entry.stamp.clone(), entry.stamp.load(Ordering::Acquire));
+            let owner = owner_token(&mut self.owners, entry, &self.cfg);
+            let stamp = entry.stamp_now();
             reschedule.push((name.clone(), instant));
             let paused = self.paused.is_paused(&name);
             let deadline = match claims::judge_due(now, instant, window, paused, task.is_some()) {
@@ -1798,9 +1649,7 @@ impl Driver {
 
     /// Moves a task's stamp: fires claimed ahead of their instant for it do not start.
     fn invalidate(&self, name: &str) {
-        if let Some(e) = self.tasks.get(name) {
-            e.stamp.fetch_add(1, Ordering::AcqRel);
-        }
+        self.tasks.invalidate(name);
     }
 
     /// Consumes the trigger requests of owned tasks (one atomic delete each: only the node
@@ -1812,8 +1661,8 @@ impl Driver {
             if self.triggers_inflight.contains(&key) {
                 continue;
             }
-            let tombstoned = self.tombstones.contains(&t.task);
-            let entry = self.tasks.get(&*t.task);
+            let tombstoned = self.tasks.is_tombstoned(&t.task);
+            let entry = self.tasks.get(&t.task);
             let seen = TriggerSeen {
                 tombstoned,
                 owned: entry.is_some_and(|e| e.owned),
@@ -1825,10 +1674,10 @@ impl Driver {
                 Trigger::Leave => continue,
                 Trigger::Drop(why) => Err(why),
                 Trigger::Run => {
-                    let Some(e) = self.tasks.get_mut(&*t.task) else {
+                    let Some(e) = self.tasks.get_mut(&t.task) else {
                         continue;
                     };
-                    let owner = owner_token(e, &self.cfg);
+                    let owner = owner_token(&mut self.owners, e, &self.cfg);
                     let Some(task) = e.task.clone().or_else(|| self.cfg.task_run_fn.clone()) else {
                         continue;
                     };
@@ -1881,10 +1730,10 @@ impl Driver {
         let now = self.clock.now();
         let prepared = (|| {
             let range = claims::backfill_range(&name, from, to, now)?;
-            if self.tombstones.contains(&name) {
+            if self.tasks.is_tombstoned(&name) {
                 return Err(Error::Tombstoned { name: name.clone() });
             }
-            let entry = self.tasks.get(&*name).ok_or_else(|| Error::NotFound {
+            let entry = self.tasks.get(&name).ok_or_else(|| Error::NotFound {
                 what: "task",
                 name: name.clone(),
             })?;
@@ -1904,7 +1753,7 @@ impl Driver {
             let life = fires.life.generation;
             let plan = claims::plan_backfill(&name, &fires, range, now, window)?;
             let deadline_at = self.clock.monotonic() + window;
-            let stamp = (entry.stamp.clone(), entry.stamp.load(Ordering::Acquire));
+            let stamp = entry.stamp_now();
             let fires: Vec<PendingFire> = plan
                 .instants
                 .into_iter()
@@ -2132,9 +1981,9 @@ impl Driver {
         owned.sort();
         let mut all: Vec<Arc<str>> = self
             .tasks
-            .iter()
-            .filter(|(n, _)| !self.tombstones.contains(&***n))
-            .map(|(_, e)| e.name.clone())
+            .values()
+            .filter(|e| !self.tasks.is_tombstoned(&e.name))
+            .map(|e| e.name.clone())
             .collect();
         all.sort();
         if let Ok(mut v) = self.view.write() {
@@ -2191,21 +2040,13 @@ fn report_missed(env: &FireEnv, fire: &PendingFire, why: &'static str) {
 }
 
 /// The token that tells a fire's retries the node lost the task: only tasks that retry get one.
-fn owner_token(entry: &mut Entry, cfg: &Config) -> Option<CancellationToken> {
-    (crate::fire::retry_of(&entry.meta, cfg).max_attempts > 1).then(|| {
-        entry
-            .owner
-            .get_or_insert_with(CancellationToken::new)
-            .clone()
-    })
-}
-
-/// Whether a timer entry of `name` at `generation` still counts: the task is owned and did
-/// not move since it was scheduled.
-fn is_live(tasks: &HashMap<Arc<str>, Entry>, name: &str, generation: u64) -> bool {
-    tasks
-        .get(name)
-        .is_some_and(|e| e.owned && e.generation == generation)
+fn owner_token(
+    owners: &mut HashMap<Arc<str>, CancellationToken>,
+    entry: &Entry,
+    cfg: &Config,
+) -> Option<CancellationToken> {
+    (crate::fire::retry_of(&entry.meta, cfg).max_attempts > 1)
+        .then(|| owners.entry(entry.name.clone()).or_default().clone())
 }
 
 fn state_name(state: &State) -> &'static str {

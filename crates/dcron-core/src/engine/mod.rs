@@ -12,6 +12,8 @@
 //!
 //! - [`plan`]: which instants of a task are fires (live-since, one-shot) and which of them a
 //!   node catches up when it gains a task (ownership gaps, misfire policy, pauses).
+//! - [`tasks`]: the task table: ownership flags, lives, and the generation and stamp that
+//!   make stale timers and claimed-ahead fires of a changed task harmless.
 //! - [`timers`]: the heap of owned tasks' next instants and when to wake up for them.
 //! - [`claims`]: whether a due instant is claimed, its deadline and retention, batches, what
 //!   a claim outcome means, and what a backfill claims.
@@ -29,4 +31,5 @@ pub(crate) mod launched;
 pub(crate) mod ownership;
 pub(crate) mod plan;
 pub(crate) mod status;
+pub(crate) mod tasks;
 pub(crate) mod timers;
