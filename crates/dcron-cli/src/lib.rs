@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod console;
 pub mod duration;
 pub mod error;
 pub mod ops;
