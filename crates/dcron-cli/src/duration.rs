@@ -4,49 +4,68 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-/// Parses a duration: one or more `<number><unit>` pairs with units `ms`, `s`, `m`, `h`, `d`
-/// (`1m30s`), or a bare number of seconds (`5`).
+/// A command-line duration that does not parse: the input and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DurationError {
+    /// The text given.
+    pub input: String,
+    /// Why it is not a duration.
+    pub reason: DurationErrorReason,
+}
+
+/// Why a command-line duration does not parse.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DurationErrorReason {
+    /// Nothing was given.
+    Empty,
+    /// `humantime` refused it (unknown unit, missing number, stray character, overflow).
+    Syntax(humantime::DurationError),
+}
+
+impl std::fmt::Display for DurationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reason = match &self.reason {
+            DurationErrorReason::Empty => "it is empty".to_string(),
+            DurationErrorReason::Syntax(e) => e.to_string(),
+        };
+        write!(
+            f,
+            "`{}` is not a duration: {reason} (examples: 500ms, 2s, 1m30s, 1h)",
+            self.input
+        )
+    }
+}
+
+impl std::error::Error for DurationError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.reason {
+            DurationErrorReason::Empty => None,
+            DurationErrorReason::Syntax(e) => Some(e),
+        }
+    }
+}
+
+/// Parses a duration with [`humantime`]: one or more `<number><unit>` pairs (`500ms`, `2s`,
+/// `1m30s`, `1h 5min`, `1.5s`, `1d`), or a bare number of seconds (`5`).
 ///
 /// # Errors
-/// A message naming the problem (clap turns it into a usage error).
-pub fn parse_duration(input: &str) -> Result<Duration, String> {
+/// A [`DurationError`] naming the input (clap turns it into a usage error).
+pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let s = input.trim();
-    let bad = || format!("`{input}` is not a duration (examples: 500ms, 2s, 1m30s, 1h)");
     if s.is_empty() {
-        return Err(bad());
+        return Err(DurationError {
+            input: input.to_string(),
+            reason: DurationErrorReason::Empty,
+        });
     }
+    // humantime wants a unit; a bare number has always meant seconds here.
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let millis_per = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        let add = n.checked_mul(millis_per).ok_or_else(bad)?;
-        total = total
-            .checked_add(Duration::from_millis(add))
-            .ok_or_else(bad)?;
-    }
-    Ok(total)
+    humantime::parse_duration(s).map_err(|e| DurationError {
+        input: input.to_string(),
+        reason: DurationErrorReason::Syntax(e),
+    })
 }
 
 /// Formats a duration compactly: `750ms`, `5s`, `2m5s`, `3h2m`, `4d3h`.
@@ -115,9 +134,45 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration(" 2h "), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
-        for bad in ["", "s", "5x", "1.5s", "-1s", "5 s", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1h 5min"), Ok(Duration::from_secs(3900)));
+    }
+
+    #[test]
+    fn bad_durations_are_typed_errors_naming_the_input() {
+        let e = parse_duration("  ").expect_err("empty");
+        assert_eq!(e.reason, DurationErrorReason::Empty);
+        assert!(e.to_string().starts_with("`  ` is not a duration"), "{e}");
+        for (bad, reason) in [
+            ("s", humantime::DurationError::NumberExpected(0)),
+            ("-1s", humantime::DurationError::NumberExpected(0)),
+            (
+                "5x",
+                humantime::DurationError::UnknownUnit {
+                    start: 1,
+                    end: 2,
+                    unit: "x".into(),
+                    value: 5,
+                },
+            ),
+            (
+                "99999999999999999999d",
+                humantime::DurationError::NumberOverflow,
+            ),
+        ] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert_eq!(e.input, bad);
+            assert_eq!(e.reason, DurationErrorReason::Syntax(reason), "{bad}");
+            let shown = e.to_string();
+            assert!(
+                shown.contains(&format!("`{bad}` is not a duration")),
+                "{shown}"
+            );
         }
+        assert!(parse_duration("5x")
+            .expect_err("unit")
+            .to_string()
+            .contains("unknown time unit \"x\""));
     }
 
     #[test]

@@ -8,7 +8,9 @@ use crate::ops::{
     AssignmentReport, ClaimsReport, CorruptRecord, NodesReport, Plan, TaskOrigin, TasksReport,
 };
 
-/// A text table: a header row and data rows, columns padded to their widest cell.
+/// A text table in `dcronctl`'s style, drawn by [`comfy_table`]: a header row and data rows,
+/// no borders, columns two spaces apart and padded to their widest cell, no trailing blanks,
+/// never wrapped (scripts cut columns by position).
 #[derive(Clone, Debug, Default)]
 pub struct Table {
     header: Vec<String>,
@@ -31,29 +33,20 @@ impl Table {
         self.rows.push(cells);
     }
 
-    /// The table as text, one line per row, columns separated by two spaces, no trailing
-    /// blanks.
+    /// The table as text, one line per row.
     pub fn render(&self) -> String {
-        let width = |i: usize| {
-            self.rows
-                .iter()
-                .map(|r| r[i].chars().count())
-                .chain([self.header[i].chars().count()])
-                .max()
-                .unwrap_or(0)
-        };
-        let widths: Vec<usize> = (0..self.header.len()).map(width).collect();
+        let mut table = comfy_table::Table::new();
+        table
+            .load_style(comfy_table::presets::NOTHING)
+            .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+            .set_header(self.header.clone())
+            .add_rows(self.rows.clone());
+        // Cells are padded by one space on each side: none before the first column.
+        if let Some(first) = table.column_mut(0) {
+            first.set_padding((0, 1));
+        }
         let mut out = String::new();
-        for row in std::iter::once(&self.header).chain(self.rows.iter()) {
-            let mut line = String::new();
-            for (i, cell) in row.iter().enumerate() {
-                if i > 0 {
-                    line.push_str("  ");
-                }
-                line.push_str(cell);
-                let pad = widths[i] - cell.chars().count();
-                line.extend(std::iter::repeat_n(' ', pad));
-            }
+        for line in table.lines() {
             out.push_str(line.trim_end());
             out.push('\n');
         }

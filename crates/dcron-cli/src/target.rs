@@ -125,13 +125,17 @@ impl fmt::Display for RegistryTarget {
 }
 
 /// The pieces of a registry URL.
-struct Parts<'a> {
+struct Parts {
     scheme: String,
     user: Option<String>,
     password: Option<String>,
-    hosts: &'a str,
-    path: &'a str,
-    query: Option<&'a str>,
+    /// The host list as written: `host[:port][,host[:port]…]`.
+    hosts: String,
+    /// The path as [`url`] normalises it (`""` when there is none).
+    path: String,
+    /// The path as written, to refuse `.`/`..` components that normalising would hide.
+    raw_path: String,
+    query: Option<String>,
 }
 
 /// `url` with any user information replaced by `***`, for error messages.
@@ -152,42 +156,30 @@ pub fn url_password(url: &str) -> Option<String> {
     split_url(url).ok().and_then(|p| p.password)
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn split_url(url: &str) -> CliResult<Parts<'_>> {
+/// Parses a registry URL with [`url`].
+///
+/// A host list (`h1:1,h2:2`, as etcd, ZooKeeper and PostgreSQL take) is not a WHATWG URL
+/// authority, so it is cut out first: [`url::Url`] parses the rest around one placeholder host
+/// (scheme, path, query), each listed host is parsed on its own by [`parse_host`], and the user
+/// information is percent-decoded with [`percent_encoding`] (it may hold any byte, `#` included).
+fn split_url(url: &str) -> CliResult<Parts> {
     let bad = |why: &str| CliError::usage(format!("bad registry URL `{}`: {why}", redact_url(url)));
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(bad(
             "expected <scheme>://…, e.g. redis://127.0.0.1:6379 (schemes: redis, rediss, etcd, zk, consul, postgres)",
         ));
     };
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, Some(q)),
-        None => (rest, None),
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
     let (userinfo, hosts) = match authority.rfind('@') {
         Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
         None => (None, authority),
     };
+    let parsed = url::Url::parse(&format!("{scheme}://placeholder{tail}"))
+        .map_err(|e| bad(&e.to_string()))?;
+    if parsed.fragment().is_some() {
+        return Err(bad("a fragment (`#…`) is not supported"));
+    }
     let (user, password) = match userinfo {
         None => (None, None),
         Some(info) => {
@@ -195,24 +187,55 @@ fn split_url(url: &str) -> CliResult<Parts<'_>> {
                 Some((u, p)) => (u, Some(p)),
                 None => (info, None),
             };
-            let decode =
-                |v: &str| percent_decode(v).ok_or_else(|| bad("bad %-escape in the credentials"));
+            let decode = |v: &str| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8()
+                    .map(|d| d.into_owned())
+                    .map_err(|_| bad("the credentials are not UTF-8 once %-decoded"))
+            };
             let user = Some(decode(u)?).filter(|u| !u.is_empty());
             let password = p.map(decode).transpose()?.filter(|p| !p.is_empty());
             (user, password)
         }
     };
     Ok(Parts {
-        scheme: scheme.to_ascii_lowercase(),
+        scheme: parsed.scheme().to_string(),
         user,
         password,
-        hosts,
-        path,
-        query,
+        hosts: hosts.to_string(),
+        path: parsed.path().to_string(),
+        raw_path: tail.split('?').next().unwrap_or_default().to_string(),
+        query: parsed.query().map(str::to_string),
     })
 }
 
-/// Checks `host[:port]` items separated by commas and adds the default port where missing.
+/// Parses one `host[:port]` of a host list with [`url`] (a domain name, an IPv4 address or a
+/// bracketed IPv6 address; a port from 1 to 65535) and answers `host:port`, with
+/// `default_port` when none is given.
+fn parse_host(url: &str, item: &str, default_port: u16) -> CliResult<String> {
+    let bad =
+        |why: String| CliError::usage(format!("bad registry URL `{}`: {why}", redact_url(url)));
+    let parsed = url::Url::parse(&format!("dcron://{item}"))
+        .map_err(|e| bad(format!("`{item}` is not host[:port]: {e}")))?;
+    if !parsed.path().is_empty() || parsed.fragment().is_some() {
+        return Err(bad(format!("`{item}` is not host[:port]")));
+    }
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| bad(format!("no host in `{item}`")))?;
+    let host = url::Host::parse(host)
+        .map_err(|e| bad(format!("`{host}` is not a host name or address: {e}")))?;
+    let port = match parsed.port() {
+        None => default_port,
+        Some(0) => return Err(bad(format!("port 0 in `{item}`: use 1 to 65535"))),
+        Some(p) => p,
+    };
+    Ok(format!("{host}:{port}"))
+}
+
+/// Parses a comma-separated host list (see [`parse_host`]); `many` says whether the backend
+/// takes more than one host.
 fn check_hosts(url: &str, hosts: &str, default_port: u16, many: bool) -> CliResult<Vec<String>> {
     let bad =
         |why: String| CliError::usage(format!("bad registry URL `{}`: {why}", redact_url(url)));
@@ -225,40 +248,7 @@ fn check_hosts(url: &str, hosts: &str, default_port: u16, many: bool) -> CliResu
         if item.is_empty() {
             return Err(bad("empty host in the host list".into()));
         }
-        let (host, port) = if let Some(v6) = item.strip_prefix('[') {
-            let Some((h, after)) = v6.split_once(']') else {
-                return Err(bad(format!("unclosed `[` in `{item}`")));
-            };
-            let port = match after {
-                "" => None,
-                p => Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| bad(format!("unexpected `{p}` after `]`")))?,
-                ),
-            };
-            (format!("[{h}]"), port)
-        } else {
-            match item.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p)),
-                None => (item.to_string(), None),
-            }
-        };
-        let valid_host = host.len() > 2 && host.starts_with('[')
-            || !host.is_empty()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-        if !valid_host {
-            return Err(bad(format!("`{host}` is not a host name or address")));
-        }
-        let port = match port {
-            None => default_port,
-            Some(p) => match p.parse::<u16>() {
-                Ok(n) if n > 0 => n,
-                _ => return Err(bad(format!("port `{p}` is not a number from 1 to 65535"))),
-            },
-        };
-        out.push(format!("{host}:{port}"));
+        out.push(parse_host(url, item, default_port)?);
     }
     if out.len() > 1 && !many {
         return Err(bad("this registry takes one host".into()));
@@ -329,7 +319,7 @@ impl RegistryTarget {
                 if flag_token.is_some() {
                     return Err(CliError::usage("--token applies to consul:// registries only"));
                 }
-                let hosts = check_hosts(&url, parts.hosts, 6379, false)?;
+                let hosts = check_hosts(&url, &parts.hosts, 6379, false)?;
                 let db = parts.path.trim_start_matches('/');
                 if !db.is_empty() && db.parse::<u32>().is_err() {
                     return Err(bad("the path must be a database number, e.g. /0"));
@@ -352,9 +342,9 @@ impl RegistryTarget {
                 if flag_token.is_some() {
                     return Err(CliError::usage("--token applies to consul:// registries only"));
                 }
-                no_query(parts.query)?;
-                no_path(parts.path)?;
-                let endpoints = check_hosts(&url, parts.hosts, 2379, true)?;
+                no_query(parts.query.as_deref())?;
+                no_path(&parts.path)?;
+                let endpoints = check_hosts(&url, &parts.hosts, 2379, true)?;
                 let user = flag_user
                     .or_else(|| env(ENV_USER))
                     .or_else(|| env(ENV_ETCD_USER))
@@ -382,10 +372,15 @@ impl RegistryTarget {
                 if flag_token.is_some() {
                     return Err(CliError::usage("--token applies to consul:// registries only"));
                 }
-                no_query(parts.query)?;
-                let hosts = check_hosts(&url, parts.hosts, 2181, true)?;
+                no_query(parts.query.as_deref())?;
+                let hosts = check_hosts(&url, &parts.hosts, 2181, true)?;
                 let chroot = parts.path.trim_end_matches('/');
-                if chroot.split('/').skip(1).any(|c| c.is_empty() || c == "." || c == "..") {
+                let raw_chroot = parts.raw_path.trim_end_matches('/');
+                if raw_chroot
+                    .split('/')
+                    .skip(1)
+                    .any(|c| c.is_empty() || c == "." || c == "..")
+                {
                     return Err(bad("the chroot path has an empty, `.` or `..` component"));
                 }
                 let digest = env(ENV_ZK_DIGEST).and_then(|d| {
@@ -420,8 +415,8 @@ impl RegistryTarget {
                 )
             }
             "consul" | "consul+http" | "consul+https" => {
-                no_query(parts.query)?;
-                no_path(parts.path)?;
+                no_query(parts.query.as_deref())?;
+                no_path(&parts.path)?;
                 if parts.user.is_some() || parts.password.is_some() {
                     return Err(bad(&format!(
                         "consul URLs take no user:password; pass the ACL token with --token or {ENV_CONSUL_TOKEN}"
@@ -441,7 +436,7 @@ impl RegistryTarget {
                         .unwrap_or_else(|| "127.0.0.1:8500".into());
                     (None, shown)
                 } else {
-                    let hosts = check_hosts(&url, parts.hosts, 8500, false)?;
+                    let hosts = check_hosts(&url, &parts.hosts, 8500, false)?;
                     let http = if parts.scheme == "consul+https" { "https" } else { "http" };
                     (Some(format!("{http}://{}", hosts[0])), hosts[0].clone())
                 };
@@ -465,7 +460,7 @@ impl RegistryTarget {
                 if flag_token.is_some() {
                     return Err(CliError::usage("--token applies to consul:// registries only"));
                 }
-                let hosts = check_hosts(&url, parts.hosts, 5432, true)?;
+                let hosts = check_hosts(&url, &parts.hosts, 5432, true)?;
                 let user = flag_user.or_else(|| env(ENV_USER));
                 let password = flag_password.or_else(|| env(ENV_PASSWORD).map(Secret::new));
                 let display = format!("{}://{}{}", parts.scheme, hosts.join(","), parts.path);
@@ -697,6 +692,58 @@ mod tests {
         ] {
             let msg = usage_message(resolve(bad));
             assert!(msg.starts_with("bad registry URL"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_parsed_by_the_url_crate() {
+        for (url, shown) in [
+            ("redis://[::1]:6380/0", "redis://[::1]:6380/0"),
+            ("REDIS://Cache.Internal", "redis://cache.internal:6379"),
+            ("redis://my_host:7000", "redis://my_host:7000"),
+            (
+                "etcd://10.0.0.1, [fe80::1]:2380",
+                "etcd://10.0.0.1:2379,[fe80::1]:2380",
+            ),
+            ("zk://z1:2182,z2/apps/", "zk://z1:2182,z2:2181/apps"),
+        ] {
+            assert_eq!(resolve(url).expect(url).to_string(), shown, "{url}");
+        }
+        // A password may hold `#`, `/`-free bytes and %-escapes.
+        let t = resolve("redis://u:pa#ss%2Fw@h").expect("valid");
+        assert!(t.secrets().scrub("pa#ss/w").contains("***"));
+        assert_eq!(url_password("etcd://u:p%40ss@h").as_deref(), Some("p@ss"));
+    }
+
+    #[test]
+    fn bad_hosts_and_ports_name_the_input() {
+        for (url, names) in [
+            (
+                "redis://h:port",
+                "`h:port` is not host[:port]: invalid port number",
+            ),
+            (
+                "redis://h:70000",
+                "`h:70000` is not host[:port]: invalid port number",
+            ),
+            ("redis://h:0", "port 0 in `h:0`"),
+            ("redis://bad host", "`bad host` is not host[:port]"),
+            ("etcd://e1,,e2", "empty host in the host list"),
+            ("etcd://e1,[::1", "`[::1` is not host[:port]"),
+            ("zk://z1:2181,:2182", "`:2182` is not host[:port]"),
+            ("zk://z1/a/../b", "`..` component"),
+            ("redis://h/0#frag", "fragment"),
+            ("redis://u:p%FF@h", "not UTF-8"),
+        ] {
+            let r = resolve(url);
+            let e = r.expect_err(url);
+            assert_eq!(e.kind(), crate::ErrorKind::Usage, "{url}");
+            let msg = e.message();
+            assert!(
+                msg.starts_with(&format!("bad registry URL `{}`", redact_url(url))),
+                "{url}: {msg}"
+            );
+            assert!(msg.contains(names), "{url}: {msg}");
         }
     }
 
