@@ -10,15 +10,18 @@ use dcron_assign::{Assigner, Strategy};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::clock::{Clock, SystemClock};
+pub use crate::engine::claims::BackfillReport;
+use crate::engine::config::Config;
 use crate::error::{Error, Result};
 use crate::event::DcronEvent;
 use crate::lifecycle::NodeState;
 use crate::policy::{OverlapPolicy, RetryPolicy};
 use crate::registry::Lease;
 use crate::registry::{PutMode, Registry, WatchStream};
-use crate::runtime::{Command, Driver, StaticDef};
+use crate::runtime::{Command, Driver, Shared, StaticDef};
+use crate::runtime::{Health, View};
 use crate::schedule::{Schedule, SecondsField};
-use crate::task::{log_error, ErrorHandler, FnTask, Task, TaskResult};
+use crate::task::{log_error, FnTask, Task, TaskResult};
 use crate::types::{
     validate_task_name, FireKey, MisfirePolicy, NodeEvent, TaskMeta, TaskMetaEvent,
     DEFAULT_MISFIRE_WINDOW,
@@ -41,36 +44,6 @@ impl IntoRegistry for Arc<dyn Registry> {
     fn into_registry(self) -> Arc<dyn Registry> {
         self
     }
-}
-
-/// The node's settings, fixed at build time.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) assigner: Arc<dyn Assigner>,
-    pub(crate) seconds: SecondsField,
-    pub(crate) task_run_fn: Option<Arc<dyn Task>>,
-    pub(crate) error_handler: ErrorHandler,
-    pub(crate) misfire: MisfirePolicy,
-    pub(crate) misfire_window: Duration,
-    pub(crate) ttl: Duration,
-    pub(crate) renew_interval: Duration,
-    pub(crate) poll_interval: Duration,
-    pub(crate) grace_period: Duration,
-    pub(crate) max_clock_skew: Duration,
-    pub(crate) claim_margin: Duration,
-    pub(crate) retry_backoff: Duration,
-    pub(crate) default_retry: RetryPolicy,
-    pub(crate) default_timeout: Option<Duration>,
-    pub(crate) default_overlap: OverlapPolicy,
-    pub(crate) status_interval: Duration,
-    pub(crate) overdue_threshold: Duration,
-    pub(crate) claim_retention: Duration,
-    pub(crate) claim_ahead: Duration,
-    pub(crate) start_timeout: Duration,
-    pub(crate) name: Option<String>,
-    pub(crate) weight: u32,
-    pub(crate) ip: String,
-    pub(crate) hostname: String,
 }
 
 /// The default lead of a claim before its fire's instant ([`DcronBuilder::claim_ahead`]): long
@@ -302,23 +275,6 @@ impl DcronBuilder {
             inner: Arc::new(inner),
         })
     }
-}
-
-/// What the driver publishes for the API to read without a round trip.
-#[derive(Debug, Default)]
-pub(crate) struct View {
-    pub(crate) owned: Vec<Arc<str>>,
-    pub(crate) all: Vec<Arc<str>>,
-}
-
-/// The node's state and readiness, watched by `start()` and `ready()`.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Health {
-    pub(crate) state: NodeState,
-    /// Registered and its share taken (set once).
-    pub(crate) ready: bool,
-    /// The last registration error, for a start that times out.
-    pub(crate) last_error: Option<String>,
 }
 
 pub(crate) struct Inner {
@@ -1012,7 +968,19 @@ impl Dcron {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| Error::InvalidState("node already started".into()))?;
-        let driver = Driver::new(&self.inner, rx);
+        let inner = &self.inner;
+        let shared = Shared {
+            node_id: inner.node_id.clone(),
+            cfg: inner.cfg.clone(),
+            registry: inner.registry.clone(),
+            clock: inner.clock.clone(),
+            view: inner.view.clone(),
+            health: inner.health.clone(),
+            lease_slot: inner.lease_slot.clone(),
+            lease_until: inner.lease_until.clone(),
+            events: inner.events.clone(),
+        };
+        let driver = Driver::new(shared, rx);
         tokio::spawn(supervise(
             tokio::spawn(driver.run()),
             self.inner.node_id.clone(),
@@ -1292,19 +1260,4 @@ impl TaskOptions {
             .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
         meta.run_if_past = self.run_if_past;
     }
-}
-
-/// What [`Dcron::backfill`] found and started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BackfillReport {
-    /// Occurrences in the range.
-    pub occurrences: usize,
-    /// Fires this node won and runs.
-    pub claimed: usize,
-    /// Fires already claimed (they ran, or run, elsewhere).
-    pub already_claimed: usize,
-    /// Fires refused because the task is tombstoned.
-    pub tombstoned: usize,
-    /// Batches whose claim failed (registry unreachable until the misfire window closed).
-    pub unclaimed: usize,
 }

@@ -11,19 +11,18 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::clock::Clock;
-use crate::dcron::Config;
+use crate::engine::config::Config;
 use crate::error::Error;
 use crate::event::{DcronEvent, FireInfo};
 use crate::policy::{OverlapPolicy, RetryPolicy, RunningFire, SkipReason};
 use crate::registry::Registry;
-use crate::runtime::Internal;
 use crate::task::{FireContext, Task};
 use crate::types::{FireKey, TaskMeta};
 
@@ -199,7 +198,8 @@ pub(crate) struct FireEnv {
     pub(crate) handlers: TaskTracker,
     pub(crate) cancel: CancellationToken,
     pub(crate) stopping: CancellationToken,
-    pub(crate) internal: mpsc::UnboundedSender<Internal>,
+    /// Tells the driver what it must know of a fire (see [`FireNote`]).
+    pub(crate) notes: Arc<dyn Fn(FireNote) + Send + Sync>,
     pub(crate) running: Arc<RunningSet>,
     /// The node's lease in force (none between registrations): running slots are held under it.
     pub(crate) lease: Arc<Mutex<Option<crate::registry::Lease>>>,
@@ -218,6 +218,19 @@ pub(crate) struct FireEnv {
     pub(crate) waiting: Arc<Mutex<HashMap<DateTime<Utc>, Arc<Pool>>>>,
     /// The fires this process started (none starts twice).
     pub(crate) launched: Arc<crate::engine::launched::Launched>,
+}
+
+/// What a fire tells the driver.
+pub(crate) enum FireNote {
+    /// The set of running fires with overlap markers changed: publish it.
+    RunningChanged,
+    /// A one-shot fire ended: done (tombstoned) or not (it is not scheduled again either way).
+    OneShotEnded {
+        /// The task.
+        name: String,
+        /// The task was tombstoned.
+        done: bool,
+    },
 }
 
 /// Fires that ended, sharded by thread so that threads ending fires at once do not contend.
@@ -267,6 +280,11 @@ pub(crate) struct Ended {
 }
 
 impl FireEnv {
+    /// Tells the driver `note`.
+    pub(crate) fn note(&self, note: FireNote) {
+        (self.notes)(note);
+    }
+
     /// Starts the fires won in one claim batch (or a consumed trigger).
     ///
     /// Fires due at one future instant (claimed ahead) are pooled across claim batches and
@@ -613,7 +631,7 @@ async fn start_tracked(
             return None;
         }
     }
-    let _ = env.internal.send(Internal::RunningChanged);
+    env.note(FireNote::RunningChanged);
     if !env.slots {
         return Some(None);
     }
@@ -622,13 +640,13 @@ async fn start_tracked(
         SlotTaken::Yes(lease) => Some(Some(lease)),
         SlotTaken::Held => {
             env.running.end(&l.key.task, l.token, l.key.instant);
-            let _ = env.internal.send(Internal::RunningChanged);
+            env.note(FireNote::RunningChanged);
             env.skipped(env.info(&l.key, l.kind), SkipReason::Overlap);
             None
         }
         SlotTaken::Unknown => {
             env.running.end(&l.key.task, l.token, l.key.instant);
-            let _ = env.internal.send(Internal::RunningChanged);
+            env.note(FireNote::RunningChanged);
             tracing::warn!(fire = %l.key, "the running slot could not be taken before the deadline: not run");
             metrics::counter!("dcron_fires_missed_total").increment(1);
             let _ = env
@@ -727,7 +745,7 @@ async fn take_slot(
 /// slot released in the background (retried a while; it ends with the lease in any case).
 fn end_tracked(env: &FireEnv, l: &Launch, slot: Option<crate::registry::Lease>) {
     env.running.end(&l.key.task, l.token, l.key.instant);
-    let _ = env.internal.send(Internal::RunningChanged);
+    env.note(FireNote::RunningChanged);
     let Some(lease) = slot else {
         return;
     };
@@ -779,7 +797,7 @@ async fn finish(env: &FireEnv, l: &Launch, error: Option<Error>) {
                     tracing::error!(task = %meta.name, error = %e, "one-shot bookkeeping failed");
                     (env.cfg.error_handler)(meta, e);
                 }
-                let _ = env.internal.send(Internal::OneShotEnded {
+                env.note(FireNote::OneShotEnded {
                     name: meta.name.clone(),
                     done: r.is_ok(),
                 });
@@ -788,7 +806,7 @@ async fn finish(env: &FireEnv, l: &Launch, error: Option<Error>) {
         Some(err) => {
             (env.cfg.error_handler)(meta, &err);
             if meta.one_shot && l.kind != FireKind::Trigger {
-                let _ = env.internal.send(Internal::OneShotEnded {
+                env.note(FireNote::OneShotEnded {
                     name: meta.name.clone(),
                     done: false,
                 });

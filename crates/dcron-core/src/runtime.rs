@@ -28,9 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{until, Clock};
-use crate::dcron::{Config, Health, Inner, View};
 use crate::engine::backoff::register_backoff;
+use crate::engine::claims::BackfillReport;
 use crate::engine::claims::{self, window_of, ClaimTiming, Due, Verdict, MAX_BATCH};
+use crate::engine::config::Config;
 use crate::engine::control::{self, Pauses, Trigger, TriggerSeen};
 use crate::engine::ownership::{self, Placed};
 use crate::engine::plan::{self, CatchUp};
@@ -39,7 +40,7 @@ use crate::engine::tasks::{Entry, Gain, Tasks};
 use crate::engine::timers::{self, Timers};
 use crate::error::{Error, Result};
 use crate::event::DcronEvent;
-use crate::fire::{FireEnv, FireKind, Launch, RunningSet};
+use crate::fire::{FireEnv, FireKind, FireNote, Launch, RunningSet};
 use crate::lifecycle::{self, Action, Input, NodeState, State, Timing};
 use crate::policy::{LastResult, PauseRecord, SkipReason, TaskStatus, TriggerRecord};
 use crate::registry::{Lease, RecordKind, Registry, WatchStream};
@@ -58,6 +59,36 @@ const LIFE_BATCH: usize = 1000;
 
 /// The longest the API's view (`all_tasks`, `my_running_tasks`) lags the driver.
 const VIEW_FLUSH: Duration = Duration::from_millis(50);
+
+/// What the driver publishes for the API to read without a round trip.
+#[derive(Debug, Default)]
+pub(crate) struct View {
+    pub(crate) owned: Vec<Arc<str>>,
+    pub(crate) all: Vec<Arc<str>>,
+}
+
+/// The node's state and readiness, watched by `start()` and `ready()`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Health {
+    pub(crate) state: NodeState,
+    /// Registered and its share taken (set once).
+    pub(crate) ready: bool,
+    /// The last registration error, for a start that times out.
+    pub(crate) last_error: Option<String>,
+}
+
+/// What the driver shares with the API handle (`Dcron`).
+pub(crate) struct Shared {
+    pub(crate) node_id: Arc<str>,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) view: Arc<RwLock<View>>,
+    pub(crate) health: watch::Sender<Health>,
+    pub(crate) lease_slot: Arc<std::sync::Mutex<Option<Lease>>>,
+    pub(crate) lease_until: Arc<watch::Sender<crate::fire::LeaseBound>>,
+    pub(crate) events: broadcast::Sender<DcronEvent>,
+}
 
 /// A static task as registered in code.
 pub(crate) struct StaticDef {
@@ -84,7 +115,7 @@ pub(crate) enum Command {
         name: String,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-        reply: oneshot::Sender<Result<crate::dcron::BackfillReport>>,
+        reply: oneshot::Sender<Result<BackfillReport>>,
     },
     /// What this node knows of a task's status (`None` when it knows nothing).
     Status {
@@ -228,16 +259,18 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    pub(crate) fn new(inner: &Inner, commands: mpsc::UnboundedReceiver<Command>) -> Self {
-        let node_id = inner.node_id.clone();
-        let cfg = inner.cfg.clone();
-        let registry = inner.registry.clone();
-        let clock = inner.clock.clone();
-        let view = inner.view.clone();
-        let health = inner.health.clone();
-        let lease_slot = inner.lease_slot.clone();
-        let lease_until = inner.lease_until.clone();
-        let events = inner.events.clone();
+    pub(crate) fn new(shared: Shared, commands: mpsc::UnboundedReceiver<Command>) -> Self {
+        let Shared {
+            node_id,
+            cfg,
+            registry,
+            clock,
+            view,
+            health,
+            lease_slot,
+            lease_until,
+            events,
+        } = shared;
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let now = clock.now();
         let mut record = Node::new(node_id.to_string(), now);
@@ -263,7 +296,17 @@ impl Driver {
             handlers: handlers.clone(),
             cancel: handler_cancel.clone(),
             stopping: stopping.clone(),
-            internal: internal_tx.clone(),
+            notes: {
+                let tx = internal_tx.clone();
+                Arc::new(move |note| {
+                    let _ = tx.send(match note {
+                        FireNote::RunningChanged => Internal::RunningChanged,
+                        FireNote::OneShotEnded { name, done } => {
+                            Internal::OneShotEnded { name, done }
+                        }
+                    });
+                })
+            },
             running: running.clone(),
             lease: lease_slot.clone(),
             lease_until: lease_until.clone(),
@@ -1515,6 +1558,7 @@ impl Driver {
             return;
         };
         let env = self.env.clone();
+        let internal = self.internal_tx.clone();
         let timing = Driver::claim_timing(&self.cfg);
         let backoff = claims::first_backoff(self.cfg.retry_backoff);
         // Tracked with the handlers: a stop waits for claims in flight, and a fire that was
@@ -1576,7 +1620,7 @@ impl Driver {
                                     metrics::counter!("dcron_fires_skipped_total", "reason" => "tombstoned")
                                         .increment(1);
                                     env.emit(|| DcronEvent::SkippedTombstoned(env.info(&fire.key, fire.kind)));
-                                    let _ = env.internal.send(Internal::OneShotEnded {
+                                    let _ = internal.send(Internal::OneShotEnded {
                                         name: fire.key.task.clone(),
                                         done: true,
                                     });
@@ -1586,7 +1630,7 @@ impl Driver {
                                     // one and plans its fires.
                                     metrics::counter!("dcron_fires_superseded_total").increment(1);
                                     env.emit(|| DcronEvent::Superseded(env.info(&fire.key, fire.kind)));
-                                    let _ = env.internal.send(Internal::Superseded(fire.key.task.clone()));
+                                    let _ = internal.send(Internal::Superseded(fire.key.task.clone()));
                                 }
                                 Verdict::Retry => retry.push((fire, request)),
                                 Verdict::Failed(e) => {
@@ -1696,6 +1740,7 @@ impl Driver {
             };
             self.triggers_inflight.insert(key.clone());
             let env = self.env.clone();
+            let internal = self.internal_tx.clone();
             tokio::spawn(async move {
                 match env.registry.delete_record(RecordKind::Trigger, &key).await {
                     Ok(true) => match launch {
@@ -1715,7 +1760,7 @@ impl Driver {
                         tracing::warn!(trigger = %key, error = %e, "consuming a trigger-now request failed; next poll retries")
                     }
                 }
-                let _ = env.internal.send(Internal::TriggerDone(key));
+                let _ = internal.send(Internal::TriggerDone(key));
             });
         }
     }
@@ -1725,7 +1770,7 @@ impl Driver {
         name: String,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-        reply: oneshot::Sender<Result<crate::dcron::BackfillReport>>,
+        reply: oneshot::Sender<Result<BackfillReport>>,
     ) {
         let now = self.clock.now();
         let prepared = (|| {
@@ -1790,7 +1835,7 @@ impl Driver {
         }
         let events = self.events.clone();
         tokio::spawn(async move {
-            let mut report = crate::dcron::BackfillReport {
+            let mut report = BackfillReport {
                 occurrences,
                 ..Default::default()
             };

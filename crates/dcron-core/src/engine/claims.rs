@@ -223,6 +223,21 @@ pub(crate) fn plan_backfill(
     })
 }
 
+/// What [`Dcron::backfill`](crate::Dcron::backfill) found and started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackfillReport {
+    /// Occurrences in the range.
+    pub occurrences: usize,
+    /// Fires this node won and runs.
+    pub claimed: usize,
+    /// Fires already claimed (they ran, or run, elsewhere).
+    pub already_claimed: usize,
+    /// Fires refused because the task is tombstoned.
+    pub tombstoned: usize,
+    /// Batches whose claim failed (registry unreachable until the misfire window closed).
+    pub unclaimed: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

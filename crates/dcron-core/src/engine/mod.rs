@@ -21,11 +21,13 @@
 //! - [`control`]: pause records and trigger-now requests.
 //! - [`status`]: the run counts and last result a node writes of its tasks.
 //! - [`backoff`]: the registration back-off.
+//! - [`config`]: the node's settings, read by the driver and the fires.
 //! - [`launched`]: the fires this process has started, so that no path (a retried claim, a
 //!   catch-up, a backfill) starts one twice.
 
 pub(crate) mod backoff;
 pub(crate) mod claims;
+pub(crate) mod config;
 pub(crate) mod control;
 pub(crate) mod launched;
 pub(crate) mod ownership;
