@@ -221,13 +221,13 @@ pub async fn serve(config: ConsoleConfig, stop: impl Future<Output = ()>) -> Cli
     Console::bind(config).await?.run(stop).await
 }
 
-/// `dcronctl console`: serves the console for `registry` (connected from `target`), printing
-/// its address, until `stop` completes; answers the exit code. `env` looks up
-/// [`ENV_CONSOLE_TOKEN`] when `--console-token` is not given.
+/// `dcronctl console`: checks the options, connects to `target` (waiting at most `timeout`),
+/// serves the console, printing its address, until `stop` completes; answers the exit code.
+/// `env` looks up [`ENV_CONSOLE_TOKEN`] when `--console-token` is not given.
 pub async fn run_command(
     args: &ConsoleArgs,
-    registry: Arc<dyn Registry>,
     target: &RegistryTarget,
+    timeout: Duration,
     env: &dyn Fn(&str) -> Option<String>,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
@@ -242,14 +242,21 @@ pub async fn run_command(
     if let Some(t) = &token {
         secrets.add(t.expose());
     }
-    let mut config = ConsoleConfig::new(registry, target);
-    config.listen = args.listen;
-    config.token = token;
-    config.strategy = args.strategy;
-    config.interval = args.interval;
-    config.secrets = secrets.clone();
-    let with_token = config.token.is_some();
+    let with_token = token.is_some();
     let result = async {
+        // Bad options are usage errors even when the registry is unreachable.
+        auth::check_listen(args.listen.ip(), token.as_ref())?;
+        if args.interval.is_zero() {
+            return Err(CliError::usage("--interval must be greater than zero"));
+        }
+        let registry = target.connect(timeout).await?;
+        let mut config = ConsoleConfig::new(registry, target);
+        config.listen = args.listen;
+        config.token = token;
+        config.strategy = args.strategy;
+        config.interval = args.interval;
+        config.secrets = secrets.clone();
+        let name = config.registry_name.clone();
         let console = Console::bind(config).await?;
         let addr = console.local_addr();
         let hint = if with_token {
@@ -259,7 +266,7 @@ pub async fn run_command(
         };
         let _ = writeln!(
             stdout,
-            "dcronctl console for {target} on http://{addr}/{hint}; Ctrl-C to stop"
+            "dcronctl console for {name} on http://{addr}/{hint}; Ctrl-C to stop"
         );
         let _ = stdout.flush();
         console.run(stop).await
