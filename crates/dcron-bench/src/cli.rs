@@ -1,56 +1,48 @@
-//! Command-line parsing: every argument is checked, and bad input is a [`UsageError`] with a
-//! clear message, never a panic.
+//! Command-line parsing (clap derive): every argument is checked, and bad input is a
+//! [`UsageError`] with a clear message, never a panic.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The usage text printed by `--help` and after a usage error.
-pub const USAGE: &str = "\
-usage: dcron-bench <command> [options]
+use clap::{Args, Parser, Subcommand};
 
-commands (each prints `summary key=value ...` lines):
-  latency  --tasks <n> --seconds <s> [--plot <file.svg>] [--claim-ahead-ms <ms, default 100>]
-           n every-second tasks on one node (MemoryRegistry), then the same workload on
-           tokio-cron-scheduler and on bare tokio timers (one task per job, the floor),
-           each in a child process; then the ratios
-  redis    --nodes <k> --tasks <n> --seconds <s> [--url <redis-url>]
-           k nodes on one Redis server (default $DCRON_TEST_REDIS_URL or redis://127.0.0.1:6379)
-  scale    [--tasks <n>] [--seconds <s>] [--timeout <s>]
-           one node with n tasks (default 100000): start time, memory per task, steady CPU
-  failover --backend <memory|redis|etcd|zk> [--tasks <n>] [--ttl-ms <ms>] [--url <address>]
-           3 nodes; the owner of task 0 dies; time to the next fire elsewhere, missed fires
-           (etcd and zk need a build with `--features etcd` / `--features zk`; their address
-           defaults to $DCRON_TEST_ETCD_ENDPOINTS / $DCRON_TEST_ZK_CONNECT or the local port)
-  registry --backend <redis|etcd|zk|postgres> [--url <address>] [--seconds <budget>]
-           [--max-burst <n>]
-           the largest burst (fires in one instant on one node) held with p99 lateness
-           <= 50 ms (a doubling search from 256, ending within the budget, default 60 s),
-           and the raw speed of the same server with the same client crate doing the
-           backend's bare primitive (redis pipelined SET NX PX, etcd txn puts, zk create,
-           postgres batched INSERT into a scratch table); addresses default to
-           $DCRON_TEST_REDIS_URL, $DCRON_TEST_ETCD_ENDPOINTS, $DCRON_TEST_ZK_CONNECT,
-           $DCRON_TEST_POSTGRES_URL (etcd, zk and postgres need `--features etcd|zk|postgres`).
-           consul is not measured: no real Consul agent is available here, and a figure
-           taken on the test double would say nothing
-  help     this text";
+/// The text after the command list of `dcron-bench help`.
+const AFTER_HELP: &str = "\
+Each command prints `summary key=value ...` lines. Addresses default to $DCRON_TEST_REDIS_URL,
+$DCRON_TEST_ETCD_ENDPOINTS, $DCRON_TEST_ZK_CONNECT and $DCRON_TEST_POSTGRES_URL (or the local
+default port); etcd, zk and postgres need a build with `--features etcd|zk|postgres`. Consul is
+not measured: no real Consul agent is available here, and a figure taken on the test double
+would say nothing.";
+
+/// `dcron-bench`: whole-system benchmark runs.
+#[derive(Debug, Parser)]
+#[command(name = "dcron-bench", about, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
 /// What to run.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Subcommand)]
 pub enum Command {
-    /// Print [`USAGE`].
-    Help,
-    /// `latency`: both systems, the ratios, optionally a plot.
+    /// n every-second tasks on one node (MemoryRegistry), then the same workload on
+    /// tokio-cron-scheduler and on bare tokio timers (one task per job, the floor), each in a
+    /// child process; then the ratios.
     Latency(LatencyArgs),
-    /// `latency-child` (internal): one system in this process.
+    /// One system in this process (internal: `latency` runs it as a child).
+    #[command(hide = true)]
     LatencyChild(ChildArgs),
-    /// `redis`: several nodes on one Redis server.
+    /// k nodes on one Redis server.
     Redis(RedisArgs),
-    /// `scale`: many tasks on one node.
+    /// One node with n tasks: start time, memory per task, steady CPU.
     Scale(ScaleArgs),
-    /// `failover`: kill an owner, measure the takeover.
+    /// 3 nodes; the owner of task 0 dies; time to the next fire elsewhere, missed fires.
     Failover(FailoverArgs),
-    /// `registry`: the largest burst held on one backend, beside its raw primitive.
+    /// The largest burst (fires in one instant on one node) held with p99 lateness <= 50 ms
+    /// (a doubling search from 256, within the budget), beside the raw speed of the same
+    /// server with the same client crate doing the backend's bare primitive (redis pipelined
+    /// SET NX PX, etcd txn puts, zk create, postgres batched INSERT into a scratch table).
     Registry(RegistryArgs),
 }
 
@@ -77,38 +69,63 @@ impl RegistryBackend {
             RegistryBackend::Postgres => "postgres",
         }
     }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "redis" => Ok(RegistryBackend::Redis),
+            "etcd" => Ok(RegistryBackend::Etcd),
+            "zk" | "zookeeper" => Ok(RegistryBackend::Zk),
+            "postgres" | "postgresql" => Ok(RegistryBackend::Postgres),
+            "consul" => Err(
+                "consul is not measured: no real Consul agent is available here, \
+                             and a figure taken on the test double would say nothing"
+                    .into(),
+            ),
+            other => Err(format!(
+                "unknown backend `{other}`; use redis, etcd, zk or postgres"
+            )),
+        }
+    }
 }
 
 /// Arguments of `registry`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Args)]
 pub struct RegistryArgs {
-    /// The registry.
+    /// The registry: redis, etcd, zk or postgres.
+    #[arg(long, value_parser = RegistryBackend::parse)]
     pub backend: RegistryBackend,
     /// The server address (Redis URL, etcd endpoint, ZooKeeper connect string, PostgreSQL URL).
+    #[arg(long, value_parser = non_empty)]
     pub url: Option<String>,
     /// The whole run's time budget: the search stops doubling once it is half spent, and
     /// the raw measurement takes a bounded slice of the rest.
+    #[arg(long = "seconds", value_name = "SECONDS", default_value = "60", value_parser = seconds_in(20, 600))]
     pub budget: Duration,
     /// The largest burst tried.
+    #[arg(long, default_value_t = 65_536, value_parser = count_in(256, 1_048_576))]
     pub max_burst: usize,
 }
 
 /// Arguments of `latency`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Args)]
 pub struct LatencyArgs {
     /// Tasks, each firing every second.
+    #[arg(long, value_parser = count_in(1, MAX_TASKS))]
     pub tasks: usize,
     /// Seconds measured per system.
+    #[arg(long, value_parser = number_in(1, MAX_SECONDS))]
     pub seconds: u64,
     /// Where to write the SVG plot of both lateness distributions.
+    #[arg(long, value_parser = non_empty_path)]
     pub plot: Option<PathBuf>,
     /// dcron's `claim_ahead` in milliseconds (default: dcron's own default,
     /// [`dcron_core::DEFAULT_CLAIM_AHEAD`]; 0 claims at the instant).
+    #[arg(long, default_value_t = default_claim_ahead_ms(), value_parser = number_in(0, 1000))]
     pub claim_ahead_ms: u64,
 }
 
 /// The systems `latency` compares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum System {
     /// dcron on `MemoryRegistry`.
     Dcron,
@@ -131,41 +148,54 @@ impl System {
 }
 
 /// Arguments of the internal `latency-child` command.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Args)]
 pub struct ChildArgs {
     /// Which system runs in this process.
+    #[arg(long, value_enum)]
     pub system: System,
     /// Tasks, each firing every second.
+    #[arg(long, value_parser = count_in(1, MAX_TASKS))]
     pub tasks: usize,
     /// Seconds measured.
+    #[arg(long, value_parser = number_in(1, MAX_SECONDS))]
     pub seconds: u64,
     /// Where to write the lateness samples (one integer in µs per line).
+    #[arg(long, value_parser = non_empty_path)]
     pub samples: Option<PathBuf>,
     /// dcron's `claim_ahead` in milliseconds.
+    #[arg(long, default_value_t = default_claim_ahead_ms(), value_parser = number_in(0, 1000))]
     pub claim_ahead_ms: u64,
 }
 
 /// Arguments of `redis`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Args)]
 pub struct RedisArgs {
     /// Nodes in the cluster.
+    #[arg(long, value_parser = count_in(1, 64))]
     pub nodes: usize,
-    /// Tasks, each firing every second.
+    /// Tasks, each firing every second (at least one per node).
+    #[arg(long, value_parser = count_in(1, MAX_TASKS))]
     pub tasks: usize,
     /// Seconds measured.
+    #[arg(long, value_parser = number_in(1, MAX_SECONDS))]
     pub seconds: u64,
     /// The Redis URL (default: `$DCRON_TEST_REDIS_URL`, then `redis://127.0.0.1:6379`).
+    #[arg(long, value_parser = non_empty)]
     pub url: Option<String>,
 }
 
 /// Arguments of `scale`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Args)]
 pub struct ScaleArgs {
     /// Tasks on the node.
+    #[arg(long, default_value_t = 100_000, value_parser = count_in(1, MAX_TASKS))]
     pub tasks: usize,
     /// Seconds of steady state measured.
+    #[arg(long, default_value_t = 10, value_parser = number_in(1, MAX_SECONDS))]
     pub seconds: u64,
-    /// The longest the adds plus the start may take before the run gives up.
+    /// The longest the adds plus the start may take before the run gives up, in seconds or
+    /// as a duration (`900`, `15m`).
+    #[arg(long, default_value = "900", value_parser = seconds_in(1, 7_200))]
     pub timeout: Duration,
 }
 
@@ -192,28 +222,56 @@ impl Backend {
             Backend::Zk => "zk",
         }
     }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "memory" => Ok(Backend::Memory),
+            "redis" => Ok(Backend::Redis),
+            "etcd" => Ok(Backend::Etcd),
+            "zk" | "zookeeper" => Ok(Backend::Zk),
+            other => Err(format!(
+                "unknown backend `{other}`; use memory, redis, etcd or zk"
+            )),
+        }
+    }
 }
 
 /// Arguments of `failover`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Args)]
 pub struct FailoverArgs {
-    /// The registry.
+    /// The registry: memory, redis, etcd or zk.
+    #[arg(long, value_parser = Backend::parse)]
     pub backend: Backend,
     /// Tasks, each firing every second.
+    #[arg(long, default_value_t = 50, value_parser = count_in(1, 100_000))]
     pub tasks: usize,
-    /// The nodes' lease TTL.
+    /// The nodes' lease TTL, in milliseconds or as a duration (`2000`, `2s`).
+    #[arg(long = "ttl-ms", value_name = "MS", default_value = "2000", value_parser = millis_in(300, 60_000))]
     pub ttl: Duration,
     /// The server address (Redis URL, etcd endpoint, ZooKeeper connect string).
+    #[arg(long, value_parser = non_empty)]
     pub url: Option<String>,
 }
 
-/// A command line that cannot be run, with the reason.
+/// A command line that cannot be run, with the reason (clap's rendering, which names the
+/// argument and shows the usage), or the help text that was asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UsageError(pub String);
+pub struct UsageError {
+    message: String,
+    help: bool,
+}
+
+impl UsageError {
+    /// True when the "error" is the help (or version) text the user asked for: print it on
+    /// stdout and exit 0.
+    pub fn is_help(&self) -> bool {
+        self.help
+    }
+}
 
 impl fmt::Display for UsageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.message.trim_end())
     }
 }
 
@@ -224,124 +282,79 @@ pub const MAX_TASKS: usize = 10_000_000;
 /// The longest measurement any run accepts, in seconds.
 pub const MAX_SECONDS: u64 = 3_600;
 
-/// The `--name value` options of one command, consumed as they are read.
-struct Options {
-    command: &'static str,
-    pairs: Vec<(String, String)>,
+/// A whole number (underscores allowed as separators: `10_000`).
+fn whole(text: &str) -> Result<u64, String> {
+    text.replace('_', "")
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))
 }
 
-impl Options {
-    fn parse(command: &'static str, args: &[String], known: &[&str]) -> Result<Self, UsageError> {
-        let mut pairs: Vec<(String, String)> = Vec::new();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let Some(name) = arg.strip_prefix("--") else {
-                return Err(UsageError(format!(
-                    "{command}: unexpected argument `{arg}` (options look like --name value)"
-                )));
-            };
-            let (name, inline) = match name.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (name, None),
-            };
-            if !known.contains(&name) {
-                return Err(UsageError(format!(
-                    "{command}: unknown option `--{name}`; it takes {}",
-                    known
-                        .iter()
-                        .map(|k| format!("--{k}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            if pairs.iter().any(|(n, _)| n == name) {
-                return Err(UsageError(format!(
-                    "{command}: option `--{name}` given twice"
-                )));
-            }
-            let value = match inline {
-                Some(v) => v,
-                None => match it.next() {
-                    Some(v) if !v.starts_with("--") => v.clone(),
-                    _ => {
-                        return Err(UsageError(format!(
-                            "{command}: option `--{name}` needs a value"
-                        )))
-                    }
-                },
-            };
-            pairs.push((name.to_string(), value));
-        }
-        Ok(Options { command, pairs })
-    }
-
-    fn raw(&self, name: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn required(&self, name: &str) -> Result<&str, UsageError> {
-        self.raw(name).ok_or_else(|| {
-            UsageError(format!(
-                "{}: missing required option `--{name}`",
-                self.command
-            ))
-        })
-    }
-
-    fn number(&self, name: &str, value: &str, min: u64, max: u64) -> Result<u64, UsageError> {
-        let n: u64 = value.replace('_', "").parse().map_err(|_| {
-            UsageError(format!(
-                "{}: `--{name} {value}` is not a whole number",
-                self.command
-            ))
-        })?;
+fn number_in(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
+    move |text| {
+        let n = whole(text)?;
         if n < min || n > max {
-            return Err(UsageError(format!(
-                "{}: `--{name} {value}` is out of range; it must be between {min} and {max}",
-                self.command
-            )));
+            return Err(format!(
+                "`{text}` is out of range; it must be between {min} and {max}"
+            ));
         }
         Ok(n)
     }
+}
 
-    fn count(
-        &self,
-        name: &str,
-        default: Option<u64>,
-        min: u64,
-        max: u64,
-    ) -> Result<u64, UsageError> {
-        match (self.raw(name), default) {
-            (Some(v), _) => self.number(name, v, min, max),
-            (None, Some(d)) => Ok(d),
-            (None, None) => {
-                let v = self.required(name)?;
-                self.number(name, v, min, max)
-            }
-        }
+fn count_in(min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    let bounded = number_in(min as u64, max as u64);
+    move |text| {
+        let n = bounded(text)?;
+        usize::try_from(n).map_err(|_| format!("`{text}` is too large for this machine"))
     }
+}
 
-    fn text(&self, name: &str) -> Result<Option<String>, UsageError> {
-        match self.raw(name) {
-            Some("") => Err(UsageError(format!(
-                "{}: `--{name}` must not be empty",
-                self.command
-            ))),
-            Some(v) => Ok(Some(v.to_string())),
-            None => Ok(None),
+/// A duration given as a whole number of `unit`s or in humantime form (`90s`, `15m`), within
+/// `[min, max]` units.
+fn duration_in(
+    unit: Duration,
+    unit_name: &'static str,
+    min: u64,
+    max: u64,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |text| {
+        let d = match whole(text) {
+            Ok(n) => unit.checked_mul(u32::try_from(n).map_err(|_| {
+                format!("`{text}` is out of range; it must be between {min} and {max} {unit_name}")
+            })?),
+            Err(_) => Some(humantime::parse_duration(text).map_err(|e| {
+                format!("`{text}` is neither a whole number of {unit_name} nor a duration such as `90s` ({e})")
+            })?),
+        };
+        let lo = unit.checked_mul(u32::try_from(min).unwrap_or(u32::MAX));
+        let hi = unit.checked_mul(u32::try_from(max).unwrap_or(u32::MAX));
+        match (d, lo, hi) {
+            (Some(d), Some(lo), Some(hi)) if d >= lo && d <= hi => Ok(d),
+            _ => Err(format!(
+                "`{text}` is out of range; it must be between {min} and {max} {unit_name}"
+            )),
         }
     }
 }
 
-fn tasks(o: &Options, default: Option<u64>) -> Result<usize, UsageError> {
-    Ok(o.count("tasks", default, 1, MAX_TASKS as u64)? as usize)
+fn seconds_in(min: u64, max: u64) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    duration_in(Duration::from_secs(1), "seconds", min, max)
 }
 
-fn seconds(o: &Options, default: Option<u64>) -> Result<u64, UsageError> {
-    o.count("seconds", default, 1, MAX_SECONDS)
+fn millis_in(min: u64, max: u64) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    duration_in(Duration::from_millis(1), "milliseconds", min, max)
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(text.to_string())
+    }
+}
+
+fn non_empty_path(text: &str) -> Result<PathBuf, String> {
+    non_empty(text).map(PathBuf::from)
 }
 
 /// Parses the arguments after the program name.
@@ -349,7 +362,8 @@ fn seconds(o: &Options, default: Option<u64>) -> Result<u64, UsageError> {
 /// # Errors
 /// A [`UsageError`] naming the problem: no or an unknown command, an unknown, repeated or
 /// valueless option, a missing required option, a value that is not a number or is out of
-/// range, an unknown backend or system.
+/// range, an unknown backend or system. `help`, `--help` and `-h` also come back as a
+/// [`UsageError`] whose [`is_help`](UsageError::is_help) is true.
 ///
 /// ```
 /// use dcron_bench::cli::{parse, Command};
@@ -360,137 +374,37 @@ fn seconds(o: &Options, default: Option<u64>) -> Result<u64, UsageError> {
 /// assert!(parse(&bad).unwrap_err().to_string().contains("not a whole number"));
 /// ```
 pub fn parse(args: &[String]) -> Result<Command, UsageError> {
-    let Some((command, rest)) = args.split_first() else {
-        return Err(UsageError("no command given".into()));
-    };
-    match command.as_str() {
-        "help" | "--help" | "-h" => Ok(Command::Help),
-        "latency" => {
-            let o = Options::parse(
-                "latency",
-                rest,
-                &["tasks", "seconds", "plot", "claim-ahead-ms"],
-            )?;
-            Ok(Command::Latency(LatencyArgs {
-                tasks: tasks(&o, None)?,
-                seconds: seconds(&o, None)?,
-                plot: o.text("plot")?.map(PathBuf::from),
-                claim_ahead_ms: o.count(
-                    "claim-ahead-ms",
-                    Some(default_claim_ahead_ms()),
-                    0,
-                    1000,
-                )?,
-            }))
-        }
-        "latency-child" => {
-            let o = Options::parse(
-                "latency-child",
-                rest,
-                &["system", "tasks", "seconds", "samples", "claim-ahead-ms"],
-            )?;
-            let system = match o.required("system")? {
-                "dcron" => System::Dcron,
-                "tokio-cron-scheduler" => System::TokioCronScheduler,
-                "tokio-timers" => System::TokioTimers,
-                other => {
-                    return Err(UsageError(format!(
-                        "latency-child: unknown system `{other}`; use dcron, tokio-cron-scheduler or tokio-timers"
-                    )))
-                }
-            };
-            Ok(Command::LatencyChild(ChildArgs {
-                system,
-                tasks: tasks(&o, None)?,
-                seconds: seconds(&o, None)?,
-                samples: o.text("samples")?.map(PathBuf::from),
-                claim_ahead_ms: o.count(
-                    "claim-ahead-ms",
-                    Some(default_claim_ahead_ms()),
-                    0,
-                    1000,
-                )?,
-            }))
-        }
-        "redis" => {
-            let o = Options::parse("redis", rest, &["nodes", "tasks", "seconds", "url"])?;
-            let nodes = o.count("nodes", None, 1, 64)? as usize;
-            let tasks = tasks(&o, None)?;
-            if tasks < nodes {
-                return Err(UsageError(format!(
-                    "redis: --tasks {tasks} is fewer than --nodes {nodes}; give every node work"
-                )));
-            }
-            Ok(Command::Redis(RedisArgs {
-                nodes,
-                tasks,
-                seconds: seconds(&o, None)?,
-                url: o.text("url")?,
-            }))
-        }
-        "scale" => {
-            let o = Options::parse("scale", rest, &["tasks", "seconds", "timeout"])?;
-            Ok(Command::Scale(ScaleArgs {
-                tasks: tasks(&o, Some(100_000))?,
-                seconds: seconds(&o, Some(10))?,
-                timeout: Duration::from_secs(o.count("timeout", Some(900), 1, 7_200)?),
-            }))
-        }
-        "failover" => {
-            let o = Options::parse("failover", rest, &["backend", "tasks", "ttl-ms", "url"])?;
-            let backend = match o.required("backend")? {
-                "memory" => Backend::Memory,
-                "redis" => Backend::Redis,
-                "etcd" => Backend::Etcd,
-                "zk" | "zookeeper" => Backend::Zk,
-                other => {
-                    return Err(UsageError(format!(
-                        "failover: unknown backend `{other}`; use memory, redis, etcd or zk"
-                    )))
-                }
-            };
-            Ok(Command::Failover(FailoverArgs {
-                backend,
-                tasks: o.count("tasks", Some(50), 1, 100_000)? as usize,
-                ttl: Duration::from_millis(o.count("ttl-ms", Some(2_000), 300, 60_000)?),
-                url: o.text("url")?,
-            }))
-        }
-        "registry" => {
-            let o = Options::parse(
-                "registry",
-                rest,
-                &["backend", "url", "seconds", "max-burst"],
-            )?;
-            let backend = match o.required("backend")? {
-                "redis" => RegistryBackend::Redis,
-                "etcd" => RegistryBackend::Etcd,
-                "zk" | "zookeeper" => RegistryBackend::Zk,
-                "postgres" | "postgresql" => RegistryBackend::Postgres,
-                "consul" => {
-                    return Err(UsageError(
-                        "registry: consul is not measured: no real Consul agent is available \
-                         here, and a figure taken on the test double would say nothing"
-                            .into(),
-                    ))
-                }
-                other => {
-                    return Err(UsageError(format!(
-                        "registry: unknown backend `{other}`; use redis, etcd, zk or postgres"
-                    )))
-                }
-            };
-            Ok(Command::Registry(RegistryArgs {
-                backend,
-                url: o.text("url")?,
-                budget: Duration::from_secs(o.count("seconds", Some(60), 20, 600)?),
-                max_burst: o.count("max-burst", Some(65_536), 256, 1_048_576)? as usize,
-            }))
-        }
-        other => Err(UsageError(format!(
-            "unknown command `{other}`; commands: latency, redis, scale, failover, registry, help"
-        ))),
+    if args.is_empty() {
+        return Err(UsageError {
+            message: "error: no command given\n\nUsage: dcron-bench <COMMAND>; \
+                      `dcron-bench help` lists the commands"
+                .into(),
+            help: false,
+        });
     }
+    let cli =
+        Cli::try_parse_from(std::iter::once("dcron-bench").chain(args.iter().map(String::as_str)))
+            .map_err(|e| UsageError {
+                help: matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp
+                        | clap::error::ErrorKind::DisplayVersion
+                        | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                ) && !args.is_empty(),
+                message: e.render().to_string(),
+            })?;
+    if let Command::Redis(r) = &cli.command {
+        if r.tasks < r.nodes {
+            return Err(UsageError {
+                message: format!(
+                    "error: redis: --tasks {} is fewer than --nodes {}; give every node work",
+                    r.tasks, r.nodes
+                ),
+                help: false,
+            });
+        }
+    }
+    Ok(cli.command)
 }
 
 /// dcron's default claim-ahead in milliseconds: `latency` with no flags measures dcron as a
@@ -563,20 +477,27 @@ mod tests {
                 max_burst: 65_536,
             })
         );
-        assert_eq!(p(&["--help"]).unwrap(), Command::Help);
+        assert!(p(&["--help"]).unwrap_err().is_help());
+        assert!(p(&["help"]).unwrap_err().is_help());
+        assert!(p(&["help"]).unwrap_err().to_string().contains("registry"));
+        assert!(matches!(
+            p(&["failover", "--backend", "memory", "--ttl-ms", "3s"]).unwrap(),
+            Command::Failover(FailoverArgs { ttl, .. }) if ttl == Duration::from_secs(3)
+        ));
+        assert!(matches!(
+            p(&["scale", "--timeout", "15m"]).unwrap(),
+            Command::Scale(ScaleArgs { timeout, .. }) if timeout == Duration::from_secs(900)
+        ));
     }
 
     #[test]
     fn bad_lines_say_why() {
-        assert!(message(&[]).contains("no command"));
-        assert!(message(&["bogus"]).contains("unknown command `bogus`"));
-        assert!(
-            message(&["latency", "--tasks", "5"]).contains("missing required option `--seconds`")
-        );
-        assert!(
-            message(&["latency", "--tasks", "-5", "--seconds", "1"]).contains("not a whole number")
-        );
-        assert!(message(&["latency", "--tasks", "--seconds", "1"]).contains("needs a value"));
+        assert!(!p(&[]).unwrap_err().is_help());
+        assert!(message(&[]).contains("no command given"));
+        assert!(message(&["bogus"]).contains("unrecognized subcommand 'bogus'"));
+        assert!(message(&["latency", "--tasks", "5"]).contains("--seconds"));
+        assert!(message(&["latency", "--tasks", "-5", "--seconds", "1"]).contains("'-5'"));
+        assert!(message(&["latency", "--tasks", "--seconds", "1"]).contains("a value is required"));
         assert!(
             message(&["latency", "--tasks", "x", "--seconds", "1"]).contains("not a whole number")
         );
@@ -584,9 +505,12 @@ mod tests {
         assert!(
             message(&["latency", "--tasks", "1", "--seconds", "99999"]).contains("out of range")
         );
-        assert!(message(&["latency", "--tasks", "1", "--tasks", "2"]).contains("given twice"));
-        assert!(message(&["latency", "--nodes", "1"]).contains("unknown option `--nodes`"));
+        assert!(message(&["latency", "--tasks", "1", "--tasks", "2"])
+            .contains("cannot be used multiple times"));
+        assert!(message(&["latency", "--nodes", "1"]).contains("unexpected argument '--nodes'"));
         assert!(message(&["latency", "stray"]).contains("unexpected argument"));
+        assert!(message(&["scale", "--timeout", "soon"]).contains("nor a duration"));
+        assert!(message(&["scale", "--timeout", "3h"]).contains("out of range"));
         assert!(
             message(&["latency", "--tasks", "1", "--seconds", "1", "--plot", ""])
                 .contains("must not be empty")

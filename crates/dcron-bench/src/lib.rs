@@ -75,10 +75,6 @@ pub fn err(msg: impl fmt::Display) -> BenchError {
 /// bound, an I/O error while writing results.
 pub fn run(command: cli::Command, out: &mut dyn Write) -> Result<()> {
     match command {
-        cli::Command::Help => {
-            writeln!(out, "{}", cli::USAGE)?;
-            Ok(())
-        }
         cli::Command::Latency(args) => latency::run(&args, out),
         cli::Command::LatencyChild(args) => {
             let summary = latency::run_child(&args)?;

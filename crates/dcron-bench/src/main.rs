@@ -10,8 +10,12 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match cli::parse(&args) {
         Ok(c) => c,
+        Err(e) if e.is_help() => {
+            println!("{e}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
-            eprintln!("dcron-bench: {e}\n\n{}", cli::USAGE);
+            eprintln!("{e}");
             return ExitCode::from(2);
         }
     };

@@ -85,9 +85,22 @@ fn bad_arguments_exit_2_with_a_message() {
         let output = bench().args(&args).output().expect("the binary runs");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains("dcron-bench: "), "{args:?}: {stderr}");
-        assert!(stderr.contains("usage:"), "{args:?}: {stderr}");
+        assert!(stderr.contains("error: "), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--help") || stderr.contains("Usage:"),
+            "{args:?}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_goes_to_stdout_and_exits_0() {
+    let output = bench().arg("help").output().expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    for command in ["latency", "redis", "scale", "failover", "registry"] {
+        assert!(stdout.contains(command), "{command}: {stdout}");
     }
 }
 
