@@ -35,14 +35,14 @@ use crate::engine::config::Config;
 use crate::engine::control::{self, Pauses, Trigger, TriggerSeen};
 use crate::engine::ownership::{self, Placed};
 use crate::engine::plan::{self, CatchUp};
-use crate::engine::status::StatusLocal;
+use crate::engine::status::{StatusBook, StatusLocal};
 use crate::engine::tasks::{Entry, Gain, Tasks};
 use crate::engine::timers::{self, Timers};
 use crate::error::{Error, Result};
 use crate::event::DcronEvent;
 use crate::fire::{FireEnv, FireKind, FireNote, Launch, RunningSet};
 use crate::lifecycle::{self, Action, Input, NodeState, State, Timing};
-use crate::policy::{LastResult, PauseRecord, SkipReason, TaskStatus, TriggerRecord};
+use crate::policy::{PauseRecord, SkipReason, TaskStatus, TriggerRecord};
 use crate::registry::{Lease, RecordKind, Registry, WatchStream};
 use crate::schedule::Schedule;
 use crate::task::Task;
@@ -243,8 +243,7 @@ pub(crate) struct Driver {
     markers_dirty: bool,
     paused: Pauses,
     triggers_inflight: HashSet<String>,
-    statuses: HashMap<String, StatusLocal>,
-    status_dirty: HashSet<String>,
+    statuses: StatusBook,
     status_inflight: bool,
     /// Handlers drained; leaving waits for the last status write.
     drained_pending: bool,
@@ -356,8 +355,7 @@ impl Driver {
             markers_dirty: false,
             paused: Pauses::default(),
             triggers_inflight: HashSet::new(),
-            statuses: HashMap::new(),
-            status_dirty: HashSet::new(),
+            statuses: StatusBook::default(),
             status_inflight: false,
             drained_pending: false,
             record_stale: false,
@@ -835,9 +833,7 @@ impl Driver {
                 match r {
                     Ok(bases) => {
                         for (name, (runs, failures)) in bases {
-                            if let Some(st) = self.statuses.get_mut(&name) {
-                                st.load_base(runs, failures);
-                            }
+                            self.statuses.load_base(&name, runs, failures);
                         }
                     }
                     Err(e) => {
@@ -849,7 +845,7 @@ impl Driver {
                 if self.drained_pending {
                     if failed {
                         // Unreachable registry: leave without the last status.
-                        self.status_dirty.clear();
+                        self.statuses.forget_dirty();
                     }
                     self.finish_drain();
                 }
@@ -1209,11 +1205,7 @@ impl Driver {
         let mut known = Vec::new();
         for name in names {
             // Counts stored meanwhile by other owners are read again before the next write.
-            if !self.status_dirty.contains(&*name) {
-                if let Some(st) = self.statuses.get_mut(&*name) {
-                    *st = StatusLocal::default();
-                }
-            }
+            self.statuses.gained(&name);
             match self.tasks.gain(&name) {
                 Gain::Plan => known.push(name),
                 Gain::ReadLife => unknown.push(name),
@@ -1392,11 +1384,7 @@ impl Driver {
             task: name.to_string(),
             node: self.node_id.to_string(),
         });
-        let st = self.statuses.entry(name.to_string()).or_default();
-        st.last_result = Some(LastResult::NoHandler {
-            node: self.node_id.to_string(),
-        });
-        self.status_dirty.insert(name.to_string());
+        self.statuses.no_handler(name, &self.node_id);
     }
 
     fn schedule_next(&mut self, name: &str, after: DateTime<Utc>) {
@@ -1912,14 +1900,7 @@ impl Driver {
         if self.cfg.status_interval.is_zero() {
             return;
         }
-        let st = match self.statuses.get_mut(name) {
-            Some(st) => st,
-            None => self.statuses.entry(name.to_string()).or_default(),
-        };
-        st.fire_ended(scheduled, error);
-        if !self.status_dirty.contains(name) {
-            self.status_dirty.insert(name.to_string());
-        }
+        self.statuses.fire_ended(name, scheduled, error);
     }
 
     fn status_record(&self, name: &str, st: &StatusLocal) -> TaskStatus {
@@ -1932,23 +1913,17 @@ impl Driver {
     fn flush_status(&mut self) {
         self.collect_ended();
         if self.status_inflight
-            || self.status_dirty.is_empty()
+            || !self.statuses.is_dirty()
             || !self.registry.capabilities().records
         {
             return;
         }
-        let names: Vec<String> = self.status_dirty.drain().collect();
-        let mut records = Vec::with_capacity(names.len());
-        let mut unloaded = HashSet::new();
-        for name in names {
-            let Some(st) = self.statuses.get(&name) else {
-                continue;
-            };
-            if !st.base_loaded {
-                unloaded.insert(name.clone());
-            }
-            records.push(self.status_record(&name, st));
-        }
+        let tasks = &self.tasks;
+        let (records, unloaded) = self.statuses.take_dirty(
+            &self.node_id,
+            |name| tasks.get(name).is_some_and(|e| e.owned),
+            self.clock.now(),
+        );
         self.status_inflight = true;
         let registry = self.registry.clone();
         let tx = self.internal_tx.clone();

@@ -5,8 +5,10 @@
 //!   on this node reads them and adds them once);
 //! - the last fire and its result are those of the latest instant, not of the fire that ended
 //!   last (a late retry of an older instant does not hide a newer result);
-//! - a node that gains a task forgets counts it has not written: other owners stored theirs
-//!   meanwhile, and they are read again.
+//! - a node that gains a task forgets the counts it has already written (other owners stored
+//!   theirs meanwhile, and the stored counts are read again); counts not written yet are kept.
+
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
@@ -71,6 +73,94 @@ impl StatusLocal {
     }
 }
 
+/// The runs of every task this node ran, and which of them changed since the last write.
+#[derive(Debug, Default)]
+pub(crate) struct StatusBook {
+    by_task: HashMap<String, StatusLocal>,
+    dirty: HashSet<String>,
+}
+
+impl StatusBook {
+    /// What is known of `task`.
+    pub(crate) fn get(&self, task: &str) -> Option<&StatusLocal> {
+        self.by_task.get(task)
+    }
+
+    /// Counts a fire of `task` that ended.
+    pub(crate) fn fire_ended(
+        &mut self,
+        task: &str,
+        scheduled: DateTime<Utc>,
+        error: Option<String>,
+    ) {
+        let st = match self.by_task.get_mut(task) {
+            Some(st) => st,
+            None => self.by_task.entry(task.to_string()).or_default(),
+        };
+        st.fire_ended(scheduled, error);
+        if !self.dirty.contains(task) {
+            self.dirty.insert(task.to_string());
+        }
+    }
+
+    /// Records that `node` owns `task` and has no handler for it.
+    pub(crate) fn no_handler(&mut self, task: &str, node: &str) {
+        let st = self.by_task.entry(task.to_string()).or_default();
+        st.last_result = Some(LastResult::NoHandler {
+            node: node.to_string(),
+        });
+        self.dirty.insert(task.to_string());
+    }
+
+    /// This node gained `task` (see the module rules).
+    pub(crate) fn gained(&mut self, task: &str) {
+        if !self.dirty.contains(task) {
+            if let Some(st) = self.by_task.get_mut(task) {
+                *st = StatusLocal::default();
+            }
+        }
+    }
+
+    /// Adds the stored counts of `task`, once.
+    pub(crate) fn load_base(&mut self, task: &str, runs: u64, failures: u64) {
+        if let Some(st) = self.by_task.get_mut(task) {
+            st.load_base(runs, failures);
+        }
+    }
+
+    /// Whether some task changed since the last write.
+    pub(crate) fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Gives up writing what changed (the node leaves without it).
+    pub(crate) fn forget_dirty(&mut self) {
+        self.dirty.clear();
+    }
+
+    /// The records to write now, written at `now` by `node` (`owned` says which tasks it
+    /// owns), and the tasks whose stored counts must be read first.
+    pub(crate) fn take_dirty(
+        &mut self,
+        node: &str,
+        owned: impl Fn(&str) -> bool,
+        now: DateTime<Utc>,
+    ) -> (Vec<TaskStatus>, HashSet<String>) {
+        let mut records = Vec::with_capacity(self.dirty.len());
+        let mut unloaded = HashSet::new();
+        for name in self.dirty.drain() {
+            let Some(st) = self.by_task.get(&name) else {
+                continue;
+            };
+            if !st.base_loaded {
+                unloaded.insert(name.clone());
+            }
+            records.push(st.record(&name, node, owned(&name), now));
+        }
+        (records, unloaded)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +201,48 @@ mod tests {
         assert_eq!(rec.run_count, 101);
         let rec = StatusLocal::default().record("job", "n1", false, t(2));
         assert_eq!((rec.owner, rec.last_node), (None, None));
+    }
+
+    #[test]
+    fn a_gain_forgets_written_counts_and_keeps_unwritten_ones() {
+        let mut book = StatusBook::default();
+        book.fire_ended("a", t(1), None);
+        book.fire_ended("b", t(1), Some("x".into()));
+        let (records, unloaded) = book.take_dirty("n1", |n| n == "a", t(2));
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            unloaded.len(),
+            2,
+            "the stored counts are read before the first write"
+        );
+        assert!(!book.is_dirty());
+        book.load_base("a", 10, 0);
+        book.load_base("b", 5, 5);
+        assert_eq!(book.get("a").map(|s| s.run_count), Some(11));
+        // `a` was written: regained later, its counts are read again (another owner ran it).
+        book.gained("a");
+        assert_eq!(book.get("a"), Some(&StatusLocal::default()));
+        // `b` ran again here and is not written yet: a gain keeps it.
+        book.fire_ended("b", t(3), None);
+        book.gained("b");
+        assert_eq!(book.get("b").map(|s| s.run_count), Some(7));
+        let (records, unloaded) = book.take_dirty("n1", |_| false, t(4));
+        assert_eq!(records[0].run_count, 7);
+        assert!(unloaded.is_empty());
+    }
+
+    #[test]
+    fn a_task_without_handler_is_reported_in_its_status() {
+        let mut book = StatusBook::default();
+        book.no_handler("dyn", "n1");
+        assert!(book.is_dirty());
+        let (records, _) = book.take_dirty("n1", |_| true, t(0));
+        assert_eq!(
+            records[0].last_result,
+            Some(LastResult::NoHandler { node: "n1".into() })
+        );
+        book.fire_ended("dyn", t(1), None);
+        book.forget_dirty();
+        assert!(!book.is_dirty());
     }
 }
