@@ -42,12 +42,71 @@ pub struct RedisRegistryConfig {
     pub(crate) command_timeout: Duration,
     pub(crate) watch_buffer: usize,
     pub(crate) node_check_interval: Duration,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<RedisTls>,
+}
+
+/// TLS settings for a `rediss://` URL: a private CA and a client certificate.
+///
+/// Without a CA the server certificate is checked against the system's root certificates. The
+/// server certificate must be valid for the host named in the URL (a DNS name or an IP address).
+///
+/// ```
+/// use dcron_registry_redis::{RedisRegistryConfig, RedisTls};
+///
+/// # let (ca, cert, key) = (Vec::<u8>::new(), Vec::<u8>::new(), Vec::<u8>::new());
+/// // let ca = std::fs::read("/etc/dcron/redis-ca.pem")?; and so on.
+/// let config = RedisRegistryConfig::new("rediss://dcron@redis.internal:6380")
+///     .tls(RedisTls::new().ca_pem(ca).client_identity(cert, key));
+/// # drop(config);
+/// ```
+#[cfg(feature = "tls")]
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    pub(crate) ca_pem: Option<Vec<u8>>,
+    pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+#[cfg(feature = "tls")]
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca_pem_bytes", &self.ca_pem.as_ref().map(Vec::len))
+            .field("client_identity", &self.identity.is_some())
+            .finish()
+    }
+}
+
+#[cfg(feature = "tls")]
+impl RedisTls {
+    /// TLS with the system's root certificates and no client certificate.
+    pub fn new() -> Self {
+        RedisTls::default()
+    }
+
+    /// The PEM-encoded CA certificate(s) the server certificate must chain to, instead of the
+    /// system's roots.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// A PEM-encoded client certificate (chain) and private key, for servers started with
+    /// `--tls-auth-clients yes`.
+    pub fn client_identity(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
 }
 
 impl std::fmt::Debug for RedisRegistryConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisRegistryConfig")
-            .field("url", &redact_url(&self.url))
+        let mut f = f.debug_struct("RedisRegistryConfig");
+        f.field("url", &redact_url(&self.url))
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("database", &self.database)
@@ -56,8 +115,10 @@ impl std::fmt::Debug for RedisRegistryConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("watch_buffer", &self.watch_buffer)
-            .field("node_check_interval", &self.node_check_interval)
-            .finish()
+            .field("node_check_interval", &self.node_check_interval);
+        #[cfg(feature = "tls")]
+        f.field("tls", &self.tls);
+        f.finish()
     }
 }
 
@@ -99,7 +160,16 @@ impl RedisRegistryConfig {
             command_timeout: Duration::from_secs(2),
             watch_buffer: 1024,
             node_check_interval: Duration::from_secs(1),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// TLS settings (a private CA, a client certificate) for a `rediss://` URL.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: RedisTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The key prefix: every key lives under `<namespace>:` (default `dcron`). Two namespaces on
@@ -165,7 +235,8 @@ impl RedisRegistryConfig {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a URL that does not parse, an empty namespace or one with
-    /// control characters, a zero pool size or a zero timeout.
+    /// control characters, a zero pool size or a zero timeout; TLS settings with a `redis://`
+    /// URL, a CA PEM holding no certificate, or a client certificate or key that does not parse.
     pub fn build(self) -> Result<RedisRegistry> {
         if self.namespace.is_empty() || self.namespace.chars().any(char::is_control) {
             return Err(Error::InvalidArgument(format!(

@@ -9,6 +9,11 @@ use crate::BACKEND;
 pub(crate) fn from_redis(err: RedisError, context: &str) -> Error {
     let code = err.code().unwrap_or_default().to_owned();
     let message = format!("redis: {context}: {err}");
+    // A refused certificate is a configuration error, never cured by retrying.
+    #[cfg(feature = "tls")]
+    if let Some(why) = crate::tls::certificate_failure(&message) {
+        return Error::AccessDenied(format!("redis: {context}: {why} ({err})"));
+    }
     if err.kind() == ErrorKind::AuthenticationFailed
         || err.kind() == ErrorKind::Server(ServerErrorKind::NoPerm)
         || matches!(code.as_str(), "WRONGPASS" | "NOAUTH" | "NOPERM")
@@ -88,6 +93,20 @@ mod tests {
             "Protocol error: unauthenticated multibulk length".to_string(),
         ));
         assert!(matches!(from_redis(err, "op"), Error::AccessDenied(_)));
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn refused_certificates_are_access_denied() {
+        let err = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        let mapped = from_redis(err, "ping");
+        assert!(
+            matches!(&mapped, Error::AccessDenied(m) if m.contains("server certificate failed verification")),
+            "{mapped:?}"
+        );
     }
 
     #[test]

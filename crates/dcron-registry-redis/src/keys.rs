@@ -24,6 +24,53 @@
 
 use dcron_core::RecordKind;
 
+/// Every command a registry sends, for a restricted ACL user (see [`RedisKeys::acl_rules`]).
+///
+/// The registry's own commands, the commands its Lua scripts call (Redis checks a script's
+/// commands and keys against the caller's ACL), the pool's health check (`UNWATCH`, `PING`),
+/// loading the scripts (`SCRIPT LOAD`, once per server after a `NOSCRIPT`), pub/sub for watches,
+/// and `SELECT` for a database other than 0. On Redis 7.2 and newer the client library also
+/// names its connections with `CLIENT SETINFO`, whose refusal it ignores (it only shows in
+/// `ACL LOG`): add `+client|setinfo` there to keep the log clean (Redis 7.0 refuses the rule).
+pub const ACL_COMMANDS: &[&str] = &[
+    // Connection set-up, health checks, watches.
+    "ping",
+    "select",
+    "unwatch",
+    "subscribe",
+    "unsubscribe",
+    // Scripts.
+    "evalsha",
+    "script|load",
+    // Listings, records and cleanup.
+    "scan",
+    "mget",
+    "get",
+    "type",
+    "unlink",
+    "publish",
+    "hset",
+    "hget",
+    "hscan",
+    "hdel",
+    // Called inside the scripts.
+    "time",
+    "exists",
+    "set",
+    "del",
+    "incr",
+    "incrby",
+    "pexpire",
+    "pttl",
+    "hmget",
+    "sadd",
+    "srem",
+    "smembers",
+    "zadd",
+    "zrange",
+    "zremrangebyscore",
+];
+
 /// Percent-encodes everything but ASCII letters, digits, `-`, `_`, `.` and `~`.
 ///
 /// The result never contains `:` (the key separator) nor a `SCAN` glob character, and the
@@ -188,6 +235,28 @@ impl RedisKeys {
     /// The pub/sub channel of task and tombstone changes.
     pub fn task_channel(&self) -> &str {
         &self.task_channel
+    }
+
+    /// The `ACL SETUSER` rules (after the user name, password and `on`) that grant exactly what a
+    /// registry on this namespace needs: its keys `~<ns>:*`, its channels `&<ns>:events:*`, and
+    /// the commands of [`ACL_COMMANDS`], everything else reset or removed.
+    ///
+    /// ```
+    /// use dcron_registry_redis::RedisKeys;
+    /// let rules = RedisKeys::new("billing", 0).acl_rules();
+    /// assert_eq!(&rules[..4], ["resetkeys", "~billing:*", "resetchannels", "&billing:events:*"]);
+    /// assert!(rules.contains(&"+evalsha".to_string()));
+    /// ```
+    pub fn acl_rules(&self) -> Vec<String> {
+        let mut rules = vec![
+            "resetkeys".to_string(),
+            format!("~{}*", self.prefix),
+            "resetchannels".to_string(),
+            format!("&{}events:*", self.prefix),
+            "-@all".to_string(),
+        ];
+        rules.extend(ACL_COMMANDS.iter().map(|c| format!("+{c}")));
+        rules
     }
 
     /// Whether `key` (a key of this namespace) is removed by `cleanup_all`: task records,

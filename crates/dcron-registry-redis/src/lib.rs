@@ -8,10 +8,14 @@ mod events;
 pub mod keys;
 mod registry;
 mod scripts;
+#[cfg(feature = "tls")]
+mod tls;
 mod watch;
 
+#[cfg(feature = "tls")]
+pub use config::RedisTls;
 pub use config::{RedisRegistryConfig, DEFAULT_NAMESPACE, DEFAULT_URL, TEST_URL_ENV};
-pub use keys::RedisKeys;
+pub use keys::{RedisKeys, ACL_COMMANDS};
 pub use registry::{RedisRegistry, MAX_VALUE_BYTES};
 
 /// The backend name reported in errors, logs and metrics.

@@ -139,6 +139,10 @@ impl RedisRegistry {
             // rustls needs a process-wide crypto provider; an error only means one is installed.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &config.tls {
+            info = crate::tls::with_certificates(info, tls, &redact_url(&config.url))?;
+        }
         let keys = RedisKeys::new(&config.namespace, info.redis_settings().db());
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))

@@ -14,7 +14,7 @@ use dcron_core::{
     ClaimOutcome, ClaimRequest, Claimant, Error, FireKey, Node, PutMode, Registry, TaskMetaEvent,
     WatchStream,
 };
-use dcron_registry_redis::{RedisRegistry, RedisRegistryConfig};
+use dcron_registry_redis::{RedisKeys, RedisRegistry, RedisRegistryConfig};
 use dcron_testkit::{cases, run_case, CaseError, RegistryFactory};
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -241,21 +241,6 @@ async fn watch_resubscribes_after_a_lost_connection_and_a_restart() {
     );
 }
 
-/// The permissions the README documents for a restricted user of namespace `app`.
-const ACL_RULES: &[&str] = &[
-    "on",
-    ">s3cret",
-    "~app:*",
-    "&app:events:*",
-    "+@read",
-    "+@write",
-    "+@scripting",
-    "+@pubsub",
-    "+@keyspace",
-    "+ping",
-    "+time",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_user_works_and_wrong_credentials_are_access_denied_quickly() {
     let Some(server) = owned(&["--requirepass", "adminpw"]) else {
@@ -266,7 +251,9 @@ async fn acl_user_works_and_wrong_credentials_are_access_denied_quickly() {
     let _: () = redis::cmd("ACL")
         .arg("SETUSER")
         .arg("app")
-        .arg(ACL_RULES)
+        .arg(&["on", ">s3cret"][..])
+        // The rules the README documents for a restricted user of namespace `app`.
+        .arg(RedisKeys::new("app", 0).acl_rules())
         .query_async(&mut admin)
         .await
         .expect("acl setuser");

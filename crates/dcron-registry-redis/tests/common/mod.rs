@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod pki;
 pub mod proxy;
 
 use std::net::TcpListener;
@@ -154,6 +155,15 @@ impl OwnedServer {
     /// Starts a server; `extra` are more `redis-server` arguments. `None` (with the reason
     /// printed) when there is no binary or it does not start.
     pub fn start(extra: &[&str]) -> Result<Self, String> {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        OwnedServer::start_with(move |_, _| Ok(extra.clone()))
+    }
+
+    /// Starts a server whose extra arguments `args(port, dir)` makes from its port and data
+    /// directory (it may write files there first, e.g. certificates).
+    pub fn start_with(
+        args: impl FnOnce(u16, &Path) -> Result<Vec<String>, String>,
+    ) -> Result<Self, String> {
         let binary = redis_server_binary().ok_or("no redis-server binary (PATH or /usr/bin)")?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -162,11 +172,12 @@ impl OwnedServer {
         let dir =
             std::env::temp_dir().join(format!("dcron-redis-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let extra = args(port, &dir)?;
         let server = OwnedServer {
             binary,
             dir,
             port,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
             child: Mutex::new(None),
         };
         server.spawn()?;
