@@ -1,18 +1,20 @@
 //! The driver: the one place with `tokio::select!`.
 //!
 //! ```text
-//!   API commands ─┐                               ┌─▶ registry calls (spawned; replies come
-//!   watch events ─┤                               │    back as Internal messages with the
-//!   poll / renew ─┼─▶ Driver ── lifecycle::step ──┤    epoch they were made for)
-//!   timer (heap) ─┤   (state)   assignment diff   ├─▶ claim batches (one call per instant)
-//!   replies ──────┘                               └─▶ handlers (TaskTracker, cancel token)
+//!   API commands ─┐                                 ┌─▶ registry calls (spawned; replies come
+//!   watch events ─┤                                 │    back as Internal messages with the
+//!   poll / renew ─┼─▶ Driver ── crate::engine ──────┤    epoch they were made for)
+//!   timer (heap) ─┤   (I/O)     lifecycle::step     ├─▶ claim batches (one call per instant)
+//!   replies ──────┘                                 └─▶ handlers (TaskTracker, cancel token)
 //! ```
 //!
-//! Decisions are pure ([`crate::lifecycle::step`], [`crate::tombstone`], the assigner); the
-//! driver only feeds them inputs and executes their outputs. Per node it keeps a min-heap of
-//! `(next instant, task)` over **owned** tasks only, sleeps until the earliest, claims every
-//! fire due at that instant in one batch, and spawns the handlers of the fires it won.
-//! Ownership changes are applied as a diff; a task gained is caught up over its misfire window.
+//! Decisions are pure ([`crate::lifecycle::step`], [`crate::tombstone`], the assigner, and the
+//! modules of [`crate::engine`]: the task table, ownership, catch-up, timers, claim planning,
+//! pauses and triggers, status counts); the driver feeds them inputs (time is always an
+//! argument) and executes their outputs. Per node it keeps a min-heap of `(next instant, task)`
+//! over **owned** tasks only, sleeps until the earliest, claims every fire due at that instant
+//! in one batch, and spawns the handlers of the fires it won. Ownership changes are applied as
+//! a diff; a task gained is caught up over its misfire window.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
