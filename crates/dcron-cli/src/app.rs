@@ -98,7 +98,7 @@ fn precheck(command: &Command) -> CliResult<()> {
                 return Err(CliError::usage("--interval must be greater than zero"));
             }
         }
-        Command::Nodes(_) | Command::Tasks(_) | Command::Assignment(_) => {}
+        Command::Nodes(_) | Command::Tasks(_) | Command::Assignment(_) | Command::Console(_) => {}
     }
     Ok(())
 }
@@ -442,8 +442,8 @@ async fn execute_planned(
                 warnings,
             }
         }
-        Command::Watch(_) => {
-            return Err(CliError::failed("watch streams: use app::run"));
+        Command::Watch(_) | Command::Console(_) => {
+            return Err(CliError::failed("watch and console stream: use app::run"));
         }
     };
     Ok(printed)
@@ -524,6 +524,10 @@ where
     let secrets = target.secrets().clone();
     if let Err(e) = precheck(&cli.command) {
         return report_error(stderr, &e.scrubbed(&secrets));
+    }
+    if let Command::Console(c) = &cli.command {
+        let stop = stop(None);
+        return crate::console::run_command(c, &target, g.timeout, env, stdout, stderr, stop).await;
     }
     let registry = match target.connect(g.timeout).await {
         Ok(r) => r,

@@ -39,9 +39,17 @@ pub struct Cli {
 /// Options shared by every command (accepted before or after the command name).
 #[derive(Args, Clone, Debug)]
 pub struct GlobalArgs {
-    /// Registry URL: redis://[user:pass@]host[:port][/db], rediss://…, etcd://host[:port][,…],
-    /// zk://host[:port][,…][/chroot] or consul://host[:port] [env: DCRON_REGISTRY_URL]
-    #[arg(long, global = true, value_name = "URL", value_parser = parse_secret)]
+    /// The registry URL (`redis://`, `rediss://`, `etcd://`, `zk://` or `consul://`; the
+    /// help text shows each form).
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        value_parser = parse_secret,
+        help = "Registry URL: redis://[user:pass@]host[:port][/db], rediss://…, \
+                etcd://host[:port][,…], zk://host[:port][,…][/chroot] or consul://host[:port] \
+                [env: DCRON_REGISTRY_URL]"
+    )]
     pub registry: Option<Secret>,
     /// The dcron namespace (default: the backend's, `dcron`) [env: DCRON_NAMESPACE]
     #[arg(long, global = true, value_name = "NAME")]
@@ -95,6 +103,8 @@ pub enum Command {
     Assignment(StrategyArg),
     /// Stream node, task and fire events until interrupted
     Watch(WatchArgs),
+    /// Serve a web console (nodes, tasks, timeline, actions) until interrupted
+    Console(crate::console::ConsoleArgs),
 }
 
 /// `--strategy`.

@@ -95,7 +95,7 @@ impl Secrets {
         };
         for (i, arg) in args.iter().enumerate() {
             let arg = arg.as_ref();
-            for flag in ["--password", "--token", "--registry"] {
+            for flag in ["--password", "--token", "--console-token", "--registry"] {
                 if arg == flag {
                     if let Some(next) = args.get(i + 1) {
                         add(flag, next.as_ref());
@@ -149,11 +149,12 @@ mod tests {
             "--token",
             "tok-secret",
             "nodes",
+            "--console-token=console-secret",
         ];
         let secrets = Secrets::from_args(&args);
         assert_eq!(
-            secrets.scrub("url-secret flag-secret tok-secret nodes"),
-            "*** *** *** nodes"
+            secrets.scrub("url-secret flag-secret tok-secret nodes console-secret"),
+            "*** *** *** nodes ***"
         );
     }
 

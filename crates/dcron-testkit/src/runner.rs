@@ -14,7 +14,7 @@ use crate::harness::{CaseContext, CaseError, CaseResult, Hooks, RegistryFactory}
 /// the suite).
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// What a case needs beyond the [`crate::Registry`] trait itself.
+/// What a case needs beyond the [`dcron_core::Registry`] trait itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Requirement {
     /// Nothing: every registry must pass it.
