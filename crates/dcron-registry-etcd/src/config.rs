@@ -229,6 +229,19 @@ impl EtcdRegistryConfig {
         self
     }
 
+    /// The prefix every key of the namespace starts with, `/<namespace escaped>/`: what a
+    /// least-privileged role needs read-write access to (`etcdctl role grant-permission
+    /// --prefix <role> readwrite <prefix>`), and nothing else.
+    ///
+    /// ```
+    /// use dcron_registry_etcd::EtcdRegistryConfig;
+    /// let config = EtcdRegistryConfig::new(["127.0.0.1:2379"]).namespace("billing");
+    /// assert_eq!(config.key_prefix(), "/billing/");
+    /// ```
+    pub fn key_prefix(&self) -> String {
+        crate::keys::Keys::new(&self.namespace).root().to_string()
+    }
+
     /// Checks the configuration.
     pub(crate) fn validate(&self) -> Result<()> {
         if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {

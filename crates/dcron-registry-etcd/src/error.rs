@@ -15,6 +15,11 @@ pub(crate) const BACKEND: &str = "etcd";
 /// (retryable); refused credentials and missing permissions are [`Error::AccessDenied`];
 /// everything else is [`Error::Backend`].
 pub(crate) fn map_err(e: EtcdError, context: impl Display) -> Error {
+    // A refused certificate is a configuration error, never cured by retrying.
+    if let Some(why) = certificate_failure(&e) {
+        let detail = status(&e).map_or_else(|| e.to_string(), |s| s.message().to_string());
+        return Error::AccessDenied(format!("{BACKEND}: {context}: {why} ({detail})"));
+    }
     match &e {
         EtcdError::GRpcStatus(status) => {
             let message = status.message();
@@ -78,6 +83,37 @@ fn is_transport_message(message: &str) -> bool {
     .any(|needle| m.contains(needle))
 }
 
+/// What went wrong in a TLS handshake, in words, when the error (whose text includes rustls's)
+/// says it was a certificate: the server's was not trusted, or ours was refused.
+fn certificate_failure(e: &EtcdError) -> Option<&'static str> {
+    let text = match status(e) {
+        Some(s) => format!("{} {e}", s.message()),
+        None => e.to_string(),
+    };
+    certificate_failure_in(&text)
+}
+
+/// [`certificate_failure`] on an error's text.
+pub(crate) fn certificate_failure_in(text: &str) -> Option<&'static str> {
+    if text.contains("invalid peer certificate") {
+        Some(
+            "TLS: the server certificate failed verification (not signed by the configured CA, \
+             expired, or not valid for the endpoint's host or the configured domain)",
+        )
+    } else if text.contains("fatal alert")
+        && ["Certificate", "UnknownCA", "HandshakeFailure"]
+            .iter()
+            .any(|alert| text.contains(alert))
+    {
+        Some(
+            "TLS: the server refused the client certificate (none given, or not signed by a \
+             CA the server trusts)",
+        )
+    } else {
+        None
+    }
+}
+
 fn status(e: &EtcdError) -> Option<&tonic::Status> {
     match e {
         EtcdError::GRpcStatus(s) => Some(s),
@@ -102,6 +138,12 @@ pub(crate) fn is_invalid_auth_token(e: &EtcdError) -> bool {
     status(e).is_some_and(|s| {
         s.code() == Code::Unauthenticated && s.message().contains("invalid auth token")
     })
+}
+
+/// Whether the token was refused because users or roles changed after it was issued
+/// (`revision of auth store is old`): authenticating again fixes it.
+pub(crate) fn is_auth_old_revision(e: &EtcdError) -> bool {
+    status(e).is_some_and(|s| s.message().contains("revision of auth store is old"))
 }
 
 /// Whether the server runs without authentication although credentials were given.
@@ -173,6 +215,26 @@ mod tests {
     }
 
     #[test]
+    fn refused_certificates_are_access_denied_naming_the_cause() {
+        let mapped = map_err(
+            grpc(Code::Unavailable, "invalid peer certificate: UnknownIssuer"),
+            "connect",
+        );
+        assert!(
+            matches!(&mapped, Error::AccessDenied(m) if m.contains("server certificate failed verification")),
+            "{mapped:?}"
+        );
+        let mapped = map_err(
+            grpc(Code::Unknown, "received fatal alert: CertificateRequired"),
+            "connect",
+        );
+        assert!(
+            matches!(&mapped, Error::AccessDenied(m) if m.contains("refused the client certificate")),
+            "{mapped:?}"
+        );
+    }
+
+    #[test]
     fn other_errors_are_backend_errors_with_context() {
         let e = map_err(
             grpc(Code::InvalidArgument, "etcdserver: too many operations"),
@@ -202,6 +264,10 @@ mod tests {
         assert!(is_invalid_auth_token(&grpc(
             Code::Unauthenticated,
             "etcdserver: invalid auth token"
+        )));
+        assert!(is_auth_old_revision(&grpc(
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old"
         )));
         assert!(is_too_many_ops(&grpc(
             Code::InvalidArgument,

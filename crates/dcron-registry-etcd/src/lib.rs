@@ -8,6 +8,7 @@ mod error;
 mod keys;
 mod lives;
 mod slots;
+mod tls_probe;
 mod watch;
 
 use std::future::Future;
@@ -182,7 +183,16 @@ impl EtcdRegistry {
                     .await
                     .map_err(|f| f.into_error(&context))?
             }
-            other => other.map_err(|f| f.into_error(&context))?,
+            Err(f) => {
+                let e = f.into_error(&context);
+                return Err(match (&e, &config.tls) {
+                    (Error::Unavailable { .. }, Some(tls)) => {
+                        diagnose_tls(&config, tls, &context).await.unwrap_or(e)
+                    }
+                    _ => e,
+                });
+            }
+            Ok(client) => client,
         };
         let registry = EtcdRegistry {
             inner: Arc::new(Inner {
@@ -195,13 +205,21 @@ impl EtcdRegistry {
         // The client connects lazily: ask for something cheap so that an unreachable cluster
         // fails here rather than on first use.
         let root = registry.inner.keys.root().to_string();
-        registry
+        let first = registry
             .call("connect", &root, |mut c| {
                 let root = root.clone();
                 async move { c.get(root, Some(GetOptions::new().with_count_only())).await }
             })
-            .await?;
-        Ok(registry)
+            .await;
+        match (first, &registry.inner.config.tls) {
+            (Ok(_), _) => Ok(registry),
+            (Err(e @ Error::Unavailable { .. }), Some(tls)) => {
+                Err(diagnose_tls(&registry.inner.config, tls, &context)
+                    .await
+                    .unwrap_or(e))
+            }
+            (Err(e), _) => Err(e),
+        }
     }
 
     /// Connects with [`EtcdRegistryConfig::from_env`]: the endpoints in
@@ -240,7 +258,9 @@ impl EtcdRegistry {
     }
 
     /// Runs one request with the request timeout; when the server forgot the auth token (a
-    /// restart) or authentication was enabled meanwhile, authenticates again and retries once.
+    /// restart), authentication was enabled meanwhile, or users or roles changed since the token
+    /// was issued (etcd then refuses it as of an old auth revision), authenticates again and
+    /// retries (at most [`AUTH_RETRIES`] times: the auth store may change again meanwhile).
     async fn raw<T, F, Fut>(&self, op: F) -> std::result::Result<T, Failure>
     where
         F: Fn(Client) -> Fut,
@@ -254,15 +274,21 @@ impl EtcdRegistry {
                 Err(_) => Err(Failure::TimedOut(timeout)),
             }
         };
-        match attempt().await {
-            Err(Failure::Etcd(e))
-                if self.inner.config.credentials.is_some()
-                    && (error::is_invalid_auth_token(&e) || error::is_token_missing(&e)) =>
-            {
-                self.authenticate().await.map_err(Failure::Mapped)?;
-                attempt().await
+        let mut retries = 0;
+        loop {
+            match attempt().await {
+                Err(Failure::Etcd(e))
+                    if retries < AUTH_RETRIES
+                        && self.inner.config.credentials.is_some()
+                        && (error::is_invalid_auth_token(&e)
+                            || error::is_token_missing(&e)
+                            || error::is_auth_old_revision(&e)) =>
+                {
+                    retries += 1;
+                    self.authenticate().await.map_err(Failure::Mapped)?;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -956,6 +982,17 @@ impl Registry for EtcdRegistry {
             .await?;
         Ok(resp.deleted() == 1)
     }
+}
+
+/// How many times one request authenticates again before its auth error is returned.
+const AUTH_RETRIES: u32 = 3;
+
+/// When connecting over TLS failed as if the cluster were unreachable, a handshake of our own
+/// with the first endpoint that names a refused certificate, as [`Error::AccessDenied`].
+async fn diagnose_tls(config: &EtcdRegistryConfig, tls: &EtcdTls, context: &str) -> Option<Error> {
+    let endpoint = config.endpoints.first()?;
+    let why = tls_probe::diagnose(endpoint, tls, config.connect_timeout).await?;
+    Some(Error::AccessDenied(format!("{BACKEND}: {context}: {why}")))
 }
 
 #[cfg(test)]

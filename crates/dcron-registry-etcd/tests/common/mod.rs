@@ -2,6 +2,7 @@
 //! servers owned by a test (own ports, own data directory, killed on drop).
 #![allow(dead_code)] // each test binary uses a part of it
 
+pub mod pki;
 pub mod proxy;
 
 use std::net::TcpListener;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use dcron_core::{Error, FireKey, Lease, TaskMeta};
-use dcron_registry_etcd::{EtcdRegistry, EtcdRegistryConfig};
+use dcron_registry_etcd::{EtcdRegistry, EtcdRegistryConfig, EtcdTls};
 use tokio::time::Instant;
 
 /// Whether `DCRON_TEST_REQUIRE=1`: a missing server fails instead of skipping.
@@ -145,6 +146,8 @@ pub struct OwnedEtcd {
     client_port: u16,
     peer_port: u16,
     extra: Vec<String>,
+    /// Client TLS settings when the server serves its clients over TLS.
+    tls: Option<EtcdTls>,
     child: std::sync::Mutex<Option<Child>>,
 }
 
@@ -165,6 +168,24 @@ impl OwnedEtcd {
 
     /// [`OwnedEtcd::start`] with more `etcd` arguments (e.g. `--max-txn-ops`).
     pub async fn start_with(test: &str, extra: &[&str]) -> Option<OwnedEtcd> {
+        OwnedEtcd::start_full(test, extra, None).await
+    }
+
+    /// A server that serves its clients over TLS only, with `pki`'s server certificate, and
+    /// requires client certificates signed by `pki`'s CA (`--client-cert-auth`). Its
+    /// [`OwnedEtcd::config`] carries the CA and the client certificate.
+    pub async fn start_tls(test: &str, pki: &pki::Pki) -> Option<OwnedEtcd> {
+        let tls = EtcdTls::new()
+            .ca_pem(pki.ca_pem.as_bytes())
+            .client_identity(pki.client_cert.as_bytes(), pki.client_key.as_bytes());
+        OwnedEtcd::start_full(test, &[], Some((pki, tls))).await
+    }
+
+    async fn start_full(
+        test: &str,
+        extra: &[&str],
+        tls: Option<(&pki::Pki, EtcdTls)>,
+    ) -> Option<OwnedEtcd> {
         let Some(binary) = etcd_binary() else {
             return skip(
                 test,
@@ -177,12 +198,27 @@ impl OwnedEtcd {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
         std::fs::create_dir_all(&dir).expect("create the data directory");
+        let mut extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        let tls = tls.map(|(pki, tls)| {
+            for (name, text, flag) in [
+                ("server.crt", &pki.server_cert, "--cert-file"),
+                ("server.key", &pki.server_key, "--key-file"),
+                ("ca.crt", &pki.ca_pem, "--trusted-ca-file"),
+            ] {
+                let path = dir.join(name);
+                std::fs::write(&path, text).expect("write a certificate file");
+                extra.push(format!("{flag}={}", path.display()));
+            }
+            extra.push("--client-cert-auth".into());
+            tls
+        });
         let server = OwnedEtcd {
             binary,
             dir,
             client_port: free_port().expect("a free port"),
             peer_port: free_port().expect("a free port"),
-            extra: extra.iter().map(|a| a.to_string()).collect(),
+            extra,
+            tls,
             child: std::sync::Mutex::new(None),
         };
         server.spawn();
@@ -197,6 +233,15 @@ impl OwnedEtcd {
 
     /// A configuration for this server on `namespace`, with short timeouts.
     pub fn config(&self, namespace: &str) -> EtcdRegistryConfig {
+        let config = self.config_without_tls(namespace);
+        match &self.tls {
+            Some(tls) => config.tls(tls.clone()),
+            None => config,
+        }
+    }
+
+    /// [`OwnedEtcd::config`] without the server's TLS settings (a TLS server needs others).
+    pub fn config_without_tls(&self, namespace: &str) -> EtcdRegistryConfig {
         EtcdRegistryConfig::new([self.endpoint()])
             .namespace(namespace)
             .connect_timeout(Duration::from_secs(2))
@@ -209,7 +254,8 @@ impl OwnedEtcd {
             .append(true)
             .open(self.dir.join("etcd.log"))
             .expect("open the log");
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(&self.binary)
             .arg("--name")
@@ -248,7 +294,8 @@ impl OwnedEtcd {
     async fn wait_ready(&self) {
         let endpoint = self.endpoint();
         let ready = eventually(Duration::from_secs(30), || {
-            let config = EtcdRegistryConfig::new([endpoint.clone()])
+            let config = self
+                .config("ready")
                 .connect_timeout(Duration::from_millis(500))
                 .request_timeout(Duration::from_secs(1));
             async move {
