@@ -17,6 +17,10 @@ use futures::StreamExt;
 
 const ADMIN_PASSWORD: &str = "admin-secret";
 
+/// The tests of this file run one after the other: the suite's timing cases want a fair share
+/// of this machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A server for one test whose default user needs a password, or `None` after printing why
 /// it is skipped.
 fn owned() -> Option<Arc<OwnedServer>> {
@@ -111,6 +115,7 @@ impl RegistryFactory for LeastPrivilege {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_conformance_suite_passes_with_least_privileged_users() {
+    let _serial = SERIAL.lock().await;
     let Some(server) = owned() else { return };
     let factory: Arc<dyn RegistryFactory> = Arc::new(LeastPrivilege {
         server: server.clone(),
@@ -181,6 +186,7 @@ fn assert_denied<T>(result: dcron_core::Result<T>, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_user_cannot_read_or_write_another_namespace() {
+    let _serial = SERIAL.lock().await;
     let Some(server) = owned() else { return };
     let (user, password) = namespace_user(&server, "app").await.expect("user");
     let mine = open_as(&server, "app", &user, &password)
