@@ -160,6 +160,7 @@ pub mod policy;
 pub mod registry;
 mod runtime;
 pub mod schedule;
+pub mod signal;
 pub mod task;
 pub mod tombstone;
 pub mod types;
@@ -187,7 +188,8 @@ pub use registry::{
     Capabilities, Lease, PutMode, RecordKind, Registry, WatchStream, MAX_RECORD_KEY_BYTES,
     MAX_WATCH_DELAY,
 };
-pub use schedule::{Schedule, SecondsField};
+pub use schedule::{Schedule, SecondsField, MAX_PREVIEW_FIRES};
+pub use signal::{shutdown_signal, Shutdown, ShutdownSignal};
 pub use task::{ErrorHandler, FireContext, Task, TaskResult};
 pub use types::{
     limits, validate_task_name, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, FireKey,

@@ -77,6 +77,23 @@ pub enum PutMode {
 }
 
 /// What a backend can and cannot do, for the conformance suite and the core's checks.
+///
+/// The struct is `#[non_exhaustive]` (a capability added later defaults to off), so a backend
+/// outside this crate builds its value from [`Capabilities::new`] or
+/// [`Capabilities::with_max_value_bytes`] and the `with_*` / `without_*` methods:
+///
+/// ```
+/// use dcron_core::Capabilities;
+///
+/// // A backend storing values up to 512 KiB, with records and slots but no watches.
+/// let caps = Capabilities::with_max_value_bytes(512 * 1024)
+///     .with_records()
+///     .with_slots()
+///     .without_watch();
+/// assert_eq!(caps.max_value_bytes, 512 * 1024);
+/// assert!(caps.records && caps.slots && !caps.watch && !caps.exactly_once);
+/// assert_eq!(Capabilities::new(), Capabilities::default());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
@@ -124,6 +141,19 @@ impl Default for Capabilities {
 }
 
 impl Capabilities {
+    /// The defaults: 1 MiB values, watches supported, every optional capability off (the same
+    /// as [`Capabilities::default`]).
+    pub fn new() -> Self {
+        Capabilities::default()
+    }
+
+    /// These capabilities with watches declared unsupported: [`Registry::watch_nodes`] and
+    /// [`Registry::watch_tasks`] answer [`Error::Unsupported`] and nodes rely on polling.
+    pub fn without_watch(mut self) -> Self {
+        self.watch = false;
+        self
+    }
+
     /// Capabilities with the given maximum value size and watches supported.
     pub fn with_max_value_bytes(max_value_bytes: usize) -> Self {
         Capabilities {

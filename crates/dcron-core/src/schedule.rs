@@ -140,6 +140,9 @@ enum Mapped {
     },
 }
 
+/// The most instants [`Schedule::next_fires`] computes in one call.
+pub const MAX_PREVIEW_FIRES: usize = 1_000;
+
 impl Schedule {
     /// Parses `expr` in the IANA time zone `zone` (`None` means UTC).
     ///
@@ -237,6 +240,52 @@ impl Schedule {
             }
         }
         out
+    }
+
+    /// The next `n` instants strictly after `after`, oldest first: a preview of the schedule.
+    /// Fewer than `n` when the schedule ends sooner (a one-time schedule, an impossible date,
+    /// beyond year 5000); empty for `n = 0`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `n` exceeds [`MAX_PREVIEW_FIRES`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use chrono::{TimeZone, Utc};
+    /// use dcron_core::schedule::{Schedule, SecondsField};
+    ///
+    /// let s = Schedule::parse("0 */15 * * * *", None, SecondsField::Optional)?;
+    /// let after = Utc.with_ymd_and_hms(2024, 6, 1, 12, 0, 0).unwrap();
+    /// let next = s.next_fires(after, 3)?;
+    /// assert_eq!(next, vec![
+    ///     Utc.with_ymd_and_hms(2024, 6, 1, 12, 15, 0).unwrap(),
+    ///     Utc.with_ymd_and_hms(2024, 6, 1, 12, 30, 0).unwrap(),
+    ///     Utc.with_ymd_and_hms(2024, 6, 1, 12, 45, 0).unwrap(),
+    /// ]);
+    /// assert!(s.next_fires(after, 1_000_000).is_err());
+    /// # Ok::<(), dcron_core::Error>(())
+    /// ```
+    pub fn next_fires(&self, after: DateTime<Utc>, n: usize) -> Result<Vec<DateTime<Utc>>> {
+        if n > MAX_PREVIEW_FIRES {
+            return Err(Error::InvalidArgument(format!(
+                "schedule `{}`: a preview of {n} fires was asked for; at most {MAX_PREVIEW_FIRES} \
+                 are computed at once (ask again after the last one for more)",
+                self.expr
+            )));
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut cursor = after;
+        while out.len() < n {
+            match self.next_after(cursor) {
+                Some(next) => {
+                    out.push(next);
+                    cursor = next;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
     }
 
     /// Whether this is a one-time (`@at`/`@once`) schedule.

@@ -216,7 +216,20 @@ impl TaskMeta {
     }
 
     /// Sets the misfire window: how far back catch-up looks, and the deadline of each fire
-    /// (its instant plus the window).
+    /// (its instant plus the window). Kept to the millisecond; a window longer than
+    /// [`limits::MAX_MISFIRE_WINDOW`] is refused when the record is added (see
+    /// [`TaskMeta::check_bounds`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use dcron_core::{MisfirePolicy, TaskMeta};
+    ///
+    /// let meta = TaskMeta::new("report", "0 * * * *")
+    ///     .with_misfire(MisfirePolicy::FireAll { max: 4 })
+    ///     .with_misfire_window(Duration::from_secs(15 * 60));
+    /// assert_eq!(meta.misfire_window_ms, Some(900_000));
+    /// assert!(meta.check_bounds().is_ok());
+    /// ```
     pub fn with_misfire_window(mut self, window: Duration) -> Self {
         self.misfire_window_ms = Some(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
         self

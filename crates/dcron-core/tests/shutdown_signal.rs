@@ -1,0 +1,38 @@
+//! `ShutdownSignal` turns SIGINT and SIGTERM into a value instead of ending the process.
+//!
+//! One test in its own binary: the handlers it installs are process-wide and stay installed,
+//! and the signals it sends reach every listener of the process.
+#![cfg(unix)]
+
+use std::time::Duration;
+
+use dcron_core::{Shutdown, ShutdownSignal};
+
+/// Sends `signal` to this process with the system's `kill`.
+fn send(signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), std::process::id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} failed: {status}");
+}
+
+#[tokio::test]
+async fn sigterm_and_sigint_are_reported_not_fatal() {
+    let mut signal = ShutdownSignal::listen().expect("install the handlers");
+
+    send("TERM");
+    let got = tokio::time::timeout(Duration::from_secs(10), signal.recv())
+        .await
+        .expect("SIGTERM seen within 10 s")
+        .expect("listening works");
+    assert_eq!(got, Shutdown::Terminate);
+
+    send("INT");
+    let got = tokio::time::timeout(Duration::from_secs(10), signal.recv())
+        .await
+        .expect("SIGINT seen within 10 s")
+        .expect("listening works");
+    assert_eq!(got, Shutdown::Interrupt);
+    assert_eq!(got.to_string(), "interrupt (Ctrl-C)");
+}
