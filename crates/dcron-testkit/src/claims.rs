@@ -14,7 +14,7 @@ use futures::future::join_all;
 use tokio::time::Instant;
 
 use crate::harness::{
-    holds_until, instant, now_millis, task_meta, wait_until, CaseContext, CaseError, CaseResult,
+    holds_until, instant, now_millis, reached, task_meta, CaseContext, CaseError, CaseResult,
 };
 use crate::{ensure, ensure_eq, ensure_err};
 
@@ -426,7 +426,7 @@ pub async fn retention_expiry_allows_a_new_claim(cx: &CaseContext) -> CaseResult
         "long-retention fire"
     );
     let deadline = retention + cx.expiry_slack();
-    let reclaimed = wait_until(deadline, || {
+    let reclaimed = reached(deadline, || {
         let reg = reg.clone();
         let fire = fire.clone();
         async move {
@@ -578,7 +578,7 @@ pub async fn mark_deleted_races_claimers(cx: &CaseContext) -> CaseResult {
     }
     let marker = cx.open().await?;
     // Let the claimers get going before the tombstone lands.
-    let started = wait_until(Duration::from_secs(5), || {
+    let started = reached(Duration::from_secs(5), || {
         let marker = marker.clone();
         async move { Ok(!marker.list_claims("racing").await?.items.is_empty()) }
     })
@@ -587,7 +587,7 @@ pub async fn mark_deleted_races_claimers(cx: &CaseContext) -> CaseResult {
     marker.mark_deleted("racing", now_millis()).await?;
     let returned = tokio::time::Instant::now();
     // Keep claiming for a little while after the tombstone.
-    let after = wait_until(Duration::from_secs(5), || {
+    let after = reached(Duration::from_secs(5), || {
         let marker = marker.clone();
         async move {
             let got = crate::harness::claim_fires(
@@ -607,7 +607,7 @@ pub async fn mark_deleted_races_claimers(cx: &CaseContext) -> CaseResult {
     );
     // Let the claimers send a few more calls after the tombstone, then stop them.
     let seen = calls.load(Ordering::Acquire);
-    let more = wait_until(Duration::from_secs(5), || {
+    let more = reached(Duration::from_secs(5), || {
         let calls = calls.clone();
         async move { Ok(calls.load(Ordering::Acquire) >= seen + 20) }
     })
@@ -1025,7 +1025,7 @@ pub async fn late_claims_are_refused(cx: &CaseContext) -> CaseResult {
     // Wait until the registry's own clock is past the deadline: a fresh fire with the same
     // deadline is then `Late`.
     let mut probe = 10_000i64;
-    let passed = wait_until(Duration::from_secs(60), || {
+    let passed = reached(Duration::from_secs(60), || {
         probe += 1;
         let reg = reg.clone();
         let request = request_until(&FireKey::new("late-probe", instant(probe)), 0, soon, LONG);
@@ -1159,7 +1159,7 @@ pub async fn retention_is_kept_within_tolerance(cx: &CaseContext) -> CaseResult 
         started.elapsed()
     );
     let bound = retention + expiry_tolerance(retention);
-    let gone = wait_until(
+    let gone = reached(
         (returned + bound).saturating_duration_since(Instant::now()),
         || {
             let other = other.clone();
@@ -1201,7 +1201,7 @@ pub async fn per_request_retentions_in_one_batch(cx: &CaseContext) -> CaseResult
         "fresh fires: {out:?}"
     );
     let bound = short + expiry_tolerance(short);
-    let gone = wait_until(bound, || {
+    let gone = reached(bound, || {
         let reg = reg.clone();
         let fire = f[1].clone();
         async move { Ok(listed(reg.as_ref(), &fire).await?.is_empty()) }
@@ -1238,7 +1238,7 @@ pub async fn expired_claims_are_never_listed(cx: &CaseContext) -> CaseResult {
     ensure!(out.iter().all(ClaimOutcome::is_won), "fresh fires: {out:?}");
     let long: BTreeSet<FireKey> = f.iter().skip(1).step_by(2).cloned().collect();
     let bound = short + expiry_tolerance(short);
-    let only_long = wait_until(bound, || {
+    let only_long = reached(bound, || {
         let reg = reg.clone();
         let long = long.clone();
         async move {

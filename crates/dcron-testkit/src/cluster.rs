@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dcron_core::{Dcron, FireContext, FireKey, MisfirePolicy, Schedule, SecondsField, TaskMeta};
 
-use crate::harness::{now_millis, wait_until, CaseContext, CaseError, CaseResult};
+use crate::harness::{now_millis, reached, CaseContext, CaseError, CaseResult};
 use crate::ledger::{check, Ledger};
 
 pub(crate) const EVERY_SECOND: &str = "* * * * * *";
@@ -84,7 +84,7 @@ pub(crate) async fn node_builder(
 }
 
 pub(crate) async fn all_working(nodes: &[&Dcron]) -> Result<(), CaseError> {
-    let ok = wait_until(Duration::from_secs(20), || async {
+    let ok = reached(Duration::from_secs(20), || async {
         Ok(nodes.iter().all(|n| n.state() == "working"))
     })
     .await?;
@@ -97,7 +97,7 @@ pub(crate) async fn owned_once(
     tasks: usize,
     within: Duration,
 ) -> Result<bool, CaseError> {
-    wait_until(within, || async {
+    reached(within, || async {
         let mut owned: Vec<String> = nodes.iter().flat_map(|n| n.my_running_tasks()).collect();
         let total = owned.len();
         owned.sort();
@@ -199,7 +199,7 @@ pub async fn crashed_node_is_taken_over_and_the_gap_caught_up(cx: &CaseContext) 
     let crashed_at = tokio::time::Instant::now();
     drop(victim);
     let bound = takeover_bound(cx);
-    let taken = wait_until(bound, || async {
+    let taken = reached(bound, || async {
         Ok(survivor.my_running_tasks().len() == tasks.len())
     })
     .await?;
@@ -241,7 +241,7 @@ pub async fn marked_deleted_task_stops_everywhere(cx: &CaseContext) -> CaseResul
     let n1 = start_node(cx, "n1", &ledger, &tasks).await?;
     let n2 = start_node(cx, "n2", &ledger, &tasks).await?;
     all_working(&[&n1, &n2]).await?;
-    let ran = wait_until(Duration::from_secs(10), || async {
+    let ran = reached(Duration::from_secs(10), || async {
         Ok(!ledger.for_task("doomed").is_empty())
     })
     .await?;
@@ -269,7 +269,7 @@ pub async fn one_shot_runs_once_cluster_wide(cx: &CaseContext) -> CaseResult {
     n1.add_task_meta(TaskMeta::new("once", EVERY_SECOND).one_shot())
         .await?;
     let observer = cx.open().await?;
-    let done = wait_until(Duration::from_secs(15), || async {
+    let done = reached(Duration::from_secs(15), || async {
         Ok(observer.get_tombstone("once").await?.is_some())
     })
     .await?;

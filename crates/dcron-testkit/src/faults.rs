@@ -5,7 +5,7 @@ use std::time::Duration;
 use dcron_core::{ClaimOutcome, Error, FireKey, PutMode};
 
 use crate::harness::{
-    instant, node_listed, now_millis, wait_until, CaseContext, CaseError, CaseResult,
+    instant, node_listed, now_millis, reached, CaseContext, CaseError, CaseResult,
 };
 use crate::{ensure, ensure_eq, ensure_err};
 
@@ -31,7 +31,7 @@ pub async fn restart_keeps_records(cx: &CaseContext) -> CaseResult {
     ensure!(won[0].is_won(), "fresh fire: {won:?}");
 
     cx.restart_server().await?;
-    let back = wait_until(RECOVERY_BOUND, || {
+    let back = reached(RECOVERY_BOUND, || {
         let reg = reg.clone();
         async move {
             match reg.list_tasks().await {
@@ -83,7 +83,7 @@ pub async fn restart_node_comes_back(cx: &CaseContext) -> CaseResult {
     cx.restart_server().await?;
     // Whether the old lease survived the restart (set once keep_alive answers).
     let survived = std::sync::atomic::AtomicBool::new(false);
-    let answered = wait_until(RECOVERY_BOUND, || {
+    let answered = reached(RECOVERY_BOUND, || {
         let reg = reg.clone();
         let lease = lease.clone();
         let survived = &survived;
@@ -131,7 +131,7 @@ pub async fn expired_lease_then_reregister(cx: &CaseContext) -> CaseResult {
     let node = cx.node("expired");
     let lease = reg.register(&node, cx.min_ttl() * 10).await?;
     cx.expire_lease(&lease).await?;
-    let lost = wait_until(cx.expiry_slack() + Duration::from_secs(1), || {
+    let lost = reached(cx.expiry_slack() + Duration::from_secs(1), || {
         let reg = reg.clone();
         let lease = lease.clone();
         async move {
@@ -147,7 +147,7 @@ pub async fn expired_lease_then_reregister(cx: &CaseContext) -> CaseResult {
         lost,
         "keep_alive still succeeds after the lease was expired"
     );
-    let gone = wait_until(cx.expiry_slack() + Duration::from_secs(1), || {
+    let gone = reached(cx.expiry_slack() + Duration::from_secs(1), || {
         let observer = observer.clone();
         let id = node.id.clone();
         async move { Ok(!node_listed(observer.as_ref(), &id).await?) }

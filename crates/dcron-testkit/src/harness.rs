@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use dcron_core::{Error, Lease, Node, Registry};
-use tokio::time::Instant;
 
 /// The environment variable that turns a skip for an unreachable server into a failure (CI sets
 /// it to `1`).
@@ -459,52 +458,36 @@ pub fn instant(offset_ms: i64) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
-/// Polls `condition` until it answers `true` or `within` has passed, then answers whether it
-/// held. Errors from the condition end the wait at once.
+/// [`wait_until`](crate::wait_until) for a case: whether `condition` held within `within`,
+/// so that the case fails with its own message; an error from the condition ends the wait.
 ///
 /// # Errors
 /// The first error the condition returns.
-pub async fn wait_until<F, Fut>(within: Duration, mut condition: F) -> Result<bool, CaseError>
+pub(crate) async fn reached<F, Fut>(within: Duration, condition: F) -> Result<bool, CaseError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool, CaseError>>,
 {
-    let deadline = Instant::now() + within;
-    let mut pause = Duration::from_millis(10);
-    loop {
-        if condition().await? {
-            return Ok(true);
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
+    match crate::wait::wait_until("a case condition", within, condition).await {
+        Ok(()) => Ok(true),
+        Err(crate::wait::WaitError::TimedOut { .. }) => Ok(false),
+        Err(crate::wait::WaitError::Failed(e)) => Err(e),
     }
 }
 
-/// Polls `condition` until `until`, answering `false` at the first poll where it does not hold,
-/// and `true` when it held at every poll, the last of which starts at or after `until`. For
-/// promises of the form "still there at least until": it never sleeps past the next poll.
+/// [`holds_until`](crate::holds_until) for a case condition (errors are [`CaseError`]s).
 ///
 /// # Errors
 /// The first error the condition returns.
-pub async fn holds_until<F, Fut>(until: Instant, mut condition: F) -> Result<bool, CaseError>
+pub(crate) async fn holds_until<F, Fut>(
+    until: tokio::time::Instant,
+    condition: F,
+) -> Result<bool, CaseError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool, CaseError>>,
 {
-    loop {
-        let polled = Instant::now();
-        if !condition().await? {
-            return Ok(false);
-        }
-        if polled >= until {
-            return Ok(true);
-        }
-        let left = until.saturating_duration_since(Instant::now());
-        tokio::time::sleep(left.min(Duration::from_millis(100))).await;
-    }
+    crate::wait::holds_until(until, condition).await
 }
 
 /// Whether a node id is in the registry's live node list.

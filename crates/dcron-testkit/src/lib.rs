@@ -21,13 +21,14 @@ pub mod sim;
 pub mod slots;
 pub mod tasks;
 pub mod tombstones;
+pub mod wait;
 pub mod watch;
 
 pub use async_trait::async_trait;
 pub use clock::ManualClock;
 pub use harness::{
-    claim_as, claim_fires, holds_until, instant, node_listed, now_millis, servers_required,
-    task_meta, wait_until, CaseContext, CaseError, CaseResult, Hooks, RegistryFactory, REQUIRE_ENV,
+    claim_as, claim_fires, instant, node_listed, now_millis, servers_required, task_meta,
+    CaseContext, CaseError, CaseResult, Hooks, RegistryFactory, REQUIRE_ENV,
 };
 pub use ledger::{check, check_allowed, expected_fires, Duplicate, Execution, Ledger, Report};
 pub use memory::MemoryFactory;
@@ -37,6 +38,7 @@ pub use runner::{
     cases, run_all, run_case, Case, CaseFn, Requirement, Summary, CASE_TIMEOUT,
     MAX_PROBED_VALUE_BYTES,
 };
+pub use wait::{holds_until, wait_until, WaitError};
 
 /// Generates the `main` of a `harness = false` test target that runs every conformance case
 /// against a [`RegistryFactory`] expression: the recommended entry point.

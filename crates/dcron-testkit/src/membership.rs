@@ -6,7 +6,7 @@ use chrono::TimeZone;
 use dcron_core::{expiry_tolerance, Error, NodeStatus, Registry};
 use tokio::time::Instant;
 
-use crate::harness::{holds_until, node_listed, wait_until, CaseContext, CaseResult};
+use crate::harness::{holds_until, node_listed, reached, CaseContext, CaseResult};
 use crate::{ensure, ensure_eq, ensure_err};
 
 /// A TTL long enough to outlive any case.
@@ -18,7 +18,7 @@ async fn gone_within(
     id: &str,
     within: Duration,
 ) -> Result<bool, crate::CaseError> {
-    wait_until(within, || async move { Ok(!node_listed(reg, id).await?) }).await
+    reached(within, || async move { Ok(!node_listed(reg, id).await?) }).await
 }
 
 /// A fresh namespace lists no nodes.
@@ -489,7 +489,7 @@ pub async fn expired_nodes_are_never_listed(cx: &CaseContext) -> CaseResult {
     }
     let granted = short.iter().map(|(l, _)| l.ttl).max().unwrap_or(ttl);
     let bound = granted + expiry_tolerance(granted);
-    let only_keeper = wait_until(bound, || {
+    let only_keeper = reached(bound, || {
         let reg = reg.clone();
         let id = keeper.id.clone();
         async move {

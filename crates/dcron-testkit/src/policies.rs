@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use dcron_core::{admin, Dcron, FireKey, OverlapPolicy, RetryPolicy, TaskOptions};
 
 use crate::cluster::{all_working, node_builder, pause, record, stop_all, EVERY_SECOND};
-use crate::harness::{now_millis, wait_until, CaseContext, CaseError, CaseResult};
+use crate::harness::{now_millis, reached, CaseContext, CaseError, CaseResult};
 use crate::ledger::Ledger;
 use crate::{ensure, ensure_eq};
 
@@ -70,7 +70,7 @@ pub async fn pause_trigger_resume_cluster_wide(cx: &CaseContext) -> CaseResult {
     }
     let refs: Vec<&Dcron> = nodes.iter().collect();
     all_working(&refs).await?;
-    let ran = wait_until(Duration::from_secs(10), || async {
+    let ran = reached(Duration::from_secs(10), || async {
         Ok(!ledger.for_task(task).is_empty())
     })
     .await?;
@@ -83,7 +83,7 @@ pub async fn pause_trigger_resume_cluster_wide(cx: &CaseContext) -> CaseResult {
     let during = runs_after(&ledger, task, settled);
     ensure!(during.is_empty(), "fired while paused: {during:?}");
     let trigger = admin::trigger_task(&*operator, task, now_millis()).await?;
-    let triggered = wait_until(Duration::from_secs(10), || async {
+    let triggered = reached(Duration::from_secs(10), || async {
         Ok(ledger.count(&FireKey::new(task, trigger.requested_at)) > 0)
     })
     .await?;
@@ -108,7 +108,7 @@ pub async fn pause_trigger_resume_cluster_wide(cx: &CaseContext) -> CaseResult {
     );
     admin::resume_task(&*operator, task, now_millis()).await?;
     let resumed = now_millis();
-    let back = wait_until(Duration::from_secs(10), || async {
+    let back = reached(Duration::from_secs(10), || async {
         Ok(!runs_after(&ledger, task, resumed).is_empty())
     })
     .await?;
@@ -133,7 +133,7 @@ pub async fn status_is_stored_and_survives_a_handover(cx: &CaseContext) -> CaseR
     let n2 = recording_node(cx, "n2", &ledger, task, TaskOptions::new()).await?;
     all_working(&[&n1, &n2]).await?;
     let operator = cx.open().await?;
-    let ran = wait_until(Duration::from_secs(10), || async {
+    let ran = reached(Duration::from_secs(10), || async {
         Ok(ledger.for_task(task).len() >= 3)
     })
     .await?;
@@ -146,7 +146,7 @@ pub async fn status_is_stored_and_survives_a_handover(cx: &CaseContext) -> CaseR
     };
     leaving.stop().await?;
     let before = ledger.for_task(task).len();
-    let more = wait_until(Duration::from_secs(15), || async {
+    let more = reached(Duration::from_secs(15), || async {
         Ok(ledger.for_task(task).len() >= before + 3)
     })
     .await?;
@@ -156,7 +156,7 @@ pub async fn status_is_stored_and_survives_a_handover(cx: &CaseContext) -> CaseR
     pause(Duration::from_secs(2)).await;
     let executed = ledger.for_task(task).len() as u64;
     let last: Arc<Mutex<Option<dcron_core::TaskStatus>>> = Arc::new(Mutex::new(None));
-    let matched = wait_until(Duration::from_secs(10), || async {
+    let matched = reached(Duration::from_secs(10), || async {
         let s = admin::task_status(&*operator, task).await?;
         let ok = s.as_ref().is_some_and(|s| s.run_count == executed);
         *last.lock().unwrap_or_else(|p| p.into_inner()) = s;
@@ -291,7 +291,7 @@ pub async fn overlap_skip_holds_across_nodes(cx: &CaseContext) -> CaseResult {
     let leaving = nodes.remove(owner);
     let staying = nodes.remove(0);
     leaving.stop().await?;
-    let more = wait_until(Duration::from_secs(15), || async {
+    let more = reached(Duration::from_secs(15), || async {
         let s = spans.lock().unwrap_or_else(|p| p.into_inner());
         Ok(s.iter().any(|x| x.0 == staying.node_id()))
     })
@@ -335,7 +335,7 @@ pub async fn backfill_runs_only_unclaimed_fires(cx: &CaseContext) -> CaseResult 
     let started = now_millis();
     n1.start().await?;
     all_working(&[&n1]).await?;
-    let ran = wait_until(Duration::from_secs(10), || async {
+    let ran = reached(Duration::from_secs(10), || async {
         Ok(ledger.for_task(task).len() >= 2)
     })
     .await?;
@@ -400,13 +400,13 @@ pub async fn schedule_once_runs_once_and_leaves_no_trace(cx: &CaseContext) -> Ca
     let asked = now_millis();
     n2.schedule_once("once-later", Duration::from_secs(2), "payload")
         .await?;
-    let ran = wait_until(Duration::from_secs(15), || async {
+    let ran = reached(Duration::from_secs(15), || async {
         Ok(!ledger.for_task("once-later").is_empty())
     })
     .await?;
     ensure!(ran, "the scheduled run happened");
     let observer = cx.open().await?;
-    let gone = wait_until(Duration::from_secs(10), || async {
+    let gone = reached(Duration::from_secs(10), || async {
         Ok(observer.get_task("once-later").await?.is_none())
     })
     .await?;
@@ -476,7 +476,7 @@ pub async fn timeouts_cut_slow_handlers(cx: &CaseContext) -> CaseResult {
     all_working(&refs).await?;
     let started = now_millis();
     // Three fires after the start ran (each cut at 200 ms, so they do not pile up).
-    let ran = wait_until(Duration::from_secs(15), || async {
+    let ran = reached(Duration::from_secs(15), || async {
         Ok(runs_after(&ledger, "slow", started).len() >= 3)
     })
     .await?;

@@ -9,7 +9,7 @@ use dcron_core::{Error, FireKey, Lease, Registry, SlotOutcome};
 use futures::future::join_all;
 use tokio::time::Instant;
 
-use crate::harness::{holds_until, instant, wait_until, CaseContext, CaseError, CaseResult};
+use crate::harness::{holds_until, instant, reached, CaseContext, CaseError, CaseResult};
 use crate::{ensure, ensure_eq, ensure_err};
 
 /// A TTL long enough that no lease of a case ends by itself.
@@ -282,7 +282,7 @@ pub async fn slot_ends_with_the_lease(cx: &CaseContext) -> CaseResult {
         "the slot was free after {:?}, before 0.8 of its holder's TTL {ttl:?}",
         started.elapsed()
     );
-    let freed = wait_until(cx.expiry_bound(), || async {
+    let freed = reached(cx.expiry_bound(), || async {
         Ok(b.acquire_slot(&lease_b, &probe).await?.is_taken())
     })
     .await?;
