@@ -7,13 +7,20 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{eventually, shared_connect, unique, Proxy};
+use common::{shared_connect, unique, Proxy};
 use dcron_core::{Dcron, FireKey, MisfirePolicy, Schedule, SecondsField};
 use dcron_registry_zk::{ZkRegistry, ZkRegistryConfig};
-use dcron_testkit::{check, Ledger};
+use dcron_testkit::{check, wait_until, Ledger};
 
 const EVERY_SECOND: &str = "* * * * * *";
 const TASKS: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
+
+/// Whether every task has run a fire scheduled at or after `at`.
+fn every_task_ran_after(ledger: &Ledger, at: chrono::DateTime<Utc>) -> bool {
+    TASKS
+        .iter()
+        .all(|t| ledger.for_task(t).iter().any(|e| e.fire.instant >= at))
+}
 
 async fn node(config: ZkRegistryConfig, name: &str, ledger: &Ledger) -> Dcron {
     let registry = ZkRegistry::connect(config).await.expect("connect");
@@ -73,38 +80,59 @@ async fn a_node_whose_sessions_expire_comes_back_and_no_fire_is_lost_or_doubled(
     )
     .await;
     let working = |n: &Dcron| n.state() == "working";
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            working(&cut_off) && working(&steady)
-        })
-        .await,
-        "both nodes working"
-    );
+    wait_until("both nodes working", Duration::from_secs(20), || async {
+        working(&cut_off) && working(&steady)
+    })
+    .await
+    .expect("cluster up");
     let from = Utc::now() + chrono::Duration::seconds(1);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until(
+        "every task run once after `from`, before the cut",
+        Duration::from_secs(10),
+        || async { every_task_ran_after(&ledger, from) },
+    )
+    .await
+    .expect("fires before the cut");
 
     // Every session of the cut-off node expires on the server.
     proxy.set_down(true);
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            steady.my_running_tasks().len() == TASKS.len()
-        })
-        .await,
-        "the steady node takes every task over"
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until(
+        "the steady node takes every task over",
+        Duration::from_secs(15),
+        || async { steady.my_running_tasks().len() == TASKS.len() },
+    )
+    .await
+    .expect("takeover");
+    let alone = Utc::now();
+    wait_until(
+        "every task run by the steady node alone",
+        Duration::from_secs(10),
+        || async { every_task_ran_after(&ledger, alone) },
+    )
+    .await
+    .expect("fires while cut off");
     proxy.set_down(false);
 
     // The cut-off node registers again (a new session, a new epoch) and gets tasks back.
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            working(&cut_off) && !cut_off.my_running_tasks().is_empty()
-        })
-        .await,
-        "the cut-off node is back and owns tasks again: state {:?}",
-        cut_off.state()
-    );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Err(e) = wait_until(
+        "the cut-off node is back and owns tasks again",
+        Duration::from_secs(30),
+        || async { working(&cut_off) && !cut_off.my_running_tasks().is_empty() },
+    )
+    .await
+    {
+        panic!("{e}: state {:?}", cut_off.state());
+    }
+    // Both nodes run fires again, then the window closes 2 s before the stop (fires still in
+    // flight at the stop are not counted).
+    let back = Utc::now() + chrono::Duration::seconds(2);
+    wait_until(
+        "every task run after the comeback",
+        Duration::from_secs(10),
+        || async { every_task_ran_after(&ledger, back) },
+    )
+    .await
+    .expect("fires after the comeback");
     let to = Utc::now() - chrono::Duration::seconds(2);
     cut_off.stop().await.expect("stop");
     steady.stop().await.expect("stop");

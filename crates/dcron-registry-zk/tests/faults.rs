@@ -17,6 +17,7 @@ use dcron_core::{
     ClaimOutcome, ClaimRequest, Claimant, Error, FireKey, Life, Node, PutMode, Registry, TaskMeta,
 };
 use dcron_registry_zk::{Fault, FaultInjector, ZkRegistry, ZkRegistryConfig};
+use dcron_testkit::wait_until;
 
 struct Rig {
     faulty: ZkRegistry,
@@ -621,16 +622,20 @@ async fn lives_and_claims_are_whole_and_truthful_under_faults() {
             .await
             .expect("claim")[0]
             .is_won());
-        let expired = common::eventually(Duration::from_secs(5), || async {
-            rig.clean
-                .list_claims(&name)
-                .await
-                .expect("claims")
-                .items
-                .is_empty()
-        })
-        .await;
-        assert!(expired, "{name}: the short claim expires");
+        wait_until(
+            &format!("{name}: the short claim expires"),
+            Duration::from_secs(5),
+            || async {
+                rig.clean
+                    .list_claims(&name)
+                    .await
+                    .expect("claims")
+                    .items
+                    .is_empty()
+            },
+        )
+        .await
+        .expect("wait");
         rig.arm(fault);
         let res = claim_as(&rig.faulty, &name, "me", g).await;
         let sent = rig.disarm();
@@ -701,12 +706,16 @@ async fn node_records_are_whole_and_truthful_under_faults() {
             }
             r if unknown(r) => {
                 // A registration that failed leaves nothing behind (its session is closed).
-                let gone = common::eventually(Duration::from_secs(10), || {
-                    let id = id.clone();
-                    async move { listed(id).await.is_empty() }
-                })
-                .await;
-                assert!(gone, "{id}: a failed registration is not left listed");
+                wait_until(
+                    &format!("{id}: a failed registration is not left listed"),
+                    Duration::from_secs(10),
+                    || {
+                        let id = id.clone();
+                        async move { listed(id).await.is_empty() }
+                    },
+                )
+                .await
+                .expect("wait");
             }
             other => panic!("{id}: {other:?}"),
         }

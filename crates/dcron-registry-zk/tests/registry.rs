@@ -9,12 +9,13 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{eventually, shared_connect, shared_registry, shared_registry_with, unique, Proxy};
+use common::{shared_connect, shared_registry, shared_registry_with, unique, Proxy};
 use dcron_core::{
     ClaimOutcome, ClaimRequest, Claimant, Error, FireKey, Node, NodeEvent, NodeStatus, PutMode,
     Registry, TaskMeta, TaskMetaEvent,
 };
 use dcron_registry_zk::{ZkEvent, ZkRegistry, ZkRegistryConfig};
+use dcron_testkit::wait_until;
 use futures::StreamExt;
 use zookeeper_async::{Acl, CreateMode, ZkError, ZooKeeper};
 
@@ -185,17 +186,21 @@ async fn short_connection_loss_keeps_the_session() {
     let mut events = reg.watch_tasks().await.expect("watch");
 
     proxy.set_down(true);
-    let saw_outage = eventually(Duration::from_secs(5), || async {
-        matches!(reg.keep_alive(&lease).await, Err(Error::Unavailable { .. }))
-    })
-    .await;
-    assert!(saw_outage, "keep_alive reports the outage as Unavailable");
+    wait_until(
+        "keep_alive reports the outage as Unavailable",
+        Duration::from_secs(5),
+        || async { matches!(reg.keep_alive(&lease).await, Err(Error::Unavailable { .. })) },
+    )
+    .await
+    .expect("wait");
     proxy.set_down(false);
-    let back = eventually(Duration::from_secs(6), || async {
-        reg.keep_alive(&lease).await.is_ok()
-    })
-    .await;
-    assert!(back, "the same lease works again after reconnecting");
+    wait_until(
+        "the same lease works again after reconnecting",
+        Duration::from_secs(6),
+        || async { reg.keep_alive(&lease).await.is_ok() },
+    )
+    .await
+    .expect("wait");
     assert!(listed(&observer, "blip").await, "the node never left");
     assert!(
         next_matching(&mut events, Duration::from_secs(10), |e| *e
@@ -259,11 +264,13 @@ async fn session_expiry_renews_the_session_rearms_watches_and_loses_the_lease() 
     assert!(listed(&observer, "expiring").await);
 
     proxy.set_down(true);
-    let gone = eventually(Duration::from_secs(15), || async {
-        !listed(&observer, "expiring").await
-    })
-    .await;
-    assert!(gone, "the server expired the unreachable node's session");
+    wait_until(
+        "the server expired the unreachable node's session",
+        Duration::from_secs(15),
+        || async { !listed(&observer, "expiring").await },
+    )
+    .await
+    .expect("wait");
     proxy.set_down(false);
 
     let renewed = tokio::time::timeout(Duration::from_secs(20), async {
@@ -284,11 +291,13 @@ async fn session_expiry_renews_the_session_rearms_watches_and_loses_the_lease() 
     assert_ne!(new, old);
     assert_eq!(reg.session(), new);
 
-    let lost = eventually(Duration::from_secs(10), || async {
-        matches!(reg.keep_alive(&lease).await, Err(Error::LeaseLost { .. }))
-    })
-    .await;
-    assert!(lost, "keep_alive reports LeaseLost after the expiry");
+    wait_until(
+        "keep_alive reports LeaseLost after the expiry",
+        Duration::from_secs(10),
+        || async { matches!(reg.keep_alive(&lease).await, Err(Error::LeaseLost { .. })) },
+    )
+    .await
+    .expect("wait");
     assert!(matches!(
         reg.update_node(&lease, &n).await,
         Err(Error::LeaseLost { .. })
@@ -307,11 +316,13 @@ async fn session_expiry_renews_the_session_rearms_watches_and_loses_the_lease() 
         .await,
         "the task watch is re-armed in the new session"
     );
-    let again = eventually(Duration::from_secs(10), || async {
-        reg.register(&n, Duration::from_secs(4)).await.is_ok()
-    })
-    .await;
-    assert!(again, "re-registering works once the server is back");
+    wait_until(
+        "re-registering works once the server is back",
+        Duration::from_secs(10),
+        || async { reg.register(&n, Duration::from_secs(4)).await.is_ok() },
+    )
+    .await
+    .expect("wait");
     assert!(listed(&observer, "expiring").await, "the node is back");
     assert!(
         next_matching(&mut nodes, Duration::from_secs(10), |e| {
@@ -728,14 +739,18 @@ async fn server_without_ttl_znodes() {
         .map(|c| c.generation)
         .expect("the kept claim is listed");
     // Expired: not listed and claimable by another at once, long before any sweep could help.
-    let expired = eventually(Duration::from_secs(5), || async {
-        reg.list_claims("swept")
-            .await
-            .map(|l| l.items.len() == 1 && l.items[0].fire == keep)
-            .unwrap_or(false)
-    })
-    .await;
-    assert!(expired, "the expired claim is no longer listed");
+    wait_until(
+        "the expired claim is no longer listed",
+        Duration::from_secs(5),
+        || async {
+            reg.list_claims("swept")
+                .await
+                .map(|l| l.items.len() == 1 && l.items[0].fire == keep)
+                .unwrap_or(false)
+        },
+    )
+    .await
+    .expect("wait");
     assert!(claim(&reg, &short, "b", Duration::from_secs(600))
         .await
         .is_won());
@@ -767,17 +782,18 @@ async fn server_without_ttl_znodes() {
     assert!(claim(&reg, &short2, "a", Duration::from_millis(300))
         .await
         .is_won());
-    let swept = eventually(Duration::from_secs(15), || async {
-        let children = raw.get_children(&dir, false).await.unwrap_or_default();
-        !children
-            .iter()
-            .any(|c| c == "1900000002000" || c == "1_1900000003000")
-    })
-    .await;
-    assert!(
-        swept,
-        "the sweeper deleted the expired claim znodes, of this build and an earlier one"
-    );
+    wait_until(
+        "the sweeper deleted the expired claim znodes, of this build and an earlier one",
+        Duration::from_secs(15),
+        || async {
+            let children = raw.get_children(&dir, false).await.unwrap_or_default();
+            !children
+                .iter()
+                .any(|c| c == "1900000002000" || c == "1_1900000003000")
+        },
+    )
+    .await
+    .expect("wait");
     let mut children = raw.get_children(&dir, false).await.expect("children");
     children.sort();
     assert_eq!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dcron_core::{Error, Lease, Registry, Result};
 use dcron_registry_zk::{ZkRegistry, ZkRegistryConfig};
-use dcron_testkit::{async_trait, RegistryFactory};
+use dcron_testkit::{async_trait, wait_until, RegistryFactory};
 use tokio::process::{Child, Command};
 use zookeeper_async::{Acl, CreateMode, ZkError, ZooKeeper};
 
@@ -66,24 +66,6 @@ pub fn unique(prefix: &str) -> String {
         "{prefix}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
-}
-
-/// Polls `condition` every 50 ms until it holds or `within` passes; answers whether it held.
-pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Writes raw bytes at a znode path (creating it when absent) through a plain client.
@@ -343,18 +325,16 @@ impl OwnedServer {
             .map_err(|e| Error::unavailable(format!("cannot start java: {e}")))?;
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.port);
-        let up = eventually(Duration::from_secs(60), || {
-            let addr = addr.clone();
-            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
-        })
-        .await;
-        if up {
-            Ok(())
-        } else {
-            Err(Error::unavailable(
-                "owned ZooKeeper did not start within 60 s",
-            ))
-        }
+        wait_until(
+            "the owned ZooKeeper accepts connections",
+            Duration::from_secs(60),
+            || {
+                let addr = addr.clone();
+                async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+            },
+        )
+        .await
+        .map_err(|e| Error::unavailable(e.to_string()))
     }
 
     /// Stops the server (its data is kept) and starts it again on the same port.
