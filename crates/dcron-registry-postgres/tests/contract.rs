@@ -13,6 +13,7 @@ use dcron_core::{
     ClaimOutcome, ClaimRequest, Claimant, Error, FireKey, Node, PutMode, Registry, TaskMeta,
 };
 use dcron_registry_postgres::PostgresRegistry;
+use dcron_testkit::{holds_until, wait_until};
 use futures::future::join_all;
 use tokio::time::Instant;
 
@@ -366,20 +367,20 @@ async fn claim_retention_runs_on_the_server_clock() {
         .await
         .expect("claim");
     assert!(out[0].is_won());
-    // Kept for at least the retention...
-    while start.elapsed() < Duration::from_millis(1500) {
-        assert_eq!(reg.list_claims("t").await.expect("list").items.len(), 1);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Kept for at least the retention (watched over 1.5 s of the 2 s)...
+    let kept = holds_until(start + Duration::from_millis(1500), || async {
+        reg.list_claims("t").await.expect("list").items.len() == 1
+    })
+    .await;
+    assert_eq!(kept, Ok(true), "the claim disappeared before its retention");
     // ...and gone (unlisted, claimable) within retention + tolerance.
-    let deadline = start + Duration::from_secs(4);
-    loop {
-        if reg.list_claims("t").await.expect("list").items.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "claim still listed after 4 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the claim unlisted within 4 s of its start",
+        Duration::from_secs(4).saturating_sub(start.elapsed()),
+        || async { reg.list_claims("t").await.expect("list").items.is_empty() },
+    )
+    .await
+    .expect("expired claim");
     assert!(start.elapsed() >= Duration::from_secs(2));
     let again = reg
         .claim(&Claimant::new("b", 1), &[short])

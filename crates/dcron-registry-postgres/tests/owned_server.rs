@@ -15,9 +15,8 @@ use dcron_core::{
     TaskMeta, TaskMetaEvent,
 };
 use dcron_registry_postgres::PostgresRegistry;
-use dcron_testkit::{cases, run_case, CaseError, RegistryFactory};
+use dcron_testkit::{cases, run_case, wait_until, CaseError, RegistryFactory};
 use futures::StreamExt;
-use tokio::time::Instant;
 
 /// Runs one of the testkit's `faults` cases against a fresh harness-owned server.
 fn run_fault_case(name: &str) {
@@ -67,24 +66,23 @@ fn owned() -> Option<OwnedServer> {
     }
 }
 
-/// Polls `list_tasks` until it answers; every error meanwhile must be retryable.
+/// Polls `list_tasks` until it answers; every error meanwhile must be retryable. Answers how
+/// many errors were seen.
 async fn wait_back(reg: &PostgresRegistry, within: Duration) -> usize {
-    let deadline = Instant::now() + within;
-    let mut errors = 0;
-    loop {
+    let errors = std::sync::atomic::AtomicUsize::new(0);
+    wait_until("the registry answers again", within, || async {
         match reg.list_tasks().await {
-            Ok(_) => return errors,
+            Ok(_) => true,
             Err(e) => {
                 assert!(e.is_retryable(), "while the server is down: {e:?}");
-                errors += 1;
-                assert!(
-                    Instant::now() < deadline,
-                    "the registry did not come back within {within:?}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                errors.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                false
             }
         }
-    }
+    })
+    .await
+    .expect("server back");
+    errors.into_inner()
 }
 
 fn at(ms: i64) -> chrono::DateTime<Utc> {
