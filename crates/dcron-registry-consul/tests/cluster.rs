@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dcron_core::Dcron;
+use dcron_testkit::wait_until;
 use support::double::ConsulDouble;
 
 type Runs = Arc<Mutex<BTreeMap<(String, DateTime<Utc>), Vec<String>>>>;
@@ -51,23 +52,28 @@ async fn each_fire_runs_once_and_the_survivor_takes_over() {
     let beta = start_node(&d, "beta", &runs).await;
 
     // Both nodes working: fires of every task keep coming.
-    assert!(
-        support::eventually(Duration::from_secs(20), || async {
+    if let Err(e) = wait_until(
+        "three fires of every task",
+        Duration::from_secs(20),
+        || async {
             let r = snapshot(&runs);
             ["a", "b", "c"]
                 .iter()
                 .all(|t| r.keys().filter(|(task, _)| task == t).count() >= 3)
-        })
-        .await,
-        "fires ran: {:?}",
-        snapshot(&runs)
-    );
+        },
+    )
+    .await
+    {
+        panic!("{e}; fires ran: {:?}", snapshot(&runs));
+    }
 
     // alpha leaves: beta runs every task from then on.
     alpha.stop().await.expect("stop");
     let left_at = Utc::now();
-    assert!(
-        support::eventually(Duration::from_secs(20), || async {
+    if let Err(e) = wait_until(
+        "beta runs every task after alpha left",
+        Duration::from_secs(20),
+        || async {
             let r = snapshot(&runs);
             ["a", "b", "c"].iter().all(|t| {
                 r.iter()
@@ -75,11 +81,12 @@ async fn each_fire_runs_once_and_the_survivor_takes_over() {
                     .count()
                     >= 2
             })
-        })
-        .await,
-        "beta took over: {:?}",
-        snapshot(&runs)
-    );
+        },
+    )
+    .await
+    {
+        panic!("{e}; beta took over: {:?}", snapshot(&runs));
+    }
     beta.stop().await.expect("stop");
 
     let r = snapshot(&runs);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use dcron_testkit::{holds_until, wait_until};
 use serde_json::{json, Value};
 use support::double::{go_duration, parse_go_duration, ConsulDouble, DoubleConfig, KeyRules};
 
@@ -564,9 +565,11 @@ async fn sessions_expire_in_real_time_without_requests() {
     put(&d, &format!("/v1/kv/rt/k?acquire={id}"), "x").await;
     let started = tokio::time::Instant::now();
     // A generous deadline: the reaper runs in real time on a machine shared with builds.
-    assert!(
-        support::eventually(Duration::from_secs(20), || async { d.session_count() == 0 }).await
-    );
+    wait_until("every session reaped", Duration::from_secs(20), || async {
+        d.session_count() == 0
+    })
+    .await
+    .expect("wait");
     assert!(
         started.elapsed() >= Duration::from_millis(1900),
         "{:?}",
@@ -648,19 +651,19 @@ async fn blocking_queries_answer_on_change_or_after_the_wait() {
     let default = block("");
     let ten = block("&wait=10m");
     let twenty = block("&wait=20m");
-    assert!(
-        support::eventually(Duration::from_secs(5), || async {
-            d.blocked_queries() == 3
-        })
-        .await
-    );
+    wait_until("three blocked queries", Duration::from_secs(5), || async {
+        d.blocked_queries() == 3
+    })
+    .await
+    .expect("wait");
     put(&d, "/v1/kv/unrelated", "2").await;
     d.advance(Duration::from_millis(299_999));
-    assert!(
-        !support::eventually(Duration::from_millis(200), || async {
-            default.is_finished()
-        })
-        .await,
+    // Nothing must happen here: the double answers a due query within a few ms of the clock
+    // moving, so a 200 ms window of real time would see a wrong answer.
+    let window = tokio::time::Instant::now() + Duration::from_millis(200);
+    assert_eq!(
+        holds_until(window, || async { !default.is_finished() }).await,
+        Ok(true),
         "a write elsewhere and 5 min − 1 ms do not end it"
     );
     d.advance(Duration::from_millis(1));
@@ -672,12 +675,11 @@ async fn blocking_queries_answer_on_change_or_after_the_wait() {
 
     // A write under the prefix wakes it at once.
     let woken = block("&wait=10m");
-    assert!(
-        support::eventually(Duration::from_secs(5), || async {
-            d.blocked_queries() == 1
-        })
-        .await
-    );
+    wait_until("one blocked query", Duration::from_secs(5), || async {
+        d.blocked_queries() == 1
+    })
+    .await
+    .expect("wait");
     put(&d, "/v1/kv/w/b", "2").await;
     let woken = woken.await.expect("join");
     assert!(woken.index.expect("index") > idx);

@@ -15,9 +15,10 @@ use dcron_core::{
     PutMode, RecordKind, Registry, SlotOutcome, TaskMeta, TaskMetaEvent,
 };
 use dcron_registry_consul::{AgentError, ConsulRegistry, ConsulRegistryConfig, MAX_VALUE_BYTES};
+use dcron_testkit::wait_until;
 use futures::StreamExt;
 use support::double::{ConsulDouble, DoubleConfig, KeyRules};
-use support::{config, eventually, fast_double, raw_put, registry};
+use support::{config, fast_double, raw_put, registry};
 
 const LONG: Duration = Duration::from_secs(600);
 
@@ -1073,12 +1074,13 @@ async fn watch_resyncs_when_the_index_goes_backwards_and_after_errors() {
     // The server goes away and comes back: the watch retries and resyncs.
     let mut tasks = reg.watch_tasks().await.expect("watch");
     // The task watch (one blocking query for records and tombstones) and the node watch wait.
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            d.blocked_queries() >= 2
-        })
-        .await
-    );
+    wait_until(
+        "the task and node watches blocked",
+        Duration::from_secs(5),
+        || async { d.blocked_queries() >= 2 },
+    )
+    .await
+    .expect("wait");
     d.stop_serving();
     d.restart().await;
     let mut saw_resync = false;
@@ -1144,13 +1146,12 @@ async fn session_expiry_removes_the_node_and_a_new_registration_comes_back() {
         Duration::from_secs(2),
         "a 1 s session: a 2 s lease"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let reg = reg.clone();
-            async move { reg.list_nodes().await.expect("list").items.is_empty() }
-        })
-        .await
-    );
+    wait_until("the expired node unlisted", Duration::from_secs(5), || {
+        let reg = reg.clone();
+        async move { reg.list_nodes().await.expect("list").items.is_empty() }
+    })
+    .await
+    .expect("wait");
     assert!(matches!(
         reg.keep_alive(&lease).await,
         Err(Error::LeaseLost { .. })
@@ -1186,14 +1187,15 @@ async fn claims_of_removed_names_are_swept_when_they_expire() {
     reg.cleanup_task("gone-1").await.expect("cleanup");
     reg.cleanup_all().await.expect("cleanup all");
     assert_eq!(d.count_keys("ns/claims/"), 4, "kept while retained");
-    assert!(
-        eventually(Duration::from_secs(8), || async {
-            d.count_keys("ns/claims/") == 2
-        })
-        .await,
-        "the expired claims were deleted: {:?}",
-        d.keys("ns/claims/")
-    );
+    if let Err(e) = wait_until(
+        "the expired claims deleted",
+        Duration::from_secs(8),
+        || async { d.count_keys("ns/claims/") == 2 },
+    )
+    .await
+    {
+        panic!("{e}; claims left: {:?}", d.keys("ns/claims/"));
+    }
     assert_eq!(
         reg.list_claims("gone-1").await.expect("list").items.len(),
         1

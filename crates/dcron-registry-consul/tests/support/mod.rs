@@ -39,24 +39,6 @@ pub fn config(address: &str, namespace: &str) -> ConsulRegistryConfig {
         .with_request_timeout(Duration::from_secs(5))
 }
 
-/// Polls `check` until it is true or `within` passes; returns whether it became true.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Raw HTTP calls the hooks need (outside the registry's API).
 pub async fn raw_put(config: &ConsulRegistryConfig, path: &str, body: Vec<u8>) -> Result<()> {
     let mut req = http()
