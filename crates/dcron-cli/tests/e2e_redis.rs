@@ -304,19 +304,7 @@ async fn operate_a_task_through_the_binary() {
     // Trigger runs it once now, with the request id as the fencing token.
     let triggered = json(&ctl!("trigger", TASK, "--json"), "trigger");
     let trigger_id = triggered["id"].as_u64().expect("id");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !runs
-        .lock()
-        .expect("runs")
-        .iter()
-        .any(|(_, t)| *t == trigger_id)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the triggered run did not happen"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_run(&runs, trigger_id, "trigger").await;
 
     // Pause: the node skips the fires; resume.
     let paused = ctl!("pause", TASK);
