@@ -139,7 +139,7 @@ pub(crate) async fn stop_all(nodes: &[&Dcron]) -> CaseResult {
 
 pub(crate) fn pause(d: Duration) -> tokio::time::Sleep {
     // Letting the cluster run for a while is the subject of these cases, not a wait for a
-    // condition: conditions are awaited with `wait_until`.
+    // condition: conditions are awaited with `reached` (the testkit's `wait_until`).
     tokio::time::sleep(d)
 }
 
