@@ -51,7 +51,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use zookeeper_async::{CreateMode, ZkError};
 
-use crate::layout::{parse_claim_name, SUCCESSOR};
+use crate::keys::{parse_claim_name, SUCCESSOR};
 use crate::names::Snapshot;
 use crate::registry::{ZkRegistry, CONCURRENCY};
 

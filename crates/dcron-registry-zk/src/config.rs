@@ -219,7 +219,7 @@ impl ZkRegistryConfig {
                 self.connect
             )));
         }
-        let root = crate::layout::normalise_root(&format!(
+        let root = crate::keys::normalise_root(&format!(
             "{chroot}/{}",
             self.namespace.trim_start_matches('/')
         ))?;

@@ -7,7 +7,7 @@ mod config;
 mod conn;
 mod events;
 mod faults;
-mod layout;
+mod keys;
 mod names;
 mod nodes;
 mod records;
@@ -15,7 +15,7 @@ mod registry;
 mod slots;
 mod state;
 mod sweeper;
-mod watcher;
+mod watch;
 
 pub use config::{ZkRegistryConfig, DEFAULT_CONNECT, DEFAULT_NAMESPACE, MIN_SESSION_TIMEOUT};
 pub use events::ZkEvent;

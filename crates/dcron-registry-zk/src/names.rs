@@ -25,10 +25,10 @@ use dcron_core::{
 use futures::{StreamExt, TryStreamExt};
 use zookeeper_async::{CreateMode, ZkError};
 
-use crate::layout::unescape;
+use crate::keys::unescape;
 use crate::registry::{corrupt, ZkRegistry, CONCURRENCY};
 use crate::state::{next_version, State};
-use crate::watcher::{self, Model};
+use crate::watch::{self, Model};
 
 /// How many times a write is decided again after losing a race before giving up.
 const MAX_WRITE_ATTEMPTS: usize = 64;
@@ -184,7 +184,7 @@ impl ZkRegistry {
 
     pub(crate) async fn watch_task_states(&self) -> Result<WatchStream<TaskMetaEvent>> {
         let (tx, rx) = dcron_core::watch_channel(self.inner.config.watch_buffer);
-        watcher::spawn(
+        watch::spawn(
             self.inner.conn.clone(),
             self.layout().tasks_dir(),
             tx,

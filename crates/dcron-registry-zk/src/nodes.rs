@@ -24,9 +24,9 @@ use zookeeper_async::{CreateMode, ZkError};
 use crate::config::MIN_SESSION_TIMEOUT;
 use crate::conn::{Conn, ConnSpec, BACKEND};
 use crate::events::{Events, ZkEvent};
-use crate::layout::{node_prefix, parse_node_child};
+use crate::keys::{node_prefix, parse_node_child};
 use crate::registry::{corrupt, Inner, ZkRegistry};
-use crate::watcher::{self, Model};
+use crate::watch::{self, Model};
 
 /// One node registration: its own session, whose ephemeral znode holds the node record.
 pub(crate) struct LeaseSession {
@@ -296,7 +296,7 @@ impl ZkRegistry {
 
     pub(crate) async fn watch_node_records(&self) -> Result<WatchStream<NodeEvent>> {
         let (tx, rx) = dcron_core::watch_channel(self.inner.config.watch_buffer);
-        watcher::spawn(
+        watch::spawn(
             self.inner.conn.clone(),
             self.layout().nodes_dir(),
             tx,

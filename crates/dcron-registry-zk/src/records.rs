@@ -6,7 +6,7 @@ use futures::{StreamExt, TryStreamExt};
 use zookeeper_async::{CreateMode, ZkError};
 
 use crate::conn::BACKEND;
-use crate::layout::unescape;
+use crate::keys::unescape;
 use crate::registry::{ZkRegistry, CONCURRENCY};
 
 impl ZkRegistry {

@@ -20,7 +20,7 @@ use zookeeper_async::{CreateMode, ZkError};
 use crate::config::{ZkRegistryConfig, MIN_SESSION_TIMEOUT};
 use crate::conn::{acl_for, Conn, ConnSpec, BACKEND};
 use crate::events::{Events, ZkEvent};
-use crate::layout::{ancestors, unescape, Layout};
+use crate::keys::{ancestors, unescape, Layout};
 use crate::nodes::LeaseSession;
 
 /// The largest task record stored, in bytes: ZooKeeper refuses packets above `jute.maxbuffer`

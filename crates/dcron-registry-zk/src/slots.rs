@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use zookeeper_async::{CreateMode, Stat, ZkError};
 
 use crate::conn::{Conn, BACKEND};
-use crate::layout::parse_node_child;
+use crate::keys::parse_node_child;
 use crate::nodes::{lease_lost, LeaseSession};
 use crate::registry::{ZkRegistry, CONCURRENCY};
 
@@ -260,7 +260,7 @@ mod tests {
         );
         let data = SlotData {
             holder: SlotRecord::new(&lease("node a", "00000000000000ff"), &fire),
-            registration: format!("{}0000000007", crate::layout::node_prefix("node a")),
+            registration: format!("{}0000000007", crate::keys::node_prefix("node a")),
         };
         let back = SlotData::decode("job", "/p", &data.encode().expect("encodes"))
             .expect("decodes")

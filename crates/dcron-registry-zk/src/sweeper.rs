@@ -20,7 +20,7 @@ use dcron_core::Result;
 use zookeeper_async::{CreateMode, ZkError};
 
 use crate::claims::ClaimData;
-use crate::layout::{parse_claim_name, parse_legacy_claim_name, SUCCESSOR};
+use crate::keys::{parse_claim_name, parse_legacy_claim_name, SUCCESSOR};
 use crate::registry::{Inner, ZkRegistry};
 
 /// The most claims one pass deletes.
