@@ -320,8 +320,12 @@ impl EtcdRegistry {
         // The token lives behind a lock shared by every clone of the client. The stale token
         // goes first: the server refuses even the Authenticate request when it carries one it
         // does not know.
-        client.remove_client_auth();
-        match tokio::time::timeout(timeout, client.set_client_auth(user, password)).await {
+        let renew = async move {
+            // Clearing needs no request (and cannot fail); it only drops the stored token.
+            client.update_user(None).await?;
+            client.update_user(Some((user, password))).await
+        };
+        match tokio::time::timeout(timeout, renew).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(map_err(e, "authenticate")),
             Err(_) => Err(Error::unavailable(format!(

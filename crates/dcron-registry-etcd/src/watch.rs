@@ -163,11 +163,8 @@ async fn run<T, F>(
             })
             .await;
         let end = match created {
-            Ok((watcher, mut stream)) => {
-                let end = pump(&mut stream, &tx, &translate, &mut next_revision).await;
-                drop(watcher);
-                end
-            }
+            // Dropping the stream (request and response halves together) cancels the watch.
+            Ok(mut stream) => pump(&mut stream, &tx, &translate, &mut next_revision).await,
             Err(f) => End::Broken(f.into_error(&context).to_string()),
         };
         match end {
