@@ -516,6 +516,7 @@ where
         user: g.user.clone(),
         password: g.password.clone(),
         token: g.token.clone(),
+        tls: g.tls.clone(),
     };
     let target = match RegistryTarget::resolve(&args, env) {
         Ok(t) => t,

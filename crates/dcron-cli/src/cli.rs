@@ -47,7 +47,7 @@ pub struct GlobalArgs {
         value_name = "URL",
         value_parser = parse_secret,
         help = "Registry URL: redis://[user:pass@]host[:port][/db], rediss://…, \
-                etcd://host[:port][,…], zk://host[:port][,…][/chroot] or consul://host[:port] \
+                etcd://host[:port][,…], etcd+https://…, zk://host[:port][,…][/chroot] or consul://host[:port] \
                 [env: DCRON_REGISTRY_URL]"
     )]
     pub registry: Option<Secret>,
@@ -63,12 +63,31 @@ pub struct GlobalArgs {
     /// Consul ACL token; prefer the environment [env: CONSUL_HTTP_TOKEN]
     #[arg(long, global = true, value_name = "TOKEN", value_parser = parse_secret)]
     pub token: Option<Secret>,
+    /// TLS files for `rediss://`, `etcd+https://` and `consul+https://` registries.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Print JSON instead of tables (JSON lines for `watch`)
     #[arg(long, global = true)]
     pub json: bool,
     /// How long to wait for the registry to answer one request
     #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// The TLS files: a private CA and a client certificate (each read when the command starts).
+#[derive(Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// PEM CA certificate(s) the registry's certificate must chain to, instead of the system's
+    /// roots [env: DCRON_TLS_CA]
+    #[arg(long = "tls-ca", global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate (chain), for servers that require one; needs --tls-key
+    /// [env: DCRON_TLS_CERT]
+    #[arg(long = "tls-cert", global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [env: DCRON_TLS_KEY]
+    #[arg(long = "tls-key", global = true, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 /// The commands.

@@ -4,7 +4,7 @@
 //! | URL | backend |
 //! |---|---|
 //! | `redis://[user:password@]host[:port][/db]`, `rediss://…` (TLS) | Redis |
-//! | `etcd://[user:password@]host[:port][,host[:port]…]` | etcd |
+//! | `etcd://[user:password@]host[:port][,host[:port]…]`, `etcd+https://…` (TLS) | etcd |
 //! | `zk://[user:password@]host[:port][,host[:port]…][/chroot]` (also `zookeeper://`) | ZooKeeper |
 //! | `consul://host[:port]`, `consul+https://host[:port]` | Consul |
 //! | `postgres://[user[:password]@]host[:port][,…][/db][?sslmode=…&sslrootcert=…]` (also `postgresql://`) | PostgreSQL |
@@ -14,16 +14,22 @@
 //! (`CONSUL_HTTP_TOKEN(_FILE)`, `CONSUL_HTTP_SSL`, `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
 //! `CONSUL_CLIENT_KEY`, `CONSUL_TLS_SERVER_NAME`; see `dcron_registry_consul::ConsulEnv`).
 //!
+//! TLS files (`--tls-ca`, `--tls-cert`, `--tls-key`, else `DCRON_TLS_CA`, `DCRON_TLS_CERT`,
+//! `DCRON_TLS_KEY`) apply to `rediss://`, `etcd+https://` and Consul; they are read when the
+//! target is resolved, and a missing, unreadable or oversized file is a usage error naming it.
+//!
 //! Credentials come from, in order: the flags (`--user`, `--password`, `--token`), the
 //! environment, the URL. Nothing that holds a credential is ever printed: the target's
 //! `Display` and `Debug` show the URL without its user information.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dcron_core::Registry;
 
+use crate::cli::TlsArgs;
 use crate::error::{CliError, CliResult};
 use crate::secret::{Secret, Secrets};
 
@@ -44,6 +50,87 @@ pub const ENV_ZK_DIGEST: &str = "DCRON_ZK_DIGEST";
 /// Consul ACL token, read when `--token` is not given (Consul's own variable).
 pub const ENV_CONSUL_TOKEN: &str = "CONSUL_HTTP_TOKEN";
 
+/// Environment variable read when `--tls-ca` is not given.
+pub const ENV_TLS_CA: &str = "DCRON_TLS_CA";
+/// Environment variable read when `--tls-cert` is not given.
+pub const ENV_TLS_CERT: &str = "DCRON_TLS_CERT";
+/// Environment variable read when `--tls-key` is not given.
+pub const ENV_TLS_KEY: &str = "DCRON_TLS_KEY";
+/// The largest TLS file (CA bundle, certificate or key) `dcronctl` reads.
+pub const MAX_TLS_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The PEM contents of the TLS files, read at resolve time.
+#[derive(Clone, Default)]
+struct TlsFiles {
+    ca: Option<Vec<u8>>,
+    /// Client certificate and key.
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("ca", &self.ca.is_some())
+            .field("client_identity", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl TlsFiles {
+    fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.identity.is_none()
+    }
+
+    /// Reads the files the flags (else the environment) name.
+    fn read(args: &TlsArgs, env: &dyn Fn(&str) -> Option<String>) -> CliResult<Self> {
+        let pick = |flag: &Option<PathBuf>, var: &str| {
+            flag.clone()
+                .filter(|p| !p.as_os_str().is_empty())
+                .or_else(|| env(var).map(PathBuf::from))
+        };
+        let ca = pick(&args.ca, ENV_TLS_CA);
+        let cert = pick(&args.cert, ENV_TLS_CERT);
+        let key = pick(&args.key, ENV_TLS_KEY);
+        let identity = match (cert, key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((read_tls_file("--tls-cert", &c)?, read_tls_file("--tls-key", &k)?)),
+            (Some(_), None) => {
+                return Err(CliError::usage(format!(
+                    "--tls-cert needs --tls-key (or {ENV_TLS_KEY}): the client certificate's private key"
+                )))
+            }
+            (None, Some(_)) => {
+                return Err(CliError::usage(format!(
+                    "--tls-key needs --tls-cert (or {ENV_TLS_CERT}): the client certificate"
+                )))
+            }
+        };
+        let ca = ca.map(|p| read_tls_file("--tls-ca", &p)).transpose()?;
+        Ok(TlsFiles { ca, identity })
+    }
+}
+
+/// Reads one TLS file (at most [`MAX_TLS_FILE_BYTES`]); errors are usage errors naming the flag
+/// and the file.
+fn read_tls_file(flag: &str, path: &Path) -> CliResult<Vec<u8>> {
+    use std::io::Read;
+    let bad = |why: String| CliError::usage(format!("{flag} `{}`: {why}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_TLS_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_TLS_FILE_BYTES {
+        return Err(bad(format!(
+            "larger than {MAX_TLS_FILE_BYTES} bytes; a PEM certificate or key is a few KiB"
+        )));
+    }
+    if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
+        return Err(bad("not PEM (no `-----BEGIN` line)".into()));
+    }
+    Ok(bytes)
+}
+
 /// The registry-related command-line values, before the environment is consulted.
 #[derive(Clone, Debug, Default)]
 pub struct ConnectArgs {
@@ -57,6 +144,8 @@ pub struct ConnectArgs {
     pub password: Option<Secret>,
     /// `--token`.
     pub token: Option<Secret>,
+    /// `--tls-ca`, `--tls-cert`, `--tls-key`.
+    pub tls: TlsArgs,
 }
 
 /// The kind of registry a URL names.
@@ -64,7 +153,7 @@ pub struct ConnectArgs {
 pub enum Backend {
     /// Redis (`redis://`, `rediss://`).
     Redis,
-    /// etcd (`etcd://`).
+    /// etcd (`etcd://`, `etcd+https://`).
     Etcd,
     /// ZooKeeper (`zk://`, `zookeeper://`).
     ZooKeeper,
@@ -90,7 +179,7 @@ impl Backend {
 #[derive(Clone, Debug)]
 enum Location {
     Redis { url: Secret },
-    Etcd { endpoints: Vec<String> },
+    Etcd { endpoints: Vec<String>, tls: bool },
     ZooKeeper { connect: String },
     Consul { at: ConsulAt },
     Postgres { url: Secret },
@@ -115,6 +204,7 @@ pub struct RegistryTarget {
     password: Option<Secret>,
     token: Option<Secret>,
     namespace: Option<String>,
+    tls: TlsFiles,
     secrets: Secrets,
 }
 
@@ -314,6 +404,22 @@ impl RegistryTarget {
             "" | "/" => Ok(()),
             _ => Err(bad("this registry takes no path (use --namespace)")),
         };
+        let tls = TlsFiles::read(&args.tls, &env)?;
+        let tls_scheme = matches!(
+            parts.scheme.as_str(),
+            "rediss" | "etcd+https" | "consul" | "consul+http" | "consul+https"
+        );
+        if !tls.is_empty() && !tls_scheme {
+            let hint = match parts.scheme.as_str() {
+                "redis" => " (use rediss:// for TLS)",
+                "etcd" => " (use etcd+https:// for TLS)",
+                _ => "",
+            };
+            return Err(CliError::usage(format!(
+                "--tls-ca/--tls-cert/--tls-key apply to rediss://, etcd+https:// and consul registries, not {}://{hint}",
+                parts.scheme
+            )));
+        }
         let (backend, location, display, user, password, token) = match parts.scheme.as_str() {
             "redis" | "rediss" => {
                 if flag_token.is_some() {
@@ -338,7 +444,7 @@ impl RegistryTarget {
                     None,
                 )
             }
-            "etcd" => {
+            "etcd" | "etcd+https" => {
                 if flag_token.is_some() {
                     return Err(CliError::usage("--token applies to consul:// registries only"));
                 }
@@ -358,10 +464,11 @@ impl RegistryTarget {
                         "etcd authentication needs both a user and a password (--user/--password, {ENV_ETCD_USER}/{ENV_ETCD_PASSWORD} or user:password@ in the URL)"
                     )));
                 }
-                let display = format!("etcd://{}", endpoints.join(","));
+                let display = format!("{}://{}", parts.scheme, endpoints.join(","));
+                let tls = parts.scheme == "etcd+https";
                 (
                     Backend::Etcd,
-                    Location::Etcd { endpoints },
+                    Location::Etcd { endpoints, tls },
                     display,
                     user,
                     password,
@@ -500,6 +607,7 @@ impl RegistryTarget {
             password,
             token,
             namespace,
+            tls,
             secrets,
         })
     }
@@ -569,11 +677,21 @@ impl RegistryTarget {
                 if let Some(p) = &self.password {
                     cfg = cfg.password(p.expose());
                 }
+                if !self.tls.is_empty() {
+                    let mut tls = dcron_registry_redis::RedisTls::new();
+                    if let Some(ca) = &self.tls.ca {
+                        tls = tls.ca_pem(ca.clone());
+                    }
+                    if let Some((cert, key)) = &self.tls.identity {
+                        tls = tls.client_identity(cert.clone(), key.clone());
+                    }
+                    cfg = cfg.tls(tls);
+                }
                 let registry = cfg.build()?;
                 registry.ping().await?;
                 Ok(Arc::new(registry))
             }
-            Location::Etcd { endpoints } => {
+            Location::Etcd { endpoints, tls } => {
                 let mut cfg = dcron_registry_etcd::EtcdRegistryConfig::new(endpoints.clone())
                     .connect_timeout(timeout)
                     .request_timeout(timeout);
@@ -582,6 +700,16 @@ impl RegistryTarget {
                 }
                 if let (Some(u), Some(p)) = (&self.user, &self.password) {
                     cfg = cfg.credentials(u, p.expose());
+                }
+                if *tls {
+                    let mut tls = dcron_registry_etcd::EtcdTls::new();
+                    if let Some(ca) = &self.tls.ca {
+                        tls = tls.ca_pem(ca.clone());
+                    }
+                    if let Some((cert, key)) = &self.tls.identity {
+                        tls = tls.client_identity(cert.clone(), key.clone());
+                    }
+                    cfg = cfg.tls(tls);
                 }
                 let registry = cfg.connect().await?;
                 // etcd connects lazily: one listing proves the cluster answers.
@@ -609,6 +737,16 @@ impl RegistryTarget {
                     cfg.address = address.clone();
                 }
                 cfg.connect_timeout = timeout;
+                // The flags win over CONSUL_CACERT / CONSUL_CLIENT_CERT / CONSUL_CLIENT_KEY.
+                if let Some(ca) = &self.tls.ca {
+                    cfg.ca_cert_pem = Some(ca.clone());
+                }
+                if let Some((cert, key)) = &self.tls.identity {
+                    let mut pem = cert.clone();
+                    pem.push(b'\n');
+                    pem.extend_from_slice(key);
+                    cfg.client_identity_pem = Some(pem);
+                }
                 if let Some(ns) = &self.namespace {
                     cfg = cfg.with_namespace(ns);
                 }
