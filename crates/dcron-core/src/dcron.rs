@@ -1,6 +1,6 @@
 //! The public node API: [`Dcron`] and its builder.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -264,7 +264,7 @@ impl DcronBuilder {
             clock: self.clock,
             cmd_tx,
             pending: Mutex::new(Some(cmd_rx)),
-            statics: Mutex::new(HashSet::new()),
+            statics: Mutex::new(HashMap::new()),
             view,
             health: watch::Sender::new(Health::default()),
             lease_slot: Arc::new(Mutex::new(None)),
@@ -284,7 +284,8 @@ pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     cmd_tx: mpsc::UnboundedSender<Command>,
     pending: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
-    statics: Mutex<HashSet<String>>,
+    /// The static tasks added on this node, with their schedules.
+    statics: Mutex<HashMap<String, Schedule>>,
     pub(crate) view: Arc<RwLock<View>>,
     pub(crate) health: watch::Sender<Health>,
     pub(crate) lease_slot: Arc<Mutex<Option<Lease>>>,
@@ -318,7 +319,7 @@ pub(crate) struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct Dcron {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Dcron {
@@ -419,7 +420,7 @@ impl Dcron {
         }
     }
 
-    fn read_view<T>(&self, f: impl FnOnce(&View) -> T) -> T {
+    pub(crate) fn read_view<T>(&self, f: impl FnOnce(&View) -> T) -> T {
         match self.inner.view.read() {
             Ok(v) => f(&v),
             Err(poisoned) => f(&poisoned.into_inner()),
@@ -445,6 +446,12 @@ impl Dcron {
     /// As [`Registry::watch_tasks`].
     pub async fn watch_task_events(&self) -> Result<WatchStream<TaskMetaEvent>> {
         self.inner.registry.watch_tasks().await
+    }
+
+    /// The schedule of a static task added on this node.
+    pub(crate) fn static_schedule(&self, name: &str) -> Option<Schedule> {
+        let statics = self.inner.statics.lock().unwrap_or_else(|p| p.into_inner());
+        statics.get(name).cloned()
     }
 
     fn parse(&self, expr: &str, zone: Option<&str>) -> Result<Schedule> {
@@ -487,7 +494,7 @@ impl Dcron {
         check_fires(&meta, &schedule, self.inner.clock.now())?;
         {
             let statics = self.inner.statics.lock().unwrap_or_else(|p| p.into_inner());
-            if !force && statics.contains(name) {
+            if !force && statics.contains_key(name) {
                 return Err(Error::AlreadyExists {
                     name: name.to_string(),
                 });
@@ -521,11 +528,12 @@ impl Dcron {
         }
         {
             let mut statics = self.inner.statics.lock().unwrap_or_else(|p| p.into_inner());
-            if !statics.insert(name.to_string()) && !force {
+            if !force && statics.contains_key(name) {
                 return Err(Error::AlreadyExists {
                     name: name.to_string(),
                 });
             }
+            statics.insert(name.to_string(), schedule.clone());
         }
         self.send(Command::UpsertStatic(StaticDef {
             meta: Arc::new(meta),

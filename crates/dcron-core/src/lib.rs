@@ -152,6 +152,7 @@ mod engine;
 pub mod error;
 pub mod event;
 mod fire;
+mod handle;
 pub mod instrument;
 pub mod layer;
 pub mod lifecycle;
@@ -175,6 +176,7 @@ pub use dcron::{
 pub use dcron_assign::{Assigner, Member, Placement, Strategy};
 pub use error::{BoxError, Error, Result};
 pub use event::{DcronEvent, FireInfo};
+pub use handle::TaskHandle;
 pub use instrument::InstrumentedRegistry;
 pub use lifecycle::NodeState;
 pub use memory::MemoryRegistry;

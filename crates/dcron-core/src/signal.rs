@@ -19,7 +19,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! `Dcron::run_until_shutdown` does the same in one call.
+//! [`Dcron::run_until_shutdown`](crate::Dcron::run_until_shutdown) does the same in one call.
 
 use std::fmt;
 
