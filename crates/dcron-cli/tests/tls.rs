@@ -366,3 +366,151 @@ fn bad_tls_files_are_usage_errors_naming_the_file() {
         "etcd:// with --tls-ca",
     );
 }
+
+/// An etcd serving its clients over TLS only and requiring client certificates from its CA
+/// (`--client-cert-auth`), killed on drop.
+struct TlsEtcd {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn etcd_binary() -> Option<PathBuf> {
+    std::env::var_os("DCRON_TEST_ETCD_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("etcd"))
+                    .find(|p| p.is_file())
+            })
+        })
+        .or_else(|| Some(PathBuf::from("/usr/bin/etcd")).filter(|p| p.is_file()))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Starts the server, or `None` (skip) when there is no etcd binary and `DCRON_TEST_REQUIRE`
+/// is not `1`. Readiness is the caller's to poll (over TLS).
+fn start_tls_etcd(pki: &Pki, dir: &Path) -> Option<TlsEtcd> {
+    let Some(binary) = etcd_binary() else {
+        assert!(
+            std::env::var("DCRON_TEST_REQUIRE").as_deref() != Ok("1"),
+            "DCRON_TEST_REQUIRE=1 but no etcd binary (DCRON_TEST_ETCD_BIN, PATH or /usr/bin)"
+        );
+        eprintln!("skipping: no etcd binary (DCRON_TEST_ETCD_BIN, PATH or /usr/bin)");
+        return None;
+    };
+    let port = free_port();
+    let client = format!("https://127.0.0.1:{port}");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let child = Command::new(binary)
+        .args(["--name", "tls"])
+        .arg("--data-dir")
+        .arg(dir.join("etcd-data"))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("tls={peer}")])
+        .args(["--initial-cluster-state", "new"])
+        .arg(format!("--cert-file={}", pki.server_cert.display()))
+        .arg(format!("--key-file={}", pki.server_key.display()))
+        .arg(format!("--trusted-ca-file={}", pki.ca.display()))
+        .arg("--client-cert-auth")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcd");
+    Some(TlsEtcd { child, port })
+}
+
+#[test]
+fn etcd_over_tls_with_ca_and_client_certificate() {
+    let dir = TempDir::new();
+    let pki = Pki::new("dcronctl etcd CA", &dir.0, "good");
+    let other = Pki::new("another CA", &dir.0, "other");
+    let Some(server) = start_tls_etcd(&pki, &dir.0) else {
+        return;
+    };
+    let url = format!("etcd+https://localhost:{}", server.port);
+    let args = |cmd: &str, files: &[(&str, &Path)]| {
+        let mut args: Vec<String> = ["--registry", &url, "--namespace", "tls", "--json"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--timeout".into(), "2s".into(), cmd.into()]);
+        for (flag, path) in files {
+            args.push(flag.to_string());
+            args.push(path.display().to_string());
+        }
+        args
+    };
+    let full = [
+        ("--tls-ca", pki.ca.as_path()),
+        ("--tls-cert", pki.client_cert.as_path()),
+        ("--tls-key", pki.client_key.as_path()),
+    ];
+    // Polls until the server answers (it starts in the background), with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = dcronctl(&args("nodes", &full), &[]);
+        if out.status.success() || Instant::now() >= deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "nodes over TLS: {stderr}");
+    serde_json::from_str::<serde_json::Value>(&stdout).expect("nodes: JSON");
+    let out = dcronctl(&args("tasks", &full), &[]);
+    assert!(out.status.success(), "tasks over TLS: {}", text(&out).1);
+
+    // No client certificate: the server refuses the handshake, and the message says so.
+    let out = dcronctl(&args("nodes", &[("--tls-ca", pki.ca.as_path())]), &[]);
+    assert_fails(
+        &out,
+        1,
+        &["server refused the client certificate"],
+        "etcd, no client certificate",
+    );
+    // Another CA: we refuse the server's certificate.
+    let out = dcronctl(
+        &args(
+            "nodes",
+            &[
+                ("--tls-ca", other.ca.as_path()),
+                ("--tls-cert", pki.client_cert.as_path()),
+                ("--tls-key", pki.client_key.as_path()),
+            ],
+        ),
+        &[],
+    );
+    let (_, stderr) = text(&out);
+    assert_ne!(out.status.code(), Some(0), "etcd, wrong CA: {stderr}");
+    assert!(
+        stderr.contains("certificate"),
+        "etcd, wrong CA: the message names the certificate: {stderr}"
+    );
+}
