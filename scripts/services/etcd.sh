@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Makes an etcd server available to the tests: installs `protobuf-compiler` (etcd-client runs
-# protoc at build time) and the Debian `etcd-server` package when they are missing, starts a
+# Makes an etcd server available to the tests: installs `protobuf-compiler` and `libprotobuf-dev`
+# (etcd-client runs protoc at build time, and its protos import google/protobuf/*.proto) and the Debian `etcd-server` package when they are missing, starts a
 # throwaway single-member etcd on 127.0.0.1:2379 (client) / 127.0.0.1:2380 (peer) with a fresh
 # data directory when nothing listens there, and prints `export DCRON_TEST_ETCD_ENDPOINTS=...`
 # and `export PROTOC=...` on stdout (scripts/test evals them). Logs go to stderr.
@@ -10,8 +10,9 @@
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 
-# protoc for the build, the etcd binary for the harness-owned servers of the fault tests.
-apt_install protobuf-compiler etcd-server
+# protoc and the well-known types for the build, the etcd binary for the harness-owned servers
+# of the fault tests.
+apt_install protobuf-compiler libprotobuf-dev etcd-server
 
 protoc_bin="$(command -v protoc || echo /usr/bin/protoc)"
 if [ -x "$protoc_bin" ]; then
