@@ -12,7 +12,8 @@ use dcron_registry_etcd::EtcdRegistry;
 use etcd_client::Permission;
 use tokio::time::Instant;
 
-use common::{eventually, OwnedEtcd};
+use common::OwnedEtcd;
+use dcron_testkit::wait_until;
 
 const ROOT_PASSWORD: &str = "root-secret";
 const APP_PASSWORD: &str = "app-secret";
@@ -146,18 +147,19 @@ async fn credentials_right_wrong_and_missing() {
 
     // A restart makes the server forget its tokens: the client authenticates again by itself.
     server.restart_and_wait().await;
-    let back = eventually(Duration::from_secs(60), || async {
-        match root.list_tasks().await {
-            Ok(_) => true,
-            Err(e) if e.is_retryable() => false,
-            Err(e) => panic!("after a restart: {e}"),
-        }
-    })
-    .await;
-    assert!(
-        back,
-        "the authenticated client did not come back after a restart"
-    );
+    wait_until(
+        "the authenticated client did not come back after a restart",
+        Duration::from_secs(60),
+        || async {
+            match root.list_tasks().await {
+                Ok(_) => true,
+                Err(e) if e.is_retryable() => false,
+                Err(e) => panic!("after a restart: {e}"),
+            }
+        },
+    )
+    .await
+    .expect("wait");
     exercise(&root).await;
     assert_eq!(
         app.get_task("mine")

@@ -11,10 +11,12 @@ use dcron_core::{Dcron, FireKey, MisfirePolicy, TaskMeta};
 use dcron_registry_etcd::EtcdRegistryConfig;
 use dcron_testkit::ledger::{check, Ledger};
 
-use common::{eventually, fresh_namespace, skip, OwnedEtcd};
+use common::{fresh_namespace, skip, OwnedEtcd};
+use dcron_testkit::wait_until;
 
 const STATIC: [&str; 2] = ["static-a", "static-b"];
 const DYNAMIC: [&str; 2] = ["dynamic-a", "dynamic-b"];
+const ALL: [&str; 4] = ["static-a", "static-b", "dynamic-a", "dynamic-b"];
 
 /// Every whole second in `[from, to]`: the fires of `* * * * * *`.
 fn every_second(task: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> BTreeSet<FireKey> {
@@ -30,6 +32,13 @@ fn every_second(task: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> BTreeSet<
         at += TimeDelta::seconds(1);
     }
     out
+}
+
+/// Whether every task of `tasks` ran a fire scheduled after `at`.
+fn all_ran_after(ledger: &Ledger, tasks: &[&str], at: DateTime<Utc>) -> bool {
+    tasks
+        .iter()
+        .all(|t| ledger.for_task(t).iter().any(|e| e.fire.instant > at))
 }
 
 async fn start_node(name: &str, config: EtcdRegistryConfig, ledger: &Ledger) -> Option<Dcron> {
@@ -85,11 +94,11 @@ async fn each_fire_runs_once_while_a_node_crashes() {
         };
         nodes.push(node);
     }
-    let working = eventually(Duration::from_secs(15), || async {
+    wait_until("nodes working", Duration::from_secs(15), || async {
         nodes.iter().all(|n| n.state() == "working")
     })
-    .await;
-    assert!(working, "nodes did not become working");
+    .await
+    .expect("cluster up");
     let start = Utc::now();
     for task in DYNAMIC {
         nodes[0]
@@ -99,11 +108,29 @@ async fn each_fire_runs_once_while_a_node_crashes() {
     }
     let dynamic_from = Utc::now();
 
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_until(
+        "every task runs on the three nodes",
+        Duration::from_secs(15),
+        || async { all_ran_after(&ledger, &ALL, dynamic_from + TimeDelta::seconds(1)) },
+    )
+    .await
+    .expect("fires before the crash");
     let crashed = nodes.remove(1);
     let crashed_id = crashed.node_id().to_string();
     drop(crashed); // a crash: no stop, no unregister; its lease expires on the server
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let crashed_at = Utc::now();
+    // The crashed node's tasks move once its 2 s lease ends; later fires are the survivors'.
+    wait_until(
+        "the survivors run every task after the crashed node's lease ended",
+        Duration::from_secs(20),
+        || async {
+            let owned: Vec<String> = nodes.iter().flat_map(|n| n.my_running_tasks()).collect();
+            ALL.iter().all(|t| owned.iter().any(|o| o == t))
+                && all_ran_after(&ledger, &ALL, crashed_at + TimeDelta::seconds(4))
+        },
+    )
+    .await
+    .expect("takeover after the crash");
 
     // Fires in the last second may still be in flight when the nodes stop (a loaded machine).
     let end = Utc::now() - TimeDelta::seconds(1);
@@ -167,25 +194,30 @@ async fn nodes_come_back_after_a_server_restart_without_duplicates() {
         nodes.push(node);
     }
     let working = || async { nodes.iter().all(|n| n.state() == "working") };
-    assert!(
-        eventually(Duration::from_secs(15), working).await,
-        "nodes did not become working"
-    );
+    wait_until("nodes working", Duration::from_secs(15), working)
+        .await
+        .expect("cluster up");
     let start = Utc::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until(
+        "every task runs before the restart",
+        Duration::from_secs(15),
+        || async { all_ran_after(&ledger, &STATIC, start + TimeDelta::seconds(1)) },
+    )
+    .await
+    .expect("fires before the restart");
     server.restart();
     // Both nodes work again, and fires run after the restart.
     let restarted = Utc::now();
-    let back = eventually(Duration::from_secs(60), || async {
-        nodes.iter().all(|n| n.state() == "working")
-            && ledger
-                .executions()
-                .iter()
-                .any(|e| e.fire.instant > restarted + TimeDelta::seconds(1))
-    })
-    .await;
-    assert!(back, "the nodes did not come back after the restart");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until(
+        "both nodes working again, every task run after the restart",
+        Duration::from_secs(60),
+        || async {
+            nodes.iter().all(|n| n.state() == "working")
+                && all_ran_after(&ledger, &STATIC, restarted + TimeDelta::seconds(2))
+        },
+    )
+    .await
+    .expect("the nodes come back after the restart");
     let end = Utc::now() - TimeDelta::seconds(1);
     for node in &nodes {
         node.stop().await.expect("stop");

@@ -17,7 +17,8 @@ use etcd_client::GetOptions;
 use futures::stream::{self, StreamExt};
 use tokio::time::Instant;
 
-use common::{eventually, fire, fresh_namespace, shared, shared_in};
+use common::{fire, fresh_namespace, shared, shared_in};
+use dcron_testkit::wait_until;
 
 const LONG: Duration = Duration::from_secs(600);
 
@@ -60,21 +61,26 @@ async fn update_node_keeps_the_key_on_its_lease_and_the_node_still_expires() {
     }
     let started = Instant::now();
     // Keep-alives stop: the updated record still expires with the lease.
-    let gone = eventually(Duration::from_secs(5), || async {
-        !observer
-            .list_nodes()
-            .await
-            .expect("list")
-            .items
-            .iter()
-            .any(|n| n.id == "n1")
-    })
-    .await;
-    assert!(
-        gone,
-        "updated node still listed after {:?}",
-        started.elapsed()
-    );
+    if let Err(e) = wait_until(
+        "the updated node unlisted with its lease",
+        Duration::from_secs(5),
+        || async {
+            !observer
+                .list_nodes()
+                .await
+                .expect("list")
+                .items
+                .iter()
+                .any(|n| n.id == "n1")
+        },
+    )
+    .await
+    {
+        panic!(
+            "{e}; updated node still listed after {:?}",
+            started.elapsed()
+        );
+    }
     assert!(matches!(
         reg.update_node(&lease, &node).await,
         Err(Error::LeaseLost { .. })

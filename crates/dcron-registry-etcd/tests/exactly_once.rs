@@ -11,12 +11,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use common::{eventually, fresh_namespace, meta, proxy::Proxy, shared, shared_in, OwnedEtcd};
+use common::{fresh_namespace, meta, proxy::Proxy, shared, shared_in, OwnedEtcd};
 use dcron_core::{
     expiry_tolerance, ClaimOutcome, ClaimRequest, Claimant, Error, FireKey, Life, Node, NodeEvent,
     PutMode, Registry, TaskMetaEvent, MAX_WATCH_DELAY,
 };
 use dcron_registry_etcd::{EtcdRegistry, EtcdRegistryConfig};
+use dcron_testkit::{holds_until, wait_until};
 use futures::StreamExt;
 use tokio::time::Instant;
 
@@ -480,31 +481,33 @@ async fn claims_are_kept_for_their_retention_and_gone_within_the_tolerance() {
         .expect("claim");
     assert!(out.iter().all(ClaimOutcome::is_won), "{out:?}");
     let other = Claimant::new("b", 1);
-    loop {
+    let kept = holds_until(started + retention.mul_f64(0.9), || async {
         let probe = reg
             .claim(&other, &[request(&short, &life)])
             .await
             .expect("claim");
-        let elapsed = started.elapsed();
-        if elapsed >= retention.mul_f64(0.9) {
-            break;
-        }
-        assert!(
-            matches!(probe[0], ClaimOutcome::Lost { .. }),
-            "claim gone after {elapsed:?} of {retention:?}: {probe:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let bound = retention + expiry_tolerance(retention);
-    let gone = eventually(bound.saturating_sub(started.elapsed()), || async {
-        let listed = reg.list_claims("kept").await.expect("list");
-        !listed.items.iter().any(|c| c.fire == short)
+        matches!(probe[0], ClaimOutcome::Lost { .. })
     })
     .await;
-    assert!(
-        gone,
-        "a claim with retention {retention:?} still listed after {bound:?}"
+    assert_eq!(
+        kept,
+        Ok(true),
+        "claim gone after {:?} of {retention:?}",
+        started.elapsed()
     );
+    let bound = retention + expiry_tolerance(retention);
+    if let Err(e) = wait_until(
+        "the expired claim unlisted",
+        bound.saturating_sub(started.elapsed()),
+        || async {
+            let listed = reg.list_claims("kept").await.expect("list");
+            !listed.items.iter().any(|c| c.fire == short)
+        },
+    )
+    .await
+    {
+        panic!("{e}; a claim with retention {retention:?} still listed after {bound:?}");
+    }
     assert!(reg
         .claim(&other, &[request(&short, &life)])
         .await
@@ -533,26 +536,13 @@ async fn node_leases_are_kept_for_their_ttl_and_end_within_the_tolerance() {
         .await
         .expect("register");
     assert!(lease.ttl >= ttl, "granted {:?} for {ttl:?}", lease.ttl);
+    // The scenario: renew half a second into the lease, so that a TTL counted from the
+    // registration instead of the last keep-alive would show.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let renewed = Instant::now();
     reg.keep_alive(&lease).await.expect("keep alive");
-    while renewed.elapsed() < lease.ttl.mul_f64(0.9) {
-        assert!(
-            reg.list_nodes()
-                .await
-                .expect("list")
-                .items
-                .iter()
-                .any(|n| n.id == "short"),
-            "node gone {:?} after its keep-alive (TTL {:?})",
-            renewed.elapsed(),
-            lease.ttl
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let bound = lease.ttl + expiry_tolerance(lease.ttl);
-    let gone = eventually(bound.saturating_sub(renewed.elapsed()), || async {
-        !reg.list_nodes()
+    let listed = holds_until(renewed + lease.ttl.mul_f64(0.9), || async {
+        reg.list_nodes()
             .await
             .expect("list")
             .items
@@ -560,10 +550,30 @@ async fn node_leases_are_kept_for_their_ttl_and_end_within_the_tolerance() {
             .any(|n| n.id == "short")
     })
     .await;
-    assert!(
-        gone,
-        "node still listed {bound:?} after its last keep-alive"
+    assert_eq!(
+        listed,
+        Ok(true),
+        "node gone {:?} after its keep-alive (TTL {:?})",
+        renewed.elapsed(),
+        lease.ttl
     );
+    let bound = lease.ttl + expiry_tolerance(lease.ttl);
+    if let Err(e) = wait_until(
+        "the expired node unlisted",
+        bound.saturating_sub(renewed.elapsed()),
+        || async {
+            !reg.list_nodes()
+                .await
+                .expect("list")
+                .items
+                .iter()
+                .any(|n| n.id == "short")
+        },
+    )
+    .await
+    {
+        panic!("{e}; node still listed {bound:?} after its last keep-alive");
+    }
     let deadline = renewed + bound + MAX_WATCH_DELAY;
     let mut deleted = false;
     while let Ok(Some(event)) = tokio::time::timeout_at(deadline, watch.next()).await {
@@ -761,7 +771,7 @@ async fn a_claim_whose_reply_is_lost_is_answered_won_earlier_on_retry() {
         "the claim request went through the proxy"
     );
     assert!(matches!(&lost, Err(e) if e.is_retryable()), "{lost:?}");
-    let applied = eventually(Duration::from_secs(5), || async {
+    wait_until("the claim applied", Duration::from_secs(5), || async {
         direct
             .list_claims("lossy")
             .await
@@ -770,8 +780,8 @@ async fn a_claim_whose_reply_is_lost_is_answered_won_earlier_on_retry() {
             .iter()
             .any(|c| c.fire == f)
     })
-    .await;
-    assert!(applied, "the claim was not applied");
+    .await
+    .expect("wait");
     let stored = direct
         .list_claims("lossy")
         .await
@@ -784,16 +794,27 @@ async fn a_claim_whose_reply_is_lost_is_answered_won_earlier_on_retry() {
     proxy.disarm();
     proxy.cut();
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let retried = loop {
-        match through.claim(&me, &[request(&f, &life)]).await {
-            Ok(out) => break out,
-            Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    let decided = std::sync::Mutex::new(None);
+    wait_until(
+        "the retried claim decided",
+        Duration::from_secs(20),
+        || async {
+            match through.claim(&me, &[request(&f, &life)]).await {
+                Ok(out) => {
+                    *decided.lock().expect("decided") = Some(out);
+                    true
+                }
+                Err(e) if e.is_retryable() => false,
+                Err(e) => panic!("retry failed: {e}"),
             }
-            Err(e) => panic!("retry failed: {e}"),
-        }
-    };
+        },
+    )
+    .await
+    .expect("wait");
+    let retried = decided
+        .into_inner()
+        .expect("decided")
+        .expect("the claim was decided");
     assert_eq!(
         retried,
         vec![ClaimOutcome::WonEarlier {

@@ -14,7 +14,8 @@ use dcron_core::{
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use common::{eventually, fire, fresh_namespace, OwnedEtcd};
+use common::{fire, fresh_namespace, OwnedEtcd};
+use dcron_testkit::wait_until;
 
 const LONG: Duration = Duration::from_secs(600);
 const RECOVERY: Duration = Duration::from_secs(60);
@@ -40,42 +41,48 @@ async fn restart_mid_run_never_wins_a_fire_twice() {
         let fires = fires.clone();
         workers.push(tokio::spawn(async move {
             let node = format!("node-{w}");
-            let mut wins = Vec::new();
-            let mut unavailable = 0usize;
+            let wins = std::sync::Mutex::new(Vec::new());
+            let unavailable = std::sync::atomic::AtomicUsize::new(0);
             for fire in fires.iter() {
                 // Retry until the fire is decided; a retry after an undecided call answers
                 // `WonEarlier` for a claim of ours that was written.
-                let deadline = Instant::now() + RECOVERY;
-                loop {
+                let what = format!("{node}: the claim of {fire} decided");
+                wait_until(&what, RECOVERY, || async {
                     match common::claim_fires(&reg, &node, std::slice::from_ref(fire), LONG).await {
                         Ok(out) => {
                             if let Some(token) = out[0].token() {
-                                wins.push((fire.clone(), token));
+                                wins.lock().expect("wins").push((fire.clone(), token));
                             }
-                            break;
+                            true
                         }
-                        Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                            unavailable += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err(e) if e.is_retryable() => {
+                            unavailable.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            false
                         }
                         Err(e) => panic!("{node}: claim of {fire} failed: {e}"),
                     }
-                }
+                })
+                .await
+                .expect("wait");
             }
-            (node, wins, unavailable)
+            (
+                node,
+                wins.into_inner().expect("wins"),
+                unavailable.into_inner(),
+            )
         }));
     }
     // Let the claimers get going, then crash the server.
     let first = clients[0].clone();
-    let started = eventually(Duration::from_secs(20), || async {
+    wait_until("claims did not start", Duration::from_secs(20), || async {
         first
             .list_claims("tick")
             .await
             .map(|l| l.items.len() >= 30)
             .unwrap_or(false)
     })
-    .await;
-    assert!(started, "claims did not start");
+    .await
+    .expect("wait");
     server.restart();
 
     let mut winners: BTreeMap<FireKey, Vec<(String, u64)>> = BTreeMap::new();
@@ -126,13 +133,13 @@ async fn a_watch_survives_a_restart() {
         .await
         .expect("put");
     server.restart_and_wait().await;
-    let back = eventually(RECOVERY, || async {
+    wait_until("the registry did not come back", RECOVERY, || async {
         reg.put_task(&common::meta("after", "@hourly"), PutMode::CreateOnly)
             .await
             .is_ok()
     })
-    .await;
-    assert!(back, "the registry did not come back");
+    .await
+    .expect("wait");
     let (mut before, mut resync, mut after) = (false, false, false);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(before && resync && after) && Instant::now() < deadline {
@@ -280,8 +287,13 @@ async fn a_frozen_server_gives_unavailable_not_a_hang() {
         started.elapsed()
     );
     server.signal("CONT");
-    let back = eventually(RECOVERY, || async { reg.keep_alive(&lease).await.is_ok() }).await;
-    assert!(back, "keep_alive works again after the server thaws");
+    wait_until(
+        "keep_alive works again after the server thaws",
+        RECOVERY,
+        || async { reg.keep_alive(&lease).await.is_ok() },
+    )
+    .await
+    .expect("wait");
     // The claim may have been applied while we waited: deciding it again never wins it twice.
     let out = common::claim_fires(&reg, "m", &[fire("t", 0)], LONG)
         .await

@@ -13,7 +13,6 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use dcron_core::{Error, FireKey, Lease, TaskMeta};
 use dcron_registry_etcd::{EtcdRegistry, EtcdRegistryConfig, EtcdTls};
-use tokio::time::Instant;
 
 /// Whether `DCRON_TEST_REQUIRE=1`: a missing server fails instead of skipping.
 pub fn required() -> bool {
@@ -95,24 +94,6 @@ pub async fn shared_in(test: &str, namespace: &str) -> Option<EtcdRegistry> {
         Ok(reg) => Some(reg),
         Err(e @ Error::Unavailable { .. }) => skip(test, format!("etcd unreachable: {e}")),
         Err(e) => panic!("{test}: connecting to the shared etcd failed: {e}"),
-    }
-}
-
-/// Polls `check` until it holds or `within` passes; answers whether it held.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -293,26 +274,28 @@ impl OwnedEtcd {
 
     async fn wait_ready(&self) {
         let endpoint = self.endpoint();
-        let ready = eventually(Duration::from_secs(30), || {
-            let config = self
-                .config("ready")
-                .connect_timeout(Duration::from_millis(500))
-                .request_timeout(Duration::from_secs(1));
-            async move {
-                match config.connect().await {
-                    Ok(_) => true,
-                    // An auth-enabled server refuses anonymous requests: it is up.
-                    Err(Error::AccessDenied(_)) => true,
-                    Err(_) => false,
+        let ready =
+            dcron_testkit::wait_until("the owned etcd answers", Duration::from_secs(30), || {
+                let config = self
+                    .config("ready")
+                    .connect_timeout(Duration::from_millis(500))
+                    .request_timeout(Duration::from_secs(1));
+                async move {
+                    match config.connect().await {
+                        Ok(_) => true,
+                        // An auth-enabled server refuses anonymous requests: it is up.
+                        Err(Error::AccessDenied(_)) => true,
+                        Err(_) => false,
+                    }
                 }
-            }
-        })
-        .await;
-        assert!(
-            ready,
-            "the owned etcd at {endpoint} did not answer within 30 s; see {}",
-            self.dir.join("etcd.log").display()
-        );
+            })
+            .await;
+        if let Err(e) = ready {
+            panic!(
+                "{e}: the owned etcd at {endpoint}; see {}",
+                self.dir.join("etcd.log").display()
+            );
+        }
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to the server process with `kill`.
