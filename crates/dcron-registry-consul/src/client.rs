@@ -740,7 +740,10 @@ mod tests {
             Client::new(&ConsulRegistryConfig::new("http://10.0.0.1:8500")).expect("client");
         assert_eq!(plain.base(), "http://10.0.0.1:8500");
         let v6 = ConsulRegistryConfig::new("https://[::1]:8501").with_tls_server_name("consul");
-        assert_eq!(Client::new(&v6).expect("client").base(), "https://consul:8501");
+        assert_eq!(
+            Client::new(&v6).expect("client").base(),
+            "https://consul:8501"
+        );
         let bad = ConsulRegistryConfig::new("https://10.0.0.1:8501").with_tls_server_name("a b");
         let err = Client::new(&bad).expect_err("a server name with a space is refused");
         assert!(err.to_string().contains("`a b`"), "{err}");
