@@ -52,7 +52,8 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`Dcron`], [`DcronBuilder`], [`TaskOptions`] (crate root) | the node API: build, add tasks, start, stop, pause, trigger, backfill, status |
+//! | [`Dcron`], [`DcronBuilder`], [`TaskOptions`], [`TaskHandle`] (crate root) | the node API: build, add tasks, start, stop, pause, trigger, backfill, status, `owner_of`, `next_fires`, `run_until_shutdown` |
+//! | [`signal`] | waiting for Ctrl-C or SIGTERM to stop a node gracefully ([`shutdown_signal`]) |
 //! | [`schedule`] | parsing schedules (cron with 5, 6 or 7 fields, `@hourly`…, `@every 90s`, `@at <instant>`) and computing their instants in an IANA zone, DST included |
 //! | [`task`] | what a handler sees ([`FireContext`]) and implements ([`Task`]) |
 //! | [`policy`] | retries, timeouts, overlap, and the pause, trigger and status records |
