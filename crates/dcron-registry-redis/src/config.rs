@@ -12,6 +12,10 @@ pub const DEFAULT_NAMESPACE: &str = "dcron";
 /// The environment variable [`RedisRegistry::from_env`] reads.
 pub const TEST_URL_ENV: &str = "DCRON_TEST_REDIS_URL";
 
+/// The environment variable naming the nodes of a Redis Cluster for the tests (comma-separated
+/// URLs; `scripts/services/redis-cluster.sh` starts one and sets it).
+pub const TEST_CLUSTER_URLS_ENV: &str = "DCRON_TEST_REDIS_CLUSTER_URLS";
+
 /// The URL [`RedisRegistry::from_env`] uses when [`TEST_URL_ENV`] is not set.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 
@@ -33,6 +37,8 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 #[derive(Clone)]
 pub struct RedisRegistryConfig {
     pub(crate) url: String,
+    /// The seed nodes of a Redis Cluster; empty for a single server.
+    pub(crate) cluster_urls: Vec<String>,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
     pub(crate) database: Option<i64>,
@@ -107,6 +113,14 @@ impl std::fmt::Debug for RedisRegistryConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut f = f.debug_struct("RedisRegistryConfig");
         f.field("url", &redact_url(&self.url))
+            .field(
+                "cluster_urls",
+                &self
+                    .cluster_urls
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("database", &self.database)
@@ -151,6 +165,7 @@ impl RedisRegistryConfig {
     pub fn new(url: impl Into<String>) -> Self {
         RedisRegistryConfig {
             url: url.into(),
+            cluster_urls: Vec::new(),
             username: None,
             password: None,
             database: None,
@@ -162,6 +177,31 @@ impl RedisRegistryConfig {
             node_check_interval: Duration::from_secs(1),
             #[cfg(feature = "tls")]
             tls: None,
+        }
+    }
+
+    /// A registry on a Redis Cluster reached through `urls` (seed nodes: any of the masters;
+    /// the others are found through `CLUSTER SLOTS`). Keys use the cluster layout
+    /// ([`crate::RedisKeys::cluster`]); the database is 0; watches subscribe on the first seed
+    /// node (classic pub/sub reaches every node of a cluster).
+    ///
+    /// ```
+    /// use dcron_registry_redis::RedisRegistryConfig;
+    /// let registry = RedisRegistryConfig::cluster(["redis://10.0.0.1:7001", "redis://10.0.0.2:7001"])
+    ///     .namespace("billing")
+    ///     .build()
+    ///     .expect("a valid configuration");
+    /// assert!(registry.keys().is_cluster());
+    /// ```
+    pub fn cluster<I, U>(urls: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        let cluster_urls: Vec<String> = urls.into_iter().map(Into::into).collect();
+        RedisRegistryConfig {
+            cluster_urls: cluster_urls.clone(),
+            ..RedisRegistryConfig::new(cluster_urls.first().cloned().unwrap_or_default())
         }
     }
 
@@ -243,6 +283,11 @@ impl RedisRegistryConfig {
                 "redis namespace {:?} must be non-empty and free of control characters",
                 self.namespace
             )));
+        }
+        if !self.cluster_urls.is_empty() && self.database.is_some_and(|db| db != 0) {
+            return Err(Error::InvalidArgument(
+                "redis cluster: only database 0 exists".into(),
+            ));
         }
         if self.pool_size == 0 {
             return Err(Error::InvalidArgument(

@@ -14,8 +14,10 @@ mod watch;
 
 #[cfg(feature = "tls")]
 pub use config::RedisTls;
-pub use config::{RedisRegistryConfig, DEFAULT_NAMESPACE, DEFAULT_URL, TEST_URL_ENV};
-pub use keys::{RedisKeys, ACL_COMMANDS};
+pub use config::{
+    RedisRegistryConfig, DEFAULT_NAMESPACE, DEFAULT_URL, TEST_CLUSTER_URLS_ENV, TEST_URL_ENV,
+};
+pub use keys::{RedisKeys, ACL_COMMANDS, CLUSTER_BUCKETS};
 pub use registry::{RedisRegistry, MAX_VALUE_BYTES};
 
 /// The backend name reported in errors, logs and metrics.

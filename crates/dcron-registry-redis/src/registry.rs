@@ -13,11 +13,14 @@ use dcron_core::{
     SlotOutcome, SlotRecord, TaskMeta, TaskMetaEvent, Tombstone, WatchStream,
 };
 use deadpool_redis::{Connection, Pool, Runtime};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, Client, FromRedisValue, IntoConnectionInfo, Script, Value};
 
 use crate::config::{redact_url, RedisRegistryConfig, DEFAULT_URL, TEST_URL_ENV};
 use crate::error::{from_pool, from_redis};
-use crate::keys::{unescape, RedisKeys};
+use crate::keys::RedisKeys;
 use crate::{events, scripts, watch, BACKEND};
 
 /// The largest task record stored, in bytes (Redis strings could hold 512 MB; a schedule
@@ -31,7 +34,8 @@ const BATCH: usize = 1000;
 /// calls sent concurrently, so that no single script keeps the server busy for long.
 const MAX_PER_SCRIPT: usize = 1000;
 
-/// A dcron registry on a Redis server (standalone or a primary; not Redis Cluster).
+/// A dcron registry on a Redis server (standalone or a primary) or a Redis Cluster
+/// ([`RedisRegistryConfig::cluster`]).
 ///
 /// Cheap to clone: clones share the connection pool. Watches stop when every clone is dropped.
 /// See the crate documentation for the key layout and what the server must provide.
@@ -55,9 +59,59 @@ pub struct RedisRegistry {
     pub(crate) shutdown_rx: tokio::sync::watch::Receiver<()>,
 }
 
+/// How commands reach the server(s).
+pub(crate) enum Backend {
+    /// A single server (or a primary): a pool of connections.
+    Single(Pool),
+    /// A Redis Cluster: one multiplexed cluster connection (it routes every command by its
+    /// keys and follows `MOVED`/`ASK` by itself), made on first use.
+    Cluster(Box<ClusterBackend>),
+}
+
+/// The cluster client and its connection, made on first use.
+pub(crate) struct ClusterBackend {
+    client: ClusterClient,
+    conn: tokio::sync::OnceCell<ClusterConnection>,
+}
+
+/// A connection of either [`Backend`].
+pub(crate) enum Conn {
+    Single(Connection),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// What the registry and its watchers share.
 pub(crate) struct Core {
-    pub(crate) pool: Pool,
+    pub(crate) backend: Backend,
+    /// The client watches subscribe through (the first seed node of a cluster).
     pub(crate) client: Client,
     pub(crate) keys: RedisKeys,
     pub(crate) config: RedisRegistryConfig,
@@ -143,6 +197,9 @@ impl RedisRegistry {
         if let Some(tls) = &config.tls {
             info = crate::tls::with_certificates(info, tls, &redact_url(&config.url))?;
         }
+        if !config.cluster_urls.is_empty() {
+            return Self::cluster_from_config(config, info);
+        }
         let keys = RedisKeys::new(&config.namespace, info.redis_settings().db());
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
@@ -161,7 +218,7 @@ impl RedisRegistry {
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(());
         Ok(RedisRegistry {
             core: Arc::new(Core {
-                pool,
+                backend: Backend::Single(pool),
                 client,
                 keys,
                 config,
@@ -169,6 +226,78 @@ impl RedisRegistry {
             _shutdown: Arc::new(shutdown),
             shutdown_rx,
         })
+    }
+
+    /// A registry on a Redis Cluster; `first` is the parsed first seed URL (with the
+    /// configured credentials), the one watches subscribe through.
+    fn cluster_from_config(
+        config: RedisRegistryConfig,
+        first: redis::ConnectionInfo,
+    ) -> Result<Self> {
+        #[cfg(feature = "tls")]
+        if config.tls.is_some() {
+            return Err(Error::InvalidArgument(
+                "redis cluster: TLS settings are not supported with a cluster".into(),
+            ));
+        }
+        let mut seeds = Vec::with_capacity(config.cluster_urls.len());
+        for url in &config.cluster_urls {
+            let info = url.as_str().into_connection_info().map_err(|e| {
+                Error::InvalidArgument(format!("redis cluster URL `{}`: {e}", redact_url(url)))
+            })?;
+            seeds.push(info);
+        }
+        let mut builder = ClusterClient::builder(seeds)
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.command_timeout);
+        if let Some(user) = &config.username {
+            builder = builder.username(user.clone());
+        }
+        if let Some(password) = &config.password {
+            builder = builder.password(password.clone());
+        }
+        let cluster = builder
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("redis cluster: {e}")))?;
+        let client = Client::open(first).map_err(|e| {
+            Error::InvalidArgument(format!("redis URL `{}`: {e}", redact_url(&config.url)))
+        })?;
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(());
+        Ok(RedisRegistry {
+            core: Arc::new(Core {
+                backend: Backend::Cluster(Box::new(ClusterBackend {
+                    client: cluster,
+                    conn: tokio::sync::OnceCell::new(),
+                })),
+                client,
+                keys: RedisKeys::cluster(&config.namespace),
+                config,
+            }),
+            _shutdown: Arc::new(shutdown),
+            shutdown_rx,
+        })
+    }
+
+    /// A registry for tests on the Redis Cluster named by `DCRON_TEST_REDIS_CLUSTER_URLS`
+    /// (comma-separated URLs), or `None` when it is not set.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when a URL does not parse.
+    pub fn cluster_from_env(namespace: &str) -> Option<Result<Self>> {
+        let urls = std::env::var(crate::TEST_CLUSTER_URLS_ENV).ok()?;
+        let urls: Vec<&str> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return None;
+        }
+        Some(
+            RedisRegistryConfig::cluster(urls)
+                .namespace(namespace)
+                .build(),
+        )
     }
 
     /// The key layout of this registry's namespace.
@@ -203,17 +332,19 @@ impl RedisRegistry {
             return Ok(Vec::new());
         }
         let keys = &self.core.keys;
-        let token = keys.token();
+        // Every name of one call is of one bucket (one slot, one sequence).
+        let token = keys.sequence(&names[0].0);
+        let (scale, offset) = keys.token_scale(&names[0].0);
         let life_keys: Vec<String> = names.iter().map(|(name, _)| keys.life(name)).collect();
         let mut key_refs: Vec<&str> = Vec::with_capacity(names.len() + 1);
         key_refs.push(&token);
         key_refs.extend(life_keys.iter().map(String::as_str));
-        let since: Vec<String> = names
-            .iter()
-            .flat_map(|(_, at)| {
+        let since: Vec<String> = [scale.to_string(), offset.to_string()]
+            .into_iter()
+            .chain(names.iter().flat_map(|(_, at)| {
                 let (s, ns) = since_fields(*at);
                 [s, ns]
-            })
+            }))
             .collect();
         let arg_refs: Vec<&[u8]> = since.iter().map(String::as_bytes).collect();
         let context = format!("ensure the lives of {} task(s)", names.len());
@@ -259,10 +390,15 @@ impl RedisRegistry {
         let mut tasks: Vec<&str> = Vec::new();
         let mut task_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         let mut claim_keys = Vec::with_capacity(requests.len());
-        let mut args: Vec<Vec<u8>> = Vec::with_capacity(3 + requests.len() * 5);
+        // Every request of one call is of one bucket (one slot, one sequence).
+        let first = requests[0].1.fire.task.as_str();
+        let (scale, offset) = keys.token_scale(first);
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(5 + requests.len() * 5);
         args.push(claimant.node_id.as_bytes().to_vec());
         args.push(claimant.epoch.to_string().into_bytes());
         args.push(Vec::new()); // the number of tasks, known at the end
+        args.push(scale.to_string().into_bytes());
+        args.push(offset.to_string().into_bytes());
         for (_, request) in requests {
             let fire = &request.fire;
             let task = *task_of.entry(fire.task.as_str()).or_insert_with(|| {
@@ -279,7 +415,7 @@ impl RedisRegistry {
         }
         args[2] = tasks.len().to_string().into_bytes();
         let mut key_list: Vec<String> = Vec::with_capacity(1 + tasks.len() * 3 + claim_keys.len());
-        key_list.push(keys.token());
+        key_list.push(keys.sequence(first));
         for task in &tasks {
             key_list.push(keys.tombstone(task));
             key_list.push(keys.life(task));
@@ -309,8 +445,109 @@ impl RedisRegistry {
 }
 
 impl Core {
-    pub(crate) async fn conn(&self, context: &str) -> Result<Connection> {
-        self.pool.get().await.map_err(|e| from_pool(e, context))
+    pub(crate) async fn conn(&self, context: &str) -> Result<Conn> {
+        match &self.backend {
+            Backend::Single(pool) => pool
+                .get()
+                .await
+                .map(Conn::Single)
+                .map_err(|e| from_pool(e, context)),
+            Backend::Cluster(cluster) => {
+                let ClusterBackend { client, conn } = &**cluster;
+                let limit = self.config.connect_timeout + self.config.command_timeout;
+                let made = conn.get_or_try_init(|| async {
+                    tokio::time::timeout(limit, client.get_async_connection())
+                        .await
+                        .map_err(|_| {
+                            Error::unavailable(format!(
+                                "redis: {context}: no cluster connection within {limit:?}"
+                            ))
+                        })?
+                        .map_err(|e| from_redis(e, context))
+                });
+                Ok(Conn::Cluster(made.await?.clone()))
+            }
+        }
+    }
+
+    /// Whether commands go to a Redis Cluster.
+    fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
+    }
+
+    /// The `host:port` of every master of the cluster (from `CLUSTER SLOTS`).
+    async fn masters(&self, conn: &mut Conn) -> Result<Vec<(String, u16)>> {
+        let Conn::Cluster(cluster) = conn else {
+            return Ok(Vec::new());
+        };
+        let slots: Value = cluster
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await
+            .map_err(|e| from_redis(e, "cluster slots"))?;
+        let mut masters = Vec::new();
+        if let Value::Array(ranges) = slots {
+            for range in ranges {
+                let Value::Array(fields) = range else {
+                    continue;
+                };
+                let Some(Value::Array(master)) = fields.get(2) else {
+                    continue;
+                };
+                let host = master.first().cloned().map(as_bytes);
+                let port = master
+                    .get(1)
+                    .and_then(as_i64)
+                    .and_then(|p| u16::try_from(p).ok());
+                if let (Some(host), Some(port)) = (host, port) {
+                    let host = String::from_utf8_lossy(&host).into_owned();
+                    if !masters.contains(&(host.clone(), port)) {
+                        masters.push((host, port));
+                    }
+                }
+            }
+        }
+        if masters.is_empty() {
+            return Err(Error::unavailable("redis: cluster slots: no master listed"));
+        }
+        Ok(masters)
+    }
+
+    /// One `SCAN` step on the server, or on the master `at` of a cluster.
+    async fn scan_step(
+        conn: &mut Conn,
+        at: Option<&(String, u16)>,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(BATCH);
+        let context = format!("scan {pattern}");
+        match (conn, at) {
+            (Conn::Cluster(cluster), Some((host, port))) => {
+                let value = cluster
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        }),
+                    )
+                    .await
+                    .map_err(|e| from_redis(e, &context))?;
+                FromRedisValue::from_redis_value(value).map_err(|e| from_redis(e.into(), &context))
+            }
+            (conn, _) => cmd
+                .query_async(conn)
+                .await
+                .map_err(|e| from_redis(e, &context)),
+        }
     }
 
     /// Runs a script with the given keys and arguments on a pooled connection.
@@ -381,37 +618,52 @@ impl Core {
 
     /// Every key matching `pattern`, each once, with `SCAN` cursors followed until they wrap.
     /// Keys are bytes: a key someone wrote that is not UTF-8 must not fail the whole scan.
-    async fn scan(&self, conn: &mut Connection, pattern: &str) -> Result<Vec<Vec<u8>>> {
+    /// On a cluster, every master is scanned (keys live on the master of their slot).
+    async fn scan(&self, conn: &mut Conn, pattern: &str) -> Result<Vec<Vec<u8>>> {
+        let masters = self.masters(conn).await?;
+        let targets: Vec<Option<&(String, u16)>> = if masters.is_empty() {
+            vec![None]
+        } else {
+            masters.iter().map(Some).collect()
+        };
         let mut seen = HashSet::new();
         let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(BATCH)
-                .query_async(conn)
-                .await
-                .map_err(|e| from_redis(e, &format!("scan {pattern}")))?;
-            for key in batch {
-                // SCAN may return a key more than once.
-                if seen.insert(key.clone()) {
-                    keys.push(key);
+        for at in targets {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch) = Self::scan_step(conn, at, cursor, pattern).await?;
+                for key in batch {
+                    // SCAN may return a key more than once.
+                    if seen.insert(key.clone()) {
+                        keys.push(key);
+                    }
                 }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(keys);
-            }
-            cursor = next;
         }
+        Ok(keys)
     }
 
     /// Reads the string values of `keys` (`None` for a key gone since, or not a string).
-    async fn mget(&self, conn: &mut Connection, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn mget(&self, conn: &mut Conn, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.is_cluster() {
+            // The cluster connection splits an `MGET` by slot; a pipeline must stay on one node.
+            let mut out = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(BATCH) {
+                let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                    .arg(chunk)
+                    .query_async(conn)
+                    .await
+                    .map_err(|e| from_redis(e, "read values"))?;
+                out.extend(values);
+            }
+            return Ok(out);
         }
         let mut pipe = redis::pipe();
         for chunk in keys.chunks(BATCH) {
@@ -428,7 +680,7 @@ impl Core {
     /// (the others were removed since the scan).
     async fn wrong_type(
         &self,
-        conn: &mut Connection,
+        conn: &mut Conn,
         keys: &[String],
         values: &[Option<Vec<u8>>],
     ) -> Result<HashSet<String>> {
@@ -440,6 +692,20 @@ impl Core {
             .collect();
         if missing.is_empty() {
             return Ok(HashSet::new());
+        }
+        if self.is_cluster() {
+            let mut wrong = HashSet::new();
+            for key in missing {
+                let t: String = redis::cmd("TYPE")
+                    .arg(key)
+                    .query_async(conn)
+                    .await
+                    .map_err(|e| from_redis(e, "read key types"))?;
+                if t != "none" {
+                    wrong.insert(key.clone());
+                }
+            }
+            return Ok(wrong);
         }
         let mut pipe = redis::pipe();
         for key in &missing {
@@ -487,7 +753,7 @@ impl Core {
                 }
                 continue;
             };
-            let decoded = match unescape(&key[prefix.len()..]) {
+            let decoded = match self.keys.name_of(prefix, &key) {
                 Some(name) => decode(&name, &key, &bytes),
                 None => Err(Error::Corrupt {
                     key: key.clone(),
@@ -501,6 +767,25 @@ impl Core {
         }
         Ok(listing)
     }
+}
+
+/// Splits the indices `0..len` of a batch into script calls: grouped by `bucket` (keeping
+/// their order within a group), then cut into pieces of at most [`MAX_PER_SCRIPT`]. In the
+/// cluster layout a bucket is one hash slot, so each call only touches keys of one slot.
+fn split_batch(len: usize, bucket: impl Fn(usize) -> u16) -> Vec<Vec<usize>> {
+    let mut groups: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+    for i in 0..len {
+        groups.entry(bucket(i)).or_default().push(i);
+    }
+    groups
+        .into_values()
+        .flat_map(|group| {
+            group
+                .chunks(MAX_PER_SCRIPT)
+                .map(<[usize]>::to_vec)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// The node list at one instant (see [`Core::node_snapshot`]).
@@ -873,6 +1158,8 @@ impl Registry for RedisRegistry {
             PutMode::Force => b"force",
         };
         let (since_s, since_ns) = meta.created_at.map(since_fields).unwrap_or_default();
+        let (scale, offset) = keys.token_scale(name);
+        let (scale, offset) = (scale.to_string(), offset.to_string());
         let answer: String = self
             .core
             .eval(
@@ -881,7 +1168,7 @@ impl Registry for RedisRegistry {
                     &keys.task(name),
                     &keys.tombstone(name),
                     &keys.life(name),
-                    &keys.token(),
+                    &keys.sequence(name),
                 ],
                 &[
                     mode_arg,
@@ -890,6 +1177,8 @@ impl Registry for RedisRegistry {
                     name.as_bytes(),
                     since_s.as_bytes(),
                     since_ns.as_bytes(),
+                    scale.as_bytes(),
+                    offset.as_bytes(),
                 ],
                 &format!("put task `{name}`"),
             )
@@ -1008,31 +1297,32 @@ impl Registry for RedisRegistry {
         let keys = &self.core.keys;
         let mut conn = self.core.conn("cleanup all").await?;
         let pattern = format!("{}*", keys.prefix());
-        let mut cursor: u64 = 0;
+        let masters = self.core.masters(&mut conn).await?;
+        let targets: Vec<Option<&(String, u16)>> = if masters.is_empty() {
+            vec![None]
+        } else {
+            masters.iter().map(Some).collect()
+        };
         let mut removed = 0usize;
-        loop {
-            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(BATCH)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| from_redis(e, "cleanup all: scan"))?;
-            let doomed: Vec<&Vec<u8>> = batch.iter().filter(|k| keys.is_task_data(k)).collect();
-            if !doomed.is_empty() {
-                let _: i64 = redis::cmd("UNLINK")
-                    .arg(&doomed)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| from_redis(e, "cleanup all: unlink"))?;
-                removed += doomed.len();
+        for at in targets {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch) = Core::scan_step(&mut conn, at, cursor, &pattern).await?;
+                let doomed: Vec<&Vec<u8>> = batch.iter().filter(|k| keys.is_task_data(k)).collect();
+                if !doomed.is_empty() {
+                    // On a cluster the connection splits a multi-key `UNLINK` by slot.
+                    let _: i64 = redis::cmd("UNLINK")
+                        .arg(&doomed)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| from_redis(e, "cleanup all: unlink"))?;
+                    removed += doomed.len();
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         let _: i64 = redis::cmd("PUBLISH")
             .arg(keys.task_channel())
@@ -1048,30 +1338,48 @@ impl Registry for RedisRegistry {
         for (name, _) in names {
             validate_task_name(name)?;
         }
-        let calls = names
-            .chunks(MAX_PER_SCRIPT)
-            .map(|chunk| self.ensure_lives_once(chunk));
-        let mut lives = Vec::with_capacity(names.len());
-        for chunk in futures::future::join_all(calls).await {
-            lives.extend(chunk?);
+        // One call per bucket (all of them in the standalone layout) and per MAX_PER_SCRIPT.
+        let keys = &self.core.keys;
+        let groups = split_batch(names.len(), |i| keys.bucket(&names[i].0));
+        let chunks: Vec<Vec<(String, DateTime<Utc>)>> = groups
+            .iter()
+            .map(|group| group.iter().map(|&i| names[i].clone()).collect())
+            .collect();
+        let calls = chunks.iter().map(|chunk| self.ensure_lives_once(chunk));
+        let mut lives: Vec<Option<Life>> = vec![None; names.len()];
+        for (group, answer) in groups.iter().zip(futures::future::join_all(calls).await) {
+            for (&i, life) in group.iter().zip(answer?) {
+                lives[i] = Some(life);
+            }
         }
-        Ok(lives)
+        lives
+            .into_iter()
+            .map(|l| l.ok_or_else(|| Error::unavailable("redis: ensure lives: not decided")))
+            .collect()
     }
 
     async fn restart_life(&self, name: &str, at: DateTime<Utc>) -> Result<Life> {
         validate_task_name(name)?;
         let keys = &self.core.keys;
         let (since_s, since_ns) = since_fields(at);
+        let (scale, offset) = keys.token_scale(name);
+        let (scale, offset) = (scale.to_string(), offset.to_string());
         let generation: i64 = self
             .core
             .eval(
                 &scripts::RESTART_LIFE,
-                &[&keys.token(), &keys.tombstone(name), &keys.life(name)],
+                &[
+                    &keys.sequence(name),
+                    &keys.tombstone(name),
+                    &keys.life(name),
+                ],
                 &[
                     since_s.as_bytes(),
                     since_ns.as_bytes(),
                     keys.task_channel().as_bytes(),
                     name.as_bytes(),
+                    scale.as_bytes(),
+                    offset.as_bytes(),
                 ],
                 &format!("restart the life of `{name}`"),
             )
@@ -1080,7 +1388,7 @@ impl Registry for RedisRegistry {
             .ok()
             .filter(|g| *g > 0)
             .ok_or_else(|| Error::Corrupt {
-                key: keys.token(),
+                key: keys.sequence(name),
                 reason: format!("the sequence gave generation {generation}"),
             })?;
         Ok(Life::new(generation, at))
@@ -1106,13 +1414,19 @@ impl Registry for RedisRegistry {
             .enumerate()
             .filter(|(i, _)| outcomes[*i].is_none())
             .collect();
-        let calls = valid
-            .chunks(MAX_PER_SCRIPT)
-            .map(|chunk| self.claim_once(claimant, chunk));
+        // One call per bucket (all of them in the standalone layout: one hash slot each in the
+        // cluster layout) and per MAX_PER_SCRIPT fires, all sent at once.
+        let keys = &self.core.keys;
+        let chunks: Vec<Vec<(usize, &ClaimRequest)>> =
+            split_batch(valid.len(), |i| keys.bucket(&valid[i].1.fire.task))
+                .into_iter()
+                .map(|group| group.into_iter().map(|i| valid[i]).collect())
+                .collect();
+        let calls = chunks.iter().map(|chunk| self.claim_once(claimant, chunk));
         let answers = futures::future::join_all(calls).await;
         let mut first_error = None;
         let mut decided = 0usize;
-        for (chunk, answer) in valid.chunks(MAX_PER_SCRIPT).zip(answers) {
+        for (chunk, answer) in chunks.iter().zip(answers) {
             match answer {
                 Ok(answer) => {
                     decided += chunk.len();
@@ -1348,6 +1662,29 @@ mod tests {
                 ClaimOutcome::Failed(Error::Backend { .. })
             ));
         }
+    }
+
+    #[test]
+    fn batches_split_by_bucket_then_size() {
+        // Standalone: one bucket, cut by size only, order kept.
+        let one = split_batch(2500, |_| 0);
+        assert_eq!(
+            one.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1000, 1000, 500]
+        );
+        assert_eq!(one.concat(), (0..2500).collect::<Vec<_>>());
+        // Cluster: every call holds one bucket; every index is in exactly one call.
+        let bucket = |i: usize| u16::try_from(i % 3).expect("small");
+        let calls = split_batch(3001, bucket);
+        assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), 3001);
+        for call in &calls {
+            assert!(call.len() <= MAX_PER_SCRIPT && !call.is_empty());
+            assert!(
+                call.iter().all(|&i| bucket(i) == bucket(call[0])),
+                "{call:?}"
+            );
+        }
+        assert!(split_batch(0, bucket).is_empty());
     }
 
     #[test]

@@ -141,7 +141,7 @@ return out
 
 /// KEYS: task, tombstone, life, sequence. ARGV: mode (`create`/`update`/`force`), record JSON,
 /// channel, task name, live-since seconds, live-since nanoseconds (both `''` when the record
-/// has no `created_at`). Returns `ok`, `exists`, `tombstoned`, `notfound` or `nosince`.
+/// has no `created_at`), the sequence's scale and offset (`RedisKeys::token_scale`). Returns `ok`, `exists`, `tombstoned`, `notfound` or `nosince`.
 ///
 /// `create` and `force` start a new life (the next number of the sequence as its generation,
 /// live-since from the record) in the same step; `force` also removes the tombstone; `update`
@@ -155,13 +155,13 @@ if mode == 'create' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
   if redis.call('EXISTS', KEYS[2]) == 1 then return 'tombstoned' end
   if ARGV[5] == '' then return 'nosince' end
-  g = redis.call('INCR', KEYS[4])
+  g = redis.call('INCR', KEYS[4]) * tonumber(ARGV[7]) + tonumber(ARGV[8])
 elseif mode == 'update' then
   if redis.call('EXISTS', KEYS[2]) == 1 then return 'tombstoned' end
   if redis.call('EXISTS', KEYS[1]) == 0 then return 'notfound' end
 else
   if ARGV[5] == '' then return 'nosince' end
-  g = redis.call('INCR', KEYS[4])
+  g = redis.call('INCR', KEYS[4]) * tonumber(ARGV[7]) + tonumber(ARGV[8])
   if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[3], 'tc:' .. ARGV[4]) end
 end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -213,8 +213,9 @@ return 1
     )
 });
 
-/// KEYS: sequence, then one life key per name. ARGV: per name, the live-since seconds and
-/// nanoseconds to start a life with. Returns `[generation, since_s, since_ns, …]`, one triple
+/// KEYS: sequence, then one life key per name. ARGV: the sequence's scale and offset
+/// (`RedisKeys::token_scale`), then per name the live-since seconds and nanoseconds to start a
+/// life with. Returns `[generation, since_s, since_ns, …]`, one triple
 /// per name: the existing life, or a new one (the next number of the sequence) when the name
 /// has none or its key does not hold a life.
 pub(crate) static ENSURE_LIVES: LazyLock<Script> = LazyLock::new(|| {
@@ -226,8 +227,8 @@ for i = 2, #KEYS do
   local g = life_gen(k)
   local s, ns
   if g == nil or g == 'bad' then
-    g = redis.call('INCR', KEYS[1])
-    s, ns = ARGV[2 * i - 3], ARGV[2 * i - 2]
+    g = redis.call('INCR', KEYS[1]) * tonumber(ARGV[1]) + tonumber(ARGV[2])
+    s, ns = ARGV[2 * i - 1], ARGV[2 * i]
     write_life(k, g, s, ns)
   else
     local h = redis.call('HMGET', k, 'since_s', 'since_ns')
@@ -242,13 +243,14 @@ return out
     )
 });
 
-/// KEYS: sequence, tombstone, life. ARGV: live-since seconds, nanoseconds, channel, task name.
+/// KEYS: sequence, tombstone, life. ARGV: live-since seconds, nanoseconds, channel, task name,
+/// the sequence's scale and offset (`RedisKeys::token_scale`).
 /// Starts a new life whatever is there: removes the tombstone, keeps the task record and the
 /// claims. Returns the new generation.
 pub(crate) static RESTART_LIFE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local g = redis.call('INCR', KEYS[1])
+local g = redis.call('INCR', KEYS[1]) * tonumber(ARGV[5]) + tonumber(ARGV[6])
 if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[3], 'tc:' .. ARGV[4]) end
 write_life(KEYS[3], g, ARGV[1], ARGV[2])
 return g
@@ -259,9 +261,11 @@ return g
 /// Claims a batch of fires for one claimant.
 ///
 /// KEYS: sequence, then per task of the batch: tombstone, life, claim index; then per fire:
-/// its claim key. ARGV: node id, epoch, number of tasks, then per fire: task number (1-based),
-/// generation, deadline (µs since the epoch), retention ms, index member (the instant's
-/// milliseconds).
+/// its claim key. ARGV: node id, epoch, number of tasks, the sequence's scale and offset
+/// (`RedisKeys::token_scale`: the `n`th number of the sequence is the token `n * scale +
+/// offset`), then per fire: task number (1-based), generation, deadline (µs since the epoch),
+/// retention ms, index member (the instant's milliseconds). In the cluster layout every task of
+/// one call is of one bucket (one hash slot, one sequence).
 ///
 /// Per fire, in the order of `dcron_core::claim`: `{'T'}` tombstoned; `{'S', g}` or `{'S'}`
 /// superseded (current generation, none); `{'E', token}` won earlier by this claimant;
@@ -277,6 +281,7 @@ pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local node, epoch, ntasks = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local scale, offset = tonumber(ARGV[4]), tonumber(ARGV[5])
 local nfires = #KEYS - 1 - 3 * ntasks
 local now = now_us()
 local now_milli = math.floor(now / 1000)
@@ -305,7 +310,7 @@ local function held(claim)
   return {'L', nd}
 end
 for i = 1, nfires do
-  local a = 3 + 5 * (i - 1)
+  local a = 5 + 5 * (i - 1)
   local t = tonumber(ARGV[a + 1])
   local claim = KEYS[1 + 3 * ntasks + i]
   if tombs[t] == nil then tombs[t] = redis.call('EXISTS', KEYS[3 * t - 1]) == 1 end
@@ -320,7 +325,7 @@ for i = 1, nfires do
   elseif now > tonumber(ARGV[a + 3]) then
     out[i] = held(claim) or {'D'}
   else
-    local tok = base + i
+    local tok = (base + i) * scale + offset
     local ret = tonumber(ARGV[a + 4])
     local value = string.format('%d:%d:%s:%s', tok, g, epoch, node)
     if redis.call('SET', claim, value, 'NX', 'PX', ret) then
