@@ -1,5 +1,5 @@
 //! The HTTP routes: the page and its assets, the JSON API, the event stream and the actions,
-//! behind [`guard`] (token, `Host` and CSRF checks, security headers).
+//! behind `guard` (token, `Host` and CSRF checks, security headers).
 //!
 //! | route | what |
 //! |---|---|
