@@ -11,10 +11,12 @@ use chrono::{DateTime, Utc};
 use dcron_core::{Dcron, FireKey, MisfirePolicy, Schedule, SecondsField, TaskMeta};
 use dcron_registry_redis::RedisRegistry;
 use dcron_testkit::ledger::{check, Ledger};
-use tokio::time::Instant;
+use dcron_testkit::wait_until;
 
 const EVERY_SECOND: &str = "* * * * * *";
 const DYNAMIC: [&str; 3] = ["dyn:a", "dyn b", "dyn-doomed"];
+const ALL: [&str; 4] = ["static", "dyn:a", "dyn b", "dyn-doomed"];
+const LIVE: [&str; 3] = ["static", "dyn:a", "dyn b"];
 
 fn occurrences(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
     Schedule::parse(EVERY_SECOND, None, SecondsField::Optional)
@@ -55,15 +57,23 @@ async fn node(name: &str, namespace: &str, ledger: &Ledger) -> dcron_core::Resul
 }
 
 async fn wait_working(nodes: &[&Dcron]) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !nodes.iter().all(|n| n.state() == "working") {
-        assert!(
-            Instant::now() < deadline,
-            "nodes not working: {:?}",
+    if let Err(e) = wait_until("nodes working", Duration::from_secs(15), || async {
+        nodes.iter().all(|n| n.state() == "working")
+    })
+    .await
+    {
+        panic!(
+            "{e}: {:?}",
             nodes.iter().map(|n| n.state()).collect::<Vec<_>>()
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether every task of `tasks` ran a fire scheduled after `at`.
+fn all_ran_after(ledger: &Ledger, tasks: &[&str], at: DateTime<Utc>) -> bool {
+    tasks
+        .iter()
+        .all(|t| ledger.for_task(t).iter().any(|e| e.fire.instant > at))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -87,13 +97,38 @@ async fn every_fire_runs_once_through_leave_and_crash() {
     }
     let added = Utc::now();
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until(
+        "every task runs on the three nodes",
+        Duration::from_secs(15),
+        || async { all_ran_after(&ledger, &ALL, added + chrono::Duration::seconds(1)) },
+    )
+    .await
+    .expect("fires before the leave");
     n2.mark_task_deleted("dyn-doomed").await.expect("delete");
     let deleted = Utc::now();
     n3.stop().await.expect("n3 leaves");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let left = Utc::now();
+    wait_until(
+        "every live task runs after n3 left",
+        Duration::from_secs(15),
+        || async { all_ran_after(&ledger, &LIVE, left + chrono::Duration::seconds(1)) },
+    )
+    .await
+    .expect("fires after the leave");
     drop(n2); // a crash: no stop, the lease expires by itself
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let crashed = Utc::now();
+    // n2's tasks move once its 2 s lease ends; fires after that can only be n1's.
+    wait_until(
+        "n1 runs every live task after n2's lease ended",
+        Duration::from_secs(20),
+        || async {
+            let owned = n1.my_running_tasks();
+            LIVE.iter().all(|t| owned.iter().any(|o| o == t))
+                && all_ran_after(&ledger, &LIVE, crashed + chrono::Duration::seconds(4))
+        },
+    )
+    .await
+    .expect("takeover after the crash");
     let end = Utc::now() - chrono::Duration::milliseconds(300);
     n1.stop().await.expect("n1 stops");
 

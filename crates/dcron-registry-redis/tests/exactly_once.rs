@@ -16,6 +16,7 @@ use dcron_core::{
     PutMode, Registry, TaskMetaEvent, MAX_WATCH_DELAY,
 };
 use dcron_registry_redis::{RedisRegistry, RedisRegistryConfig};
+use dcron_testkit::{holds_until, wait_until};
 use futures::StreamExt;
 use redis::AsyncCommands;
 use tokio::time::Instant;
@@ -65,24 +66,6 @@ async fn life_of(reg: &RedisRegistry, name: &str) -> Life {
     reg.ensure_lives(&[(name.to_string(), Utc::now())])
         .await
         .expect("ensure_lives")[0]
-}
-
-/// Polls `check` every 20 ms until it holds or `within` passes; answers whether it held.
-async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,32 +485,34 @@ async fn claims_are_kept_for_their_retention_and_gone_within_the_tolerance() {
     assert!(out.iter().all(ClaimOutcome::is_won), "{out:?}");
     let other = Claimant::new("b", 1);
     // Held by `a` (listed, and lost by others) until the retention has passed...
-    loop {
+    let kept = holds_until(started + retention.mul_f64(0.9), || async {
         let probe = reg
             .claim(&other, &[request(&short, &life)])
             .await
             .expect("claim");
-        let elapsed = started.elapsed();
-        if elapsed >= retention.mul_f64(0.9) {
-            break;
-        }
-        assert!(
-            matches!(probe[0], ClaimOutcome::Lost { .. }),
-            "claim gone after {elapsed:?} of {retention:?}: {probe:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // ...and gone (not listed, claimable) within the tolerance after it.
-    let bound = retention + expiry_tolerance(retention);
-    let gone = eventually(bound.saturating_sub(started.elapsed()), || async {
-        let listed = reg.list_claims("kept").await.expect("list");
-        !listed.items.iter().any(|c| c.fire == short)
+        matches!(probe[0], ClaimOutcome::Lost { .. })
     })
     .await;
-    assert!(
-        gone,
-        "a claim with retention {retention:?} still listed after {bound:?}"
+    assert_eq!(
+        kept,
+        Ok(true),
+        "claim gone after {:?} of {retention:?}",
+        started.elapsed()
     );
+    // ...and gone (not listed, claimable) within the tolerance after it.
+    let bound = retention + expiry_tolerance(retention);
+    if let Err(e) = wait_until(
+        "the expired claim unlisted",
+        bound.saturating_sub(started.elapsed()),
+        || async {
+            let listed = reg.list_claims("kept").await.expect("list");
+            !listed.items.iter().any(|c| c.fire == short)
+        },
+    )
+    .await
+    {
+        panic!("{e}; a claim with retention {retention:?} still listed after {bound:?}");
+    }
     assert!(reg
         .claim(&other, &[request(&short, &life)])
         .await
@@ -557,27 +542,14 @@ async fn node_leases_are_kept_for_their_ttl_and_end_within_the_tolerance() {
         .await
         .expect("register");
     assert!(lease.ttl >= ttl, "granted {:?} for {ttl:?}", lease.ttl);
+    // The scenario: renew half a second into the lease, so that a TTL counted from the
+    // registration instead of the last keep-alive would show.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let renewed = Instant::now();
     reg.keep_alive(&lease).await.expect("keep alive");
     // Listed for the whole TTL after the last keep-alive...
-    while renewed.elapsed() < ttl.mul_f64(0.9) {
-        assert!(
-            reg.list_nodes()
-                .await
-                .expect("list")
-                .items
-                .iter()
-                .any(|n| n.id == "short"),
-            "node gone {:?} after its keep-alive (TTL {ttl:?})",
-            renewed.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // ...gone within the tolerance after it, and the watch says so within its delay.
-    let bound = lease.ttl + expiry_tolerance(lease.ttl);
-    let gone = eventually(bound.saturating_sub(renewed.elapsed()), || async {
-        !reg.list_nodes()
+    let listed = holds_until(renewed + ttl.mul_f64(0.9), || async {
+        reg.list_nodes()
             .await
             .expect("list")
             .items
@@ -585,10 +557,30 @@ async fn node_leases_are_kept_for_their_ttl_and_end_within_the_tolerance() {
             .any(|n| n.id == "short")
     })
     .await;
-    assert!(
-        gone,
-        "node still listed {bound:?} after its last keep-alive"
+    assert_eq!(
+        listed,
+        Ok(true),
+        "node gone {:?} after its keep-alive (TTL {ttl:?})",
+        renewed.elapsed()
     );
+    // ...gone within the tolerance after it, and the watch says so within its delay.
+    let bound = lease.ttl + expiry_tolerance(lease.ttl);
+    if let Err(e) = wait_until(
+        "the expired node unlisted",
+        bound.saturating_sub(renewed.elapsed()),
+        || async {
+            !reg.list_nodes()
+                .await
+                .expect("list")
+                .items
+                .iter()
+                .any(|n| n.id == "short")
+        },
+    )
+    .await
+    {
+        panic!("{e}; node still listed {bound:?} after its last keep-alive");
+    }
     let deadline = renewed + bound + MAX_WATCH_DELAY;
     let mut deleted = false;
     while let Ok(Some(event)) = tokio::time::timeout_at(deadline, watch.next()).await {
@@ -816,7 +808,7 @@ async fn a_claim_whose_reply_is_lost_is_answered_won_earlier_on_retry() {
     );
     assert!(matches!(&lost, Err(e) if e.is_retryable()), "{lost:?}");
     // The server applied it: the claim is there, held by this claimant.
-    let applied = eventually(Duration::from_secs(5), || async {
+    wait_until("the claim applied", Duration::from_secs(5), || async {
         direct
             .list_claims("lossy")
             .await
@@ -825,8 +817,8 @@ async fn a_claim_whose_reply_is_lost_is_answered_won_earlier_on_retry() {
             .iter()
             .any(|c| c.fire == f)
     })
-    .await;
-    assert!(applied, "the claim was not applied");
+    .await
+    .expect("wait");
     let token = direct
         .list_claims("lossy")
         .await
@@ -843,16 +835,27 @@ async fn a_claim_whose_reply_is_lost_is_answered_won_earlier_on_retry() {
     proxy.cut();
 
     // The retry (after the connection is back) learns it won, with the same token.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let retried = loop {
-        match through.claim(&me, &[request(&f, &life)]).await {
-            Ok(out) => break out,
-            Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    let decided = std::sync::Mutex::new(None);
+    wait_until(
+        "the retried claim decided",
+        Duration::from_secs(10),
+        || async {
+            match through.claim(&me, &[request(&f, &life)]).await {
+                Ok(out) => {
+                    *decided.lock().expect("decided") = Some(out);
+                    true
+                }
+                Err(e) if e.is_retryable() => false,
+                Err(e) => panic!("retry failed: {e}"),
             }
-            Err(e) => panic!("retry failed: {e}"),
-        }
-    };
+        },
+    )
+    .await
+    .expect("wait");
+    let retried = decided
+        .into_inner()
+        .expect("decided")
+        .expect("the claim was decided");
     assert_eq!(retried, vec![ClaimOutcome::WonEarlier { token }]);
     assert_eq!(
         direct

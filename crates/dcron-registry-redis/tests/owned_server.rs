@@ -15,7 +15,7 @@ use dcron_core::{
     WatchStream,
 };
 use dcron_registry_redis::{RedisKeys, RedisRegistry, RedisRegistryConfig};
-use dcron_testkit::{cases, run_case, CaseError, RegistryFactory};
+use dcron_testkit::{cases, run_case, wait_until, CaseError, RegistryFactory};
 use futures::StreamExt;
 use tokio::time::Instant;
 
@@ -76,22 +76,18 @@ fn fire(task: &str, i: i64) -> FireKey {
     )
 }
 
-/// Polls `list_tasks` until it answers; every error meanwhile must be retryable.
 async fn wait_back(reg: &RedisRegistry, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
+    wait_until("the registry answers again", within, || async {
         match reg.list_tasks().await {
-            Ok(_) => return,
+            Ok(_) => true,
             Err(e) => {
                 assert!(e.is_retryable(), "while the server is down: {e:?}");
-                assert!(
-                    Instant::now() < deadline,
-                    "the registry did not come back within {within:?}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                false
             }
         }
-    }
+    })
+    .await
+    .expect("server back");
 }
 
 /// Claims `fires` from `clients` concurrently; answers the winning tokens per fire.
