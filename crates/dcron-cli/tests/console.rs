@@ -340,11 +340,18 @@ async fn the_page_shows_and_steers_a_three_node_cluster() {
         })
         .await;
         assert_eq!(shown, ids);
-        let owned: Vec<usize> = texts(&client, "#nodes tbody tr td.owned")
-            .await
-            .iter()
-            .map(|t| t.parse().expect("a count"))
-            .collect();
+        // Reads go through wait_for: a live update re-renders the tables, and an element read
+        // while it is replaced is stale (`texts` then answers nothing).
+        let owned: Vec<usize> = wait_for("owned counts", Duration::from_secs(30), || async {
+            // The static task counts once the console knows it (after its first fire).
+            let counts = texts(&client, "#nodes tbody tr td.owned").await;
+            let counts: Vec<usize> = counts
+                .iter()
+                .map(|t| t.parse().ok())
+                .collect::<Option<_>>()?;
+            (counts.len() == 3 && counts.iter().sum::<usize>() == 5).then_some(counts)
+        })
+        .await;
         assert_eq!(owned.iter().sum::<usize>(), 5, "{owned:?}");
 
         // Every task with an owner among the nodes, the static one included once it ran.
@@ -361,22 +368,37 @@ async fn the_page_shows_and_steers_a_three_node_cluster() {
             .await;
             assert!(ids.contains(&owner));
         }
-        let origin = attr(
-            &client,
-            &format!(r#"#tasks tr[data-task="{STATIC}"]"#),
-            "data-origin",
-        )
+        let static_row = format!(r#"#tasks tr[data-task="{STATIC}"]"#);
+        let origin = wait_for("the static task's origin", Duration::from_secs(30), || {
+            attr(&client, &static_row, "data-origin")
+        })
         .await;
-        assert_eq!(origin.as_deref(), Some("static"));
-        let zone = texts(
-            &client,
-            &format!(r#"#tasks tr[data-task="{BERLIN}"] td:nth-child(3)"#),
+        assert_eq!(origin, "static");
+        let zone = wait_for(
+            "the Berlin task's zone",
+            Duration::from_secs(30),
+            || async {
+                let zone = texts(
+                    &client,
+                    &format!(r#"#tasks tr[data-task="{BERLIN}"] td:nth-child(3)"#),
+                )
+                .await;
+                (!zone.is_empty()).then_some(zone)
+            },
         )
         .await;
         assert_eq!(zone, ["Europe/Berlin"]);
-        let previews = texts(
-            &client,
-            &format!(r#"#tasks tr[data-task="{FAST}"] ul.fires li"#),
+        let previews = wait_for(
+            "the next fires of the fast task",
+            Duration::from_secs(30),
+            || async {
+                let previews = texts(
+                    &client,
+                    &format!(r#"#tasks tr[data-task="{FAST}"] ul.fires li"#),
+                )
+                .await;
+                (!previews.is_empty()).then_some(previews)
+            },
         )
         .await;
         assert_eq!(previews.len(), 5, "{previews:?}");
@@ -404,11 +426,18 @@ async fn the_page_shows_and_steers_a_three_node_cluster() {
             || async { (attr(&client, &css, "data-state").await? == "paused").then_some(()) },
         )
         .await;
-        let flash = texts(&client, "#flash").await;
-        assert!(
-            flash.iter().any(|f| f.starts_with("paused task")),
-            "{flash:?}"
-        );
+        wait_for(
+            "the pause's result shown",
+            Duration::from_secs(10),
+            || async {
+                let flash = texts(&client, "#flash").await;
+                flash
+                    .iter()
+                    .any(|f| f.starts_with("paused task"))
+                    .then_some(())
+            },
+        )
+        .await;
 
         // Trigger now: a run of a task that never fired appears in the timeline.
         let css = format!(r#"#timeline-list li[data-task="{TRIGGERED}"]"#);
