@@ -194,7 +194,7 @@ enum Running {
 impl Running {
     async fn stop(self) -> Result<()> {
         match self {
-            Running::Dcron(node) => node.stop().await.map_err(Into::into),
+            Running::Dcron(node) => node.stop().await.map(drop).map_err(Into::into),
             Running::Tcs(mut sched) => sched
                 .shutdown()
                 .await

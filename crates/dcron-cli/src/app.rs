@@ -72,6 +72,8 @@ fn read_add_request(args: &AddArgs) -> CliResult<AddRequest> {
         zone: args.zone.clone(),
         payload,
         one_shot: args.one_shot,
+        tags: args.tags.clone(),
+        max_concurrent: args.max_concurrent,
     })
 }
 
@@ -281,7 +283,9 @@ async fn execute_planned(
             }
         }
         Command::Tasks(s) => {
-            let r = ops::tasks(registry, s.strategy, now).await?;
+            let mut r = ops::tasks(registry, s.strategy.strategy, now).await?;
+            r.tasks
+                .retain(|t| s.tags.iter().all(|tag| t.tags.contains(tag)));
             let mut warnings = render::corrupt_warnings(&r.corrupt);
             warnings.extend(r.warning.clone().map(|w| format!("warning: {w}")));
             Printed {

@@ -96,7 +96,8 @@ pub enum Command {
     /// List live nodes: id, host, status, last alive, number of owned tasks
     Nodes(StrategyArg),
     /// List dynamic tasks, the static ones the registry knows of, and deleted names
-    Tasks(StrategyArg),
+    /// (--tag: only the tasks carrying every tag given)
+    Tasks(TasksArgs),
     /// Add a dynamic task (refused when the name exists or is marked deleted)
     Add(AddArgs),
     /// Add or replace a dynamic task whatever exists, clearing its deletion mark
@@ -133,6 +134,18 @@ pub struct StrategyArg {
     /// or rendezvous (use the cluster's)
     #[arg(long, value_name = "STRATEGY", default_value = "consistent", value_parser = parse_strategy)]
     pub strategy: Strategy,
+}
+
+/// `tasks`.
+#[derive(Args, Clone, Debug)]
+pub struct TasksArgs {
+    /// The strategy ownership is computed with.
+    #[command(flatten)]
+    pub strategy: StrategyArg,
+    /// Only the tasks that carry this tag (repeat: every tag given); static tasks carry none
+    /// in the registry
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
 }
 
 /// A task name.
@@ -175,6 +188,12 @@ pub struct AddArgs {
     /// Run once, then mark the task deleted
     #[arg(long)]
     pub one_shot: bool,
+    /// A tag for grouping and filtering (`tasks --tag`); repeat for more
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// The most fires of the task that run at once on a node
+    #[arg(long, value_name = "N")]
+    pub max_concurrent: Option<u32>,
 }
 
 /// `--yes` and `--dry-run`: how a command that changes or removes what exists is confirmed.
@@ -280,8 +299,11 @@ mod tests {
         assert!(cli.global.json);
         assert!(matches!(
             cli.command,
-            Command::Tasks(StrategyArg {
-                strategy: Strategy::Range
+            Command::Tasks(TasksArgs {
+                strategy: StrategyArg {
+                    strategy: Strategy::Range
+                },
+                ..
             })
         ));
         let shown = format!("{:?}", cli.global);

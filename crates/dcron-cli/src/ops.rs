@@ -366,6 +366,9 @@ pub struct TaskRow {
     pub failure_count: Option<u64>,
     /// When it was added.
     pub created_at: Option<DateTime<Utc>>,
+    /// Its tags (none for a static task: they live in the nodes' code).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     /// Why the stored schedule is unusable, if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -483,6 +486,7 @@ pub fn task_rows(
                 run_count: extras.status.get(&meta.name).map(|s| s.run_count),
                 failure_count: extras.status.get(&meta.name).map(|s| s.failure_count),
                 created_at: meta.created_at,
+                tags: meta.tags.clone(),
                 error,
             },
         );
@@ -523,6 +527,7 @@ pub fn task_rows(
                 run_count: extras.status.get(name).map(|s| s.run_count),
                 failure_count: extras.status.get(name).map(|s| s.failure_count),
                 created_at: None,
+                tags: Vec::new(),
                 error: None,
             }
         });
@@ -572,6 +577,10 @@ pub struct AddRequest {
     pub payload: String,
     /// Run once, then mark deleted.
     pub one_shot: bool,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// The most fires that run at once on a node.
+    pub max_concurrent: Option<u32>,
 }
 
 /// Checks a request as the `Dcron` API does (task name, schedule, zone) and builds the record.
@@ -587,7 +596,10 @@ pub fn build_meta(req: &AddRequest, now: DateTime<Utc>) -> CliResult<TaskMeta> {
         meta = meta.one_shot();
         meta.executed_and_mark_deleted = true;
     }
+    meta.tags.clone_from(&req.tags);
+    meta.max_concurrent = req.max_concurrent;
     meta.created_at = Some(now);
+    meta.check_bounds()?;
     Ok(meta)
 }
 
@@ -1245,6 +1257,8 @@ mod tests {
             zone: Some("Asia/Tokyo".into()),
             payload: "hello".into(),
             one_shot: false,
+            tags: vec!["team:ops".into()],
+            max_concurrent: Some(2),
         };
         let meta = add(&reg, &req, false, t0()).await.expect("added");
         assert_eq!(meta.created_at, Some(t0()));
@@ -1274,6 +1288,20 @@ mod tests {
                     ..req.clone()
                 },
                 "zone",
+            ),
+            (
+                AddRequest {
+                    tags: vec!["has space".into()],
+                    ..req.clone()
+                },
+                "tag",
+            ),
+            (
+                AddRequest {
+                    max_concurrent: Some(0),
+                    ..req.clone()
+                },
+                "max_concurrent",
             ),
         ] {
             let e = add(&reg, &bad, false, t0()).await.expect_err(what);

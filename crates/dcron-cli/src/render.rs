@@ -148,6 +148,7 @@ pub fn tasks(report: &TasksReport, now: DateTime<Utc>) -> String {
         "OWNER",
         "LAST FIRE",
         "LAST RESULT",
+        "TAGS",
     ]);
     for r in &report.tasks {
         // A static task's schedule lives in the nodes' code.
@@ -178,6 +179,11 @@ pub fn tasks(report: &TasksReport, now: DateTime<Utc>) -> String {
             or_dash(r.owner.clone()),
             or_dash(last),
             or_dash(r.last_result.clone().map(|s| clip(s, RESULT_WIDTH))),
+            if r.tags.is_empty() {
+                "-".to_string()
+            } else {
+                r.tags.join(",")
+            },
         ]);
     }
     t.render()
@@ -314,6 +320,7 @@ mod tests {
             run_count: None,
             failure_count: None,
             created_at: None,
+            tags: vec!["billing".into(), "daily".into()],
             error: None,
         };
         let gone = TaskRow {
@@ -325,6 +332,7 @@ mod tests {
             next_fire: None,
             owner: None,
             last_fire: None,
+            tags: Vec::new(),
             ..row.clone()
         };
         let out = tasks(
@@ -349,6 +357,7 @@ mod tests {
             lines[2].starts_with("old     static         -     deleted  -"),
             "{out}"
         );
+        assert!(lines[1].ends_with("billing,daily"), "{out}");
         assert!(lines[2].ends_with('-'), "{out}");
     }
 

@@ -184,6 +184,67 @@ async fn operate_a_task_through_the_binary() {
     assert!(row["next_fire"].is_string(), "{row:#}");
     assert!(row["owner"].is_null(), "no node yet: {row:#}");
 
+    // Tags: stored with the task, shown, and filtered on (every tag given must be carried).
+    expect_code(
+        &ctl!(
+            "add",
+            "tagged-a",
+            "--cron",
+            "@hourly",
+            "--tag",
+            "billing",
+            "--tag",
+            "team:ops",
+            "--max-concurrent",
+            "2"
+        ),
+        0,
+        "add with tags",
+    );
+    expect_code(
+        &ctl!("add", "tagged-b", "--cron", "@hourly", "--tag", "billing"),
+        0,
+        "add with a tag",
+    );
+    expect_code(
+        &ctl!("add", "tagged-c", "--cron", "@hourly", "--tag", "no spaces"),
+        2,
+        "a bad tag",
+    );
+    let names = |v: &Value| -> Vec<String> {
+        v["tasks"]
+            .as_array()
+            .expect("tasks array")
+            .iter()
+            .map(|t| t["name"].as_str().expect("name").to_string())
+            .collect()
+    };
+    let billing = json(&ctl!("tasks", "--json", "--tag", "billing"), "tasks --tag");
+    assert_eq!(names(&billing), ["tagged-a", "tagged-b"]);
+    let both = json(
+        &ctl!("tasks", "--json", "--tag", "billing", "--tag", "team:ops"),
+        "tasks --tag --tag",
+    );
+    assert_eq!(names(&both), ["tagged-a"]);
+    assert_eq!(
+        both["tasks"][0]["tags"],
+        serde_json::json!(["billing", "team:ops"])
+    );
+    let table = ctl!("tasks", "--tag", "team:ops");
+    expect_code(&table, 0, "tasks --tag as a table");
+    let table = text(&table.stdout);
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("TAGS")),
+        "{table}"
+    );
+    assert!(
+        table.contains("billing,team:ops") && !table.contains("tagged-b"),
+        "{table}"
+    );
+    for t in ["tagged-a", "tagged-b"] {
+        expect_code(&ctl!("cleanup", t, "--yes"), 0, "cleanup a tagged task");
+    }
+
     // A node on the same Redis and namespace runs it.
     let runs: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let registry = RedisRegistry::builder(url.as_str())

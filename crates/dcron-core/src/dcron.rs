@@ -51,6 +51,13 @@ impl IntoRegistry for Arc<dyn Registry> {
 /// machines measured (`docs/BENCHMARKS.md`), short enough that little can change meanwhile.
 pub const DEFAULT_CLAIM_AHEAD: Duration = Duration::from_millis(100);
 
+/// The most distinct `task` labels [`DcronBuilder::task_metric_labels`] accepts.
+pub const MAX_TASK_LABELS: usize = 10_000;
+
+/// The most fires [`DcronBuilder::max_concurrent_fires`] accepts (a tokio semaphore's bound
+/// is far higher; this one keeps the figure meaningful).
+pub const MAX_CONCURRENT_FIRES: usize = 1 << 24;
+
 /// Builds a [`Dcron`] node. Every setting has a default; see each method.
 pub struct DcronBuilder {
     registry: Arc<dyn Registry>,
@@ -214,6 +221,38 @@ impl DcronBuilder {
         self
     }
 
+    /// The most fires that run at once on this node (default: no limit). A fire beyond it
+    /// waits for one to end, at most until its deadline (instant plus misfire window; a
+    /// trigger waits until the node stops), then is skipped and reported as
+    /// [`crate::SkipReason::ConcurrencyLimit`]; it is not handed to another node (its claim is
+    /// this node's). Counts every fire from the start of its first attempt to the end of its
+    /// last, retries' delays included. See also [`TaskMeta::max_concurrent`] for one task.
+    ///
+    /// ```
+    /// # fn main() -> dcron_core::Result<()> {
+    /// use dcron_core::{Dcron, MemoryRegistry};
+    /// let node = Dcron::builder(MemoryRegistry::new()).max_concurrent_fires(8).build()?;
+    /// # drop(node);
+    /// assert!(Dcron::builder(MemoryRegistry::new()).max_concurrent_fires(0).build().is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn max_concurrent_fires(mut self, limit: usize) -> Self {
+        self.cfg.max_concurrent_fires = Some(limit);
+        self
+    }
+
+    /// Labels the fire metrics (`dcron_fires_executed_total`, `dcron_fire_duration_seconds`,
+    /// `dcron_fire_lateness_seconds`, `dcron_fires_skipped_total`,
+    /// `dcron_fires_timed_out_total`) with the task's name, for at most `limit` distinct tasks
+    /// (default 0: no `task` label). Fires of tasks past the limit are labelled
+    /// `task="_other"`, so the number of series stays bounded whatever the number of tasks.
+    /// The first `limit` task names this node runs get their own label (at most
+    /// [`MAX_TASK_LABELS`]).
+    pub fn task_metric_labels(mut self, limit: usize) -> Self {
+        self.cfg.task_label_limit = limit;
+        self
+    }
+
     /// The clock (default: the system clock). Tests pass a [`crate::TokioClock`].
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -258,7 +297,7 @@ impl DcronBuilder {
         let (events, _) = broadcast::channel(4096);
         let view = Arc::new(RwLock::new(View::default()));
         let inner = Inner {
-            node_id: node_id.into(),
+            node_id: Arc::from(node_id.as_str()),
             cfg: Arc::new(cfg),
             registry: Arc::new(crate::instrument::InstrumentedRegistry::new(self.registry)),
             clock: self.clock,
@@ -270,6 +309,8 @@ impl DcronBuilder {
             lease_slot: Arc::new(Mutex::new(None)),
             lease_until: Arc::new(watch::Sender::new(None)),
             events,
+            in_flight: Arc::new(crate::inflight::InFlight::new(Arc::from(node_id.as_str()))),
+            stop_report: Arc::default(),
         };
         Ok(Dcron {
             inner: Arc::new(inner),
@@ -284,8 +325,8 @@ pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     cmd_tx: mpsc::UnboundedSender<Command>,
     pending: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
-    /// The static tasks added on this node, with their schedules.
-    statics: Mutex<HashMap<String, Schedule>>,
+    /// The static tasks added on this node, with their schedules and tags.
+    statics: Mutex<HashMap<String, (Schedule, Vec<String>)>>,
     pub(crate) view: Arc<RwLock<View>>,
     pub(crate) health: watch::Sender<Health>,
     pub(crate) lease_slot: Arc<Mutex<Option<Lease>>>,
@@ -293,6 +334,8 @@ pub(crate) struct Inner {
     /// holding running slots; the supervisor clears it when the driver fails.
     pub(crate) lease_until: Arc<watch::Sender<crate::fire::LeaseBound>>,
     pub(crate) events: broadcast::Sender<DcronEvent>,
+    in_flight: Arc<crate::inflight::InFlight>,
+    stop_report: Arc<Mutex<crate::inflight::StopReport>>,
 }
 
 /// A dcron node: register tasks, `start()`, and every fire of every task runs exactly once
@@ -363,6 +406,8 @@ impl Dcron {
                 claim_retention: Duration::ZERO,
                 claim_ahead: DEFAULT_CLAIM_AHEAD,
                 start_timeout: Duration::from_secs(10),
+                max_concurrent_fires: None,
+                task_label_limit: 0,
                 name: None,
                 weight: 1,
                 ip: String::new(),
@@ -451,7 +496,17 @@ impl Dcron {
     /// The schedule of a static task added on this node.
     pub(crate) fn static_schedule(&self, name: &str) -> Option<Schedule> {
         let statics = self.inner.statics.lock().unwrap_or_else(|p| p.into_inner());
-        statics.get(name).cloned()
+        statics.get(name).map(|(s, _)| s.clone())
+    }
+
+    /// The static tasks added on this node that carry `tag`.
+    fn static_tags(&self, tag: &str) -> Vec<String> {
+        let statics = self.inner.statics.lock().unwrap_or_else(|p| p.into_inner());
+        statics
+            .iter()
+            .filter(|(_, (_, tags))| tags.iter().any(|t| t == tag))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     fn parse(&self, expr: &str, zone: Option<&str>) -> Result<Schedule> {
@@ -533,7 +588,7 @@ impl Dcron {
                     name: name.to_string(),
                 });
             }
-            statics.insert(name.to_string(), schedule.clone());
+            statics.insert(name.to_string(), (schedule.clone(), meta.tags.clone()));
         }
         self.send(Command::UpsertStatic(StaticDef {
             meta: Arc::new(meta),
@@ -987,6 +1042,8 @@ impl Dcron {
             lease_slot: inner.lease_slot.clone(),
             lease_until: inner.lease_until.clone(),
             events: inner.events.clone(),
+            in_flight: inner.in_flight.clone(),
+            stop_report: inner.stop_report.clone(),
         };
         let driver = Driver::new(shared, rx);
         tokio::spawn(supervise(
@@ -1015,14 +1072,24 @@ impl Dcron {
 
     /// Stops the node gracefully: status `leaving` (peers take the tasks and catch up), no new
     /// fires, in-flight handlers finish within the grace period (then are cancelled), the
-    /// registration is removed. Idempotent; returns when the node has stopped.
+    /// registration is removed. Idempotent; returns when the node has stopped, with a
+    /// [`StopReport`](crate::StopReport) of the fires that were still running when the grace
+    /// period ended (empty when every handler finished in time; a later call gets the same
+    /// report).
     ///
     /// # Errors
     /// None today; the `Result` leaves room for registries that fail to release resources.
-    pub async fn stop(&self) -> Result<()> {
+    pub async fn stop(&self) -> Result<crate::StopReport> {
+        let report = || {
+            self.inner
+                .stop_report
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
         let (tx, rx) = oneshot::channel();
         if self.inner.cmd_tx.send(Command::Stop(tx)).is_err() {
-            return Ok(());
+            return Ok(report());
         }
         // Never started: nothing to wait for.
         if self
@@ -1036,10 +1103,55 @@ impl Dcron {
             self.inner
                 .health
                 .send_modify(|h| h.state = NodeState::Stopped);
-            return Ok(());
+            return Ok(crate::StopReport::default());
         }
         let _ = rx.await;
-        Ok(())
+        Ok(report())
+    }
+
+    /// The names of the tasks that carry `tag` ([`TaskMeta::tags`]), sorted: the registry's
+    /// live tasks and this node's static tasks.
+    ///
+    /// # Errors
+    /// The registry's, when its tasks cannot be listed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dcron_core::Result<()> {
+    /// use dcron_core::{Dcron, MemoryRegistry, TaskMeta};
+    /// let node = Dcron::builder(MemoryRegistry::new())
+    ///     .task_run_fn(|ctx| async move { Ok(()) })
+    ///     .build()?;
+    /// node.add_task_meta(TaskMeta::new("invoice", "0 9 * * *").with_tag("billing")).await?;
+    /// node.add_task_meta(TaskMeta::new("backup", "0 3 * * *").with_tag("ops")).await?;
+    /// assert_eq!(node.tasks_tagged("billing").await?, ["invoice"]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn tasks_tagged(&self, tag: &str) -> Result<Vec<String>> {
+        let listing = self.inner.registry.list_tasks().await?;
+        let mut names: Vec<String> = listing
+            .items
+            .into_iter()
+            .filter(|m| m.has_tag(tag))
+            .map(|m| m.name)
+            .collect();
+        names.extend(self.static_tags(tag));
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// The fires running on this node now (from the start of a fire's first attempt to the
+    /// end of its last), by task and instant.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dcron_core::Result<()> {
+    /// use dcron_core::{Dcron, MemoryRegistry};
+    /// let node = Dcron::builder(MemoryRegistry::new()).build()?;
+    /// assert!(node.running_fires().is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn running_fires(&self) -> Vec<crate::FireInfo> {
+        self.inner.in_flight.snapshot()
     }
 }
 
@@ -1098,6 +1210,19 @@ fn check_config(cfg: &Config) -> Result<()> {
         }
     };
     within("ttl", cfg.ttl, Duration::from_millis(100), DAY)?;
+    if let Some(n) = cfg.max_concurrent_fires {
+        if n == 0 || n > MAX_CONCURRENT_FIRES {
+            return Err(Error::InvalidArgument(format!(
+                "max_concurrent_fires is {n}; it must be between 1 and {MAX_CONCURRENT_FIRES}"
+            )));
+        }
+    }
+    if cfg.task_label_limit > MAX_TASK_LABELS {
+        return Err(Error::InvalidArgument(format!(
+            "task_metric_labels is {}; it must be at most {MAX_TASK_LABELS}",
+            cfg.task_label_limit
+        )));
+    }
     if cfg.renew_interval.is_zero() || cfg.renew_interval >= cfg.ttl {
         return Err(Error::InvalidArgument(format!(
             "renew_interval is {:?}; it must be above zero and below the ttl ({:?})",
@@ -1204,6 +1329,8 @@ pub struct TaskOptions {
     misfire: Option<MisfirePolicy>,
     misfire_window: Option<Duration>,
     run_if_past: bool,
+    tags: Vec<String>,
+    max_concurrent: Option<u32>,
 }
 
 impl TaskOptions {
@@ -1255,6 +1382,21 @@ impl TaskOptions {
         self
     }
 
+    /// A tag (see [`TaskMeta::tags`]).
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        let tag = tag.into();
+        if !self.tags.contains(&tag) {
+            self.tags.push(tag);
+        }
+        self
+    }
+
+    /// The most fires of the task that run at once (see [`TaskMeta::max_concurrent`]).
+    pub fn max_concurrent(mut self, limit: u32) -> Self {
+        self.max_concurrent = Some(limit);
+        self
+    }
+
     fn apply(&self, meta: &mut TaskMeta) {
         meta.time_zone.clone_from(&self.time_zone);
         meta.retry = self.retry;
@@ -1267,5 +1409,7 @@ impl TaskOptions {
             .misfire_window
             .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
         meta.run_if_past = self.run_if_past;
+        meta.tags.clone_from(&self.tags);
+        meta.max_concurrent = self.max_concurrent;
     }
 }

@@ -21,6 +21,7 @@ use crate::clock::Clock;
 use crate::engine::config::Config;
 use crate::error::Error;
 use crate::event::{DcronEvent, FireInfo};
+use crate::inflight::{InFlight, Limits, Permits, TaskLabels};
 use crate::policy::{OverlapPolicy, RetryPolicy, RunningFire, SkipReason};
 use crate::registry::Registry;
 use crate::task::{FireContext, Task};
@@ -218,6 +219,12 @@ pub(crate) struct FireEnv {
     pub(crate) waiting: Arc<Mutex<HashMap<DateTime<Utc>, Arc<Pool>>>>,
     /// The fires this process started (none starts twice).
     pub(crate) launched: Arc<crate::engine::launched::Launched>,
+    /// The fires running now (for `Dcron::running_fires` and the stop report).
+    pub(crate) in_flight: Arc<InFlight>,
+    /// The node's and the tasks' concurrency limits.
+    pub(crate) limits: Arc<Limits>,
+    /// The bounded `task` label of the fire metrics, when asked for.
+    pub(crate) labels: Option<Arc<TaskLabels>>,
 }
 
 /// What a fire tells the driver.
@@ -347,8 +354,16 @@ impl FireEnv {
         }
     }
 
+    /// The fire metrics' `task` label of `task`, when the node labels them.
+    fn task_label(&self, task: &str) -> Option<metrics::SharedString> {
+        self.labels.as_ref().map(|l| l.label(task))
+    }
+
     fn skipped(&self, info: FireInfo, reason: SkipReason) {
-        metrics::counter!("dcron_fires_skipped_total", "reason" => reason.as_str()).increment(1);
+        match self.task_label(&info.task) {
+            Some(task) => metrics::counter!("dcron_fires_skipped_total", "reason" => reason.as_str(), "task" => task).increment(1),
+            None => metrics::counter!("dcron_fires_skipped_total", "reason" => reason.as_str()).increment(1),
+        }
         tracing::info!(task = %info.task, scheduled = %info.scheduled, reason = reason.as_str(), "fire skipped");
         let _ = self.events.send(DcronEvent::Skipped { fire: info, reason });
     }
@@ -534,6 +549,19 @@ async fn run(env: Arc<FireEnv>, l: Launch, share: Share) {
     } else {
         share.cancel.clone()
     };
+    // The concurrency limits first: a fire waiting for a permit holds nothing cluster-wide.
+    // Boxed, like the tracked start below: limits are opt-in.
+    let _permits: Option<Permits> = if env.limits.applies(&l.meta) {
+        match Box::pin(take_permits(&env, &l)).await {
+            Some(p) => Some(p),
+            None => {
+                env.skipped(env.info(&l.key, l.kind), SkipReason::ConcurrencyLimit);
+                return;
+            }
+        }
+    } else {
+        None
+    };
     // Boxed: tracked fires are the rare case, and their wait would double every fire's size.
     // `slot`: the lease under which this fire holds its task's running slot in the registry.
     let mut slot = None;
@@ -578,7 +606,13 @@ async fn run(env: Arc<FireEnv>, l: Launch, share: Share) {
             cancel.clone(),
         ))
     });
+    let running = env.in_flight.enter(
+        &l.meta,
+        l.key.instant,
+        matches!(l.kind, FireKind::CatchUp | FireKind::Backfill),
+    );
     let error = attempts(&env, &l, cancel, tracked, &share).await;
+    drop(running);
     if let Some(w) = watchdog {
         w.abort();
     }
@@ -586,6 +620,24 @@ async fn run(env: Arc<FireEnv>, l: Launch, share: Share) {
         end_tracked(&env, &l, slot);
     }
     finish(&env, &l, error).await;
+}
+
+/// Waits for the fire's permits under the node's and the task's concurrency limits, until the
+/// fire's deadline (a trigger, which has none: until the node stops); `None` when they did not
+/// come in time.
+async fn take_permits(env: &FireEnv, l: &Launch) -> Option<Permits> {
+    let deadline = l.deadline_at;
+    let stopping = env.stopping.clone();
+    let wait = async move {
+        match deadline {
+            Some(d) => tokio::select! {
+                () = tokio::time::sleep_until(d) => {}
+                () = stopping.cancelled() => {}
+            },
+            None => stopping.cancelled().await,
+        }
+    };
+    env.limits.acquire(&l.meta, wait).await
 }
 
 /// Registers a tracked fire in the running set per its overlap policy and, with a registry
@@ -846,7 +898,12 @@ async fn attempts(
         if share.listening {
             let _ = env.events.send(DcronEvent::Started(info()));
         }
-        metrics::histogram!("dcron_fire_lateness_seconds").record(lateness.max(0) as f64 / 1000.0);
+        let label = env.task_label(&meta.name);
+        let late_s = lateness.max(0) as f64 / 1000.0;
+        match &label {
+            Some(task) => metrics::histogram!("dcron_fire_lateness_seconds", "task" => task.clone()).record(late_s),
+            None => metrics::histogram!("dcron_fire_lateness_seconds").record(late_s),
+        }
         let threshold = i64::try_from(env.cfg.overdue_threshold.as_millis()).unwrap_or(i64::MAX);
         if l.kind == FireKind::Scheduled && lateness > threshold {
             metrics::counter!("dcron_fires_overdue_total").increment(1);
@@ -897,7 +954,10 @@ async fn attempts(
                     if let Some(token) = &on_timeout {
                         token.cancel();
                     }
-                    metrics::counter!("dcron_fires_timed_out_total").increment(1);
+                    match &label {
+                        Some(task) => metrics::counter!("dcron_fires_timed_out_total", "task" => task.clone()).increment(1),
+                        None => metrics::counter!("dcron_fires_timed_out_total").increment(1),
+                    }
                     let _ = env.events.send(DcronEvent::TimedOut(info()));
                     Some(Error::Timeout {
                         task: meta.name.clone(),
@@ -948,7 +1008,19 @@ async fn attempts(
             };
         };
         let elapsed = t0.elapsed();
-        metrics::histogram!("dcron_fire_duration_seconds").record(elapsed.as_secs_f64());
+        let result = if outcome.is_none() { "ok" } else { "error" };
+        match &label {
+            Some(task) => {
+                metrics::histogram!("dcron_fire_duration_seconds", "task" => task.clone())
+                    .record(elapsed.as_secs_f64());
+                metrics::counter!("dcron_fires_executed_total", "result" => result, "task" => task.clone())
+                    .increment(1);
+            }
+            None => {
+                metrics::histogram!("dcron_fire_duration_seconds").record(elapsed.as_secs_f64());
+                metrics::counter!("dcron_fires_executed_total", "result" => result).increment(1);
+            }
+        }
         let span = tracing::Span::current();
         span.record("attempts", attempt);
         span.record("duration_ms", elapsed.as_millis() as u64);
@@ -956,7 +1028,6 @@ async fn attempts(
             None => {
                 span.record("result", "ok");
                 tracing::debug!("fire succeeded");
-                metrics::counter!("dcron_fires_executed_total", "result" => "ok").increment(1);
                 if share.listening {
                     let _ = env.events.send(DcronEvent::Succeeded(info()));
                 }
@@ -964,7 +1035,6 @@ async fn attempts(
             Some(err) => {
                 span.record("result", "error");
                 tracing::warn!(error = %err, "fire failed");
-                metrics::counter!("dcron_fires_executed_total", "result" => "error").increment(1);
                 let _ = env.events.send(DcronEvent::Failed {
                     fire: info(),
                     error: err.to_string(),

@@ -154,6 +154,7 @@ pub mod error;
 pub mod event;
 mod fire;
 mod handle;
+mod inflight;
 pub mod instrument;
 pub mod layer;
 pub mod lifecycle;
@@ -173,11 +174,13 @@ pub use async_trait::async_trait;
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use dcron::{
     BackfillReport, Dcron, DcronBuilder, IntoRegistry, TaskOptions, DEFAULT_CLAIM_AHEAD,
+    MAX_CONCURRENT_FIRES, MAX_TASK_LABELS,
 };
 pub use dcron_assign::{Assigner, Member, Placement, Strategy};
 pub use error::{BoxError, Error, Result};
 pub use event::{DcronEvent, FireInfo};
 pub use handle::TaskHandle;
+pub use inflight::StopReport;
 pub use instrument::InstrumentedRegistry;
 pub use lifecycle::NodeState;
 pub use memory::MemoryRegistry;

@@ -211,7 +211,8 @@ impl MemoryRegistry {
         match TaskMeta::decode(name, &bytes) {
             Ok(meta) => {
                 broadcast(&mut ns.task_watchers, TaskMetaEvent::Put(meta.clone()));
-                ns.tasks.insert(name.to_string(), StoredTask::Good(meta));
+                ns.tasks
+                    .insert(name.to_string(), StoredTask::Good(Box::new(meta)));
             }
             Err(err) => {
                 let reason = match err {
@@ -457,7 +458,7 @@ struct NodeEntry {
 }
 
 enum StoredTask {
-    Good(TaskMeta),
+    Good(Box<TaskMeta>),
     /// A value that does not decode, with the reason.
     Corrupt {
         reason: String,
@@ -518,7 +519,8 @@ impl Namespace {
         }
         if let Some(meta) = effects.write_meta {
             broadcast(&mut self.task_watchers, TaskMetaEvent::Put(meta.clone()));
-            self.tasks.insert(name.to_string(), StoredTask::Good(meta));
+            self.tasks
+                .insert(name.to_string(), StoredTask::Good(Box::new(meta)));
         }
         if effects.clear_tombstone && self.tombstones.remove(name).is_some() {
             broadcast(
@@ -547,7 +549,7 @@ impl Namespace {
         // A corrupt record still exists for the rules (create-only must refuse it).
         let placeholder;
         let meta = match self.tasks.get(name) {
-            Some(StoredTask::Good(meta)) => Some(meta),
+            Some(StoredTask::Good(meta)) => Some(&**meta),
             Some(StoredTask::Corrupt { .. }) => {
                 placeholder = TaskMeta::new(name, "");
                 Some(&placeholder)
@@ -727,7 +729,7 @@ impl Registry for MemoryRegistry {
 
     async fn get_task(&self, name: &str) -> Result<Option<TaskMeta>> {
         self.with_namespace_state(|ns, _| match ns.tasks.get(name) {
-            Some(StoredTask::Good(meta)) => Ok(Some(meta.clone())),
+            Some(StoredTask::Good(meta)) => Ok(Some((**meta).clone())),
             Some(StoredTask::Corrupt { reason }) => Err(Error::Corrupt {
                 key: name.to_string(),
                 reason: reason.clone(),
@@ -744,7 +746,7 @@ impl Registry for MemoryRegistry {
             };
             for (name, stored) in &ns.tasks {
                 match stored {
-                    StoredTask::Good(meta) => listing.items.push(meta.clone()),
+                    StoredTask::Good(meta) => listing.items.push((**meta).clone()),
                     StoredTask::Corrupt { reason } => listing.corrupt.push(CorruptEntry {
                         key: name.clone(),
                         reason: reason.clone(),

@@ -199,16 +199,22 @@ pub enum SkipReason {
     /// The fire was claimed ahead of its instant, and before the instant its task was deleted,
     /// paused, changed or started a new life: it does not run (anywhere: its claim stays).
     Cancelled,
+    /// The node's or the task's concurrency limit ([`crate::DcronBuilder::max_concurrent_fires`],
+    /// [`crate::TaskMeta::max_concurrent`]) stayed full until the fire's deadline, or until the
+    /// node stopped.
+    ConcurrencyLimit,
 }
 
 impl SkipReason {
-    /// A short name for logs and metrics labels: `overlap`, `paused`, `tombstoned`.
+    /// A short name for logs and metrics labels: `overlap`, `paused`, `tombstoned`,
+    /// `cancelled`, `concurrency_limit`.
     pub fn as_str(self) -> &'static str {
         match self {
             SkipReason::Overlap => "overlap",
             SkipReason::Paused => "paused",
             SkipReason::Tombstoned => "tombstoned",
             SkipReason::Cancelled => "cancelled",
+            SkipReason::ConcurrencyLimit => "concurrency_limit",
         }
     }
 }

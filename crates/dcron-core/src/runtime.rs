@@ -90,6 +90,10 @@ pub(crate) struct Shared {
     pub(crate) lease_slot: Arc<std::sync::Mutex<Option<Lease>>>,
     pub(crate) lease_until: Arc<watch::Sender<crate::fire::LeaseBound>>,
     pub(crate) events: broadcast::Sender<DcronEvent>,
+    /// The fires running on this node.
+    pub(crate) in_flight: Arc<crate::inflight::InFlight>,
+    /// What the last stop saw, filled in when its drain ends.
+    pub(crate) stop_report: Arc<std::sync::Mutex<crate::inflight::StopReport>>,
 }
 
 /// A static task as registered in code.
@@ -228,6 +232,8 @@ pub(crate) struct Driver {
     watch_retry_pending: bool,
 
     handlers: TaskTracker,
+    in_flight: Arc<crate::inflight::InFlight>,
+    stop_report: Arc<std::sync::Mutex<crate::inflight::StopReport>>,
     handler_cancel: CancellationToken,
     stopping: CancellationToken,
     stop_waiters: Vec<oneshot::Sender<()>>,
@@ -271,6 +277,8 @@ impl Driver {
             lease_slot,
             lease_until,
             events,
+            in_flight,
+            stop_report,
         } = shared;
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let now = clock.now();
@@ -315,6 +323,9 @@ impl Driver {
             ended: ended.clone(),
             waiting: Arc::default(),
             launched: Arc::default(),
+            in_flight: in_flight.clone(),
+            limits: Arc::new(crate::inflight::Limits::new(cfg.max_concurrent_fires)),
+            labels: crate::inflight::TaskLabels::new(cfg.task_label_limit).map(Arc::new),
         });
         Driver {
             node_id,
@@ -344,6 +355,8 @@ impl Driver {
             task_watch: None,
             watch_retry_pending: false,
             handlers,
+            in_flight,
+            stop_report,
             handler_cancel,
             stopping,
             stop_waiters: Vec::new(),
@@ -539,12 +552,36 @@ impl Driver {
                 let cancel = self.handler_cancel.clone();
                 let grace = self.cfg.grace_period;
                 let tx = self.internal_tx.clone();
+                let in_flight = self.in_flight.clone();
+                let report = self.stop_report.clone();
                 tokio::spawn(async move {
+                    let began = Instant::now();
+                    let mut seen = crate::inflight::StopReport::default();
                     if tokio::time::timeout(grace, handlers.wait()).await.is_err() {
+                        seen.unfinished = in_flight.snapshot();
                         cancel.cancel();
                         // Handlers that ignore cancellation are not waited for forever.
-                        let _ = tokio::time::timeout(Duration::from_secs(5), handlers.wait()).await;
+                        if tokio::time::timeout(Duration::from_secs(5), handlers.wait())
+                            .await
+                            .is_err()
+                        {
+                            seen.abandoned = in_flight.snapshot();
+                        }
                     }
+                    seen.waited = began.elapsed();
+                    if !seen.is_clean() {
+                        let names = |f: &[crate::FireInfo]| {
+                            f.iter()
+                                .map(|f| format!("{}@{}", f.task, f.scheduled))
+                                .collect::<Vec<_>>()
+                        };
+                        tracing::warn!(
+                            unfinished = ?names(&seen.unfinished),
+                            abandoned = ?names(&seen.abandoned),
+                            "fires still running at the end of the grace period were cancelled"
+                        );
+                    }
+                    *report.lock().unwrap_or_else(|p| p.into_inner()) = seen;
                     let _ = tx.send(Internal::Drained);
                 });
             }

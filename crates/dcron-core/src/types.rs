@@ -104,6 +104,36 @@ pub mod limits {
     pub const MAX_SCHEDULE_BYTES: usize = 1024;
     /// The longest time zone name, in bytes.
     pub const MAX_ZONE_BYTES: usize = 64;
+    /// The most tags on one task.
+    pub const MAX_TAGS: usize = 16;
+    /// The longest tag, in bytes.
+    pub const MAX_TAG_BYTES: usize = 64;
+    /// The highest per-task concurrency limit ([`crate::TaskMeta::max_concurrent`]).
+    pub const MAX_CONCURRENT: u32 = 100_000;
+}
+
+/// Checks one tag: 1 to [`limits::MAX_TAG_BYTES`] bytes of ASCII letters, digits and
+/// `-_.:/=`; the reason it is refused otherwise.
+pub(crate) fn check_tag(tag: &str) -> std::result::Result<(), String> {
+    if tag.is_empty() {
+        return Err("is empty".into());
+    }
+    if tag.len() > limits::MAX_TAG_BYTES {
+        return Err(format!(
+            "is {} bytes; the limit is {}",
+            tag.len(),
+            limits::MAX_TAG_BYTES
+        ));
+    }
+    match tag
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.:/=".contains(*c)))
+    {
+        Some(c) => Err(format!(
+            "contains {c:?}; a tag is ASCII letters, digits and -_.:/="
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A dynamic task as stored in the registry (JSON field names in brackets).
@@ -161,6 +191,19 @@ pub struct TaskMeta {
     /// run it once at once instead of refusing it (`run_if_past`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub run_if_past: bool,
+    /// Free-form labels for grouping and filtering (`tags`): `dcronctl tasks --tag`,
+    /// [`crate::Dcron::tasks_tagged`]. At most [`limits::MAX_TAGS`], each 1 to
+    /// [`limits::MAX_TAG_BYTES`] bytes of ASCII letters, digits and `-_.:/=`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The most fires of this task that run at once on the node that runs them
+    /// (`max_concurrent`); no limit when absent. A fire beyond it waits for one to end, at most
+    /// until its deadline (instant plus misfire window), then is skipped
+    /// ([`crate::SkipReason::ConcurrencyLimit`]). A task's scheduled fires run on its owner,
+    /// so this bounds the task's concurrency in the cluster outside handovers; for a strict
+    /// cluster-wide bound of one, use [`OverlapPolicy::Skip`] or [`OverlapPolicy::Queue`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
 }
 
 impl TaskMeta {
@@ -215,6 +258,43 @@ impl TaskMeta {
         self
     }
 
+    /// Adds a tag (see [`TaskMeta::tags`]); a tag already present is not added twice.
+    ///
+    /// ```
+    /// use dcron_core::TaskMeta;
+    ///
+    /// let meta = TaskMeta::new("report", "0 * * * *").with_tag("billing").with_tag("daily");
+    /// assert_eq!(meta.tags, ["billing", "daily"]);
+    /// assert!(meta.has_tag("billing"));
+    /// assert!(meta.check_bounds().is_ok());
+    /// ```
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        let tag = tag.into();
+        if !self.tags.contains(&tag) {
+            self.tags.push(tag);
+        }
+        self
+    }
+
+    /// Whether the task carries `tag`.
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| t == tag)
+    }
+
+    /// Sets the most fires of this task that run at once (see [`TaskMeta::max_concurrent`]).
+    ///
+    /// ```
+    /// use dcron_core::TaskMeta;
+    ///
+    /// let meta = TaskMeta::new("export", "* * * * * *").with_max_concurrent(2);
+    /// assert_eq!(meta.max_concurrent, Some(2));
+    /// assert!(TaskMeta::new("x", "* * * * *").with_max_concurrent(0).check_bounds().is_err());
+    /// ```
+    pub fn with_max_concurrent(mut self, limit: u32) -> Self {
+        self.max_concurrent = Some(limit);
+        self
+    }
+
     /// Sets the misfire window: how far back catch-up looks, and the deadline of each fire
     /// (its instant plus the window). Kept to the millisecond; a window longer than
     /// [`limits::MAX_MISFIRE_WINDOW`] is refused when the record is added (see
@@ -263,6 +343,27 @@ impl TaskMeta {
                     "time_zone",
                     format!("{} bytes", zone.len()),
                     format!("at most {} bytes", limits::MAX_ZONE_BYTES),
+                );
+            }
+        }
+        if self.tags.len() > limits::MAX_TAGS {
+            return bad(
+                "tags",
+                format!("{} tags", self.tags.len()),
+                format!("at most {}", limits::MAX_TAGS),
+            );
+        }
+        for tag in &self.tags {
+            check_tag(tag).map_err(|reason| {
+                Error::InvalidArgument(format!("task `{}`: tag {tag:?} {reason}", self.name))
+            })?;
+        }
+        if let Some(n) = self.max_concurrent {
+            if n == 0 || n > limits::MAX_CONCURRENT {
+                return bad(
+                    "max_concurrent",
+                    n.to_string(),
+                    format!("between 1 and {}", limits::MAX_CONCURRENT),
                 );
             }
         }

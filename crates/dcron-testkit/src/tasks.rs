@@ -33,6 +33,8 @@ pub fn full_record(name: &str) -> TaskMeta {
         timeout_ms: Some(30_000),
         overlap: Some(dcron_core::OverlapPolicy::Skip),
         run_if_past: true,
+        tags: vec!["billing".into(), "team:ops".into()],
+        max_concurrent: Some(3),
     }
 }
 

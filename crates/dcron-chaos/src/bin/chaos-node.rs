@@ -150,7 +150,7 @@ async fn run(args: Args) -> Result<()> {
         _ = tokio::time::sleep(args.max_seconds) => {}
     }
     match tokio::time::timeout(Duration::from_secs(15), node.stop()).await {
-        Ok(r) => r,
+        Ok(r) => r.map(drop),
         Err(_) => Err(Error::unavailable("stop did not finish within 15 s")),
     }
 }

@@ -35,6 +35,10 @@ pub(crate) struct Config {
     pub(crate) claim_retention: Duration,
     pub(crate) claim_ahead: Duration,
     pub(crate) start_timeout: Duration,
+    /// The most fires that run at once on the node; none: no limit.
+    pub(crate) max_concurrent_fires: Option<usize>,
+    /// The most distinct `task` labels on fire metrics; 0: no `task` label.
+    pub(crate) task_label_limit: usize,
     pub(crate) name: Option<String>,
     pub(crate) weight: u32,
     pub(crate) ip: String,
