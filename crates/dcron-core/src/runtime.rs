@@ -2021,7 +2021,8 @@ impl Driver {
         };
         if entry.owned {
             out.owner = Some(self.node_id.to_string());
-            out.next_fire = entry.schedule.next_after(now);
+            // Life-aware: nothing before live-since, a one-shot's one fire only.
+            out.next_fire = entry.fires().and_then(|f| f.next_after(now));
         }
         Some(out)
     }

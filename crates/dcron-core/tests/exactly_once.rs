@@ -488,6 +488,36 @@ async fn a_one_shot_runs_once_whatever_the_policy_catch_up_or_handover() {
     b.stop().await.expect("stop");
 }
 
+/// The status of a one-shot whose one fire failed names no next fire: it is not scheduled
+/// again in its life (a next fire read off the bare schedule would say "in a second").
+#[tokio::test(start_paused = true)]
+async fn a_failed_one_shot_has_no_next_fire_in_its_status() {
+    let c = Cluster::new();
+    let reg: Arc<dyn Registry> = Arc::new(c.registry.clone());
+    let node = c.builder("a", reg).build().expect("build");
+    node.add_one_shot_func("once", EVERY_SECOND, |_ctx| async {
+        Err::<(), dcron_core::BoxError>("it fails".into())
+    })
+    .await
+    .expect("add");
+    let mut events = node.events();
+    node.start().await.expect("start");
+    wait_for("the one fire failed", Duration::from_secs(10), || {
+        drain(&mut events)
+            .iter()
+            .any(|e| matches!(e, DcronEvent::Failed { .. }))
+    })
+    .await;
+    advance(Duration::from_secs(2)).await;
+    let status = node
+        .task_status("once")
+        .await
+        .expect("status")
+        .expect("known");
+    assert_eq!(status.next_fire, None, "{status:?}");
+    node.stop().await.expect("stop");
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_at_in_the_past_is_refused_unless_asked_to_run_at_once() {
     let c = Cluster::new();
