@@ -95,12 +95,10 @@ async fn main() -> dcron_core::Result<()> {
     }
     for task in ["flaky", "slow", "heartbeat"] {
         if let Some(s) = admin::task_status(&registry, task).await? {
-            let last = match s.last_result {
-                Some(LastResult::Ok) => "ok".to_string(),
-                Some(LastResult::Failed { error }) => format!("failed ({error})"),
-                Some(LastResult::NoHandler { node }) => format!("no handler on {node}"),
-                None => "-".to_string(),
-            };
+            let last = s
+                .last_result
+                .as_ref()
+                .map_or_else(|| "-".to_string(), LastResult::to_string);
             println!(
                 "status {task:10} runs={:3} failures={:3} last={last}",
                 s.run_count, s.failure_count

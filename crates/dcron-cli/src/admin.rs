@@ -31,11 +31,7 @@ fn map(registry: &dyn Registry, command: &str, e: Error) -> CliError {
 
 /// A short text for a last result: `ok`, `failed: <error>` or `no handler on <node>`.
 pub fn result_text(r: &LastResult) -> String {
-    match r {
-        LastResult::Ok => "ok".into(),
-        LastResult::Failed { error } => format!("failed: {error}"),
-        LastResult::NoHandler { node } => format!("no handler on {node}"),
-    }
+    r.to_string()
 }
 
 /// Reads the pause flags and task statuses. A registry without records gives empty ones.

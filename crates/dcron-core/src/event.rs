@@ -156,6 +156,7 @@ pub enum DcronEvent {
 
 /// Which fire an event is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FireInfo {
     /// The task name.
     pub task: String,

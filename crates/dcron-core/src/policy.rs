@@ -173,6 +173,7 @@ pub(crate) fn splitmix(mut x: u64) -> u64 {
 /// won the claim, just before it would start the handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum OverlapPolicy {
     /// Run every fire, whether or not an earlier one is still running.
     #[default]
@@ -235,6 +236,7 @@ pub struct RunningFire {
 /// Resuming writes `paused: false` rather than deleting the record: its `changed_at` tells
 /// catch-up not to run occurrences that fell inside the pause.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PauseRecord {
     /// The task (`task`).
     pub task: String,
@@ -248,6 +250,7 @@ pub struct PauseRecord {
 /// `<task>@<id>`). The owner of the task consumes it with `delete_record`; only the node whose
 /// delete succeeds runs it, so each request runs at most once, on one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TriggerRecord {
     /// The task (`task`).
     pub task: String,
@@ -267,6 +270,7 @@ impl TriggerRecord {
 /// The result of a task's last completed fire.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum LastResult {
     /// The handler succeeded.
     Ok,
@@ -283,9 +287,21 @@ pub enum LastResult {
     },
 }
 
+impl std::fmt::Display for LastResult {
+    /// `ok`, `failed: <error>` or `no handler on <node>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LastResult::Ok => f.write_str("ok"),
+            LastResult::Failed { error } => write!(f, "failed: {error}"),
+            LastResult::NoHandler { node } => write!(f, "no handler on {node}"),
+        }
+    }
+}
+
 /// What is known of a task's runs ([`crate::RecordKind::Status`], keyed by task name), written
 /// by the task's owner in batches (see `DcronBuilder::status_interval`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TaskStatus {
     /// The task (`task`).
     pub task: String,

@@ -63,6 +63,9 @@ pub struct Lease {
 }
 
 /// How [`Registry::put_task`] treats an existing record or tombstone.
+///
+/// Deliberately exhaustive (not `#[non_exhaustive]`): every backend must handle every mode,
+/// so a new one is a breaking change that the compiler points out in each backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PutMode {
     /// Create only: [`Error::AlreadyExists`] when a record exists, [`Error::Tombstoned`] when

@@ -53,6 +53,7 @@ pub type TaskResult = Result<(), BoxError>;
 /// # assert!(store.write(5, "stale").is_err());
 /// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct FireContext {
     /// The task record (for static tasks, one built from the name and schedule).
     pub meta: Arc<TaskMeta>,

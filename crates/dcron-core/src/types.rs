@@ -67,6 +67,7 @@ fn decode_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
 /// peer's death, the registry coming back) or when its own timer fires late.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(tag = "policy", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum MisfirePolicy {
     /// Run nothing that was missed.
     Skip,
@@ -141,6 +142,7 @@ pub(crate) fn check_tag(tag: &str) -> std::result::Result<(), String> {
 /// The first six fields are the seed's; the rest are optional additions. Unknown fields are
 /// ignored when decoding, so records written by newer versions still decode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[non_exhaustive]
 pub struct TaskMeta {
     /// Unique task name (`name`).
     pub name: String,
@@ -436,6 +438,7 @@ impl TaskMeta {
 /// A node's status as stored in the registry. Only `Working` nodes are assigned tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum NodeStatus {
     /// Registered, not yet taking tasks.
     #[default]
@@ -462,6 +465,7 @@ fn default_weight() -> u32 {
 
 /// A member of the cluster as stored in the registry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Node {
     /// Unique id of this process's node (`id`), generated at build time.
     pub id: String,
@@ -586,6 +590,7 @@ impl std::fmt::Display for FireKey {
 /// retried safely. The same node under another epoch (after its lease was lost and it registered
 /// again) is another claimant.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Claimant {
     /// The node id (`node_id`).
     pub node_id: String,
@@ -621,6 +626,7 @@ impl std::fmt::Display for Claimant {
 /// ([`ClaimOutcome::Superseded`]), so a node with a stale view can never replay a fire of a
 /// previous life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Life {
     /// Strictly increasing across the lives of one name (`generation`), never 0 for a life
     /// stored in a registry.
@@ -752,6 +758,7 @@ impl SlotOutcome {
 /// The stored value of a running slot: who holds it (node id and backend lease id) for which
 /// fire. Backends that keep the slot as one opaque value use this encoding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SlotRecord {
     /// The holder's node id (`node_id`).
     pub node_id: String,
@@ -911,6 +918,9 @@ impl PartialEq for ClaimOutcome {
 }
 
 /// A change to the node list.
+///
+/// Deliberately exhaustive (not `#[non_exhaustive]`): backends produce these and watchers
+/// fold them into a model, so a new kind is a breaking change the compiler points out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeEvent {
     /// A node registered or its record changed.
@@ -925,6 +935,9 @@ pub enum NodeEvent {
 }
 
 /// A change to the dynamic tasks or their tombstones.
+///
+/// Deliberately exhaustive (not `#[non_exhaustive]`): backends produce these and watchers
+/// fold them into a model, so a new kind is a breaking change the compiler points out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskMetaEvent {
     /// A task was added or its record changed.

@@ -15,27 +15,27 @@ fn meta(name: &str) -> TaskMeta {
 
 /// A record with every optional field set.
 pub fn full_record(name: &str) -> TaskMeta {
-    TaskMeta {
-        name: name.to_string(),
-        cron_format: "0 30 9 * * Mon-Fri".into(),
-        one_shot: true,
-        executed_and_mark_deleted: true,
-        executed_and_cleanup: true,
-        payload: "{\"json\": [1, 2, \"ü\"], \"quote\": \"\\\"\"}\n\ttabs and newlines".into(),
-        time_zone: Some("Europe/Berlin".into()),
-        misfire: Some(MisfirePolicy::FireAll { max: 7 }),
-        misfire_window_ms: Some(90_000),
-        created_at: Some(now_millis()),
-        retry: Some(
+    // `TaskMeta` is `#[non_exhaustive]`: built from `new`, then every optional field set.
+    let mut m = TaskMeta::new(name, "0 30 9 * * Mon-Fri")
+        .one_shot()
+        .with_payload("{\"json\": [1, 2, \"ü\"], \"quote\": \"\\\"\"}\n\ttabs and newlines")
+        .with_time_zone("Europe/Berlin")
+        .with_misfire(MisfirePolicy::FireAll { max: 7 })
+        .with_misfire_window(std::time::Duration::from_millis(90_000))
+        .with_retry(
             dcron_core::RetryPolicy::exponential(4, std::time::Duration::from_millis(250))
                 .with_jitter(),
-        ),
-        timeout_ms: Some(30_000),
-        overlap: Some(dcron_core::OverlapPolicy::Skip),
-        run_if_past: true,
-        tags: vec!["billing".into(), "team:ops".into()],
-        max_concurrent: Some(3),
-    }
+        )
+        .with_timeout(std::time::Duration::from_millis(30_000))
+        .with_overlap(dcron_core::OverlapPolicy::Skip)
+        .with_tag("billing")
+        .with_tag("team:ops")
+        .with_max_concurrent(3);
+    m.executed_and_mark_deleted = true;
+    m.executed_and_cleanup = true;
+    m.created_at = Some(now_millis());
+    m.run_if_past = true;
+    m
 }
 
 /// `get_task` of an absent name answers `None`; `list_tasks` of an empty namespace is empty.

@@ -225,6 +225,7 @@ pub(crate) fn plan_backfill(
 
 /// What [`Dcron::backfill`](crate::Dcron::backfill) found and started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BackfillReport {
     /// Occurrences in the range.
     pub occurrences: usize,
