@@ -32,11 +32,6 @@ impl InstrumentedRegistry {
         InstrumentedRegistry { inner }
     }
 
-    /// The wrapped registry.
-    pub fn inner(&self) -> &Arc<dyn Registry> {
-        &self.inner
-    }
-
     async fn call<T, F>(&self, op: &'static str, items: usize, f: F) -> Result<T>
     where
         F: Future<Output = Result<T>>,

@@ -60,16 +60,12 @@
 //! | [`event`] | the [`DcronEvent`] stream: lifecycle, ownership and every step of a fire |
 //! | [`types`] | the records kept in a registry ([`TaskMeta`], [`Node`], [`Claim`], [`FireKey`]…) and the input bounds ([`limits`]) |
 //! | [`error`] | the one [`Error`] type and [`Result`] |
-//! | [`registry`] | the [`Registry`] trait a backend implements, its [`Capabilities`] and the checks shared by backends |
+//! | [`registry`] | the [`Registry`] trait a backend implements and its [`Capabilities`] |
+//! | [`backend`] | for backend authors: the pure claim and tombstone rules, the input checks, a watch channel |
 //! | [`memory`] | [`MemoryRegistry`]: the in-process registry and the reference implementation of the trait |
 //! | [`layer`] | wrapping a registry without forwarding every method by hand |
-//! | [`instrument`] | metrics and tracing around every registry call ([`InstrumentedRegistry`]) |
 //! | [`admin`] | operations on a cluster through its registry alone, without a running node (what `dcronctl` uses) |
-//! | [`lifecycle`] | the node lifecycle as a pure state machine (`Starting`, `Working`, `Lost`, `Leaving`, `Stopped`) |
-//! | [`claim`] | the claim rules as one pure function |
-//! | [`tombstone`] | the add, force-add, delete, reuse and cleanup rules as pure functions |
 //! | [`clock`] | injected time: wall time for cron, monotonic time for leases ([`SystemClock`], [`TokioClock`]) |
-//! | [`watch`] | a bounded watch channel that never blocks its sender |
 //!
 //! The assignment strategies (who owns which task) come from the `dcron-assign` crate and are
 //! re-exported: [`Strategy`], [`Assigner`].
@@ -146,7 +142,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod claim;
+pub mod backend;
 pub mod clock;
 mod dcron;
 mod engine;
@@ -155,9 +151,9 @@ pub mod event;
 mod fire;
 mod handle;
 mod inflight;
-pub mod instrument;
+mod instrument;
 pub mod layer;
-pub mod lifecycle;
+mod lifecycle;
 pub mod memory;
 pub mod policy;
 pub mod registry;
@@ -165,12 +161,21 @@ mod runtime;
 pub mod schedule;
 pub mod signal;
 pub mod task;
-pub mod tombstone;
 pub mod types;
-pub mod watch;
+
+// The backend helpers at their former paths, kept out of the docs until every backend imports
+// them from `backend`.
+#[doc(hidden)]
+pub use backend::{claim, tombstone, watch};
 
 /// Re-exported for implementing [`Registry`] and [`layer::RegistryLayer`].
 pub use async_trait::async_trait;
+#[doc(hidden)]
+pub use backend::{
+    check_claims, check_record_key, check_records, check_registration, check_retention, check_slot,
+    check_value_size, ensure_lives_in_records, expiry_tolerance, restart_life_in_records,
+    watch_channel, WatchSender, MAX_RECORD_KEY_BYTES,
+};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use dcron::{
     BackfillReport, Dcron, DcronBuilder, IntoRegistry, TaskOptions, DEFAULT_CLAIM_AHEAD,
@@ -181,7 +186,6 @@ pub use error::{BoxError, Error, Result};
 pub use event::{DcronEvent, FireInfo};
 pub use handle::TaskHandle;
 pub use inflight::StopReport;
-pub use instrument::InstrumentedRegistry;
 pub use lifecycle::NodeState;
 pub use memory::MemoryRegistry;
 pub use policy::{
@@ -189,10 +193,7 @@ pub use policy::{
     TaskStatus, TriggerRecord,
 };
 pub use registry::{
-    check_claims, check_record_key, check_records, check_registration, check_retention, check_slot,
-    check_value_size, ensure_lives_in_records, expiry_tolerance, restart_life_in_records,
-    Capabilities, Lease, PutMode, RecordKind, Registry, WatchStream, MAX_RECORD_KEY_BYTES,
-    MAX_WATCH_DELAY,
+    Capabilities, Lease, PutMode, RecordKind, Registry, WatchStream, MAX_WATCH_DELAY,
 };
 pub use schedule::{Schedule, SecondsField, MAX_PREVIEW_FIRES};
 pub use signal::{shutdown_signal, Shutdown, ShutdownSignal};
@@ -202,4 +203,3 @@ pub use types::{
     Life, Listing, MisfirePolicy, Node, NodeEvent, NodeStatus, ResyncEvent, SlotOutcome,
     SlotRecord, TaskMeta, TaskMetaEvent, Tombstone, DEFAULT_MISFIRE_WINDOW, MAX_TASK_NAME_BYTES,
 };
-pub use watch::{watch_channel, WatchSender};

@@ -7,7 +7,7 @@
 //! method takes the lock once, decides and applies everything under it, and releases it before
 //! returning: no lock is ever held across an `.await` (the methods have none while locked).
 //!
-//! - **Tasks and tombstones** are decided by [`crate::tombstone::decide`], the same pure rules
+//! - **Tasks and tombstones** are decided by [`crate::backend::tombstone::decide`], the same pure rules
 //!   every backend implements, so the reference and the rules table cannot diverge.
 //! - **Leases** are measured on tokio's monotonic clock ([`tokio::time::Instant`]), so tests
 //!   under `tokio::time::pause()` run on virtual time. All lease deadlines sit in one ordered
@@ -35,19 +35,17 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::claim::{decide_claim, ClaimDecision, Holder};
+use crate::backend::claim::{decide_claim, ClaimDecision, Holder};
+use crate::backend::tombstone::{decide, Effects, NameState, Request};
+use crate::backend::watch::{watch_channel, WatchSender};
+use crate::backend::{check_claims, check_record_key, check_records, check_slot, check_value_size};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::registry::{
-    check_claims, check_record_key, check_records, check_slot, check_value_size, Capabilities,
-    Lease, PutMode, RecordKind, Registry, WatchStream,
-};
-use crate::tombstone::{decide, Effects, NameState, Request};
+use crate::registry::{Capabilities, Lease, PutMode, RecordKind, Registry, WatchStream};
 use crate::types::{
     validate_task_name, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, FireKey, Life,
     Listing, Node, NodeEvent, ResyncEvent, SlotOutcome, TaskMeta, TaskMetaEvent, Tombstone,
 };
-use crate::watch::{watch_channel, WatchSender};
 
 /// The backend name reported by [`MemoryRegistry`].
 const BACKEND: &str = "memory";
@@ -73,7 +71,7 @@ const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// It implements every rule of the [`Registry`] contract for the nodes of one process: leases
 /// that expire on tokio's clock (virtual time under `tokio::time::pause()`), watches that never
 /// block a writer, atomic batch claims with fencing tokens and retention, tombstones decided by
-/// [`crate::tombstone::decide`], and fully isolated namespaces. Every other backend is measured
+/// [`crate::backend::tombstone::decide`], and fully isolated namespaces. Every other backend is measured
 /// against it by the conformance suite of `dcron-testkit`, which also runs on it.
 ///
 /// Clones share the store and the namespace; [`MemoryRegistry::with_namespace`] gives a handle on
@@ -597,7 +595,7 @@ impl Registry for MemoryRegistry {
     // ----- membership -----
 
     async fn register(&self, node: &Node, ttl: Duration) -> Result<Lease> {
-        crate::registry::check_registration(node, ttl)?;
+        crate::backend::check_registration(node, ttl)?;
         let now = Instant::now();
         let id = {
             let mut state = self.shared.lock();
