@@ -606,12 +606,24 @@ async fn run(env: Arc<FireEnv>, l: Launch, share: Share) {
             cancel.clone(),
         ))
     });
-    let running = env.in_flight.enter(
-        &l.meta,
-        l.key.instant,
-        matches!(l.kind, FireKind::CatchUp | FireKind::Backfill),
-    );
-    let error = attempts(&env, &l, cancel, tracked, &share).await;
+    // Listed as running (for `running_fires` and the stop report) from the first poll that
+    // leaves it pending: a handler that ends within its first poll is never observable as
+    // running, and costs nothing here.
+    let fire = attempts(&env, &l, cancel, tracked, &share);
+    tokio::pin!(fire);
+    let mut running = None;
+    let error = std::future::poll_fn(|cx| {
+        let polled = fire.as_mut().poll(cx);
+        if polled.is_pending() && running.is_none() {
+            running = Some(env.in_flight.enter(
+                &l.meta,
+                l.key.instant,
+                matches!(l.kind, FireKind::CatchUp | FireKind::Backfill),
+            ));
+        }
+        polled
+    })
+    .await;
     drop(running);
     if let Some(w) = watchdog {
         w.abort();
