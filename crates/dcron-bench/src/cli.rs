@@ -51,6 +51,8 @@ pub enum Command {
 pub enum RegistryBackend {
     /// A Redis server.
     Redis,
+    /// A Redis Cluster (the registry's cluster layout; seed URLs comma-separated).
+    RedisCluster,
     /// An etcd cluster (feature `etcd`).
     Etcd,
     /// A ZooKeeper ensemble (feature `zk`).
@@ -64,6 +66,7 @@ impl RegistryBackend {
     pub fn name(self) -> &'static str {
         match self {
             RegistryBackend::Redis => "redis",
+            RegistryBackend::RedisCluster => "redis-cluster",
             RegistryBackend::Etcd => "etcd",
             RegistryBackend::Zk => "zk",
             RegistryBackend::Postgres => "postgres",
@@ -73,6 +76,7 @@ impl RegistryBackend {
     fn parse(text: &str) -> Result<Self, String> {
         match text {
             "redis" => Ok(RegistryBackend::Redis),
+            "redis-cluster" => Ok(RegistryBackend::RedisCluster),
             "etcd" => Ok(RegistryBackend::Etcd),
             "zk" | "zookeeper" => Ok(RegistryBackend::Zk),
             "postgres" | "postgresql" => Ok(RegistryBackend::Postgres),
@@ -82,19 +86,26 @@ impl RegistryBackend {
                     .into(),
             ),
             other => Err(format!(
-                "unknown backend `{other}`; use redis, etcd, zk or postgres"
+                "unknown backend `{other}`; use redis, redis-cluster, etcd, zk or postgres"
             )),
         }
+    }
+
+    /// Whether the backend is Redis (one server or a cluster): `registry` then also measures
+    /// the burst of goal 3 against the memory registry.
+    pub fn is_redis(self) -> bool {
+        matches!(self, RegistryBackend::Redis | RegistryBackend::RedisCluster)
     }
 }
 
 /// Arguments of `registry`.
 #[derive(Clone, Debug, PartialEq, Args)]
 pub struct RegistryArgs {
-    /// The registry: redis, etcd, zk or postgres.
+    /// The registry: redis, redis-cluster, etcd, zk or postgres.
     #[arg(long, value_parser = RegistryBackend::parse)]
     pub backend: RegistryBackend,
-    /// The server address (Redis URL, etcd endpoint, ZooKeeper connect string, PostgreSQL URL).
+    /// The server address (Redis URL, Redis Cluster seed URLs separated by commas, etcd
+    /// endpoint, ZooKeeper connect string, PostgreSQL URL).
     #[arg(long, value_parser = non_empty)]
     pub url: Option<String>,
     /// The whole run's time budget: the search stops doubling once it is half spent, and
@@ -104,6 +115,19 @@ pub struct RegistryArgs {
     /// The largest burst tried.
     #[arg(long, default_value_t = 65_536, value_parser = count_in(256, 1_048_576))]
     pub max_burst: usize,
+    /// Redis only: the fires of the one-instant burst measured after the search, on the
+    /// backend and on the memory registry (`summary run=registry-burst`); 0 skips it.
+    #[arg(long, default_value_t = 20_000, value_parser = count_in(0, 1_048_576))]
+    pub burst_fires: usize,
+    /// dcron's `claim_ahead` in milliseconds for every node of the run (default: dcron's own
+    /// default, [`dcron_core::DEFAULT_CLAIM_AHEAD`]).
+    #[arg(long, default_value_t = default_claim_ahead_ms(), value_parser = number_in(0, 5_000))]
+    pub claim_ahead_ms: u64,
+    /// Where to write the SVG plots: `<path>` gets claimed fires/s against the burst size
+    /// (with the raw primitive), and, for Redis, `<stem>-burst.svg` the lateness CDF of the
+    /// burst on the backend and on the memory registry.
+    #[arg(long, value_parser = non_empty_path)]
+    pub plot: Option<PathBuf>,
 }
 
 /// Arguments of `latency`.
@@ -197,6 +221,18 @@ pub struct ScaleArgs {
     /// as a duration (`900`, `15m`).
     #[arg(long, default_value = "900", value_parser = seconds_in(1, 7_200))]
     pub timeout: Duration,
+    /// The registry: memory (one process-wide `MemoryRegistry`) or redis. With redis, or with
+    /// more than one node, the run also measures a node joining (`join_moved_ratio`,
+    /// `settle_s`).
+    #[arg(long, default_value = "memory", value_parser = Backend::parse_scale)]
+    pub backend: Backend,
+    /// Nodes started together, each holding every task (a further node joins after they own
+    /// them all, when the run measures a join).
+    #[arg(long, default_value_t = 1, value_parser = count_in(1, 16))]
+    pub nodes: usize,
+    /// The Redis URL (default: `$DCRON_TEST_REDIS_URL`, then `redis://127.0.0.1:6379`).
+    #[arg(long, value_parser = non_empty)]
+    pub url: Option<String>,
 }
 
 /// The registries `failover` runs on.
@@ -231,6 +267,16 @@ impl Backend {
             "zk" | "zookeeper" => Ok(Backend::Zk),
             other => Err(format!(
                 "unknown backend `{other}`; use memory, redis, etcd or zk"
+            )),
+        }
+    }
+
+    fn parse_scale(text: &str) -> Result<Self, String> {
+        match Backend::parse(text)? {
+            b @ (Backend::Memory | Backend::Redis) => Ok(b),
+            other => Err(format!(
+                "scale runs on memory or redis, not {}",
+                other.name()
             )),
         }
     }
@@ -475,14 +521,40 @@ mod tests {
                 url: None,
                 budget: Duration::from_secs(60),
                 max_burst: 65_536,
+                burst_fires: 20_000,
+                claim_ahead_ms: 100,
+                plot: None,
             })
         );
+        assert!(matches!(
+            p(&[
+                "registry",
+                "--backend",
+                "redis-cluster",
+                "--burst-fires",
+                "0"
+            ])
+            .unwrap(),
+            Command::Registry(RegistryArgs {
+                backend: RegistryBackend::RedisCluster,
+                burst_fires: 0,
+                ..
+            })
+        ));
         assert!(p(&["--help"]).unwrap_err().is_help());
         assert!(p(&["help"]).unwrap_err().is_help());
         assert!(p(&["help"]).unwrap_err().to_string().contains("registry"));
         assert!(matches!(
             p(&["failover", "--backend", "memory", "--ttl-ms", "3s"]).unwrap(),
             Command::Failover(FailoverArgs { ttl, .. }) if ttl == Duration::from_secs(3)
+        ));
+        assert!(matches!(
+            p(&["scale", "--backend", "redis", "--nodes", "3"]).unwrap(),
+            Command::Scale(ScaleArgs {
+                backend: Backend::Redis,
+                nodes: 3,
+                ..
+            })
         ));
         assert!(matches!(
             p(&["scale", "--timeout", "15m"]).unwrap(),
@@ -516,6 +588,8 @@ mod tests {
                 .contains("must not be empty")
         );
         assert!(message(&["failover", "--backend", "mysql"]).contains("unknown backend"));
+        assert!(message(&["scale", "--backend", "zk"]).contains("memory or redis"));
+        assert!(message(&["scale", "--nodes", "0"]).contains("out of range"));
         assert!(message(&["failover"]).contains("--backend"));
         assert!(message(&["registry", "--backend", "consul"]).contains("no real Consul agent"));
         assert!(message(&["registry", "--backend", "mysql"]).contains("unknown backend"));

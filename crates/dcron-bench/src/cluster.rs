@@ -52,6 +52,28 @@ pub async fn connect_redis(url: &str, namespace: &str) -> Result<Arc<dyn Registr
     }
 }
 
+/// A registry on the Redis Cluster reached through `urls` (seed nodes) in `namespace`, checked
+/// to answer within a few seconds.
+///
+/// # Errors
+/// A message naming the seeds and how to start a local cluster when it does not answer.
+pub async fn connect_redis_cluster(urls: &[String], namespace: &str) -> Result<Arc<dyn Registry>> {
+    let registry = RedisRegistryConfig::cluster(urls.iter().cloned())
+        .namespace(namespace)
+        .build()
+        .map_err(|e| err(format!("redis cluster configuration: {e}")))?;
+    let shown = urls.join(",");
+    let why = match tokio::time::timeout(Duration::from_secs(10), registry.list_nodes()).await {
+        Ok(Ok(_)) => return Ok(Arc::new(registry)),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 10 s".to_string(),
+    };
+    Err(err(format!(
+        "cannot reach the Redis Cluster at {shown}: {why}. Start a local one with \
+         `eval \"$(bash scripts/services/redis-cluster.sh)\"` or pass --url"
+    )))
+}
+
 fn unreachable(url: &str, why: &str) -> crate::BenchError {
     err(format!(
         "cannot reach Redis at {url}: {why}. Start a local server with \

@@ -5,7 +5,7 @@
 //! wrapped backend behaves exactly as without the wrapper.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -141,12 +141,28 @@ impl Op {
     }
 }
 
+/// One `claim` call: when it was sent and answered (wall clock, µs since the epoch) and how
+/// many fires it carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClaimCall {
+    /// Wall-clock µs when the call was made.
+    pub start_us: i64,
+    /// Wall-clock µs when its answer came back.
+    pub end_us: i64,
+    /// Fires in the batch.
+    pub fires: usize,
+}
+
+/// The most claim calls [`Counters`] keeps in its log (the oldest are kept).
+const CLAIM_LOG_LIMIT: usize = 100_000;
+
 /// Call counters, shared by any number of [`CountingRegistry`] handles.
 #[derive(Debug, Default)]
 pub struct Counters {
     calls: [AtomicU64; Op::ALL.len()],
     claimed_fires: AtomicU64,
     claim_busy_ns: AtomicU64,
+    claim_log: Mutex<Vec<ClaimCall>>,
 }
 
 /// A copy of the counters at one moment.
@@ -195,6 +211,23 @@ impl Counters {
         self.calls[op.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The claim calls made from `from_us` (inclusive) to `to_us` (exclusive), wall clock µs,
+    /// in the order they were answered.
+    pub fn claim_calls(&self, from_us: i64, to_us: i64) -> Vec<ClaimCall> {
+        let log = self.claim_log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter()
+            .filter(|c| c.start_us >= from_us && c.start_us < to_us)
+            .copied()
+            .collect()
+    }
+
+    fn log_claim(&self, call: ClaimCall) {
+        let mut log = self.claim_log.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() < CLAIM_LOG_LIMIT {
+            log.push(call);
+        }
+    }
+
     /// The current counts.
     pub fn snapshot(&self) -> Snapshot {
         let mut calls = [0; Op::ALL.len()];
@@ -207,6 +240,10 @@ impl Counters {
             claim_busy_ns: self.claim_busy_ns.load(Ordering::Relaxed),
         }
     }
+}
+
+fn wall_us() -> i64 {
+    crate::recorder::now_us()
 }
 
 /// A registry that counts every call and forwards it to `inner`.
@@ -337,10 +374,16 @@ impl Registry for CountingRegistry {
         self.counters
             .claimed_fires
             .fetch_add(requests.len() as u64, Ordering::Relaxed);
+        let start_us = wall_us();
         let started = std::time::Instant::now();
         let outcome = self.inner.claim(claimant, requests).await;
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.counters.claim_busy_ns.fetch_add(ns, Ordering::Relaxed);
+        self.counters.log_claim(ClaimCall {
+            start_us,
+            end_us: wall_us(),
+            fires: requests.len(),
+        });
         outcome
     }
 

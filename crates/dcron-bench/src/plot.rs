@@ -92,6 +92,77 @@ pub fn lateness_cdf(path: &Path, title: &str, series: &[(&str, &Distribution)]) 
     Ok(())
 }
 
+/// Writes an SVG of claimed fires per second against the burst size (log axis), one point per
+/// step of the `registry` search, with the raw primitive's writes per second as a flat line.
+///
+/// # Errors
+/// When the file cannot be written or there is no step.
+pub fn throughput_by_burst(
+    path: &Path,
+    title: &str,
+    steps: &[(usize, f64)],
+    raw_per_s: f64,
+) -> Result<()> {
+    if steps.is_empty() {
+        return Err(err("nothing to plot: no step"));
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let draw = |e: &dyn std::fmt::Display| err(format!("cannot draw {}: {e}", path.display()));
+    let lo = steps.iter().map(|s| s.0).min().unwrap_or(1).max(1) as f64 / 2.0;
+    let hi = steps.iter().map(|s| s.0).max().unwrap_or(1).max(1) as f64 * 2.0;
+    let top = steps.iter().map(|s| s.1).fold(raw_per_s, f64::max).max(1.0) * 1.15;
+    let root = SVGBackend::new(path, (960, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| draw(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(80)
+        .build_cartesian_2d((lo..hi).log_scale(), 0f64..top)
+        .map_err(|e| draw(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("burst: fires in one instant on one node (log scale)")
+        .y_desc("writes or claimed fires per second")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .draw()
+        .map_err(|e| draw(&e))?;
+    let claimed = COLORS[0];
+    let points: Vec<(f64, f64)> = steps.iter().map(|(b, r)| (*b as f64, *r)).collect();
+    chart
+        .draw_series(LineSeries::new(points.clone(), claimed.stroke_width(2)))
+        .map_err(|e| draw(&e))?
+        .label("claimed fires/s (dcron)")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], claimed.stroke_width(2)));
+    chart
+        .draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 4, claimed.filled())),
+        )
+        .map_err(|e| draw(&e))?;
+    let raw = COLORS[1];
+    chart
+        .draw_series(LineSeries::new(
+            vec![(lo, raw_per_s), (hi, raw_per_s)],
+            raw.stroke_width(2),
+        ))
+        .map_err(|e| draw(&e))?
+        .label(format!("raw primitive: {raw_per_s:.0} writes/s"))
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], raw.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| draw(&e))?;
+    root.present().map_err(|e| draw(&e))?;
+    Ok(())
+}
+
 fn decade_below(v: f64) -> f64 {
     10f64.powf(v.max(1e-3).log10().floor())
 }
@@ -129,6 +200,17 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let empty = Distribution::default();
         assert!(lateness_cdf(&path, "t", &[("e", &empty)]).is_err());
+    }
+
+    #[test]
+    fn writes_a_throughput_svg() {
+        let dir = std::env::temp_dir().join(format!("dcron-bench-tput-{}", std::process::id()));
+        let path = dir.join("t.svg");
+        throughput_by_burst(&path, "test", &[(256, 1000.0), (512, 2000.0)], 5000.0).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("raw primitive: 5000"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(throughput_by_burst(&path, "t", &[], 1.0).is_err());
     }
 
     #[test]

@@ -34,11 +34,11 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dcron_core::{Dcron, Registry, SecondsField};
+use dcron_core::{Dcron, MemoryRegistry, Registry, SecondsField};
 use tokio::time::Instant;
 
 use crate::cli::{RegistryArgs, RegistryBackend};
-use crate::counting::{Counters, CountingRegistry};
+use crate::counting::{ClaimCall, Counters, CountingRegistry};
 use crate::exactly::{ExactlyOnce, Expected, Plan};
 use crate::latency::{add_recording_tasks, sleep_until_wall_ms, wait_owned};
 use crate::recorder::{in_window, now_us, Recorder};
@@ -123,7 +123,15 @@ pub fn run(args: &RegistryArgs, out: &mut dyn Write) -> Result<()> {
     let rt = crate::runtime()?;
     let (summary, counts) = rt.block_on(registry(args, out))?;
     writeln!(out, "{summary}")?;
-    counts.verdict("registry")
+    out.flush()?;
+    if !args.backend.is_redis() || args.burst_fires == 0 {
+        return counts.verdict("registry");
+    }
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let (burst, burst_counts) = rt.block_on(burst_against_memory(args, &run_id, out))?;
+    writeln!(out, "{burst}")?;
+    counts.verdict("registry")?;
+    burst_counts.verdict("registry-burst")
 }
 
 async fn registry(args: &RegistryArgs, out: &mut dyn Write) -> Result<(Summary, ExactlyOnce)> {
@@ -178,6 +186,18 @@ async fn registry(args: &RegistryArgs, out: &mut dyn Write) -> Result<(Summary, 
     }
     let raw_time = (args.budget / 6).min(Duration::from_secs(5));
     let raw = raw_per_s(args, &run_id, raw_time).await?;
+    if let Some(path) = &args.plot {
+        let points: Vec<(usize, f64)> = steps.iter().map(|s| (s.burst, s.claimed_per_s)).collect();
+        crate::plot::throughput_by_burst(
+            path,
+            &format!(
+                "{}: claimed fires/s by burst size, and the raw primitive",
+                args.backend.name()
+            ),
+            &points,
+            raw,
+        )?;
+    }
 
     let counts = steps
         .iter()
@@ -201,6 +221,59 @@ async fn registry(args: &RegistryArgs, out: &mut dyn Write) -> Result<(Summary, 
     Ok((summary, counts))
 }
 
+/// Where a step runs: the backend under test, or the memory registry (the baseline of the
+/// `registry-burst` line).
+#[derive(Clone, Copy, Debug)]
+enum Target<'a> {
+    /// The backend and its address.
+    Backend(RegistryBackend, Option<&'a str>),
+    /// `MemoryRegistry`, in this process.
+    Memory,
+}
+
+/// What the claims of a step's measured instants did, from the [`Counters`] log.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClaimProfile {
+    /// Claim calls made for the measured instants.
+    pub calls: usize,
+    /// The most fires one call carried.
+    pub max_fires: usize,
+    /// Mean time of one call, µs.
+    pub mean_call_us: i64,
+    /// The longest call, µs.
+    pub max_call_us: i64,
+    /// When the first claim of the last measured instant was sent, relative to the instant
+    /// (negative: ahead of it), µs.
+    pub first_sent_us: i64,
+    /// When the last claim of the last measured instant came back, relative to the instant, µs.
+    pub last_answered_us: i64,
+}
+
+impl ClaimProfile {
+    /// The profile of `calls` (the claims of the instants up to `instant_ms`, the last one).
+    pub fn of(calls: &[ClaimCall], instant_ms: i64) -> ClaimProfile {
+        if calls.is_empty() {
+            return ClaimProfile::default();
+        }
+        let instant_us = instant_ms * 1000;
+        let durations: Vec<i64> = calls.iter().map(|c| c.end_us - c.start_us).collect();
+        // The calls of the last instant: sent within a second before it (or after it).
+        let last: Vec<&ClaimCall> = calls
+            .iter()
+            .filter(|c| c.start_us > instant_us - 1_000_000)
+            .collect();
+        ClaimProfile {
+            calls: calls.len(),
+            max_fires: calls.iter().map(|c| c.fires).max().unwrap_or(0),
+            mean_call_us: durations.iter().sum::<i64>() / durations.len() as i64,
+            max_call_us: durations.iter().copied().max().unwrap_or(0),
+            first_sent_us: last.iter().map(|c| c.start_us).min().unwrap_or(instant_us) - instant_us,
+            last_answered_us: last.iter().map(|c| c.end_us).max().unwrap_or(instant_us)
+                - instant_us,
+        }
+    }
+}
+
 /// One step: `burst` every-second tasks on one fresh node in `namespace`, two instants.
 async fn measure_step(
     args: &RegistryArgs,
@@ -208,8 +281,25 @@ async fn measure_step(
     burst: usize,
     limit: Duration,
 ) -> Result<Step> {
+    let target = Target::Backend(args.backend, args.url.as_deref());
+    measure_on(target, args.claim_ahead_ms, namespace, burst, limit)
+        .await
+        .map(|(step, _, _)| step)
+}
+
+/// One step on `target` with `claim_ahead_ms`, and the profile of its claims.
+async fn measure_on(
+    target: Target<'_>,
+    claim_ahead_ms: u64,
+    namespace: &str,
+    burst: usize,
+    limit: Duration,
+) -> Result<(Step, ClaimProfile, Distribution)> {
     let t0 = Instant::now();
-    let registry = connect(args.backend, args.url.as_deref(), namespace).await?;
+    let registry: Arc<dyn Registry> = match target {
+        Target::Backend(backend, url) => connect(backend, url, namespace).await?,
+        Target::Memory => Arc::new(MemoryRegistry::new()),
+    };
     let counters = Counters::new();
     let counted: Arc<dyn Registry> =
         Arc::new(CountingRegistry::new(registry.clone(), counters.clone()));
@@ -221,6 +311,7 @@ async fn measure_step(
     let node = Dcron::builder(counted)
         .seconds(SecondsField::Required)
         .node_name(format!("bench-registry-{burst}"))
+        .claim_ahead(Duration::from_millis(claim_ahead_ms))
         .build()?;
     add_recording_tasks(&node, burst, &recorder).await?;
     let mut events = node.events();
@@ -265,13 +356,90 @@ async fn measure_step(
     } else {
         dist.quantile(0.99).unwrap_or(0)
     };
-    Ok(Step {
+    let profile = ClaimProfile::of(
+        &counters.claim_calls((w0 - 500) * 1000, (w1 - 500) * 1000),
+        w1 - 1000,
+    );
+    let step = Step {
         burst,
         p99_us,
         claimed_per_s: claimed_rate(claims.claimed_fires, claims.claim_busy_ns),
         counts,
         setup,
-    })
+    };
+    Ok((step, profile, dist))
+}
+
+/// `<stem>-burst.svg` next to `path`.
+pub fn burst_plot_path(path: &std::path::Path) -> std::path::PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "registry".into(), |s| s.to_string_lossy().into_owned());
+    path.with_file_name(format!("{stem}-burst.svg"))
+}
+
+/// Goal 3: one burst of `args.burst_fires` fires in one instant on one node, on the backend
+/// and on the memory registry, measured the same way one after the other (memory first).
+///
+/// Prints a `# burst …` comment line with each side's claim profile, and returns the
+/// `registry-burst` summary with the counts of both.
+async fn burst_against_memory(
+    args: &RegistryArgs,
+    run_id: &str,
+    out: &mut dyn Write,
+) -> Result<(Summary, ExactlyOnce)> {
+    let fires = args.burst_fires;
+    let limit = args.budget.max(Duration::from_secs(60));
+    let (memory, memory_profile, memory_dist) =
+        measure_on(Target::Memory, args.claim_ahead_ms, "memory", fires, limit).await?;
+    let namespace = format!("dcron-bench-registry-{run_id}-burst");
+    let target = Target::Backend(args.backend, args.url.as_deref());
+    let (backend, profile, dist) =
+        measure_on(target, args.claim_ahead_ms, &namespace, fires, limit).await?;
+    if let Some(path) = &args.plot {
+        let path = burst_plot_path(path);
+        crate::plot::lateness_cdf(
+            &path,
+            &format!(
+                "{fires} fires in one instant on one node, claim_ahead {} ms",
+                args.claim_ahead_ms
+            ),
+            &[("memory", &memory_dist), (args.backend.name(), &dist)],
+        )?;
+    }
+    for (name, step, p) in [
+        ("memory", &memory, &memory_profile),
+        (args.backend.name(), &backend, &profile),
+    ] {
+        writeln!(
+            out,
+            "# burst on={name} fires={} setup_s={:.1} p99_ms={} claim_calls={} max_fires_per_call={} mean_call_ms={} max_call_ms={} last_instant_first_claim_ms={} last_instant_last_answer_ms={}",
+            step.burst,
+            step.setup.as_secs_f64(),
+            ms(step.p99_us as f64),
+            p.calls,
+            p.max_fires,
+            ms(p.mean_call_us as f64),
+            ms(p.max_call_us as f64),
+            ms(p.first_sent_us as f64),
+            ms(p.last_answered_us as f64),
+        )?;
+    }
+    let counts = memory.counts.plus(backend.counts);
+    let summary = Summary::new("registry-burst")
+        .field("backend", args.backend.name())
+        .field("fires", fires)
+        .field("p99_ms", ms(backend.p99_us as f64))
+        .field("memory_p99_ms", ms(memory.p99_us as f64))
+        .field(
+            "ratio",
+            ratio(backend.p99_us as f64, memory.p99_us.max(1) as f64),
+        )
+        .field("claim_ahead_ms", args.claim_ahead_ms)
+        .field("claim_calls", profile.calls)
+        .field("max_call_ms", ms(profile.max_call_us as f64))
+        .field("last_answer_ms", ms(profile.last_answered_us as f64));
+    Ok((counts.fields(summary), counts))
 }
 
 /// Stops the node (bounded) and removes the step's namespace.
@@ -297,6 +465,9 @@ async fn connect(
     match backend {
         RegistryBackend::Redis => {
             crate::cluster::connect_redis(&crate::cluster::redis_url(address), namespace).await
+        }
+        RegistryBackend::RedisCluster => {
+            crate::cluster::connect_redis_cluster(&redis_cluster_urls(address)?, namespace).await
         }
         RegistryBackend::Etcd => {
             crate::failover::connect_other(Backend::Etcd, address, namespace).await
@@ -348,6 +519,9 @@ async fn raw_per_s(args: &RegistryArgs, run_id: &str, time: Duration) -> Result<
     let address = args.url.as_deref();
     let (writes, elapsed) = match args.backend {
         RegistryBackend::Redis => raw_redis(address, &prefix, time).await?,
+        RegistryBackend::RedisCluster => {
+            raw_redis_cluster(&redis_cluster_urls(address)?, &prefix, time).await?
+        }
         RegistryBackend::Etcd => raw_etcd(address, &prefix, time).await?,
         RegistryBackend::Zk => raw_zk(address, &prefix, time).await?,
         RegistryBackend::Postgres => raw_postgres(address, &prefix, time).await?,
@@ -403,6 +577,101 @@ async fn raw_redis(address: Option<&str>, prefix: &str, time: Duration) -> Resul
     }
     Ok((written, elapsed))
 }
+
+/// The seed URLs of a Redis Cluster: the flag's comma-separated list, else
+/// `$DCRON_TEST_REDIS_CLUSTER_URLS` (printed by `scripts/services/redis-cluster.sh`).
+///
+/// # Errors
+/// When neither names a URL.
+pub fn redis_cluster_urls(flag: Option<&str>) -> Result<Vec<String>> {
+    let list = match flag {
+        Some(list) => list.to_string(),
+        None => std::env::var(dcron_registry_redis::TEST_CLUSTER_URLS_ENV).unwrap_or_default(),
+    };
+    let urls: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        return Err(err(format!(
+            "no Redis Cluster: pass --url redis://host:port,... or set {} \
+             (`eval \"$(bash scripts/services/redis-cluster.sh)\"` starts one on loopback)",
+            dcron_registry_redis::TEST_CLUSTER_URLS_ENV
+        )));
+    }
+    Ok(urls)
+}
+
+/// The raw primitive on a Redis Cluster: the same pipelined `SET NX PX`, 1,000 per round,
+/// through the `redis` crate's cluster client. A cluster pipeline must stay in one hash slot,
+/// so each round's keys carry one of [`RAW_CLUSTER_TAGS`] hash tags (spread over the masters)
+/// and go as one pipeline per tag, all sent at once, as dcron splits a claim batch per bucket.
+async fn raw_redis_cluster(
+    urls: &[String],
+    prefix: &str,
+    time: Duration,
+) -> Result<(u64, Duration)> {
+    use redis::cluster::ClusterClient;
+    const BATCH: usize = 1_000;
+    let client =
+        ClusterClient::new(urls.to_vec()).map_err(|e| err(format!("redis cluster client: {e}")))?;
+    let conn = tokio::time::timeout(Duration::from_secs(10), client.get_async_connection())
+        .await
+        .map_err(|_| err("cannot reach the Redis Cluster: no answer within 10 s"))?
+        .map_err(|e| err(format!("cannot reach the Redis Cluster at {urls:?}: {e}")))?;
+    let tagged = |b: usize| -> Vec<Vec<String>> {
+        let mut groups = vec![Vec::new(); RAW_CLUSTER_TAGS];
+        for (i, key) in batch_keys(prefix, b, BATCH).into_iter().enumerate() {
+            let tag = i % RAW_CLUSTER_TAGS;
+            groups[tag].push(format!("{{raw{tag}}}{key}"));
+        }
+        groups
+    };
+    let send = |groups: Vec<Vec<String>>, del: bool| {
+        let calls = groups.into_iter().map(|keys| {
+            let mut conn = conn.clone();
+            async move {
+                let mut pipe = redis::pipe();
+                for key in keys {
+                    if del {
+                        pipe.cmd("DEL").arg(key).ignore();
+                    } else {
+                        pipe.cmd("SET")
+                            .arg(key)
+                            .arg("1")
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(60_000)
+                            .ignore();
+                    }
+                }
+                pipe.query_async::<()>(&mut conn).await
+            }
+        });
+        futures::future::join_all(calls)
+    };
+    let t0 = Instant::now();
+    let mut written = 0u64;
+    let mut b = 0;
+    while t0.elapsed() < time {
+        for answer in send(tagged(b), false).await {
+            answer.map_err(|e| err(format!("redis cluster pipelined SET NX PX: {e}")))?;
+        }
+        written += BATCH as u64;
+        b += 1;
+    }
+    let elapsed = t0.elapsed();
+    // The keys expire within a minute; delete them now anyway.
+    for i in 0..b {
+        send(tagged(i), true).await;
+    }
+    Ok((written, elapsed))
+}
+
+/// The hash tags the raw cluster measurement spreads its keys over.
+const RAW_CLUSTER_TAGS: usize = 16;
 
 #[cfg(feature = "etcd")]
 async fn raw_etcd(address: Option<&str>, prefix: &str, time: Duration) -> Result<(u64, Duration)> {
@@ -615,6 +884,46 @@ mod tests {
         let late = Duration::from_secs(30);
         assert_eq!(next(&step(256, 1_000), false, 65_536, late), None);
         assert_eq!(next(&step(usize::MAX, 0), true, usize::MAX, early), None);
+    }
+
+    #[test]
+    fn the_claim_profile_reads_the_last_instant() {
+        let instant_ms = 10_000;
+        let at = |ms: i64| instant_ms * 1000 + ms * 1000;
+        let calls = [
+            // The instant before: not part of the last instant's send/answer times.
+            ClaimCall {
+                start_us: at(-1_100),
+                end_us: at(-1_050),
+                fires: 256,
+            },
+            ClaimCall {
+                start_us: at(-100),
+                end_us: at(-60),
+                fires: 256,
+            },
+            ClaimCall {
+                start_us: at(-60),
+                end_us: at(30),
+                fires: 1_000,
+            },
+        ];
+        let p = ClaimProfile::of(&calls, instant_ms);
+        assert_eq!(p.calls, 3);
+        assert_eq!(p.max_fires, 1_000);
+        assert_eq!(p.max_call_us, 90_000);
+        assert_eq!(p.mean_call_us, (50_000 + 40_000 + 90_000) / 3);
+        assert_eq!(p.first_sent_us, -100_000);
+        assert_eq!(p.last_answered_us, 30_000);
+        assert_eq!(ClaimProfile::of(&[], instant_ms), ClaimProfile::default());
+    }
+
+    #[test]
+    fn the_burst_plot_sits_next_to_the_throughput_plot() {
+        assert_eq!(
+            burst_plot_path(std::path::Path::new("docs/registry-redis.svg")),
+            std::path::PathBuf::from("docs/registry-redis-burst.svg")
+        );
     }
 
     #[test]

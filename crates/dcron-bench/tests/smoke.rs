@@ -158,3 +158,66 @@ fn registry_refuses_consul_and_names_a_missing_feature() {
         assert!(stderr.contains("--features postgres"), "{stderr}");
     }
 }
+
+#[test]
+fn scale_with_a_join_prints_the_cluster_figures() {
+    // Two nodes on one MemoryRegistry, then a third joins: the same code path as
+    // `scale --backend redis --nodes 3`, without a server.
+    let output = bench()
+        .args([
+            "scale",
+            "--backend",
+            "memory",
+            "--nodes",
+            "2",
+            "--tasks",
+            "300",
+            "--seconds",
+            "1",
+        ])
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let summary = stdout
+        .lines()
+        .filter_map(Summary::parse)
+        .find(|s| s.get("run") == Some("scale"))
+        .unwrap_or_else(|| panic!("no scale summary: {stdout}"));
+    assert_eq!(summary.get("backend"), Some("memory"), "{stdout}");
+    assert_eq!(summary.number("nodes"), Some(2.0), "{stdout}");
+    for key in ["duplicates", "missed", "unexpected"] {
+        assert_eq!(summary.number(key), Some(0.0), "{key}: {stdout}");
+    }
+    for key in ["start_s", "settle_s", "join_moved_ratio", "bytes_per_task"] {
+        assert!(summary.number(key).is_some(), "no numeric {key}: {stdout}");
+    }
+    // A join moves some tasks to the new node, never none.
+    assert!(summary.number("moved").unwrap_or(0.0) > 0.0, "{stdout}");
+}
+
+#[test]
+fn unreachable_redis_cluster_is_a_clear_error() {
+    let output = bench()
+        .args([
+            "registry",
+            "--backend",
+            "redis-cluster",
+            "--url",
+            "redis://127.0.0.1:1,redis://127.0.0.1:2",
+        ])
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the Redis Cluster"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
