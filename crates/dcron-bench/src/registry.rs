@@ -81,6 +81,15 @@ impl Step {
     }
 }
 
+/// A p99 in ms for a summary; `inf` when some fire never ran (the p99 is then unbounded).
+pub fn p99_text(p99_us: i64) -> String {
+    if p99_us == i64::MAX {
+        "inf".into()
+    } else {
+        ms(p99_us as f64)
+    }
+}
+
 /// Fires claimed per second of time spent inside `claim` calls (0 when nothing was claimed).
 pub fn claimed_rate(fires: u64, busy_ns: u64) -> f64 {
     if fires == 0 {
@@ -163,7 +172,7 @@ async fn registry(args: &RegistryArgs, out: &mut dyn Write) -> Result<(Summary, 
             "# step burst={} setup_s={:.1} p99_ms={} claimed_per_s={:.0} held={} duplicates={} missed={} unexpected={}",
             step.burst,
             step.setup.as_secs_f64(),
-            ms(step.p99_us as f64),
+            p99_text(step.p99_us),
             step.claimed_per_s,
             step.held(),
             step.counts.duplicates,
@@ -208,14 +217,14 @@ async fn registry(args: &RegistryArgs, out: &mut dyn Write) -> Result<(Summary, 
     let summary = Summary::new("registry")
         .field("backend", args.backend.name())
         .field("burst", held.map_or(0, |s| s.burst))
-        .field("p99_ms", ms(held.map_or(0, |s| s.p99_us) as f64))
+        .field("p99_ms", p99_text(held.map_or(0, |s| s.p99_us)))
         .field("claimed_per_s", format!("{claimed:.0}"))
         .field("raw_per_s", format!("{raw:.0}"))
         .field("raw_ratio", ratio(claimed, raw));
     let summary = counts
         .fields(summary)
         .field("tried", last.map_or(0, |s| s.burst))
-        .field("tried_p99_ms", ms(last.map_or(0, |s| s.p99_us) as f64))
+        .field("tried_p99_ms", p99_text(last.map_or(0, |s| s.p99_us)))
         .field("expected", counts.expected)
         .field("run_s", format!("{:.1}", t0.elapsed().as_secs_f64()));
     Ok((summary, counts))
@@ -416,7 +425,7 @@ async fn burst_against_memory(
             "# burst on={name} fires={} setup_s={:.1} p99_ms={} claim_calls={} max_fires_per_call={} mean_call_ms={} max_call_ms={} last_instant_first_claim_ms={} last_instant_last_answer_ms={}",
             step.burst,
             step.setup.as_secs_f64(),
-            ms(step.p99_us as f64),
+            p99_text(step.p99_us),
             p.calls,
             p.max_fires,
             ms(p.mean_call_us as f64),
@@ -429,11 +438,15 @@ async fn burst_against_memory(
     let summary = Summary::new("registry-burst")
         .field("backend", args.backend.name())
         .field("fires", fires)
-        .field("p99_ms", ms(backend.p99_us as f64))
-        .field("memory_p99_ms", ms(memory.p99_us as f64))
+        .field("p99_ms", p99_text(backend.p99_us))
+        .field("memory_p99_ms", p99_text(memory.p99_us))
         .field(
             "ratio",
-            ratio(backend.p99_us as f64, memory.p99_us.max(1) as f64),
+            if backend.p99_us == i64::MAX || memory.p99_us == i64::MAX {
+                "inf".to_string()
+            } else {
+                ratio(backend.p99_us as f64, memory.p99_us.max(1) as f64)
+            },
         )
         .field("claim_ahead_ms", args.claim_ahead_ms)
         .field("claim_calls", profile.calls)
@@ -916,6 +929,12 @@ mod tests {
         assert_eq!(p.first_sent_us, -100_000);
         assert_eq!(p.last_answered_us, 30_000);
         assert_eq!(ClaimProfile::of(&[], instant_ms), ClaimProfile::default());
+    }
+
+    #[test]
+    fn a_step_with_fires_that_never_ran_has_an_infinite_p99() {
+        assert_eq!(p99_text(i64::MAX), "inf");
+        assert_eq!(p99_text(1_500), ms(1_500.0));
     }
 
     #[test]

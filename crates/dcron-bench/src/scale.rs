@@ -11,10 +11,11 @@
 //! process, each with its own registry connection and each holding all n tasks (as k
 //! processes with the same static tasks would), one namespace per run. `start_s`: from the
 //! k `start()` calls to the nodes owning the n tasks between them (every node's latest
-//! `Rebalanced` count, polled every 20 ms, summing to n, with every node owning some, twice in a
-//! row). Then a node k+1, holding the same n tasks, starts: `settle_s` is the time from its
-//! `start()` to the k+1 counts summing to n again with the new node owning some (twice in a
-//! row); `join_moved_ratio` is the number of tasks whose owner changed (from each node's
+//! `Rebalanced` count, polled every 20 ms, summing to n, with every node owning some, the
+//! time of the poll where they took the values they then keep for a second). Then a node k+1, holding the same n tasks (built before the others, while nothing
+//! runs, and left out of the memory baseline), starts: `settle_s` is the time from its
+//! `start()` to the k+1 counts summing to n again with the new node owning some (their final
+//! values, kept for a second); `join_moved_ratio` is the number of tasks whose owner changed (from each node's
 //! owned set before and after) over the ideal n/(k+1). `bytes_per_task`: the resident set
 //! growth of the process from before the tasks were added to the k nodes owning them, over
 //! n (every node holds every task, so this is the cluster's memory per owned task; the
@@ -232,8 +233,13 @@ impl Member {
     }
 }
 
-/// Polls until the members' owned counts sum to `n` with every member owning some, twice in
-/// a row 20 ms apart; answers the time from `since` to the first of the two polls.
+/// How long the owned counts must stay unchanged for the cluster to count as settled: while
+/// the nodes learn of a change one after the other, intermediate assignments can also sum to n.
+const STABLE: Duration = Duration::from_secs(1);
+
+/// Polls (every 20 ms) until the members' owned counts sum to `n` with every member owning
+/// some, and stay unchanged for [`STABLE`]; answers the time from `since` to the poll where
+/// they took their final values.
 async fn wait_spread(
     members: &[Member],
     n: usize,
@@ -241,7 +247,8 @@ async fn wait_spread(
     limit: Duration,
 ) -> Result<Duration> {
     let deadline = since + limit;
-    let mut first: Option<Duration> = None;
+    let mut last: Vec<usize> = Vec::new();
+    let mut changed = since.elapsed();
     let mut polls = 0u64;
     loop {
         polls += 1;
@@ -257,11 +264,13 @@ async fn wait_spread(
             .iter()
             .map(|m| m.owned.load(Ordering::SeqCst))
             .collect();
+        if counts != last {
+            last = counts.clone();
+            changed = since.elapsed();
+        }
         let done = counts.iter().sum::<usize>() == n && counts.iter().all(|c| *c > 0);
-        match (done, first) {
-            (true, Some(at)) => return Ok(at),
-            (true, None) => first = Some(since.elapsed()),
-            (false, _) => first = None,
+        if done && since.elapsed().saturating_sub(changed) >= STABLE {
+            return Ok(changed);
         }
         if Instant::now() >= deadline {
             return Err(crate::err(format!(
@@ -340,8 +349,20 @@ async fn scale_cluster(args: &ScaleArgs, out: &mut dyn Write) -> Result<(Summary
         per_second.saturating_mul(600) + 1_000,
     ));
     fires.keep_from(i64::MAX);
-    let rss0 = rss_bytes()?;
     let since_ms = now_us().div_euclid(1000);
+    // The joining node holds the same tasks; it is built first, while nothing runs (adding
+    // a task reads its tombstone, one round trip each), and its memory is left out of the
+    // baseline of `bytes_per_task`.
+    let registry = member_registry(args, &namespace, &memory).await?;
+    let joiner = Member::new(
+        registry,
+        format!("bench-scale-{k}"),
+        n,
+        &fires,
+        args.timeout,
+    )
+    .await?;
+    let rss0 = rss_bytes()?;
     let t0 = Instant::now();
     let mut members = Vec::with_capacity(k + 1);
     for j in 0..k {
@@ -356,7 +377,7 @@ async fn scale_cluster(args: &ScaleArgs, out: &mut dyn Write) -> Result<(Summary
         added.as_secs_f64()
     )?;
     out.flush()?;
-    let outcome = scale_cluster_measure(args, &namespace, &memory, &mut members, &fires, out).await;
+    let outcome = scale_cluster_measure(args, joiner, &mut members, &fires, out).await;
     for m in &members {
         if tokio::time::timeout(Duration::from_secs(60), m.node.stop())
             .await
@@ -421,8 +442,7 @@ struct ClusterFigures {
 
 async fn scale_cluster_measure(
     args: &ScaleArgs,
-    namespace: &str,
-    memory: &Arc<MemoryRegistry>,
+    joiner: Member,
     members: &mut Vec<Member>,
     fires: &Arc<Recorder>,
     out: &mut dyn Write,
@@ -441,9 +461,6 @@ async fn scale_cluster_measure(
         start.as_secs_f64()
     )?;
     out.flush()?;
-    // The joining node holds the same tasks; building it is not part of the join's time.
-    let registry = member_registry(args, namespace, memory).await?;
-    let joiner = Member::new(registry, format!("bench-scale-{k}"), n, fires, args.timeout).await?;
     // The ledger window opens at the next whole second after a settle; the join happens in it.
     let w0 = (now_us() / 1000 / 1000 + 2) * 1000;
     fires.keep_from(w0);
