@@ -174,3 +174,88 @@ async fn fires_pending_after_their_first_poll_and_a_handler_holding_it_all_finis
         );
     }
 }
+
+/// Counts the `ensure_lives` calls in flight at once (each takes 100 ms of virtual time).
+#[derive(Debug)]
+struct SlowLives {
+    inner: MemoryRegistry,
+    now: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+    names: std::sync::atomic::AtomicUsize,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[dcron_core::async_trait]
+impl dcron_core::layer::RegistryLayer for SlowLives {
+    fn inner(&self) -> &dyn dcron_core::Registry {
+        &self.inner
+    }
+
+    async fn ensure_lives(
+        &self,
+        names: &[(String, DateTime<Utc>)],
+    ) -> dcron_core::Result<Vec<dcron_core::Life>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.calls.fetch_add(1, SeqCst);
+        let n = self.now.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(n, SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = dcron_core::Registry::ensure_lives(&self.inner, names).await;
+        self.names.fetch_add(names.len(), SeqCst);
+        self.now.fetch_sub(1, SeqCst);
+        r
+    }
+}
+
+/// A node gaining 12,000 tasks reads their lives in batches (not one read per task), at most
+/// four batches at once (a million tasks must not queue a thousand reads at the registry), and
+/// gets every life.
+#[tokio::test(start_paused = true)]
+async fn life_reads_of_a_large_gain_are_bounded_in_flight() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let inner = MemoryRegistry::new();
+    let created = Utc
+        .with_ymd_and_hms(2026, 6, 1, 0, 0, 0)
+        .single()
+        .expect("date");
+    for i in 0..12_000 {
+        let mut meta = dcron_core::TaskMeta::new(format!("t{i}"), "0 0 0 1 1 *");
+        meta.created_at = Some(created);
+        dcron_core::Registry::put_task(&inner, &meta, dcron_core::PutMode::CreateOnly)
+            .await
+            .expect("put");
+    }
+    let layer = Arc::new(dcron_core::layer::Layered(SlowLives {
+        inner: inner.clone(),
+        now: Default::default(),
+        peak: Default::default(),
+        names: Default::default(),
+        calls: Default::default(),
+    }));
+    let registry: Arc<dyn dcron_core::Registry> = layer.clone();
+    let node = Dcron::builder(registry)
+        .clock(Arc::new(TokioClock::starting_at(
+            Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0)
+                .single()
+                .expect("date"),
+        )))
+        .task_run_fn(|_ctx| async { Ok(()) })
+        .build()
+        .expect("valid config");
+    node.start().await.expect("start");
+    wait_for("every life read", Duration::from_secs(30), || {
+        layer.0.names.load(SeqCst) >= 12_000
+    })
+    .await;
+    let peak = layer.0.peak.load(SeqCst);
+    assert!(
+        (2..=4).contains(&peak),
+        "life reads in flight at once: {peak}"
+    );
+    let calls = layer.0.calls.load(SeqCst);
+    assert!(
+        calls <= 24,
+        "12,000 lives read in {calls} calls: batches of up to 1,000 expected"
+    );
+    node.stop().await.expect("stop");
+}

@@ -369,22 +369,34 @@ impl Driver {
     }
 
     /// Reads the lives of `names` from the registry, starting a life now for a name without
-    /// one (the first registration of a static task), in batches; the replies come back as
-    /// [`Internal::Lives`].
+    /// one (the first registration of a static task): the names are queued, and the driver's
+    /// loop sends the queue in batches after the message at hand ([`Driver::send_life_reads`]),
+    /// so a listing or a burst of task events costs a batch, not a read per task; the replies
+    /// come back as [`Internal::Lives`].
     pub(super) fn ensure_lives(&mut self, names: Vec<Arc<str>>) {
-        if names.is_empty() {
+        self.lives_wanted.extend(names);
+    }
+
+    /// Sends the queued life reads in batches of [`LIFE_BATCH`], at most
+    /// [`LIFE_READS_IN_FLIGHT`] batches at once across the node: one gaining a million tasks
+    /// must not queue a thousand reads at the registry (they would time out and be retried).
+    pub(super) fn send_life_reads(&mut self) {
+        if self.lives_wanted.is_empty() {
             return;
         }
+        let names = std::mem::take(&mut self.lives_wanted);
         let now = self.clock.now();
         for chunk in names.chunks(LIFE_BATCH) {
             let chunk = chunk.to_vec();
             let registry = self.registry.clone();
             let tx = self.internal_tx.clone();
+            let permits = self.life_reads.clone();
             tokio::spawn(async move {
+                // The semaphore is never closed.
+                let _permit = permits.acquire_owned().await.ok();
                 let request: Vec<(String, DateTime<Utc>)> =
                     chunk.iter().map(|n| (n.to_string(), now)).collect();
-                let r = registry.ensure_lives(&request).await;
-                let r = match r {
+                let r = match registry.ensure_lives(&request).await {
                     Ok(lives) if lives.len() != chunk.len() => Err(Error::Backend {
                         backend: registry.backend(),
                         message: format!(

@@ -69,6 +69,9 @@ const LAST_ALIVE_REFRESH: Duration = Duration::from_secs(30);
 /// The most task names in one `ensure_lives` call.
 const LIFE_BATCH: usize = 1000;
 
+/// Batches of life reads in flight at once (see `ensure_lives`).
+const LIFE_READS_IN_FLIGHT: usize = 4;
+
 /// The longest the API's view (`all_tasks`, `my_running_tasks`) lags the driver.
 const VIEW_FLUSH: Duration = Duration::from_millis(50);
 
@@ -273,6 +276,10 @@ pub(crate) struct Driver {
     no_handler: HashSet<String>,
     /// A retry of failed `ensure_lives` calls is scheduled.
     lives_retry_pending: bool,
+    /// Names whose lives are to be read, sent after the message at hand.
+    lives_wanted: Vec<Arc<str>>,
+    /// Bounds the life-read batches in flight.
+    life_reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Driver {
@@ -387,6 +394,8 @@ impl Driver {
             working_since: None,
             no_handler: HashSet::new(),
             lives_retry_pending: false,
+            lives_wanted: Vec::new(),
+            life_reads: Arc::new(tokio::sync::Semaphore::new(LIFE_READS_IN_FLIGHT)),
         }
     }
 
@@ -460,6 +469,7 @@ impl Driver {
                 _ = sleep_until(deadline), if deadline.is_some() => self.fire_due(),
                 _ = sleep_until(flush_at), if flush_at.is_some() => self.flush_view(),
             }
+            self.send_life_reads();
         }
         self.flush_status();
         self.flush_view();
