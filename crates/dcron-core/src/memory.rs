@@ -197,7 +197,7 @@ impl MemoryRegistry {
     /// writer had put them there.
     ///
     /// Bytes that decode become an ordinary record (watchers get a `Put`). Bytes that do not
-    /// decode are kept as a corrupt record: [`Registry::list_tasks`] reports it in
+    /// decode, or more than [`MAX_VALUE_BYTES`] of them (refused unread), are kept as a corrupt record: [`Registry::list_tasks`] reports it in
     /// [`Listing::corrupt`], [`Registry::get_task`] answers [`Error::Corrupt`], a create-only put
     /// of the name finds it existing, and every other name is unaffected; task watchers get a
     /// `Resync`.
@@ -206,7 +206,9 @@ impl MemoryRegistry {
         let mut state = self.shared.lock();
         state.expire_due(now);
         let ns = state.namespace(&self.namespace);
-        match TaskMeta::decode(name, &bytes) {
+        match crate::backend::check_stored_size(name, bytes.len(), MAX_VALUE_BYTES)
+            .and_then(|()| TaskMeta::decode(name, &bytes))
+        {
             Ok(meta) => {
                 broadcast(&mut ns.task_watchers, TaskMetaEvent::Put(meta.clone()));
                 ns.tasks

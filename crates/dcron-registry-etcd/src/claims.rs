@@ -160,7 +160,7 @@ fn token(revision: i64, slot: u64) -> Option<u64> {
 
 /// Decodes a stored claim, its token from the key's `create_revision` and the stored slot.
 pub(crate) fn decode_claim(key: &str, kv: &KeyValue) -> Result<Claim> {
-    let mut claim = Claim::decode(key, kv.value())?;
+    let mut claim = crate::sized(key, kv).and_then(|v| Claim::decode(key, v))?;
     let slot = serde_json::from_slice::<serde_json::Value>(kv.value())
         .ok()
         .and_then(|v| v.get("slot").and_then(serde_json::Value::as_u64))

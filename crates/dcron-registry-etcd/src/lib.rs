@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use dcron_core::backend::check_stored_size;
 use dcron_core::{
     check_record_key, check_records, check_value_size, validate_task_name, Capabilities, Claim,
     ClaimOutcome, ClaimRequest, Claimant, CorruptEntry, Error, FireKey, Lease, Life, Listing, Node,
@@ -434,10 +435,12 @@ impl EtcdRegistry {
             key: raw_key.clone(),
             reason: "key is not a task name escaped by dcron".into(),
         })?;
-        let meta = TaskMeta::decode(&name, kv.value()).map_err(|e| CorruptEntry {
-            key: name.clone(),
-            reason: format!("{} (etcd key {raw_key})", corrupt_reason(e)),
-        })?;
+        let meta = crate::sized(&name, kv)
+            .and_then(|v| TaskMeta::decode(&name, v))
+            .map_err(|e| CorruptEntry {
+                key: name.clone(),
+                reason: format!("{} (etcd key {raw_key})", corrupt_reason(e)),
+            })?;
         if meta.name != name {
             return Err(CorruptEntry {
                 key: name,
@@ -506,6 +509,13 @@ fn corrupt_reason(e: Error) -> String {
         Error::Corrupt { reason, .. } => reason,
         other => other.to_string(),
     }
+}
+
+/// The value of `kv`, refused unread ([`Error::Corrupt`] naming `key` and the size) when it is
+/// larger than [`MAX_VALUE_BYTES`]: dcron never writes such a value.
+pub(crate) fn sized<'a>(key: &str, kv: &'a KeyValue) -> Result<&'a [u8]> {
+    check_stored_size(key, kv.value().len(), MAX_VALUE_BYTES)?;
+    Ok(kv.value())
 }
 
 /// Splits key-values into decoded items and corrupt entries.
@@ -673,10 +683,12 @@ impl Registry for EtcdRegistry {
         let kvs = self.list_prefix("list_nodes", &prefix).await?;
         Ok(decode_all(kvs, |kv| {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            Node::decode(&key, kv.value()).map_err(|e| CorruptEntry {
-                key,
-                reason: corrupt_reason(e),
-            })
+            crate::sized(&key, kv)
+                .and_then(|v| Node::decode(&key, v))
+                .map_err(|e| CorruptEntry {
+                    key,
+                    reason: corrupt_reason(e),
+                })
         }))
     }
 
@@ -795,7 +807,9 @@ impl Registry for EtcdRegistry {
         let key = self.keys().tombstone(name);
         match self.get_kv("get_tombstone", &key).await? {
             None => Ok(None),
-            Some(kv) => Tombstone::decode(&key, kv.value()).map(Some),
+            Some(kv) => crate::sized(&key, &kv)
+                .and_then(|v| Tombstone::decode(&key, v))
+                .map(Some),
         }
     }
 
@@ -804,10 +818,12 @@ impl Registry for EtcdRegistry {
         let kvs = self.list_prefix("list_tombstones", &prefix).await?;
         Ok(decode_all(kvs, |kv| {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            Tombstone::decode(&key, kv.value()).map_err(|e| CorruptEntry {
-                key,
-                reason: corrupt_reason(e),
-            })
+            crate::sized(&key, kv)
+                .and_then(|v| Tombstone::decode(&key, v))
+                .map_err(|e| CorruptEntry {
+                    key,
+                    reason: corrupt_reason(e),
+                })
         }))
     }
 
@@ -948,10 +964,10 @@ impl Registry for EtcdRegistry {
     async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
         check_record_key(kind, key)?;
         let etcd_key = self.keys().record(kind, key);
-        Ok(self
-            .get_kv("get_record", &etcd_key)
-            .await?
-            .map(|kv| kv.value().to_vec()))
+        match self.get_kv("get_record", &etcd_key).await? {
+            Some(kv) => Ok(Some(sized(&etcd_key, &kv)?.to_vec())),
+            None => Ok(None),
+        }
     }
 
     async fn list_records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>> {
@@ -960,6 +976,11 @@ impl Registry for EtcdRegistry {
         let mut out = Vec::with_capacity(kvs.len());
         for kv in kvs {
             match Keys::name_under(&prefix, kv.key()) {
+                Some(_) if kv.value().len() > MAX_VALUE_BYTES => tracing::warn!(
+                    key = %String::from_utf8_lossy(kv.key()),
+                    bytes = kv.value().len(),
+                    "skipping a record larger than the registry stores"
+                ),
                 Some(key) => {
                     let (_, value) = kv.into_key_value();
                     out.push((key, value));

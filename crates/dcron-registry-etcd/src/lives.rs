@@ -29,8 +29,9 @@ pub(crate) fn since_value(at: DateTime<Utc>) -> String {
 /// not an instant).
 fn read_life(kv: &KeyValue) -> (u64, Option<DateTime<Utc>>) {
     let generation = u64::try_from(kv.mod_revision()).unwrap_or(0);
-    let since = std::str::from_utf8(kv.value())
-        .ok()
+    let since = Some(kv.value())
+        .filter(|v| v.len() <= crate::MAX_VALUE_BYTES)
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
         .map(|t| t.with_timezone(&Utc));
     (generation, since)

@@ -246,7 +246,7 @@ fn judge(
             "the slot was neither absent nor read",
         ));
     };
-    let record = SlotRecord::decode(slot, kv.value())?;
+    let record = crate::sized(slot, kv).and_then(|v| SlotRecord::decode(slot, v))?;
     if record.lease.parse::<i64>().ok() != Some(kv.lease()) || kv.lease() == 0 {
         return Err(Error::Corrupt {
             key: slot.to_string(),

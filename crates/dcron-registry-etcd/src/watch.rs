@@ -36,7 +36,7 @@ pub(crate) async fn watch_nodes(reg: EtcdRegistry) -> Result<WatchStream<NodeEve
         let kv = event.kv()?;
         let id = Keys::name_under(&prefix, kv.key())?;
         match event.event_type() {
-            EventType::Put => match Node::decode(&id, kv.value()) {
+            EventType::Put => match crate::sized(&id, kv).and_then(|v| Node::decode(&id, v)) {
                 Ok(node) => Some(NodeEvent::Put(node)),
                 Err(e) => {
                     tracing::warn!(node = %id, error = %e, "corrupt node record in etcd watch");
@@ -79,29 +79,33 @@ fn task_events(reg: &EtcdRegistry) -> impl Fn(&Event) -> Option<TaskMetaEvent> +
         let kv = event.kv()?;
         if let Some(name) = Keys::name_under(&tasks, kv.key()) {
             return match event.event_type() {
-                EventType::Put => match TaskMeta::decode(&name, kv.value()) {
-                    Ok(meta) if meta.name == name => Some(TaskMetaEvent::Put(meta)),
-                    Ok(meta) => {
-                        tracing::warn!(task = %name, stored = %meta.name, "task record stored under another name");
-                        None
+                EventType::Put => {
+                    match crate::sized(&name, kv).and_then(|v| TaskMeta::decode(&name, v)) {
+                        Ok(meta) if meta.name == name => Some(TaskMetaEvent::Put(meta)),
+                        Ok(meta) => {
+                            tracing::warn!(task = %name, stored = %meta.name, "task record stored under another name");
+                            None
+                        }
+                        Err(e) => {
+                            tracing::warn!(task = %name, error = %e, "corrupt task record in etcd watch");
+                            None
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(task = %name, error = %e, "corrupt task record in etcd watch");
-                        None
-                    }
-                },
+                }
                 EventType::Delete => Some(TaskMetaEvent::Removed { name }),
             };
         }
         let name = Keys::name_under(&tombstones, kv.key())?;
         match event.event_type() {
-            EventType::Put => match Tombstone::decode(&name, kv.value()) {
-                Ok(tombstone) => Some(TaskMetaEvent::Tombstoned(tombstone)),
-                Err(e) => {
-                    tracing::warn!(task = %name, error = %e, "corrupt tombstone in etcd watch");
-                    None
+            EventType::Put => {
+                match crate::sized(&name, kv).and_then(|v| Tombstone::decode(&name, v)) {
+                    Ok(tombstone) => Some(TaskMetaEvent::Tombstoned(tombstone)),
+                    Err(e) => {
+                        tracing::warn!(task = %name, error = %e, "corrupt tombstone in etcd watch");
+                        None
+                    }
                 }
-            },
+            }
             EventType::Delete => Some(TaskMetaEvent::TombstoneCleared { name }),
         }
     }

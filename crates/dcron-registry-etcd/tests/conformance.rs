@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use dcron_core::{Lease, Registry};
 use dcron_registry_etcd::EtcdRegistryConfig;
-use dcron_testkit::{async_trait, Hooks, RegistryFactory};
+use dcron_testkit::{async_trait, Hooks, RawKind, RegistryFactory};
 
-use common::{raw_put, revoke, MIN_TTL};
+use common::{raw_put, raw_write, revoke, MIN_TTL, RAW_KINDS};
 
 /// Clients of the shared server.
 struct SharedEtcd;
@@ -36,7 +36,12 @@ impl RegistryFactory for SharedEtcd {
     }
 
     fn hooks(&self) -> Option<Hooks> {
-        Some(Hooks::none().with_expire_lease().with_write_raw_task())
+        Some(
+            Hooks::none()
+                .with_expire_lease()
+                .with_write_raw_task()
+                .with_write_raw(RAW_KINDS),
+        )
     }
 
     async fn expire_lease(&self, namespace: &str, lease: &Lease) -> dcron_core::Result<()> {
@@ -59,6 +64,20 @@ impl RegistryFactory for SharedEtcd {
             .connect()
             .await?;
         raw_put(&other, name, bytes).await
+    }
+
+    async fn write_raw(
+        &self,
+        namespace: &str,
+        kind: RawKind,
+        name: &str,
+        bytes: &[u8],
+    ) -> dcron_core::Result<()> {
+        let other = EtcdRegistryConfig::from_env()
+            .namespace(namespace)
+            .connect()
+            .await?;
+        raw_write(&other, kind, name, bytes).await
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use dcron_core::backend::check_stored_size;
 use dcron_core::{
     check_claims, check_record_key, check_records, check_registration, check_slot,
     check_value_size, validate_task_name, Capabilities, Claim, ClaimOutcome, ClaimRequest,
@@ -593,6 +594,7 @@ impl Registry for PostgresRegistry {
             None => Ok(None),
             Some(row) => {
                 let bytes: Vec<u8> = row.try_get(0).map_err(|e| corrupt(name, e.to_string()))?;
+                check_stored_size(name, bytes.len(), MAX_VALUE_BYTES)?;
                 let meta = TaskMeta::decode(name, &bytes)?;
                 Ok(Some(meta))
             }
@@ -949,10 +951,11 @@ impl Registry for PostgresRegistry {
             .await?;
         match rows.first() {
             None => Ok(None),
-            Some(row) => row
-                .try_get(0)
-                .map(Some)
-                .map_err(|e| corrupt(key, e.to_string())),
+            Some(row) => {
+                let value: Vec<u8> = row.try_get(0).map_err(|e| corrupt(key, e.to_string()))?;
+                check_stored_size(key, value.len(), MAX_VALUE_BYTES)?;
+                Ok(Some(value))
+            }
         }
     }
 
@@ -967,6 +970,12 @@ impl Registry for PostgresRegistry {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             match (row.try_get::<_, String>(0), row.try_get::<_, Vec<u8>>(1)) {
+                (Ok(k), Ok(v)) if v.len() > MAX_VALUE_BYTES => tracing::warn!(
+                    kind = %kind,
+                    key = %k,
+                    bytes = v.len(),
+                    "a record larger than the registry stores; skipped"
+                ),
                 (Ok(k), Ok(v)) => out.push((k, v)),
                 (k, _) => tracing::warn!(
                     kind = %kind,
@@ -1001,7 +1010,9 @@ pub(crate) fn decode_node_row(row: &Row) -> std::result::Result<Node, CorruptEnt
         key: id.clone(),
         reason: e.to_string(),
     })?;
-    match Node::decode(&id, &bytes) {
+    match check_stored_size(&id, bytes.len(), MAX_VALUE_BYTES)
+        .and_then(|()| Node::decode(&id, &bytes))
+    {
         Ok(node) if node.id == id => Ok(node),
         Ok(node) => Err(CorruptEntry {
             key: id,
@@ -1024,10 +1035,12 @@ pub(crate) fn decode_task_row(row: &Row) -> std::result::Result<TaskMeta, Corrup
         key: name.clone(),
         reason: e.to_string(),
     })?;
-    TaskMeta::decode(&name, &bytes).map_err(|e| CorruptEntry {
-        key: name,
-        reason: reason_of(e),
-    })
+    check_stored_size(&name, bytes.len(), MAX_VALUE_BYTES)
+        .and_then(|()| TaskMeta::decode(&name, &bytes))
+        .map_err(|e| CorruptEntry {
+            key: name,
+            reason: reason_of(e),
+        })
 }
 
 /// A tombstone row `(name, deleted_at)`.

@@ -390,7 +390,13 @@ async fn handle(
                 let event = match current.remove(&key.1) {
                     Some((record, version)) => {
                         delivered.insert(key.clone(), version.max(noted));
-                        match Node::decode(&key.1, &record) {
+                        match dcron_core::backend::check_stored_size(
+                            &key.1,
+                            record.len(),
+                            crate::MAX_VALUE_BYTES,
+                        )
+                        .and_then(|()| Node::decode(&key.1, &record))
+                        {
                             Ok(node) => NodeEvent::Put(node),
                             Err(_) => NodeEvent::Resync,
                         }
@@ -439,7 +445,13 @@ async fn handle(
                     match tasks.remove(&key.1) {
                         Some((record, version)) => {
                             delivered.insert(key.clone(), version.max(noted));
-                            match TaskMeta::decode(&key.1, &record) {
+                            match dcron_core::backend::check_stored_size(
+                                &key.1,
+                                record.len(),
+                                crate::MAX_VALUE_BYTES,
+                            )
+                            .and_then(|()| TaskMeta::decode(&key.1, &record))
+                            {
                                 Ok(meta) => TaskMetaEvent::Put(meta),
                                 Err(_) => TaskMetaEvent::Resync,
                             }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use dcron_core::backend::check_stored_size;
 use dcron_core::{
     check_claims, check_record_key, check_records, check_slot, check_value_size,
     validate_task_name, Capabilities, Claim, ClaimOutcome, ClaimRequest, Claimant, CorruptEntry,
@@ -598,7 +599,10 @@ impl Core {
                 "{node_prefix}{}",
                 String::from_utf8_lossy(&as_bytes(member))
             );
-            match Node::decode(&key, &as_bytes(record)) {
+            let record = as_bytes(record);
+            match check_stored_size(&key, record.len(), MAX_VALUE_BYTES)
+                .and_then(|()| Node::decode(&key, &record))
+            {
                 Ok(node) => snapshot
                     .nodes
                     .push((node, as_u64(&node_version).unwrap_or(0))),
@@ -809,6 +813,9 @@ struct StoredClaim {
 
 /// Parses a stored claim; `None` when the bytes are not one.
 fn parse_claim(bytes: &[u8]) -> Option<StoredClaim> {
+    if bytes.len() > MAX_VALUE_BYTES {
+        return None;
+    }
     let text = std::str::from_utf8(bytes).ok()?;
     let mut parts = text.splitn(4, ':');
     let token = parts.next()?.parse().ok().filter(|t| *t > 0)?;
@@ -944,6 +951,7 @@ fn slot_outcome(answer: Value, key: &str, lease: &Lease, context: &str) -> Resul
             let record = items
                 .next()
                 .ok_or_else(|| unexpected("H without a record"))?;
+            check_stored_size(key, record.len(), MAX_VALUE_BYTES)?;
             Ok(SlotRecord::decode(key, &record)?.held())
         }
         b"F" => Err(Error::Corrupt {
@@ -989,6 +997,7 @@ fn corrupt_entry(key: String, err: Error) -> CorruptEntry {
 }
 
 fn decode_task(name: &str, key: &str, bytes: &[u8]) -> Result<TaskMeta> {
+    check_stored_size(key, bytes.len(), MAX_VALUE_BYTES)?;
     let meta = TaskMeta::decode(key, bytes)?;
     if meta.name != name {
         return Err(Error::Corrupt {
@@ -1000,6 +1009,7 @@ fn decode_task(name: &str, key: &str, bytes: &[u8]) -> Result<TaskMeta> {
 }
 
 fn decode_tombstone(name: &str, key: &str, bytes: &[u8]) -> Result<Tombstone> {
+    check_stored_size(key, bytes.len(), MAX_VALUE_BYTES)?;
     let tomb = Tombstone::decode(key, bytes)?;
     if tomb.name != name {
         return Err(Error::Corrupt {
@@ -1552,12 +1562,16 @@ impl Registry for RedisRegistry {
         let hash = self.core.keys.records(kind);
         let context = format!("get {kind} record `{key}`");
         let mut conn = self.core.conn(&context).await?;
-        redis::cmd("HGET")
+        let value: Option<Vec<u8>> = redis::cmd("HGET")
             .arg(&hash)
             .arg(key.as_bytes())
             .query_async(&mut conn)
             .await
-            .map_err(|e| record_error(e, &hash, &context))
+            .map_err(|e| record_error(e, &hash, &context))?;
+        if let Some(bytes) = &value {
+            check_stored_size(&format!("{hash} {key}"), bytes.len(), MAX_VALUE_BYTES)?;
+        }
+        Ok(value)
     }
 
     async fn list_records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>> {
@@ -1579,6 +1593,12 @@ impl Registry for RedisRegistry {
                 .map_err(|e| record_error(e, &hash, &context))?;
             for (field, value) in pairs {
                 match String::from_utf8(field) {
+                    Ok(field) if value.len() > MAX_VALUE_BYTES => tracing::warn!(
+                        key = %hash,
+                        field = %field,
+                        bytes = value.len(),
+                        "skipping a record larger than the registry stores"
+                    ),
                     Ok(field) => {
                         out.insert(field, value);
                     }

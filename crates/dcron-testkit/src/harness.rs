@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use dcron_core::{Error, Lease, Node, Registry};
+use dcron_core::{Error, Lease, Node, RecordKind, Registry};
 
 /// The environment variable that turns a skip for an unreachable server into a failure (CI sets
 /// it to `1`).
@@ -30,6 +30,63 @@ pub struct Hooks {
     pub expire_lease: bool,
     /// [`RegistryFactory::write_raw_task`] is implemented.
     pub write_raw_task: bool,
+    /// The kinds [`RegistryFactory::write_raw`] writes (empty: none).
+    pub write_raw: &'static [RawKind],
+}
+
+/// A kind of value a backend stores, for [`RegistryFactory::write_raw`]: the hostile cases
+/// plant arbitrary bytes as each kind the backend's key layout has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RawKind {
+    /// A node's registration record, named by the node id (written with a live lease or TTL,
+    /// as a registration would be, where the layout ties node records to one).
+    Node,
+    /// A task record, named by the task name (what [`RegistryFactory::write_raw_task`] writes).
+    Task,
+    /// A tombstone, named by the task name.
+    Tombstone,
+    /// The stored claim of the fire `(name, instant(0))`: the fire record the backend keeps
+    /// for it, with its index entry where the layout has one.
+    Claim,
+    /// The native life of the name (generation and live-since), for a backend keeping lives
+    /// in a place of their own.
+    Life,
+    /// The running slot of the name.
+    Slot,
+    /// A record of one of the core's kinds (pause, trigger-now, status, life), named by its
+    /// record key.
+    Record(RecordKind),
+}
+
+impl RawKind {
+    /// Every kind, in the order the hostile cases list them.
+    pub const ALL: [RawKind; 10] = [
+        RawKind::Node,
+        RawKind::Task,
+        RawKind::Tombstone,
+        RawKind::Claim,
+        RawKind::Life,
+        RawKind::Slot,
+        RawKind::Record(RecordKind::Pause),
+        RawKind::Record(RecordKind::Trigger),
+        RawKind::Record(RecordKind::Status),
+        RawKind::Record(RecordKind::Life),
+    ];
+}
+
+impl std::fmt::Display for RawKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RawKind::Node => f.write_str("node record"),
+            RawKind::Task => f.write_str("task record"),
+            RawKind::Tombstone => f.write_str("tombstone"),
+            RawKind::Claim => f.write_str("claim"),
+            RawKind::Life => f.write_str("life"),
+            RawKind::Slot => f.write_str("running slot"),
+            RawKind::Record(kind) => write!(f, "{kind} record"),
+        }
+    }
 }
 
 impl Hooks {
@@ -53,6 +110,17 @@ impl Hooks {
     /// These hooks and [`RegistryFactory::write_raw_task`].
     pub fn with_write_raw_task(mut self) -> Self {
         self.write_raw_task = true;
+        self
+    }
+
+    /// These hooks and [`RegistryFactory::write_raw`] for `kinds` (a factory writing raw task
+    /// records this way declares [`RawKind::Task`] and may leave `write_raw_task` to its
+    /// default, which it then also offers).
+    pub fn with_write_raw(mut self, kinds: &'static [RawKind]) -> Self {
+        self.write_raw = kinds;
+        if kinds.contains(&RawKind::Task) {
+            self.write_raw_task = true;
+        }
         self
     }
 }
@@ -119,18 +187,42 @@ pub trait RegistryFactory: Send + Sync + 'static {
     }
 
     /// Stores `bytes` as the task record of `name`, bypassing encoding (to plant corrupt values).
+    /// The default writes through [`RegistryFactory::write_raw`] with [`RawKind::Task`].
     ///
     /// # Errors
-    /// [`Error::Unsupported`] (the default) when the factory cannot do it.
+    /// [`Error::Unsupported`] when the factory cannot do it.
     async fn write_raw_task(
         &self,
         namespace: &str,
         name: &str,
         bytes: &[u8],
     ) -> dcron_core::Result<()> {
-        let _ = (namespace, name, bytes);
+        match self.write_raw(namespace, RawKind::Task, name, bytes).await {
+            Err(Error::Unsupported { .. }) => Err(Error::Unsupported {
+                operation: "write_raw_task",
+            }),
+            other => other,
+        }
+    }
+
+    /// Stores `bytes` straight into the server as the value of `kind` named `name` (a node id,
+    /// a task name or a record key), under the key the backend's layout uses, bypassing the
+    /// registry's encoding and its size checks: what a hostile or broken client could write.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] (the default) for a kind the factory cannot write;
+    /// [`Error::InvalidArgument`] when the server itself refuses the value (e.g. larger than
+    /// its own request limit): the case then goes on without it.
+    async fn write_raw(
+        &self,
+        namespace: &str,
+        kind: RawKind,
+        name: &str,
+        bytes: &[u8],
+    ) -> dcron_core::Result<()> {
+        let _ = (namespace, kind, name, bytes);
         Err(Error::Unsupported {
-            operation: "write_raw_task",
+            operation: "write_raw",
         })
     }
 }
@@ -361,6 +453,33 @@ impl CaseContext {
                 .await,
             "write_raw_task",
         )
+    }
+
+    /// Writes raw bytes as a value of `kind` through the factory: `Ok(true)` when written,
+    /// `Ok(false)` when the server itself refused the value ([`Error::InvalidArgument`]).
+    ///
+    /// # Errors
+    /// [`CaseError::Skipped`] when the factory does not write this kind.
+    pub async fn write_raw(
+        &self,
+        kind: RawKind,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<bool, CaseError> {
+        match self
+            .factory
+            .write_raw(&self.namespace, kind, name, bytes)
+            .await
+        {
+            Err(Error::InvalidArgument(_)) => Ok(false),
+            other => hook(other, "write_raw").map(|()| true),
+        }
+    }
+
+    /// The kinds the factory declares it writes raw ([`Hooks::write_raw`]); `None` when it
+    /// declares no hooks.
+    pub fn raw_kinds(&self) -> Option<&'static [RawKind]> {
+        self.factory.hooks().map(|h| h.write_raw)
     }
 
     /// A node record with an id unique to this case (`<prefix>-<8 hex>`), status `Starting`.

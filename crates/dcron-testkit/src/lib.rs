@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod corrupt;
 pub mod faults;
 pub mod harness;
+pub mod hostile;
 pub mod ledger;
 pub mod lives;
 pub mod membership;
@@ -28,7 +29,7 @@ pub use async_trait::async_trait;
 pub use clock::ManualClock;
 pub use harness::{
     claim_as, claim_fires, instant, node_listed, now_millis, servers_required, task_meta,
-    CaseContext, CaseError, CaseResult, Hooks, RegistryFactory, REQUIRE_ENV,
+    CaseContext, CaseError, CaseResult, Hooks, RawKind, RegistryFactory, REQUIRE_ENV,
 };
 pub use ledger::{check, check_allowed, expected_fires, Duplicate, Execution, Ledger, Report};
 pub use memory::MemoryFactory;
@@ -441,6 +442,28 @@ macro_rules! __dcron_case_list {
                 force_put_repairs_corrupt: RawWrites,
                     "A `Force` put over a corrupt value repairs it.";
             }
+            hostile {
+                node_records: RawNode,
+                    "Arbitrary bytes stored as a node record (oversized, not UTF-8, JSON of the wrong shape, huge numbers): every read path answers a value, a corrupt entry or `Error::Corrupt`, never panics; an oversized value is refused unread; a neighbour's records read back unchanged.";
+                task_records: RawTask,
+                    "Arbitrary bytes stored as a task record: every read path answers a value, a corrupt entry or `Error::Corrupt`; an oversized value is refused unread; a neighbour's records read back unchanged.";
+                tombstones: RawTombstone,
+                    "Arbitrary bytes stored as a tombstone: every read path answers a value, a corrupt entry or `Error::Corrupt`; an oversized value is refused unread; a neighbour's records read back unchanged.";
+                claims: RawClaim,
+                    "Arbitrary bytes stored as a claim: listings and new claims of the fire answer typed outcomes or `Error::Corrupt`, never panic; a neighbour's records read back unchanged.";
+                lives: RawLife,
+                    "Arbitrary bytes stored as a native life: `ensure_lives`, claims and listings answer typed outcomes or `Error::Corrupt`, never panic; a neighbour's records read back unchanged.";
+                slots: RawSlot,
+                    "Arbitrary bytes stored as a running slot: taking and releasing it answer typed outcomes or `Error::Corrupt`, never panic; a neighbour's slot and records read back unchanged.";
+                pause_records: RawPause,
+                    "Arbitrary bytes stored as a pause record: `get_record` and `list_records` answer bytes or `Error::Corrupt` (an oversized value is refused unread) and the core's decoder answers a typed error; a neighbour's records read back unchanged.";
+                trigger_records: RawTrigger,
+                    "Arbitrary bytes stored as a trigger-now record: reads answer bytes or `Error::Corrupt` (an oversized value is refused unread), decoding is typed; a neighbour's records read back unchanged.";
+                status_records: RawStatus,
+                    "Arbitrary bytes stored as a status record: reads answer bytes or `Error::Corrupt` (an oversized value is refused unread), decoding is typed; a neighbour's records read back unchanged.";
+                life_records: RawLifeRecord,
+                    "Arbitrary bytes stored as a life record: reads answer bytes or `Error::Corrupt` (an oversized value is refused unread), `ensure_lives` answers a life or a typed error; a neighbour's records read back unchanged.";
+            }
             slots {
                 slot_capability_is_honest: None,
                     "Running slots work, or both slot calls answer `Unsupported`, as `capabilities.slots` declares.";
@@ -571,6 +594,7 @@ mod tests {
             "watch",
             "namespace",
             "corrupt",
+            "hostile",
             "faults",
         ] {
             assert!(modules.contains(m), "no case in {m}");

@@ -4,9 +4,19 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use dcron_core::memory::MemoryRegistry;
-use dcron_core::{Error, Lease, Registry};
+use dcron_core::{Error, Lease, RecordKind, Registry};
 
-use crate::harness::{Hooks, RegistryFactory};
+use crate::harness::{Hooks, RawKind, RegistryFactory};
+
+/// The kinds the memory store keeps as bytes: task records and the core's records (nodes,
+/// tombstones, claims, lives and slots are kept as typed values, never decoded).
+const RAW_KINDS: &[RawKind] = &[
+    RawKind::Task,
+    RawKind::Record(RecordKind::Pause),
+    RawKind::Record(RecordKind::Trigger),
+    RawKind::Record(RecordKind::Status),
+    RawKind::Record(RecordKind::Life),
+];
 
 /// Opens [`MemoryRegistry`] clients that all share one in-process store, so several clients of
 /// one namespace see the same state; offers the `write_raw_task` and `expire_lease` hooks (there
@@ -53,7 +63,12 @@ impl RegistryFactory for MemoryFactory {
     }
 
     fn hooks(&self) -> Option<Hooks> {
-        Some(Hooks::none().with_expire_lease().with_write_raw_task())
+        Some(
+            Hooks::none()
+                .with_expire_lease()
+                .with_write_raw_task()
+                .with_write_raw(RAW_KINDS),
+        )
     }
 
     async fn expire_lease(&self, namespace: &str, lease: &Lease) -> dcron_core::Result<()> {
@@ -81,5 +96,31 @@ impl RegistryFactory for MemoryFactory {
             .with_namespace(namespace)
             .inject_raw_task(name, bytes.to_vec());
         Ok(())
+    }
+
+    async fn write_raw(
+        &self,
+        namespace: &str,
+        kind: RawKind,
+        name: &str,
+        bytes: &[u8],
+    ) -> dcron_core::Result<()> {
+        let store = self.store.with_namespace(namespace);
+        match kind {
+            RawKind::Task => {
+                store.inject_raw_task(name, bytes.to_vec());
+                Ok(())
+            }
+            // Records are opaque bytes to the store: its own write path is the raw one (a
+            // value over the limit is refused there, as the server refuses it).
+            RawKind::Record(kind) => {
+                store
+                    .put_records(kind, &[(name.to_string(), bytes.to_vec())])
+                    .await
+            }
+            _ => Err(Error::Unsupported {
+                operation: "write_raw",
+            }),
+        }
     }
 }

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use dcron_core::Capabilities;
+use dcron_core::{Capabilities, RecordKind};
 
-use crate::harness::{CaseContext, CaseError, CaseResult, Hooks, RegistryFactory};
+use crate::harness::{CaseContext, CaseError, CaseResult, Hooks, RawKind, RegistryFactory};
 
 /// The longest one case may run before it is reported as failed (a hung backend must not hang
 /// the suite).
@@ -24,6 +24,26 @@ pub enum Requirement {
     Watch,
     /// The factory's [`RegistryFactory::write_raw_task`] hook.
     RawWrites,
+    /// The factory's [`RegistryFactory::write_raw`] hook for node records.
+    RawNode,
+    /// The factory's [`RegistryFactory::write_raw`] hook for task records.
+    RawTask,
+    /// The factory's [`RegistryFactory::write_raw`] hook for tombstones.
+    RawTombstone,
+    /// The factory's [`RegistryFactory::write_raw`] hook for claims.
+    RawClaim,
+    /// The factory's [`RegistryFactory::write_raw`] hook for native lives.
+    RawLife,
+    /// The factory's [`RegistryFactory::write_raw`] hook for running slots.
+    RawSlot,
+    /// The factory's [`RegistryFactory::write_raw`] hook for pause records.
+    RawPause,
+    /// The factory's [`RegistryFactory::write_raw`] hook for trigger-now records.
+    RawTrigger,
+    /// The factory's [`RegistryFactory::write_raw`] hook for status records.
+    RawStatus,
+    /// The factory's [`RegistryFactory::write_raw`] hook for life records.
+    RawLifeRecord,
     /// The factory's [`RegistryFactory::expire_lease`] hook.
     ExpireLease,
     /// The factory's [`RegistryFactory::restart_server`] hook.
@@ -53,6 +73,16 @@ impl Requirement {
             Requirement::None => "-",
             Requirement::Watch => "watch",
             Requirement::RawWrites => "write_raw_task",
+            Requirement::RawNode => "write_raw(node)",
+            Requirement::RawTask => "write_raw(task)",
+            Requirement::RawTombstone => "write_raw(tombstone)",
+            Requirement::RawClaim => "write_raw(claim)",
+            Requirement::RawLife => "write_raw(life)",
+            Requirement::RawSlot => "write_raw(slot)",
+            Requirement::RawPause => "write_raw(pause record)",
+            Requirement::RawTrigger => "write_raw(trigger record)",
+            Requirement::RawStatus => "write_raw(status record)",
+            Requirement::RawLifeRecord => "write_raw(life record)",
             Requirement::ExpireLease => "expire_lease",
             Requirement::Restart => "restart_server",
             Requirement::Records => "records",
@@ -95,9 +125,43 @@ impl Requirement {
                 })
             }
             Requirement::RawWrites => hook(|h| h.write_raw_task, "write_raw_task"),
+            Requirement::RawNode
+            | Requirement::RawTask
+            | Requirement::RawTombstone
+            | Requirement::RawClaim
+            | Requirement::RawLife
+            | Requirement::RawSlot
+            | Requirement::RawPause
+            | Requirement::RawTrigger
+            | Requirement::RawStatus
+            | Requirement::RawLifeRecord => {
+                let kind = self.raw_kind()?;
+                hooks.filter(|h| !h.write_raw.contains(&kind)).map(|_| {
+                    format!("the factory does not write raw {kind} values (`write_raw` hook)")
+                })
+            }
             Requirement::ExpireLease => hook(|h| h.expire_lease, "expire_lease"),
             Requirement::Restart => hook(|h| h.restart_server, "restart_server"),
         }
+    }
+}
+
+impl Requirement {
+    /// The kind of value a hostile case plants, for the `Raw*` requirements.
+    pub fn raw_kind(self) -> Option<RawKind> {
+        Some(match self {
+            Requirement::RawNode => RawKind::Node,
+            Requirement::RawTask => RawKind::Task,
+            Requirement::RawTombstone => RawKind::Tombstone,
+            Requirement::RawClaim => RawKind::Claim,
+            Requirement::RawLife => RawKind::Life,
+            Requirement::RawSlot => RawKind::Slot,
+            Requirement::RawPause => RawKind::Record(RecordKind::Pause),
+            Requirement::RawTrigger => RawKind::Record(RecordKind::Trigger),
+            Requirement::RawStatus => RawKind::Record(RecordKind::Status),
+            Requirement::RawLifeRecord => RawKind::Record(RecordKind::Life),
+            _ => return None,
+        })
     }
 }
 

@@ -133,6 +133,32 @@ pub fn check_value_size(meta: &TaskMeta, encoded_len: usize, caps: &Capabilities
     Ok(())
 }
 
+/// Checks a value read back from the store before it is decoded: a value larger than
+/// `max_value_bytes` was not written by dcron (every write is refused above the limit), so it
+/// is refused unread, whatever it contains. Backends call it on every value they decode.
+///
+/// ```
+/// use dcron_core::backend::check_stored_size;
+/// use dcron_core::Error;
+/// assert!(check_stored_size("ns:task:a", 10, 10).is_ok());
+/// assert!(matches!(check_stored_size("ns:task:a", 11, 10), Err(Error::Corrupt { .. })));
+/// ```
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the key, the value's size and the limit.
+pub fn check_stored_size(key: &str, len: usize, max_value_bytes: usize) -> Result<()> {
+    if len > max_value_bytes {
+        return Err(Error::Corrupt {
+            key: key.to_string(),
+            reason: format!(
+                "the stored value is {len} bytes, more than the {max_value_bytes} bytes this \
+                 registry stores; refused without decoding"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Checks a claim batch for [`Registry::claim`]: every retention must be non-zero.
 ///
 /// # Errors

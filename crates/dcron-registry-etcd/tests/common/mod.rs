@@ -73,6 +73,56 @@ pub async fn raw_put(reg: &EtcdRegistry, name: &str, bytes: &[u8]) -> dcron_core
         .map_err(|e| Error::backend("etcd", "raw put", e))
 }
 
+/// Every kind of value the etcd layout keeps (see the crate's `keys` module).
+pub const RAW_KINDS: &[dcron_testkit::RawKind] = &dcron_testkit::RawKind::ALL;
+
+/// Stores raw bytes as the value of `kind` named `name` under the layout's key (without the
+/// lease a node, claim or slot key is normally attached to; `cleanup_all` removes them). The
+/// names the hostile cases use are plain, so their escaped form is the name itself.
+pub async fn raw_write(
+    reg: &EtcdRegistry,
+    kind: dcron_testkit::RawKind,
+    name: &str,
+    bytes: &[u8],
+) -> dcron_core::Result<()> {
+    use dcron_testkit::RawKind;
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "raw_write takes plain names only: {name:?}"
+        )));
+    }
+    let task_key = reg.task_key("x");
+    let root = task_key.strip_suffix("tasks/x").unwrap_or(&task_key);
+    let key = match kind {
+        RawKind::Node => format!("{root}nodes/{name}"),
+        RawKind::Task => format!("{root}tasks/{name}"),
+        RawKind::Tombstone => format!("{root}tombstones/{name}"),
+        RawKind::Claim => format!(
+            "{root}claims/{name}/{}",
+            dcron_testkit::instant(0).timestamp_millis()
+        ),
+        RawKind::Life => format!("{root}lives/{name}"),
+        RawKind::Slot => format!("{root}slots/{name}"),
+        RawKind::Record(kind) => format!("{root}records/{}/{name}", kind.as_str()),
+        _ => {
+            return Err(Error::Unsupported {
+                operation: "write_raw",
+            })
+        }
+    };
+    match reg.client().clone().put(key, bytes.to_vec(), None).await {
+        Ok(_) => Ok(()),
+        // The server's own request limit (`--max-request-bytes`).
+        Err(e) if e.to_string().contains("too large") => Err(Error::InvalidArgument(format!(
+            "etcd refuses the value: {e}"
+        ))),
+        Err(e) => Err(Error::backend("etcd", "raw put", e)),
+    }
+}
+
 /// A namespace nobody else uses.
 pub fn fresh_namespace(test: &str) -> String {
     let random = uuid::Uuid::new_v4().simple().to_string();

@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dcron_core::{Error, Lease, Registry};
+use dcron_core::{Error, Lease, RecordKind, Registry};
 use dcron_registry_postgres::{PostgresRegistry, PostgresRegistryConfig, DEFAULT_SCHEMA};
-use dcron_testkit::{async_trait, Hooks, RegistryFactory};
+use dcron_testkit::{async_trait, Hooks, RawKind, RegistryFactory};
 
 /// Whether a missing server must fail the test instead of skipping it.
 pub fn required() -> bool {
@@ -85,6 +85,59 @@ pub async fn write_raw_task(
     Ok(())
 }
 
+/// The kinds the PostgreSQL layout keeps as bytes: node records, task records and the core's
+/// records. Tombstones, lives, claims and slots are typed columns the server checks.
+pub const RAW_KINDS: &[RawKind] = &[
+    RawKind::Node,
+    RawKind::Task,
+    RawKind::Record(RecordKind::Pause),
+    RawKind::Record(RecordKind::Trigger),
+    RawKind::Record(RecordKind::Status),
+    RawKind::Record(RecordKind::Life),
+];
+
+/// Stores raw bytes as the value of `kind` named `name`, in the row the registry reads (a
+/// node row with a lease alive for a minute).
+pub async fn write_raw(
+    url: &str,
+    namespace: &str,
+    kind: RawKind,
+    name: &str,
+    bytes: &[u8],
+) -> dcron_core::Result<()> {
+    let client = raw(url).await?;
+    let statement = match kind {
+        RawKind::Task => return write_raw_task(url, namespace, name, bytes).await,
+        RawKind::Node => {
+            "INSERT INTO dcron.nodes (ns, node_id, lease_id, ttl_us, expires_at, record, version)
+             VALUES ($1, $2, 'hostile-lease', 60000000, now() + interval '60 seconds', $3,
+                     nextval('dcron.versions'))
+             ON CONFLICT (ns, node_id) DO UPDATE SET record = excluded.record"
+        }
+        RawKind::Record(kind) => {
+            client
+                .execute(
+                    "INSERT INTO dcron.records (ns, kind, key, value) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (ns, kind, key) DO UPDATE SET value = excluded.value",
+                    &[&namespace, &kind.as_str(), &name, &bytes],
+                )
+                .await
+                .map_err(hook_error)?;
+            return Ok(());
+        }
+        _ => {
+            return Err(Error::Unsupported {
+                operation: "write_raw",
+            })
+        }
+    };
+    client
+        .execute(statement, &[&namespace, &name, &bytes])
+        .await
+        .map_err(hook_error)?;
+    Ok(())
+}
+
 /// Ends a lease now, as if its TTL had run out on the server.
 pub async fn expire_lease(url: &str, namespace: &str, lease: &Lease) -> dcron_core::Result<()> {
     let client = raw(url).await?;
@@ -125,11 +178,26 @@ impl RegistryFactory for SharedServer {
     }
 
     fn hooks(&self) -> Option<Hooks> {
-        Some(Hooks::none().with_expire_lease().with_write_raw_task())
+        Some(
+            Hooks::none()
+                .with_expire_lease()
+                .with_write_raw_task()
+                .with_write_raw(RAW_KINDS),
+        )
     }
 
     async fn open(&self, namespace: &str) -> dcron_core::Result<Arc<dyn Registry>> {
         Ok(Arc::new(open(&self.url, namespace).await?))
+    }
+
+    async fn write_raw(
+        &self,
+        namespace: &str,
+        kind: RawKind,
+        name: &str,
+        bytes: &[u8],
+    ) -> dcron_core::Result<()> {
+        write_raw(&self.url, namespace, kind, name, bytes).await
     }
 
     async fn expire_lease(&self, namespace: &str, lease: &Lease) -> dcron_core::Result<()> {

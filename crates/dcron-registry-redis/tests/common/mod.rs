@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::Utc;
 use dcron_core::{Error, Lease, Registry, TaskMeta};
 use dcron_registry_redis::{RedisKeys, RedisRegistry, RedisRegistryConfig};
-use dcron_testkit::{async_trait, Hooks, RegistryFactory};
+use dcron_testkit::{async_trait, Hooks, RawKind, RegistryFactory};
 use redis::AsyncCommands;
 
 /// Whether a missing server must fail the test instead of skipping it.
@@ -79,6 +79,103 @@ pub async fn write_raw_task(
     conn.set::<_, _, ()>(key, bytes).await.map_err(hook_error)
 }
 
+/// Every kind of value the standalone layout keeps (see `dcron_registry_redis::keys`).
+pub const RAW_KINDS: &[RawKind] = &RawKind::ALL;
+
+/// Stores raw bytes as the value of `kind` named `name`, under the standalone layout's key,
+/// with the structure the layout gives it (hash fields, TTLs, index entries), so the registry
+/// finds it where it looks: every field of a hash gets the bytes.
+pub async fn write_raw(
+    url: &str,
+    namespace: &str,
+    kind: RawKind,
+    name: &str,
+    bytes: &[u8],
+) -> dcron_core::Result<()> {
+    let keys = RedisKeys::new(namespace, 0);
+    let mut conn = raw(url).await?;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    match kind {
+        RawKind::Node => {
+            let key = keys.node(name);
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg("lease")
+                .arg(bytes)
+                .arg("node")
+                .arg(bytes)
+                .arg("ver")
+                .arg(bytes)
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(60_000).ignore();
+            pipe.cmd("SADD")
+                .arg(keys.node_index())
+                .arg(dcron_registry_redis::keys::escape(name))
+                .ignore();
+        }
+        RawKind::Task => {
+            pipe.cmd("SET").arg(keys.task(name)).arg(bytes).ignore();
+        }
+        RawKind::Tombstone => {
+            pipe.cmd("SET")
+                .arg(keys.tombstone(name))
+                .arg(bytes)
+                .ignore();
+        }
+        RawKind::Claim => {
+            let millis = dcron_testkit::instant(0).timestamp_millis();
+            pipe.cmd("SET")
+                .arg(format!("{}{millis}", keys.claim_prefix(name)))
+                .arg(bytes)
+                .arg("PX")
+                .arg(600_000)
+                .ignore();
+            // Scored far ahead: the index entry outlives the planted value, as after a crash.
+            pipe.cmd("ZADD")
+                .arg(keys.claim_index(name))
+                .arg(i64::MAX / 2)
+                .arg(millis)
+                .ignore();
+        }
+        RawKind::Life => {
+            pipe.cmd("HSET")
+                .arg(keys.life(name))
+                .arg("gen")
+                .arg(bytes)
+                .arg("since_s")
+                .arg(bytes)
+                .arg("since_ns")
+                .arg(bytes)
+                .ignore();
+        }
+        RawKind::Slot => {
+            pipe.cmd("HSET")
+                .arg(keys.slot(name))
+                .arg("lease")
+                .arg(bytes)
+                .arg("nkey")
+                .arg(bytes)
+                .arg("rec")
+                .arg(bytes)
+                .ignore();
+        }
+        RawKind::Record(kind) => {
+            pipe.cmd("HSET")
+                .arg(keys.records(kind))
+                .arg(name)
+                .arg(bytes)
+                .ignore();
+        }
+        _ => {
+            return Err(Error::Unsupported {
+                operation: "write_raw",
+            })
+        }
+    }
+    pipe.query_async::<()>(&mut conn).await.map_err(hook_error)
+}
+
 /// Deletes a node's key, as if its TTL had run out.
 pub async fn expire_lease(url: &str, namespace: &str, lease: &Lease) -> dcron_core::Result<()> {
     let mut conn = raw(url).await?;
@@ -111,11 +208,26 @@ impl RegistryFactory for SharedServer {
     }
 
     fn hooks(&self) -> Option<Hooks> {
-        Some(Hooks::none().with_expire_lease().with_write_raw_task())
+        Some(
+            Hooks::none()
+                .with_expire_lease()
+                .with_write_raw_task()
+                .with_write_raw(RAW_KINDS),
+        )
     }
 
     async fn expire_lease(&self, namespace: &str, lease: &Lease) -> dcron_core::Result<()> {
         expire_lease(&self.url, namespace, lease).await
+    }
+
+    async fn write_raw(
+        &self,
+        namespace: &str,
+        kind: RawKind,
+        name: &str,
+        bytes: &[u8],
+    ) -> dcron_core::Result<()> {
+        write_raw(&self.url, namespace, kind, name, bytes).await
     }
 
     async fn write_raw_task(
