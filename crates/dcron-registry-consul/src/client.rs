@@ -89,10 +89,20 @@ impl KvEntry {
     pub(crate) fn bytes(&self) -> Result<Vec<u8>> {
         match &self.value {
             None => Ok(Vec::new()),
-            Some(v) => BASE64.decode(v).map_err(|e| Error::Corrupt {
-                key: self.key.clone(),
-                reason: format!("value is not base64: {e}"),
-            }),
+            Some(v) => {
+                // Refused unread above the limit: the size follows from the base64 length.
+                let padding = v.bytes().rev().take_while(|b| *b == b'=').count().min(2);
+                let len = (v.len() / 4 * 3).saturating_sub(padding);
+                dcron_core::backend::check_stored_size(
+                    &self.key,
+                    len,
+                    crate::registry::MAX_VALUE_BYTES,
+                )?;
+                BASE64.decode(v).map_err(|e| Error::Corrupt {
+                    key: self.key.clone(),
+                    reason: format!("value is not base64: {e}"),
+                })
+            }
         }
     }
 }

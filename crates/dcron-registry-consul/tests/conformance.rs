@@ -54,7 +54,8 @@ impl dcron_testkit::RegistryFactory for DoubleFactory {
             dcron_testkit::Hooks::none()
                 .with_restart_server()
                 .with_expire_lease()
-                .with_write_raw_task(),
+                .with_write_raw_task()
+                .with_write_raw(&dcron_testkit::RawKind::ALL),
         )
     }
 
@@ -77,6 +78,65 @@ impl dcron_testkit::RegistryFactory for DoubleFactory {
         let config = self.config(namespace).await;
         let key = ConsulRegistry::new(config.clone())?.task_key(name);
         raw_put(&config, &kv_path(&key), bytes.to_vec()).await
+    }
+
+    /// Plants `bytes` under the layout's key of `kind` (see the crate's `keys` module), without
+    /// the session a node record or slot is normally locked by. The names the hostile cases use
+    /// are plain except for `@`, escaped as `_40`.
+    async fn write_raw(
+        &self,
+        namespace: &str,
+        kind: dcron_testkit::RawKind,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<()> {
+        use dcron_testkit::RawKind;
+        let config = self.config(namespace).await;
+        let task_key = ConsulRegistry::new(config.clone())?.task_key("x");
+        let root = task_key.strip_suffix("tasks/meta/x").unwrap_or(&task_key);
+        let name = name.replace('@', "_40");
+        // A fire instant's key segment: the milliseconds shifted by 2^63, 20 digits.
+        let instant = format!(
+            "{:020}",
+            (dcron_testkit::instant(0).timestamp_millis() as u64) ^ (1u64 << 63)
+        );
+        let key = match kind {
+            RawKind::Node => format!("{root}nodes/{name}"),
+            RawKind::Task => format!("{root}tasks/meta/{name}"),
+            RawKind::Tombstone => format!("{root}tasks/tomb/{name}/"),
+            RawKind::Life => format!("{root}lives/{name}/"),
+            RawKind::Claim => format!("{root}claims/{name}/{instant}"),
+            RawKind::Slot => format!("{root}slots/{name}/held"),
+            RawKind::Record(kind) => format!("{root}records/{}/{name}", kind.as_str()),
+            _ => {
+                return Err(dcron_core::Error::Unsupported {
+                    operation: "write_raw",
+                })
+            }
+        };
+        if kind != RawKind::Node {
+            return raw_put(&config, &kv_path(&key), bytes.to_vec()).await;
+        }
+        // A node record counts only while a session holds it: plant it under a session of
+        // its own, as a registration would.
+        let address = config.address.trim_end_matches('/').to_string();
+        let unavailable = |e: reqwest::Error| dcron_core::Error::unavailable(format!("{e}"));
+        let created: serde_json::Value = support::http()
+            .put(format!("{address}/v1/session/create"))
+            .body(r#"{"TTL":"60s","Behavior":"delete"}"#)
+            .send()
+            .await
+            .map_err(unavailable)?
+            .json()
+            .await
+            .map_err(unavailable)?;
+        let session = created["ID"].as_str().unwrap_or_default().to_string();
+        raw_put(
+            &config,
+            &format!("{}?acquire={session}", kv_path(&key)),
+            bytes.to_vec(),
+        )
+        .await
     }
 }
 

@@ -75,6 +75,7 @@ pub(crate) struct ClaimData {
 
 impl ClaimData {
     pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<ClaimData> {
+        dcron_core::backend::check_stored_size(key, bytes.len(), crate::MAX_VALUE_BYTES)?;
         serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
             key: key.to_string(),
             reason: e.to_string(),

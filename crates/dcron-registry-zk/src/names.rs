@@ -354,7 +354,7 @@ fn diff(name: &str, old: &State, new: &State, out: &mut Vec<TaskMetaEvent>) {
     }
     if let Some(bytes) = &new.record {
         if old.record.as_ref() != Some(bytes) {
-            match TaskMeta::decode(name, bytes) {
+            match crate::state::decode_record(name, bytes) {
                 Ok(meta) => out.push(TaskMetaEvent::Put(meta)),
                 Err(e) => {
                     tracing::warn!(error = %e, "zookeeper: a task record does not decode");

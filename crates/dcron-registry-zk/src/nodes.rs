@@ -286,7 +286,13 @@ impl ZkRegistry {
         }
         let children = newest.into_values().map(|(_, c)| c).collect();
         for f in self.fetch_children(&dir, children).await? {
-            match Node::decode(&f.key, &f.data) {
+            match dcron_core::backend::check_stored_size(
+                &f.key,
+                f.data.len(),
+                crate::MAX_VALUE_BYTES,
+            )
+            .and_then(|()| Node::decode(&f.key, &f.data))
+            {
                 Ok(n) => listing.items.push(n),
                 Err(e) => listing.corrupt.push(corrupt(&f.key, e)),
             }
@@ -326,7 +332,9 @@ impl Model<NodeEvent> for NodeModel {
         if seqs.iter().any(|s| *s > seq) {
             return; // an older registration's record: a newer one counts
         }
-        match Node::decode(child, data) {
+        match dcron_core::backend::check_stored_size(child, data.len(), crate::MAX_VALUE_BYTES)
+            .and_then(|()| Node::decode(child, data))
+        {
             Ok(n) => out.push(NodeEvent::Put(n)),
             Err(e) => {
                 tracing::warn!(error = %e, "zookeeper: skipping a node record");

@@ -77,7 +77,13 @@ impl ZkRegistry {
     ) -> Result<Option<Vec<u8>>> {
         check_record_key(kind, key)?;
         let path = self.layout().record(kind, key);
-        Ok(self.conn().get_data(&path).await?.map(|(data, _)| data))
+        match self.conn().get_data(&path).await? {
+            Some((data, _)) => {
+                dcron_core::backend::check_stored_size(&path, data.len(), crate::MAX_VALUE_BYTES)?;
+                Ok(Some(data))
+            }
+            None => Ok(None),
+        }
     }
 
     pub(crate) async fn list_kind_records(
@@ -88,6 +94,11 @@ impl ZkRegistry {
         let mut out = Vec::new();
         for f in self.fetch_dir(&dir).await? {
             match f.key.rsplit('/').next().and_then(unescape) {
+                Some(_) if f.data.len() > crate::MAX_VALUE_BYTES => tracing::warn!(
+                    znode = %f.key,
+                    bytes = f.data.len(),
+                    "zookeeper: skipping a record larger than the registry stores"
+                ),
                 Some(key) => out.push((key, f.data)),
                 None => tracing::warn!(
                     znode = %f.key,

@@ -62,6 +62,7 @@ impl SlotData {
             key: task.to_string(),
             reason: format!("{reason} (running slot znode `{path}`)"),
         };
+        dcron_core::backend::check_stored_size(task, data.len(), crate::MAX_VALUE_BYTES)?;
         let slot: SlotData = serde_json::from_slice(data)
             .map_err(|e| corrupt(format!("not a running slot record: {e}")))?;
         match parse_node_child(&slot.registration) {

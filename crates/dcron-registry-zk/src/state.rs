@@ -31,6 +31,12 @@ use dcron_core::tombstone::{decide, Effects, NameState, Request};
 use dcron_core::{Life, Result, TaskMeta, Tombstone};
 use serde::{Deserialize, Serialize};
 
+/// Decodes a task record, refusing unread one larger than [`crate::MAX_VALUE_BYTES`].
+pub(crate) fn decode_record(key: &str, bytes: &[u8]) -> Result<TaskMeta> {
+    dcron_core::backend::check_stored_size(key, bytes.len(), crate::MAX_VALUE_BYTES)?;
+    TaskMeta::decode(key, bytes)
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -120,7 +126,7 @@ impl State {
     pub(crate) fn meta(&self, key: &str) -> Result<Option<TaskMeta>> {
         self.record
             .as_deref()
-            .map(|b| TaskMeta::decode(key, b))
+            .map(|b| decode_record(key, b))
             .transpose()
     }
 
@@ -147,7 +153,7 @@ impl State {
     ) -> Result<Option<State>> {
         // A record that does not decode still exists for the rules (create-only refuses it).
         let placeholder;
-        let decoded = self.record.as_deref().map(|b| TaskMeta::decode(name, b));
+        let decoded = self.record.as_deref().map(|b| decode_record(name, b));
         let meta = match &decoded {
             Some(Ok(meta)) => Some(meta),
             Some(Err(_)) => {

@@ -100,6 +100,112 @@ pub async fn write_raw_record(connect: &str, path: &str, bytes: &[u8]) -> Result
     res
 }
 
+/// Every kind of value the ZooKeeper layout keeps. Tombstones and lives are fields of the state
+/// znode's header line: the hostile bytes are spliced in as the field's JSON value.
+pub const RAW_KINDS: &[dcron_testkit::RawKind] = &dcron_testkit::RawKind::ALL;
+
+/// Plants `bytes` as the value of `kind` named `name` under the layout's znode (a node record
+/// as a persistent sequential znode, so it outlives the writer's session; missing parents are
+/// created). The names the hostile cases use are plain except for `@`, escaped as `%40`.
+pub async fn write_raw_kind(
+    connect: &str,
+    root: &str,
+    kind: dcron_testkit::RawKind,
+    name: &str,
+    bytes: &[u8],
+) -> Result<()> {
+    use dcron_testkit::RawKind;
+    let escaped = name.replace('@', "%40");
+    let header_with = |field: &str| {
+        let mut data = format!("{{\"dcron_state\":1,\"{field}\":").into_bytes();
+        data.extend_from_slice(bytes);
+        data.extend_from_slice(b"}\n");
+        data
+    };
+    let (path, data, mode) = match kind {
+        RawKind::Node => (
+            format!("{root}/nodes/{escaped}."),
+            bytes.to_vec(),
+            CreateMode::PersistentSequential,
+        ),
+        RawKind::Task => {
+            return write_raw_record(connect, &format!("{root}/tasks/{escaped}"), bytes).await
+        }
+        RawKind::Tombstone => (
+            format!("{root}/tasks/{escaped}"),
+            header_with("tombstone"),
+            CreateMode::Persistent,
+        ),
+        RawKind::Life => (
+            format!("{root}/tasks/{escaped}"),
+            header_with("life"),
+            CreateMode::Persistent,
+        ),
+        RawKind::Claim => (
+            format!(
+                "{root}/tasks/{escaped}/{}",
+                dcron_testkit::instant(0).timestamp_millis()
+            ),
+            bytes.to_vec(),
+            CreateMode::Persistent,
+        ),
+        RawKind::Slot => (
+            format!("{root}/slots/{escaped}"),
+            bytes.to_vec(),
+            CreateMode::Persistent,
+        ),
+        RawKind::Record(kind) => (
+            format!("{root}/records/{}/{escaped}", kind.as_str()),
+            bytes.to_vec(),
+            CreateMode::Persistent,
+        ),
+        _ => {
+            return Err(Error::Unsupported {
+                operation: "write_raw",
+            })
+        }
+    };
+    let zk = ZooKeeper::connect(connect, Duration::from_secs(5), |_| {})
+        .await
+        .map_err(|e| Error::unavailable(format!("{e:?}")))?;
+    let oversized = data.len() > dcron_registry_zk::MAX_VALUE_BYTES;
+    let sequential = matches!(mode, CreateMode::PersistentSequential);
+    let res = async {
+        // Parents first (each may exist already).
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        let mut at = String::new();
+        for part in parent.split('/').filter(|p| !p.is_empty()) {
+            at.push('/');
+            at.push_str(part);
+            let _ = zk
+                .create(
+                    &at,
+                    Vec::new(),
+                    Acl::open_unsafe().clone(),
+                    CreateMode::Persistent,
+                )
+                .await;
+        }
+        if sequential {
+            zk.create(&path, data, Acl::open_unsafe().clone(), mode)
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::backend("zookeeper", path.clone(), e))
+        } else {
+            write_raw_with(&zk, &path, &data).await
+        }
+    }
+    .await;
+    let _ = zk.close().await;
+    match res {
+        // The server's own packet limit (`jute.maxbuffer`) refuses a larger value.
+        Err(e) if oversized => Err(Error::InvalidArgument(format!(
+            "zookeeper refuses the value: {e}"
+        ))),
+        other => other,
+    }
+}
+
 async fn write_raw_with(zk: &ZooKeeper, path: &str, bytes: &[u8]) -> Result<()> {
     let res = match zk.set_data(path, bytes.to_vec(), None).await {
         Err(ZkError::NoNode) => zk
@@ -182,7 +288,8 @@ impl RegistryFactory for ZkFactory {
     fn hooks(&self) -> Option<dcron_testkit::Hooks> {
         let hooks = dcron_testkit::Hooks::none()
             .with_expire_lease()
-            .with_write_raw_task();
+            .with_write_raw_task()
+            .with_write_raw(RAW_KINDS);
         Some(if self.server.is_some() {
             hooks.with_restart_server()
         } else {
@@ -234,6 +341,24 @@ impl RegistryFactory for ZkFactory {
             }
         };
         write_raw_record(&self.connect, &reg.task_path(name), bytes).await
+    }
+
+    async fn write_raw(
+        &self,
+        namespace: &str,
+        kind: dcron_testkit::RawKind,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let reg = match self.registries(namespace).into_iter().next() {
+            Some(r) => r,
+            None => {
+                let config =
+                    ZkRegistryConfig::new(self.connect.clone()).namespace(root_of(namespace));
+                ZkRegistry::connect(config).await?
+            }
+        };
+        write_raw_kind(&self.connect, reg.root(), kind, name, bytes).await
     }
 }
 
