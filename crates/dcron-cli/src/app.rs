@@ -48,24 +48,13 @@ impl Printed {
 }
 
 fn read_add_request(args: &AddArgs) -> CliResult<AddRequest> {
+    crate::limits::check_schedule(&args.cron, args.zone.as_deref())?;
     let payload = match (&args.payload, &args.payload_file) {
         (Some(p), _) => p.clone(),
-        (None, Some(path)) => {
-            let bytes = std::fs::read(path).map_err(|e| {
-                CliError::usage(format!(
-                    "cannot read payload file `{}`: {e}",
-                    path.display()
-                ))
-            })?;
-            String::from_utf8(bytes).map_err(|_| {
-                CliError::usage(format!(
-                    "payload file `{}` is not UTF-8 text",
-                    path.display()
-                ))
-            })?
-        }
+        (None, Some(path)) => crate::limits::read_payload_file(path)?,
         (None, None) => String::new(),
     };
+    crate::limits::check_payload(&payload)?;
     Ok(AddRequest {
         name: args.name.clone(),
         cron: args.cron.clone(),

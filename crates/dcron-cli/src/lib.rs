@@ -14,6 +14,7 @@ pub mod cli;
 pub mod console;
 pub mod duration;
 pub mod error;
+pub mod limits;
 pub mod ops;
 pub mod render;
 pub mod secret;

@@ -7,6 +7,12 @@ use dcron_cli::secret::Secrets;
 use dcron_cli::{app, Cli};
 
 fn main() {
+    // Oversized arguments are refused before clap sees them (see `dcron_cli::limits`).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Err(e) = dcron_cli::limits::check_args(&args) {
+        eprintln!("dcronctl: {}", e.message());
+        std::process::exit(e.exit_code());
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

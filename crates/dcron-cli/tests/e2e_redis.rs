@@ -514,6 +514,77 @@ async fn bad_urls_are_usage_errors() {
     expect_code(&out, 2, "bad cron with an unreachable registry");
 }
 
+/// The size limits of `dcronctl` (see `dcron_cli::limits`) through the binary: exit code 2,
+/// one line naming the limit, and nothing sent (the registry is unreachable on purpose). An
+/// inline payload over the limit cannot be passed at all (Linux refuses a single argument over
+/// 128 KiB): the unit tests cover that check.
+#[tokio::test]
+async fn oversized_input_is_a_usage_error_before_the_registry_is_contacted() {
+    let unreachable = "redis://127.0.0.1:1";
+    let add = |name: String, extra: Vec<String>| {
+        let mut args = vec![
+            "--registry".to_string(),
+            unreachable.to_string(),
+            "add".to_string(),
+            name,
+            "--cron".to_string(),
+            "@hourly".to_string(),
+        ];
+        args.extend(extra);
+        args
+    };
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "an argument over 8 KiB",
+            vec![
+                "--registry".into(),
+                unreachable.into(),
+                "delete".into(),
+                "n".repeat(dcron_cli::limits::MAX_ARG_BYTES + 1),
+            ],
+            "8192 bytes",
+        ),
+        (
+            "a task name over 200 bytes",
+            add("n".repeat(201), Vec::new()),
+            "200 bytes",
+        ),
+        (
+            "a cron text over 1024 bytes",
+            vec![
+                "--registry".into(),
+                unreachable.into(),
+                "add".into(),
+                "t".into(),
+                "--cron".into(),
+                "*".repeat(1025),
+            ],
+            "1024 bytes",
+        ),
+    ];
+    for (what, args, says) in cases {
+        let out = run(&args).await;
+        expect_code(&out, 2, what);
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(says), "{what}: {stderr}");
+    }
+    // A payload file over the limit: refused from its size, never read (a sparse 1 GiB file).
+    let dir = std::env::temp_dir().join(format!("dcronctl-e2e-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("payload.txt");
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(1 << 30))
+        .expect("sparse file");
+    let out = run(&add(
+        "t".into(),
+        vec!["--payload-file".into(), path.display().to_string()],
+    ))
+    .await;
+    expect_code(&out, 2, "a payload file over 256 KiB");
+    assert!(text(&out.stderr).contains("1073741824 bytes"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn unreachable_registry_is_exit_3_without_credentials() {
     let secret = "sup3r-s3cret-pw";
