@@ -90,6 +90,80 @@ pub async fn life_records(cx: &CaseContext) -> CaseResult {
     hostile(cx, RawKind::Record(RecordKind::Life)).await
 }
 
+/// A running `Dcron` node keeps firing a static and a dynamic neighbour, each fire once, while
+/// hostile values of every kind the factory writes (truncated JSON, not UTF-8, an oversized
+/// valid encoding) sit beside them under the name `hostile`, itself a dynamic task name the
+/// node knows (its record is among the planted values).
+pub async fn a_node_keeps_firing_beside_hostile_values(cx: &CaseContext) -> CaseResult {
+    use crate::cluster::{all_working, node_builder, record, EVERY_SECOND};
+    let reg = cx.open().await?;
+    let max = reg.capabilities().max_value_bytes;
+    let ledger = crate::ledger::Ledger::new();
+    let node = node_builder(cx, "n1", &ledger).await?.build()?;
+    let statics = ledger.clone();
+    node.add_func("static-neighbour", EVERY_SECOND, move |ctx| {
+        let ledger = statics.clone();
+        async move {
+            record(&ledger, &ctx);
+            Ok(())
+        }
+    })
+    .await?;
+    reg.put_task(&task_meta(NEIGHBOUR, EVERY_SECOND), PutMode::CreateOnly)
+        .await?;
+    node.start().await?;
+    all_working(&[&node]).await?;
+    let kinds = cx.raw_kinds().unwrap_or(&RawKind::ALL);
+    let mut planted = 0;
+    for kind in kinds {
+        let oversized = inputs(*kind, max).into_iter().find(|i| i.oversized);
+        let values: Vec<Vec<u8>> = [
+            b"{\"name\":\"hostile\",\"cron_format\":".to_vec(),
+            b"\xff\xfe\x00".to_vec(),
+        ]
+        .into_iter()
+        .chain(oversized.map(|i| i.bytes))
+        .collect();
+        for bytes in values {
+            if cx.write_raw(*kind, planted_name(*kind), &bytes).await? {
+                planted += 1;
+            }
+        }
+    }
+    ensure!(planted > 0, "no hostile value could be planted");
+    let since = now_millis();
+    let count = |task: &str| {
+        ledger
+            .for_task(task)
+            .iter()
+            .filter(|e| e.fire.instant > since)
+            .count()
+    };
+    let both = crate::harness::reached(Duration::from_secs(20), || {
+        let done = count("static-neighbour") >= 3 && count(NEIGHBOUR) >= 3;
+        async move { Ok::<bool, CaseError>(done) }
+    })
+    .await?;
+    node.stop().await?;
+    ensure!(
+        both,
+        "with {planted} hostile values planted, the neighbours did not fire 3 times each within 20 s: \
+         static {}, dynamic {}",
+        ledger.for_task("static-neighbour").len(),
+        ledger.for_task(NEIGHBOUR).len()
+    );
+    let report = crate::ledger::check_allowed(
+        &ledger,
+        &std::collections::BTreeSet::new(),
+        &std::collections::BTreeSet::new(),
+    );
+    ensure!(
+        report.duplicates.is_empty(),
+        "a fire ran twice beside hostile values: {report}"
+    );
+    Ok(())
+}
+
 /// The name a hostile value of `kind` is planted under.
 fn planted_name(kind: RawKind) -> &'static str {
     match kind {

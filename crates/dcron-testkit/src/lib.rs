@@ -463,6 +463,8 @@ macro_rules! __dcron_case_list {
                     "Arbitrary bytes stored as a status record: reads answer bytes or `Error::Corrupt` (an oversized value is refused unread), decoding is typed; a neighbour's records read back unchanged.";
                 life_records: RawLifeRecord,
                     "Arbitrary bytes stored as a life record: reads answer bytes or `Error::Corrupt` (an oversized value is refused unread), `ensure_lives` answers a life or a typed error; a neighbour's records read back unchanged.";
+                a_node_keeps_firing_beside_hostile_values: RawTask,
+                    "A running node keeps firing a static and a dynamic neighbour, each fire once, beside hostile values of every kind the factory writes.";
             }
             slots {
                 slot_capability_is_honest: None,
